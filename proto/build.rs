@@ -1,0 +1,12 @@
+//! Compiles `proto/*.proto` with protox (no protoc needed) into tonic code.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["common.proto", "coordinator.proto", "vendor.proto", "nas.proto"];
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}
