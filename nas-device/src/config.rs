@@ -1,0 +1,115 @@
+//! The NAS device's configuration: one TOML file (`offsite-nas run --config
+//! FILE`) saying where the device listens, which directory holds its pieces
+//! and, optionally, how many bytes of that disk it may offer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `offsite-nas run` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NasConfig {
+    /// Socket address the gRPC server binds. Default `127.0.0.1:7201`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the piece store (`pieces/`, `tmp/` and a lock file inside).
+    pub data_dir: PathBuf,
+    /// Most bytes of piece data this device offers; default: whatever the
+    /// filesystem holding `data_dir` has.
+    #[serde(default)]
+    pub cap_bytes: Option<u64>,
+}
+
+/// A config file that cannot be used; the message names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}; check the path given to --config", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config file {}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7201))
+}
+
+impl NasConfig {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<NasConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.validate().map_err(|problem| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, without validating.
+    pub fn parse(text: &str) -> Result<NasConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks what serde cannot; the error says which field and the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir is empty; set it to the directory that holds the pieces".into());
+        }
+        if self.cap_bytes == Some(0) {
+            return Err("cap_bytes is 0, so the device could store nothing; \
+                 remove it (use the whole filesystem) or set a positive byte count"
+                .into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let config = NasConfig::parse(
+            "listen = \"127.0.0.1:7300\"\ndata_dir = \"/srv/nas\"\ncap_bytes = 1024\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7300".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/srv/nas"));
+        assert_eq!(config.cap_bytes, Some(1024));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = NasConfig::parse("data_dir = \"/srv/nas\"").unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.cap_bytes, None);
+    }
+
+    #[test]
+    fn missing_data_dir_and_zero_cap_are_refused() {
+        let err = NasConfig::parse("listen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("data_dir"), "{err}");
+        let config = NasConfig::parse("data_dir = \"/x\"\ncap_bytes = 0").unwrap();
+        assert!(config.validate().unwrap_err().contains("cap_bytes"));
+    }
+}

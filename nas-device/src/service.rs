@@ -1,0 +1,120 @@
+//! The `Nas` gRPC service: a thin adapter from the wire to the piece store.
+//! Requests are checked and converted to domain types here; the blocking piece
+//! store runs on tokio's blocking pool.
+
+use std::sync::Arc;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use offsite_piece_store::{PieceDir, PieceError};
+use offsite_proto::limits::FRAME_BYTES;
+use offsite_proto::pb::nas::nas_server::Nas;
+use offsite_proto::pb::nas::{
+    CapacityRequest, CapacityResponse, DeleteResponse, GetFrame, GetRequest, PieceRequest,
+    PutFrame, PutResponse, StatResponse,
+};
+use offsite_proto::PieceId;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{put, status};
+
+/// Serves one piece directory.
+pub(crate) struct NasService {
+    dir: PieceDir,
+    put_budget: Arc<Semaphore>,
+}
+
+impl NasService {
+    pub(crate) fn new(dir: PieceDir) -> Self {
+        Self {
+            dir,
+            put_budget: put::buffer_budget(),
+        }
+    }
+
+    /// Runs piece-store work on the blocking pool, mapping its errors.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&PieceDir) -> Result<T, PieceError> + Send + 'static,
+    {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || work(&dir))
+            .await
+            .map_err(status::from_join_error)?
+            .map_err(status::from_piece_error)
+    }
+}
+
+#[tonic::async_trait]
+impl Nas for NasService {
+    async fn put(
+        &self,
+        request: Request<Streaming<PutFrame>>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let piece = put::receive(request.into_inner(), self.put_budget.clone()).await?;
+        let (id, size) = (piece.id.clone(), piece.data.len());
+        let hash = self
+            .blocking(move |dir| dir.put(&piece.id, &piece.data, &piece.hash))
+            .await?;
+        tracing::debug!(piece = %id, size, "put piece");
+        Ok(Response::new(PutResponse {
+            hash: hash.to_vec(),
+        }))
+    }
+
+    type GetStream = BoxStream<'static, Result<GetFrame, Status>>;
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let id = PieceId::new(request.into_inner().piece_id)?;
+        let data = self.blocking(move |dir| dir.get(&id)).await?;
+        Ok(Response::new(frames(data)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<PieceRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let id = PieceId::new(request.into_inner().piece_id)?;
+        let existed = self.blocking(move |dir| dir.delete(&id)).await?;
+        Ok(Response::new(DeleteResponse { existed }))
+    }
+
+    async fn stat(&self, request: Request<PieceRequest>) -> Result<Response<StatResponse>, Status> {
+        let id = PieceId::new(request.into_inner().piece_id)?;
+        let stat = self.blocking(move |dir| dir.stat(&id)).await?;
+        Ok(Response::new(match stat {
+            Some(stat) => StatResponse {
+                exists: true,
+                size: stat.size,
+                hash: stat.hash.to_vec(),
+            },
+            None => StatResponse::default(),
+        }))
+    }
+
+    async fn capacity(
+        &self,
+        _request: Request<CapacityRequest>,
+    ) -> Result<Response<CapacityResponse>, Status> {
+        let capacity = self.blocking(|dir| dir.capacity()).await?;
+        Ok(Response::new(CapacityResponse {
+            capacity_bytes: capacity.capacity_bytes,
+            used_bytes: capacity.used_bytes,
+            free_bytes: capacity.free_bytes,
+        }))
+    }
+}
+
+/// Splits a verified piece into `FRAME_BYTES` frames.
+fn frames(data: Vec<u8>) -> BoxStream<'static, Result<GetFrame, Status>> {
+    let count = data.len().div_ceil(FRAME_BYTES);
+    stream::iter((0..count).map(move |i| {
+        let start = i * FRAME_BYTES;
+        let end = (start + FRAME_BYTES).min(data.len());
+        Ok(GetFrame {
+            data: data[start..end].to_vec(),
+        })
+    }))
+    .boxed()
+}
