@@ -1,1 +1,32 @@
-//! placeholder
+//! The Offsite vendor agent (`offsite-vendor`): registers with the coordinator
+//! group and reports capacity, receives portions behind routing headers,
+//! forwards them along the route while re-chunking them into pieces on its
+//! stores (NAS devices and local directories), keeps its local FAT, and serves
+//! fetches and deletes to the tenant that stored each portion.
+//!
+//! ```
+//! use offsite_vendor::VendorConfig;
+//! let config: VendorConfig = toml::from_str(r#"
+//!     vendor_id = "vendor-1"
+//!     coordinators = ["127.0.0.1:7000"]
+//!     data_dir = "/var/lib/offsite/vendor"
+//!     [[stores]]
+//!     kind = "nas"
+//!     address = "127.0.0.1:7201"
+//! "#).unwrap();
+//! config.validate().unwrap();
+//! assert_eq!(config.advertised_address(), "127.0.0.1:7101");
+//! ```
+
+mod agent;
+mod config;
+mod local_fat;
+mod registration;
+mod service;
+mod store;
+pub mod testing;
+
+pub use agent::{AgentError, VendorAgent};
+pub use config::{ConfigError, StoreConfig, VendorConfig};
+pub use local_fat::{LocalFat, LocalFatError, PieceRecord, PortionRecord};
+pub use store::{LocalStore, NasStore, PieceStore, StoreCapacity, StoreError};

@@ -1,0 +1,97 @@
+//! The vendor agent assembled: its stores, its local FAT and its gRPC server,
+//! plus the registration loop. `main.rs` and the tests start it from here.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_proto::pb::vendor::vendor_server::VendorServer;
+use offsite_proto::VendorId;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{ConfigError, VendorConfig};
+use crate::local_fat::{LocalFat, LocalFatError};
+use crate::registration::{self, Registration};
+use crate::service::{Shared, VendorService};
+use crate::store::{open_stores, PieceStore, StoreError};
+
+/// Why the vendor agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open a store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    LocalFat(#[from] LocalFatError),
+    #[error("no stores; configure at least one [[stores]]")]
+    NoStores,
+}
+
+/// A vendor agent: stores, local FAT and service, ready to serve.
+#[derive(Clone)]
+pub struct VendorAgent {
+    shared: Arc<Shared>,
+}
+
+impl VendorAgent {
+    /// Opens the stores and the local FAT named by a validated config.
+    pub fn open(config: &VendorConfig) -> Result<Self, AgentError> {
+        config.validate()?;
+        let stores = open_stores(config)?;
+        Self::new(config.vendor()?, stores, &config.data_dir)
+    }
+
+    /// Assembles an agent from stores already opened (their order is the
+    /// local FAT's store index) and the local FAT under `data_dir`.
+    pub fn new(
+        vendor: VendorId,
+        stores: Vec<Arc<dyn PieceStore>>,
+        data_dir: &Path,
+    ) -> Result<Self, AgentError> {
+        if stores.is_empty() {
+            return Err(AgentError::NoStores);
+        }
+        let fat = LocalFat::open(data_dir)?;
+        Ok(Self {
+            shared: Arc::new(Shared::new(vendor, stores, fat)),
+        })
+    }
+
+    /// Serves `offsite.vendor.Vendor` on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let service = VendorServer::new(VendorService::new(Arc::clone(&self.shared)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tracing::info!(vendor = %self.shared.vendor, address = ?listener.local_addr().ok(), "vendor agent serving");
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    /// Registers with the coordinator group and reports capacity forever;
+    /// drop the future to stop.
+    pub fn registration(&self, config: &VendorConfig) -> impl Future<Output = ()> + Send + 'static {
+        let registration = Registration {
+            address: config.advertised_address(),
+            region: config.region.clone(),
+            network_bytes_per_sec: config.network_bytes_per_sec,
+            coordinators: config.coordinators.clone(),
+            report_interval: Duration::from_secs(config.report_interval_secs),
+        };
+        registration::run(Arc::clone(&self.shared), registration)
+    }
+
+    /// Bytes of portions this vendor holds, as its local FAT counts them.
+    pub fn stored_bytes(&self) -> u64 {
+        self.shared.fat.stored_bytes()
+    }
+}

@@ -1,0 +1,327 @@
+//! The vendor agent's configuration: one TOML file (`offsite-vendor run --config
+//! FILE`) naming the vendor, where it listens, its coordinators, its local FAT
+//! directory and the stores (NAS devices and local directories) its pieces go to.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use offsite_proto::limits::MAX_ADDRESS_LEN;
+use offsite_proto::VendorId;
+use serde::Deserialize;
+
+/// Everything `offsite-vendor run` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorConfig {
+    /// This vendor's id in the marketplace (letters, digits, '.', '_', '-').
+    pub vendor_id: String,
+    /// Socket address the gRPC server binds. Default `127.0.0.1:7101`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `host:port` clients and other vendors use to reach this vendor; default:
+    /// `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Failure domain reported to the coordinator. Default `default`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// `host:port` of every coordinator replica, tried in turn.
+    pub coordinators: Vec<String>,
+    /// Directory of the local FAT (sled).
+    pub data_dir: PathBuf,
+    /// Seconds between capacity reports to the coordinator. Default 3.
+    #[serde(default = "default_report_interval")]
+    pub report_interval_secs: u64,
+    /// Network capacity offered, bytes per second; 0 = unknown. Default 0.
+    #[serde(default)]
+    pub network_bytes_per_sec: u64,
+    /// Share of each local directory's filesystem kept for the vendor's own use,
+    /// in [0, 1). Default 0.10.
+    #[serde(default = "default_keep_free_share")]
+    pub keep_free_share: f64,
+    /// Where pieces go: NAS devices and local directories, at least one.
+    pub stores: Vec<StoreConfig>,
+}
+
+/// One store of pieces.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A directory on this machine.
+    Local {
+        /// Directory holding the pieces.
+        path: PathBuf,
+        /// Most bytes offered from this directory; default: what the
+        /// filesystem allows after `keep_free_share`.
+        #[serde(default)]
+        cap_bytes: Option<u64>,
+    },
+    /// An `offsite-nas` device on the vendor's network.
+    Nas {
+        /// `host:port` of the device's gRPC endpoint.
+        address: String,
+    },
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7101))
+}
+
+fn default_region() -> String {
+    "default".to_owned()
+}
+
+fn default_report_interval() -> u64 {
+    3
+}
+
+fn default_keep_free_share() -> f64 {
+    0.10
+}
+
+/// Why a vendor config cannot be used, naming the file or field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read vendor config {path}: {source}; check the --config path")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vendor config {path} is not valid TOML for offsite-vendor: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("vendor config field {field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+impl VendorConfig {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.vendor()?;
+        if let Some(advertise) = &self.advertise {
+            check_address("advertise", advertise)?;
+        }
+        if self.region.is_empty() || self.region.len() > 64 {
+            return Err(invalid("region", "must be 1 to 64 characters"));
+        }
+        if self.coordinators.is_empty() {
+            return Err(invalid(
+                "coordinators",
+                "empty; list the host:port of every coordinator replica",
+            ));
+        }
+        for (i, address) in self.coordinators.iter().enumerate() {
+            check_address(&format!("coordinators[{i}]"), address)?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "empty; name a directory for the local FAT",
+            ));
+        }
+        if self.report_interval_secs == 0 || self.report_interval_secs > 3600 {
+            return Err(invalid("report_interval_secs", "must be 1 to 3600 seconds"));
+        }
+        if !(0.0..1.0).contains(&self.keep_free_share) {
+            return Err(invalid(
+                "keep_free_share",
+                format!(
+                    "{} is outside [0, 1); e.g. 0.10 keeps a tenth of the disk free",
+                    self.keep_free_share
+                ),
+            ));
+        }
+        self.validate_stores()
+    }
+
+    fn validate_stores(&self) -> Result<(), ConfigError> {
+        if self.stores.is_empty() {
+            return Err(invalid(
+                "stores",
+                "empty; add at least one [[stores]] with kind = \"local\" or \"nas\"",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, store) in self.stores.iter().enumerate() {
+            let field = format!("stores[{i}]");
+            let key = match store {
+                StoreConfig::Local { path, cap_bytes } => {
+                    if path.as_os_str().is_empty() {
+                        return Err(invalid(field, "path is empty"));
+                    }
+                    if *cap_bytes == Some(0) {
+                        return Err(invalid(field, "cap_bytes is 0; remove it or give a size"));
+                    }
+                    format!("local:{}", path.display())
+                }
+                StoreConfig::Nas { address } => {
+                    check_address(&field, address)?;
+                    format!("nas:{address}")
+                }
+            };
+            if !seen.insert(key.clone()) {
+                return Err(invalid(field, format!("{key} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The vendor id, checked.
+    pub fn vendor(&self) -> Result<VendorId, ConfigError> {
+        VendorId::new(&self.vendor_id).map_err(|e| invalid("vendor_id", e.problem))
+    }
+
+    /// The address clients and vendors use: `advertise`, else `listen`.
+    pub fn advertised_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+fn check_address(field: &str, address: &str) -> Result<(), ConfigError> {
+    let port_ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port_ok
+        || address.len() > MAX_ADDRESS_LEN
+        || address.chars().any(|c| c.is_whitespace() || c == '/')
+    {
+        return Err(invalid(
+            field,
+            format!("{address:?} is not host:port (e.g. 127.0.0.1:7000)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+vendor_id = "vendor-1"
+listen = "127.0.0.1:7101"
+advertise = "127.0.0.1:7101"
+region = "eu-west"
+coordinators = ["127.0.0.1:7000"]
+data_dir = "/var/lib/offsite/vendor"
+report_interval_secs = 3
+network_bytes_per_sec = 0
+keep_free_share = 0.10
+[[stores]]
+kind = "nas"
+address = "127.0.0.1:7201"
+[[stores]]
+kind = "local"
+path = "/srv/offsite-local"
+cap_bytes = 1073741824
+"#;
+
+    fn parse(text: &str) -> VendorConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let config = parse(EXAMPLE);
+        config.validate().unwrap();
+        assert_eq!(config.stores.len(), 2);
+        assert_eq!(
+            config.stores[1],
+            StoreConfig::Local {
+                path: "/srv/offsite-local".into(),
+                cap_bytes: Some(1 << 30)
+            }
+        );
+        assert_eq!(config.advertised_address(), "127.0.0.1:7101");
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let config = parse(
+            r#"
+vendor_id = "v"
+coordinators = ["c:1"]
+data_dir = "/d"
+[[stores]]
+kind = "local"
+path = "/p"
+"#,
+        );
+        config.validate().unwrap();
+        assert_eq!(config.report_interval_secs, 3);
+        assert_eq!(config.keep_free_share, 0.10);
+        assert_eq!(config.listen, default_listen());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = EXAMPLE.replace("region =", "regoin =");
+        assert!(toml::from_str::<VendorConfig>(&text).is_err());
+        let text = EXAMPLE.replace("cap_bytes =", "capacity =");
+        assert!(toml::from_str::<VendorConfig>(&text).is_err());
+        let text = EXAMPLE.replace("kind = \"nas\"", "kind = \"s3\"");
+        assert!(toml::from_str::<VendorConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let field_of = |config: VendorConfig| match config.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let mut config = parse(EXAMPLE);
+        config.keep_free_share = 1.0;
+        assert_eq!(field_of(config), "keep_free_share");
+        let mut config = parse(EXAMPLE);
+        config.stores.clear();
+        assert_eq!(field_of(config), "stores");
+        let mut config = parse(EXAMPLE);
+        config.vendor_id = "bad id".into();
+        assert_eq!(field_of(config), "vendor_id");
+        let mut config = parse(EXAMPLE);
+        config.coordinators = vec!["nowhere".into()];
+        assert_eq!(field_of(config), "coordinators[0]");
+        let mut config = parse(EXAMPLE);
+        config.stores.push(config.stores[0].clone());
+        assert_eq!(field_of(config), "stores[2]");
+    }
+
+    #[test]
+    fn load_names_the_file_when_missing_or_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = VendorConfig::load(&missing).unwrap_err();
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "vendor_id = ").unwrap();
+        let err = VendorConfig::load(&bad).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! Everything that can go wrong in a vendor call, and the one place it becomes
+//! a `tonic::Status`. Each message names the thing and what the caller should do.
+
+use offsite_proto::{Hash, PortionId, TenantId, VendorId, WireError};
+use tonic::Status;
+
+use crate::local_fat::LocalFatError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VendorError {
+    /// A field of the request failed its checks.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the first frame of a store stream must be the routing header; send the header, then data frames")]
+    HeaderMissing,
+    #[error(
+        "a store stream carries one routing header, as its first frame; this one sent another"
+    )]
+    HeaderRepeated,
+    #[error("empty store frame; send data frames with bytes")]
+    EmptyFrame,
+    #[error(
+        "routed to vendor {to} but this is {me}; send the stream to the first vendor of the route"
+    )]
+    Misrouted { to: VendorId, me: VendorId },
+    #[error("data frame of {len} bytes exceeds the {max}-byte limit; send smaller frames")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("stream for portion {portion} carries more than the {size} bytes its header announced; send exactly header.size bytes")]
+    TooManyBytes { portion: PortionId, size: u64 },
+    #[error("stream for portion {portion} ended after {received} of {size} bytes; resend the whole portion")]
+    ShortStream {
+        portion: PortionId,
+        received: u64,
+        size: u64,
+    },
+    #[error("the store stream broke: {0}; resend the portion")]
+    Inbound(Status),
+    #[error("portion hash mismatch: portion {portion} hashes to {actual}, the header says {expected}; resend the portion's exact bytes")]
+    HashMismatch {
+        portion: PortionId,
+        expected: Hash,
+        actual: Hash,
+    },
+    #[error("portion {portion} is already held for tenant {tenant} with another hash ({held}); portion ids are never reused, pick a new one")]
+    HeldWithOtherHash {
+        tenant: TenantId,
+        portion: PortionId,
+        held: Hash,
+    },
+    #[error("portion {portion} of tenant {tenant} is being stored or deleted by another call; retry when it finishes")]
+    Busy {
+        tenant: TenantId,
+        portion: PortionId,
+    },
+    #[error("vendor {vendor} has no room for {needed} more bytes ({free} free); store the portion at another vendor")]
+    NoRoom {
+        vendor: VendorId,
+        needed: u64,
+        free: u64,
+    },
+    #[error("storing a piece of portion {portion} failed: {source}")]
+    PieceStore {
+        portion: PortionId,
+        source: StoreError,
+    },
+    #[error("portion {portion} is not held for tenant {tenant} by this vendor")]
+    NotHeld {
+        tenant: TenantId,
+        portion: PortionId,
+    },
+    #[error("range offset {offset} length {length} is outside portion {portion} of {size} bytes; ask for a range inside it")]
+    OutOfRange {
+        portion: PortionId,
+        offset: u64,
+        length: u64,
+        size: u64,
+    },
+    #[error("portion {portion} cannot be read back here: {source}; fetch it from another vendor holding a replica")]
+    PieceLost {
+        portion: PortionId,
+        source: StoreError,
+    },
+    #[error("portion {portion} was only partly deleted: {detail}; retry the delete")]
+    DeleteIncomplete { portion: PortionId, detail: String },
+    #[error("probe payload of {len} bytes exceeds the {max}-byte limit; send a smaller payload")]
+    ProbeTooLarge { len: usize, max: usize },
+    #[error(transparent)]
+    LocalFat(#[from] LocalFatError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<VendorError> for Status {
+    fn from(err: VendorError) -> Self {
+        let message = err.to_string();
+        match err {
+            VendorError::Wire(_)
+            | VendorError::HeaderMissing
+            | VendorError::HeaderRepeated
+            | VendorError::EmptyFrame
+            | VendorError::Misrouted { .. }
+            | VendorError::FrameTooLarge { .. }
+            | VendorError::TooManyBytes { .. }
+            | VendorError::ShortStream { .. }
+            | VendorError::HashMismatch { .. }
+            | VendorError::ProbeTooLarge { .. } => Status::invalid_argument(message),
+            VendorError::Inbound(status) => Status::new(status.code(), message),
+            VendorError::HeldWithOtherHash { .. } => Status::already_exists(message),
+            VendorError::Busy { .. } => Status::aborted(message),
+            VendorError::NoRoom { .. } => Status::resource_exhausted(message),
+            VendorError::PieceStore { source, .. } => store_status(&source, message),
+            VendorError::NotHeld { .. } => Status::not_found(message),
+            VendorError::OutOfRange { .. } => Status::out_of_range(message),
+            VendorError::PieceLost { .. } => Status::data_loss(message),
+            VendorError::DeleteIncomplete { .. } => Status::unavailable(message),
+            VendorError::LocalFat(_) | VendorError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+fn store_status(source: &StoreError, message: String) -> Status {
+    match source {
+        StoreError::Full { .. } => Status::resource_exhausted(message),
+        StoreError::Unavailable { .. } => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn errors_map_to_the_code_the_caller_acts_on() {
+        let portion = PortionId::random();
+        let mismatch = VendorError::HashMismatch {
+            portion,
+            expected: Hash::of(b"a"),
+            actual: Hash::of(b"b"),
+        };
+        let status = Status::from(mismatch);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("portion hash mismatch"));
+        let lost = VendorError::PieceLost {
+            portion,
+            source: StoreError::Unavailable {
+                store: "nas:x:1".into(),
+                detail: "down".into(),
+            },
+        };
+        let status = Status::from(lost);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert!(status.message().contains(&portion.to_string()));
+    }
+}

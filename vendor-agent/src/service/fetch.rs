@@ -1,0 +1,172 @@
+//! `Vendor.Fetch` and `Vendor.Delete`: reads reassemble a portion (or a byte
+//! range of it) from its pieces, each checked against the hash the local FAT
+//! recorded; a damaged or missing piece ends the stream with DataLoss so the
+//! client falls back to another replica. Only the tenant that stored a portion
+//! can read or delete it; to anyone else it does not exist.
+
+use std::sync::Arc;
+
+use offsite_proto::limits::FRAME_BYTES;
+use offsite_proto::pb::common::DataFrame;
+use offsite_proto::pb::vendor::{DeleteRequest, FetchRequest};
+use offsite_proto::{Grant, PortionId, TenantId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::error::VendorError;
+use super::Shared;
+use crate::local_fat::PortionRecord;
+use crate::store::StoreError;
+
+/// Frames read ahead of the caller.
+const FETCH_WINDOW: usize = 4;
+
+type FrameSender = mpsc::Sender<Result<DataFrame, Status>>;
+
+/// Starts streaming the requested range of a portion.
+pub(crate) fn fetch(
+    shared: Arc<Shared>,
+    request: FetchRequest,
+) -> Result<ReceiverStream<Result<DataFrame, Status>>, VendorError> {
+    let tenant = TenantId::new(request.tenant_id)?;
+    let portion = PortionId::parse(&request.portion_id)?;
+    // Checked once grants exist (trust issue); bounded now.
+    request.grant.map(Grant::try_from).transpose()?;
+    let record = shared
+        .fat
+        .get(&tenant, &portion)?
+        .ok_or(VendorError::NotHeld { tenant, portion })?;
+    let (start, end) = range(&record, request.offset, request.length)?;
+    let (sender, receiver) = mpsc::channel(FETCH_WINDOW);
+    tokio::spawn(async move {
+        if let Err(err) = stream_range(&shared, &record, start, end, &sender).await {
+            tracing::warn!(portion = %record.portion, %err, "fetch failed");
+            // The caller may have gone; nothing more to do then.
+            let _ = sender.send(Err(err.into())).await;
+        }
+    });
+    Ok(ReceiverStream::new(receiver))
+}
+
+/// `[start, end)` of the portion; a length of 0 means to the end.
+fn range(record: &PortionRecord, offset: u64, length: u64) -> Result<(u64, u64), VendorError> {
+    let end = match length {
+        0 => Some(record.size),
+        n => offset.checked_add(n),
+    };
+    match end {
+        Some(end) if offset <= record.size && end <= record.size => Ok((offset, end)),
+        _ => Err(VendorError::OutOfRange {
+            portion: record.portion,
+            offset,
+            length,
+            size: record.size,
+        }),
+    }
+}
+
+async fn stream_range(
+    shared: &Shared,
+    record: &PortionRecord,
+    start: u64,
+    end: u64,
+    sender: &FrameSender,
+) -> Result<(), VendorError> {
+    let mut piece_start = 0u64;
+    for piece in &record.pieces {
+        let piece_end = piece_start + piece.size;
+        if piece_end > start && piece_start < end {
+            let lost = |source| VendorError::PieceLost {
+                portion: record.portion,
+                source,
+            };
+            let store = shared.stores.get(piece.store as usize).ok_or_else(|| {
+                lost(StoreError::Failed {
+                    store: format!("#{}", piece.store),
+                    detail: "the local FAT names a store no longer configured".into(),
+                })
+            })?;
+            let data = store.get(&piece.id, &piece.hash).await.map_err(lost)?;
+            let from = start.saturating_sub(piece_start) as usize;
+            let to = (end.min(piece_end) - piece_start) as usize;
+            for chunk in data[from..to].chunks(FRAME_BYTES) {
+                let frame = DataFrame {
+                    data: chunk.to_vec(),
+                };
+                if sender.send(Ok(frame)).await.is_err() {
+                    return Ok(()); // the caller hung up
+                }
+            }
+        }
+        piece_start = piece_end;
+        if piece_start >= end {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a portion's pieces and then its local FAT entry; `false` when this
+/// vendor does not hold the portion for this tenant.
+pub(crate) async fn delete(
+    shared: Arc<Shared>,
+    request: DeleteRequest,
+) -> Result<bool, VendorError> {
+    let tenant = TenantId::new(request.tenant_id)?;
+    let portion = PortionId::parse(&request.portion_id)?;
+    request.grant.map(Grant::try_from).transpose()?;
+    let _claim = shared.claim(&tenant, &portion)?;
+    let Some(record) = shared.fat.get(&tenant, &portion)? else {
+        return Ok(false);
+    };
+    let mut problems = Vec::new();
+    for piece in &record.pieces {
+        let Some(store) = shared.stores.get(piece.store as usize) else {
+            problems.push(format!("store #{} is no longer configured", piece.store));
+            continue;
+        };
+        match store.delete(&piece.id).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(VendorError::DeleteIncomplete {
+            portion,
+            detail: problems.join("; "),
+        });
+    }
+    shared.fat.remove(&tenant, &portion).await?;
+    tracing::info!(%tenant, %portion, "portion deleted");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offsite_proto::Hash;
+
+    fn record(size: u64) -> PortionRecord {
+        PortionRecord {
+            tenant: TenantId::new("t").unwrap(),
+            portion: PortionId::random(),
+            hash: Hash::of(b""),
+            size,
+            piece_size: 10,
+            pieces: vec![],
+        }
+    }
+
+    #[test]
+    fn ranges_stay_inside_the_portion() {
+        let r = record(100);
+        assert_eq!(range(&r, 0, 0).unwrap(), (0, 100));
+        assert_eq!(range(&r, 10, 0).unwrap(), (10, 100));
+        assert_eq!(range(&r, 10, 20).unwrap(), (10, 30));
+        assert_eq!(range(&r, 100, 0).unwrap(), (100, 100));
+        assert!(range(&r, 101, 0).is_err());
+        assert!(range(&r, 90, 11).is_err());
+        assert!(range(&r, u64::MAX, 2).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! Forwarding a portion to the next vendor of the route while this vendor
+//! stores it: frames pass through a bounded channel (a window of frames, never
+//! the whole portion) into a `Store` stream to `route[1]`. Whatever the next
+//! vendor answers becomes receipts and failures for our response; a downstream
+//! failure never fails this vendor's own store.
+
+use std::time::Duration;
+
+use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_ROUTE_LEN};
+use offsite_proto::pb::vendor::{
+    store_frame, vendor_client::VendorClient, RouteFailure, StoreFrame, StoreResponse,
+};
+use offsite_proto::pb::{self};
+use offsite_proto::{Receipt, RoutingHeader, VendorRef};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::Status;
+
+/// Frames in flight to the next vendor.
+const FORWARD_WINDOW: usize = 8;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole forwarded portion must be stored downstream within this time.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(900);
+/// Longest error text passed back from downstream.
+const MAX_FAILURE_TEXT: usize = 1024;
+
+/// Receipts and failures from the rest of the route.
+#[derive(Debug, Default)]
+pub(crate) struct Downstream {
+    pub receipts: Vec<pb::common::Receipt>,
+    pub failures: Vec<RouteFailure>,
+}
+
+/// A `Store` call to the next vendor, fed frame by frame.
+pub(crate) struct Forwarder {
+    header: RoutingHeader,
+    sender: Option<mpsc::Sender<StoreFrame>>,
+    task: JoinHandle<Result<StoreResponse, Status>>,
+}
+
+impl Forwarder {
+    /// Starts the call to `next.route[0]` with `next` as its header.
+    pub fn start(next: RoutingHeader) -> Self {
+        let (sender, receiver) = mpsc::channel(FORWARD_WINDOW);
+        let header_frame = StoreFrame {
+            frame: Some(store_frame::Frame::Header(next.clone().into())),
+        };
+        // The channel is empty, so the header always fits.
+        let sender = sender.try_send(header_frame).ok().map(|()| sender);
+        let address = next.route[0].address.clone();
+        let task = tokio::spawn(call(address, receiver));
+        Self {
+            header: next,
+            sender,
+            task,
+        }
+    }
+
+    /// Passes a frame on; once the next vendor has gone away, frames are dropped
+    /// (its error is collected by [`Forwarder::finish`]).
+    pub async fn send(&mut self, frame: StoreFrame) {
+        if let Some(sender) = &self.sender {
+            if sender.send(frame).await.is_err() {
+                tracing::debug!(next = %self.header.route[0].id, "next vendor stopped reading");
+                self.sender = None;
+            }
+        }
+    }
+
+    /// Ends the stream and waits for the next vendor's answer.
+    pub async fn finish(mut self) -> Downstream {
+        drop(self.sender.take());
+        let result = match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => Err(Status::internal(format!("forwarding task failed: {join}"))),
+        };
+        match result {
+            Ok(response) => checked(&self.header, response),
+            Err(status) => unreached(&self.header, &status),
+        }
+    }
+}
+
+async fn call(
+    address: String,
+    frames: mpsc::Receiver<StoreFrame>,
+) -> Result<StoreResponse, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::invalid_argument(format!("bad address {address:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(FORWARD_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot connect to {address}: {e}")))?;
+    let mut client = VendorClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let response = client.store(ReceiverStream::new(frames)).await?;
+    Ok(response.into_inner())
+}
+
+/// Keeps only receipts that match the portion and name a vendor of the rest of
+/// the route, and bounded failures.
+fn checked(header: &RoutingHeader, response: StoreResponse) -> Downstream {
+    let mut out = Downstream::default();
+    let on_route = |id: &str| header.route.iter().any(|v| v.id.as_str() == id);
+    for wire in response.receipts.into_iter().take(MAX_ROUTE_LEN) {
+        match Receipt::try_from(wire.clone()) {
+            Ok(r)
+                if r.tenant == header.tenant
+                    && r.portion == header.portion
+                    && r.hash == header.hash
+                    && r.size == header.size
+                    && on_route(r.vendor.as_str()) =>
+            {
+                out.receipts.push(wire)
+            }
+            other => tracing::warn!(
+                ?other,
+                "dropping a downstream receipt that does not match the portion"
+            ),
+        }
+    }
+    for mut failure in response.failures.into_iter().take(MAX_ROUTE_LEN) {
+        if on_route(&failure.vendor_id) {
+            failure.error = truncate(&failure.error);
+            out.failures.push(failure);
+        }
+    }
+    out
+}
+
+/// The next vendor failed: it and every vendor after it hold no copy.
+fn unreached(header: &RoutingHeader, status: &Status) -> Downstream {
+    let next: &VendorRef = &header.route[0];
+    tracing::warn!(next = %next.id, address = %next.address, code = ?status.code(), message = status.message(), "next vendor of the route failed");
+    let mut failures = vec![RouteFailure {
+        vendor_id: next.id.to_string(),
+        error: truncate(&format!(
+            "vendor {} at {}: {:?}: {}",
+            next.id,
+            next.address,
+            status.code(),
+            status.message()
+        )),
+    }];
+    failures.extend(header.route[1..].iter().map(|v| RouteFailure {
+        vendor_id: v.id.to_string(),
+        error: format!(
+            "not reached: vendor {} before it on the route failed",
+            next.id
+        ),
+    }));
+    Downstream {
+        receipts: Vec::new(),
+        failures,
+    }
+}
+
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_FAILURE_TEXT) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}

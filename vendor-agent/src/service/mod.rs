@@ -1,0 +1,188 @@
+//! The vendor's gRPC service (`offsite.vendor.Vendor`): thin adapters from the
+//! wire to the store pipeline ([`upload`]), reads ([`fetch`]) and deletes, with
+//! every error turned into a `tonic::Status` in [`error`].
+
+mod error;
+mod fetch;
+mod forward;
+mod placement;
+mod upload;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use offsite_proto::limits::MAX_PROBE_BYTES;
+use offsite_proto::pb::common::DataFrame;
+use offsite_proto::pb::vendor::{
+    vendor_server, DeleteRequest, DeleteResponse, FetchRequest, ProbeRequest, ProbeResponse,
+    StoreFrame, StoreResponse,
+};
+use offsite_proto::{PortionId, TenantId, VendorId};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::local_fat::LocalFat;
+use crate::store::{PieceStore, StoreCapacity};
+
+pub use error::VendorError;
+
+/// What every call of this vendor shares.
+pub(crate) struct Shared {
+    pub vendor: VendorId,
+    /// In config order: the local FAT's store indexes refer to it.
+    pub stores: Vec<Arc<dyn PieceStore>>,
+    pub fat: LocalFat,
+    /// Where the next upload starts its round-robin over the stores.
+    next_store: AtomicUsize,
+    /// Portions with a store or delete under way, so two never interleave.
+    busy: Mutex<HashSet<(TenantId, PortionId)>>,
+}
+
+impl Shared {
+    pub fn new(vendor: VendorId, stores: Vec<Arc<dyn PieceStore>>, fat: LocalFat) -> Self {
+        Self {
+            vendor,
+            stores,
+            fat,
+            next_store: AtomicUsize::new(0),
+            busy: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The store index an upload's round-robin starts from.
+    pub fn first_store(&self) -> usize {
+        self.next_store.fetch_add(1, Ordering::Relaxed) % self.stores.len().max(1)
+    }
+
+    /// Claims a portion for one store or delete at a time.
+    pub fn claim(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        portion: &PortionId,
+    ) -> Result<BusyGuard, VendorError> {
+        let key = (tenant.clone(), *portion);
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !busy.insert(key.clone()) {
+            return Err(VendorError::Busy {
+                tenant: tenant.clone(),
+                portion: *portion,
+            });
+        }
+        Ok(BusyGuard {
+            shared: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Capacity of every store, in order; a store that cannot answer counts as
+    /// having no room (and is logged).
+    pub async fn capacities(&self) -> Vec<StoreCapacity> {
+        let asks = self.stores.iter().map(|store| async move {
+            store.capacity().await.unwrap_or_else(|err| {
+                tracing::warn!(store = store.name(), %err, "store capacity unavailable; counting it as full");
+                StoreCapacity::default()
+            })
+        });
+        futures::future::join_all(asks).await
+    }
+}
+
+/// Releases a claimed portion when the call ends, however it ends.
+pub(crate) struct BusyGuard {
+    shared: Arc<Shared>,
+    key: (TenantId, PortionId),
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut busy = self
+            .shared
+            .busy
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        busy.remove(&self.key);
+    }
+}
+
+/// The tonic service; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct VendorService {
+    shared: Arc<Shared>,
+}
+
+impl VendorService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl vendor_server::Vendor for VendorService {
+    async fn probe(
+        &self,
+        request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
+        let payload = request.into_inner().payload;
+        if payload.len() > MAX_PROBE_BYTES {
+            return Err(VendorError::ProbeTooLarge {
+                len: payload.len(),
+                max: MAX_PROBE_BYTES,
+            }
+            .into());
+        }
+        let free_bytes = self
+            .shared
+            .capacities()
+            .await
+            .iter()
+            .map(|c| c.free_bytes)
+            .fold(0u64, u64::saturating_add);
+        Ok(Response::new(ProbeResponse {
+            vendor_id: self.shared.vendor.to_string(),
+            payload,
+            free_bytes,
+        }))
+    }
+
+    async fn store(
+        &self,
+        request: Request<Streaming<StoreFrame>>,
+    ) -> Result<Response<StoreResponse>, Status> {
+        // The upload runs in its own task so that a caller hanging up cannot
+        // cancel it half-way: it always finishes or cleans up its pieces.
+        let task = tokio::spawn(upload::store(
+            Arc::clone(&self.shared),
+            request.into_inner(),
+        ));
+        match task.await {
+            Ok(result) => Ok(Response::new(result?)),
+            Err(join) => Err(VendorError::Internal(format!("store task failed: {join}")).into()),
+        }
+    }
+
+    type FetchStream = ReceiverStream<Result<DataFrame, Status>>;
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let stream = fetch::fetch(Arc::clone(&self.shared), request.into_inner())?;
+        Ok(Response::new(stream))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(fetch::delete(shared, request.into_inner()));
+        match task.await {
+            Ok(result) => Ok(Response::new(DeleteResponse { existed: result? })),
+            Err(join) => Err(VendorError::Internal(format!("delete task failed: {join}")).into()),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Test harness: real vendor agents on 127.0.0.1 port 0 with local stores in
+//! temporary directories, and a small client for the vendor service.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use offsite_proto::limits::{FRAME_BYTES, MAX_MESSAGE_BYTES};
+use offsite_proto::pb::vendor::{
+    store_frame, vendor_client::VendorClient, DeleteRequest, FetchRequest, StoreFrame,
+    StoreResponse,
+};
+use offsite_proto::{Hash, PortionId, ReservationId, RoutingHeader, TenantId, VendorId, VendorRef};
+use offsite_vendor::{LocalStore, PieceStore, VendorAgent};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// A vendor agent serving in this process.
+pub struct TestVendor {
+    pub id: VendorId,
+    pub address: String,
+    pub stores: Vec<Arc<LocalStore>>,
+    pub store_dirs: Vec<TempDir>,
+    _data_dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestVendor {
+    pub async fn start(id: &str, store_count: usize) -> Self {
+        let store_dirs: Vec<TempDir> = (0..store_count)
+            .map(|_| tempfile::tempdir().unwrap())
+            .collect();
+        let stores: Vec<Arc<LocalStore>> = store_dirs
+            .iter()
+            .map(|d| Arc::new(LocalStore::open(d.path(), Some(1 << 30), 0.0).unwrap()))
+            .collect();
+        let dyn_stores: Vec<Arc<dyn PieceStore>> = stores
+            .iter()
+            .map(|s| Arc::clone(s) as Arc<dyn PieceStore>)
+            .collect();
+        let data_dir = tempfile::tempdir().unwrap();
+        let vendor = VendorId::new(id).unwrap();
+        let agent = VendorAgent::new(vendor.clone(), dyn_stores, data_dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            agent
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            id: vendor,
+            address,
+            stores,
+            store_dirs,
+            _data_dir: data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn vref(&self) -> VendorRef {
+        VendorRef {
+            id: self.id.clone(),
+            address: self.address.clone(),
+        }
+    }
+
+    /// Bytes of pieces held over all its stores.
+    pub async fn used_bytes(&self) -> u64 {
+        let mut used = 0;
+        for store in &self.stores {
+            used += store.capacity().await.unwrap().used_bytes;
+        }
+        used
+    }
+
+    pub async fn client(&self) -> VendorClient<Channel> {
+        let client = VendorClient::connect(format!("http://{}", self.address))
+            .await
+            .unwrap();
+        client
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// A `host:port` nobody listens on.
+pub async fn dead_address() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+pub fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).unwrap()
+}
+
+pub fn header(
+    tenant: &TenantId,
+    route: Vec<VendorRef>,
+    data: &[u8],
+    piece_size: u64,
+) -> RoutingHeader {
+    RoutingHeader {
+        tenant: tenant.clone(),
+        portion: PortionId::random(),
+        hash: Hash::of(data),
+        size: data.len() as u64,
+        route,
+        piece_size,
+        grants: vec![],
+        reservation: ReservationId::random(),
+    }
+}
+
+/// The header frame, then `data` in frames of `FRAME_BYTES`.
+pub fn frames(header: RoutingHeader, data: &[u8]) -> Vec<StoreFrame> {
+    let mut out = vec![StoreFrame {
+        frame: Some(store_frame::Frame::Header(header.into())),
+    }];
+    out.extend(data.chunks(FRAME_BYTES).map(|chunk| StoreFrame {
+        frame: Some(store_frame::Frame::Data(chunk.to_vec())),
+    }));
+    out
+}
+
+pub async fn store(
+    vendor: &TestVendor,
+    header: RoutingHeader,
+    data: &[u8],
+) -> Result<StoreResponse, Status> {
+    store_frames(vendor, frames(header, data)).await
+}
+
+pub async fn store_frames(
+    vendor: &TestVendor,
+    frames: Vec<StoreFrame>,
+) -> Result<StoreResponse, Status> {
+    let mut client = vendor.client().await;
+    client
+        .store(tokio_stream::iter(frames))
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn fetch(
+    vendor: &TestVendor,
+    tenant: &TenantId,
+    portion: &PortionId,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, Status> {
+    let mut client = vendor.client().await;
+    let mut stream = client
+        .fetch(FetchRequest {
+            tenant_id: tenant.to_string(),
+            portion_id: portion.to_string(),
+            offset,
+            length,
+            grant: None,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(frame) = stream.message().await? {
+        out.extend_from_slice(&frame.data);
+    }
+    Ok(out)
+}
+
+pub async fn delete(
+    vendor: &TestVendor,
+    tenant: &TenantId,
+    portion: &PortionId,
+) -> Result<bool, Status> {
+    let mut client = vendor.client().await;
+    let response = client
+        .delete(DeleteRequest {
+            tenant_id: tenant.to_string(),
+            portion_id: portion.to_string(),
+            grant: None,
+        })
+        .await?;
+    Ok(response.into_inner().existed)
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,135 @@
+//! `NasStore` passes the shared piece-store suite against a minimal NAS device
+//! served from a piece directory in this test (the end-to-end tests run the
+//! same suite against the real `offsite-nas`), and reports an unreachable
+//! device as unavailable.
+
+use offsite_piece_store::{PieceDir, PieceError};
+use offsite_proto::pb::nas::nas_server::{Nas, NasServer};
+use offsite_proto::pb::nas::{
+    put_frame, CapacityRequest, CapacityResponse, DeleteResponse, GetFrame, GetRequest,
+    PieceRequest, PutFrame, PutResponse, StatResponse,
+};
+use offsite_proto::{Hash, PieceId};
+use offsite_vendor::{NasStore, PieceStore, StoreError};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone)]
+struct DirNas(PieceDir);
+
+fn status(err: PieceError) -> Status {
+    match err {
+        PieceError::NotFound(_) => Status::not_found(err.to_string()),
+        PieceError::Corrupt { .. } => Status::data_loss(err.to_string()),
+        PieceError::Full { .. } => Status::resource_exhausted(err.to_string()),
+        _ => Status::invalid_argument(err.to_string()),
+    }
+}
+
+fn piece(id: String) -> Result<PieceId, Status> {
+    PieceId::new(id).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Nas for DirNas {
+    async fn put(
+        &self,
+        request: Request<Streaming<PutFrame>>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let mut stream = request.into_inner();
+        let Some(PutFrame {
+            frame: Some(put_frame::Frame::Header(header)),
+        }) = stream.message().await?
+        else {
+            return Err(Status::invalid_argument("header first"));
+        };
+        let mut data = Vec::new();
+        while let Some(frame) = stream.message().await? {
+            if let Some(put_frame::Frame::Data(bytes)) = frame.frame {
+                data.extend_from_slice(&bytes);
+            }
+        }
+        let expected = Hash::from_wire("hash", &header.hash)?;
+        let hash = self
+            .0
+            .put(&piece(header.piece_id)?, &data, &expected)
+            .map_err(status)?;
+        Ok(Response::new(PutResponse {
+            hash: hash.to_vec(),
+        }))
+    }
+
+    type GetStream = tokio_stream::Iter<std::vec::IntoIter<Result<GetFrame, Status>>>;
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let data = self
+            .0
+            .get(&piece(request.into_inner().piece_id)?)
+            .map_err(status)?;
+        let frames: Vec<_> = data
+            .chunks(300_000)
+            .map(|c| Ok(GetFrame { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(tokio_stream::iter(frames)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<PieceRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let existed = self
+            .0
+            .delete(&piece(request.into_inner().piece_id)?)
+            .map_err(status)?;
+        Ok(Response::new(DeleteResponse { existed }))
+    }
+
+    async fn stat(&self, _: Request<PieceRequest>) -> Result<Response<StatResponse>, Status> {
+        Err(Status::unimplemented("not needed by the vendor"))
+    }
+
+    async fn capacity(
+        &self,
+        _: Request<CapacityRequest>,
+    ) -> Result<Response<CapacityResponse>, Status> {
+        let c = self.0.capacity().map_err(status)?;
+        Ok(Response::new(CapacityResponse {
+            capacity_bytes: c.capacity_bytes,
+            used_bytes: c.used_bytes,
+            free_bytes: c.free_bytes,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn nas_store_passes_the_piece_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let nas = DirNas(PieceDir::open(dir.path(), Some(1 << 30)).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NasServer::new(nas))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let store = NasStore::connect_lazy(&address).unwrap();
+    offsite_vendor::testing::piece_store_suite(&store).await;
+    drop(store);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_nas_is_unavailable() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let store = NasStore::connect_lazy(&address).unwrap();
+    let err = store.capacity().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+}
