@@ -1,1 +1,36 @@
-//! placeholder
+//! Offsite's backup client: chunk, compress, encrypt and pack files into
+//! portions, reserve room at the coordinator group, probe the candidate
+//! vendors, upload each portion along a route of vendors, commit the final
+//! FAT with the snapshot record, and restore it all.
+//!
+//! ```
+//! use offsite_client::{blob, Keys};
+//! let keys = Keys::from_data_key(&[1u8; 32]);
+//! let id = blob::BlobId::of(&keys, b"chunk");
+//! let sealed = blob::seal(&keys, blob::BlobKind::Data, &id, b"chunk").unwrap();
+//! assert_eq!(blob::open(&keys, blob::BlobKind::Data, &id, &sealed).unwrap(), b"chunk");
+//! ```
+
+pub mod backup;
+pub mod blob;
+mod cache;
+pub mod chunker;
+pub mod config;
+mod connect;
+pub mod coordinator;
+pub mod keys;
+pub mod manifest;
+pub mod portion;
+mod probe;
+pub mod restore;
+mod session;
+pub mod tree;
+pub mod upload;
+mod vendor;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::ClientConfig;
+pub use keys::{KeyError, Keys};
+pub use session::{BackupSummary, Session, SessionError};

@@ -1,0 +1,246 @@
+//! A backup's pipeline: walk and chunk (own thread) -> seal (blocking pool,
+//! a few at once) -> pack into portions -> hand each portion to a sink (the
+//! uploader), with bounded channels between the stages. The manifest is
+//! sealed and packed last, into the last portion.
+
+mod walk;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use offsite_proto::{BlobLocation, PortionId, SnapshotId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::blob::{seal, BlobError, BlobId, BlobKind};
+use crate::keys::Keys;
+use crate::manifest::{Index, Manifest};
+use crate::portion::{Portion, PortionBuilder};
+pub use walk::{estimate_bytes, WalkError, WalkStats};
+
+/// Blobs waiting between the walk and the sealers.
+const CHANNEL_BLOBS: usize = 16;
+/// The walker recurses once per directory level.
+const WALK_STACK_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where finished portions go: the uploader, or memory in tests.
+pub trait PortionSink {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn put(
+        &mut self,
+        portion: Portion,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+impl PortionSink for crate::upload::Uploader {
+    type Error = crate::upload::UploadError;
+    fn put(
+        &mut self,
+        portion: Portion,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        crate::upload::Uploader::put(self, portion)
+    }
+}
+
+/// Why a backup stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    #[error(transparent)]
+    Seal(#[from] BlobError),
+    #[error("storing a portion failed: {0}")]
+    Sink(Box<dyn std::error::Error + Send + Sync>),
+    #[error("blob {0} is needed but was neither packed nor in the dedup index; this is a bug, please report it")]
+    Lost(BlobId),
+    #[error("a backup worker failed: {0}")]
+    Worker(String),
+}
+
+/// What to back up and how.
+pub struct BackupPlan {
+    pub paths: Vec<PathBuf>,
+    pub keys: Arc<Keys>,
+    /// The dedup index: blobs the tenant's snapshots already hold.
+    pub known: Arc<Index>,
+    pub portion_bytes: u64,
+    pub snapshot: SnapshotId,
+    pub time_unix_ms: u64,
+    /// Bytes still to read; the walk counts it down.
+    pub remaining: Arc<AtomicU64>,
+}
+
+/// The packed snapshot, every portion handed to the sink.
+#[derive(Debug)]
+pub struct Packed {
+    pub manifest: Manifest,
+    /// The manifest's sealed blob (for the cache) and where it went.
+    pub sealed_manifest: Vec<u8>,
+    pub manifest_location: BlobLocation,
+    /// Every portion the snapshot needs, new and old.
+    pub portions: Vec<PortionId>,
+    pub stats: WalkStats,
+    pub new_portions: u64,
+}
+
+/// Groups sealed blobs into portions, remembering where each went.
+struct Packer {
+    target: u64,
+    builder: PortionBuilder,
+    locations: HashMap<BlobId, BlobLocation>,
+    finished: u64,
+}
+
+impl Packer {
+    fn new(target: u64) -> Self {
+        Self {
+            target,
+            builder: PortionBuilder::new(target),
+            locations: HashMap::new(),
+            finished: 0,
+        }
+    }
+
+    /// Adds a blob; returns the portion it closed, if any.
+    fn add(&mut self, id: BlobId, sealed: &[u8]) -> Option<Portion> {
+        let closed = if self.builder.fits(sealed.len()) {
+            None
+        } else {
+            Some(self.take())
+        };
+        let (offset, length) = self.builder.add(sealed);
+        let location = BlobLocation {
+            portion: self.builder.id(),
+            offset,
+            length,
+        };
+        self.locations.insert(id, location);
+        closed
+    }
+
+    fn take(&mut self) -> Portion {
+        self.finished += 1;
+        std::mem::replace(&mut self.builder, PortionBuilder::new(self.target)).finish()
+    }
+}
+
+/// Runs the pipeline, handing each portion to `sink`; see the module docs.
+pub async fn pack<S: PortionSink>(plan: BackupPlan, sink: &mut S) -> Result<Packed, BackupError> {
+    let (tx, rx) = mpsc::channel(CHANNEL_BLOBS);
+    let walked = spawn_walk(&plan, tx)?;
+    let keys = plan.keys.clone();
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let mut sealed = ReceiverStream::new(rx)
+        .map(|blob: walk::NewBlob| {
+            let keys = keys.clone();
+            tokio::task::spawn_blocking(move || {
+                seal(&keys, blob.kind, &blob.id, &blob.plaintext).map(|s| (blob.id, s))
+            })
+        })
+        .buffered(workers);
+    let mut packer = Packer::new(plan.portion_bytes);
+    while let Some(joined) = sealed.next().await {
+        let (id, bytes) = joined.map_err(|e| BackupError::Worker(e.to_string()))??;
+        if let Some(portion) = packer.add(id, &bytes) {
+            sink.put(portion)
+                .await
+                .map_err(|e| BackupError::Sink(Box::new(e)))?;
+        }
+    }
+    drop(sealed);
+    let walked = walked
+        .await
+        .map_err(|_| BackupError::Worker("the walk thread ended without a result".into()))??;
+    finish(plan, walked, packer, sink).await
+}
+
+fn spawn_walk(
+    plan: &BackupPlan,
+    tx: mpsc::Sender<walk::NewBlob>,
+) -> Result<oneshot::Receiver<Result<walk::Walked, WalkError>>, BackupError> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let (paths, keys, known, remaining) = (
+        plan.paths.clone(),
+        plan.keys.clone(),
+        plan.known.clone(),
+        plan.remaining.clone(),
+    );
+    std::thread::Builder::new()
+        .name("offsite-walk".into())
+        .stack_size(WALK_STACK_BYTES)
+        .spawn(move || {
+            let walker = walk::Walker {
+                keys: &keys,
+                known: &known,
+                tx,
+                remaining: &remaining,
+            };
+            let _ = done_tx.send(walker.walk(&paths));
+        })
+        .map_err(|e| BackupError::Worker(e.to_string()))?;
+    Ok(done_rx)
+}
+
+/// Writes the manifest into the last portion and hands it over.
+async fn finish<S: PortionSink>(
+    plan: BackupPlan,
+    walked: walk::Walked,
+    mut packer: Packer,
+    sink: &mut S,
+) -> Result<Packed, BackupError> {
+    let mut index = Index::with_capacity(walked.needed.len());
+    for id in walked.needed {
+        let location = packer
+            .locations
+            .get(&id)
+            .or_else(|| plan.known.get(&id))
+            .ok_or(BackupError::Lost(id))?;
+        index.insert(id, *location);
+    }
+    let manifest = Manifest {
+        snapshot: plan.snapshot,
+        root: walked.root,
+        time_unix_ms: plan.time_unix_ms,
+        index,
+    };
+    let keys = plan.keys.clone();
+    let plaintext = manifest.encode();
+    let manifest_id = BlobId::manifest(&keys, plan.snapshot);
+    let sealed_manifest = tokio::task::spawn_blocking(move || {
+        seal(&keys, BlobKind::Manifest, &manifest_id, &plaintext)
+    })
+    .await
+    .map_err(|e| BackupError::Worker(e.to_string()))??;
+    if let Some(portion) = packer.add(manifest_id, &sealed_manifest) {
+        sink.put(portion)
+            .await
+            .map_err(|e| BackupError::Sink(Box::new(e)))?;
+    }
+    let manifest_location = *packer
+        .locations
+        .get(&manifest_id)
+        .ok_or(BackupError::Lost(manifest_id))?;
+    let last = packer.take();
+    sink.put(last)
+        .await
+        .map_err(|e| BackupError::Sink(Box::new(e)))?;
+    let portions: BTreeSet<PortionId> = manifest
+        .index
+        .values()
+        .map(|l| l.portion)
+        .chain([manifest_location.portion])
+        .collect();
+    Ok(Packed {
+        manifest,
+        sealed_manifest,
+        manifest_location,
+        portions: portions.into_iter().collect(),
+        stats: walked.stats,
+        new_portions: packer.finished,
+    })
+}

@@ -1,0 +1,301 @@
+//! Blobs: a chunk, a tree or a manifest after compression and encryption.
+//!
+//! A blob's id is the blake3 hash of its plaintext keyed with the blob-id key,
+//! so ids reveal nothing to vendors (a manifest's id is derived from its
+//! snapshot id instead, so the snapshot record suffices to open it). The sealed form (the blob envelope) is:
+//! version byte, kind byte, 24-byte random nonce, then XChaCha20-Poly1305 over
+//! the zstd-compressed plaintext with the id and kind as associated data.
+
+use std::fmt;
+use std::io::Read;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::Keys;
+
+/// Version byte of the blob envelope.
+pub const BLOB_VERSION: u8 = 1;
+/// Bytes of envelope before the ciphertext.
+pub const HEADER_BYTES: usize = 2 + 24;
+/// Bytes the AEAD adds.
+pub const TAG_BYTES: usize = 16;
+const ZSTD_LEVEL: i32 = 3;
+
+/// A blob's id: keyed blake3 of its plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobId(pub [u8; 32]);
+
+impl BlobId {
+    /// The id of `plaintext` under the tenant's blob-id key.
+    pub fn of(keys: &Keys, plaintext: &[u8]) -> Self {
+        Self(*blake3::keyed_hash(keys.blob_id_key(), plaintext).as_bytes())
+    }
+
+    /// The id of a snapshot's manifest: derived from the snapshot id (which the
+    /// snapshot record carries), not from the plaintext.
+    pub fn manifest(keys: &Keys, snapshot: offsite_proto::SnapshotId) -> Self {
+        let mut input = b"offsite manifest of snapshot ".to_vec();
+        input.extend_from_slice(snapshot.as_bytes());
+        Self(*blake3::keyed_hash(keys.blob_id_key(), &input).as_bytes())
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobId({})", &hex::encode(self.0)[..16])
+    }
+}
+
+/// What a blob holds; each kind has its own bound on plaintext size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobKind {
+    Data,
+    Tree,
+    Manifest,
+}
+
+impl BlobKind {
+    fn byte(self) -> u8 {
+        match self {
+            BlobKind::Data => 1,
+            BlobKind::Tree => 2,
+            BlobKind::Manifest => 3,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(BlobKind::Data),
+            2 => Some(BlobKind::Tree),
+            3 => Some(BlobKind::Manifest),
+            _ => None,
+        }
+    }
+
+    /// Largest plaintext a blob of this kind may hold.
+    pub fn max_plaintext(self) -> usize {
+        match self {
+            BlobKind::Data => crate::chunker::MAX_CHUNK as usize,
+            BlobKind::Tree => 64 * 1024 * 1024,
+            BlobKind::Manifest => 192 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a blob could not be sealed or opened. Opening errors mean the copy is
+/// corrupt or not ours: fetch another replica.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BlobError {
+    #[error("blob {id} is {len} bytes, shorter than any sealed blob; the copy is corrupt")]
+    Truncated { id: BlobId, len: usize },
+    #[error("blob {id} has envelope version {found}; this client reads version {BLOB_VERSION}, upgrade offsite")]
+    Version { id: BlobId, found: u8 },
+    #[error("blob {id} is a {found:?} blob where a {expected:?} blob was expected; the index is corrupt")]
+    Kind {
+        id: BlobId,
+        expected: BlobKind,
+        found: Option<BlobKind>,
+    },
+    #[error("blob {id} does not decrypt: it is corrupt or sealed under another key; fetch another replica")]
+    Decrypt { id: BlobId },
+    #[error("blob {id} decompresses to more than {max} bytes, beyond any {kind:?} blob; the copy is corrupt")]
+    TooLarge {
+        id: BlobId,
+        kind: BlobKind,
+        max: usize,
+    },
+    #[error("blob {id} holds malformed compressed data; the copy is corrupt")]
+    Decompress { id: BlobId },
+    #[error("blob {id}'s plaintext does not hash to its id; the copy is corrupt")]
+    IdMismatch { id: BlobId },
+    #[error("a {kind:?} plaintext of {len} bytes is larger than the {max} allowed")]
+    PlaintextTooLarge {
+        kind: BlobKind,
+        len: usize,
+        max: usize,
+    },
+}
+
+fn associated_data(id: &BlobId, kind: BlobKind) -> [u8; 34] {
+    let mut aad = [0u8; 34];
+    aad[0] = BLOB_VERSION;
+    aad[1] = kind.byte();
+    aad[2..].copy_from_slice(&id.0);
+    aad
+}
+
+/// Compresses and encrypts `plaintext` (whose id is `id`) into a blob envelope.
+pub fn seal(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &BlobId,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, BlobError> {
+    let max = kind.max_plaintext();
+    if plaintext.len() > max {
+        return Err(BlobError::PlaintextTooLarge {
+            kind,
+            len: plaintext.len(),
+            max,
+        });
+    }
+    // Compressing from memory cannot fail except on allocation.
+    let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default();
+    let mut nonce = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let cipher = XChaCha20Poly1305::new(keys.encryption_key().into());
+    let aad = associated_data(id, kind);
+    let ciphertext = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &compressed,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| BlobError::PlaintextTooLarge {
+            kind,
+            len: plaintext.len(),
+            max,
+        })?;
+    let mut out = Vec::with_capacity(HEADER_BYTES + ciphertext.len());
+    out.push(BLOB_VERSION);
+    out.push(kind.byte());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
+/// Checks, decrypts and decompresses a blob envelope, and checks the
+/// plaintext hashes to `id`. Never returns data that was not sealed as `id`.
+pub fn open(keys: &Keys, kind: BlobKind, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
+    let id = *id;
+    if sealed.len() < HEADER_BYTES + TAG_BYTES {
+        return Err(BlobError::Truncated {
+            id,
+            len: sealed.len(),
+        });
+    }
+    if sealed[0] != BLOB_VERSION {
+        return Err(BlobError::Version {
+            id,
+            found: sealed[0],
+        });
+    }
+    if sealed[1] != kind.byte() {
+        return Err(BlobError::Kind {
+            id,
+            expected: kind,
+            found: BlobKind::from_byte(sealed[1]),
+        });
+    }
+    let cipher = XChaCha20Poly1305::new(keys.encryption_key().into());
+    let aad = associated_data(&id, kind);
+    let compressed = cipher
+        .decrypt(
+            XNonce::from_slice(&sealed[2..HEADER_BYTES]),
+            Payload {
+                msg: &sealed[HEADER_BYTES..],
+                aad: &aad,
+            },
+        )
+        .map_err(|_| BlobError::Decrypt { id })?;
+    let plaintext = decompress_bounded(&compressed, kind, id)?;
+    // A manifest's id names its snapshot; the AEAD binds the two.
+    if kind != BlobKind::Manifest && BlobId::of(keys, &plaintext) != id {
+        return Err(BlobError::IdMismatch { id });
+    }
+    Ok(plaintext)
+}
+
+fn decompress_bounded(compressed: &[u8], kind: BlobKind, id: BlobId) -> Result<Vec<u8>, BlobError> {
+    let max = kind.max_plaintext();
+    let decoder =
+        zstd::stream::read::Decoder::new(compressed).map_err(|_| BlobError::Decompress { id })?;
+    let mut out = Vec::new();
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| BlobError::Decompress { id })?;
+    if out.len() > max {
+        return Err(BlobError::TooLarge { id, kind, max });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn keys() -> Keys {
+        Keys::from_data_key(&[7u8; 32])
+    }
+
+    #[test]
+    fn seal_then_open_round_trips() {
+        let keys = keys();
+        let plain = b"hello hello hello hello".repeat(100);
+        let id = BlobId::of(&keys, &plain);
+        let sealed = seal(&keys, BlobKind::Data, &id, &plain).unwrap();
+        assert!(sealed.len() < plain.len(), "compressed before encryption");
+        assert_eq!(open(&keys, BlobKind::Data, &id, &sealed).unwrap(), plain);
+    }
+
+    #[test]
+    fn wrong_kind_id_or_key_is_refused() {
+        let keys = keys();
+        let plain = b"tree bytes".to_vec();
+        let id = BlobId::of(&keys, &plain);
+        let sealed = seal(&keys, BlobKind::Tree, &id, &plain).unwrap();
+        assert!(matches!(
+            open(&keys, BlobKind::Data, &id, &sealed),
+            Err(BlobError::Kind { .. })
+        ));
+        let other = BlobId::of(&keys, b"other");
+        assert_eq!(
+            open(&keys, BlobKind::Tree, &other, &sealed),
+            Err(BlobError::Decrypt { id: other })
+        );
+        let stranger = Keys::from_data_key(&[8u8; 32]);
+        assert!(open(&stranger, BlobKind::Tree, &id, &sealed).is_err());
+        assert!(matches!(
+            open(&keys, BlobKind::Tree, &id, &sealed[..10]),
+            Err(BlobError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_are_keyed() {
+        assert_ne!(
+            BlobId::of(&keys(), b"x"),
+            BlobId::of(&Keys::from_data_key(&[9u8; 32]), b"x")
+        );
+        assert_ne!(BlobId::of(&keys(), b"x").0, *blake3::hash(b"x").as_bytes());
+    }
+
+    proptest! {
+        #[test]
+        fn flipping_any_byte_never_yields_wrong_data(
+            plain in proptest::collection::vec(any::<u8>(), 0..2000),
+            pos in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let keys = keys();
+            let id = BlobId::of(&keys, &plain);
+            let mut sealed = seal(&keys, BlobKind::Data, &id, &plain).unwrap();
+            let at = pos.index(sealed.len());
+            sealed[at] ^= flip;
+            prop_assert!(open(&keys, BlobKind::Data, &id, &sealed).is_err());
+        }
+    }
+}

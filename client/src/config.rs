@@ -1,0 +1,229 @@
+//! The client's configuration (`client.toml`): which coordinator group to talk
+//! to, which tenant we are, where the key file and the cache live, and how
+//! backups are cut into portions and replicated.
+
+use std::path::{Path, PathBuf};
+
+use offsite_proto::limits::{MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_REPLICATION, MIN_PIECE_BYTES};
+use offsite_proto::TenantId;
+use serde::Deserialize;
+
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "OFFSITE_CONFIG";
+
+/// Smallest portion size (a larger blob still gets a portion of its own).
+pub const MIN_PORTION_BYTES: u64 = 1024 * 1024;
+
+/// The client's configuration, read from TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `host:port` of every coordinator of the group; the client fails over between them.
+    pub coordinators: Vec<String>,
+    /// The tenant (customer account) this client backs up for.
+    pub tenant: TenantId,
+    /// The key file `offsite init` creates: the data key wrapped by the passphrase.
+    pub key_file: PathBuf,
+    /// Where manifests and the snapshot list are cached, under `<cache_dir>/<tenant>/`.
+    pub cache_dir: PathBuf,
+    /// The name of this machine in snapshot records; default: the machine's hostname.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// How many vendors hold each portion.
+    #[serde(default = "default_replication")]
+    pub replication: u32,
+    /// Target size of a portion (a pack of blobs), in bytes.
+    #[serde(default = "default_portion_bytes")]
+    pub portion_bytes: u64,
+    /// Size of the pieces vendors re-chunk each portion into, in bytes.
+    #[serde(default = "default_piece_bytes")]
+    pub piece_bytes: u64,
+    /// A file holding the passphrase; `OFFSITE_PASSWORD_FILE` and `OFFSITE_PASSWORD` win.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn default_replication() -> u32 {
+    3
+}
+
+fn default_portion_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
+fn default_piece_bytes() -> u64 {
+    offsite_proto::limits::DEFAULT_PIECE_BYTES
+}
+
+/// Why the configuration could not be used; each names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no config file given; pass --config FILE or set {CONFIG_ENV}")]
+    NotGiven,
+    #[error("cannot read config file {path}: {source}; check the path and its permissions")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path}: {field} {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl ClientConfig {
+    /// Finds the config file (`--config`, else `OFFSITE_CONFIG`), reads and validates it.
+    pub fn locate_and_load(flag: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = match flag {
+            Some(path) => path.to_path_buf(),
+            None => std::env::var_os(CONFIG_ENV)
+                .map(PathBuf::from)
+                .ok_or(ConfigError::NotGiven)?,
+        };
+        Self::load(&path)
+    }
+
+    /// Reads and validates one config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: ClientConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        config
+            .validate()
+            .map_err(|(field, problem)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks every field; returns the field and what to change.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.coordinators.is_empty() {
+            return Err((
+                "coordinators",
+                "is empty; list at least one host:port".into(),
+            ));
+        }
+        if let Some(bad) = self.coordinators.iter().find(|a| !is_host_port(a)) {
+            return Err(("coordinators", format!("entry {bad:?} is not host:port")));
+        }
+        if !(1..=MAX_REPLICATION).contains(&self.replication) {
+            return Err((
+                "replication",
+                format!("is {}; use 1 to {MAX_REPLICATION}", self.replication),
+            ));
+        }
+        if !(MIN_PORTION_BYTES..=MAX_PORTION_BYTES / 2).contains(&self.portion_bytes) {
+            return Err((
+                "portion_bytes",
+                format!(
+                    "is {}; use {MIN_PORTION_BYTES} to {}",
+                    self.portion_bytes,
+                    MAX_PORTION_BYTES / 2
+                ),
+            ));
+        }
+        if !(MIN_PIECE_BYTES..=MAX_PIECE_BYTES).contains(&self.piece_bytes) {
+            return Err((
+                "piece_bytes",
+                format!(
+                    "is {}; use {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES}",
+                    self.piece_bytes
+                ),
+            ));
+        }
+        if let Some(host) = &self.host {
+            if host.is_empty() || host.len() > 255 {
+                return Err(("host", "must be 1 to 255 characters".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host name recorded in snapshots: `host`, else the machine's hostname.
+    pub fn host_name(&self) -> String {
+        if let Some(host) = &self.host {
+            return host.clone();
+        }
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+            .find(|s| !s.is_empty() && s.len() <= 255)
+            .unwrap_or_else(|| "unknown-host".to_string())
+    }
+
+    /// The tenant's cache directory.
+    pub fn tenant_cache_dir(&self) -> PathBuf {
+        self.cache_dir.join(self.tenant.as_str())
+    }
+}
+
+fn is_host_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !address.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+coordinators = ["127.0.0.1:7000", "127.0.0.1:7001"]
+tenant = "acme"
+key_file = "/tmp/key.json"
+cache_dir = "/tmp/cache"
+"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let (_dir, path) = write(GOOD);
+        let config = ClientConfig::load(&path).unwrap();
+        assert_eq!(config.replication, 3);
+        assert_eq!(config.portion_bytes, 16 * 1024 * 1024);
+        assert_eq!(config.piece_bytes, 5 * 1024 * 1024);
+        assert_eq!(config.tenant_cache_dir(), PathBuf::from("/tmp/cache/acme"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_the_file() {
+        let (_dir, path) = write(&format!("{GOOD}\ncolour = \"blue\"\n"));
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("client.toml") && err.contains("colour"),
+            "{err}"
+        );
+
+        let (_dir, path) = write(&format!("{GOOD}\nreplication = 0\n"));
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("replication"), "{err}");
+
+        let err = ClientConfig::load(Path::new("/nonexistent/client.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/client.toml"), "{err}");
+    }
+}

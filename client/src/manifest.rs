@@ -1,0 +1,161 @@
+//! The snapshot manifest: an encrypted blob (kind manifest), written last in a
+//! backup, holding the root tree id and the index of every blob the snapshot
+//! needs (blob id -> portion, offset, length). Its location goes in the
+//! snapshot record; the index of all manifests is the dedup index.
+
+use std::collections::HashMap;
+
+use offsite_proto::limits::MAX_PORTION_BYTES;
+use offsite_proto::{BlobLocation, PortionId, SnapshotId};
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobId;
+
+/// Version of the manifest format.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Blob id -> where the blob lives.
+pub type Index = HashMap<BlobId, BlobLocation>;
+
+/// One snapshot's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub snapshot: SnapshotId,
+    pub root: BlobId,
+    pub time_unix_ms: u64,
+    pub index: Index,
+}
+
+/// Portions are stored once in a table and named by position in each entry.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    snapshot: [u8; 16],
+    root: BlobId,
+    time_unix_ms: u64,
+    portions: Vec<[u8; 16]>,
+    entries: Vec<(BlobId, u32, u64, u64)>,
+}
+
+/// A manifest blob that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest has format version {0}; this client reads version {MANIFEST_VERSION}, upgrade offsite")]
+    Version(u32),
+    #[error("manifest does not decode: {0}; the manifest blob is corrupt")]
+    Decode(postcard::Error),
+    #[error("manifest entry for blob {0} is out of bounds; the manifest blob is corrupt")]
+    Entry(BlobId),
+    #[error("manifest is for snapshot {found}, not {expected}; the snapshot record points at the wrong blob")]
+    WrongSnapshot {
+        expected: SnapshotId,
+        found: SnapshotId,
+    },
+}
+
+impl Manifest {
+    /// The manifest's stored bytes (the plaintext of its blob); entries are
+    /// sorted so the same manifest always encodes the same.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut table: HashMap<PortionId, u32> = HashMap::new();
+        let mut portions = Vec::new();
+        let mut entries: Vec<(BlobId, u32, u64, u64)> = self
+            .index
+            .iter()
+            .map(|(id, loc)| {
+                let slot = *table.entry(loc.portion).or_insert_with(|| {
+                    portions.push(*loc.portion.as_bytes());
+                    portions.len() as u32 - 1
+                });
+                (*id, slot, loc.offset, loc.length)
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let stored = Stored {
+            version: MANIFEST_VERSION,
+            snapshot: *self.snapshot.as_bytes(),
+            root: self.root,
+            time_unix_ms: self.time_unix_ms,
+            portions,
+            entries,
+        };
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_stdvec(&stored).unwrap_or_default()
+    }
+
+    /// Decodes and checks a manifest, which must be `expected`'s.
+    pub fn decode(bytes: &[u8], expected: SnapshotId) -> Result<Self, ManifestError> {
+        let stored: Stored = postcard::from_bytes(bytes).map_err(ManifestError::Decode)?;
+        if stored.version != MANIFEST_VERSION {
+            return Err(ManifestError::Version(stored.version));
+        }
+        let found = SnapshotId::from_bytes(stored.snapshot);
+        if found != expected {
+            return Err(ManifestError::WrongSnapshot { expected, found });
+        }
+        let mut index = Index::with_capacity(stored.entries.len());
+        for (id, slot, offset, length) in stored.entries {
+            let portion = stored
+                .portions
+                .get(slot as usize)
+                .ok_or(ManifestError::Entry(id))?;
+            let in_bounds = offset
+                .checked_add(length)
+                .is_some_and(|end| end <= MAX_PORTION_BYTES && length > 0);
+            if !in_bounds {
+                return Err(ManifestError::Entry(id));
+            }
+            let location = BlobLocation {
+                portion: PortionId::from_bytes(*portion),
+                offset,
+                length,
+            };
+            index.insert(id, location);
+        }
+        Ok(Self {
+            snapshot: found,
+            root: stored.root,
+            time_unix_ms: stored.time_unix_ms,
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_checks_the_snapshot() {
+        let (p1, p2) = (PortionId::random(), PortionId::random());
+        let mut index = Index::new();
+        for i in 0..50u8 {
+            let portion = if i % 2 == 0 { p1 } else { p2 };
+            index.insert(
+                BlobId([i; 32]),
+                BlobLocation {
+                    portion,
+                    offset: 8 + u64::from(i) * 100,
+                    length: 100,
+                },
+            );
+        }
+        let manifest = Manifest {
+            snapshot: SnapshotId::random(),
+            root: BlobId([9; 32]),
+            time_unix_ms: 1_700_000_000_000,
+            index,
+        };
+        let bytes = manifest.encode();
+        assert_eq!(bytes, manifest.encode(), "encoding is deterministic");
+        assert_eq!(
+            Manifest::decode(&bytes, manifest.snapshot).unwrap(),
+            manifest
+        );
+        assert!(matches!(
+            Manifest::decode(&bytes, SnapshotId::random()),
+            Err(ManifestError::WrongSnapshot { .. })
+        ));
+        assert!(Manifest::decode(&bytes[..bytes.len() / 2], manifest.snapshot).is_err());
+    }
+}

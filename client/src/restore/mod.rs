@@ -1,0 +1,159 @@
+//! Restoring a snapshot: open its manifest, plan from its trees, fetch the
+//! portions a few at a time (best replica first, falling back), write each
+//! blob at its offsets, then symlinks, permissions and mtimes. Memory holds a
+//! few portions at a time.
+
+mod plan;
+mod source;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use offsite_proto::{PortionId, PortionLocation, SnapshotRecord};
+
+use crate::blob::{open, BlobError, BlobId, BlobKind};
+use crate::keys::Keys;
+use crate::manifest::{Manifest, ManifestError};
+use crate::portion::PortionError;
+use crate::tree::TreeError;
+pub use plan::{plan, Plan};
+pub use source::{verify_portion, FetchError, PortionSource, VendorSource};
+
+/// Portions fetched at once.
+const PARALLEL_PORTIONS: usize = 3;
+
+/// Why a restore stopped; each names the thing and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("restore target {0} is a file; name a directory")]
+    TargetIsFile(PathBuf),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Portion(#[from] PortionError),
+    #[error("blob {0} is not in the snapshot's manifest; the snapshot is damaged")]
+    NotInManifest(BlobId),
+    #[error("the coordinator gave no location for portion {0}; the snapshot's FAT is incomplete")]
+    NoLocation(PortionId),
+    #[error("chunk {0} does not have the length its tree records; the snapshot is damaged")]
+    ChunkLength(BlobId),
+    #[error("the snapshot's trees nest deeper than {0} levels; the snapshot is damaged")]
+    TooDeep(usize),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("a restore worker failed: {0}")]
+    Worker(String),
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes_written: u64,
+    pub portions_fetched: u64,
+}
+
+/// Refuses a target that exists and is not a directory.
+pub fn check_target(target: &Path) -> Result<(), RestoreError> {
+    match std::fs::metadata(target) {
+        Ok(meta) if !meta.is_dir() => Err(RestoreError::TargetIsFile(target.to_path_buf())),
+        _ => Ok(()),
+    }
+}
+
+/// Fetches and opens a snapshot's manifest; returns it with its sealed bytes.
+pub async fn fetch_manifest<S: PortionSource>(
+    source: &S,
+    keys: &Keys,
+    record: &SnapshotRecord,
+    location: &PortionLocation,
+) -> Result<(Manifest, Vec<u8>), RestoreError> {
+    let at = record.manifest;
+    let id = BlobId::manifest(keys, record.id);
+    let check = |bytes: &[u8]| open(keys, BlobKind::Manifest, &id, bytes).is_ok();
+    let sealed = source.blob(location, at.offset, at.length, &check).await?;
+    let manifest = open_manifest(keys, record, &sealed)?;
+    Ok((manifest, sealed))
+}
+
+/// Opens a sealed manifest (fetched or cached) of `record`.
+pub fn open_manifest(
+    keys: &Keys,
+    record: &SnapshotRecord,
+    sealed: &[u8],
+) -> Result<Manifest, RestoreError> {
+    let id = BlobId::manifest(keys, record.id);
+    let plain = open(keys, BlobKind::Manifest, &id, sealed)?;
+    Ok(Manifest::decode(&plain, record.id)?)
+}
+
+/// Restores `manifest` into `target` with portions from `source`.
+pub async fn restore<S: PortionSource>(
+    source: &S,
+    keys: Arc<Keys>,
+    manifest: &Manifest,
+    locations: &HashMap<PortionId, PortionLocation>,
+    target: &Path,
+) -> Result<RestoreStats, RestoreError> {
+    check_target(target)?;
+    let plan = plan(source, &keys, manifest, locations).await?;
+    let plan = Arc::new(plan);
+    let target: Arc<PathBuf> = Arc::new(target.to_path_buf());
+    {
+        let (plan, target) = (plan.clone(), target.clone());
+        blocking(move || write::prepare(&target, &plan)).await?;
+    }
+    let jobs = plan.portions.keys().copied().collect::<Vec<_>>();
+    let written: Vec<u64> = stream::iter(jobs)
+        .map(|portion| {
+            let (plan, target, keys) = (plan.clone(), target.clone(), keys.clone());
+            async move {
+                let location = locations
+                    .get(&portion)
+                    .ok_or(RestoreError::NoLocation(portion))?;
+                let bytes = source.portion(location).await?;
+                blocking(move || {
+                    let writes = plan.portions.get(&portion).map_or(&[][..], Vec::as_slice);
+                    write::apply_portion(&target, &keys, &plan.files, portion, &bytes, writes)
+                })
+                .await
+            }
+        })
+        .buffer_unordered(PARALLEL_PORTIONS)
+        .try_collect()
+        .await?;
+    {
+        let (plan, target) = (plan.clone(), target.clone());
+        blocking(move || write::finish(&target, &plan)).await?;
+    }
+    Ok(RestoreStats {
+        files: plan.files.len() as u64,
+        dirs: plan.dirs.len() as u64,
+        symlinks: plan.links.len() as u64,
+        bytes_written: written.iter().sum(),
+        portions_fetched: written.len() as u64,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RestoreError::Worker(e.to_string()))?
+}

@@ -1,0 +1,332 @@
+//! Backup-then-restore through memory: real portions built by the backup
+//! half, restored by the writing half through the `PortionSource` seam.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use offsite_proto::{PortionId, PortionLocation, SnapshotId};
+use rand::{RngCore, SeedableRng};
+
+use crate::backup::{pack, BackupPlan, Packed, PortionSink};
+use crate::keys::Keys;
+use crate::manifest::Index;
+use crate::portion::Portion;
+use crate::restore::{self, verify_portion, FetchError, PortionSource, RestoreError};
+
+/// Portions kept in memory: the sink of a backup and the source of a restore.
+#[derive(Default)]
+struct Memory {
+    portions: HashMap<PortionId, Portion>,
+    puts: usize,
+}
+
+impl PortionSink for Memory {
+    type Error = std::convert::Infallible;
+    fn put(
+        &mut self,
+        portion: Portion,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        self.puts += 1;
+        self.portions.insert(portion.id, portion);
+        std::future::ready(Ok(()))
+    }
+}
+
+impl Memory {
+    fn locations(&self) -> HashMap<PortionId, PortionLocation> {
+        self.portions
+            .values()
+            .map(|p| {
+                let location = PortionLocation {
+                    portion: p.id,
+                    hash: p.hash,
+                    size: p.bytes.len() as u64,
+                    vendors: vec![],
+                    fetch_grants: vec![],
+                };
+                (p.id, location)
+            })
+            .collect()
+    }
+
+    fn missing(location: &PortionLocation) -> FetchError {
+        FetchError {
+            portion: location.portion,
+            tried: 0,
+            errors: "not in memory".into(),
+        }
+    }
+}
+
+impl PortionSource for Memory {
+    async fn portion(&self, location: &PortionLocation) -> Result<Vec<u8>, FetchError> {
+        let bytes = self
+            .portions
+            .get(&location.portion)
+            .ok_or_else(|| Self::missing(location))?
+            .bytes
+            .to_vec();
+        verify_portion(location, &bytes).map_err(|errors| FetchError {
+            portion: location.portion,
+            tried: 1,
+            errors,
+        })?;
+        Ok(bytes)
+    }
+
+    async fn blob(
+        &self,
+        location: &PortionLocation,
+        offset: u64,
+        length: u64,
+        check: &(dyn Fn(&[u8]) -> bool + Sync),
+    ) -> Result<Vec<u8>, FetchError> {
+        let portion = self
+            .portions
+            .get(&location.portion)
+            .ok_or_else(|| Self::missing(location))?;
+        let bytes = portion
+            .bytes
+            .get(offset as usize..(offset + length) as usize)
+            .unwrap_or(&[]);
+        if !check(bytes) {
+            return Err(Self::missing(location));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+/// A tree with a large file, duplicates, an empty file, a non-UTF-8 name,
+/// symlinks (one dangling), odd modes and a socket (skipped).
+fn make_tree(root: &Path) -> PathBuf {
+    let top = root.join("data");
+    let sub = top.join("sub");
+    std::fs::create_dir_all(sub.join("deeper")).unwrap();
+    std::fs::write(top.join("a.txt"), b"hello offsite\n").unwrap();
+    std::fs::write(top.join("big.bin"), random(3 * 1024 * 1024 + 17, 1)).unwrap();
+    std::fs::write(sub.join("big-copy.bin"), random(3 * 1024 * 1024 + 17, 1)).unwrap();
+    std::fs::write(top.join("empty"), b"").unwrap();
+    std::fs::write(sub.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name").unwrap();
+    std::os::unix::fs::symlink("a.txt", top.join("link")).unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"nowhere/\xff"), sub.join("dangling")).unwrap();
+    std::fs::set_permissions(top.join("a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(sub.join("deeper"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(top.join("socket")).unwrap();
+    filetime::set_file_mtime(
+        top.join("empty"),
+        filetime::FileTime::from_unix_time(1_500_000_000, 42),
+    )
+    .unwrap();
+    top
+}
+
+async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut Memory) -> Packed {
+    let plan = BackupPlan {
+        paths,
+        keys: keys.clone(),
+        known: Arc::new(known),
+        portion_bytes: crate::config::MIN_PORTION_BYTES,
+        snapshot: SnapshotId::random(),
+        time_unix_ms: 1,
+        remaining: Arc::new(AtomicU64::new(0)),
+    };
+    pack(plan, sink).await.unwrap()
+}
+
+/// Compares two trees entry by entry: kind, content, mode, mtime, link target.
+fn assert_same(a: &Path, b: &Path) {
+    let (ma, mb) = (a.symlink_metadata().unwrap(), b.symlink_metadata().unwrap());
+    assert_eq!(ma.file_type(), mb.file_type(), "{}", b.display());
+    if ma.file_type().is_symlink() {
+        assert_eq!(
+            std::fs::read_link(a).unwrap(),
+            std::fs::read_link(b).unwrap()
+        );
+        return;
+    }
+    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{}", b.display());
+    assert_eq!(
+        (ma.mtime(), ma.mtime_nsec()),
+        (mb.mtime(), mb.mtime_nsec()),
+        "{}",
+        b.display()
+    );
+    if ma.is_file() {
+        assert_eq!(
+            std::fs::read(a).unwrap(),
+            std::fs::read(b).unwrap(),
+            "{}",
+            b.display()
+        );
+    }
+    if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut n: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| !e.file_type().unwrap().is_socket())
+                .map(|e| e.file_name())
+                .collect();
+            n.sort();
+            n
+        };
+        let (na, nb) = (names(a), names(b));
+        assert_eq!(na, nb, "{}", b.display());
+        for name in na {
+            assert_same(&a.join(&name), &b.join(&name));
+        }
+    }
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+#[tokio::test]
+async fn backup_then_restore_rebuilds_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_tree(dir.path());
+    let keys = Arc::new(Keys::from_data_key(&[3; 32]));
+    let mut memory = Memory::default();
+    let packed = backup(&keys, vec![top.clone()], Index::new(), &mut memory).await;
+
+    assert_eq!(packed.stats.files, 5);
+    assert_eq!(packed.stats.dirs, 3);
+    assert_eq!(packed.stats.symlinks, 2);
+    assert_eq!(packed.stats.skipped, 1, "the socket");
+    assert!(memory.puts >= 3, "1 MiB portions: {} puts", memory.puts);
+    let mut all: Vec<PortionId> = memory.portions.keys().copied().collect();
+    all.sort();
+    assert_eq!(packed.portions, all);
+
+    let target = dir.path().join("restored");
+    let locations = memory.locations();
+    let stats = restore::restore(&memory, keys.clone(), &packed.manifest, &locations, &target)
+        .await
+        .unwrap();
+    assert_eq!(stats.files, 5);
+    assert_same(&top, &target.join("data"));
+}
+
+#[tokio::test]
+async fn identical_content_is_stored_once_and_a_second_backup_uploads_only_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_tree(dir.path());
+    let keys = Arc::new(Keys::from_data_key(&[4; 32]));
+    let mut first = Memory::default();
+    let packed = backup(&keys, vec![top.clone()], Index::new(), &mut first).await;
+    let stored: u64 = first.portions.values().map(|p| p.bytes.len() as u64).sum();
+    assert!(
+        stored < 4 * 1024 * 1024,
+        "big.bin and its copy share chunks: {stored} bytes stored"
+    );
+
+    let mut second = Memory::default();
+    let again = backup(&keys, vec![top], packed.manifest.index.clone(), &mut second).await;
+    assert_eq!(again.stats.new_blobs, 0);
+    assert_eq!(second.puts, 1, "only the manifest's portion");
+    assert_eq!(again.manifest.root, packed.manifest.root);
+    assert!(again.portions.contains(&again.manifest_location.portion));
+    assert!(
+        again.portions.len() > 1,
+        "the old portions are still needed"
+    );
+}
+
+#[tokio::test]
+async fn the_plan_sends_each_blob_to_every_place_it_belongs() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_tree(dir.path());
+    let keys = Arc::new(Keys::from_data_key(&[5; 32]));
+    let mut memory = Memory::default();
+    let packed = backup(&keys, vec![top], Index::new(), &mut memory).await;
+    let plan = restore::plan(&memory, &keys, &packed.manifest, &memory.locations())
+        .await
+        .unwrap();
+
+    let file = |name: &str| {
+        plan.files
+            .iter()
+            .position(|f| f.path == Path::new(name))
+            .unwrap()
+    };
+    let (big, copy) = (file("data/big.bin"), file("data/sub/big-copy.bin"));
+    assert_eq!(plan.files[big].size, 3 * 1024 * 1024 + 17);
+    let writes: Vec<_> = plan.portions.values().flatten().collect();
+    let to = |f: usize| {
+        writes
+            .iter()
+            .filter(|w| w.targets.iter().any(|t| t.0 == f))
+            .count()
+    };
+    assert!(to(big) >= 2, "a 3 MiB file has several chunks");
+    for w in writes
+        .iter()
+        .filter(|w| w.targets.iter().any(|t| t.0 == big))
+    {
+        let (_, at) = w.targets.iter().find(|t| t.0 == big).unwrap();
+        assert!(
+            w.targets.contains(&(copy, *at)),
+            "the copy gets the same chunk at the same offset"
+        );
+    }
+    assert!(plan
+        .files
+        .iter()
+        .any(|f| f.path.as_os_str().as_bytes() == b"data/sub/caf\xe9"));
+    assert_eq!(
+        plan.dirs
+            .iter()
+            .find(|d| d.path == Path::new("data/sub/deeper"))
+            .unwrap()
+            .depth,
+        3
+    );
+    assert_eq!(plan.links.len(), 2);
+}
+
+#[tokio::test]
+async fn a_file_target_and_a_damaged_portion_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_tree(dir.path());
+    let keys = Arc::new(Keys::from_data_key(&[6; 32]));
+    let mut memory = Memory::default();
+    let packed = backup(&keys, vec![top.join("a.txt")], Index::new(), &mut memory).await;
+    let locations = memory.locations();
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = restore::restore(&memory, keys.clone(), &packed.manifest, &locations, &file)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RestoreError::TargetIsFile(_)));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "restore target {} is a file; name a directory",
+            file.display()
+        )
+    );
+
+    for portion in memory.portions.values_mut() {
+        let mut bytes = portion.bytes.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        portion.bytes = bytes.into();
+    }
+    let target = dir.path().join("out");
+    assert!(
+        restore::restore(&memory, keys, &packed.manifest, &locations, &target)
+            .await
+            .is_err()
+    );
+}

@@ -1,0 +1,258 @@
+//! Directory trees: one tree blob per directory, listing its entries sorted by
+//! name. Names and link targets are raw bytes, so names that are not UTF-8
+//! survive a backup and restore. Serialized with postcard behind a version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::BlobId;
+
+/// Version of the tree format.
+pub const TREE_VERSION: u32 = 1;
+/// Most entries in one directory.
+pub const MAX_ENTRIES: usize = 4_000_000;
+/// Longest name or link target.
+pub const MAX_NAME_BYTES: usize = 4096;
+
+/// One chunk of a file: its blob and its plaintext length, so a restore knows
+/// where each chunk goes before decrypting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: BlobId,
+    pub len: u32,
+}
+
+/// What an entry is, with what it needs to be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file: its chunks, in order; `size` is their total length.
+    File { size: u64, content: Vec<ChunkRef> },
+    /// A directory: its own tree blob.
+    Dir { subtree: BlobId },
+    /// A symbolic link and its target, as raw bytes.
+    Symlink { target: Vec<u8> },
+}
+
+/// One entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The name, raw bytes (`OsStrExt`).
+    pub name: Vec<u8>,
+    pub kind: EntryKind,
+    /// Permission bits (and the file type bits, ignored on restore).
+    pub mode: u32,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+}
+
+/// One directory's listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    entries: Vec<Entry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTree {
+    version: u32,
+    entries: Vec<Entry>,
+}
+
+/// A tree blob that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error(
+        "tree has format version {0}; this client reads version {TREE_VERSION}, upgrade offsite"
+    )]
+    Version(u32),
+    #[error("tree does not decode: {0}; the snapshot's tree blob is corrupt")]
+    Decode(postcard::Error),
+    #[error("tree entry {name:?} is invalid: {problem}; the snapshot's tree blob is corrupt")]
+    Entry { name: String, problem: &'static str },
+    #[error("tree has {0} entries, more than the {MAX_ENTRIES} allowed")]
+    TooMany(usize),
+}
+
+impl Tree {
+    /// Builds a tree, sorting the entries by name.
+    pub fn new(mut entries: Vec<Entry>) -> Self {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Self { entries }
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The tree's stored bytes (the plaintext of its blob).
+    pub fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            entries: &'a [Entry],
+        }
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_stdvec(&Borrowed {
+            version: TREE_VERSION,
+            entries: &self.entries,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes and checks a tree: version, bounds, safe names, sorted and unique.
+    pub fn decode(bytes: &[u8]) -> Result<Self, TreeError> {
+        let stored: StoredTree = postcard::from_bytes(bytes).map_err(TreeError::Decode)?;
+        if stored.version != TREE_VERSION {
+            return Err(TreeError::Version(stored.version));
+        }
+        if stored.entries.len() > MAX_ENTRIES {
+            return Err(TreeError::TooMany(stored.entries.len()));
+        }
+        for (i, entry) in stored.entries.iter().enumerate() {
+            check_entry(entry)?;
+            if i > 0 && stored.entries[i - 1].name >= entry.name {
+                return Err(entry_error(entry, "entries are not sorted and unique"));
+            }
+        }
+        Ok(Self {
+            entries: stored.entries,
+        })
+    }
+}
+
+fn entry_error(entry: &Entry, problem: &'static str) -> TreeError {
+    TreeError::Entry {
+        name: String::from_utf8_lossy(&entry.name).into_owned(),
+        problem,
+    }
+}
+
+/// A name must be one path component: restoring must never escape the target.
+fn check_entry(entry: &Entry) -> Result<(), TreeError> {
+    let name = &entry.name;
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(entry_error(entry, "name is empty or too long"));
+    }
+    if name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(entry_error(entry, "name is not a single path component"));
+    }
+    if entry.mtime_nanos >= 1_000_000_000 {
+        return Err(entry_error(entry, "mtime nanoseconds out of range"));
+    }
+    if let EntryKind::File { size, content } = &entry.kind {
+        let total: u64 = content.iter().map(|c| u64::from(c.len)).sum();
+        let max = crate::chunker::MAX_CHUNK;
+        if total != *size || content.iter().any(|c| c.len == 0 || c.len > max) {
+            return Err(entry_error(entry, "file size does not match its chunks"));
+        }
+    }
+    if let EntryKind::Symlink { target } = &entry.kind {
+        if target.is_empty() || target.len() > MAX_NAME_BYTES || target.contains(&0) {
+            return Err(entry_error(
+                entry,
+                "link target is empty, too long or has NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &[u8], kind: EntryKind) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind,
+            mode: 0o644,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 5,
+        }
+    }
+
+    #[test]
+    fn round_trips_sorted_with_non_utf8_names() {
+        let tree = Tree::new(vec![
+            entry(
+                b"zeta",
+                EntryKind::Symlink {
+                    target: b"../a\xff".to_vec(),
+                },
+            ),
+            entry(
+                b"caf\xe9",
+                EntryKind::File {
+                    size: 3,
+                    content: vec![ChunkRef {
+                        id: BlobId([1; 32]),
+                        len: 3,
+                    }],
+                },
+            ),
+            entry(
+                b"dir",
+                EntryKind::Dir {
+                    subtree: BlobId([2; 32]),
+                },
+            ),
+            entry(
+                b"empty",
+                EntryKind::File {
+                    size: 0,
+                    content: vec![],
+                },
+            ),
+        ]);
+        let names: Vec<&[u8]> = tree.entries().iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, vec![&b"caf\xe9"[..], b"dir", b"empty", b"zeta"]);
+        assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);
+    }
+
+    #[test]
+    fn escaping_or_unsorted_names_are_refused() {
+        for bad in [&b".."[..], b"a/b", b"", b"."] {
+            let tree = Tree {
+                entries: vec![entry(
+                    bad,
+                    EntryKind::Symlink {
+                        target: b"x".to_vec(),
+                    },
+                )],
+            };
+            assert!(Tree::decode(&tree.encode()).is_err(), "{bad:?}");
+        }
+        let unsorted = Tree {
+            entries: vec![
+                entry(
+                    b"b",
+                    EntryKind::Symlink {
+                        target: b"x".to_vec(),
+                    },
+                ),
+                entry(
+                    b"a",
+                    EntryKind::Symlink {
+                        target: b"x".to_vec(),
+                    },
+                ),
+            ],
+        };
+        assert!(Tree::decode(&unsorted.encode()).is_err());
+        let lying = Tree::new(vec![entry(
+            b"f",
+            EntryKind::File {
+                size: 9,
+                content: vec![ChunkRef {
+                    id: BlobId([1; 32]),
+                    len: 3,
+                }],
+            },
+        )]);
+        assert!(Tree::decode(&lying.encode()).is_err());
+        let mut wrong_version = Tree::default().encode();
+        wrong_version[0] = 9;
+        assert!(matches!(
+            Tree::decode(&wrong_version),
+            Err(TreeError::Version(9))
+        ));
+    }
+}

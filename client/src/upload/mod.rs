@@ -1,0 +1,377 @@
+//! Uploading portions: reservations, routes, resends and the final FAT.
+//!
+//! The uploader reserves a round of bytes (estimated from what the backup
+//! still has to read), probes the candidates, and streams each portion to a
+//! route of R distinct vendors, a bounded number of portions in flight. Each
+//! missing receipt sends that copy to another candidate (a route of 1), up to
+//! a bounded number of attempts. When a portion no longer fits the room left,
+//! the portions so far are committed without a snapshot and a new round is
+//! reserved; the last commit carries the snapshot record.
+
+mod copies;
+mod ledger;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use offsite_proto::{
+    Grant, PortionId, PortionPlacement, Receipt, RequestId, ReservationId, RoutingHeader,
+    SnapshotRecord, TenantId, VendorId, VendorRef,
+};
+use tokio::task::JoinSet;
+
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::portion::Portion;
+use crate::probe::{probe_all, rank};
+use crate::vendor::{StoreOutcome, VendorError, VendorPool};
+use ledger::Ledger;
+
+/// Portions being uploaded at once.
+const MAX_IN_FLIGHT: usize = 4;
+/// Largest round reserved at once.
+const ROUND_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Sends of one portion (first route plus resends) beyond its replication.
+const EXTRA_SENDS: usize = 4;
+/// Times a round is re-reserved larger when it cannot route one portion.
+const GROW_ATTEMPTS: u32 = 4;
+/// Commit a round this long before its lease runs out.
+const LEASE_MARGIN_MS: u64 = 60_000;
+
+/// Why an upload could not finish; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    #[error("only {usable} of the {offered} candidate vendors answered the probe with room; {needed} are needed at replication {needed}; retry later or lower `replication`")]
+    TooFewVendors {
+        usable: usize,
+        offered: usize,
+        needed: usize,
+    },
+    #[error("the reservation cannot hold a portion of {size} bytes on {replication} vendors even after growing it; the marketplace is too full, retry later")]
+    NoRoom { size: u64, replication: usize },
+    #[error("portion {portion} has {held} of {replication} copies after {sends} sends; last error: {last}; retry the backup later")]
+    CopiesMissing {
+        portion: PortionId,
+        held: usize,
+        replication: usize,
+        sends: usize,
+        last: String,
+    },
+    #[error("an upload task failed: {0}")]
+    Task(String),
+}
+
+/// How to upload.
+#[derive(Debug, Clone)]
+pub struct UploadSettings {
+    pub tenant: TenantId,
+    pub replication: usize,
+    pub piece_bytes: u64,
+}
+
+/// What the upload did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadStats {
+    /// Portion bytes sent, once per copy.
+    pub bytes_uploaded: u64,
+    pub portions: u64,
+    pub reservations: u64,
+}
+
+/// One open reservation.
+struct Round {
+    id: ReservationId,
+    lease_expires_unix_ms: u64,
+    grants: HashMap<VendorId, Grant>,
+    ledger: Ledger,
+    used: bool,
+}
+
+/// A portion not yet held by R vendors.
+struct Pending {
+    portion: Portion,
+    receipts: Vec<Receipt>,
+    tried: HashSet<VendorId>,
+    in_flight: usize,
+    sends: usize,
+    last_error: String,
+}
+
+/// The outcome of one send to one route.
+struct Sent {
+    portion: PortionId,
+    route: Vec<VendorRef>,
+    result: Result<StoreOutcome, VendorError>,
+}
+
+/// Uploads portions and commits them; see the module docs.
+pub struct Uploader {
+    coordinator: Arc<Coordinator>,
+    pool: VendorPool,
+    settings: UploadSettings,
+    /// Bytes the backup still expects to read, to size the next round.
+    remaining: Arc<AtomicU64>,
+    round: Option<Round>,
+    tasks: JoinSet<Sent>,
+    pending: HashMap<PortionId, Pending>,
+    placed: Vec<PortionPlacement>,
+    bad: HashSet<VendorId>,
+    stats: UploadStats,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn request_id() -> RequestId {
+    // 32 hex digits are always a valid request id.
+    RequestId::new(hex::encode(rand::random::<[u8; 16]>()))
+        .unwrap_or_else(|_| unreachable!("hex is a valid request id"))
+}
+
+impl Uploader {
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        pool: VendorPool,
+        settings: UploadSettings,
+        remaining: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            coordinator,
+            pool,
+            settings,
+            remaining,
+            round: None,
+            tasks: JoinSet::new(),
+            pending: HashMap::new(),
+            placed: Vec::new(),
+            bad: HashSet::new(),
+            stats: UploadStats::default(),
+        }
+    }
+
+    /// Starts uploading a portion; returns once it is under way (waiting while
+    /// too many portions are in flight).
+    pub async fn put(&mut self, portion: Portion) -> Result<(), UploadError> {
+        let size = portion.bytes.len() as u64;
+        let mut grow = 2u64;
+        let mut attempts = 0;
+        loop {
+            while self.pending.len() >= MAX_IN_FLIGHT {
+                self.wait_one().await?;
+            }
+            let expiring = self
+                .round
+                .as_ref()
+                .is_some_and(|r| now_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms);
+            if expiring {
+                self.close_round(None).await?;
+            }
+            if self.round.is_none() {
+                self.open_round(size, size.saturating_mul(grow)).await?;
+            }
+            let Some(round) = self.round.as_mut() else {
+                continue;
+            };
+            let no_one = HashSet::new();
+            if let Some(route) = round.ledger.route(size, self.settings.replication, &no_one) {
+                round.used = true;
+                self.start(portion, route);
+                return Ok(());
+            }
+            if round.used {
+                self.close_round(None).await?;
+                continue;
+            }
+            attempts += 1;
+            if attempts > GROW_ATTEMPTS {
+                return Err(UploadError::NoRoom {
+                    size,
+                    replication: self.settings.replication,
+                });
+            }
+            self.release_round().await;
+            grow = grow.saturating_mul(4);
+        }
+    }
+
+    /// Waits for every portion, then commits the last round with the snapshot.
+    pub async fn finish(mut self, snapshot: SnapshotRecord) -> Result<UploadStats, UploadError> {
+        self.close_round(Some(snapshot)).await?;
+        Ok(self.stats)
+    }
+
+    /// Stops every upload and releases the open reservation.
+    pub async fn abort(mut self) {
+        self.tasks.abort_all();
+        self.release_round().await;
+    }
+
+    async fn open_round(&mut self, size: u64, min_bytes: u64) -> Result<(), UploadError> {
+        let wanted = self
+            .remaining
+            .load(Ordering::Relaxed)
+            .saturating_add(size)
+            .min(ROUND_MAX_BYTES);
+        let mut bytes = wanted.max(min_bytes);
+        let replication = self.settings.replication as u32;
+        let reservation = loop {
+            match self
+                .coordinator
+                .reserve(&request_id(), bytes, replication)
+                .await
+            {
+                Ok(reservation) => break reservation,
+                Err(e) if e.is_capacity() && bytes > min_bytes => {
+                    tracing::info!(bytes, "not enough capacity for the round; asking for less");
+                    bytes = (bytes / 2).max(min_bytes);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.stats.reservations += 1;
+        let vendors: Vec<VendorRef> = reservation
+            .candidates
+            .iter()
+            .map(|c| c.vendor.clone())
+            .filter(|v| !self.bad.contains(&v.id))
+            .collect();
+        let ranked: Vec<VendorRef> = rank(probe_all(&self.pool, &vendors).await, true)
+            .into_iter()
+            .map(|p| p.vendor)
+            .collect();
+        tracing::info!(
+            bytes,
+            candidates = vendors.len(),
+            usable = ranked.len(),
+            "reserved a round"
+        );
+        if ranked.len() < self.settings.replication {
+            let _ = self.coordinator.release(reservation.id).await;
+            return Err(UploadError::TooFewVendors {
+                usable: ranked.len(),
+                offered: reservation.candidates.len(),
+                needed: self.settings.replication,
+            });
+        }
+        let room = reservation
+            .candidates
+            .iter()
+            .map(|c| (c.vendor.id.clone(), c.reserved_bytes))
+            .collect();
+        let grants = reservation
+            .candidates
+            .into_iter()
+            .map(|c| (c.vendor.id, c.store_grant))
+            .collect();
+        self.round = Some(Round {
+            id: reservation.id,
+            lease_expires_unix_ms: reservation.lease_expires_unix_ms,
+            grants,
+            ledger: Ledger::new(ranked, room),
+            used: false,
+        });
+        Ok(())
+    }
+
+    async fn release_round(&mut self) {
+        if let Some(round) = self.round.take() {
+            if let Err(e) = self.coordinator.release(round.id).await {
+                tracing::warn!(reservation = %round.id, error = %e, "could not release the reservation; its lease will run out");
+            }
+        }
+    }
+
+    /// Waits for every portion of the round, then commits it.
+    async fn close_round(&mut self, snapshot: Option<SnapshotRecord>) -> Result<(), UploadError> {
+        while !self.pending.is_empty() {
+            self.wait_one().await?;
+        }
+        let Some(round) = self.round.take() else {
+            return Ok(());
+        };
+        if self.placed.is_empty() && snapshot.is_none() {
+            self.round = Some(round);
+            self.release_round().await;
+            return Ok(());
+        }
+        let placed = std::mem::take(&mut self.placed);
+        let count = placed.len();
+        let committed = self
+            .coordinator
+            .commit(&request_id(), round.id, placed, snapshot)
+            .await?;
+        tracing::info!(portions = count, committed, "committed a round");
+        Ok(())
+    }
+
+    fn start(&mut self, portion: Portion, route: Vec<VendorRef>) {
+        let id = portion.id;
+        let pending = Pending {
+            portion,
+            receipts: Vec::new(),
+            tried: HashSet::new(),
+            in_flight: 0,
+            sends: 0,
+            last_error: String::new(),
+        };
+        self.pending.insert(id, pending);
+        self.stats.portions += 1;
+        self.send(id, route);
+    }
+
+    fn send(&mut self, id: PortionId, route: Vec<VendorRef>) {
+        let (Some(pending), Some(round)) = (self.pending.get_mut(&id), self.round.as_ref()) else {
+            return;
+        };
+        pending.in_flight += 1;
+        pending.sends += 1;
+        pending.tried.extend(route.iter().map(|v| v.id.clone()));
+        let header = RoutingHeader {
+            tenant: self.settings.tenant.clone(),
+            portion: id,
+            hash: pending.portion.hash,
+            size: pending.portion.bytes.len() as u64,
+            grants: route
+                .iter()
+                .map(|v| round.grants.get(&v.id).cloned().unwrap_or_default())
+                .collect(),
+            route: route.clone(),
+            piece_size: self.settings.piece_bytes,
+            reservation: round.id,
+        };
+        let data = pending.portion.bytes.clone();
+        let pool = self.pool.clone();
+        tracing::debug!(portion = %id, route = ?route.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), "sending portion");
+        self.tasks.spawn(async move {
+            let result = pool.store(header, data).await;
+            Sent {
+                portion: id,
+                route,
+                result,
+            }
+        });
+    }
+
+    async fn wait_one(&mut self) -> Result<(), UploadError> {
+        let sent = match self.tasks.join_next().await {
+            Some(Ok(sent)) => sent,
+            Some(Err(e)) => return Err(UploadError::Task(e.to_string())),
+            None => {
+                // Nothing in flight yet portions pending: they can get no more copies.
+                return match self.pending.keys().next().copied() {
+                    Some(id) => Err(self.missing(id)),
+                    None => Ok(()),
+                };
+            }
+        };
+        let id = sent.portion;
+        self.absorb(sent);
+        self.top_up(id)
+    }
+}

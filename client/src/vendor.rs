@@ -1,0 +1,287 @@
+//! Calls to vendor agents: probe, store (a routing header frame, then data
+//! frames of `FRAME_BYTES`) and fetch (a stream gathered into memory bounded by
+//! the expected size), each under a timeout. Channels are kept per address.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use offsite_proto::limits::{FRAME_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
+use offsite_proto::pb::vendor as pb;
+use offsite_proto::pb::vendor::vendor_client::VendorClient;
+use offsite_proto::{Grant, PortionId, Receipt, RoutingHeader, TenantId, VendorId, VendorRef};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::connect::connect;
+
+/// Time allowed for a store: a base plus the portion at this slow a rate.
+const STORE_BASE: Duration = Duration::from_secs(30);
+const SLOWEST_BYTES_PER_SEC: u64 = 256 * 1024;
+
+/// What went wrong with one vendor; the caller tries another replica or vendor.
+#[derive(Debug, thiserror::Error)]
+pub enum VendorError {
+    #[error("vendor {vendor} at {address} is unreachable: {reason}")]
+    Unreachable {
+        vendor: VendorId,
+        address: String,
+        reason: String,
+    },
+    #[error("vendor {vendor} did not answer {what} within {after:?}")]
+    Timeout {
+        vendor: VendorId,
+        what: &'static str,
+        after: Duration,
+    },
+    #[error("vendor {vendor} holds a corrupt copy of portion {portion}: {message}")]
+    Corrupt {
+        vendor: VendorId,
+        portion: PortionId,
+        message: String,
+    },
+    #[error("vendor {vendor} refused {what}: {code:?}: {message}")]
+    Refused {
+        vendor: VendorId,
+        what: &'static str,
+        code: Code,
+        message: String,
+    },
+    #[error("vendor {vendor} answered {what} with a malformed message: {problem}")]
+    Malformed {
+        vendor: VendorId,
+        what: &'static str,
+        problem: String,
+    },
+}
+
+/// A vendor's answer to a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeReply {
+    pub free_bytes: u64,
+}
+
+/// A store's outcome: receipts from the vendors that stored the portion, and
+/// the vendors downstream that said they did not.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOutcome {
+    pub receipts: Vec<Receipt>,
+    pub failures: Vec<(String, String)>,
+}
+
+/// Open channels to vendors, by address.
+#[derive(Clone, Default)]
+pub struct VendorPool {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl VendorPool {
+    async fn client(&self, vendor: &VendorRef) -> Result<VendorClient<Channel>, VendorError> {
+        let cached = self
+            .channels
+            .lock()
+            .map_err(|_| unreachable_err(vendor, "connection table poisoned"))?
+            .get(&vendor.address)
+            .cloned();
+        let channel = match cached {
+            Some(channel) => channel,
+            None => {
+                let channel = connect(&vendor.address)
+                    .await
+                    .map_err(|e| unreachable_err(vendor, &e.to_string()))?;
+                if let Ok(mut table) = self.channels.lock() {
+                    table.insert(vendor.address.clone(), channel.clone());
+                }
+                channel
+            }
+        };
+        Ok(VendorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Echoes `payload` off the vendor; checks the echo and the vendor's identity.
+    pub async fn probe(
+        &self,
+        vendor: &VendorRef,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ProbeReply, VendorError> {
+        let what = "probe";
+        let call = async {
+            let mut client = self.client(vendor).await?;
+            let sent = payload.clone();
+            client
+                .probe(pb::ProbeRequest { payload })
+                .await
+                .map(|r| (r.into_inner(), sent))
+                .map_err(|s| status_err(vendor, what, None, s))
+        };
+        let (reply, sent) = with_timeout(vendor, what, timeout, call).await?;
+        if reply.vendor_id != vendor.id.as_str() || reply.payload != sent {
+            return Err(VendorError::Malformed {
+                vendor: vendor.id.clone(),
+                what,
+                problem: format!(
+                    "answered as {:?} or echoed a different payload",
+                    reply.vendor_id
+                ),
+            });
+        }
+        Ok(ProbeReply {
+            free_bytes: reply.free_bytes,
+        })
+    }
+
+    /// Streams a portion to `header.route[0]`, which forwards it down the route.
+    pub async fn store(
+        &self,
+        header: RoutingHeader,
+        data: bytes::Bytes,
+    ) -> Result<StoreOutcome, VendorError> {
+        let what = "store";
+        let Some(first) = header.route.first().cloned() else {
+            return Ok(StoreOutcome::default());
+        };
+        let timeout = STORE_BASE + Duration::from_secs(data.len() as u64 / SLOWEST_BYTES_PER_SEC);
+        let portion = header.portion;
+        let head = pb::StoreFrame {
+            frame: Some(pb::store_frame::Frame::Header(header.into())),
+        };
+        let frames = (0..data.len().div_ceil(FRAME_BYTES)).map(move |i| {
+            let end = ((i + 1) * FRAME_BYTES).min(data.len());
+            pb::StoreFrame {
+                frame: Some(pb::store_frame::Frame::Data(
+                    data[i * FRAME_BYTES..end].to_vec(),
+                )),
+            }
+        });
+        let stream = futures::stream::iter(std::iter::once(head).chain(frames));
+        let call = async {
+            let mut client = self.client(&first).await?;
+            client
+                .store(stream)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| status_err(&first, what, Some(portion), s))
+        };
+        let reply = with_timeout(&first, what, timeout, call).await?;
+        let mut outcome = StoreOutcome::default();
+        for receipt in reply.receipts {
+            match Receipt::try_from(receipt) {
+                Ok(receipt) => outcome.receipts.push(receipt),
+                Err(e) => {
+                    tracing::warn!(vendor = %first.id, error = %e, "malformed receipt ignored")
+                }
+            }
+        }
+        outcome.failures = reply
+            .failures
+            .into_iter()
+            .map(|f| (f.vendor_id, f.error.chars().take(1024).collect()))
+            .collect();
+        Ok(outcome)
+    }
+
+    /// Fetches `length` bytes of a portion at `offset` (the whole portion when
+    /// `offset` is 0 and `length` its size); more or fewer bytes is an error.
+    pub async fn fetch(&self, request: FetchRange<'_>) -> Result<Vec<u8>, VendorError> {
+        let what = "fetch";
+        let vendor = request.vendor;
+        let expected = usize::try_from(request.length).map_err(|_| VendorError::Malformed {
+            vendor: vendor.id.clone(),
+            what,
+            problem: "range larger than memory".into(),
+        })?;
+        let message = pb::FetchRequest {
+            tenant_id: request.tenant.to_string(),
+            portion_id: request.portion.to_string(),
+            offset: request.offset,
+            length: request.length,
+            grant: request.grant.cloned().map(Into::into),
+        };
+        let timeout = STORE_BASE + Duration::from_secs(request.length / SLOWEST_BYTES_PER_SEC);
+        let portion = request.portion;
+        let call = async {
+            let mut client = self.client(vendor).await?;
+            let status = |s| status_err(vendor, what, Some(portion), s);
+            let mut stream = client.fetch(message).await.map_err(status)?.into_inner();
+            let mut out = Vec::with_capacity(expected);
+            while let Some(frame) = stream.message().await.map_err(status)? {
+                if frame.data.len() > MAX_FRAME_BYTES || out.len() + frame.data.len() > expected {
+                    return Err(VendorError::Malformed {
+                        vendor: vendor.id.clone(),
+                        what,
+                        problem: format!("sent more than the {expected} bytes asked for"),
+                    });
+                }
+                out.extend_from_slice(&frame.data);
+            }
+            if out.len() != expected {
+                return Err(VendorError::Malformed {
+                    vendor: vendor.id.clone(),
+                    what,
+                    problem: format!("sent {} bytes where {expected} were asked for", out.len()),
+                });
+            }
+            Ok(out)
+        };
+        with_timeout(vendor, what, timeout, call).await
+    }
+}
+
+/// A byte range of a portion to fetch from one vendor.
+pub struct FetchRange<'a> {
+    pub vendor: &'a VendorRef,
+    pub tenant: &'a TenantId,
+    pub portion: PortionId,
+    pub offset: u64,
+    pub length: u64,
+    pub grant: Option<&'a Grant>,
+}
+
+async fn with_timeout<T>(
+    vendor: &VendorRef,
+    what: &'static str,
+    after: Duration,
+    call: impl std::future::Future<Output = Result<T, VendorError>>,
+) -> Result<T, VendorError> {
+    tokio::time::timeout(after, call)
+        .await
+        .map_err(|_| VendorError::Timeout {
+            vendor: vendor.id.clone(),
+            what,
+            after,
+        })?
+}
+
+fn unreachable_err(vendor: &VendorRef, reason: &str) -> VendorError {
+    VendorError::Unreachable {
+        vendor: vendor.id.clone(),
+        address: vendor.address.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+fn status_err(
+    vendor: &VendorRef,
+    what: &'static str,
+    portion: Option<PortionId>,
+    status: tonic::Status,
+) -> VendorError {
+    let message: String = status.message().chars().take(1024).collect();
+    match (status.code(), portion) {
+        (Code::DataLoss, Some(portion)) => VendorError::Corrupt {
+            vendor: vendor.id.clone(),
+            portion,
+            message,
+        },
+        (Code::Unavailable, _) => unreachable_err(vendor, &message),
+        (code, _) => VendorError::Refused {
+            vendor: vendor.id.clone(),
+            what,
+            code,
+            message,
+        },
+    }
+}
