@@ -1,1 +1,125 @@
-fn main() {}
+//! `offsite-coordinator`: `run --config FILE` serves the FAT until SIGTERM or
+//! ctrl-c; `status --coordinator HOST:PORT [--json]` prints the marketplace's
+//! vendors.
+
+mod cli_status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use offsite_coordinator::CoordinatorConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "offsite-coordinator",
+    version,
+    about = "The Offsite coordinator: the FAT service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand)]
+enum CliCommand {
+    /// Serve the FAT until SIGTERM or ctrl-c.
+    Run {
+        /// The coordinator's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the marketplace's vendors with their capacity.
+    Status {
+        /// host:port of a coordinator.
+        #[arg(long)]
+        coordinator: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        CliCommand::Run { config } => run(config).await,
+        CliCommand::Status { coordinator, json } => cli_status::print(&coordinator, json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", describe(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause said once (our error
+/// messages often already include their source).
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if !text.contains(cause.trim()) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(cause.trim());
+        }
+    }
+    text
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::load(&config_path)
+        .with_context(|| format!("config file {}", config_path.display()))?;
+    let coordinator = offsite_coordinator::Coordinator::start(config)
+        .await
+        .context("starting the coordinator")?;
+    coordinator
+        .serve(shutdown_signal())
+        .await
+        .context("serving the FAT")
+}
+
+/// Completes at SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,133 @@
+//! The commands the FAT applies and the outcomes it returns. Both are serde
+//! types: they travel through the replicated log. Time (`now_unix_ms`) and
+//! every choice (new ids, chosen candidates) are decided by the caller and
+//! carried here, so applying a command is deterministic.
+
+use offsite_proto::{
+    Candidate, PortionPlacement, RequestId, ReservationId, SnapshotId, SnapshotRecord, TenantId,
+    VendorId, VendorRef,
+};
+use serde::{Deserialize, Serialize};
+
+/// One change to the FAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    RegisterVendor(RegisterVendor),
+    ReportCapacity(ReportCapacity),
+    Reserve(Reserve),
+    Commit(Commit),
+    Release(Release),
+    /// Releases every open reservation whose lease ran out by `now_unix_ms`.
+    ExpireLeases {
+        now_unix_ms: u64,
+    },
+    Forget(Forget),
+}
+
+impl Command {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterVendor(_) => "register-vendor",
+            Command::ReportCapacity(_) => "report-capacity",
+            Command::Reserve(_) => "reserve",
+            Command::Commit(_) => "commit",
+            Command::Release(_) => "release",
+            Command::ExpireLeases { .. } => "expire-leases",
+            Command::Forget(_) => "forget",
+        }
+    }
+}
+
+/// A vendor logs on, or re-registers with a new address or offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterVendor {
+    pub vendor: VendorRef,
+    /// Failure domain; letters, digits, '.', '_' and '-'.
+    pub region: String,
+    pub offered_bytes: u64,
+    pub network_bytes_per_sec: u64,
+    /// ed25519 public key (32 bytes), or empty until the trust issue.
+    pub identity_key: Vec<u8>,
+    pub now_unix_ms: u64,
+}
+
+/// A vendor's periodic capacity report, also its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportCapacity {
+    pub vendor: VendorId,
+    pub offered_bytes: u64,
+    pub stored_bytes: u64,
+    pub now_unix_ms: u64,
+}
+
+/// Bytes held on one candidate vendor of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub vendor: VendorId,
+    pub bytes: u64,
+}
+
+/// Room for `bytes` at `replication`, held on the chosen candidates until the
+/// lease runs out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserve {
+    pub tenant: TenantId,
+    /// A repeated request id from the same tenant returns the same reservation.
+    pub request: RequestId,
+    /// The id the new reservation gets (chosen by the caller).
+    pub reservation: ReservationId,
+    pub bytes: u64,
+    pub replication: u32,
+    /// The candidates chosen by placement, with the bytes each holds.
+    pub holds: Vec<Hold>,
+    pub now_unix_ms: u64,
+    pub lease_expires_unix_ms: u64,
+}
+
+/// The final FAT of some portions, optionally with the snapshot that needs them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub tenant: TenantId,
+    /// A repeated commit with the same request id returns the first result.
+    pub request: RequestId,
+    pub reservation: ReservationId,
+    pub portions: Vec<PortionPlacement>,
+    pub snapshot: Option<SnapshotRecord>,
+    pub now_unix_ms: u64,
+}
+
+/// Gives back a reservation that will not be committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub tenant: TenantId,
+    pub reservation: ReservationId,
+    pub now_unix_ms: u64,
+}
+
+/// Removes a snapshot record; its portions stay until pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forget {
+    pub tenant: TenantId,
+    pub snapshot: SnapshotId,
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    VendorRegistered,
+    CapacityReported,
+    Reserved(ReservationView),
+    Committed { committed_bytes: u64 },
+    Released,
+    LeasesExpired { released: Vec<ReservationId> },
+    Forgotten,
+}
+
+/// The provisional FAT handed to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationView {
+    pub id: ReservationId,
+    pub candidates: Vec<Candidate>,
+    pub lease_expires_unix_ms: u64,
+}

@@ -1,0 +1,45 @@
+//! Why the FAT state machine refused a command, sorted by what the caller
+//! should do about it. A refused command changed nothing.
+
+use serde::{Deserialize, Serialize};
+
+/// A command the FAT refused. Each variant names the action that fixes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum FatError {
+    /// The named record does not exist for this caller (or belongs to another
+    /// tenant, which looks the same from outside).
+    #[error("{0}; check the id, or list what exists")]
+    NotFound(String),
+    /// The reservation's lease ran out or it was released.
+    #[error("{0}; ask for a new reservation")]
+    Expired(String),
+    /// There is not enough free room on up vendors for the request.
+    #[error(
+        "not enough capacity: asked for {asked_bytes} bytes at replication {replication} \
+         ({needed_bytes} bytes over at least {replication} vendors), but {free_bytes} bytes \
+         are free on {vendors} vendors; ask for less, or retry later"
+    )]
+    NotEnoughCapacity {
+        asked_bytes: u64,
+        replication: u32,
+        needed_bytes: u64,
+        free_bytes: u64,
+        vendors: u64,
+    },
+    /// The request is malformed or inconsistent; it will fail again as sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request clashes with what was already done (an id used for something
+    /// else, a reservation already committed).
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller may not do this to this record.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl FatError {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+}

@@ -1,0 +1,362 @@
+//! Random command sequences against the FAT: after every command, for every
+//! vendor `used + reserved <= offered`, `reserved` is what open reservations
+//! hold and `used` is what committed portions take; a refused command
+//! changes nothing; the state survives a postcard round trip.
+
+use std::collections::BTreeMap;
+
+use offsite_proto::{Hash, PortionId, RequestId, ReservationId, SnapshotId, VendorId};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::tests::{placement, reserve, snapshot_of, tid, vid, T0};
+use super::*;
+use crate::placement::{self, PlacementPolicy};
+
+const VENDORS: usize = 6; // the last one never registers
+const TENANTS: [&str; 2] = ["acme", "globex"];
+const POLICY: LivenessPolicy = LivenessPolicy {
+    suspect_after_ms: 15_000,
+    down_after_ms: 60_000,
+};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Register {
+        v: usize,
+        region: usize,
+        offered: u64,
+    },
+    Report {
+        v: usize,
+        offered: u64,
+    },
+    Reserve {
+        tenant: usize,
+        request: usize,
+        bytes: u64,
+        replication: u32,
+        holds: Vec<(usize, u64)>,
+        placed: Option<u64>,
+    },
+    Commit {
+        own: bool,
+        tenant: usize,
+        reservation: usize,
+        request: usize,
+        portions: Vec<PortionOp>,
+        snapshot: Option<Vec<usize>>,
+    },
+    Release {
+        tenant: usize,
+        reservation: usize,
+    },
+    Expire,
+    Forget {
+        tenant: usize,
+        snapshot: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct PortionOp {
+    /// Receipts from the reservation's candidates (by index) rather than
+    /// from any vendor.
+    from_candidates: bool,
+    size: u64,
+    vendors: Vec<usize>,
+    bad_hash: bool,
+    foreign: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let portion = (
+        prop::bool::weighted(0.8),
+        1u64..150,
+        prop::collection::vec(0..VENDORS, 0..4),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(
+            |(from_candidates, size, vendors, bad_hash, foreign)| PortionOp {
+                from_candidates,
+                size,
+                vendors,
+                bad_hash,
+                foreign,
+            },
+        );
+    prop_oneof![
+        2 => (0..VENDORS - 1, 0usize..3, 0u64..1500).prop_map(|(v, region, offered)| Op::Register { v, region, offered }),
+        1 => (0..VENDORS, 0u64..1500).prop_map(|(v, offered)| Op::Report { v, offered }),
+        3 => (0usize..2, 0usize..4, 1u64..400, 1u32..4, prop::collection::vec((0..VENDORS, 0u64..400), 0..6), prop::option::weighted(0.6, any::<u64>()))
+            .prop_map(|(tenant, request, bytes, replication, holds, placed)| Op::Reserve { tenant, request, bytes, replication, holds, placed }),
+        4 => (prop::bool::weighted(0.9), 0usize..2, any::<usize>(), 0usize..2, prop::collection::vec(portion, 0..4), prop::option::of(prop::collection::vec(any::<usize>(), 1..4)))
+            .prop_map(|(own, tenant, reservation, request, portions, snapshot)| Op::Commit { own, tenant, reservation, request, portions, snapshot }),
+        1 => (0usize..2, any::<usize>()).prop_map(|(tenant, reservation)| Op::Release { tenant, reservation }),
+        1 => Just(Op::Expire),
+        1 => (0usize..2, any::<usize>()).prop_map(|(tenant, snapshot)| Op::Forget { tenant, snapshot }),
+        1 => (0u64..40_000).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+#[derive(Default)]
+struct Harness {
+    fat: Fat,
+    now: u64,
+    reservations: Vec<ReservationId>,
+    portions: Vec<PortionId>,
+    snapshots: Vec<SnapshotId>,
+}
+
+fn vendor_name(v: usize) -> String {
+    format!("v{v}")
+}
+
+fn pick<T: Copy>(list: &[T], i: usize) -> Option<T> {
+    (!list.is_empty()).then(|| list[i % list.len()])
+}
+
+impl Harness {
+    fn command(&mut self, op: Op) -> Option<Command> {
+        let now = self.now;
+        Some(match op {
+            Op::Register { v, region, offered } => Command::RegisterVendor(RegisterVendor {
+                vendor: offsite_proto::VendorRef {
+                    id: vid(&vendor_name(v)),
+                    address: format!("v{v}.example:7100"),
+                },
+                region: ["eu", "us", "ap"][region].into(),
+                offered_bytes: offered,
+                network_bytes_per_sec: 0,
+                identity_key: vec![],
+                now_unix_ms: now,
+            }),
+            Op::Report { v, offered } => Command::ReportCapacity(ReportCapacity {
+                vendor: vid(&vendor_name(v)),
+                offered_bytes: offered,
+                stored_bytes: 0,
+                now_unix_ms: now,
+            }),
+            Op::Reserve {
+                tenant,
+                request,
+                bytes,
+                replication,
+                holds,
+                placed,
+            } => self.reserve(tenant, request, bytes, replication, holds, placed),
+            Op::Commit {
+                own,
+                tenant,
+                reservation,
+                request,
+                portions,
+                snapshot,
+            } => {
+                let reservation =
+                    pick(&self.reservations, reservation).unwrap_or_else(ReservationId::random);
+                let owner = self
+                    .fat
+                    .reservations
+                    .get(&reservation)
+                    .map(|r| r.tenant.as_str());
+                let tenant = match owner {
+                    Some(owner) if own => {
+                        TENANTS.iter().position(|t| *t == owner).unwrap_or(tenant)
+                    }
+                    _ => tenant,
+                };
+                self.commit(tenant, reservation, request, portions, snapshot)
+            }
+            Op::Release {
+                tenant,
+                reservation,
+            } => Command::Release(Release {
+                tenant: tid(TENANTS[tenant]),
+                reservation: pick(&self.reservations, reservation)
+                    .unwrap_or_else(ReservationId::random),
+                now_unix_ms: now,
+            }),
+            Op::Expire => Command::ExpireLeases { now_unix_ms: now },
+            Op::Forget { tenant, snapshot } => Command::Forget(Forget {
+                tenant: tid(TENANTS[tenant]),
+                snapshot: pick(&self.snapshots, snapshot).unwrap_or_else(SnapshotId::random),
+            }),
+            Op::Advance { ms } => {
+                self.now += ms;
+                return None;
+            }
+        })
+    }
+
+    fn reserve(
+        &mut self,
+        tenant: usize,
+        request: usize,
+        bytes: u64,
+        replication: u32,
+        holds: Vec<(usize, u64)>,
+        placed: Option<u64>,
+    ) -> Command {
+        let names: Vec<(String, u64)> = holds.iter().map(|(v, b)| (vendor_name(*v), *b)).collect();
+        let refs: Vec<(&str, u64)> = names.iter().map(|(v, b)| (v.as_str(), *b)).collect();
+        let mut r = reserve(
+            TENANTS[tenant],
+            &format!("r{request}"),
+            bytes,
+            replication,
+            &refs,
+        );
+        if let Some(seed) = placed {
+            let rooms = self.fat.vendors_with_room(self.now, &POLICY);
+            let policy = PlacementPolicy {
+                overprovision: 1.5,
+                extra_vendors: 2,
+            };
+            if let Ok(chosen) = placement::choose(
+                &rooms,
+                bytes,
+                replication,
+                &policy,
+                &mut StdRng::seed_from_u64(seed),
+            ) {
+                r.holds = chosen;
+            }
+        }
+        r.now_unix_ms = self.now;
+        r.lease_expires_unix_ms = self.now + 60_000;
+        Command::Reserve(r)
+    }
+
+    fn commit(
+        &mut self,
+        tenant: usize,
+        reservation: ReservationId,
+        request: usize,
+        portions: Vec<PortionOp>,
+        snapshot: Option<Vec<usize>>,
+    ) -> Command {
+        let tenant_name = TENANTS[tenant];
+        let placements: Vec<_> = portions
+            .iter()
+            .map(|p| {
+                let candidates: Vec<String> = self
+                    .fat
+                    .reservations
+                    .get(&reservation)
+                    .map(|r| r.holds.iter().map(|h| h.vendor.to_string()).collect())
+                    .unwrap_or_default();
+                let names: Vec<String> = if p.from_candidates && !candidates.is_empty() {
+                    let mut names: Vec<String> = p
+                        .vendors
+                        .iter()
+                        .map(|v| candidates[v % candidates.len()].clone())
+                        .collect();
+                    names.sort();
+                    names.dedup();
+                    names
+                } else {
+                    p.vendors.iter().map(|v| vendor_name(*v)).collect()
+                };
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let owner = if p.foreign {
+                    TENANTS[1 - tenant]
+                } else {
+                    tenant_name
+                };
+                let mut placed = placement(owner, p.size, &refs);
+                if p.bad_hash {
+                    if let Some(r) = placed.receipts.first_mut() {
+                        r.hash = Hash::of(b"wrong");
+                    }
+                }
+                placed
+            })
+            .collect();
+        let fresh: Vec<PortionId> = placements.iter().map(|p| p.portion).collect();
+        self.portions.extend(&fresh);
+        let snapshot = snapshot.and_then(|picks| {
+            let all: Vec<PortionId> = self.portions.clone();
+            let chosen: Vec<PortionId> = picks.iter().filter_map(|i| pick(&all, *i)).collect();
+            (!chosen.is_empty()).then(|| snapshot_of(&chosen))
+        });
+        if let Some(s) = &snapshot {
+            self.snapshots.push(s.id);
+        }
+        Command::Commit(Commit {
+            tenant: tid(tenant_name),
+            request: RequestId::new(format!("c{request}")).unwrap(),
+            reservation,
+            portions: placements,
+            snapshot,
+            now_unix_ms: self.now,
+        })
+    }
+}
+
+/// The accounting every vendor must agree with, recomputed from scratch.
+fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
+    let mut reserved: BTreeMap<&VendorId, u64> = BTreeMap::new();
+    for r in fat
+        .reservations
+        .values()
+        .filter(|r| r.state == reservations::ReservationState::Open)
+    {
+        for h in &r.holds {
+            *reserved.entry(&h.vendor).or_default() += h.bytes;
+        }
+    }
+    let mut used: BTreeMap<&VendorId, u64> = BTreeMap::new();
+    for p in fat.portions.values().flat_map(|t| t.values()) {
+        for v in &p.vendors {
+            *used.entry(v).or_default() += p.size;
+        }
+    }
+    for (id, v) in &fat.vendors {
+        prop_assert!(v.used + v.reserved <= v.offered(), "vendor {id}: {v:?}");
+        prop_assert_eq!(
+            v.reserved,
+            reserved.get(id).copied().unwrap_or(0),
+            "reserved of {}",
+            id
+        );
+        prop_assert_eq!(v.used, used.get(id).copied().unwrap_or(0), "used of {}", id);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_keep_the_accounting(ops in prop::collection::vec(op(), 1..80)) {
+        let mut h = Harness { now: T0, ..Harness::default() };
+        for op in ops {
+            let Some(command) = h.command(op) else { continue };
+            let before = h.fat.clone();
+            let is_reserve = matches!(command, Command::Reserve(_));
+            match h.fat.apply(command.clone()) {
+                Err(err) => prop_assert_eq!(&h.fat, &before, "refused {:?} ({}) changed the FAT", command, err),
+                Ok(Outcome::Reserved(view)) if is_reserve => {
+                    if !h.reservations.contains(&view.id) {
+                        h.reservations.push(view.id);
+                    }
+                    for c in &view.candidates {
+                        let v = &h.fat.vendors[&c.vendor.id];
+                        prop_assert!(v.held() <= v.reported_offered || before == h.fat, "reserve overbooked {}", c.vendor.id);
+                    }
+                }
+                Ok(_) => {}
+            }
+            check_invariants(&h.fat)?;
+        }
+        let bytes = postcard::to_stdvec(&h.fat).unwrap();
+        let back: Fat = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(back, h.fat);
+    }
+}

@@ -1,0 +1,552 @@
+//! Unit tests of the FAT rules, asserting on outcomes and state.
+
+use offsite_proto::{
+    BlobLocation, Hash, PortionId, PortionPlacement, Receipt, RequestId, ReservationId, SnapshotId,
+    SnapshotRecord, TenantId, VendorId, VendorRef,
+};
+
+use super::*;
+
+pub(super) const T0: u64 = 1_700_000_000_000;
+const LEASE: u64 = 60_000;
+const POLICY: LivenessPolicy = LivenessPolicy {
+    suspect_after_ms: 15_000,
+    down_after_ms: 60_000,
+};
+
+pub(super) fn vid(id: &str) -> VendorId {
+    VendorId::new(id).unwrap()
+}
+
+pub(super) fn tid(id: &str) -> TenantId {
+    TenantId::new(id).unwrap()
+}
+
+pub(super) fn register(
+    fat: &mut Fat,
+    id: &str,
+    region: &str,
+    offered: u64,
+    now: u64,
+) -> Result<Outcome, FatError> {
+    fat.apply(Command::RegisterVendor(RegisterVendor {
+        vendor: VendorRef {
+            id: vid(id),
+            address: format!("{id}.example:7100"),
+        },
+        region: region.into(),
+        offered_bytes: offered,
+        network_bytes_per_sec: 0,
+        identity_key: vec![],
+        now_unix_ms: now,
+    }))
+}
+
+pub(super) fn reserve(
+    tenant: &str,
+    request: &str,
+    bytes: u64,
+    r: u32,
+    holds: &[(&str, u64)],
+) -> Reserve {
+    Reserve {
+        tenant: tid(tenant),
+        request: RequestId::new(request).unwrap(),
+        reservation: ReservationId::random(),
+        bytes,
+        replication: r,
+        holds: holds
+            .iter()
+            .map(|(v, b)| Hold {
+                vendor: vid(v),
+                bytes: *b,
+            })
+            .collect(),
+        now_unix_ms: T0,
+        lease_expires_unix_ms: T0 + LEASE,
+    }
+}
+
+pub(super) fn placement(tenant: &str, size: u64, vendors: &[&str]) -> PortionPlacement {
+    let portion = PortionId::random();
+    let hash = Hash::of(portion.as_bytes());
+    PortionPlacement {
+        portion,
+        hash,
+        size,
+        receipts: vendors
+            .iter()
+            .map(|v| Receipt {
+                vendor: vid(v),
+                tenant: tid(tenant),
+                portion,
+                hash,
+                size,
+                signature: vec![],
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn snapshot_of(portions: &[PortionId]) -> SnapshotRecord {
+    SnapshotRecord {
+        id: SnapshotId::random(),
+        host: "laptop".into(),
+        time_unix_ms: T0,
+        paths: vec!["/home".into()],
+        tags: vec![],
+        manifest: BlobLocation {
+            portion: portions[0],
+            offset: 0,
+            length: 1,
+        },
+        portions: portions.to_vec(),
+        logical_bytes: 10,
+        file_count: 1,
+    }
+}
+
+fn commit(
+    tenant: &str,
+    id: ReservationId,
+    portions: Vec<PortionPlacement>,
+    snapshot: Option<SnapshotRecord>,
+) -> Command {
+    Command::Commit(Commit {
+        tenant: tid(tenant),
+        request: RequestId::new("c1").unwrap(),
+        reservation: id,
+        portions,
+        snapshot,
+        now_unix_ms: T0 + 1,
+    })
+}
+
+/// Three vendors in three regions, 1000 bytes each.
+fn market() -> Fat {
+    let mut fat = Fat::default();
+    for (v, region) in [("a", "eu"), ("b", "us"), ("c", "ap")] {
+        register(&mut fat, v, region, 1000, T0).unwrap();
+    }
+    fat
+}
+
+fn reserved(fat: &mut Fat, r: Reserve) -> ReservationId {
+    match fat.apply(Command::Reserve(r)).unwrap() {
+        Outcome::Reserved(view) => view.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn held(fat: &Fat, v: &str) -> (u64, u64, u64) {
+    let rec = &fat.vendors[&vid(v)];
+    (rec.used, rec.reserved, rec.offered())
+}
+
+/// Applies a command that must be refused and checks it changed nothing.
+fn refused(fat: &mut Fat, command: Command) -> FatError {
+    let before = fat.clone();
+    let err = fat.apply(command).unwrap_err();
+    assert_eq!(*fat, before, "a refused command changed the FAT");
+    err
+}
+
+#[test]
+fn vendors_register_report_and_age() {
+    let mut fat = market();
+    let err = refused(
+        &mut fat,
+        Command::ReportCapacity(ReportCapacity {
+            vendor: vid("z"),
+            offered_bytes: 1,
+            stored_bytes: 0,
+            now_unix_ms: T0,
+        }),
+    );
+    assert!(matches!(err, FatError::NotFound(_)), "{err}");
+    assert!(matches!(
+        register(&mut fat, "d", "bad region!", 1, T0),
+        Err(FatError::Invalid(_))
+    ));
+    assert!(!fat.vendors.contains_key(&vid("d")));
+    fat.apply(Command::ReportCapacity(ReportCapacity {
+        vendor: vid("a"),
+        offered_bytes: 500,
+        stored_bytes: 42,
+        now_unix_ms: T0 + 20_000,
+    }))
+    .unwrap();
+    let status = fat.status(T0 + 20_000, &POLICY);
+    let of = |id: &str| {
+        status
+            .vendors
+            .iter()
+            .find(|v| v.vendor.id == vid(id))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!((of("a").offered_bytes, of("a").stored_bytes), (500, 42));
+    assert_eq!(of("a").liveness, Liveness::Up);
+    assert_eq!(of("b").liveness, Liveness::Suspect);
+    assert_eq!(
+        fat.status(T0 + 61_000, &POLICY).vendors[1].liveness,
+        Liveness::Down
+    );
+    let rooms = fat.vendors_with_room(T0 + 20_000, &POLICY);
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(rooms[0].free_bytes, 500);
+}
+
+#[test]
+fn reserve_holds_bytes_and_checks_room() {
+    let mut fat = market();
+    let id = reserved(
+        &mut fat,
+        reserve("acme", "r1", 300, 2, &[("a", 300), ("b", 300), ("c", 200)]),
+    );
+    assert_eq!(held(&fat, "a"), (0, 300, 1000));
+    assert_eq!(fat.status(T0, &POLICY).open_reservations, 1);
+    let view = fat.reservation_view(id);
+    assert_eq!(view.candidates.len(), 3);
+    assert_eq!(view.candidates[0].vendor.address, "a.example:7100");
+    assert_eq!(view.lease_expires_unix_ms, T0 + LEASE);
+
+    // Too few vendors, too little in total, more than the free room.
+    for holds in [vec![("a", 300)], vec![("a", 300), ("b", 200)]] {
+        let err = refused(
+            &mut fat,
+            Command::Reserve(reserve("acme", "r2", 300, 2, &holds)),
+        );
+        assert!(matches!(err, FatError::NotEnoughCapacity { .. }), "{err}");
+    }
+    let err = refused(
+        &mut fat,
+        Command::Reserve(reserve("acme", "r2", 800, 1, &[("a", 800)])),
+    );
+    assert!(
+        matches!(
+            err,
+            FatError::NotEnoughCapacity {
+                free_bytes: 2200,
+                vendors: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Malformed choices.
+    for holds in [
+        vec![("a", 100), ("a", 100)],
+        vec![("zz", 100)],
+        vec![("a", 0)],
+        vec![("a", 101)],
+    ] {
+        let err = refused(
+            &mut fat,
+            Command::Reserve(reserve("acme", "r2", 100, 1, &holds)),
+        );
+        assert!(matches!(err, FatError::Invalid(_)), "{err}");
+    }
+    let err = refused(
+        &mut fat,
+        Command::Reserve(reserve("acme", "r2", 100, 0, &[("a", 100)])),
+    );
+    assert!(err.to_string().contains("replication 0"), "{err}");
+}
+
+#[test]
+fn a_lowered_offer_keeps_what_is_held_and_gets_no_new_reservations() {
+    let mut fat = market();
+    reserved(&mut fat, reserve("acme", "r1", 400, 1, &[("a", 400)]));
+    fat.apply(Command::ReportCapacity(ReportCapacity {
+        vendor: vid("a"),
+        offered_bytes: 100,
+        stored_bytes: 0,
+        now_unix_ms: T0,
+    }))
+    .unwrap();
+    assert_eq!(held(&fat, "a"), (0, 400, 400));
+    let err = refused(
+        &mut fat,
+        Command::Reserve(reserve("acme", "r2", 10, 1, &[("a", 10)])),
+    );
+    assert!(matches!(err, FatError::NotEnoughCapacity { .. }));
+    assert!(fat
+        .vendors_with_room(T0, &POLICY)
+        .iter()
+        .all(|r| r.vendor != vid("a")));
+}
+
+#[test]
+fn a_repeated_request_id_returns_the_same_reservation() {
+    let mut fat = market();
+    let first = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    let again = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("b", 100)]));
+    assert_eq!(first, again);
+    assert_eq!(held(&fat, "b"), (0, 0, 1000));
+    let err = refused(
+        &mut fat,
+        Command::Reserve(reserve("acme", "r1", 200, 1, &[("b", 200)])),
+    );
+    assert!(matches!(err, FatError::Conflict(_)), "{err}");
+    let other = reserved(&mut fat, reserve("globex", "r1", 100, 1, &[("b", 100)]));
+    assert_ne!(other, first);
+}
+
+#[test]
+fn commit_marks_bytes_used_and_releases_the_rest() {
+    let mut fat = market();
+    let id = reserved(
+        &mut fat,
+        reserve("acme", "r1", 300, 2, &[("a", 300), ("b", 300), ("c", 300)]),
+    );
+    let p1 = placement("acme", 100, &["a", "b"]);
+    let p2 = placement("acme", 50, &["b", "c"]);
+    let snap = snapshot_of(&[p1.portion, p2.portion]);
+    let outcome = fat
+        .apply(commit(
+            "acme",
+            id,
+            vec![p1.clone(), p2.clone()],
+            Some(snap.clone()),
+        ))
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Committed {
+            committed_bytes: 300
+        }
+    );
+    assert_eq!(held(&fat, "a"), (100, 0, 1000));
+    assert_eq!(held(&fat, "b"), (150, 0, 1000));
+    assert_eq!(held(&fat, "c"), (50, 0, 1000));
+    assert_eq!(fat.status(T0, &POLICY).open_reservations, 0);
+    assert_eq!(fat.snapshots(&tid("acme")), vec![snap.clone()]);
+    let (record, locations) = fat.snapshot(&tid("acme"), snap.id).unwrap();
+    assert_eq!(record, snap);
+    assert_eq!(locations.len(), 2);
+    let names: Vec<_> = locations[0].vendors.iter().map(|v| v.id.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+
+    // The same commit again returns the first result; another is refused.
+    let before = fat.clone();
+    assert_eq!(
+        fat.apply(commit("acme", id, vec![], None)).unwrap(),
+        outcome
+    );
+    assert_eq!(fat, before);
+    let mut other = commit("acme", id, vec![], None);
+    if let Command::Commit(c) = &mut other {
+        c.request = RequestId::new("c2").unwrap();
+    }
+    assert!(matches!(refused(&mut fat, other), FatError::Conflict(_)));
+}
+
+#[test]
+fn commit_refuses_receipts_that_do_not_fit_the_reservation() {
+    let mut fat = market();
+    let id = reserved(
+        &mut fat,
+        reserve("acme", "r1", 100, 1, &[("a", 100), ("b", 50)]),
+    );
+    let not_candidate = placement("acme", 10, &["c"]);
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![not_candidate], None)),
+        FatError::Invalid(_)
+    ));
+    let mut wrong_hash = placement("acme", 10, &["a"]);
+    wrong_hash.receipts[0].hash = Hash::of(b"other");
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![wrong_hash], None)),
+        FatError::Invalid(_)
+    ));
+    let mut wrong_size = placement("acme", 10, &["a"]);
+    wrong_size.receipts[0].size = 11;
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![wrong_size], None)),
+        FatError::Invalid(_)
+    ));
+    let foreign = placement("globex", 10, &["a"]);
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![foreign], None)),
+        FatError::Forbidden(_)
+    ));
+    let over_hold = vec![placement("acme", 30, &["b"]), placement("acme", 30, &["b"])];
+    let err = refused(&mut fat, commit("acme", id, over_hold, None));
+    assert!(err.to_string().contains("reserve more room"), "{err}");
+    let no_receipt = placement("acme", 10, &[]);
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![no_receipt], None)),
+        FatError::Invalid(_)
+    ));
+    let twice = placement("acme", 10, &["a", "a"]);
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![twice], None)),
+        FatError::Invalid(_)
+    ));
+    let p = placement("acme", 10, &["a"]);
+    assert!(matches!(
+        refused(&mut fat, commit("acme", id, vec![p.clone(), p], None)),
+        FatError::Conflict(_)
+    ));
+    // Another tenant cannot commit to (or see) this reservation.
+    let theirs = placement("globex", 10, &["a"]);
+    assert!(matches!(
+        refused(&mut fat, commit("globex", id, vec![theirs], None)),
+        FatError::NotFound(_)
+    ));
+}
+
+#[test]
+fn a_snapshot_needs_portions_of_its_own_tenant() {
+    let mut fat = market();
+    let theirs = reserved(&mut fat, reserve("globex", "r1", 100, 1, &[("a", 100)]));
+    let foreign = placement("globex", 10, &["a"]);
+    fat.apply(commit("globex", theirs, vec![foreign.clone()], None))
+        .unwrap();
+
+    let id = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("b", 100)]));
+    let mine = placement("acme", 10, &["b"]);
+    let steal = snapshot_of(&[mine.portion, foreign.portion]);
+    let err = refused(
+        &mut fat,
+        commit("acme", id, vec![mine.clone()], Some(steal)),
+    );
+    assert!(
+        err.to_string()
+            .contains("not a committed portion of tenant acme"),
+        "{err}"
+    );
+    let mut foreign_manifest = snapshot_of(&[mine.portion]);
+    foreign_manifest.manifest.portion = foreign.portion;
+    refused(
+        &mut fat,
+        commit("acme", id, vec![mine.clone()], Some(foreign_manifest)),
+    );
+    let mut outside = snapshot_of(&[mine.portion]);
+    outside.manifest.offset = 10;
+    assert!(matches!(
+        refused(
+            &mut fat,
+            commit("acme", id, vec![mine.clone()], Some(outside))
+        ),
+        FatError::Invalid(_)
+    ));
+
+    // Portions from an earlier intermediate commit count as the tenant's.
+    fat.apply(commit("acme", id, vec![mine.clone()], None))
+        .unwrap();
+    let id2 = reserved(&mut fat, reserve("acme", "r2", 100, 1, &[("b", 100)]));
+    let snap = snapshot_of(&[mine.portion]);
+    fat.apply(commit("acme", id2, vec![], Some(snap.clone())))
+        .unwrap();
+    assert!(fat.snapshots(&tid("globex")).is_empty());
+    assert!(matches!(
+        fat.snapshot(&tid("globex"), snap.id),
+        Err(FatError::NotFound(_))
+    ));
+    assert!(fat.locate(&tid("globex"), &[mine.portion]).is_empty());
+    assert_eq!(
+        fat.locate(&tid("acme"), &[mine.portion, foreign.portion])
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn release_gives_the_bytes_back_once() {
+    let mut fat = market();
+    let id = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    let release = |tenant: &str| {
+        Command::Release(Release {
+            tenant: tid(tenant),
+            reservation: id,
+            now_unix_ms: T0,
+        })
+    };
+    assert!(matches!(
+        refused(&mut fat, release("globex")),
+        FatError::NotFound(_)
+    ));
+    assert_eq!(fat.apply(release("acme")).unwrap(), Outcome::Released);
+    assert_eq!(held(&fat, "a"), (0, 0, 1000));
+    assert_eq!(fat.apply(release("acme")).unwrap(), Outcome::Released);
+    assert_eq!(held(&fat, "a"), (0, 0, 1000));
+    let err = refused(
+        &mut fat,
+        commit("acme", id, vec![placement("acme", 1, &["a"])], None),
+    );
+    assert!(matches!(err, FatError::Expired(_)), "{err}");
+}
+
+#[test]
+fn leases_expire_and_closed_reservations_are_forgotten_later() {
+    let mut fat = market();
+    let old = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    let mut late = reserve("acme", "r2", 100, 1, &[("b", 100)]);
+    late.lease_expires_unix_ms = T0 + 2 * LEASE;
+    let young = reserved(&mut fat, late);
+    let expiry = T0 + LEASE;
+    assert!(fat.has_expired_leases(expiry));
+    let outcome = fat
+        .apply(Command::ExpireLeases {
+            now_unix_ms: expiry,
+        })
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::LeasesExpired {
+            released: vec![old]
+        }
+    );
+    assert_eq!(held(&fat, "a"), (0, 0, 1000));
+    assert_eq!(held(&fat, "b"), (0, 100, 1000));
+    let mut too_late = commit("acme", old, vec![placement("acme", 1, &["a"])], None);
+    if let Command::Commit(c) = &mut too_late {
+        c.now_unix_ms = expiry;
+    }
+    assert!(matches!(refused(&mut fat, too_late), FatError::Expired(_)));
+    assert!(fat.reservations.contains_key(&young));
+
+    let much_later = expiry + CLOSED_RETENTION_MS;
+    fat.apply(Command::ExpireLeases {
+        now_unix_ms: much_later,
+    })
+    .unwrap();
+    assert!(!fat.reservations.contains_key(&old));
+    assert!(fat
+        .reservation_for_request(&tid("acme"), &RequestId::new("r1").unwrap())
+        .is_none());
+    assert!(!fat.has_expired_leases(much_later));
+}
+
+#[test]
+fn forget_removes_only_the_tenants_own_snapshot() {
+    let mut fat = market();
+    let id = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    let p = placement("acme", 10, &["a"]);
+    let snap = snapshot_of(&[p.portion]);
+    fat.apply(commit("acme", id, vec![p.clone()], Some(snap.clone())))
+        .unwrap();
+    let forget = |tenant: &str| {
+        Command::Forget(Forget {
+            tenant: tid(tenant),
+            snapshot: snap.id,
+        })
+    };
+    assert!(matches!(
+        refused(&mut fat, forget("globex")),
+        FatError::NotFound(_)
+    ));
+    assert_eq!(fat.apply(forget("acme")).unwrap(), Outcome::Forgotten);
+    assert!(fat.snapshots(&tid("acme")).is_empty());
+    assert_eq!(
+        fat.locate(&tid("acme"), &[p.portion]).len(),
+        1,
+        "portions stay until pruned"
+    );
+    assert!(matches!(
+        refused(&mut fat, forget("acme")),
+        FatError::NotFound(_)
+    ));
+}

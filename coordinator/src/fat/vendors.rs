@@ -1,0 +1,214 @@
+//! Vendors in the FAT: what each offers, holds under reservation (`reserved`),
+//! holds committed (`used`) and reports storing, and its liveness by the age of
+//! its last report.
+
+use offsite_proto::{VendorId, VendorRef};
+use serde::{Deserialize, Serialize};
+
+use super::command::{RegisterVendor, ReportCapacity};
+use super::{Fat, FatError, Outcome};
+
+/// Longest region name.
+pub const MAX_REGION_LEN: usize = 64;
+
+/// Report ages that make a vendor suspect, then down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessPolicy {
+    pub suspect_after_ms: u64,
+    pub down_after_ms: u64,
+}
+
+/// A vendor's liveness, judged by the age of its last report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    Up,
+    Suspect,
+    Down,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Up => "up",
+            Liveness::Suspect => "suspect",
+            Liveness::Down => "down",
+        }
+    }
+}
+
+/// One vendor as the FAT records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VendorRecord {
+    pub address: String,
+    pub region: String,
+    pub network_bytes_per_sec: u64,
+    pub identity_key: Vec<u8>,
+    /// What the vendor last said it offers; `offered()` never goes below what
+    /// it holds.
+    pub reported_offered: u64,
+    pub used: u64,
+    pub reserved: u64,
+    pub stored: u64,
+    pub last_report_unix_ms: u64,
+}
+
+impl VendorRecord {
+    /// What the vendor offers, never below what it already holds.
+    pub fn offered(&self) -> u64 {
+        self.reported_offered.max(self.held())
+    }
+
+    /// Bytes committed or under reservation.
+    pub fn held(&self) -> u64 {
+        self.used.saturating_add(self.reserved)
+    }
+
+    /// Room for new reservations.
+    pub fn free(&self) -> u64 {
+        self.reported_offered.saturating_sub(self.held())
+    }
+
+    pub fn liveness(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Liveness {
+        let age = now_unix_ms.saturating_sub(self.last_report_unix_ms);
+        if age <= policy.suspect_after_ms {
+            Liveness::Up
+        } else if age <= policy.down_after_ms {
+            Liveness::Suspect
+        } else {
+            Liveness::Down
+        }
+    }
+}
+
+/// A vendor's line in the marketplace status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VendorStatus {
+    pub vendor: VendorRef,
+    pub region: String,
+    pub liveness: Liveness,
+    pub offered_bytes: u64,
+    pub reserved_bytes: u64,
+    pub used_bytes: u64,
+    pub stored_bytes: u64,
+    pub last_report_unix_ms: u64,
+}
+
+/// An up vendor with free room, as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VendorRoom {
+    pub vendor: VendorId,
+    pub region: String,
+    pub free_bytes: u64,
+}
+
+fn check_region(region: &str) -> Result<(), FatError> {
+    let well_formed = !region.is_empty()
+        && region.len() <= MAX_REGION_LEN
+        && region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(FatError::invalid(format!(
+            "region {region:?} is not 1 to {MAX_REGION_LEN} letters, digits, '.', '_' or '-'; \
+             fix the vendor's region"
+        )))
+    }
+}
+
+fn check_identity_key(key: &[u8]) -> Result<(), FatError> {
+    if key.is_empty() || key.len() == 32 {
+        Ok(())
+    } else {
+        Err(FatError::invalid(format!(
+            "identity key of {} bytes; an ed25519 public key is 32 bytes",
+            key.len()
+        )))
+    }
+}
+
+impl Fat {
+    pub(super) fn register_vendor(&mut self, r: RegisterVendor) -> Result<Outcome, FatError> {
+        check_region(&r.region)?;
+        check_identity_key(&r.identity_key)?;
+        let record = self
+            .vendors
+            .entry(r.vendor.id)
+            .or_insert_with(|| VendorRecord {
+                address: String::new(),
+                region: String::new(),
+                network_bytes_per_sec: 0,
+                identity_key: Vec::new(),
+                reported_offered: 0,
+                used: 0,
+                reserved: 0,
+                stored: 0,
+                last_report_unix_ms: 0,
+            });
+        record.address = r.vendor.address;
+        record.region = r.region;
+        record.network_bytes_per_sec = r.network_bytes_per_sec;
+        record.identity_key = r.identity_key;
+        record.reported_offered = r.offered_bytes;
+        record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
+        Ok(Outcome::VendorRegistered)
+    }
+
+    pub(super) fn report_capacity(&mut self, r: ReportCapacity) -> Result<Outcome, FatError> {
+        let record = self.vendors.get_mut(&r.vendor).ok_or_else(|| {
+            FatError::NotFound(format!(
+                "vendor {} is not registered; register it before reporting capacity",
+                r.vendor
+            ))
+        })?;
+        record.reported_offered = r.offered_bytes;
+        record.stored = r.stored_bytes;
+        record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
+        Ok(Outcome::CapacityReported)
+    }
+
+    /// Every vendor with its liveness at `now_unix_ms`.
+    pub fn vendor_statuses(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Vec<VendorStatus> {
+        self.vendors
+            .iter()
+            .map(|(id, v)| VendorStatus {
+                vendor: VendorRef {
+                    id: id.clone(),
+                    address: v.address.clone(),
+                },
+                region: v.region.clone(),
+                liveness: v.liveness(now_unix_ms, policy),
+                offered_bytes: v.offered(),
+                reserved_bytes: v.reserved,
+                used_bytes: v.used,
+                stored_bytes: v.stored,
+                last_report_unix_ms: v.last_report_unix_ms,
+            })
+            .collect()
+    }
+
+    /// Up vendors with free room: what placement chooses from.
+    pub fn vendors_with_room(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Vec<VendorRoom> {
+        self.vendors
+            .iter()
+            .filter(|(_, v)| v.liveness(now_unix_ms, policy) == Liveness::Up && v.free() > 0)
+            .map(|(id, v)| VendorRoom {
+                vendor: id.clone(),
+                region: v.region.clone(),
+                free_bytes: v.free(),
+            })
+            .collect()
+    }
+
+    pub(super) fn vendor_ref(&self, id: &VendorId) -> VendorRef {
+        VendorRef {
+            id: id.clone(),
+            address: self
+                .vendors
+                .get(id)
+                .map(|v| v.address.clone())
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Conversions between the generated coordinator messages and the FAT's
+//! commands and outcomes, at the edge. Field checks come from offsite_proto's
+//! `TryFrom` impls and `limits`.
+
+use offsite_proto::limits::{MAX_GRANT_BYTES, MAX_PORTIONS_PER_CALL};
+use offsite_proto::pb::common as pbc;
+use offsite_proto::pb::coordinator as pb;
+use offsite_proto::{
+    PortionLocation, PortionPlacement, RequestId, ReservationId, SnapshotRecord, TenantId,
+    VendorId, VendorRef, WireError,
+};
+
+use crate::fat::{Commit, RegisterVendor, ReportCapacity, ReservationView, VendorStatus};
+
+pub(super) fn register_command(
+    r: pb::RegisterVendorRequest,
+    now_unix_ms: u64,
+) -> Result<RegisterVendor, WireError> {
+    if r.identity_key.len() > MAX_GRANT_BYTES {
+        return Err(WireError::new("identity_key", "larger than 4 KiB"));
+    }
+    let vendor = VendorRef::try_from(pbc::VendorRef {
+        vendor_id: r.vendor_id,
+        address: r.address,
+    })?;
+    Ok(RegisterVendor {
+        vendor,
+        region: r.region,
+        offered_bytes: r.offered_bytes,
+        network_bytes_per_sec: r.network_bytes_per_sec,
+        identity_key: r.identity_key,
+        now_unix_ms,
+    })
+}
+
+pub(super) fn report_command(
+    r: pb::CapacityReport,
+    now_unix_ms: u64,
+) -> Result<ReportCapacity, WireError> {
+    Ok(ReportCapacity {
+        vendor: VendorId::new(r.vendor_id)?,
+        offered_bytes: r.offered_bytes,
+        stored_bytes: r.stored_bytes,
+        now_unix_ms,
+    })
+}
+
+pub(super) fn commit_command(
+    tenant: TenantId,
+    r: pb::CommitRequest,
+    now_unix_ms: u64,
+) -> Result<Commit, WireError> {
+    if r.portions.len() > MAX_PORTIONS_PER_CALL {
+        return Err(WireError::new(
+            "portions",
+            format!(
+                "{} portions, more than {MAX_PORTIONS_PER_CALL}; split the commit over several reservations",
+                r.portions.len()
+            ),
+        ));
+    }
+    Ok(Commit {
+        tenant,
+        request: RequestId::new(r.request_id)?,
+        reservation: ReservationId::parse(&r.reservation_id)?,
+        portions: r
+            .portions
+            .into_iter()
+            .map(PortionPlacement::try_from)
+            .collect::<Result<_, _>>()?,
+        snapshot: r.snapshot.map(SnapshotRecord::try_from).transpose()?,
+        now_unix_ms,
+    })
+}
+
+pub(super) fn reserve_response(view: ReservationView) -> pb::ReserveResponse {
+    pb::ReserveResponse {
+        reservation_id: view.id.to_string(),
+        candidates: view.candidates.into_iter().map(Into::into).collect(),
+        lease_expires_unix_ms: view.lease_expires_unix_ms,
+    }
+}
+
+pub(super) fn locations(list: Vec<PortionLocation>) -> Vec<pb::PortionLocation> {
+    list.into_iter().map(Into::into).collect()
+}
+
+pub(super) fn vendor_status(v: VendorStatus) -> pb::VendorStatus {
+    pb::VendorStatus {
+        vendor_id: v.vendor.id.into(),
+        address: v.vendor.address,
+        region: v.region,
+        liveness: v.liveness.as_str().into(),
+        offered_bytes: v.offered_bytes,
+        reserved_bytes: v.reserved_bytes,
+        used_bytes: v.used_bytes,
+        stored_bytes: v.stored_bytes,
+        last_report_unix_ms: v.last_report_unix_ms,
+    }
+}

@@ -1,0 +1,229 @@
+//! `Fat`: the tenant-facing service. Reservations, commits of the final FAT,
+//! snapshot records and portion locations, each scoped to the calling tenant;
+//! and the marketplace status.
+
+use std::sync::Arc;
+
+use offsite_proto::pb::coordinator as pb;
+use offsite_proto::pb::coordinator::fat_server::Fat as FatApi;
+use offsite_proto::{parse_portion_ids, RequestId, ReservationId, SnapshotId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tonic::{Request, Response, Status};
+
+use super::{convert, now_unix_ms, status_of, tenant_of};
+use crate::fat::{
+    check_reserve_request, Command, FatError, Forget, Hold, LivenessPolicy, Outcome, Release,
+    Reserve,
+};
+use crate::placement::{self, PlacementPolicy};
+use crate::store::{FatStore, ProposeError};
+
+/// How often a reserve is tried again when another reservation took the
+/// room placement counted on.
+const RESERVE_ATTEMPTS: usize = 3;
+/// Most snapshot records in one list (the newest).
+pub(crate) const MAX_LISTED_SNAPSHOTS: usize = 10_000;
+
+/// The policies the tenant-facing service stamps into commands.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FatServiceConfig {
+    pub lease_ms: u64,
+    pub liveness: LivenessPolicy,
+    pub placement: PlacementPolicy,
+}
+
+/// The tenant-facing service.
+pub(crate) struct FatService<S> {
+    store: Arc<S>,
+    config: FatServiceConfig,
+}
+
+impl<S: FatStore> FatService<S> {
+    pub fn new(store: Arc<S>, config: FatServiceConfig) -> Self {
+        Self { store, config }
+    }
+
+    /// Candidates for a new reservation; none when the request was seen
+    /// before, since `apply` then answers with the first reservation.
+    async fn choose(&self, reserve: &Reserve) -> Result<Vec<Hold>, FatError> {
+        let policy = self.config;
+        let (tenant, request) = (reserve.tenant.clone(), reserve.request.clone());
+        let (bytes, replication, now) = (reserve.bytes, reserve.replication, reserve.now_unix_ms);
+        self.store
+            .read(move |fat| {
+                if fat.reservation_for_request(&tenant, &request).is_some() {
+                    return Ok(Vec::new());
+                }
+                let rooms = fat.vendors_with_room(now, &policy.liveness);
+                let mut rng = StdRng::from_entropy();
+                placement::choose(&rooms, bytes, replication, &policy.placement, &mut rng)
+            })
+            .await
+    }
+}
+
+fn unexpected(outcome: Outcome) -> Status {
+    Status::internal(format!(
+        "the FAT answered with {outcome:?}, which this call does not expect; this is a \
+         coordinator bug, please report it"
+    ))
+}
+
+#[tonic::async_trait]
+impl<S: FatStore> FatApi for FatService<S> {
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let request_id = RequestId::new(r.request_id)?;
+        check_reserve_request(r.bytes, r.replication).map_err(|e| status_of(e.into()))?;
+        let mut attempt = 1;
+        loop {
+            let now = now_unix_ms();
+            let mut reserve = Reserve {
+                tenant: tenant.clone(),
+                request: request_id.clone(),
+                reservation: ReservationId::random(),
+                bytes: r.bytes,
+                replication: r.replication,
+                holds: Vec::new(),
+                now_unix_ms: now,
+                lease_expires_unix_ms: now.saturating_add(self.config.lease_ms),
+            };
+            reserve.holds = self
+                .choose(&reserve)
+                .await
+                .map_err(|e| status_of(e.into()))?;
+            match self.store.propose(Command::Reserve(reserve)).await {
+                Ok(Outcome::Reserved(view)) => {
+                    tracing::info!(%tenant, reservation = %view.id, bytes = r.bytes, candidates = view.candidates.len(), "reserved");
+                    return Ok(Response::new(convert::reserve_response(view)));
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(ProposeError::Refused(FatError::NotEnoughCapacity { .. }))
+                    if attempt < RESERVE_ATTEMPTS =>
+                {
+                    tracing::debug!(%tenant, attempt, "room taken meanwhile; placing again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(status_of(e)),
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let commit = convert::commit_command(tenant.clone(), request.into_inner(), now_unix_ms())?;
+        let (reservation, portions) = (commit.reservation, commit.portions.len());
+        match self
+            .store
+            .propose(Command::Commit(commit))
+            .await
+            .map_err(status_of)?
+        {
+            Outcome::Committed { committed_bytes } => {
+                tracing::info!(%tenant, %reservation, portions, committed_bytes, "committed");
+                Ok(Response::new(pb::CommitResponse { committed_bytes }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let reservation = ReservationId::parse(&request.into_inner().reservation_id)?;
+        let command = Command::Release(Release {
+            tenant,
+            reservation,
+            now_unix_ms: now_unix_ms(),
+        });
+        self.store.propose(command).await.map_err(status_of)?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut list = self.store.read(move |fat| fat.snapshots(&tenant)).await;
+        let excess = list.len().saturating_sub(MAX_LISTED_SNAPSHOTS);
+        list.drain(..excess);
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: list.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let id = SnapshotId::parse(&request.into_inner().snapshot_id)?;
+        let (record, portions) = self
+            .store
+            .read(move |fat| fat.snapshot(&tenant, id))
+            .await
+            .map_err(|e| status_of(e.into()))?;
+        Ok(Response::new(pb::GetSnapshotResponse {
+            snapshot: Some(record.into()),
+            portions: convert::locations(portions),
+        }))
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let snapshot = SnapshotId::parse(&request.into_inner().snapshot_id)?;
+        let command = Command::Forget(Forget {
+            tenant: tenant.clone(),
+            snapshot,
+        });
+        self.store.propose(command).await.map_err(status_of)?;
+        tracing::info!(%tenant, %snapshot, "snapshot forgotten");
+        Ok(Response::new(pb::ForgetResponse {}))
+    }
+
+    async fn locate_portions(
+        &self,
+        request: Request<pb::LocatePortionsRequest>,
+    ) -> Result<Response<pb::LocatePortionsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let ids = parse_portion_ids("portion_ids", &request.into_inner().portion_ids)?;
+        let portions = self.store.read(move |fat| fat.locate(&tenant, &ids)).await;
+        Ok(Response::new(pb::LocatePortionsResponse {
+            portions: convert::locations(portions),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let (now, liveness) = (now_unix_ms(), self.config.liveness);
+        let status = self.store.read(move |fat| fat.status(now, &liveness)).await;
+        let applied_index = self.store.applied_index().await;
+        Ok(Response::new(pb::StatusResponse {
+            vendors: status
+                .vendors
+                .into_iter()
+                .map(convert::vendor_status)
+                .collect(),
+            open_reservations: status.open_reservations,
+            portions: status.portions,
+            snapshots: status.snapshots,
+            applied_index,
+        }))
+    }
+}
