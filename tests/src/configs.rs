@@ -1,0 +1,114 @@
+//! The TOML configs of every daemon and of the client, exactly as
+//! `docs/internals.md` ("Configs") fixes them, and the writer that puts one
+//! on disk.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// `offsite-coordinator run --config coordinator.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub lease_secs: u64,
+    pub suspect_after_secs: u64,
+    pub down_after_secs: u64,
+    pub overprovision: f64,
+    pub extra_vendors: u32,
+    pub sweep_interval_secs: u64,
+}
+
+/// `offsite-nas run --config nas.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NasConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap_bytes: Option<u64>,
+}
+
+/// One store of a vendor: a NAS device or a local directory.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    Nas {
+        address: SocketAddr,
+    },
+    Local {
+        path: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cap_bytes: Option<u64>,
+    },
+}
+
+/// `offsite-vendor run --config vendor.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VendorConfig {
+    pub vendor_id: String,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub region: String,
+    pub coordinators: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub report_interval_secs: u64,
+    pub network_bytes_per_sec: u64,
+    pub keep_free_share: f64,
+    pub stores: Vec<StoreConfig>,
+}
+
+/// `offsite --config client.toml ...`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientConfig {
+    pub coordinators: Vec<SocketAddr>,
+    pub tenant: String,
+    pub key_file: PathBuf,
+    pub cache_dir: PathBuf,
+    pub host: String,
+    pub replication: u32,
+    pub portion_bytes: u64,
+    pub piece_bytes: u64,
+    pub password_file: PathBuf,
+}
+
+/// Writes `config` as TOML to `path`, creating its directory.
+pub fn write_toml(path: &Path, config: &impl Serialize) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = toml::to_string(config).context("cannot render a config as TOML")?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_stores_render_as_tables_of_the_documented_shape() {
+        let config = VendorConfig {
+            vendor_id: "vendor-1".into(),
+            listen: "127.0.0.1:7101".parse().unwrap(),
+            advertise: "127.0.0.1:7101".parse().unwrap(),
+            region: "eu-west".into(),
+            coordinators: vec!["127.0.0.1:7000".parse().unwrap()],
+            data_dir: "/tmp/v".into(),
+            report_interval_secs: 1,
+            network_bytes_per_sec: 0,
+            keep_free_share: 0.1,
+            stores: vec![StoreConfig::Nas {
+                address: "127.0.0.1:7201".parse().unwrap(),
+            }],
+        };
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("[[stores]]"), "{text}");
+        assert!(text.contains("kind = \"nas\""), "{text}");
+        assert!(text.contains("address = \"127.0.0.1:7201\""), "{text}");
+        assert!(
+            text.contains("coordinators = [\"127.0.0.1:7000\"]"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,594 @@
+//! A devnet: a local marketplace of real processes (one coordinator, vendors,
+//! and the NAS devices of each vendor) started from configs written under one
+//! directory, plus the client config that backs up into it.
+//!
+//! Layout of the directory:
+//! `coordinator/{coordinator.toml,data,log}`, `vendor-N/{vendor.toml,data,log}`,
+//! `vendor-N/nas-M/{nas.toml,data,log}`, `client.toml`, `client/{password,
+//! key.json,cache}` and `devnet.json` (see [`crate::DevnetState`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use offsite_proto::pb::coordinator::StatusResponse;
+
+use crate::bins;
+use crate::configs::{self, ClientConfig, CoordinatorConfig, NasConfig, StoreConfig, VendorConfig};
+use crate::permit::Permit;
+use crate::ports::free_addr;
+use crate::process::{Daemon, STOP_GRACE};
+use crate::rpc;
+use crate::state::{DevnetState, ProcessState, VendorState};
+
+/// The shape of a devnet and the knobs of its daemons.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    pub vendors: usize,
+    pub nas_per_vendor: usize,
+    /// Reservation lease of the coordinator.
+    pub lease_secs: u64,
+    pub suspect_after_secs: u64,
+    pub down_after_secs: u64,
+    pub report_interval_secs: u64,
+    /// Cap of each NAS device; None: what its filesystem has.
+    pub nas_cap_bytes: Option<u64>,
+    /// The client's replication factor.
+    pub replication: u32,
+    pub portion_bytes: u64,
+    pub piece_bytes: u64,
+    /// How long the start may take before it is given up.
+    pub ready_timeout: Duration,
+    /// Start every process in its own session so it outlives the launcher.
+    pub detach: bool,
+}
+
+impl Default for DevnetOptions {
+    fn default() -> Self {
+        Self {
+            vendors: 4,
+            nas_per_vendor: 2,
+            lease_secs: 120,
+            suspect_after_secs: 5,
+            down_after_secs: 15,
+            report_interval_secs: 1,
+            nas_cap_bytes: None,
+            replication: 3,
+            portion_bytes: 16 * 1024 * 1024,
+            piece_bytes: 5 * 1024 * 1024,
+            ready_timeout: Duration::from_secs(60),
+            detach: false,
+        }
+    }
+}
+
+/// A daemon with the address it serves and its data directory.
+#[derive(Debug)]
+struct Node {
+    daemon: Daemon,
+    address: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl Node {
+    fn state(&self) -> ProcessState {
+        ProcessState {
+            name: self.daemon.name.clone(),
+            pid: self.daemon.pid(),
+            address: self.address,
+            config: self.daemon.config.clone(),
+            log: self.daemon.log.clone(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct VendorNode {
+    id: String,
+    agent: Node,
+    nas: Vec<Node>,
+}
+
+/// A running devnet. Dropping it stops every process (SIGTERM, then SIGKILL
+/// after a bounded wait), also when a test panics.
+#[derive(Debug)]
+pub struct Devnet {
+    dir: PathBuf,
+    options: DevnetOptions,
+    coordinator: Node,
+    vendors: Vec<VendorNode>,
+    client_config: PathBuf,
+    password: String,
+    detached: bool,
+    _permit: Option<Permit>,
+}
+
+const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];
+
+impl Devnet {
+    /// Writes every config under `dir`, starts the processes and waits until the
+    /// coordinator shows every vendor up and every vendor and NAS device answers.
+    pub fn start(dir: &Path, options: DevnetOptions) -> Result<Devnet> {
+        anyhow::ensure!(options.vendors > 0, "a devnet needs at least one vendor");
+        anyhow::ensure!(
+            options.nas_per_vendor > 0,
+            "a vendor needs at least one NAS device"
+        );
+        let dir = prepare_dir(dir)?;
+        let permit = Permit::acquire();
+        let mut last = None;
+        // A port picked free can be taken by someone else before the daemon binds
+        // it; such a start is retried with fresh ports.
+        for _ in 0..3 {
+            let mut devnet = Devnet::configure(&dir, &options)?;
+            match devnet.launch() {
+                Ok(()) => {
+                    devnet._permit = Some(permit);
+                    return Ok(devnet);
+                }
+                Err(e) if format!("{e:#}").contains("in use") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the devnet did not start")))
+    }
+
+    /// Picks ports and writes every config; starts nothing.
+    fn configure(dir: &Path, options: &DevnetOptions) -> Result<Devnet> {
+        let coordinator_bin = bins::binary(bins::COORDINATOR)?;
+        let vendor_bin = bins::binary(bins::VENDOR)?;
+        let nas_bin = bins::binary(bins::NAS)?;
+        bins::binary(bins::CLIENT)?;
+
+        let coordinator_dir = dir.join("coordinator");
+        let coordinator = CoordinatorConfig {
+            listen: free_addr()?,
+            data_dir: coordinator_dir.join("data"),
+            lease_secs: options.lease_secs,
+            suspect_after_secs: options.suspect_after_secs,
+            down_after_secs: options.down_after_secs,
+            overprovision: 1.5,
+            extra_vendors: 2,
+            sweep_interval_secs: 1,
+        };
+        let coordinator_node = node(
+            "coordinator",
+            &coordinator_bin,
+            &coordinator_dir,
+            "coordinator.toml",
+            options.detach,
+            coordinator.listen,
+            &coordinator,
+        )?;
+
+        let mut vendors = Vec::with_capacity(options.vendors);
+        for v in 1..=options.vendors {
+            let id = format!("vendor-{v}");
+            let vendor_dir = dir.join(&id);
+            let mut nas = Vec::with_capacity(options.nas_per_vendor);
+            for m in 1..=options.nas_per_vendor {
+                let nas_dir = vendor_dir.join(format!("nas-{m}"));
+                let config = NasConfig {
+                    listen: free_addr()?,
+                    data_dir: nas_dir.join("data"),
+                    cap_bytes: options.nas_cap_bytes,
+                };
+                let name = format!("{id}/nas-{m}");
+                nas.push(node(
+                    &name,
+                    &nas_bin,
+                    &nas_dir,
+                    "nas.toml",
+                    options.detach,
+                    config.listen,
+                    &config,
+                )?);
+            }
+            let listen = free_addr()?;
+            let config = VendorConfig {
+                vendor_id: id.clone(),
+                listen,
+                advertise: listen,
+                region: REGIONS[(v - 1) % REGIONS.len()].to_string(),
+                coordinators: vec![coordinator.listen],
+                data_dir: vendor_dir.join("data"),
+                report_interval_secs: options.report_interval_secs,
+                network_bytes_per_sec: 0,
+                keep_free_share: 0.10,
+                stores: nas
+                    .iter()
+                    .map(|n| StoreConfig::Nas { address: n.address })
+                    .collect(),
+            };
+            let agent = node(
+                &id,
+                &vendor_bin,
+                &vendor_dir,
+                "vendor.toml",
+                options.detach,
+                listen,
+                &config,
+            )?;
+            vendors.push(VendorNode { id, agent, nas });
+        }
+
+        let client_dir = dir.join("client");
+        std::fs::create_dir_all(client_dir.join("cache"))
+            .with_context(|| format!("cannot create {}", client_dir.display()))?;
+        let password_file = client_dir.join("password");
+        let password = ensure_password(&password_file)?;
+        let client = ClientConfig {
+            coordinators: vec![coordinator.listen],
+            tenant: rpc::DEVNET_TENANT.to_string(),
+            key_file: client_dir.join("key.json"),
+            cache_dir: client_dir.join("cache"),
+            host: "devnet-host".to_string(),
+            replication: options.replication,
+            portion_bytes: options.portion_bytes,
+            piece_bytes: options.piece_bytes,
+            password_file,
+        };
+        let client_config = dir.join("client.toml");
+        configs::write_toml(&client_config, &client)?;
+
+        Ok(Devnet {
+            dir: dir.to_path_buf(),
+            options: options.clone(),
+            coordinator: coordinator_node,
+            vendors,
+            client_config,
+            password,
+            detached: false,
+            _permit: None,
+        })
+    }
+
+    /// Starts every process, records the state, and waits until ready.
+    fn launch(&mut self) -> Result<()> {
+        self.coordinator.daemon.start()?;
+        for vendor in &mut self.vendors {
+            for nas in &mut vendor.nas {
+                nas.daemon.start()?;
+            }
+        }
+        for vendor in &mut self.vendors {
+            vendor.agent.daemon.start()?;
+        }
+        self.save_state()?;
+        self.wait_ready(self.options.ready_timeout)
+    }
+
+    /// Polls until the coordinator shows every vendor up and every vendor and
+    /// NAS device answers; fails at once, with its log, if a process exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let runtime = rpc::runtime()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let last = match runtime.block_on(self.readiness()) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "devnet in {} not ready after {timeout:?}: {last:#}",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    async fn readiness(&self) -> Result<()> {
+        let status = rpc::status(self.coordinator.address).await?;
+        for vendor in &self.vendors {
+            let Some(row) = status.vendors.iter().find(|v| v.vendor_id == vendor.id) else {
+                bail!("the coordinator does not list {} yet", vendor.id);
+            };
+            anyhow::ensure!(
+                row.liveness == "up",
+                "the coordinator shows {} as {:?}",
+                vendor.id,
+                row.liveness
+            );
+            anyhow::ensure!(row.offered_bytes > 0, "{} offers no bytes yet", vendor.id);
+            rpc::probe(vendor.agent.address).await?;
+            for nas in &vendor.nas {
+                rpc::nas_capacity(nas.address).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An error naming the first process that should run but has exited, with
+    /// the tail of its log.
+    fn check_running(&mut self) -> Result<()> {
+        let mut nodes: Vec<&mut Node> = vec![&mut self.coordinator];
+        for vendor in &mut self.vendors {
+            nodes.push(&mut vendor.agent);
+            nodes.extend(vendor.nas.iter_mut());
+        }
+        for node in nodes {
+            if let Some(status) = node.daemon.exited() {
+                bail!(
+                    "{} exited early ({status}); the end of {}:\n{}",
+                    node.daemon.name,
+                    node.daemon.log.display(),
+                    node.daemon.log_tail(30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // ---- what tests look at ----
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn coordinator_addr(&self) -> SocketAddr {
+        self.coordinator.address
+    }
+
+    /// Vendor ids, `vendor-1` first.
+    pub fn vendor_ids(&self) -> Vec<String> {
+        self.vendors.iter().map(|v| v.id.clone()).collect()
+    }
+
+    /// The address of vendor `index` (0-based).
+    pub fn vendor_addr(&self, index: usize) -> SocketAddr {
+        self.vendors[index].agent.address
+    }
+
+    /// The data directory of every NAS device of vendor `index`.
+    pub fn nas_data_dirs(&self, index: usize) -> Vec<PathBuf> {
+        self.vendors[index]
+            .nas
+            .iter()
+            .map(|n| n.data_dir.clone())
+            .collect()
+    }
+
+    /// The data directory of every NAS device of every vendor.
+    pub fn all_nas_data_dirs(&self) -> Vec<PathBuf> {
+        (0..self.vendors.len())
+            .flat_map(|i| self.nas_data_dirs(i))
+            .collect()
+    }
+
+    /// The address of NAS device `nas` (0-based) of vendor `vendor`.
+    pub fn nas_addr(&self, vendor: usize, nas: usize) -> SocketAddr {
+        self.vendors[vendor].nas[nas].address
+    }
+
+    pub fn client_config(&self) -> &Path {
+        &self.client_config
+    }
+
+    /// The passphrase in `client/password`.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    pub fn options(&self) -> &DevnetOptions {
+        &self.options
+    }
+
+    /// The coordinator's marketplace status (blocking).
+    pub fn status(&self) -> Result<StatusResponse> {
+        rpc::block_on(rpc::status(self.coordinator.address))?
+    }
+
+    /// Polls the coordinator's status until `check` holds, for at most `timeout`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&StatusResponse) -> bool,
+    ) -> Result<StatusResponse> {
+        let runtime = rpc::runtime()?;
+        crate::wait_for(what, timeout, || {
+            let status = runtime.block_on(rpc::status(self.coordinator.address))?;
+            Ok(check(&status).then_some(status))
+        })
+    }
+
+    // ---- faults ----
+
+    /// SIGKILLs vendor `index`'s agent.
+    pub fn kill_vendor(&mut self, index: usize) -> Result<()> {
+        self.vendors[index].agent.daemon.kill()
+    }
+
+    /// SIGTERMs vendor `index`'s agent and waits for it to exit.
+    pub fn stop_vendor(&mut self, index: usize) -> Result<()> {
+        self.vendors[index].agent.daemon.stop(STOP_GRACE)
+    }
+
+    /// Starts vendor `index`'s agent again with the same config and waits
+    /// until it answers probes and the coordinator shows it up.
+    pub fn restart_vendor(&mut self, index: usize) -> Result<()> {
+        self.vendors[index].agent.daemon.start()?;
+        self.save_state()?;
+        self.wait_ready(self.options.ready_timeout)
+    }
+
+    /// SIGKILLs NAS device `nas` of vendor `vendor`.
+    pub fn kill_nas(&mut self, vendor: usize, nas: usize) -> Result<()> {
+        self.vendors[vendor].nas[nas].daemon.kill()
+    }
+
+    /// SIGTERMs NAS device `nas` of vendor `vendor`.
+    pub fn stop_nas(&mut self, vendor: usize, nas: usize) -> Result<()> {
+        self.vendors[vendor].nas[nas].daemon.stop(STOP_GRACE)
+    }
+
+    /// Starts NAS device `nas` of vendor `vendor` again and waits until ready.
+    pub fn restart_nas(&mut self, vendor: usize, nas: usize) -> Result<()> {
+        self.vendors[vendor].nas[nas].daemon.start()?;
+        self.save_state()?;
+        self.wait_ready(self.options.ready_timeout)
+    }
+
+    // ---- life ----
+
+    /// What this devnet started, as written to `devnet.json`.
+    pub fn state(&self) -> DevnetState {
+        DevnetState {
+            dir: self.dir.clone(),
+            client_config: self.client_config.clone(),
+            coordinator: self.coordinator.state(),
+            vendors: self
+                .vendors
+                .iter()
+                .map(|v| VendorState {
+                    id: v.id.clone(),
+                    agent: v.agent.state(),
+                    nas: v.nas.iter().map(Node::state).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn save_state(&self) -> Result<()> {
+        self.state().save()
+    }
+
+    /// Leaves the processes running on their own (they were started in their
+    /// own sessions) and keeps `devnet.json` for `status` and `down`.
+    pub fn detach(mut self) -> Result<DevnetState> {
+        anyhow::ensure!(self.options.detach, "this devnet was not started detached");
+        let state = self.state();
+        state.save()?;
+        for node in self.nodes_mut() {
+            node.daemon.release();
+        }
+        self.detached = true;
+        Ok(state)
+    }
+
+    fn nodes_mut(&mut self) -> Vec<&mut Node> {
+        let mut nodes = Vec::new();
+        for vendor in &mut self.vendors {
+            nodes.push(&mut vendor.agent);
+            nodes.extend(vendor.nas.iter_mut());
+        }
+        nodes.push(&mut self.coordinator);
+        nodes
+    }
+
+    /// Stops every process: SIGTERM to all, a bounded wait, SIGKILL to the
+    /// rest; then removes `devnet.json`.
+    pub fn stop_all(&mut self) {
+        let mut nodes = self.nodes_mut();
+        for node in &mut nodes {
+            node.daemon.terminate();
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline && nodes.iter_mut().any(|n| n.daemon.is_running()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for node in &mut nodes {
+            let _ = node.daemon.kill();
+        }
+        let _ = std::fs::remove_file(DevnetState::path(&self.dir));
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.stop_all();
+        }
+    }
+}
+
+/// Writes a daemon's config into `dir/file` and describes its process.
+fn node(
+    name: &str,
+    binary: &Path,
+    dir: &Path,
+    file: &str,
+    detach: bool,
+    address: SocketAddr,
+    config: &impl serde::Serialize,
+) -> Result<Node> {
+    let path = dir.join(file);
+    configs::write_toml(&path, config)?;
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let daemon = Daemon::new(
+        name.to_string(),
+        binary.to_path_buf(),
+        path,
+        dir.join("log"),
+        detach,
+    );
+    Ok(Node {
+        daemon,
+        address,
+        data_dir,
+    })
+}
+
+/// Creates `dir`, checks it is writable and holds no running devnet, and
+/// returns its absolute path.
+fn prepare_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create {}; choose a writable directory",
+            dir.display()
+        )
+    })?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let probe = dir.join(".devnet-write-check");
+    std::fs::write(&probe, b"ok").with_context(|| {
+        format!(
+            "cannot write to {}; choose a writable directory",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    if let Some(state) = DevnetState::load(&dir)? {
+        let alive: Vec<String> = state
+            .processes()
+            .into_iter()
+            .filter(|p| p.is_alive())
+            .map(|p| format!("{} (pid {})", p.name, p.pid.unwrap_or(0)))
+            .collect();
+        if !alive.is_empty() {
+            bail!(
+                "a devnet is already up in {}: {}; stop it with `offsite-devnet down --dir {}`",
+                dir.display(),
+                alive.join(", "),
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Reads the passphrase in `path`, or creates a random one there (mode 0600).
+fn ensure_password(path: &Path) -> Result<String> {
+    use rand::distributions::{Alphanumeric, DistString};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        return Ok(existing.trim_end().to_string());
+    }
+    let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    write!(file, "{password}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(password)
+}

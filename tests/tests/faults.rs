@@ -1,0 +1,244 @@
+//! Faults injected on purpose into a running devnet: a vendor killed in the
+//! middle of an upload, a vendor down during a restore, and piece files
+//! corrupted on NAS devices' disks. Each time the backup or restore must still
+//! succeed and the restored tree be identical.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use offsite_proto::pb::coordinator::{GetSnapshotRequest, PortionLocation};
+use offsite_proto::pb::vendor::FetchRequest;
+use offsite_tests::checks::{json_stdout, snapshot_ids};
+use offsite_tests::tree::{self, files_under, TreeSpec};
+use offsite_tests::{rpc, wait_for, Devnet, DevnetOptions, KillOnDrop};
+
+/// Size of a piece file's header: magic and version, hash, length.
+const PIECE_HEADER: u64 = 8 + 32 + 8;
+
+fn spec(seed: u64, big_files: Vec<u64>, small_files: usize) -> TreeSpec {
+    TreeSpec {
+        seed,
+        big_files,
+        small_files,
+        small_max: 4096,
+        specials: true,
+    }
+}
+
+fn restore_and_compare(devnet: &Devnet, source: &Path, target: &Path) {
+    let args: Vec<OsString> = vec![
+        "restore".into(),
+        "latest".into(),
+        "--target".into(),
+        target.into(),
+    ];
+    devnet.client_ok(&args).unwrap();
+    tree::compare(source, &tree::restored_root(target, source)).unwrap();
+}
+
+fn pieces_of_vendor(devnet: &Devnet, vendor: usize) -> Vec<std::path::PathBuf> {
+    devnet
+        .nas_data_dirs(vendor)
+        .iter()
+        .flat_map(|dir| files_under(&dir.join("pieces")))
+        .collect()
+}
+
+#[test]
+fn a_vendor_killed_mid_upload_does_not_fail_the_backup() {
+    const MIB: u64 = 1024 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    tree::generate(&source, &spec(4, vec![64 * MIB, 48 * MIB, 38 * MIB], 100)).unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+
+    let out_path = tmp.path().join("backup.out");
+    let mut command = devnet
+        .client_command([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+    command
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(tmp.path().join("backup.err")).unwrap());
+    let mut backup = KillOnDrop(command.spawn().unwrap());
+    let backup_log = |tmp: &Path| {
+        let read = |name: &str| std::fs::read_to_string(tmp.join(name)).unwrap_or_default();
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            read("backup.out"),
+            read("backup.err")
+        )
+    };
+
+    // The first vendor seen holding pieces is one the upload is going through.
+    let victim = wait_for("a vendor to hold pieces", Duration::from_secs(120), || {
+        if let Some(status) = backup.try_wait()? {
+            anyhow::bail!("the backup ended ({status}) before any vendor held a piece");
+        }
+        Ok((0..devnet.vendor_ids().len()).find(|v| !pieces_of_vendor(&devnet, *v).is_empty()))
+    })
+    .unwrap();
+    assert!(
+        backup.try_wait().unwrap().is_none(),
+        "the backup finished before a vendor could be killed; the tree is too small"
+    );
+    devnet.kill_vendor(victim).unwrap();
+
+    let status = wait_for("the backup to finish", Duration::from_secs(400), || {
+        backup.try_wait()
+    })
+    .unwrap();
+    assert!(
+        status.success(),
+        "the backup failed ({status}) after vendor-{} was killed:\n{}",
+        victim + 1,
+        backup_log(tmp.path())
+    );
+    restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
+}
+
+#[test]
+fn restore_works_with_one_vendor_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    tree::generate(&source, &spec(5, vec![20 * 1024 * 1024], 200)).unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+
+    // Take down the vendor holding the most, so the restore must do without it.
+    let status = devnet.status().unwrap();
+    let busiest = status.vendors.iter().max_by_key(|v| v.used_bytes).unwrap();
+    assert!(
+        busiest.used_bytes > 0,
+        "no vendor holds anything: {status:?}"
+    );
+    let index = devnet
+        .vendor_ids()
+        .iter()
+        .position(|id| *id == busiest.vendor_id)
+        .unwrap();
+    devnet.kill_vendor(index).unwrap();
+    assert!(rpc::block_on(rpc::probe(devnet.vendor_addr(index)))
+        .unwrap()
+        .is_err());
+
+    restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
+
+    // Back with the same config and data, it serves its portions again.
+    devnet.restart_vendor(index).unwrap();
+    let probe = rpc::block_on(rpc::probe(devnet.vendor_addr(index)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(probe.vendor_id, busiest.vendor_id);
+}
+
+/// Flips one byte in the middle of the piece's data, past its header.
+fn corrupt(piece: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(piece)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    assert!(
+        len > PIECE_HEADER,
+        "{} is only {len} bytes",
+        piece.display()
+    );
+    let at = PIECE_HEADER + (len - PIECE_HEADER) / 2;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    tree::generate(&source, &spec(6, vec![24 * 1024 * 1024], 100)).unwrap();
+    let devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+
+    // Every piece of two of the four vendors: with three copies of each portion,
+    // at least one copy of each stays sound, and the restore must find it.
+    let mut corrupted = 0;
+    for vendor in [0, 1] {
+        for piece in pieces_of_vendor(&devnet, vendor) {
+            corrupt(&piece);
+            corrupted += 1;
+        }
+    }
+    assert!(
+        corrupted > 0,
+        "no piece files under the NAS data directories"
+    );
+
+    // The damage is real: vendor-1 refuses to serve a portion it holds, which
+    // a vendor with untouched pieces serves whole.
+    let snapshots = json_stdout(&devnet.client_ok(["--json", "snapshots"]).unwrap()).unwrap();
+    let snapshot_id = snapshot_ids(&snapshots).pop().unwrap();
+    let coordinator = devnet.coordinator_addr();
+    let addresses: Vec<_> = (0..4).map(|i| devnet.vendor_addr(i)).collect();
+    let (corrupt_fetch, sound_fetch, size) = rpc::block_on(async move {
+        let request = rpc::as_tenant(GetSnapshotRequest { snapshot_id }, rpc::DEVNET_TENANT)?;
+        let snapshot = rpc::fat(coordinator)
+            .await?
+            .get_snapshot(request)
+            .await?
+            .into_inner();
+        let holds = |p: &PortionLocation, id: &str| p.vendors.iter().any(|v| v.vendor_id == id);
+        let Some(held) = snapshot.portions.iter().find(|p| holds(p, "vendor-1")) else {
+            anyhow::bail!("vendor-1 holds no portion of the snapshot");
+        };
+        let sound = if holds(held, "vendor-3") {
+            addresses[2]
+        } else {
+            addresses[3]
+        };
+        let corrupt_fetch = fetch_portion(addresses[0], &held.portion_id).await;
+        let sound_fetch = fetch_portion(sound, &held.portion_id).await;
+        anyhow::Ok((corrupt_fetch, sound_fetch, held.size))
+    })
+    .unwrap()
+    .unwrap();
+    assert!(
+        corrupt_fetch.is_err(),
+        "vendor-1 served a corrupted portion: {corrupt_fetch:?}"
+    );
+    assert_eq!(sound_fetch.unwrap(), size);
+
+    restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
+}
+
+/// Fetches a whole portion from a vendor; the number of bytes it sent.
+async fn fetch_portion(vendor: SocketAddr, portion_id: &str) -> Result<u64, tonic::Status> {
+    let request = FetchRequest {
+        tenant_id: rpc::DEVNET_TENANT.into(),
+        portion_id: portion_id.into(),
+        ..Default::default()
+    };
+    let mut client = rpc::vendor(vendor)
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    let request = rpc::as_tenant(request, rpc::DEVNET_TENANT)
+        .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
+    let mut stream = client.fetch(request).await?.into_inner();
+    let mut bytes = 0;
+    while let Some(frame) = stream.message().await? {
+        bytes += frame.data.len() as u64;
+    }
+    Ok(bytes)
+}
