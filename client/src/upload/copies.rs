@@ -39,12 +39,16 @@ impl Uploader {
                     tracing::warn!(%vendor, portion = %sent.portion, %error, "vendor on the route did not store the portion");
                     pending.last_error = format!("vendor {vendor}: {error}");
                 }
-                failed.extend(
-                    sent.route
-                        .iter()
-                        .map(|v| v.id.clone())
-                        .filter(|id| !stored.contains(id)),
-                );
+                // Along a route, the first vendor that did not store is the one
+                // that failed; the vendors after it were never reached and stay
+                // candidates for a resend.
+                let mut unstored = sent.route.iter().filter(|v| !stored.contains(&v.id));
+                if let Some(first) = unstored.next() {
+                    failed.insert(first.id.clone());
+                }
+                for unreached in unstored {
+                    pending.tried.remove(&unreached.id);
+                }
             }
             Err(e) => {
                 tracing::warn!(portion = %sent.portion, error = %e, "store failed");
