@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +21,10 @@ pub struct NasConfig {
     /// filesystem holding `data_dir` has.
     #[serde(default)]
     pub cap_bytes: Option<u64>,
+    /// Seconds a `Put` stream may go without a frame before the device aborts
+    /// it and frees its buffer. Default 60.
+    #[serde(default = "default_put_idle_timeout")]
+    pub put_idle_timeout_secs: u64,
 }
 
 /// A config file that cannot be used; the message names the file and the fix.
@@ -43,6 +48,10 @@ pub enum ConfigError {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7201))
+}
+
+fn default_put_idle_timeout() -> u64 {
+    60
 }
 
 impl NasConfig {
@@ -78,7 +87,18 @@ impl NasConfig {
                  remove it (use the whole filesystem) or set a positive byte count"
                 .into());
         }
+        if !(1..=3600).contains(&self.put_idle_timeout_secs) {
+            return Err(format!(
+                "put_idle_timeout_secs is {}; set 1 to 3600 seconds (default 60)",
+                self.put_idle_timeout_secs
+            ));
+        }
         Ok(())
+    }
+
+    /// How long a `Put` stream may stay silent.
+    pub fn put_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.put_idle_timeout_secs)
     }
 }
 
@@ -103,6 +123,7 @@ mod tests {
         let config = NasConfig::parse("data_dir = \"/srv/nas\"").unwrap();
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.cap_bytes, None);
+        assert_eq!(config.put_idle_timeout_secs, 60);
     }
 
     #[test]
@@ -111,5 +132,10 @@ mod tests {
         assert!(err.to_string().contains("data_dir"), "{err}");
         let config = NasConfig::parse("data_dir = \"/x\"\ncap_bytes = 0").unwrap();
         assert!(config.validate().unwrap_err().contains("cap_bytes"));
+        let config = NasConfig::parse("data_dir = \"/x\"\nput_idle_timeout_secs = 0").unwrap();
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("put_idle_timeout_secs"));
     }
 }

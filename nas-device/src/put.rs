@@ -1,9 +1,12 @@
 //! Receiving a piece over a `Put` stream: the header frame first (piece id,
-//! 32-byte hash, size within `MAX_PIECE_BYTES`), then data frames of at most
-//! `MAX_FRAME_BYTES` totalling exactly `size`. The bytes are buffered, under a
-//! memory budget shared by all puts, until the piece store writes them.
+//! 32-byte hash, size within `MAX_PIECE_BYTES`), then non-empty data frames of
+//! at most `MAX_FRAME_BYTES` totalling exactly `size`. The bytes are buffered,
+//! under a memory budget shared by all puts, until the piece store writes them;
+//! a stream silent for longer than the idle timeout is aborted, so a stalled
+//! sender cannot hold its share of the budget.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use offsite_proto::limits::{MAX_FRAME_BYTES, MAX_PIECE_BYTES};
@@ -30,21 +33,23 @@ pub(crate) struct IncomingPiece {
     pub _budget: OwnedSemaphorePermit,
 }
 
-/// Reads a whole `Put` stream, checking every frame.
+/// Reads a whole `Put` stream, checking every frame; `idle` bounds the wait
+/// for each frame.
 pub(crate) async fn receive<S>(
     mut frames: S,
     budget: Arc<Semaphore>,
+    idle: Duration,
 ) -> Result<IncomingPiece, Status>
 where
     S: Stream<Item = Result<PutFrame, Status>> + Unpin,
 {
-    let header = match frames.next().await {
+    let header = match next_frame(&mut frames, idle, None).await? {
         None => {
             return Err(invalid(
                 "the Put stream is empty; send the piece header frame first",
             ))
         }
-        Some(frame) => match frame?.frame {
+        Some(frame) => match frame.frame {
             Some(Frame::Header(header)) => header,
             _ => {
                 return Err(invalid(
@@ -60,7 +65,7 @@ where
         .acquire_many_owned(units)
         .await
         .map_err(|_| Status::unavailable("the device is shutting down; retry on another device"))?;
-    let data = receive_data(&mut frames, &id, size).await?;
+    let data = receive_data(&mut frames, &id, size, idle).await?;
     Ok(IncomingPiece {
         id,
         hash,
@@ -82,13 +87,45 @@ fn check_header(header: PieceHeader) -> Result<(PieceId, Hash, u64), Status> {
     Ok((id, hash, header.size))
 }
 
-async fn receive_data<S>(frames: &mut S, id: &PieceId, size: u64) -> Result<Vec<u8>, Status>
+/// The next frame, or an abort once the sender has been silent for `idle`.
+async fn next_frame<S>(
+    frames: &mut S,
+    idle: Duration,
+    id: Option<&PieceId>,
+) -> Result<Option<PutFrame>, Status>
+where
+    S: Stream<Item = Result<PutFrame, Status>> + Unpin,
+{
+    match tokio::time::timeout(idle, frames.next()).await {
+        Ok(frame) => frame.transpose(),
+        Err(_) => {
+            let what = id.map_or_else(|| "the Put stream".to_string(), |id| format!("piece {id}"));
+            Err(Status::deadline_exceeded(format!(
+                "{what}: no frame for {} s, so the device aborted the put (put_idle_timeout_secs); \
+                 resend the piece without pausing",
+                idle.as_secs_f64()
+            )))
+        }
+    }
+}
+
+async fn receive_data<S>(
+    frames: &mut S,
+    id: &PieceId,
+    size: u64,
+    idle: Duration,
+) -> Result<Vec<u8>, Status>
 where
     S: Stream<Item = Result<PutFrame, Status>> + Unpin,
 {
     let mut data: Vec<u8> = Vec::new();
-    while let Some(frame) = frames.next().await {
-        let chunk = match frame?.frame {
+    while let Some(frame) = next_frame(frames, idle, Some(id)).await? {
+        let chunk = match frame.frame {
+            Some(Frame::Data(chunk)) if chunk.is_empty() => {
+                return Err(invalid(format!(
+                    "piece {id}: an empty data frame; send only data frames with bytes"
+                )))
+            }
             Some(Frame::Data(chunk)) => chunk,
             Some(Frame::Header(_)) => {
                 return Err(invalid(format!(
@@ -144,6 +181,8 @@ mod tests {
     use super::*;
     use tonic::Code;
 
+    const IDLE: Duration = Duration::from_secs(5);
+
     fn header(id: &str, data: &[u8], size: u64) -> Result<PutFrame, Status> {
         Ok(PutFrame {
             frame: Some(Frame::Header(PieceHeader {
@@ -161,7 +200,7 @@ mod tests {
     }
 
     async fn run(frames: Vec<Result<PutFrame, Status>>) -> Result<IncomingPiece, Status> {
-        receive(futures::stream::iter(frames), buffer_budget()).await
+        receive(futures::stream::iter(frames), buffer_budget(), IDLE).await
     }
 
     #[tokio::test]
@@ -229,5 +268,40 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.message().contains("more than the"), "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn empty_data_frames_are_refused() {
+        let err = run(vec![header("p", b"ab", 2), data(b""), data(b"ab")])
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("empty data frame"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_is_aborted_and_frees_its_budget() {
+        let budget = buffer_budget();
+        let before = budget.available_permits();
+        // The header, then nothing: the sender never closes the stream.
+        let frames = futures::stream::iter(vec![header("p-idle", b"abcd", 4)])
+            .chain(futures::stream::pending());
+        let idle = Duration::from_millis(200);
+        let err = receive(Box::pin(frames), budget.clone(), idle)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+        assert!(
+            err.message().contains("piece p-idle: no frame for 0.2 s"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(budget.available_permits(), before);
     }
 }

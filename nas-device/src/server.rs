@@ -32,7 +32,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (root, cap) = (config.data_dir.clone(), config.cap_bytes);
     let dir = tokio::task::spawn_blocking(move || PieceDir::open(&root, cap)).await??;
-    let service = NasServer::new(NasService::new(dir)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = NasServer::new(NasService::new(dir, config.put_idle_timeout()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let address = listener.local_addr().ok();
     tracing::info!(?address, data_dir = %config.data_dir.display(), "NAS device serving");
     tonic::transport::Server::builder()

@@ -3,6 +3,7 @@
 //! store runs on tokio's blocking pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use offsite_piece_store::{PieceDir, PieceError};
@@ -22,13 +23,16 @@ use crate::{put, status};
 pub(crate) struct NasService {
     dir: PieceDir,
     put_budget: Arc<Semaphore>,
+    /// How long a `Put` stream may go without a frame.
+    put_idle_timeout: Duration,
 }
 
 impl NasService {
-    pub(crate) fn new(dir: PieceDir) -> Self {
+    pub(crate) fn new(dir: PieceDir, put_idle_timeout: Duration) -> Self {
         Self {
             dir,
             put_budget: put::buffer_budget(),
+            put_idle_timeout,
         }
     }
 
@@ -52,7 +56,12 @@ impl Nas for NasService {
         &self,
         request: Request<Streaming<PutFrame>>,
     ) -> Result<Response<PutResponse>, Status> {
-        let piece = put::receive(request.into_inner(), self.put_budget.clone()).await?;
+        let piece = put::receive(
+            request.into_inner(),
+            self.put_budget.clone(),
+            self.put_idle_timeout,
+        )
+        .await?;
         let (id, size) = (piece.id.clone(), piece.data.len());
         let hash = self
             .blocking(move |dir| dir.put(&piece.id, &piece.data, &piece.hash))

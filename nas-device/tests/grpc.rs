@@ -25,11 +25,16 @@ struct Device {
 
 impl Device {
     async fn start(cap_bytes: Option<u64>) -> Device {
+        Self::start_with_idle_timeout(cap_bytes, 60).await
+    }
+
+    async fn start_with_idle_timeout(cap_bytes: Option<u64>, put_idle_timeout_secs: u64) -> Device {
         let data_dir = tempfile::tempdir().unwrap();
         let config = NasConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
             cap_bytes,
+            put_idle_timeout_secs,
         };
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -273,5 +278,35 @@ async fn a_full_device_refuses_with_resource_exhausted() {
     let err = device.put("p-b", &sample(300)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(!device.exists("p-b").await);
+    device.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_put_stream_that_goes_silent_is_aborted() {
+    let mut device = Device::start_with_idle_timeout(None, 1).await;
+    let data = sample(1000);
+    let (sender, frames) = tokio::sync::mpsc::channel(4);
+    sender
+        .send(header("p-idle", Hash::of(&data).to_vec(), 1000))
+        .await
+        .unwrap();
+    sender.send(data_frame(&data[..10])).await.unwrap();
+    // `sender` stays open and silent: only the device's idle timeout ends the call.
+    let call = device
+        .client
+        .put(tokio_stream::wrappers::ReceiverStream::new(frames));
+    let err = tokio::time::timeout(std::time::Duration::from_secs(20), call)
+        .await
+        .expect("the device never aborted the silent put stream")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("piece p-idle: no frame for 1 s"),
+        "{}",
+        err.message()
+    );
+    drop(sender);
+    assert!(!device.exists("p-idle").await);
+    device.put("p-after", &data).await.unwrap();
     device.shutdown().await;
 }

@@ -117,8 +117,7 @@ impl PieceDir {
         }
         let header = format::encode_header(&actual, size);
         fsutil::write_atomic(&self.tmp_path(id), &path, &[&header, data])?;
-        self.inner.used.fetch_add(size, Ordering::SeqCst);
-        self.inner.used.fetch_sub(replaced, Ordering::SeqCst);
+        self.count_used(size, replaced);
         tracing::debug!(piece = %id, size, "stored piece");
         Ok(actual)
     }
@@ -148,7 +147,7 @@ impl PieceDir {
         if let Some(dir) = path.parent() {
             fsutil::sync_dir(dir)?;
         }
-        self.inner.used.fetch_sub(len, Ordering::SeqCst);
+        self.count_used(0, len);
         tracing::debug!(piece = %id, size = len, "deleted piece");
         Ok(true)
     }
@@ -204,6 +203,18 @@ impl PieceDir {
         }
         let shard = &name[..name.len().min(2)];
         Ok(self.inner.pieces.join(shard).join(name))
+    }
+
+    /// Adds and removes bytes from the used counter, never below zero: a
+    /// file changed behind our back (grown by corruption) must not wrap the
+    /// counter and make the store look full forever.
+    fn count_used(&self, added: u64, removed: u64) {
+        let update = |used: u64| Some(used.saturating_add(added).saturating_sub(removed));
+        // The closure never returns None, so the update always succeeds.
+        let _ = self
+            .inner
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, update);
     }
 
     fn tmp_path(&self, id: &PieceId) -> PathBuf {

@@ -178,6 +178,21 @@ fn a_corrupt_piece_is_replaced_by_a_put_of_the_right_bytes() {
     assert_eq!(dir.capacity().unwrap().used_bytes, 7);
 }
 
+#[test]
+fn deleting_a_piece_grown_behind_our_back_does_not_wrap_the_used_count() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = PieceDir::open(root.path(), Some(1000)).unwrap();
+    dir.put(&id("p1"), b"12345", &Hash::of(b"12345")).unwrap();
+    let path = piece_file(root.path(), "p1");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[0u8; 100]);
+    fs::write(&path, &bytes).unwrap();
+    assert!(dir.delete(&id("p1")).unwrap());
+    let cap = dir.capacity().unwrap();
+    assert_eq!((cap.used_bytes, cap.free_bytes), (0, 1000));
+    dir.put(&id("p2"), &[1; 900], &Hash::of(&[1; 900])).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -42,7 +42,8 @@ impl VendorAgent {
     pub fn open(config: &VendorConfig) -> Result<Self, AgentError> {
         config.validate()?;
         let stores = open_stores(config)?;
-        Self::new(config.vendor()?, stores, &config.data_dir)
+        let agent = Self::new(config.vendor()?, stores, &config.data_dir)?;
+        Ok(agent.with_store_idle_timeout(config.store_idle_timeout()))
     }
 
     /// Assembles an agent from stores already opened (their order is the
@@ -59,6 +60,14 @@ impl VendorAgent {
         Ok(Self {
             shared: Arc::new(Shared::new(vendor, stores, fat)),
         })
+    }
+
+    /// Sets how long a `Store` stream may go without a frame, from its sender
+    /// or into the next vendor of the route, before it is aborted (default 60 s;
+    /// `store_idle_timeout_secs` in the config).
+    pub fn with_store_idle_timeout(self, timeout: Duration) -> Self {
+        self.shared.set_idle_timeout(timeout);
+        self
     }
 
     /// Serves `offsite.vendor.Vendor` on `listener` until `shutdown` resolves.

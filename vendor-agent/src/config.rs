@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use offsite_proto::limits::MAX_ADDRESS_LEN;
 use offsite_proto::VendorId;
@@ -42,6 +43,11 @@ pub struct VendorConfig {
     pub keep_free_share: f64,
     /// Where pieces go: NAS devices and local directories, at least one.
     pub stores: Vec<StoreConfig>,
+    /// Seconds a `Store` stream may go without a frame (from the sender, or
+    /// into the next vendor of the route) before it is aborted and its pieces
+    /// deleted. Default 60.
+    #[serde(default = "default_store_idle_timeout")]
+    pub store_idle_timeout_secs: u64,
 }
 
 /// One store of pieces.
@@ -78,6 +84,10 @@ fn default_report_interval() -> u64 {
 
 fn default_keep_free_share() -> f64 {
     0.10
+}
+
+fn default_store_idle_timeout() -> u64 {
+    60
 }
 
 /// Why a vendor config cannot be used, naming the file or field and the fix.
@@ -155,7 +165,21 @@ impl VendorConfig {
                 ),
             ));
         }
+        if !(1..=3600).contains(&self.store_idle_timeout_secs) {
+            return Err(invalid(
+                "store_idle_timeout_secs",
+                format!(
+                    "{} is outside 1 to 3600 seconds (default 60)",
+                    self.store_idle_timeout_secs
+                ),
+            ));
+        }
         self.validate_stores()
+    }
+
+    /// How long a `Store` stream may stay silent.
+    pub fn store_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.store_idle_timeout_secs)
     }
 
     fn validate_stores(&self) -> Result<(), ConfigError> {
@@ -277,6 +301,7 @@ path = "/p"
         assert_eq!(config.report_interval_secs, 3);
         assert_eq!(config.keep_free_share, 0.10);
         assert_eq!(config.listen, default_listen());
+        assert_eq!(config.store_idle_timeout_secs, 60);
     }
 
     #[test]
@@ -298,6 +323,9 @@ path = "/p"
         let mut config = parse(EXAMPLE);
         config.keep_free_share = 1.0;
         assert_eq!(field_of(config), "keep_free_share");
+        let mut config = parse(EXAMPLE);
+        config.store_idle_timeout_secs = 0;
+        assert_eq!(field_of(config), "store_idle_timeout_secs");
         let mut config = parse(EXAMPLE);
         config.stores.clear();
         assert_eq!(field_of(config), "stores");

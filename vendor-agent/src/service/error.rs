@@ -36,6 +36,15 @@ pub enum VendorError {
     },
     #[error("the store stream broke: {0}; resend the portion")]
     Inbound(Status),
+    #[error(
+        "the store stream{} sent nothing for {secs} s, so this vendor aborted it \
+         (store_idle_timeout_secs); resend the portion without pausing",
+        portion.map(|p| format!(" of portion {p}")).unwrap_or_default()
+    )]
+    Idle {
+        portion: Option<PortionId>,
+        secs: f64,
+    },
     #[error("portion hash mismatch: portion {portion} hashes to {actual}, the header says {expected}; resend the portion's exact bytes")]
     HashMismatch {
         portion: PortionId,
@@ -106,6 +115,7 @@ impl From<VendorError> for Status {
             | VendorError::HashMismatch { .. }
             | VendorError::ProbeTooLarge { .. } => Status::invalid_argument(message),
             VendorError::Inbound(status) => Status::new(status.code(), message),
+            VendorError::Idle { .. } => Status::deadline_exceeded(message),
             VendorError::HeldWithOtherHash { .. } => Status::already_exists(message),
             VendorError::Busy { .. } => Status::aborted(message),
             VendorError::NoRoom { .. } => Status::resource_exhausted(message),

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use offsite_proto::limits::FRAME_BYTES;
 use offsite_proto::pb::common::DataFrame;
 use offsite_proto::pb::vendor::{DeleteRequest, FetchRequest};
@@ -16,7 +18,7 @@ use tonic::Status;
 
 use super::error::VendorError;
 use super::Shared;
-use crate::local_fat::PortionRecord;
+use crate::local_fat::{PieceRecord, PortionRecord};
 use crate::store::StoreError;
 
 /// Frames read ahead of the caller.
@@ -73,21 +75,19 @@ async fn stream_range(
     end: u64,
     sender: &FrameSender,
 ) -> Result<(), VendorError> {
+    let lost = |detail: String| VendorError::PieceLost {
+        portion: record.portion,
+        source: StoreError::Failed {
+            store: "local FAT".into(),
+            detail,
+        },
+    };
     let mut piece_start = 0u64;
+    let mut sent = 0u64;
     for piece in &record.pieces {
-        let piece_end = piece_start + piece.size;
+        let piece_end = piece_start.saturating_add(piece.size);
         if piece_end > start && piece_start < end {
-            let lost = |source| VendorError::PieceLost {
-                portion: record.portion,
-                source,
-            };
-            let store = shared.stores.get(piece.store as usize).ok_or_else(|| {
-                lost(StoreError::Failed {
-                    store: format!("#{}", piece.store),
-                    detail: "the local FAT names a store no longer configured".into(),
-                })
-            })?;
-            let data = store.get(&piece.id, &piece.hash).await.map_err(lost)?;
+            let data = read_piece(shared, record, piece).await?;
             let from = start.saturating_sub(piece_start) as usize;
             let to = (end.min(piece_end) - piece_start) as usize;
             for chunk in data[from..to].chunks(FRAME_BYTES) {
@@ -98,13 +98,52 @@ async fn stream_range(
                     return Ok(()); // the caller hung up
                 }
             }
+            sent += (to - from) as u64;
         }
         piece_start = piece_end;
         if piece_start >= end {
             break;
         }
     }
+    // A stream that ends without an error must have carried the whole range.
+    if sent != end - start {
+        return Err(lost(format!(
+            "its pieces hold {sent} of the {} bytes asked for",
+            end - start
+        )));
+    }
     Ok(())
+}
+
+/// One piece from its store, checked against the local FAT's hash and size.
+async fn read_piece(
+    shared: &Shared,
+    record: &PortionRecord,
+    piece: &PieceRecord,
+) -> Result<Bytes, VendorError> {
+    let lost = |source| VendorError::PieceLost {
+        portion: record.portion,
+        source,
+    };
+    let store = shared.stores.get(piece.store as usize).ok_or_else(|| {
+        lost(StoreError::Failed {
+            store: format!("#{}", piece.store),
+            detail: "the local FAT names a store no longer configured".into(),
+        })
+    })?;
+    let data = store.get(&piece.id, &piece.hash).await.map_err(lost)?;
+    if data.len() as u64 != piece.size {
+        return Err(lost(StoreError::Corrupt {
+            store: store.name().to_owned(),
+            piece: piece.id.clone(),
+            detail: format!(
+                "it holds {} bytes, the local FAT says {}",
+                data.len(),
+                piece.size
+            ),
+        }));
+    }
+    Ok(data)
 }
 
 /// Removes a portion's pieces and then its local FAT entry; `false` when this
@@ -168,5 +207,44 @@ mod tests {
         assert!(range(&r, 101, 0).is_err());
         assert!(range(&r, 90, 11).is_err());
         assert!(range(&r, u64::MAX, 2).is_err());
+    }
+
+    /// A local FAT entry whose pieces hold less than the portion (a damaged
+    /// record) must end the fetch with DataLoss, never a short OK stream.
+    #[tokio::test]
+    async fn pieces_shorter_than_the_portion_are_data_loss_not_a_short_read() {
+        use crate::store::{random_piece_id, LocalStore, PieceStore};
+        use futures::StreamExt;
+        let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = LocalStore::open(store_dir.path(), None, 0.0).unwrap();
+        let data = crate::testing::test_bytes(100_000, 5);
+        let piece = PieceRecord {
+            id: random_piece_id(),
+            store: 0,
+            size: data.len() as u64,
+            hash: Hash::of(&data),
+        };
+        store.put(&piece.id, data, &piece.hash).await.unwrap();
+        let mut damaged = record(200_000);
+        damaged.pieces = vec![piece];
+        let fat = crate::local_fat::LocalFat::open(fat_dir.path()).unwrap();
+        fat.insert(&damaged).await.unwrap();
+        let vendor = offsite_proto::VendorId::new("v1").unwrap();
+        let shared = Arc::new(Shared::new(vendor, vec![Arc::new(store)], fat));
+        let request = FetchRequest {
+            tenant_id: damaged.tenant.to_string(),
+            portion_id: damaged.portion.to_string(),
+            offset: 0,
+            length: 0,
+            grant: None,
+        };
+        let frames: Vec<_> = fetch(shared, request).unwrap().collect().await;
+        let status = frames.last().unwrap().as_ref().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DataLoss);
+        assert!(
+            status.message().contains("hold 100000 of the 200000 bytes"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! stores it: frames pass through a bounded channel (a window of frames, never
 //! the whole portion) into a `Store` stream to `route[1]`. Whatever the next
 //! vendor answers becomes receipts and failures for our response; a downstream
-//! failure never fails this vendor's own store.
+//! failure never fails this vendor's own store. A next vendor that stops
+//! reading for the idle timeout is cut off, so it cannot stall the upload.
 
 use std::time::Duration;
 
@@ -38,11 +39,15 @@ pub(crate) struct Forwarder {
     header: RoutingHeader,
     sender: Option<mpsc::Sender<StoreFrame>>,
     task: JoinHandle<Result<StoreResponse, Status>>,
+    /// How long a frame may wait for the next vendor to take it.
+    idle: Duration,
+    /// Set once the next vendor stopped reading and its call was aborted.
+    stalled: bool,
 }
 
 impl Forwarder {
     /// Starts the call to `next.route[0]` with `next` as its header.
-    pub fn start(next: RoutingHeader) -> Self {
+    pub fn start(next: RoutingHeader, idle: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(FORWARD_WINDOW);
         let header_frame = StoreFrame {
             frame: Some(store_frame::Frame::Header(next.clone().into())),
@@ -55,15 +60,28 @@ impl Forwarder {
             header: next,
             sender,
             task,
+            idle,
+            stalled: false,
         }
     }
 
-    /// Passes a frame on; once the next vendor has gone away, frames are dropped
+    /// Passes a frame on; once the next vendor has gone away, or took no frame
+    /// for the idle timeout (its call is then aborted), frames are dropped
     /// (its error is collected by [`Forwarder::finish`]).
     pub async fn send(&mut self, frame: StoreFrame) {
-        if let Some(sender) = &self.sender {
-            if sender.send(frame).await.is_err() {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        match tokio::time::timeout(self.idle, sender.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
                 tracing::debug!(next = %self.header.route[0].id, "next vendor stopped reading");
+                self.sender = None;
+            }
+            Err(_) => {
+                tracing::warn!(next = %self.header.route[0].id, idle = ?self.idle, "next vendor took no frame; aborting the forward");
+                self.task.abort();
+                self.stalled = true;
                 self.sender = None;
             }
         }
@@ -74,6 +92,11 @@ impl Forwarder {
         drop(self.sender.take());
         let result = match (&mut self.task).await {
             Ok(result) => result,
+            Err(_) if self.stalled => Err(Status::deadline_exceeded(format!(
+                "took no data for {} s, so the forward was aborted (store_idle_timeout_secs); \
+                 store this copy at another vendor",
+                self.idle.as_secs_f64()
+            ))),
             Err(join) => Err(Status::internal(format!("forwarding task failed: {join}"))),
         };
         match result {

@@ -9,8 +9,9 @@ mod placement;
 mod upload;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use offsite_proto::limits::MAX_PROBE_BYTES;
 use offsite_proto::pb::common::DataFrame;
@@ -27,6 +28,9 @@ use crate::store::{PieceStore, StoreCapacity};
 
 pub use error::VendorError;
 
+/// Default of `store_idle_timeout_secs`.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What every call of this vendor shares.
 pub(crate) struct Shared {
     pub vendor: VendorId,
@@ -37,6 +41,9 @@ pub(crate) struct Shared {
     next_store: AtomicUsize,
     /// Portions with a store or delete under way, so two never interleave.
     busy: Mutex<HashSet<(TenantId, PortionId)>>,
+    /// Milliseconds a store stream may go without a frame, inbound or
+    /// into the next vendor.
+    idle_timeout_ms: AtomicU64,
 }
 
 impl Shared {
@@ -47,7 +54,20 @@ impl Shared {
             fat,
             next_store: AtomicUsize::new(0),
             busy: Mutex::new(HashSet::new()),
+            idle_timeout_ms: AtomicU64::new(DEFAULT_IDLE_TIMEOUT.as_millis() as u64),
         }
+    }
+
+    /// How long a store stream may go without a frame.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The store index an upload's round-robin starts from.

@@ -3,12 +3,14 @@
 //! vendor's stores, checks the portion hash, records the pieces in the local
 //! FAT and answers with this vendor's receipt plus every downstream one. On any
 //! failure the pieces written here are deleted and no local FAT entry is left.
+//! A stream that sends nothing for the idle timeout is such a failure.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use offsite_proto::limits::MAX_FRAME_BYTES;
 use offsite_proto::pb::vendor::{store_frame, StoreFrame, StoreResponse};
-use offsite_proto::{Hash, Receipt, RoutingHeader};
+use offsite_proto::{Hash, PortionId, Receipt, RoutingHeader};
 use tonic::Streaming;
 
 use super::error::VendorError;
@@ -22,7 +24,8 @@ pub(crate) async fn store(
     shared: Arc<Shared>,
     mut inbound: Streaming<StoreFrame>,
 ) -> Result<StoreResponse, VendorError> {
-    let header = read_header(&mut inbound).await?;
+    let idle = shared.idle_timeout();
+    let header = read_header(&mut inbound, idle).await?;
     if header.route[0].id != shared.vendor {
         return Err(VendorError::Misrouted {
             to: header.route[0].id.clone(),
@@ -43,21 +46,41 @@ pub(crate) async fn store(
             .await?,
         ),
     };
-    let forwarder = header.forwarded().map(Forwarder::start);
+    let forwarder = header.forwarded().map(|next| Forwarder::start(next, idle));
     let mut upload = Upload {
         header,
         writer,
         forwarder,
     };
-    let received = upload.receive(&mut inbound).await;
+    let received = upload.receive(&mut inbound, idle).await;
     upload.conclude(&shared, received).await
 }
 
-async fn read_header(inbound: &mut Streaming<StoreFrame>) -> Result<RoutingHeader, VendorError> {
-    let first = inbound.message().await.map_err(VendorError::Inbound)?;
+async fn read_header(
+    inbound: &mut Streaming<StoreFrame>,
+    idle: Duration,
+) -> Result<RoutingHeader, VendorError> {
+    let first = next_frame(inbound, idle, None).await?;
     match first.and_then(|f| f.frame) {
         Some(store_frame::Frame::Header(header)) => Ok(RoutingHeader::try_from(header)?),
         _ => Err(VendorError::HeaderMissing),
+    }
+}
+
+/// The next frame of the inbound stream, or [`VendorError::Idle`] once the
+/// sender has been silent for `idle` (so a stalled sender cannot hold the
+/// portion's claim and buffers forever).
+async fn next_frame(
+    inbound: &mut Streaming<StoreFrame>,
+    idle: Duration,
+    portion: Option<PortionId>,
+) -> Result<Option<StoreFrame>, VendorError> {
+    match tokio::time::timeout(idle, inbound.message()).await {
+        Ok(frame) => frame.map_err(VendorError::Inbound),
+        Err(_) => Err(VendorError::Idle {
+            portion,
+            secs: idle.as_secs_f64(),
+        }),
     }
 }
 
@@ -84,10 +107,15 @@ struct Upload {
 
 impl Upload {
     /// Reads every data frame: forward it, check it, hash it, store it.
-    async fn receive(&mut self, inbound: &mut Streaming<StoreFrame>) -> Result<(), VendorError> {
+    async fn receive(
+        &mut self,
+        inbound: &mut Streaming<StoreFrame>,
+        idle: Duration,
+    ) -> Result<(), VendorError> {
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
-        while let Some(frame) = inbound.message().await.map_err(VendorError::Inbound)? {
+        let portion = Some(self.header.portion);
+        while let Some(frame) = next_frame(inbound, idle, portion).await? {
             // Forwarded before our own checks: the next vendor applies the same
             // checks, so a stream bad here is refused there too.
             if let Some(forwarder) = &mut self.forwarder {

@@ -32,6 +32,15 @@ pub struct TestVendor {
 
 impl TestVendor {
     pub async fn start(id: &str, store_count: usize) -> Self {
+        Self::start_with_idle_timeout(id, store_count, std::time::Duration::from_secs(60)).await
+    }
+
+    /// A vendor whose store streams are aborted after `idle` without a frame.
+    pub async fn start_with_idle_timeout(
+        id: &str,
+        store_count: usize,
+        idle: std::time::Duration,
+    ) -> Self {
         let store_dirs: Vec<TempDir> = (0..store_count)
             .map(|_| tempfile::tempdir().unwrap())
             .collect();
@@ -45,7 +54,9 @@ impl TestVendor {
             .collect();
         let data_dir = tempfile::tempdir().unwrap();
         let vendor = VendorId::new(id).unwrap();
-        let agent = VendorAgent::new(vendor.clone(), dyn_stores, data_dir.path()).unwrap();
+        let agent = VendorAgent::new(vendor.clone(), dyn_stores, data_dir.path())
+            .unwrap()
+            .with_store_idle_timeout(idle);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (tx, rx) = oneshot::channel::<()>();
