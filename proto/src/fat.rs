@@ -56,7 +56,10 @@ impl TryFrom<pb::PortionPlacement> for PortionPlacement {
     type Error = WireError;
     fn try_from(p: pb::PortionPlacement) -> Result<Self, WireError> {
         if p.receipts.len() > crate::limits::MAX_ROUTE_LEN * 4 {
-            return Err(WireError::new("receipts", "too many receipts for one portion"));
+            return Err(WireError::new(
+                "receipts",
+                "too many receipts for one portion",
+            ));
         }
         Ok(Self {
             portion: PortionId::parse(&p.portion_id)?,
@@ -263,6 +266,9 @@ mod tests {
 
         let mut too_many = wire;
         too_many.tags = vec!["t".into(); MAX_SNAPSHOT_LIST + 1];
-        assert_eq!(SnapshotRecord::try_from(too_many).unwrap_err().field, "tags");
+        assert_eq!(
+            SnapshotRecord::try_from(too_many).unwrap_err().field,
+            "tags"
+        );
     }
 }

@@ -18,7 +18,10 @@ fn check_name(field: &'static str, value: &str) -> Result<(), WireError> {
     if value.len() > MAX_ID_LEN {
         return Err(WireError::new(
             field,
-            format!("{} characters, more than the {MAX_ID_LEN} allowed", value.len()),
+            format!(
+                "{} characters, more than the {MAX_ID_LEN} allowed",
+                value.len()
+            ),
         ));
     }
     if let Some(bad) = value

@@ -318,11 +318,17 @@ mod tests {
 
         let mut short_hash: pb::vendor::RoutingHeader = header().into();
         short_hash.hash.pop();
-        assert_eq!(RoutingHeader::try_from(short_hash).unwrap_err().field, "hash");
+        assert_eq!(
+            RoutingHeader::try_from(short_hash).unwrap_err().field,
+            "hash"
+        );
 
         let mut bad_addr: pb::vendor::RoutingHeader = header().into();
         bad_addr.route[1].address = "nowhere".into();
-        assert_eq!(RoutingHeader::try_from(bad_addr).unwrap_err().field, "address");
+        assert_eq!(
+            RoutingHeader::try_from(bad_addr).unwrap_err().field,
+            "address"
+        );
 
         let mut tiny_piece: pb::vendor::RoutingHeader = header().into();
         tiny_piece.piece_size = 1;
