@@ -1,7 +1,13 @@
 //! Compiles `proto/*.proto` with protox (no protoc needed) into tonic code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["common.proto", "coordinator.proto", "vendor.proto", "nas.proto"];
+    let files = [
+        "common.proto",
+        "coordinator.proto",
+        "vendor.proto",
+        "nas.proto",
+        "raft.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)

@@ -1,10 +1,15 @@
-//! `offsite-coordinator status`: asks a coordinator for the marketplace status
-//! and prints its vendors as a table or JSON.
+//! `offsite-coordinator status`: asks a coordinator for the coordinator
+//! group (members, leader, term, last applied index) and the marketplace
+//! (each vendor's offered, reserved and used bytes), and prints them as a
+//! table or JSON. `offsite-coordinator members ...` changes the group's
+//! membership, one coordinator at a time.
 
 use anyhow::Context;
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::coordinator::{StatusRequest, StatusResponse, VendorStatus};
+use offsite_proto::pb::raft::raft_client::RaftClient;
+use offsite_proto::pb::raft::{GroupStatusRequest, GroupStatusResponse, MemberRequest};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -37,7 +42,29 @@ impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
 }
 
 #[derive(Serialize)]
+struct MemberRow<'a> {
+    id: u64,
+    address: &'a str,
+    voter: bool,
+}
+
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    node_id: u64,
+    role: &'a str,
+    leader_id: Option<u64>,
+    leader_address: Option<&'a str>,
+    term: u64,
+    last_log_index: u64,
+    last_applied_index: u64,
+    snapshot_index: u64,
+    fat_digest: String,
+    members: Vec<MemberRow<'a>>,
+}
+
+#[derive(Serialize)]
 struct StatusJson<'a> {
+    group: GroupJson<'a>,
     vendors: Vec<VendorRow<'a>>,
     open_reservations: u64,
     portions: u64,
@@ -45,8 +72,65 @@ struct StatusJson<'a> {
     applied_index: u64,
 }
 
+async fn raft_client(coordinator: &str) -> anyhow::Result<RaftClient<tonic::transport::Channel>> {
+    let url = format!("http://{coordinator}");
+    RaftClient::connect(url.clone())
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}; is it running?"))
+}
+
+/// A membership change asked of the group through `coordinator`.
+pub enum Change {
+    AddLearner { id: u64, address: String },
+    Promote { id: u64 },
+    Remove { id: u64 },
+}
+
+/// Applies `change` through `coordinator` (forwarded to the leader) and
+/// prints the group after it.
+pub async fn change(coordinator: &str, change: Change, json: bool) -> anyhow::Result<()> {
+    let mut client = raft_client(coordinator).await?;
+    let reply = match change {
+        Change::AddLearner { id, address } => {
+            client.add_learner(MemberRequest { id, address }).await
+        }
+        Change::Promote { id } => {
+            client
+                .promote_voter(MemberRequest {
+                    id,
+                    address: String::new(),
+                })
+                .await
+        }
+        Change::Remove { id } => {
+            client
+                .remove_member(MemberRequest {
+                    id,
+                    address: String::new(),
+                })
+                .await
+        }
+    };
+    let group = reply
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))
+        .context("the membership change failed")?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&group_json(&group))?);
+    } else {
+        print!("{}", group_table(&group));
+    }
+    Ok(())
+}
+
 /// Fetches the status from `coordinator` (host:port) and prints it.
 pub async fn print(coordinator: &str, json: bool) -> anyhow::Result<()> {
+    let group = raft_client(coordinator)
+        .await?
+        .group_status(GroupStatusRequest {})
+        .await
+        .with_context(|| format!("the coordinator at {coordinator} refused the group status call"))?
+        .into_inner();
     let url = format!("http://{coordinator}");
     let mut client = FatClient::connect(url.clone())
         .await
@@ -58,15 +142,75 @@ pub async fn print(coordinator: &str, json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("the coordinator at {coordinator} refused the status call"))?
         .into_inner();
     if json {
-        println!("{}", serde_json::to_string_pretty(&as_json(&status))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&as_json(&group, &status))?
+        );
     } else {
-        print!("{}", table(&status));
+        print!("{}{}", group_table(&group), table(&status));
     }
     Ok(())
 }
 
-fn as_json(status: &StatusResponse) -> StatusJson<'_> {
+fn group_json(g: &GroupStatusResponse) -> GroupJson<'_> {
+    let has_leader = g.leader_id != 0;
+    GroupJson {
+        node_id: g.node_id,
+        role: &g.role,
+        leader_id: has_leader.then_some(g.leader_id),
+        leader_address: has_leader.then_some(g.leader_address.as_str()),
+        term: g.term,
+        last_log_index: g.last_log_index,
+        last_applied_index: g.last_applied_index,
+        snapshot_index: g.snapshot_index,
+        fat_digest: hex_of(&g.fat_digest),
+        members: g
+            .members
+            .iter()
+            .map(|m| MemberRow {
+                id: m.id,
+                address: &m.address,
+                voter: m.voter,
+            })
+            .collect(),
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn group_table(g: &GroupStatusResponse) -> String {
+    let leader = if g.leader_id == 0 {
+        "none (election in progress, or no quorum)".to_string()
+    } else {
+        format!("{} at {}", g.leader_id, g.leader_address)
+    };
+    let mut out = format!(
+        "coordinator {} ({}), leader {leader}, term {}, last applied index {} (log {}, snapshot {})\n",
+        g.node_id, g.role, g.term, g.last_applied_index, g.last_log_index, g.snapshot_index
+    );
+    out.push_str(&format!(
+        "{:<6} {:<24} {:<8}\n",
+        "MEMBER", "ADDRESS", "ROLE"
+    ));
+    for m in &g.members {
+        let role = if m.id == g.leader_id {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        out.push_str(&format!("{:<6} {:<24} {:<8}\n", m.id, m.address, role));
+    }
+    out.push('\n');
+    out
+}
+
+fn as_json<'a>(group: &'a GroupStatusResponse, status: &'a StatusResponse) -> StatusJson<'a> {
     StatusJson {
+        group: group_json(group),
         vendors: status.vendors.iter().map(VendorRow::from).collect(),
         open_reservations: status.open_reservations,
         portions: status.portions,

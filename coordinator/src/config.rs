@@ -1,6 +1,9 @@
 //! The coordinator's configuration file (`offsite-coordinator run --config
 //! coordinator.toml`), with a default for every field and a `validate()`.
+//! The defaults make a group of one; a group of three lists its members in
+//! `initial_members`, the same list on each of the three.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -8,13 +11,33 @@ use serde::Deserialize;
 
 use crate::fat::LivenessPolicy;
 use crate::placement::PlacementPolicy;
+use crate::raft::GroupSettings;
 
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorConfig {
+    /// This coordinator's id in the group (1 or more; never reused for a
+    /// replacement that starts with an empty data dir).
+    pub node_id: u64,
     /// gRPC address to listen on.
     pub listen: SocketAddr,
+    /// host:port the other coordinators reach this one at; default `listen`.
+    pub advertise: Option<String>,
+    /// The members of a new group, by id (the same list on each of them).
+    /// The member with the lowest id initialises the group once. Empty: a
+    /// group of this coordinator alone. A coordinator whose id is not listed
+    /// waits to be added (`offsite-coordinator members add-learner`).
+    pub initial_members: Vec<MemberConfig>,
+    /// How often the leader sends heartbeats, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time between these
+    /// starts an election (milliseconds).
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a write or a linearizable read may wait for the group
+    /// (a majority, a leader) before failing, in milliseconds.
+    pub write_timeout_ms: u64,
     /// Directory of the FAT store (sled).
     pub data_dir: PathBuf,
     /// How long a reservation is held without a commit, in seconds.
@@ -27,17 +50,33 @@ pub struct CoordinatorConfig {
     pub overprovision: f64,
     /// At least R + this many candidate vendors where they exist.
     pub extra_vendors: u32,
-    /// How often expired leases are released, in seconds.
+    /// How often the leader releases expired leases and judges vendor
+    /// liveness, in seconds.
     pub sweep_interval_secs: u64,
-    /// How many commands go between two snapshots of the FAT (the log up to
-    /// a snapshot is then removed).
+    /// How many log entries go between two snapshots of the FAT (the log
+    /// before a snapshot is then removed, keeping this many entries).
     pub snapshot_every: u64,
+}
+
+/// A member of the group: its id and the host:port the others reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    pub address: String,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
+            node_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            advertise: None,
+            initial_members: Vec::new(),
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1500,
+            write_timeout_ms: 5000,
             data_dir: PathBuf::from("/var/lib/offsite/coordinator"),
             lease_secs: 600,
             suspect_after_secs: 15,
@@ -70,6 +109,18 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+}
+
+fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> {
+    let ok = address.len() <= offsite_proto::limits::MAX_ADDRESS_LEN
+        && address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{address:?} is not host:port")))
+    }
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -126,7 +177,88 @@ impl CoordinatorConfig {
         if self.snapshot_every == 0 {
             return Err(invalid("snapshot_every", "must be at least 1"));
         }
+        self.validate_group()
+    }
+
+    fn validate_group(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "ids start at 1"));
+        }
+        if let Some(address) = &self.advertise {
+            check_address("advertise", address)?;
+        }
+        let mut seen = BTreeMap::new();
+        for member in &self.initial_members {
+            if member.id == 0 {
+                return Err(invalid("initial_members", "ids start at 1"));
+            }
+            check_address("initial_members", &member.address)?;
+            if seen.insert(member.id, ()).is_some() {
+                return Err(invalid(
+                    "initial_members",
+                    format!(
+                        "id {} is listed twice; give each coordinator its own id",
+                        member.id
+                    ),
+                ));
+            }
+        }
+        if !(10..=10_000).contains(&self.heartbeat_ms) {
+            return Err(invalid("heartbeat_ms", "use 10 to 10000 milliseconds"));
+        }
+        if self.election_timeout_min_ms < 3 * self.heartbeat_ms {
+            return Err(invalid(
+                "election_timeout_min_ms",
+                format!(
+                    "{} is less than 3 heartbeats ({} ms); followers would start elections while the leader is fine",
+                    self.election_timeout_min_ms,
+                    3 * self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(invalid(
+                "election_timeout_max_ms",
+                "must be more than election_timeout_min_ms (elections start at a random time between them)",
+            ));
+        }
+        if !(self.election_timeout_max_ms..=600_000).contains(&self.write_timeout_ms) {
+            return Err(invalid(
+                "write_timeout_ms",
+                "use election_timeout_max_ms to 600000 milliseconds (a write must outlive an election)",
+            ));
+        }
         Ok(())
+    }
+
+    /// The address the other coordinators reach this one at, given the
+    /// address the listener is bound to.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertise.clone().unwrap_or_else(|| bound.to_string())
+    }
+
+    /// The members of a new group (id -> host:port): `initial_members`, or
+    /// this coordinator alone at `advertised`.
+    pub fn members(&self, advertised: &str) -> BTreeMap<u64, String> {
+        if self.initial_members.is_empty() {
+            return BTreeMap::from([(self.node_id, advertised.to_string())]);
+        }
+        self.initial_members
+            .iter()
+            .map(|m| (m.id, m.address.clone()))
+            .collect()
+    }
+
+    /// The Raft settings of this coordinator.
+    pub fn group(&self) -> GroupSettings {
+        GroupSettings {
+            node_id: self.node_id,
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            snapshot_every: self.snapshot_every,
+        }
     }
 
     pub fn liveness(&self) -> LivenessPolicy {
@@ -167,6 +299,61 @@ sweep_interval_secs = 2
         let config: CoordinatorConfig = toml::from_str(text).unwrap();
         config.validate().unwrap();
         assert_eq!(config, CoordinatorConfig::default());
+    }
+
+    #[test]
+    fn a_group_of_three_parses_and_bad_members_are_refused() {
+        let text = r#"
+node_id = 2
+listen = "0.0.0.0:7001"
+advertise = "10.0.0.2:7001"
+initial_members = [
+  { id = 1, address = "10.0.0.1:7000" },
+  { id = 2, address = "10.0.0.2:7001" },
+  { id = 3, address = "10.0.0.3:7002" },
+]
+"#;
+        let config: CoordinatorConfig = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.members("ignored").len(), 3);
+        assert_eq!(
+            config.advertised("0.0.0.0:7001".parse().unwrap()),
+            "10.0.0.2:7001"
+        );
+        let single = CoordinatorConfig::default();
+        assert_eq!(
+            single.members("127.0.0.1:7000").get(&1).unwrap(),
+            "127.0.0.1:7000"
+        );
+
+        let twice = CoordinatorConfig {
+            initial_members: vec![
+                MemberConfig {
+                    id: 1,
+                    address: "a:1".into(),
+                },
+                MemberConfig {
+                    id: 1,
+                    address: "b:1".into(),
+                },
+            ],
+            ..CoordinatorConfig::default()
+        };
+        assert!(twice
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let fast = CoordinatorConfig {
+            election_timeout_min_ms: 100,
+            ..CoordinatorConfig::default()
+        };
+        assert!(fast.validate().is_err());
+        let no_port = CoordinatorConfig {
+            advertise: Some("host".into()),
+            ..CoordinatorConfig::default()
+        };
+        assert!(no_port.validate().is_err());
     }
 
     #[test]

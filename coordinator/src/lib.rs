@@ -1,6 +1,7 @@
 //! The Offsite coordinator: the FAT state machine ([`fat`]), the choice of
-//! candidate vendors for a reservation ([`placement`]), the FAT's durable
-//! store ([`store`]) and the gRPC services that front them.
+//! candidate vendors for a reservation ([`placement`]), the FAT's store
+//! ([`store`]) replicated over the coordinator group ([`raft`]) and the gRPC
+//! services that front them.
 //!
 //! ```
 //! use offsite_coordinator::fat::{Command, Fat, Outcome, RegisterVendor};
@@ -21,9 +22,10 @@
 pub mod config;
 pub mod fat;
 pub mod placement;
+pub mod raft;
 mod server;
 mod service;
 pub mod store;
 
-pub use config::{ConfigError, CoordinatorConfig};
+pub use config::{ConfigError, CoordinatorConfig, MemberConfig};
 pub use server::{serve, Coordinator, CoordinatorError};

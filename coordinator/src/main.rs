@@ -1,6 +1,7 @@
 //! `offsite-coordinator`: `run --config FILE` serves the FAT until SIGTERM or
-//! ctrl-c; `status --coordinator HOST:PORT [--json]` prints the marketplace's
-//! vendors.
+//! ctrl-c; `status --coordinator HOST:PORT [--json]` prints the coordinator
+//! group and the marketplace's vendors; `members add-learner|promote|remove`
+//! changes the group's membership one coordinator at a time.
 
 mod cli_status;
 
@@ -31,7 +32,8 @@ enum CliCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print the marketplace's vendors with their capacity.
+    /// Print the coordinator group (members, leader, term, last applied
+    /// index) and the marketplace's vendors with their capacity.
     Status {
         /// host:port of a coordinator.
         #[arg(long)]
@@ -39,6 +41,41 @@ enum CliCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Change the group's membership, one coordinator at a time: add the new
+    /// one as a learner, promote it once it caught up, remove the old one.
+    Members {
+        /// host:port of any coordinator of the group (forwarded to the leader).
+        #[arg(long)]
+        coordinator: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        change: MembersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// Add a coordinator that follows the log without voting.
+    AddLearner {
+        /// Its node id (never one used before).
+        #[arg(long)]
+        id: u64,
+        /// host:port the other coordinators reach it at.
+        #[arg(long)]
+        address: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a coordinator from the group.
+    Remove {
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -49,6 +86,20 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         CliCommand::Run { config } => run(config).await,
         CliCommand::Status { coordinator, json } => cli_status::print(&coordinator, json).await,
+        CliCommand::Members {
+            coordinator,
+            json,
+            change,
+        } => {
+            let change = match change {
+                MembersCommand::AddLearner { id, address } => {
+                    cli_status::Change::AddLearner { id, address }
+                }
+                MembersCommand::Promote { id } => cli_status::Change::Promote { id },
+                MembersCommand::Remove { id } => cli_status::Change::Remove { id },
+            };
+            cli_status::change(&coordinator, change, json).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

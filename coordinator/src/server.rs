@@ -1,6 +1,8 @@
-//! The running coordinator: opens the FAT store, binds the gRPC listener,
-//! serves `VendorRegistry` and `Fat` until shut down, and sweeps expired
-//! reservation leases in the background.
+//! The running coordinator: opens its replica of the FAT (the Raft node),
+//! binds the gRPC listener, serves `VendorRegistry`, `Fat` and `Raft` until
+//! shut down, initialises the group once if it is the first member, and, on
+//! the leader only, releases expired reservation leases and marks vendors
+//! whose reports stopped suspect, then down.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,14 +13,16 @@ use std::time::Duration;
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator::fat_server::FatServer;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer;
+use offsite_proto::pb::raft::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::config::{ConfigError, CoordinatorConfig};
-use crate::fat::{Command, Outcome};
+use crate::fat::{Command, LivenessPolicy, Outcome, UpdateLiveness};
+use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{now_unix_ms, FatService, FatServiceConfig, RegistryService};
-use crate::store::{FatStore, SledStore, StoreError};
+use crate::store::{FatStore, StoreError};
 
 /// Why the coordinator could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -43,26 +47,18 @@ pub enum CoordinatorError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// A coordinator whose store is open and whose listener is bound.
+/// A coordinator whose replica is open and whose listener is bound.
 pub struct Coordinator {
     config: CoordinatorConfig,
-    store: Arc<SledStore>,
+    store: Arc<RaftStore>,
     listener: TcpListener,
+    address: SocketAddr,
 }
 
 impl Coordinator {
-    /// Validates the config, opens the FAT store and binds the listener.
+    /// Validates the config, binds the listener and opens the replica.
     pub async fn start(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
         config.validate()?;
-        let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| CoordinatorError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let every = config.snapshot_every;
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, every))
-            .await
-            .map_err(|_| StoreError::Stopped)??;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -70,33 +66,67 @@ impl Coordinator {
                     address: config.listen,
                     source,
                 })?;
+        Self::start_on(config, listener).await
+    }
+
+    /// Like [`Coordinator::start`], on a listener the caller bound (tests
+    /// bind port 0 first to learn every member's address).
+    pub async fn start_on(
+        config: CoordinatorConfig,
+        listener: TcpListener,
+    ) -> Result<Self, CoordinatorError> {
+        config.validate()?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| CoordinatorError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| CoordinatorError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let store = RaftStore::open(&dir, &config.group()).await?;
         Ok(Self {
             config,
             store: Arc::new(store),
             listener,
+            address,
         })
     }
 
     /// The address the listener is bound to (useful with port 0).
-    pub fn local_addr(&self) -> Result<SocketAddr, CoordinatorError> {
-        self.listener
-            .local_addr()
-            .map_err(|source| CoordinatorError::Bind {
-                address: self.config.listen,
-                source,
-            })
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight calls.
+    /// This coordinator's replica (for status and tests).
+    pub fn store(&self) -> RaftStore {
+        (*self.store).clone()
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight calls and
+    /// stops the Raft node.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), CoordinatorError> {
         let sweep_every = Duration::from_secs(self.config.sweep_interval_secs);
-        let sweeper = tokio::spawn(sweep_leases(Arc::clone(&self.store), sweep_every));
+        let sweeper = tokio::spawn(sweep(
+            Arc::clone(&self.store),
+            sweep_every,
+            self.config.liveness(),
+        ));
+        let members = self.config.members(&self.config.advertised(self.address));
+        let init_store = Arc::clone(&self.store);
+        let init = tokio::spawn(async move {
+            if let Err(e) = init_store.initialize(&members).await {
+                tracing::error!(error = %e, "cannot initialise the coordinator group");
+            }
+        });
         let fat_config = FatServiceConfig {
             lease_ms: self.config.lease_ms(),
-            liveness: self.config.liveness(),
             placement: self.config.placement(),
         };
         let registry = VendorRegistryServer::new(RegistryService::new(Arc::clone(&self.store)))
@@ -105,15 +135,23 @@ impl Coordinator {
         let fat = FatServer::new(FatService::new(Arc::clone(&self.store), fat_config))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let address = self.local_addr()?;
-        tracing::info!(%address, data_dir = %self.config.data_dir.display(), "coordinator serving");
+        let raft = RaftServer::new(RaftService::new((*self.store).clone()))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        let address = self.address;
+        tracing::info!(%address, node_id = self.config.node_id, data_dir = %self.config.data_dir.display(), "coordinator serving");
         let result = Server::builder()
+            .tcp_nodelay(true)
             .add_service(registry)
             .add_service(fat)
+            .add_service(raft)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
-        sweeper.abort();
-        let _ = sweeper.await;
+        for task in [sweeper, init] {
+            task.abort();
+            let _ = task.await;
+        }
+        self.store.shutdown().await;
         tracing::info!(%address, "coordinator stopped");
         Ok(result?)
     }
@@ -127,30 +165,63 @@ pub async fn serve(
     Coordinator::start(config).await?.serve(shutdown).await
 }
 
-/// Releases reservations whose lease ran out, every `every`.
-async fn sweep_leases<S: FatStore>(store: Arc<S>, every: Duration) {
+/// On the leader, every `every`: releases reservations whose lease ran out
+/// and proposes the liveness of vendors whose report age crossed a threshold,
+/// stamping the leader's time into both commands.
+async fn sweep<S: FatStore>(store: Arc<S>, every: Duration, liveness: LivenessPolicy) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let now = now_unix_ms();
-        if !store.read(move |fat| fat.has_expired_leases(now)).await {
+        if !store.is_leader() {
             continue;
         }
-        match store
-            .propose(Command::ExpireLeases { now_unix_ms: now })
-            .await
-        {
-            Ok(Outcome::LeasesExpired { released }) if !released.is_empty() => {
-                tracing::info!(
-                    count = released.len(),
-                    "released reservations whose lease ran out"
-                );
+        expire_leases(&*store).await;
+        update_liveness(&*store, liveness).await;
+    }
+}
+
+async fn expire_leases<S: FatStore>(store: &S) {
+    let now = now_unix_ms();
+    if !store.read_local(move |fat| fat.has_expired_leases(now)) {
+        return;
+    }
+    match store
+        .propose(Command::ExpireLeases { now_unix_ms: now })
+        .await
+    {
+        Ok(Outcome::LeasesExpired { released }) if !released.is_empty() => {
+            tracing::info!(
+                count = released.len(),
+                "released reservations whose lease ran out"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release expired leases; trying again at the next sweep")
+        }
+    }
+}
+
+async fn update_liveness<S: FatStore>(store: &S, policy: LivenessPolicy) {
+    let now = now_unix_ms();
+    let changes = store.read_local(move |fat| fat.liveness_changes(now, &policy));
+    if changes.is_empty() {
+        return;
+    }
+    let command = Command::UpdateLiveness(UpdateLiveness {
+        changes,
+        now_unix_ms: now,
+    });
+    match store.propose(command).await {
+        Ok(Outcome::LivenessUpdated { changed }) => {
+            for (vendor, liveness) in changed {
+                tracing::info!(%vendor, liveness = liveness.as_str(), "vendor reports stopped; liveness changed");
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not release expired leases; trying again at the next sweep")
-            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not update vendor liveness; trying again at the next sweep")
         }
     }
 }

@@ -32,7 +32,7 @@ async fn start(lease_secs: u64) -> Running {
         ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::start(config).await.unwrap();
-    let addr = coordinator.local_addr().unwrap();
+    let addr = coordinator.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(coordinator.serve(async {
         let _ = stopped.await;

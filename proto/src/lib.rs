@@ -20,7 +20,9 @@ pub mod limits;
 mod routing;
 mod wire_error;
 
-pub use fat::{parse_portion_ids, BlobLocation, Candidate, PortionLocation, PortionPlacement, SnapshotRecord};
+pub use fat::{
+    parse_portion_ids, BlobLocation, Candidate, PortionLocation, PortionPlacement, SnapshotRecord,
+};
 pub use ids::{Hash, PieceId, PortionId, RequestId, ReservationId, SnapshotId, TenantId, VendorId};
 pub use routing::{Grant, Receipt, RoutingHeader, VendorRef};
 pub use wire_error::WireError;
@@ -38,6 +40,9 @@ pub mod pb {
     }
     pub mod nas {
         tonic::include_proto!("offsite.nas");
+    }
+    pub mod raft {
+        tonic::include_proto!("offsite.raft");
     }
 }
 

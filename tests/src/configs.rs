@@ -11,6 +11,7 @@ use serde::Serialize;
 /// `offsite-coordinator run --config coordinator.toml`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CoordinatorConfig {
+    pub node_id: u64,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub lease_secs: u64,
@@ -19,6 +20,15 @@ pub struct CoordinatorConfig {
     pub overprovision: f64,
     pub extra_vendors: u32,
     pub sweep_interval_secs: u64,
+    /// Every member of the coordinator group, the same list on each.
+    pub initial_members: Vec<MemberConfig>,
+}
+
+/// A member of the coordinator group.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberConfig {
+    pub id: u64,
+    pub address: SocketAddr,
 }
 
 /// `offsite-nas run --config nas.toml`.

@@ -1,9 +1,10 @@
-//! A devnet: a local marketplace of real processes (one coordinator, vendors,
-//! and the NAS devices of each vendor) started from configs written under one
-//! directory, plus the client config that backs up into it.
+//! A devnet: a local marketplace of real processes (a coordinator group of
+//! three by default, vendors, and the NAS devices of each vendor) started
+//! from configs written under one directory, plus the client config that
+//! backs up into it. The client and the vendors know every coordinator.
 //!
 //! Layout of the directory:
-//! `coordinator/{coordinator.toml,data,log}`, `vendor-N/{vendor.toml,data,log}`,
+//! `coordinator-N/{coordinator.toml,data,log}`, `vendor-N/{vendor.toml,data,log}`,
 //! `vendor-N/nas-M/{nas.toml,data,log}`, `client.toml`, `client/{password,
 //! key.json,cache}` and `devnet.json` (see [`crate::DevnetState`]).
 
@@ -25,6 +26,8 @@ use crate::state::{DevnetState, ProcessState, VendorState};
 /// The shape of a devnet and the knobs of its daemons.
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
+    /// Coordinators in the group (3 survive losing one).
+    pub coordinators: usize,
     pub vendors: usize,
     pub nas_per_vendor: usize,
     /// Reservation lease of the coordinator.
@@ -47,6 +50,7 @@ pub struct DevnetOptions {
 impl Default for DevnetOptions {
     fn default() -> Self {
         Self {
+            coordinators: 3,
             vendors: 4,
             nas_per_vendor: 2,
             lease_secs: 120,
@@ -97,7 +101,7 @@ struct VendorNode {
 pub struct Devnet {
     dir: PathBuf,
     options: DevnetOptions,
-    coordinator: Node,
+    coordinators: Vec<Node>,
     vendors: Vec<VendorNode>,
     client_config: PathBuf,
     password: String,
@@ -112,6 +116,10 @@ impl Devnet {
     /// coordinator shows every vendor up and every vendor and NAS device answers.
     pub fn start(dir: &Path, options: DevnetOptions) -> Result<Devnet> {
         anyhow::ensure!(options.vendors > 0, "a devnet needs at least one vendor");
+        anyhow::ensure!(
+            options.coordinators > 0,
+            "a devnet needs at least one coordinator"
+        );
         anyhow::ensure!(
             options.nas_per_vendor > 0,
             "a vendor needs at least one NAS device"
@@ -142,26 +150,40 @@ impl Devnet {
         let nas_bin = bins::binary(bins::NAS)?;
         bins::binary(bins::CLIENT)?;
 
-        let coordinator_dir = dir.join("coordinator");
-        let coordinator = CoordinatorConfig {
-            listen: free_addr()?,
-            data_dir: coordinator_dir.join("data"),
-            lease_secs: options.lease_secs,
-            suspect_after_secs: options.suspect_after_secs,
-            down_after_secs: options.down_after_secs,
-            overprovision: 1.5,
-            extra_vendors: 2,
-            sweep_interval_secs: 1,
-        };
-        let coordinator_node = node(
-            "coordinator",
-            &coordinator_bin,
-            &coordinator_dir,
-            "coordinator.toml",
-            options.detach,
-            coordinator.listen,
-            &coordinator,
-        )?;
+        let mut members = Vec::with_capacity(options.coordinators);
+        for id in 1..=options.coordinators as u64 {
+            members.push(configs::MemberConfig {
+                id,
+                address: free_addr()?,
+            });
+        }
+        let coordinator_addrs: Vec<SocketAddr> = members.iter().map(|m| m.address).collect();
+        let mut coordinators = Vec::with_capacity(members.len());
+        for member in &members {
+            let name = format!("coordinator-{}", member.id);
+            let coordinator_dir = dir.join(&name);
+            let config = CoordinatorConfig {
+                node_id: member.id,
+                listen: member.address,
+                data_dir: coordinator_dir.join("data"),
+                lease_secs: options.lease_secs,
+                suspect_after_secs: options.suspect_after_secs,
+                down_after_secs: options.down_after_secs,
+                overprovision: 1.5,
+                extra_vendors: 2,
+                sweep_interval_secs: 1,
+                initial_members: members.clone(),
+            };
+            coordinators.push(node(
+                &name,
+                &coordinator_bin,
+                &coordinator_dir,
+                "coordinator.toml",
+                options.detach,
+                member.address,
+                &config,
+            )?);
+        }
 
         let mut vendors = Vec::with_capacity(options.vendors);
         for v in 1..=options.vendors {
@@ -192,7 +214,7 @@ impl Devnet {
                 listen,
                 advertise: listen,
                 region: REGIONS[(v - 1) % REGIONS.len()].to_string(),
-                coordinators: vec![coordinator.listen],
+                coordinators: coordinator_addrs.clone(),
                 data_dir: vendor_dir.join("data"),
                 report_interval_secs: options.report_interval_secs,
                 network_bytes_per_sec: 0,
@@ -220,7 +242,7 @@ impl Devnet {
         let password_file = client_dir.join("password");
         let password = ensure_password(&password_file)?;
         let client = ClientConfig {
-            coordinators: vec![coordinator.listen],
+            coordinators: coordinator_addrs,
             tenant: rpc::DEVNET_TENANT.to_string(),
             key_file: client_dir.join("key.json"),
             cache_dir: client_dir.join("cache"),
@@ -236,7 +258,7 @@ impl Devnet {
         Ok(Devnet {
             dir: dir.to_path_buf(),
             options: options.clone(),
-            coordinator: coordinator_node,
+            coordinators,
             vendors,
             client_config,
             password,
@@ -247,7 +269,9 @@ impl Devnet {
 
     /// Starts every process, records the state, and waits until ready.
     fn launch(&mut self) -> Result<()> {
-        self.coordinator.daemon.start()?;
+        for coordinator in &mut self.coordinators {
+            coordinator.daemon.start()?;
+        }
         for vendor in &mut self.vendors {
             for nas in &mut vendor.nas {
                 nas.daemon.start()?;
@@ -282,7 +306,12 @@ impl Devnet {
     }
 
     async fn readiness(&self) -> Result<()> {
-        let status = rpc::status(self.coordinator.address).await?;
+        for coordinator in &self.coordinators[1..] {
+            if coordinator.daemon.pid().is_some() {
+                rpc::status(coordinator.address).await?;
+            }
+        }
+        let status = rpc::status(self.status_addr()).await?;
         for vendor in &self.vendors {
             let Some(row) = status.vendors.iter().find(|v| v.vendor_id == vendor.id) else {
                 bail!("the coordinator does not list {} yet", vendor.id);
@@ -305,12 +334,15 @@ impl Devnet {
     /// An error naming the first process that should run but has exited, with
     /// the tail of its log.
     fn check_running(&mut self) -> Result<()> {
-        let mut nodes: Vec<&mut Node> = vec![&mut self.coordinator];
+        let mut nodes: Vec<&mut Node> = self.coordinators.iter_mut().collect();
         for vendor in &mut self.vendors {
             nodes.push(&mut vendor.agent);
             nodes.extend(vendor.nas.iter_mut());
         }
         for node in nodes {
+            if node.daemon.pid().is_none() {
+                continue; // stopped on purpose by a test
+            }
             if let Some(status) = node.daemon.exited() {
                 bail!(
                     "{} exited early ({status}); the end of {}:\n{}",
@@ -329,8 +361,24 @@ impl Devnet {
         &self.dir
     }
 
+    /// The first coordinator's address.
     pub fn coordinator_addr(&self) -> SocketAddr {
-        self.coordinator.address
+        self.coordinators[0].address
+    }
+
+    /// Every coordinator's address, `coordinator-1` first.
+    pub fn coordinator_addrs(&self) -> Vec<SocketAddr> {
+        self.coordinators.iter().map(|c| c.address).collect()
+    }
+
+    /// A running coordinator's address, for status calls (each answers
+    /// with its own replica of the FAT).
+    fn status_addr(&self) -> SocketAddr {
+        self.coordinators
+            .iter()
+            .find(|c| c.daemon.pid().is_some())
+            .unwrap_or(&self.coordinators[0])
+            .address
     }
 
     /// Vendor ids, `vendor-1` first.
@@ -379,7 +427,7 @@ impl Devnet {
 
     /// The coordinator's marketplace status (blocking).
     pub fn status(&self) -> Result<StatusResponse> {
-        rpc::block_on(rpc::status(self.coordinator.address))?
+        rpc::block_on(rpc::status(self.status_addr()))?
     }
 
     /// Polls the coordinator's status until `check` holds, for at most `timeout`.
@@ -391,12 +439,23 @@ impl Devnet {
     ) -> Result<StatusResponse> {
         let runtime = rpc::runtime()?;
         crate::wait_for(what, timeout, || {
-            let status = runtime.block_on(rpc::status(self.coordinator.address))?;
+            let status = runtime.block_on(rpc::status(self.status_addr()))?;
             Ok(check(&status).then_some(status))
         })
     }
 
     // ---- faults ----
+
+    /// SIGKILLs coordinator `index` (0-based).
+    pub fn kill_coordinator(&mut self, index: usize) -> Result<()> {
+        self.coordinators[index].daemon.kill()
+    }
+
+    /// Starts coordinator `index` again with the same config and data.
+    pub fn restart_coordinator(&mut self, index: usize) -> Result<()> {
+        self.coordinators[index].daemon.start()?;
+        self.save_state()
+    }
 
     /// SIGKILLs vendor `index`'s agent.
     pub fn kill_vendor(&mut self, index: usize) -> Result<()> {
@@ -440,7 +499,7 @@ impl Devnet {
         DevnetState {
             dir: self.dir.clone(),
             client_config: self.client_config.clone(),
-            coordinator: self.coordinator.state(),
+            coordinators: self.coordinators.iter().map(Node::state).collect(),
             vendors: self
                 .vendors
                 .iter()
@@ -476,7 +535,7 @@ impl Devnet {
             nodes.push(&mut vendor.agent);
             nodes.extend(vendor.nas.iter_mut());
         }
-        nodes.push(&mut self.coordinator);
+        nodes.extend(self.coordinators.iter_mut());
         nodes
     }
 

@@ -1,8 +1,9 @@
 //! The Offsite test harness: a [`Devnet`] (a local marketplace of the real
 //! binaries: coordinator, vendor agents and their NAS devices) started from
 //! configs it writes, the client run against it, fault injection (kill, stop,
-//! restart a vendor or NAS device), and a generator and comparer of source
-//! trees for backups and restores.
+//! restart a vendor or NAS device), a coordinator group in network
+//! namespaces for partitions ([`netns`]), and a generator and comparer of
+//! source trees for backups and restores.
 //!
 //! ```no_run
 //! use offsite_tests::{Devnet, DevnetOptions};
@@ -18,6 +19,7 @@ mod client;
 mod configs;
 mod devnet;
 mod nas;
+pub mod netns;
 mod permit;
 mod ports;
 mod process;

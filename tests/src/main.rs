@@ -1,6 +1,6 @@
 //! `offsite-devnet`: a local Offsite marketplace of real processes.
 //!
-//! `up` starts a coordinator, vendors and their NAS devices under one
+//! `up` starts a coordinator group (three by default), vendors and their NAS devices under one
 //! directory (`--detach` leaves them running on their own, recorded in
 //! `DIR/devnet.json`), `status` shows each process and the coordinator's vendor
 //! table, `down` stops a detached devnet, and `demo` runs a backup and a
@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a coordinator, vendors and their NAS devices under DIR.
+    /// Start a coordinator group, vendors and their NAS devices under DIR.
     Up {
         /// Directory for configs, data, logs and devnet.json.
         #[arg(long)]
@@ -69,6 +69,9 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct Shape {
+    /// Number of coordinators in the group (3 survive losing one).
+    #[arg(long, default_value_t = 3)]
+    coordinators: usize,
     /// Number of vendors.
     #[arg(long, default_value_t = 4)]
     vendors: usize,
@@ -80,6 +83,7 @@ struct Shape {
 impl Shape {
     fn options(&self, detach: bool) -> DevnetOptions {
         DevnetOptions {
+            coordinators: self.coordinators,
             vendors: self.vendors,
             nas_per_vendor: self.nas_per_vendor,
             detach,
@@ -142,7 +146,9 @@ fn wait_for_stop_signal() -> Result<()> {
 }
 
 fn print_summary(state: &DevnetState) {
-    println!("coordinator  {}", state.coordinator.address);
+    for coordinator in &state.coordinators {
+        println!("{:<12} {}", coordinator.name, coordinator.address);
+    }
     for vendor in &state.vendors {
         let nas: Vec<String> = vendor.nas.iter().map(|n| n.address.to_string()).collect();
         println!(
@@ -179,7 +185,14 @@ fn status(dir: &Path, json: bool) -> Result<bool> {
         .map(|p| (p, p.is_alive()))
         .collect();
     let all_alive = processes.iter().all(|(_, alive)| *alive);
-    let coordinator = rpc::block_on(rpc::status(state.coordinator.address))?;
+    // Any running coordinator answers with its replica of the FAT.
+    let asked = state
+        .coordinators
+        .iter()
+        .find(|c| c.is_alive())
+        .unwrap_or(&state.coordinators[0])
+        .address;
+    let coordinator = rpc::block_on(rpc::status(asked))?;
     if json {
         let report = serde_json::json!({
             "dir": state.dir,
@@ -237,10 +250,7 @@ fn status(dir: &Path, json: bool) -> Result<bool> {
                 status.open_reservations, status.portions, status.snapshots
             );
         }
-        Err(e) => println!(
-            "coordinator at {} does not answer: {e:#}",
-            state.coordinator.address
-        ),
+        Err(e) => println!("coordinator at {asked} does not answer: {e:#}"),
     }
     Ok(all_alive)
 }

@@ -100,3 +100,17 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()
         .context("cannot start a tokio runtime")
 }
+
+/// The coordinator group as the coordinator at `addr` sees it (members,
+/// leader, term, last applied index, FAT digest).
+pub async fn group_status(
+    coordinator: SocketAddr,
+) -> Result<offsite_proto::pb::raft::GroupStatusResponse> {
+    let mut client =
+        offsite_proto::pb::raft::raft_client::RaftClient::new(channel(coordinator).await?);
+    let response = client
+        .group_status(offsite_proto::pb::raft::GroupStatusRequest {})
+        .await
+        .with_context(|| format!("Raft.GroupStatus at {coordinator} failed"))?;
+    Ok(response.into_inner())
+}

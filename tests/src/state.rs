@@ -16,7 +16,7 @@ pub const STATE_FILE: &str = "devnet.json";
 /// One process of a devnet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessState {
-    /// `coordinator`, `vendor-N` or `vendor-N/nas-M`.
+    /// `coordinator-N`, `vendor-N` or `vendor-N/nas-M`.
     pub name: String,
     /// None when the process is not running.
     pub pid: Option<u32>,
@@ -47,7 +47,8 @@ pub struct VendorState {
 pub struct DevnetState {
     pub dir: PathBuf,
     pub client_config: PathBuf,
-    pub coordinator: ProcessState,
+    /// The coordinator group, `coordinator-1` first.
+    pub coordinators: Vec<ProcessState>,
     pub vendors: Vec<VendorState>,
 }
 
@@ -77,9 +78,9 @@ impl DevnetState {
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    /// Every process: the coordinator, then each vendor with its NAS devices.
+    /// Every process: the coordinators, then each vendor with its NAS devices.
     pub fn processes(&self) -> Vec<&ProcessState> {
-        let mut all = vec![&self.coordinator];
+        let mut all: Vec<&ProcessState> = self.coordinators.iter().collect();
         for vendor in &self.vendors {
             all.push(&vendor.agent);
             all.extend(vendor.nas.iter());

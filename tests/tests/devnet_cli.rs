@@ -60,7 +60,8 @@ fn up_detach_status_and_down() {
     let state = DevnetState::load(&dir)
         .unwrap()
         .expect("devnet.json after up --detach");
-    assert_eq!(state.processes().len(), 5);
+    // Three coordinators, two vendors, one NAS device each.
+    assert_eq!(state.processes().len(), 3 + 2 + 2);
     assert!(state.processes().iter().all(|p| p.is_alive()), "{state:?}");
     assert!(dir.join("client.toml").is_file());
     let password = dir.join("client/password");

@@ -9,6 +9,8 @@ use offsite_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::Liveness;
+
 /// One change to the FAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -22,6 +24,8 @@ pub enum Command {
         now_unix_ms: u64,
     },
     Forget(Forget),
+    /// The leader's judgement of vendors whose reports stopped.
+    UpdateLiveness(UpdateLiveness),
 }
 
 impl Command {
@@ -35,6 +39,27 @@ impl Command {
             Command::Release(_) => "release",
             Command::ExpireLeases { .. } => "expire-leases",
             Command::Forget(_) => "forget",
+            Command::UpdateLiveness(_) => "update-liveness",
+        }
+    }
+
+    /// Stamps the command with `now_unix_ms`, the leader's clock when it
+    /// proposes it, so every time in the log is the leader's. A reservation's
+    /// lease keeps its length.
+    pub fn restamp(&mut self, now_unix_ms: u64) {
+        match self {
+            Command::RegisterVendor(c) => c.now_unix_ms = now_unix_ms,
+            Command::ReportCapacity(c) => c.now_unix_ms = now_unix_ms,
+            Command::Reserve(c) => {
+                let lease = c.lease_expires_unix_ms.saturating_sub(c.now_unix_ms);
+                c.now_unix_ms = now_unix_ms;
+                c.lease_expires_unix_ms = now_unix_ms.saturating_add(lease);
+            }
+            Command::Commit(c) => c.now_unix_ms = now_unix_ms,
+            Command::Release(c) => c.now_unix_ms = now_unix_ms,
+            Command::ExpireLeases { now_unix_ms: now } => *now = now_unix_ms,
+            Command::Forget(_) => {}
+            Command::UpdateLiveness(c) => c.now_unix_ms = now_unix_ms,
         }
     }
 }
@@ -112,16 +137,42 @@ pub struct Forget {
     pub snapshot: SnapshotId,
 }
 
+/// Vendors whose report age crossed the suspect or down threshold, as the
+/// leader judged them at `now_unix_ms` (its clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateLiveness {
+    pub changes: Vec<LivenessChange>,
+    pub now_unix_ms: u64,
+}
+
+/// One vendor's new liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessChange {
+    pub vendor: VendorId,
+    pub liveness: Liveness,
+    /// The vendor's last report time when the leader judged it; a vendor that
+    /// reported since keeps its liveness.
+    pub seen_report_unix_ms: u64,
+}
+
 /// What an applied command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     VendorRegistered,
     CapacityReported,
     Reserved(ReservationView),
-    Committed { committed_bytes: u64 },
+    Committed {
+        committed_bytes: u64,
+    },
     Released,
-    LeasesExpired { released: Vec<ReservationId> },
+    LeasesExpired {
+        released: Vec<ReservationId>,
+    },
     Forgotten,
+    /// The vendors whose liveness changed, with the new liveness.
+    LivenessUpdated {
+        changed: Vec<(VendorId, Liveness)>,
+    },
 }
 
 /// The provisional FAT handed to the client.

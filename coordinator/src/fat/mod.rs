@@ -17,6 +17,8 @@ mod reservations;
 mod vendors;
 
 #[cfg(test)]
+mod liveness_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -29,8 +31,8 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Command, Commit, Forget, Hold, Outcome, RegisterVendor, Release, ReportCapacity,
-    ReservationView, Reserve,
+    Command, Commit, Forget, Hold, LivenessChange, Outcome, RegisterVendor, Release,
+    ReportCapacity, ReservationView, Reserve, UpdateLiveness,
 };
 pub use error::FatError;
 pub use reservations::{
@@ -74,13 +76,15 @@ impl Fat {
             Command::Release(c) => self.release(c),
             Command::ExpireLeases { now_unix_ms } => self.expire_leases(now_unix_ms),
             Command::Forget(c) => self.forget(c),
+            Command::UpdateLiveness(c) => self.update_liveness(c),
         }
     }
 
-    /// The marketplace at `now_unix_ms`: every vendor and the FAT's sizes.
-    pub fn status(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> FatStatus {
+    /// The marketplace: every vendor with its stored liveness and the FAT's
+    /// sizes.
+    pub fn status(&self) -> FatStatus {
         FatStatus {
-            vendors: self.vendor_statuses(now_unix_ms, policy),
+            vendors: self.vendor_statuses(),
             open_reservations: self
                 .reservations
                 .values()

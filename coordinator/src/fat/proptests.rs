@@ -1,7 +1,8 @@
 //! Random command sequences against the FAT: after every command, for every
 //! vendor `used + reserved <= offered`, `reserved` is what open reservations
 //! hold and `used` is what committed portions take; a refused command
-//! changes nothing; the state survives a postcard round trip.
+//! changes nothing; a new reservation holds only up vendors; a report makes
+//! its vendor up; the state survives a postcard round trip.
 
 use std::collections::BTreeMap;
 
@@ -60,6 +61,14 @@ enum Op {
     Advance {
         ms: u64,
     },
+    /// The leader's sweep: the changes the report ages call for now.
+    Sweep,
+    /// An arbitrary liveness change, possibly judged on a stale report time.
+    Liveness {
+        v: usize,
+        liveness: usize,
+        stale: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +110,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Expire),
         1 => (0usize..2, any::<usize>()).prop_map(|(tenant, snapshot)| Op::Forget { tenant, snapshot }),
         1 => (0u64..40_000).prop_map(|ms| Op::Advance { ms }),
+        2 => Just(Op::Sweep),
+        1 => (0..VENDORS, 0usize..3, prop::bool::weighted(0.3)).prop_map(|(v, liveness, stale)| Op::Liveness { v, liveness, stale }),
     ]
 }
 
@@ -191,6 +202,26 @@ impl Harness {
                 self.now += ms;
                 return None;
             }
+            Op::Sweep => Command::UpdateLiveness(UpdateLiveness {
+                changes: self.fat.liveness_changes(now, &POLICY),
+                now_unix_ms: now,
+            }),
+            Op::Liveness { v, liveness, stale } => {
+                let vendor = vid(&vendor_name(v));
+                let seen = self
+                    .fat
+                    .vendors
+                    .get(&vendor)
+                    .map_or(0, |r| r.last_report_unix_ms);
+                Command::UpdateLiveness(UpdateLiveness {
+                    changes: vec![LivenessChange {
+                        vendor,
+                        liveness: [Liveness::Up, Liveness::Suspect, Liveness::Down][liveness],
+                        seen_report_unix_ms: if stale { seen.wrapping_sub(1) } else { seen },
+                    }],
+                    now_unix_ms: now,
+                })
+            }
         })
     }
 
@@ -213,7 +244,7 @@ impl Harness {
             &refs,
         );
         if let Some(seed) = placed {
-            let rooms = self.fat.vendors_with_room(self.now, &POLICY);
+            let rooms = self.fat.vendors_with_room();
             let policy = PlacementPolicy {
                 overprovision: 1.5,
                 extra_vendors: 2,
@@ -340,18 +371,30 @@ proptest! {
             let Some(command) = h.command(op) else { continue };
             let before = h.fat.clone();
             let is_reserve = matches!(command, Command::Reserve(_));
-            match h.fat.apply(command.clone()) {
+            let reported = match &command {
+                Command::ReportCapacity(c) => Some(c.vendor.clone()),
+                Command::RegisterVendor(c) => Some(c.vendor.id.clone()),
+                _ => None,
+            };
+            let result = h.fat.apply(command.clone());
+            let applied = result.is_ok();
+            match result {
                 Err(err) => prop_assert_eq!(&h.fat, &before, "refused {:?} ({}) changed the FAT", command, err),
                 Ok(Outcome::Reserved(view)) if is_reserve => {
-                    if !h.reservations.contains(&view.id) {
+                    let fresh = !h.reservations.contains(&view.id);
+                    if fresh {
                         h.reservations.push(view.id);
                     }
                     for c in &view.candidates {
                         let v = &h.fat.vendors[&c.vendor.id];
                         prop_assert!(v.held() <= v.reported_offered || before == h.fat, "reserve overbooked {}", c.vendor.id);
+                        prop_assert!(!fresh || v.liveness == Liveness::Up, "reserved on {} while {:?}", c.vendor.id, v.liveness);
                     }
                 }
                 Ok(_) => {}
+            }
+            if let Some(vendor) = reported.filter(|_| applied) {
+                prop_assert_eq!(h.fat.vendors[&vendor].liveness, Liveness::Up, "{} reported but is not up", vendor);
             }
             check_invariants(&h.fat)?;
         }

@@ -8,7 +8,7 @@ use offsite_proto::{Candidate, Grant, RequestId, ReservationId, TenantId};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Hold, Release, ReservationView, Reserve};
-use super::{Fat, FatError, Outcome};
+use super::{Fat, FatError, Liveness, Outcome};
 
 /// Largest reservation, in bytes before replication (1 PiB).
 pub const MAX_RESERVE_BYTES: u64 = 1 << 50;
@@ -157,7 +157,8 @@ impl Fat {
         Ok(Outcome::Reserved(self.reservation_view(id)))
     }
 
-    /// Re-checks that every candidate exists and has the room it is to hold.
+    /// Re-checks that every candidate exists, is up and has the room it is to
+    /// hold.
     fn check_room(&self, r: &Reserve) -> Result<(), FatError> {
         let mut total: u128 = 0;
         for hold in &r.holds {
@@ -167,7 +168,7 @@ impl Fat {
                     hold.vendor
                 ))
             })?;
-            if hold.bytes > vendor.free() {
+            if hold.bytes > vendor.free() || vendor.liveness != Liveness::Up {
                 return Err(self.not_enough(r));
             }
             total += u128::from(hold.bytes);

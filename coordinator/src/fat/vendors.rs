@@ -1,11 +1,13 @@
 //! Vendors in the FAT: what each offers, holds under reservation (`reserved`),
-//! holds committed (`used`) and reports storing, and its liveness by the age of
-//! its last report.
+//! holds committed (`used`) and reports storing, and its liveness. Liveness is
+//! stored: a report (or registration) makes a vendor up; the leader proposes
+//! `UpdateLiveness` when a vendor's report age crosses the suspect or down
+//! threshold ([`Fat::liveness_changes`] says which), so every replica agrees.
 
 use offsite_proto::{VendorId, VendorRef};
 use serde::{Deserialize, Serialize};
 
-use super::command::{RegisterVendor, ReportCapacity};
+use super::command::{LivenessChange, RegisterVendor, ReportCapacity, UpdateLiveness};
 use super::{Fat, FatError, Outcome};
 
 /// Longest region name.
@@ -18,7 +20,9 @@ pub struct LivenessPolicy {
     pub down_after_ms: u64,
 }
 
-/// A vendor's liveness, judged by the age of its last report.
+/// A vendor's liveness: up (reports arrive), suspect (none for
+/// `suspect_after`), down (none for `down_after`). Only up vendors get new
+/// reservations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Liveness {
     Up,
@@ -50,6 +54,10 @@ pub(crate) struct VendorRecord {
     pub reserved: u64,
     pub stored: u64,
     pub last_report_unix_ms: u64,
+    /// Set up by a report, suspect or down by the leader's `UpdateLiveness`.
+    pub liveness: Liveness,
+    /// When `liveness` last changed (the time inside the command).
+    pub liveness_since_unix_ms: u64,
 }
 
 impl VendorRecord {
@@ -63,12 +71,21 @@ impl VendorRecord {
         self.used.saturating_add(self.reserved)
     }
 
+    fn mark_up(&mut self, now_unix_ms: u64) {
+        if self.liveness != Liveness::Up {
+            self.liveness = Liveness::Up;
+            self.liveness_since_unix_ms = now_unix_ms;
+        }
+    }
+
     /// Room for new reservations.
     pub fn free(&self) -> u64 {
         self.reported_offered.saturating_sub(self.held())
     }
 
-    pub fn liveness(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Liveness {
+    /// The liveness the report age calls for at `now_unix_ms`; the leader
+    /// proposes it when it differs from the stored one.
+    pub fn liveness_due(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Liveness {
         let age = now_unix_ms.saturating_sub(self.last_report_unix_ms);
         if age <= policy.suspect_after_ms {
             Liveness::Up
@@ -91,6 +108,7 @@ pub struct VendorStatus {
     pub used_bytes: u64,
     pub stored_bytes: u64,
     pub last_report_unix_ms: u64,
+    pub liveness_since_unix_ms: u64,
 }
 
 /// An up vendor with free room, as placement sees it.
@@ -145,6 +163,8 @@ impl Fat {
                 reserved: 0,
                 stored: 0,
                 last_report_unix_ms: 0,
+                liveness: Liveness::Up,
+                liveness_since_unix_ms: r.now_unix_ms,
             });
         record.address = r.vendor.address;
         record.region = r.region;
@@ -152,6 +172,7 @@ impl Fat {
         record.identity_key = r.identity_key;
         record.reported_offered = r.offered_bytes;
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
+        record.mark_up(r.now_unix_ms);
         Ok(Outcome::VendorRegistered)
     }
 
@@ -165,11 +186,55 @@ impl Fat {
         record.reported_offered = r.offered_bytes;
         record.stored = r.stored_bytes;
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
+        record.mark_up(r.now_unix_ms);
         Ok(Outcome::CapacityReported)
     }
 
-    /// Every vendor with its liveness at `now_unix_ms`.
-    pub fn vendor_statuses(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Vec<VendorStatus> {
+    /// Applies the leader's liveness changes. A change is skipped when the
+    /// vendor is gone, or reported after the leader looked (its report time
+    /// differs from `seen_report_unix_ms`): that report made it up, and the
+    /// leader judges it again at its next sweep.
+    pub(super) fn update_liveness(&mut self, u: UpdateLiveness) -> Result<Outcome, FatError> {
+        let mut changed = Vec::new();
+        for change in u.changes {
+            let Some(record) = self.vendors.get_mut(&change.vendor) else {
+                continue;
+            };
+            if record.last_report_unix_ms != change.seen_report_unix_ms
+                || record.liveness == change.liveness
+            {
+                continue;
+            }
+            record.liveness = change.liveness;
+            record.liveness_since_unix_ms = u.now_unix_ms;
+            changed.push((change.vendor, change.liveness));
+        }
+        Ok(Outcome::LivenessUpdated { changed })
+    }
+
+    /// The liveness changes the report ages call for at `now_unix_ms`: what
+    /// the leader proposes in `UpdateLiveness`. Never makes a vendor up; only
+    /// a report does.
+    pub fn liveness_changes(
+        &self,
+        now_unix_ms: u64,
+        policy: &LivenessPolicy,
+    ) -> Vec<LivenessChange> {
+        self.vendors
+            .iter()
+            .filter_map(|(id, v)| {
+                let due = v.liveness_due(now_unix_ms, policy);
+                (due != Liveness::Up && due != v.liveness).then(|| LivenessChange {
+                    vendor: id.clone(),
+                    liveness: due,
+                    seen_report_unix_ms: v.last_report_unix_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Every vendor with its stored liveness.
+    pub fn vendor_statuses(&self) -> Vec<VendorStatus> {
         self.vendors
             .iter()
             .map(|(id, v)| VendorStatus {
@@ -178,21 +243,22 @@ impl Fat {
                     address: v.address.clone(),
                 },
                 region: v.region.clone(),
-                liveness: v.liveness(now_unix_ms, policy),
+                liveness: v.liveness,
                 offered_bytes: v.offered(),
                 reserved_bytes: v.reserved,
                 used_bytes: v.used,
                 stored_bytes: v.stored,
                 last_report_unix_ms: v.last_report_unix_ms,
+                liveness_since_unix_ms: v.liveness_since_unix_ms,
             })
             .collect()
     }
 
     /// Up vendors with free room: what placement chooses from.
-    pub fn vendors_with_room(&self, now_unix_ms: u64, policy: &LivenessPolicy) -> Vec<VendorRoom> {
+    pub fn vendors_with_room(&self) -> Vec<VendorRoom> {
         self.vendors
             .iter()
-            .filter(|(_, v)| v.liveness(now_unix_ms, policy) == Liveness::Up && v.free() > 0)
+            .filter(|(_, v)| v.liveness == Liveness::Up && v.free() > 0)
             .map(|(id, v)| VendorRoom {
                 vendor: id.clone(),
                 region: v.region.clone(),

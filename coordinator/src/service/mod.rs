@@ -37,11 +37,16 @@ fn refused_status(err: FatError) -> Status {
     }
 }
 
-fn store_status(err: StoreError) -> Status {
-    tracing::error!(error = %err, "FAT store failure");
+/// The one place where a failure of the coordinator group becomes a gRPC
+/// status. Unavailable tells clients and vendors to try another coordinator.
+pub(crate) fn store_status(err: StoreError) -> Status {
+    tracing::warn!(error = %err, "the coordinator group could not serve a call");
     match err {
-        StoreError::Io { .. } | StoreError::Stopped => Status::unavailable(err.to_string()),
-        StoreError::Corrupt { .. } => Status::internal(err.to_string()),
+        StoreError::NoQuorum { .. }
+        | StoreError::Timeout { .. }
+        | StoreError::Leader { .. }
+        | StoreError::Stopped(_) => Status::unavailable(err.to_string()),
+        StoreError::Membership(_) => Status::failed_precondition(err.to_string()),
     }
 }
 
@@ -99,8 +104,22 @@ mod tests {
             assert_eq!(status.code(), code, "{err}");
             assert_eq!(status.message(), err.to_string());
         }
-        let stopped = status_of(StoreError::Stopped.into());
+        let stopped = status_of(StoreError::Stopped("x".into()).into());
         assert_eq!(stopped.code(), Code::Unavailable);
+        let lost = status_of(
+            StoreError::NoQuorum {
+                reachable: 1,
+                members: 3,
+                unreachable: String::new(),
+            }
+            .into(),
+        );
+        assert_eq!(lost.code(), Code::Unavailable);
+        assert!(
+            lost.message().starts_with("no quorum: 1 of 3"),
+            "{}",
+            lost.message()
+        );
     }
 
     #[test]

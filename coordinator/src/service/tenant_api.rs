@@ -11,10 +11,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::{Request, Response, Status};
 
-use super::{convert, now_unix_ms, status_of, tenant_of};
+use super::{convert, now_unix_ms, status_of, store_status, tenant_of};
 use crate::fat::{
-    check_reserve_request, Command, FatError, Forget, Hold, LivenessPolicy, Outcome, Release,
-    Reserve,
+    check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, Reserve,
 };
 use crate::placement::{self, PlacementPolicy};
 use crate::store::{FatStore, ProposeError};
@@ -29,7 +28,6 @@ pub(crate) const MAX_LISTED_SNAPSHOTS: usize = 10_000;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FatServiceConfig {
     pub lease_ms: u64,
-    pub liveness: LivenessPolicy,
     pub placement: PlacementPolicy,
 }
 
@@ -46,20 +44,21 @@ impl<S: FatStore> FatService<S> {
 
     /// Candidates for a new reservation; none when the request was seen
     /// before, since `apply` then answers with the first reservation.
-    async fn choose(&self, reserve: &Reserve) -> Result<Vec<Hold>, FatError> {
+    async fn choose(&self, reserve: &Reserve) -> Result<Vec<Hold>, ProposeError> {
         let policy = self.config;
         let (tenant, request) = (reserve.tenant.clone(), reserve.request.clone());
-        let (bytes, replication, now) = (reserve.bytes, reserve.replication, reserve.now_unix_ms);
+        let (bytes, replication) = (reserve.bytes, reserve.replication);
         self.store
             .read(move |fat| {
                 if fat.reservation_for_request(&tenant, &request).is_some() {
                     return Ok(Vec::new());
                 }
-                let rooms = fat.vendors_with_room(now, &policy.liveness);
+                let rooms = fat.vendors_with_room();
                 let mut rng = StdRng::from_entropy();
                 placement::choose(&rooms, bytes, replication, &policy.placement, &mut rng)
             })
-            .await
+            .await?
+            .map_err(ProposeError::Refused)
     }
 }
 
@@ -93,10 +92,7 @@ impl<S: FatStore> FatApi for FatService<S> {
                 now_unix_ms: now,
                 lease_expires_unix_ms: now.saturating_add(self.config.lease_ms),
             };
-            reserve.holds = self
-                .choose(&reserve)
-                .await
-                .map_err(|e| status_of(e.into()))?;
+            reserve.holds = self.choose(&reserve).await.map_err(status_of)?;
             match self.store.propose(Command::Reserve(reserve)).await {
                 Ok(Outcome::Reserved(view)) => {
                     tracing::info!(%tenant, reservation = %view.id, bytes = r.bytes, candidates = view.candidates.len(), "reserved");
@@ -155,7 +151,11 @@ impl<S: FatStore> FatApi for FatService<S> {
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut list = self.store.read(move |fat| fat.snapshots(&tenant)).await;
+        let mut list = self
+            .store
+            .read(move |fat| fat.snapshots(&tenant))
+            .await
+            .map_err(store_status)?;
         let excess = list.len().saturating_sub(MAX_LISTED_SNAPSHOTS);
         list.drain(..excess);
         Ok(Response::new(pb::ListSnapshotsResponse {
@@ -173,6 +173,7 @@ impl<S: FatStore> FatApi for FatService<S> {
             .store
             .read(move |fat| fat.snapshot(&tenant, id))
             .await
+            .map_err(store_status)?
             .map_err(|e| status_of(e.into()))?;
         Ok(Response::new(pb::GetSnapshotResponse {
             snapshot: Some(record.into()),
@@ -201,7 +202,11 @@ impl<S: FatStore> FatApi for FatService<S> {
     ) -> Result<Response<pb::LocatePortionsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let ids = parse_portion_ids("portion_ids", &request.into_inner().portion_ids)?;
-        let portions = self.store.read(move |fat| fat.locate(&tenant, &ids)).await;
+        let portions = self
+            .store
+            .read(move |fat| fat.locate(&tenant, &ids))
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::LocatePortionsResponse {
             portions: convert::locations(portions),
         }))
@@ -211,9 +216,9 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let (now, liveness) = (now_unix_ms(), self.config.liveness);
-        let status = self.store.read(move |fat| fat.status(now, &liveness)).await;
-        let applied_index = self.store.applied_index().await;
+        // This replica's own view, so an operator can compare replicas.
+        let status = self.store.read_local(|fat| fat.status());
+        let applied_index = self.store.applied_index();
         Ok(Response::new(pb::StatusResponse {
             vendors: status
                 .vendors

@@ -1,0 +1,414 @@
+//! [`RaftStore`]: the FAT store of a coordinator in the group. Proposals go
+//! through the Raft log on the leader (a follower forwards them there) and
+//! are answered once a majority has them on disk; reads that need
+//! freshness wait until this replica has applied everything the leader had
+//! committed when the read began (read index), then read locally.
+//!
+//! Every call has a deadline (`write_timeout`): without a majority it fails
+//! with a "no quorum" error naming the coordinators that cannot be reached.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{Raft, RaftMetrics, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::codec::{decode, encode};
+use super::log_store::LogStore;
+use super::network::Peers;
+use super::state_machine::{SharedFat, StateMachine};
+use super::{NodeId, TypeConfig};
+use crate::fat::{Command, Fat, FatError, Outcome};
+use crate::store::{FatStore, ProposeError, StoreError};
+
+/// How this coordinator takes part in the group.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub node_id: NodeId,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Deadline of a proposal or linearizable read.
+    pub write_timeout_ms: u64,
+    /// Log entries between two snapshots (also how many are kept after one).
+    pub snapshot_every: u64,
+}
+
+/// A forwarded proposal's answer from the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Forwarded {
+    Outcome(Result<Outcome, FatError>),
+    /// The callee is not the leader (any more); ask again.
+    NotLeader,
+    /// The leader could not commit it; its error, to pass on.
+    Failed(String),
+}
+
+/// The replicated FAT store of one coordinator. Clones share everything.
+#[derive(Clone)]
+pub struct RaftStore {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub fat: SharedFat,
+    pub peers: Peers,
+    pub write_timeout: Duration,
+    /// How recently a peer must have been heard from to count as reachable.
+    pub reach_window: Duration,
+}
+
+/// One try at a call: done, or worth trying again (leadership moving)
+/// until the deadline, with why.
+pub(super) enum Try<T> {
+    Done(Result<T, ProposeError>),
+    Again(String),
+}
+
+impl RaftStore {
+    /// Opens the Raft log, vote and FAT snapshot in `dir` and starts this
+    /// coordinator's Raft node (not yet part of a group until initialised
+    /// or added).
+    pub async fn open(dir: &Path, settings: &GroupSettings) -> Result<Self, StoreError> {
+        let path = dir.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            let db = sled::Config::new()
+                .path(&path)
+                .open()
+                .map_err(|e| format!("cannot open the FAT store in {}: {e}", path.display()))?;
+            let log = LogStore::open(&db).map_err(|e| e.to_string())?;
+            let machine = StateMachine::open(&db)
+                .map_err(|e| format!("the FAT store in {} is unreadable: {e}", path.display()))?;
+            Ok::<_, String>((log, machine))
+        })
+        .await
+        .map_err(|e| StoreError::Stopped(e.to_string()))?;
+        let (log, machine) = opened.map_err(StoreError::Stopped)?;
+        let fat = machine.shared();
+        let config = openraft::Config {
+            cluster_name: "offsite-coordinators".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_timeout_min_ms,
+            election_timeout_max: settings.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.snapshot_every,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            max_payload_entries: 64,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Stopped(format!("invalid Raft settings: {e}")))?;
+        let peers = Peers::default();
+        let raft = Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            peers.clone(),
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| StoreError::Stopped(e.to_string()))?;
+        tracing::info!(node_id = settings.node_id, path = %dir.display(), "Raft node started");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id: settings.node_id,
+                raft,
+                fat,
+                peers,
+                write_timeout: Duration::from_millis(settings.write_timeout_ms),
+                reach_window: Duration::from_millis(settings.election_timeout_max_ms * 2),
+            }),
+        })
+    }
+
+    /// Stops the Raft node; the store answers nothing after this.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "the Raft node did not stop cleanly");
+        }
+    }
+
+    pub(super) fn metrics(&self) -> RaftMetrics<NodeId, openraft::BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// The leader as this coordinator knows it: id and address.
+    pub(super) fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.metrics();
+        let id = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
+    /// Waits a little for the group's view to change (a leader elected, an
+    /// entry applied), at most until `deadline`.
+    pub(super) async fn settle(&self, deadline: Instant) {
+        let mut metrics = self.inner.raft.metrics();
+        let pause =
+            Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now()));
+        let _ = tokio::time::timeout(pause, metrics.changed()).await;
+    }
+
+    /// The error for a call that ran out of time: "no quorum" when fewer
+    /// than a majority of the voters are reachable, a timeout otherwise.
+    pub(super) fn out_of_time(&self, why: &str) -> StoreError {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let health = &self.inner.peers.health;
+        let mut unreachable = Vec::new();
+        for id in &voters {
+            if *id != self.inner.id && !health.recent(*id, self.inner.reach_window) {
+                let address = membership.get_node(id).map_or("?", |n| n.addr.as_str());
+                unreachable.push(format!("{id} at {address}"));
+            }
+        }
+        let reachable = voters.len() - unreachable.len();
+        if voters.is_empty() || reachable * 2 <= voters.len() {
+            let unreachable = if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(" (unreachable: {})", unreachable.join(", "))
+            };
+            StoreError::NoQuorum {
+                reachable: if voters.is_empty() { 0 } else { reachable },
+                members: voters.len(),
+                unreachable,
+            }
+        } else {
+            StoreError::Timeout {
+                waited_ms: u64::try_from(self.inner.write_timeout.as_millis()).unwrap_or(u64::MAX),
+                leader: match metrics.current_leader {
+                    Some(id) => format!(" (leader {id}; {why})"),
+                    None => format!(" (no leader elected; {why})"),
+                },
+            }
+        }
+    }
+
+    /// Runs `attempt` until it is done or the deadline passes.
+    async fn until_deadline<T, F, Fut>(&self, mut attempt: F) -> Result<T, ProposeError>
+    where
+        F: FnMut(Instant) -> Fut,
+        Fut: std::future::Future<Output = Try<T>>,
+    {
+        let deadline = Instant::now() + self.inner.write_timeout;
+        loop {
+            match attempt(deadline).await {
+                Try::Done(result) => return result,
+                Try::Again(why) => {
+                    if Instant::now() >= deadline {
+                        return Err(self.out_of_time(&why).into());
+                    }
+                    tracing::debug!(why, "trying the group again");
+                    self.settle(deadline).await;
+                }
+            }
+        }
+    }
+
+    /// Proposes `command` on this coordinator, which should lead the group.
+    pub(super) async fn propose_here(&self, command: Command, deadline: Instant) -> Try<Outcome> {
+        let write = self.inner.raft.client_write(command);
+        match tokio::time::timeout_at(deadline, write).await {
+            Err(_) => Try::Done(Err(self.out_of_time("the leader could not commit").into())),
+            Ok(Ok(response)) => Try::Done(match response.data {
+                Some(Ok(outcome)) => Ok(outcome),
+                Some(Err(refused)) => Err(ProposeError::Refused(refused)),
+                None => Err(StoreError::Stopped(
+                    "a FAT command produced no outcome (a coordinator bug)".into(),
+                )
+                .into()),
+            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Try::Again("leadership moved".into())
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Try::Done(Err(StoreError::Membership(e.to_string()).into()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                Try::Done(Err(StoreError::Stopped(e.to_string()).into()))
+            }
+        }
+    }
+
+    async fn forward_propose(
+        &self,
+        leader: NodeId,
+        address: &str,
+        command: &Command,
+        deadline: Instant,
+    ) -> Try<Outcome> {
+        let data = match encode(command) {
+            Ok(data) => data,
+            Err(e) => {
+                return Try::Done(Err(StoreError::Stopped(format!(
+                    "cannot encode a command: {e}"
+                ))
+                .into()))
+            }
+        };
+        let mut client = match self.inner.peers.client(address) {
+            Ok(client) => client,
+            Err(e) => return Try::Again(e),
+        };
+        let call = client.propose(RaftBytes { data });
+        let reply = match tokio::time::timeout_at(deadline, call).await {
+            Err(_) => {
+                return Try::Again(format!(
+                    "the leader {leader} at {address} did not answer in time"
+                ))
+            }
+            Ok(Err(status)) => {
+                return Try::Again(format!(
+                    "the leader {leader} at {address}: {}",
+                    status.message()
+                ))
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        match decode::<Forwarded>(&reply.data) {
+            Ok(Forwarded::Outcome(Ok(outcome))) => Try::Done(Ok(outcome)),
+            Ok(Forwarded::Outcome(Err(refused))) => Try::Done(Err(ProposeError::Refused(refused))),
+            Ok(Forwarded::NotLeader) => Try::Again(format!("{leader} is no longer the leader")),
+            Ok(Forwarded::Failed(message)) => Try::Done(Err(StoreError::Leader {
+                leader,
+                address: address.into(),
+                problem: message,
+            }
+            .into())),
+            Err(e) => Try::Done(Err(StoreError::Leader {
+                leader,
+                address: address.into(),
+                problem: format!("unreadable answer: {e}"),
+            }
+            .into())),
+        }
+    }
+
+    /// Waits until this replica may read linearizably: on the leader, a
+    /// quorum confirms its leadership; on a follower, it applies up to the
+    /// leader's read index.
+    async fn read_barrier(&self, deadline: Instant) -> Try<()> {
+        match self.leader() {
+            None => Try::Again("no leader elected".into()),
+            Some((id, _)) if id == self.inner.id => match self.read_index_here(deadline).await {
+                Ok(_) => Try::Done(Ok(())),
+                Err(again) => again,
+            },
+            Some((leader, address)) => {
+                let mut client = match self.inner.peers.client(&address) {
+                    Ok(client) => client,
+                    Err(e) => return Try::Again(e),
+                };
+                let call = client.read_index(ReadIndexRequest {});
+                let index = match tokio::time::timeout_at(deadline, call).await {
+                    Ok(Ok(reply)) => reply.into_inner().index,
+                    Ok(Err(status)) => {
+                        return Try::Again(format!("the leader {leader}: {}", status.message()))
+                    }
+                    Err(_) => {
+                        return Try::Again(format!("the leader {leader} did not answer in time"))
+                    }
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let wait = self.inner.raft.wait(Some(remaining));
+                match wait
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                {
+                    Ok(_) => Try::Done(Ok(())),
+                    Err(e) => Try::Again(format!("not caught up to index {index}: {e}")),
+                }
+            }
+        }
+    }
+
+    /// On the leader: the index every read must see, once a quorum
+    /// confirmed this coordinator still leads.
+    pub(super) async fn read_index_here(&self, deadline: Instant) -> Result<u64, Try<()>> {
+        let check = self.inner.raft.ensure_linearizable();
+        match tokio::time::timeout_at(deadline, check).await {
+            Err(_) => Err(Try::Again("leadership not confirmed in time".into())),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |id| id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(Try::Again("leadership moved".into()))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(Try::Again(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                Err(Try::Done(Err(StoreError::Stopped(e.to_string()).into())))
+            }
+        }
+    }
+}
+
+impl FatStore for RaftStore {
+    async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        // A spawned task runs to the end even if the caller gives up.
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            store
+                .until_deadline(|deadline| {
+                    let store = store.clone();
+                    let command = command.clone();
+                    async move {
+                        match store.leader() {
+                            None => Try::Again("no leader elected".into()),
+                            Some((id, _)) if id == store.inner.id => {
+                                store.propose_here(command, deadline).await
+                            }
+                            Some((id, address)) => {
+                                store
+                                    .forward_propose(id, &address, &command, deadline)
+                                    .await
+                            }
+                        }
+                    }
+                })
+                .await
+        });
+        task.await.map_err(|e| StoreError::Stopped(e.to_string()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Fat) -> T + Send,
+        T: Send,
+    {
+        let barrier = self
+            .until_deadline(|deadline| self.read_barrier(deadline))
+            .await;
+        match barrier {
+            Ok(()) => Ok(self.read_local(f)),
+            Err(ProposeError::Store(e)) => Err(e),
+            Err(ProposeError::Refused(e)) => {
+                Err(StoreError::Stopped(format!("a read was refused: {e}")))
+            }
+        }
+    }
+
+    fn read_local<T, F>(&self, f: F) -> T
+    where
+        F: FnOnce(&Fat) -> T,
+    {
+        f(&self.inner.fat.read().fat)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.inner.fat.read().last_applied.map_or(0, |id| id.index)
+    }
+
+    fn is_leader(&self) -> bool {
+        let metrics = self.metrics();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
+    }
+}

@@ -1,0 +1,349 @@
+//! Three coordinators in-process on 127.0.0.1 ports, over real gRPC: an
+//! election, replication, follower forwarding, snapshot catch-up, restart
+//! from disk and the "no quorum" error.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use offsite_coordinator::raft::{GroupStatus, RaftStore};
+use offsite_coordinator::{Coordinator, CoordinatorConfig, MemberConfig};
+use offsite_proto::pb::coordinator as pb;
+use offsite_proto::pb::coordinator::fat_client::FatClient;
+use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
+use offsite_proto::TENANT_METADATA_KEY;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+struct Node {
+    id: u64,
+    address: String,
+    dir: PathBuf,
+    running: Option<(oneshot::Sender<()>, JoinHandle<()>, RaftStore)>,
+}
+
+struct Group {
+    nodes: Vec<Node>,
+    members: Vec<MemberConfig>,
+    snapshot_every: u64,
+    _root: tempfile::TempDir,
+}
+
+impl Group {
+    async fn start(snapshot_every: u64) -> Group {
+        let root = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        let mut nodes = Vec::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            nodes.push(Node {
+                id,
+                address,
+                dir: root.path().join(format!("c{id}")),
+                running: None,
+            });
+            listeners.push(listener);
+        }
+        let members = nodes
+            .iter()
+            .map(|n| MemberConfig {
+                id: n.id,
+                address: n.address.clone(),
+            })
+            .collect();
+        let mut group = Group {
+            nodes,
+            members,
+            snapshot_every,
+            _root: root,
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            group.run(i, listener).await;
+        }
+        group
+    }
+
+    fn config(&self, i: usize) -> CoordinatorConfig {
+        CoordinatorConfig {
+            node_id: self.nodes[i].id,
+            listen: self.nodes[i].address.parse().unwrap(),
+            data_dir: self.nodes[i].dir.clone(),
+            initial_members: self.members.clone(),
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            write_timeout_ms: 2000,
+            snapshot_every: self.snapshot_every,
+            ..CoordinatorConfig::default()
+        }
+    }
+
+    async fn run(&mut self, i: usize, listener: TcpListener) {
+        let coordinator = Coordinator::start_on(self.config(i), listener)
+            .await
+            .unwrap();
+        let store = coordinator.store();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            coordinator
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        self.nodes[i].running = Some((stop, task, store));
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some((stop, task, _)) = self.nodes[i].running.take() {
+            let _ = stop.send(());
+            task.await.unwrap();
+        }
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(&self.nodes[i].address).await {
+                Ok(listener) => break listener,
+                Err(e) => assert!(Instant::now() < deadline, "cannot bind again: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.run(i, listener).await;
+    }
+
+    fn status(&self, i: usize) -> GroupStatus {
+        self.nodes[i].running.as_ref().unwrap().2.group_status()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].running.is_some())
+            .collect()
+    }
+
+    /// Waits until the running nodes agree on one leader; returns its index.
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaders: Vec<_> = self
+                .running()
+                .into_iter()
+                .filter(|i| self.status(*i).role == "leader")
+                .collect();
+            if let [one] = leaders.as_slice() {
+                let id = self.nodes[*one].id;
+                if self
+                    .running()
+                    .iter()
+                    .all(|i| self.status(*i).leader.as_ref().map(|l| l.0) == Some(id))
+                {
+                    return *one;
+                }
+            }
+            assert!(Instant::now() < deadline, "no single leader elected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running replica holds the same FAT at the same index.
+    async fn converged(&self) -> GroupStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all: Vec<_> = self.running().into_iter().map(|i| self.status(i)).collect();
+            let first = &all[0];
+            if all.iter().all(|s| {
+                s.fat_digest == first.fat_digest && s.last_applied_index == first.last_applied_index
+            }) && first.last_applied_index >= first.last_log_index
+            {
+                return first.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn fat(&self, i: usize) -> FatClient<Channel> {
+        FatClient::connect(format!("http://{}", self.nodes[i].address))
+            .await
+            .unwrap()
+    }
+
+    async fn registry(&self, i: usize) -> VendorRegistryClient<Channel> {
+        VendorRegistryClient::connect(format!("http://{}", self.nodes[i].address))
+            .await
+            .unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+fn as_tenant<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(TENANT_METADATA_KEY, "acme".parse().unwrap());
+    request
+}
+
+async fn register(
+    registry: &mut VendorRegistryClient<Channel>,
+    n: usize,
+) -> Result<(), tonic::Status> {
+    for i in 0..n {
+        registry
+            .register(pb::RegisterVendorRequest {
+                vendor_id: format!("vendor-{i}"),
+                address: format!("127.0.0.1:{}", 7100 + i),
+                region: ["eu", "us", "ap"][i % 3].into(),
+                offered_bytes: 1 << 30,
+                network_bytes_per_sec: 0,
+                identity_key: vec![],
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn reserve(
+    fat: &mut FatClient<Channel>,
+    request: &str,
+) -> Result<pb::ReserveResponse, tonic::Status> {
+    fat.reserve(as_tenant(pb::ReserveRequest {
+        request_id: request.into(),
+        bytes: 1000,
+        replication: 2,
+    }))
+    .await
+    .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_elect_replicate_and_forward() {
+    let group = Group::start(1000).await;
+    let leader = group.leader().await;
+    let follower = (leader + 1) % 3;
+    let status = group.status(follower);
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| m.voter));
+
+    // Writes and linearizable reads sent to a follower are forwarded.
+    register(&mut group.registry(follower).await, 4)
+        .await
+        .unwrap();
+    let mut fat = group.fat(follower).await;
+    let first = reserve(&mut fat, "r-1").await.unwrap();
+    let again = reserve(&mut group.fat(leader).await, "r-1").await.unwrap();
+    assert_eq!(
+        first.reservation_id, again.reservation_id,
+        "a retried reserve applies once"
+    );
+    let listed = fat
+        .list_snapshots(as_tenant(pb::ListSnapshotsRequest {}))
+        .await
+        .unwrap();
+    assert!(listed.into_inner().snapshots.is_empty());
+
+    let converged = group.converged().await;
+    for i in 0..3 {
+        let vendors = group
+            .fat(i)
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(vendors.vendors.len(), 4);
+        assert_eq!(vendors.open_reservations, 1);
+        assert!(vendors.applied_index >= converged.last_applied_index);
+    }
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_catches_up_from_a_snapshot_and_all_restart_from_disk() {
+    let mut group = Group::start(20).await;
+    let leader = group.leader().await;
+    let lagging = (leader + 1) % 3;
+    group.stop(lagging).await;
+    let mut registry = group.registry(leader).await;
+    for round in 0..15 {
+        register(&mut registry, 5).await.unwrap();
+        reserve(&mut group.fat(leader).await, &format!("r-{round}"))
+            .await
+            .unwrap();
+    }
+    group.restart(lagging).await;
+    let converged = group.converged().await;
+    let caught_up = group.status(lagging);
+    assert!(
+        caught_up.snapshot_index > 0,
+        "the lagging replica got no snapshot: {caught_up:?}"
+    );
+    assert!(converged.last_applied_index >= 90);
+
+    // Every replica stops; all restart from their disks with the same FAT.
+    for i in 0..3 {
+        group.stop(i).await;
+    }
+    for i in 0..3 {
+        group.restart(i).await;
+    }
+    group.leader().await;
+    let after = group.converged().await;
+    assert_eq!(after.fat_digest, converged.fat_digest);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_of_three_down_writes_fail_with_no_quorum_in_bounded_time() {
+    let mut group = Group::start(1000).await;
+    let leader = group.leader().await;
+    register(&mut group.registry(leader).await, 3)
+        .await
+        .unwrap();
+    let before = group.converged().await;
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            group.stop(i).await;
+        }
+    }
+    let started = Instant::now();
+    let err = reserve(&mut group.fat(survivor).await, "lost")
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("no quorum: 1 of 3"),
+        "{}",
+        err.message()
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(
+        group.status(survivor).fat_digest,
+        before.fat_digest,
+        "a write without a majority changed the FAT"
+    );
+    for i in 0..3 {
+        if i != survivor {
+            group.restart(i).await;
+        }
+    }
+    group.leader().await;
+    group.converged().await;
+    group.shutdown().await;
+}

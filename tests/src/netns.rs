@@ -1,0 +1,296 @@
+//! A coordinator group of three real processes, each in its own network
+//! namespace with its own address, so a test can cut the links between
+//! replicas (a partition) while still reaching every replica itself.
+//!
+//! Layout, in a private subnet `10.231.N.0/24` that only these namespaces use:
+//! a hub namespace holds a bridge; one veth pair joins the test's (root)
+//! namespace to it (`.1`) and one joins each replica's namespace (`.11`,
+//! `.12`, `.13`). The bridge lives in its own namespace so that bridged
+//! frames meet that namespace's empty firewall, not the host's (a host with
+//! `br_netfilter` and a `FORWARD DROP` policy, as Docker sets up, would drop
+//! them). A partition is a set of blackhole routes inside the replicas'
+//! namespaces; the test's namespace never gets one. Everything is removed on
+//! drop, also when the test panics.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::{binary, write_toml, KillOnDrop, COORDINATOR};
+
+/// The gRPC port every replica listens on inside its namespace.
+const PORT: u16 = 7000;
+/// Replicas in the group.
+const REPLICAS: usize = 3;
+
+/// Timings of the group under test: short, so elections and "no quorum"
+/// answers come quickly.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub write_timeout_ms: u64,
+}
+
+impl Default for GroupTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            write_timeout_ms: 2000,
+        }
+    }
+}
+
+/// `offsite-coordinator run --config coordinator.toml`, with the timings.
+#[derive(Serialize)]
+struct Config<'a> {
+    node_id: u64,
+    listen: SocketAddr,
+    advertise: String,
+    data_dir: &'a Path,
+    heartbeat_ms: u64,
+    election_timeout_min_ms: u64,
+    election_timeout_max_ms: u64,
+    write_timeout_ms: u64,
+    initial_members: Vec<Member>,
+}
+
+#[derive(Serialize)]
+struct Member {
+    id: u64,
+    address: String,
+}
+
+/// Three coordinators in three network namespaces.
+pub struct NetnsGroup {
+    hub: String,
+    root_veth: String,
+    namespaces: Vec<String>,
+    addrs: Vec<SocketAddr>,
+    dir: PathBuf,
+    /// Blackhole routes in place, as (namespace index, address).
+    blackholes: Vec<(usize, Ipv4Addr)>,
+    processes: Vec<Option<KillOnDrop>>,
+}
+
+impl NetnsGroup {
+    /// Creates the namespaces and starts the three coordinators, logging to
+    /// `dir/cN.log`. Fails with the missing capability named when `ip netns`
+    /// cannot be used.
+    pub fn start(dir: &Path, timings: GroupTimings) -> Result<NetnsGroup> {
+        check_capability()?;
+        let coordinator = binary(COORDINATOR)?;
+        let pid = std::process::id();
+        let tag = format!("os{}", pid % 1_000_000);
+        let subnet = free_subnet(pid)?;
+        let mut group = NetnsGroup {
+            hub: format!("{tag}hub"),
+            root_veth: format!("{tag}r"),
+            namespaces: (1..=REPLICAS).map(|i| format!("{tag}c{i}")).collect(),
+            addrs: (1..=REPLICAS)
+                .map(|i| SocketAddr::from((replica_ip(subnet, i), PORT)))
+                .collect(),
+            dir: dir.to_path_buf(),
+            blackholes: Vec::new(),
+            processes: Vec::new(),
+        };
+        group.build_network(subnet)?;
+        for i in 0..REPLICAS {
+            let process = group.spawn(i, &coordinator, timings)?;
+            group.processes.push(Some(process));
+        }
+        Ok(group)
+    }
+
+    /// Every replica's gRPC address, reachable from the test's namespace.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Cuts replica `isolated` off from the others, both ways: blackhole
+    /// routes in its namespace to them and in theirs to it.
+    pub fn isolate(&mut self, isolated: usize) -> Result<()> {
+        for other in (0..REPLICAS).filter(|o| *o != isolated) {
+            self.blackhole(isolated, other)?;
+            self.blackhole(other, isolated)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every blackhole route: the partition heals.
+    pub fn heal(&mut self) -> Result<()> {
+        while let Some((ns, ip)) = self.blackholes.pop() {
+            ip_cmd(&[
+                "-n",
+                &self.namespaces[ns],
+                "route",
+                "del",
+                "blackhole",
+                &format!("{ip}/32"),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The last lines of replica `i`'s log, for assertion messages.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        crate::log_tail(&self.log(i), lines)
+    }
+
+    fn blackhole(&mut self, ns: usize, to: usize) -> Result<()> {
+        let SocketAddr::V4(addr) = self.addrs[to] else {
+            bail!("replica addresses are IPv4");
+        };
+        let ip = *addr.ip();
+        ip_cmd(&[
+            "-n",
+            &self.namespaces[ns],
+            "route",
+            "add",
+            "blackhole",
+            &format!("{ip}/32"),
+        ])?;
+        self.blackholes.push((ns, ip));
+        Ok(())
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("c{}.log", i + 1))
+    }
+
+    fn build_network(&mut self, subnet: u8) -> Result<()> {
+        let hub = self.hub.clone();
+        ip_cmd(&["netns", "add", &hub])?;
+        ip_cmd(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip_cmd(&["-n", &hub, "link", "set", "br0", "up"])?;
+        let root = self.root_veth.clone();
+        ip_cmd(&[
+            "link", "add", &root, "type", "veth", "peer", "name", "up0", "netns", &hub,
+        ])?;
+        ip_cmd(&["-n", &hub, "link", "set", "up0", "master", "br0", "up"])?;
+        let gateway = format!("{}/24", Ipv4Addr::new(10, 231, subnet, 1));
+        ip_cmd(&["addr", "add", &gateway, "dev", &root])?;
+        ip_cmd(&["link", "set", &root, "up"])?;
+        for (i, ns) in self.namespaces.clone().iter().enumerate() {
+            let port = format!("p{}", i + 1);
+            ip_cmd(&["netns", "add", ns])?;
+            ip_cmd(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ])?;
+            ip_cmd(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            let address = format!("{}/24", replica_ip(subnet, i + 1));
+            ip_cmd(&["-n", ns, "addr", "add", &address, "dev", "eth0"])?;
+            ip_cmd(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip_cmd(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, i: usize, binary: &Path, timings: GroupTimings) -> Result<KillOnDrop> {
+        let data_dir = self.dir.join(format!("c{}", i + 1));
+        let config = Config {
+            node_id: i as u64 + 1,
+            listen: self.addrs[i],
+            advertise: self.addrs[i].to_string(),
+            data_dir: &data_dir,
+            heartbeat_ms: timings.heartbeat_ms,
+            election_timeout_min_ms: timings.election_timeout_min_ms,
+            election_timeout_max_ms: timings.election_timeout_max_ms,
+            write_timeout_ms: timings.write_timeout_ms,
+            initial_members: (0..REPLICAS)
+                .map(|m| Member {
+                    id: m as u64 + 1,
+                    address: self.addrs[m].to_string(),
+                })
+                .collect(),
+        };
+        let path = self.dir.join(format!("c{}.toml", i + 1));
+        write_toml(&path, &config)?;
+        let log = std::fs::File::create(self.log(i))
+            .with_context(|| format!("cannot create {}", self.log(i).display()))?;
+        // `ip netns exec` execs the binary, so the child is the coordinator.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.namespaces[i]])
+            .arg(binary)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cannot share the log file")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} in {}",
+                    binary.display(),
+                    self.namespaces[i]
+                )
+            })?;
+        Ok(KillOnDrop(child))
+    }
+}
+
+impl Drop for NetnsGroup {
+    fn drop(&mut self) {
+        // Processes first (they hold the namespaces open), then the links and
+        // namespaces; errors are ignored so one leftover does not keep the
+        // rest.
+        for process in &mut self.processes {
+            process.take();
+        }
+        let _ = ip_cmd(&["link", "del", &self.root_veth]);
+        for ns in self.namespaces.iter().chain([&self.hub]) {
+            let _ = ip_cmd(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn replica_ip(subnet: u8, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 231, subnet, 10 + i as u8)
+}
+
+/// Runs `ip ARGS`; the error shows the command and what `ip` said.
+fn ip_cmd(args: &[&str]) -> Result<()> {
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `ip {}`", args.join(" ")))?;
+    if !output.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Fails, naming what is missing, unless `ip netns` works here.
+fn check_capability() -> Result<()> {
+    ip_cmd(&["netns", "list"]).context(
+        "this test needs network namespaces: the `ip` command of iproute2 (`ip netns`) and \
+         root (CAP_SYS_ADMIN and CAP_NET_ADMIN); install iproute2 and run the test as root",
+    )
+}
+
+/// A `10.231.N.0/24` no interface of this host uses, starting from one
+/// derived from `pid` so concurrent runs pick different subnets.
+fn free_subnet(pid: u32) -> Result<u8> {
+    let output = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .context("cannot run `ip -4 -o addr show`")?;
+    let used = String::from_utf8_lossy(&output.stdout).into_owned();
+    let start = pid % 250;
+    (0..250u32)
+        .map(|k| 1 + ((start + k) % 250) as u8)
+        .find(|n| !used.contains(&format!(" 10.231.{n}.")))
+        .context("every 10.231.N.0/24 subnet is in use on this host; remove stale test interfaces")
+}

@@ -1,0 +1,237 @@
+//! The coordinator group against real processes: losing the leader during a
+//! backup, SIGKILL of all three, two of three down, a replica that missed
+//! 500 operations, and twenty clients reserving at once.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use offsite_proto::pb::coordinator::{ReleaseRequest, ReserveRequest, StatusResponse};
+use offsite_proto::pb::raft::GroupStatusResponse;
+use offsite_tests::rpc::{self, DEVNET_TENANT};
+use offsite_tests::tree::{self, TreeSpec};
+use offsite_tests::KillOnDrop;
+use offsite_tests::{wait_for, Devnet, DevnetOptions};
+
+fn group(addr: SocketAddr) -> anyhow::Result<GroupStatusResponse> {
+    rpc::block_on(rpc::group_status(addr))?
+}
+
+/// The index of the coordinator every running one follows.
+fn leader(devnet: &Devnet, running: &[usize]) -> usize {
+    let addrs = devnet.coordinator_addrs();
+    wait_for("one leader", Duration::from_secs(30), || {
+        let views: Vec<_> = running
+            .iter()
+            .map(|i| group(addrs[*i]))
+            .collect::<Result<_, _>>()?;
+        let id = views[0].leader_id;
+        let agreed = id != 0 && views.iter().all(|v| v.leader_id == id);
+        Ok(agreed.then(|| (id - 1) as usize))
+    })
+    .unwrap()
+}
+
+/// Waits until the running replicas hold the same FAT at the same index.
+fn converged(devnet: &Devnet, running: &[usize]) -> GroupStatusResponse {
+    let addrs = devnet.coordinator_addrs();
+    wait_for("the replicas to converge", Duration::from_secs(60), || {
+        let views: Vec<_> = running
+            .iter()
+            .map(|i| group(addrs[*i]))
+            .collect::<Result<_, _>>()?;
+        let same = views.iter().all(|v| {
+            v.fat_digest == views[0].fat_digest
+                && v.last_applied_index == views[0].last_applied_index
+        });
+        Ok(same.then(|| views[0].clone()))
+    })
+    .unwrap()
+}
+
+fn assert_never_overbooked(status: &StatusResponse, who: SocketAddr) {
+    for v in &status.vendors {
+        assert!(
+            v.used_bytes + v.reserved_bytes <= v.offered_bytes,
+            "{who}: {} holds {} used + {} reserved of {} offered",
+            v.vendor_id,
+            v.used_bytes,
+            v.reserved_bytes,
+            v.offered_bytes
+        );
+    }
+}
+
+async fn reserve(addr: SocketAddr, request: String, bytes: u64) -> Result<String, tonic::Status> {
+    let mut fat = rpc::fat(addr)
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    let message = ReserveRequest {
+        request_id: request,
+        bytes,
+        replication: 2,
+    };
+    let request = rpc::as_tenant(message, DEVNET_TENANT)
+        .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
+    Ok(fat.reserve(request).await?.into_inner().reservation_id)
+}
+
+#[test]
+fn killing_the_leader_during_a_backup_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    tree::generate(&source, &TreeSpec::small()).unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    let killed = leader(&devnet, &[0, 1, 2]);
+
+    let mut backup = devnet
+        .client_command(["backup".as_ref(), source.as_os_str()])
+        .unwrap();
+    backup.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut backup = KillOnDrop(backup.spawn().unwrap());
+    // Kill the leader once the backup holds a reservation (or has finished).
+    wait_for("the backup to reserve", Duration::from_secs(60), || {
+        let reserving = devnet.status()?.open_reservations > 0;
+        Ok((reserving || backup.try_wait()?.is_some()).then_some(()))
+    })
+    .unwrap();
+    devnet.kill_coordinator(killed).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = backup.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the backup did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "the backup failed after the leader died: {status}"
+    );
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    leader(&devnet, &survivors);
+
+    let target = tmp.path().join("restore");
+    devnet
+        .client_ok([
+            "restore".as_ref(),
+            "latest".as_ref(),
+            "--target".as_ref(),
+            target.as_os_str(),
+        ])
+        .unwrap();
+    tree::compare(&source, &tree::restored_root(&target, &source)).unwrap();
+
+    devnet.restart_coordinator(killed).unwrap();
+    converged(&devnet, &[0, 1, 2]);
+    for addr in devnet.coordinator_addrs() {
+        let status = rpc::block_on(rpc::status(addr)).unwrap().unwrap();
+        assert_eq!(status.snapshots, 1, "{addr}: {status:?}");
+        assert_never_overbooked(&status, addr);
+    }
+}
+
+#[test]
+fn a_replica_that_missed_500_operations_catches_up_and_sigkill_keeps_the_fat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    let addrs = devnet.coordinator_addrs();
+    let first = leader(&devnet, &[0, 1, 2]);
+    let lagging = (first + 1) % 3;
+    devnet.kill_coordinator(lagging).unwrap();
+    let live = addrs[(first + 2) % 3];
+    rpc::block_on(async {
+        let mut fat = rpc::fat(live).await.unwrap();
+        for n in 0..250 {
+            let id = reserve(live, format!("r-{n}"), 1000).await.unwrap();
+            let release =
+                rpc::as_tenant(ReleaseRequest { reservation_id: id }, DEVNET_TENANT).unwrap();
+            fat.release(release).await.unwrap();
+        }
+    })
+    .unwrap();
+    devnet.restart_coordinator(lagging).unwrap();
+    let caught_up = converged(&devnet, &[0, 1, 2]);
+    assert!(caught_up.last_applied_index >= 500, "{caught_up:?}");
+
+    for i in 0..3 {
+        devnet.kill_coordinator(i).unwrap();
+    }
+    for i in 0..3 {
+        devnet.restart_coordinator(i).unwrap();
+    }
+    leader(&devnet, &[0, 1, 2]);
+    let after = converged(&devnet, &[0, 1, 2]);
+    assert!(after.last_applied_index >= caught_up.last_applied_index);
+    let status = devnet.status().unwrap();
+    assert_eq!(status.open_reservations, 0, "{status:?}");
+    assert_eq!(status.vendors.len(), devnet.vendor_ids().len());
+}
+
+#[test]
+fn with_two_of_three_down_writes_fail_fast_with_no_quorum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    let addrs = devnet.coordinator_addrs();
+    let before = converged(&devnet, &[0, 1, 2]);
+    devnet.kill_coordinator(1).unwrap();
+    devnet.kill_coordinator(2).unwrap();
+    let started = Instant::now();
+    let err = rpc::block_on(reserve(addrs[0], "lost".into(), 1000))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("no quorum: 1 of 3"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let status = devnet.status().unwrap();
+    assert_eq!(
+        status.open_reservations, 0,
+        "a write without a majority applied: {status:?}"
+    );
+    devnet.restart_coordinator(1).unwrap();
+    devnet.restart_coordinator(2).unwrap();
+    let after = converged(&devnet, &[0, 1, 2]);
+    assert!(after.last_applied_index >= before.last_applied_index);
+}
+
+#[test]
+fn twenty_clients_reserving_at_once_never_overbook_any_replica() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        nas_cap_bytes: Some(64 * 1024 * 1024),
+        ..DevnetOptions::default()
+    };
+    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    let addrs = devnet.coordinator_addrs();
+    let granted = rpc::block_on(async {
+        let calls: Vec<_> = (0..20)
+            .map(|n| tokio::spawn(reserve(addrs[n % 3], format!("many-{n}"), 40 * 1024 * 1024)))
+            .collect();
+        let mut granted = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => granted += 1,
+                Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}"),
+            }
+        }
+        granted
+    })
+    .unwrap();
+    assert!(granted >= 1);
+    converged(&devnet, &[0, 1, 2]);
+    for addr in addrs {
+        let status = rpc::block_on(rpc::status(addr)).unwrap().unwrap();
+        assert_never_overbooked(&status, addr);
+        assert_eq!(status.open_reservations, granted, "{addr}");
+    }
+}
