@@ -91,6 +91,11 @@ impl BlobKind {
     }
 }
 
+/// The kind a sealed blob says it is, if its envelope is readable.
+pub fn kind_of(sealed: &[u8]) -> Option<BlobKind> {
+    sealed.get(1).copied().and_then(BlobKind::from_byte)
+}
+
 /// Why a blob could not be sealed or opened. Opening errors mean the copy is
 /// corrupt or not ours: fetch another replica.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,15 +1,21 @@
 //! The client's local cache under `<cache_dir>/<tenant>/`: the sealed manifest
-//! blob of each snapshot (still encrypted) and the last snapshot list. The
-//! cache only saves fetches: anything missing or unreadable is fetched again.
+//! blob of each snapshot (still encrypted), the last snapshot list, and the
+//! final FAT (portion locations) of each snapshot, so `snapshots` and `ls`
+//! answer when no coordinator can be reached. The cache only saves fetches:
+//! anything missing or unreadable is fetched again. Also under it: the file
+//! metadata caches ([`crate::filecache`]) and the resume journal
+//! ([`crate::resume`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use offsite_proto::{SnapshotId, SnapshotRecord};
+use offsite_proto::{PortionLocation, SnapshotId, SnapshotRecord};
 use serde::{Deserialize, Serialize};
 
 /// Version of the cached snapshot list.
 const SNAPSHOTS_VERSION: u32 = 1;
+/// Version of a cached final FAT.
+const LOCATIONS_VERSION: u32 = 1;
 /// Largest cached file read back.
 const MAX_CACHED_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -27,6 +33,12 @@ struct CachedSnapshots {
     snapshots: Vec<SnapshotRecord>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct CachedLocations {
+    version: u32,
+    portions: Vec<PortionLocation>,
+}
+
 /// One tenant's cache directory.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -36,6 +48,50 @@ pub struct Cache {
 impl Cache {
     pub fn new(dir: PathBuf) -> Self {
         Self { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn locations_path(&self, id: SnapshotId) -> PathBuf {
+        self.dir.join("fat").join(format!("{id}.json"))
+    }
+
+    /// The cached final FAT of a snapshot's portions.
+    pub fn locations(&self, id: SnapshotId) -> Option<Vec<PortionLocation>> {
+        let bytes = read_bounded(&self.locations_path(id))?;
+        let cached: CachedLocations = serde_json::from_slice(&bytes).ok()?;
+        (cached.version == LOCATIONS_VERSION).then_some(cached.portions)
+    }
+
+    /// Keeps a snapshot's final FAT.
+    pub fn put_locations(
+        &self,
+        id: SnapshotId,
+        portions: &[PortionLocation],
+    ) -> Result<(), CacheError> {
+        let cached = CachedLocations {
+            version: LOCATIONS_VERSION,
+            portions: portions.to_vec(),
+        };
+        let path = self.locations_path(id);
+        let bytes = serde_json::to_vec(&cached).map_err(|e| CacheError {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Drops what is cached about a forgotten snapshot.
+    pub fn forget(&self, id: SnapshotId) {
+        for path in [
+            self.manifest_path(id),
+            self.locations_path(id),
+            crate::filecache::path_of(&self.dir, id),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn manifest_path(&self, id: SnapshotId) -> PathBuf {
@@ -125,5 +181,10 @@ mod tests {
         assert_eq!(cache.snapshots().unwrap(), vec![]);
         std::fs::write(dir.path().join("acme/snapshots.json"), b"{garbage").unwrap();
         assert!(cache.snapshots().is_none(), "a broken cache is a miss");
+        assert!(cache.locations(id).is_none());
+        cache.put_locations(id, &[]).unwrap();
+        assert_eq!(cache.locations(id).unwrap(), vec![]);
+        cache.forget(id);
+        assert!(cache.locations(id).is_none() && cache.manifest(id).is_none());
     }
 }

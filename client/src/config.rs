@@ -38,6 +38,10 @@ pub struct ClientConfig {
     /// Size of the pieces vendors re-chunk each portion into, in bytes.
     #[serde(default = "default_piece_bytes")]
     pub piece_bytes: u64,
+    /// Commit the portions uploaded so far (without a snapshot) every this many
+    /// bytes, so an interrupted backup resumes from there.
+    #[serde(default = "default_checkpoint_bytes")]
+    pub checkpoint_bytes: u64,
     /// A file holding the passphrase; `OFFSITE_PASSWORD_FILE` and `OFFSITE_PASSWORD` win.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -49,6 +53,10 @@ fn default_replication() -> u32 {
 
 fn default_portion_bytes() -> u64 {
     16 * 1024 * 1024
+}
+
+fn default_checkpoint_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 
 fn default_piece_bytes() -> u64 {
@@ -144,6 +152,12 @@ impl ClientConfig {
                     "is {}; use {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES}",
                     self.piece_bytes
                 ),
+            ));
+        }
+        if self.checkpoint_bytes < self.portion_bytes {
+            return Err((
+                "checkpoint_bytes",
+                format!("is {}; use at least portion_bytes", self.checkpoint_bytes),
             ));
         }
         if let Some(host) = &self.host {

@@ -264,6 +264,19 @@ impl Coordinator {
         Ok((record, locations))
     }
 
+    /// Removes a snapshot record; its portions stay until pruned.
+    pub async fn forget(&self, id: SnapshotId) -> Result<(), CoordinatorError> {
+        let message = pb::ForgetRequest {
+            snapshot_id: id.to_string(),
+        };
+        self.call("forget", |mut c| {
+            let m = message.clone();
+            async move { c.forget(m).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Where the given portions live.
     pub async fn locate_portions(
         &self,

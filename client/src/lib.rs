@@ -1,7 +1,8 @@
 //! Offsite's backup client: chunk, compress, encrypt and pack files into
 //! portions, reserve room at the coordinator group, probe the candidate
 //! vendors, upload each portion along a route of vendors, commit the final
-//! FAT with the snapshot record, and restore it all.
+//! FAT with the snapshot record, and restore it all; and the commands around
+//! it: retention (`forget`), `check`, `diff`, `find`, excludes and tags.
 //!
 //! ```
 //! use offsite_client::{blob, Keys};
@@ -18,11 +19,16 @@ pub mod chunker;
 pub mod config;
 mod connect;
 pub mod coordinator;
+pub mod filecache;
+pub mod filter;
 pub mod keys;
 pub mod manifest;
+pub mod policy;
 pub mod portion;
 mod probe;
+pub mod progress;
 pub mod restore;
+pub mod resume;
 mod session;
 pub mod tree;
 pub mod upload;
@@ -33,4 +39,7 @@ mod tests;
 
 pub use config::ClientConfig;
 pub use keys::{KeyError, Keys};
-pub use session::{BackupSummary, Session, SessionError};
+pub use session::{
+    entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, BackupSummary, Change,
+    CheckOptions, CheckReport, Diff, Found, Problem, Session, SessionError,
+};

@@ -1,36 +1,64 @@
-//! `offsite`, the backup CLI: wires the config, the keys and a session
-//! together for each command and prints the result (JSON with `--json`).
+//! `offsite`, the backup CLI: parses the command line, wires the config, the
+//! keys and a session together for each command (in [`cli`]) and prints the
+//! result: human text, or with `--json` one JSON document on stdout.
 //!
-//! JSON shapes (one document on stdout):
-//! - `init`: `{"key_file": PATH}`
-//! - `backup`: `{"snapshot_id", "files", "dirs", "symlinks", "skipped",
-//!   "bytes_read", "new_blobs", "bytes_uploaded", "portions", "reservations"}`
-//! - `snapshots`: `{"snapshots": [{"snapshot_id", "host", "time_unix_ms",
-//!   "paths", "tags", "logical_bytes", "file_count", "portions"}]}`
-//! - `ls`: `{"snapshot_id", "entries": [{"path", "kind": "dir"|"file"|"symlink",
-//!   "size", "mode", "mtime_unix"}]}` (paths that are not UTF-8 are shown lossily)
+//! # JSON shapes (stable; fields are only ever added)
+//!
+//! - `init`: `{"key_file"}`
+//! - `backup`: `{"snapshot_id": ID|null (null for --dry-run), "parent": ID|null,
+//!   "dry_run", "tags": [..], "files", "dirs", "symlinks", "skipped",
+//!   "unreadable", "unreadable_paths": ["PATH: why"], "excluded",
+//!   "unchanged_files", "bytes_total", "bytes_read", "new_blobs",
+//!   "resumed_blobs", "new_portions", "bytes_uploaded" (every copy),
+//!   "would_upload_bytes" (one copy; --dry-run), "portions", "reservations"}`
+//! - `snapshots`: `{"from_cache": bool, "snapshots": [{"snapshot_id", "host",
+//!   "time_unix_ms", "paths", "tags", "logical_bytes", "file_count", "portions"}]}`
+//! - `ls`: `{"snapshot_id", "from_cache", "entries": [{"path", "kind":
+//!   "dir"|"file"|"symlink", "size", "mode", "mtime_unix"}]}` (paths that are
+//!   not UTF-8 are shown lossily)
 //! - `restore`: `{"snapshot_id", "target", "files", "dirs", "symlinks",
 //!   "bytes_written", "portions_fetched"}`
+//! - `forget`: `{"dry_run", "keep": [SNAP], "remove": [SNAP]}`, each SNAP
+//!   `{"snapshot_id", "host", "time_unix_ms", "paths", "tags", "reasons": [..]}`
+//!   (reasons: last, hourly, daily, weekly, monthly, yearly, within, tag)
+//! - `check`: `{"ok", "snapshots", "portions", "portions_read", "copies_read",
+//!   "bytes_read", "blobs_verified", "problems": [{"snapshot_id"|null,
+//!   "portion_id"|null, "vendor_id"|null, "problem"}]}`
+//! - `diff`: `{"from", "to", "added", "removed", "modified", "changes":
+//!   [{"path", "change": "added"|"removed"|"modified", "what": ["type"|"content"|
+//!   "target"|"mode"|"mtime"]}]}`
+//! - `find`: `{"pattern", "matches": [{"snapshot_id", "path", "kind", "size",
+//!   "mode", "mtime_unix"}]}`
+//! - any command that fails: `{"error": MESSAGE, "exit_code": N}`
 //!
-//! Exit codes: see [`Exit`].
+//! # Exit codes
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success |
+//! | 1 | fatal error (and `check` finding a problem) |
+//! | 2 | usage error (bad flags or arguments) |
+//! | 3 | partial success: the backup was saved but skipped unreadable files |
+//! | 4 | wrong passphrase |
+//! | 5 | no quorum: no coordinator answered, or too few vendors to place R copies |
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use offsite_client::keys::{init_key_file, passphrase, KdfParams};
-use offsite_client::restore::Plan;
-use offsite_client::{ClientConfig, KeyError, Session, SessionError};
-use serde_json::{json, Value};
+use clap::{Args, Parser, Subcommand};
+use offsite_client::{ClientConfig, KeyError, SessionError};
 
-/// The process exit codes.
+/// The process exit codes (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Exit {
+pub enum Exit {
     Ok = 0,
     Fatal = 1,
     Usage = 2,
+    Partial = 3,
     WrongPassphrase = 4,
+    NoQuorum = 5,
 }
 
 #[derive(Parser)]
@@ -39,11 +67,11 @@ enum Exit {
     version,
     about = "Back up to the Offsite storage marketplace"
 )]
-struct Cli {
+pub struct Cli {
     /// The client config file (TOML); default: $OFFSITE_CONFIG.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Print one JSON document on stdout instead of human output.
+    /// Print one JSON document on stdout instead of human output (no progress bars).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -51,16 +79,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Create the key file (data key wrapped by the passphrase).
     Init,
     /// Back up files and directories as a new snapshot.
-    Backup {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
+    Backup(BackupArgs),
+    /// List the tenant's snapshots (from the cache when no coordinator answers).
+    Snapshots {
+        /// Only snapshots carrying this tag (repeat for several: all must match).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
     },
-    /// List the tenant's snapshots.
-    Snapshots,
     /// List what a snapshot holds.
     Ls { snapshot: String },
     /// Restore a snapshot (an id, a unique prefix, or `latest`) into a directory.
@@ -69,6 +98,88 @@ enum Command {
         #[arg(long)]
         target: PathBuf,
     },
+    /// Forget snapshots by a retention policy (their portions stay until prune).
+    Forget(ForgetArgs),
+    /// Check that every portion is committed and held by R vendors.
+    Check(CheckArgs),
+    /// Show what changed between two snapshots.
+    Diff { from: String, to: String },
+    /// Find entries by name (a glob; with `/`, matched against the whole path).
+    Find {
+        pattern: String,
+        /// Search only this snapshot.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Search only snapshots carrying this tag.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeat, or separate with commas).
+    #[arg(long = "tag", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Leave out paths matching this glob (a name, or a path when it has `/`).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Read exclude patterns from this file, one a line (`#` comments).
+    #[arg(long)]
+    exclude_file: Vec<PathBuf>,
+    /// Leave out directories holding a file of this name.
+    #[arg(long)]
+    exclude_if_present: Vec<String>,
+    /// Do not cross into other filesystems.
+    #[arg(long, short = 'x')]
+    one_file_system: bool,
+    /// Read and seal everything, upload nothing, save no snapshot.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Keep the last N snapshots.
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+    #[arg(long)]
+    keep_yearly: Option<u32>,
+    /// Keep snapshots younger than this, relative to the newest (e.g. 2y5m7d3h).
+    #[arg(long)]
+    keep_within: Option<String>,
+    /// Keep snapshots carrying this tag.
+    #[arg(long)]
+    keep_tag: Vec<String>,
+    /// Only consider snapshots carrying this tag.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Say what would be forgotten; forget nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Check only these snapshots (default: all).
+    snapshots: Vec<String>,
+    /// Fetch every copy of every portion and verify every blob.
+    #[arg(long)]
+    read_data: bool,
+    /// Read only a share of the portions: `n/m` or `p%`.
+    #[arg(long)]
+    read_data_subset: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -98,208 +209,56 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Fatal as u8);
         }
     };
+    let json = cli.json;
     let code = match runtime.block_on(run(cli)) {
-        Ok(()) => Exit::Ok,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("offsite: {e:#}");
-            exit_for(&e)
+            let code = exit_for(&e);
+            if json {
+                let doc = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code as u8 });
+                println!("{doc}");
+            }
+            code
         }
     };
     ExitCode::from(code as u8)
 }
 
+/// The exit code of a failed command.
 fn exit_for(error: &anyhow::Error) -> Exit {
-    let wrong = error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<KeyError>(),
-            Some(KeyError::WrongPassphrase(_))
-        ) || matches!(
-            cause.downcast_ref::<SessionError>(),
-            Some(SessionError::Key(KeyError::WrongPassphrase(_)))
-        )
-    });
-    if wrong {
-        Exit::WrongPassphrase
-    } else {
-        Exit::Fatal
+    for cause in error.chain() {
+        if offsite_client::is_no_quorum(cause) {
+            return Exit::NoQuorum;
+        }
+        if let Some(KeyError::WrongPassphrase(_)) = cause.downcast_ref::<KeyError>() {
+            return Exit::WrongPassphrase;
+        }
+        if let Some(session) = cause.downcast_ref::<SessionError>() {
+            if let SessionError::Key(KeyError::WrongPassphrase(_)) = session {
+                return Exit::WrongPassphrase;
+            }
+            if matches!(
+                session,
+                SessionError::EmptyPolicy | SessionError::Filter(_) | SessionError::Invalid(_)
+            ) {
+                return Exit::Usage;
+            }
+        }
     }
+    Exit::Fatal
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let config = ClientConfig::locate_and_load(cli.config.as_deref())?;
-    let output = match cli.command {
-        Command::Init => init(&config)?,
-        Command::Backup { paths } => backup(config, paths).await?,
-        Command::Snapshots => snapshots(config).await?,
-        Command::Ls { snapshot } => ls(config, &snapshot).await?,
-        Command::Restore { snapshot, target } => restore(config, &snapshot, target).await?,
-    };
+    let output = cli::dispatch(config, cli.command, cli.json).await?;
     if cli.json {
         println!("{}", output.json);
     } else {
         print!("{}", output.human);
     }
-    Ok(())
-}
-
-/// A command's result in both forms.
-struct Output {
-    json: Value,
-    human: String,
-}
-
-fn init(config: &ClientConfig) -> anyhow::Result<Output> {
-    let pass = passphrase(config.password_file.as_deref())?;
-    init_key_file(&config.key_file, &pass, KdfParams::DEFAULT)?;
-    let path = config.key_file.display().to_string();
-    Ok(Output {
-        human: format!("created key file {path}; keep a copy of it and the passphrase safe\n"),
-        json: json!({ "key_file": path }),
-    })
-}
-
-async fn backup(config: ClientConfig, paths: Vec<PathBuf>) -> anyhow::Result<Output> {
-    let session = Session::new(config);
-    let keys = session.unlock()?;
-    let s = session.backup(keys, paths).await.context("backup failed")?;
-    let human = format!(
-        "snapshot {} saved: {} files, {} dirs, {} symlinks, {} skipped; {} bytes read, {} new blobs, {} bytes uploaded in {} portions\n",
-        s.snapshot, s.files, s.dirs, s.symlinks, s.skipped, s.bytes_read, s.new_blobs,
-        s.upload.bytes_uploaded, s.upload.portions
-    );
-    Ok(Output {
-        human,
-        json: json!({
-            "snapshot_id": s.snapshot.to_string(),
-            "files": s.files,
-            "dirs": s.dirs,
-            "symlinks": s.symlinks,
-            "skipped": s.skipped,
-            "bytes_read": s.bytes_read,
-            "new_blobs": s.new_blobs,
-            "bytes_uploaded": s.upload.bytes_uploaded,
-            "portions": s.upload.portions,
-            "reservations": s.upload.reservations,
-        }),
-    })
-}
-
-async fn snapshots(config: ClientConfig) -> anyhow::Result<Output> {
-    let session = Session::new(config);
-    let list = session.snapshots().await?;
-    let mut human = String::new();
-    for s in &list {
-        human.push_str(&format!(
-            "{}  {}  {}  {} files  {} bytes  {}\n",
-            s.id,
-            s.time_unix_ms,
-            s.host,
-            s.file_count,
-            s.logical_bytes,
-            s.paths.join(" ")
-        ));
+    if let Some(note) = &output.note {
+        eprintln!("offsite: {note}");
     }
-    let json_list: Vec<Value> = list
-        .iter()
-        .map(|s| {
-            json!({
-                "snapshot_id": s.id.to_string(),
-                "host": s.host,
-                "time_unix_ms": s.time_unix_ms,
-                "paths": s.paths,
-                "tags": s.tags,
-                "logical_bytes": s.logical_bytes,
-                "file_count": s.file_count,
-                "portions": s.portions.len(),
-            })
-        })
-        .collect();
-    Ok(Output {
-        human,
-        json: json!({ "snapshots": json_list }),
-    })
-}
-
-fn listing(plan: &Plan) -> Vec<(String, &'static str, u64, u32, i64)> {
-    let mut rows: Vec<_> = plan
-        .dirs
-        .iter()
-        .map(|d| {
-            (
-                d.path.to_string_lossy().into_owned(),
-                "dir",
-                0,
-                d.mode,
-                d.mtime.0,
-            )
-        })
-        .chain(plan.files.iter().map(|f| {
-            (
-                f.path.to_string_lossy().into_owned(),
-                "file",
-                f.size,
-                f.mode,
-                f.mtime.0,
-            )
-        }))
-        .chain(plan.links.iter().map(|l| {
-            (
-                l.path.to_string_lossy().into_owned(),
-                "symlink",
-                0,
-                0o777,
-                l.mtime.0,
-            )
-        }))
-        .collect();
-    rows.sort();
-    rows
-}
-
-async fn ls(config: ClientConfig, spec: &str) -> anyhow::Result<Output> {
-    let session = Session::new(config);
-    let keys = session.unlock()?;
-    let (record, plan) = session.list(&keys, spec).await?;
-    let rows = listing(&plan);
-    let human = rows
-        .iter()
-        .map(|(path, kind, size, mode, _)| {
-            format!("{kind:7} {:o} {size:>12} {path}\n", mode & 0o7777)
-        })
-        .collect();
-    let entries: Vec<Value> = rows
-        .iter()
-        .map(|(path, kind, size, mode, mtime)| {
-            json!({ "path": path, "kind": kind, "size": size, "mode": mode & 0o7777, "mtime_unix": mtime })
-        })
-        .collect();
-    Ok(Output {
-        human,
-        json: json!({ "snapshot_id": record.id.to_string(), "entries": entries }),
-    })
-}
-
-async fn restore(config: ClientConfig, spec: &str, target: PathBuf) -> anyhow::Result<Output> {
-    let session = Session::new(config);
-    let keys = session.unlock()?;
-    let (record, s) = session
-        .restore(keys, spec, &target)
-        .await
-        .context("restore failed")?;
-    let target = target.display().to_string();
-    Ok(Output {
-        human: format!(
-            "restored snapshot {} into {target}: {} files, {} dirs, {} symlinks, {} bytes\n",
-            record.id, s.files, s.dirs, s.symlinks, s.bytes_written
-        ),
-        json: json!({
-            "snapshot_id": record.id.to_string(),
-            "target": target,
-            "files": s.files,
-            "dirs": s.dirs,
-            "symlinks": s.symlinks,
-            "bytes_written": s.bytes_written,
-            "portions_fetched": s.portions_fetched,
-        }),
-    })
+    Ok(output.exit)
 }

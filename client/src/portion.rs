@@ -5,6 +5,8 @@
 use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{Hash, PortionId};
 
+use crate::blob::BlobId;
+
 /// Magic that opens every portion.
 pub const MAGIC: &[u8; 7] = b"OFPORT\0";
 /// Version of the portion format.
@@ -18,6 +20,8 @@ pub struct Portion {
     pub id: PortionId,
     pub hash: Hash,
     pub bytes: bytes::Bytes,
+    /// Each blob in the portion: (id, offset, length); for the resume journal.
+    pub blobs: Vec<(BlobId, u64, u64)>,
 }
 
 /// Packs sealed blobs into one portion of about `target` bytes.
@@ -26,6 +30,7 @@ pub struct PortionBuilder {
     id: PortionId,
     target: usize,
     bytes: Vec<u8>,
+    blobs: Vec<(BlobId, u64, u64)>,
 }
 
 impl PortionBuilder {
@@ -37,6 +42,7 @@ impl PortionBuilder {
             id: PortionId::random(),
             target: target as usize,
             bytes,
+            blobs: Vec::new(),
         }
     }
 
@@ -60,9 +66,10 @@ impl PortionBuilder {
     }
 
     /// Appends a sealed blob; returns its (offset, length) in the portion.
-    pub fn add(&mut self, sealed: &[u8]) -> (u64, u64) {
+    pub fn add(&mut self, id: BlobId, sealed: &[u8]) -> (u64, u64) {
         let offset = self.bytes.len() as u64;
         self.bytes.extend_from_slice(sealed);
+        self.blobs.push((id, offset, sealed.len() as u64));
         (offset, sealed.len() as u64)
     }
 
@@ -72,6 +79,7 @@ impl PortionBuilder {
             id: self.id,
             hash: Hash::of(&self.bytes),
             bytes: bytes::Bytes::from(self.bytes),
+            blobs: self.blobs,
         }
     }
 }
@@ -133,10 +141,10 @@ mod tests {
     fn blobs_come_back_from_where_they_were_put() {
         let mut builder = PortionBuilder::new(100);
         assert!(builder.fits(1000), "an empty portion takes any blob");
-        let a = builder.add(b"first blob");
+        let a = builder.add(BlobId([1; 32]), b"first blob");
         assert!(builder.fits(50));
         assert!(!builder.fits(90));
-        let b = builder.add(b"second");
+        let b = builder.add(BlobId([2; 32]), b"second");
         let portion = builder.finish();
         assert_eq!(portion.hash, Hash::of(&portion.bytes));
         check_header(portion.id, &portion.bytes).unwrap();
@@ -153,7 +161,7 @@ mod tests {
     #[test]
     fn out_of_bounds_and_bad_headers_are_refused() {
         let mut builder = PortionBuilder::new(100);
-        builder.add(b"blob");
+        builder.add(BlobId([3; 32]), b"blob");
         let portion = builder.finish();
         let (id, bytes) = (portion.id, &portion.bytes);
         assert!(blob_at(id, bytes, 8, 5).is_err());

@@ -140,6 +140,10 @@ async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut 
         snapshot: SnapshotId::random(),
         time_unix_ms: 1,
         remaining: Arc::new(AtomicU64::new(0)),
+        filter: Arc::new(crate::filter::Filter::default()),
+        parent: Arc::new(crate::filecache::Parent::default()),
+        files: None,
+        progress: crate::progress::Progress::hidden(),
     };
     pack(plan, sink).await.unwrap()
 }
@@ -210,9 +214,16 @@ async fn backup_then_restore_rebuilds_the_tree() {
 
     let target = dir.path().join("restored");
     let locations = memory.locations();
-    let stats = restore::restore(&memory, keys.clone(), &packed.manifest, &locations, &target)
-        .await
-        .unwrap();
+    let stats = restore::restore(
+        &memory,
+        keys.clone(),
+        &packed.manifest,
+        &locations,
+        &target,
+        &crate::progress::Progress::hidden(),
+    )
+    .await
+    .unwrap();
     assert_eq!(stats.files, 5);
     assert_same(&top, &target.join("data"));
 }
@@ -305,9 +316,16 @@ async fn a_file_target_and_a_damaged_portion_are_refused() {
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let err = restore::restore(&memory, keys.clone(), &packed.manifest, &locations, &file)
-        .await
-        .unwrap_err();
+    let err = restore::restore(
+        &memory,
+        keys.clone(),
+        &packed.manifest,
+        &locations,
+        &file,
+        &crate::progress::Progress::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RestoreError::TargetIsFile(_)));
     assert_eq!(
         err.to_string(),
@@ -324,9 +342,14 @@ async fn a_file_target_and_a_damaged_portion_are_refused() {
         portion.bytes = bytes.into();
     }
     let target = dir.path().join("out");
-    assert!(
-        restore::restore(&memory, keys, &packed.manifest, &locations, &target)
-            .await
-            .is_err()
-    );
+    assert!(restore::restore(
+        &memory,
+        keys,
+        &packed.manifest,
+        &locations,
+        &target,
+        &crate::progress::Progress::hidden()
+    )
+    .await
+    .is_err());
 }

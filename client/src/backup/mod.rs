@@ -1,7 +1,9 @@
-//! A backup's pipeline: walk and chunk (own thread) -> seal (blocking pool,
-//! a few at once) -> pack into portions -> hand each portion to a sink (the
-//! uploader), with bounded channels between the stages. The manifest is
-//! sealed and packed last, into the last portion.
+//! A backup's pipeline: walk, read, chunk and hash (own thread) -> dedup
+//! check -> compress and encrypt (blocking pool, one per core) -> pack into
+//! portions -> hand each portion to a sink (the uploader, which keeps several
+//! in flight to different vendors), with bounded queues between the stages so
+//! memory stays flat however large the tree. The manifest is sealed and packed
+//! last, into the last portion.
 
 mod walk;
 
@@ -16,13 +18,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::blob::{seal, BlobError, BlobId, BlobKind};
+use crate::filecache::{self, Parent};
+use crate::filter::Filter;
 use crate::keys::Keys;
 use crate::manifest::{Index, Manifest};
 use crate::portion::{Portion, PortionBuilder};
+use crate::progress::Progress;
 pub use walk::{estimate_bytes, WalkError, WalkStats};
 
 /// Blobs waiting between the walk and the sealers.
-const CHANNEL_BLOBS: usize = 16;
+const CHANNEL_BLOBS: usize = 32;
 /// The walker recurses once per directory level.
 const WALK_STACK_BYTES: usize = 64 * 1024 * 1024;
 
@@ -53,7 +58,7 @@ pub enum BackupError {
     #[error(transparent)]
     Seal(#[from] BlobError),
     #[error("storing a portion failed: {0}")]
-    Sink(Box<dyn std::error::Error + Send + Sync>),
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("blob {0} is needed but was neither packed nor in the dedup index; this is a bug, please report it")]
     Lost(BlobId),
     #[error("a backup worker failed: {0}")]
@@ -71,6 +76,12 @@ pub struct BackupPlan {
     pub time_unix_ms: u64,
     /// Bytes still to read; the walk counts it down.
     pub remaining: Arc<AtomicU64>,
+    pub filter: Arc<Filter>,
+    /// The parent snapshot's file metadata: unchanged files are not read.
+    pub parent: Arc<Parent>,
+    /// Where this backup's file metadata cache is written, if anywhere.
+    pub files: Option<filecache::Writer>,
+    pub progress: Progress,
 }
 
 /// The packed snapshot, every portion handed to the sink.
@@ -84,6 +95,10 @@ pub struct Packed {
     pub portions: Vec<PortionId>,
     pub stats: WalkStats,
     pub new_portions: u64,
+    /// This backup's file metadata cache, to keep once committed.
+    pub files: Option<filecache::Writer>,
+    /// The first unreadable paths, with why.
+    pub unreadable: Vec<String>,
 }
 
 /// Groups sealed blobs into portions, remembering where each went.
@@ -111,7 +126,7 @@ impl Packer {
         } else {
             Some(self.take())
         };
-        let (offset, length) = self.builder.add(sealed);
+        let (offset, length) = self.builder.add(id, sealed);
         let location = BlobLocation {
             portion: self.builder.id(),
             offset,
@@ -128,9 +143,12 @@ impl Packer {
 }
 
 /// Runs the pipeline, handing each portion to `sink`; see the module docs.
-pub async fn pack<S: PortionSink>(plan: BackupPlan, sink: &mut S) -> Result<Packed, BackupError> {
+pub async fn pack<S: PortionSink>(
+    mut plan: BackupPlan,
+    sink: &mut S,
+) -> Result<Packed, BackupError> {
     let (tx, rx) = mpsc::channel(CHANNEL_BLOBS);
-    let walked = spawn_walk(&plan, tx)?;
+    let walked = spawn_walk(&mut plan, tx)?;
     let keys = plan.keys.clone();
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -160,7 +178,7 @@ pub async fn pack<S: PortionSink>(plan: BackupPlan, sink: &mut S) -> Result<Pack
 }
 
 fn spawn_walk(
-    plan: &BackupPlan,
+    plan: &mut BackupPlan,
     tx: mpsc::Sender<walk::NewBlob>,
 ) -> Result<oneshot::Receiver<Result<walk::Walked, WalkError>>, BackupError> {
     let (done_tx, done_rx) = oneshot::channel();
@@ -170,6 +188,12 @@ fn spawn_walk(
         plan.known.clone(),
         plan.remaining.clone(),
     );
+    let (filter, parent, progress) = (
+        plan.filter.clone(),
+        plan.parent.clone(),
+        plan.progress.clone(),
+    );
+    let files = plan.files.take();
     std::thread::Builder::new()
         .name("offsite-walk".into())
         .stack_size(WALK_STACK_BYTES)
@@ -179,6 +203,10 @@ fn spawn_walk(
                 known: &known,
                 tx,
                 remaining: &remaining,
+                filter: &filter,
+                parent: &parent,
+                files,
+                progress: &progress,
             };
             let _ = done_tx.send(walker.walk(&paths));
         })
@@ -242,5 +270,7 @@ async fn finish<S: PortionSink>(
         portions: portions.into_iter().collect(),
         stats: walked.stats,
         new_portions: packer.finished,
+        files: walked.files,
+        unreadable: walked.unreadable,
     })
 }

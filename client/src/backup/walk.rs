@@ -1,8 +1,10 @@
 //! Walking the paths of a backup: directories bottom-up into tree blobs,
 //! regular files chunked into data blobs, symlinks recorded (never followed),
-//! anything else skipped with a warning. Runs on its own thread; every blob
-//! not already in the dedup index or already sent in this run goes down the
-//! channel to be sealed.
+//! anything else skipped with a warning. Excluded paths are left out (see
+//! [`crate::filter`]); a file unchanged since the parent snapshot (its
+//! [`Stamp`] matches the parent's file metadata cache) is not read. Runs on
+//! its own thread; every blob not already in the dedup index or already sent
+//! in this run goes down the channel to be sealed.
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -15,8 +17,11 @@ use tokio::sync::mpsc;
 
 use crate::blob::{BlobId, BlobKind};
 use crate::chunker::Chunker;
+use crate::filecache::{self, Parent, Stamp};
+use crate::filter::Filter;
 use crate::keys::Keys;
 use crate::manifest::Index;
+use crate::progress::Progress;
 use crate::tree::{ChunkRef, Entry, EntryKind, Tree};
 
 /// A blob this backup must store.
@@ -34,6 +39,14 @@ pub struct WalkStats {
     pub symlinks: u64,
     /// Entries that could not be read or are not files, dirs or symlinks.
     pub skipped: u64,
+    /// Of the skipped, those that could not be read (a partial backup).
+    pub unreadable: u64,
+    /// Entries left out by the exclude rules.
+    pub excluded: u64,
+    /// Files unchanged since the parent snapshot, not read again.
+    pub unchanged: u64,
+    /// Bytes of the files backed up (read or unchanged).
+    pub bytes_total: u64,
     pub bytes_read: u64,
     pub new_blobs: u64,
 }
@@ -43,7 +56,14 @@ pub struct Walked {
     pub root: BlobId,
     pub needed: HashSet<BlobId>,
     pub stats: WalkStats,
+    /// The new file metadata cache, to keep once the snapshot is committed.
+    pub files: Option<filecache::Writer>,
+    /// The first unreadable paths, with why.
+    pub unreadable: Vec<String>,
 }
+
+/// Unreadable paths named in the report (all are counted).
+const MAX_REPORTED: usize = 100;
 
 /// Why a walk stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,22 +86,35 @@ pub struct Walker<'a> {
     pub tx: mpsc::Sender<NewBlob>,
     /// Bytes still to read, counted down as files are read.
     pub remaining: &'a AtomicU64,
+    pub filter: &'a Filter,
+    pub parent: &'a Parent,
+    pub files: Option<filecache::Writer>,
+    pub progress: &'a Progress,
 }
 
 impl Walker<'_> {
-    pub fn walk(self, paths: &[PathBuf]) -> Result<Walked, WalkError> {
+    pub fn walk(mut self, paths: &[PathBuf]) -> Result<Walked, WalkError> {
+        let files = self.files.take();
         let mut state = State {
             walker: self,
             needed: HashSet::new(),
             stats: WalkStats::default(),
+            files,
+            device: 0,
+            unreadable: Vec::new(),
         };
         let mut entries = Vec::with_capacity(paths.len());
         let mut names: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
-        for path in paths {
+        let paths: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        for path in &paths {
             let meta = path.symlink_metadata().map_err(|source| WalkError::Root {
                 path: path.clone(),
                 source,
             })?;
+            state.device = meta.dev();
             let name = root_name(path);
             if let Some((_, other)) = names.iter().find(|(n, _)| *n == name) {
                 return Err(WalkError::SameName((*other).clone(), path.clone()));
@@ -96,6 +129,8 @@ impl Walker<'_> {
             root,
             needed: state.needed,
             stats: state.stats,
+            files: state.files,
+            unreadable: state.unreadable,
         })
     }
 }
@@ -112,6 +147,10 @@ struct State<'a> {
     walker: Walker<'a>,
     needed: HashSet<BlobId>,
     stats: WalkStats,
+    files: Option<filecache::Writer>,
+    /// The device of the backup path being walked (for `--one-file-system`).
+    device: u64,
+    unreadable: Vec<String>,
 }
 
 impl State<'_> {
@@ -147,7 +186,7 @@ impl State<'_> {
     ) -> Result<Option<Entry>, WalkError> {
         let kind = meta.file_type();
         let result = if kind.is_file() {
-            self.file(path)
+            self.file(path, meta)
                 .map(|(size, content)| EntryKind::File { size, content })
         } else if kind.is_dir() {
             self.dir(path).map(|subtree| EntryKind::Dir { subtree })
@@ -167,7 +206,7 @@ impl State<'_> {
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read; skipped");
-                self.stats.skipped += 1;
+                self.unreadable(path, &e);
                 return Ok(None);
             }
         };
@@ -185,7 +224,51 @@ impl State<'_> {
         }))
     }
 
-    fn file(&mut self, path: &Path) -> std::io::Result<(u64, Vec<ChunkRef>)> {
+    /// Counts bytes done: for the reservation estimate and the progress bar.
+    fn done(&self, len: u64) {
+        let _ = self
+            .walker
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(len))
+            });
+        self.walker.progress.add_bytes(len);
+    }
+
+    /// The parent's chunks of an unchanged file whose blobs are all stored.
+    fn unchanged(&self, path: &Path, stamp: &Stamp) -> Option<Vec<ChunkRef>> {
+        let content = self
+            .walker
+            .parent
+            .unchanged(path.as_os_str().as_bytes(), stamp)?;
+        content
+            .iter()
+            .all(|c| self.walker.known.contains_key(&c.id))
+            .then(|| content.to_vec())
+    }
+
+    fn file(&mut self, path: &Path, meta: &Metadata) -> std::io::Result<(u64, Vec<ChunkRef>)> {
+        let stamp = Stamp::of(meta);
+        let (size, content) = match self.unchanged(path, &stamp) {
+            Some(content) => {
+                for chunk in &content {
+                    self.needed.insert(chunk.id);
+                }
+                self.stats.unchanged += 1;
+                self.done(stamp.size);
+                (stamp.size, content)
+            }
+            None => self.read_file(path)?,
+        };
+        self.stats.bytes_total += size;
+        self.walker.progress.add_files(1);
+        if let Some(files) = self.files.as_mut() {
+            files.add(path.as_os_str().as_bytes(), stamp, &content);
+        }
+        Ok((size, content))
+    }
+
+    fn read_file(&mut self, path: &Path) -> std::io::Result<(u64, Vec<ChunkRef>)> {
         let file = std::fs::File::open(path)?;
         let mut content = Vec::new();
         let mut size = 0u64;
@@ -194,12 +277,7 @@ impl State<'_> {
             let len = chunk.data.len() as u64;
             size += len;
             self.stats.bytes_read += len;
-            let _ = self
-                .walker
-                .remaining
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                    Some(r.saturating_sub(len))
-                });
+            self.done(len);
             let id = BlobId::of(self.walker.keys, &chunk.data);
             content.push(ChunkRef {
                 id,
@@ -225,14 +303,22 @@ impl State<'_> {
         children.sort();
         let mut entries = Vec::with_capacity(children.len());
         for (name, child) in children {
+            if self.walker.filter.excludes(&child) {
+                self.stats.excluded += 1;
+                continue;
+            }
             let meta = match child.symlink_metadata() {
                 Ok(meta) => meta,
                 Err(e) => {
                     tracing::warn!(path = %child.display(), error = %e, "cannot stat; skipped");
-                    self.stats.skipped += 1;
+                    self.unreadable(&child, &e);
                     continue;
                 }
             };
+            if meta.is_dir() && self.left_out(&child, &meta) {
+                self.stats.excluded += 1;
+                continue;
+            }
             match self.entry(&child, name, &meta) {
                 Ok(Some(entry)) => entries.push(entry),
                 Ok(None) => {}
@@ -244,12 +330,33 @@ impl State<'_> {
     }
 }
 
+impl State<'_> {
+    /// Counts an entry that could not be read, keeping the first few for the report.
+    fn unreadable(&mut self, path: &Path, error: &std::io::Error) {
+        self.stats.skipped += 1;
+        self.stats.unreadable += 1;
+        if self.unreadable.len() < MAX_REPORTED {
+            self.unreadable.push(format!("{}: {error}", path.display()));
+        }
+    }
+
+    /// A directory on another filesystem (with `--one-file-system`) or holding
+    /// an `--exclude-if-present` marker.
+    fn left_out(&self, dir: &Path, meta: &Metadata) -> bool {
+        let filter = self.walker.filter;
+        (filter.one_file_system() && meta.dev() != self.device) || filter.marked(dir)
+    }
+}
+
 /// Sums the sizes of the regular files under `paths` (symlinks not followed),
 /// to size reservations before the walk reads anything.
-pub fn estimate_bytes(paths: &[PathBuf]) -> u64 {
+pub fn estimate_bytes(paths: &[PathBuf], filter: &Filter) -> u64 {
     let mut total = 0u64;
     let mut stack: Vec<PathBuf> = paths.to_vec();
     while let Some(path) = stack.pop() {
+        if filter.excludes(&path) && !paths.contains(&path) {
+            continue;
+        }
         let Ok(meta) = path.symlink_metadata() else {
             continue;
         };

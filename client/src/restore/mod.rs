@@ -3,7 +3,7 @@
 //! blob at its offsets, then symlinks, permissions and mtimes. Memory holds a
 //! few portions at a time.
 
-mod plan;
+pub(crate) mod plan;
 mod source;
 mod write;
 
@@ -18,12 +18,13 @@ use crate::blob::{open, BlobError, BlobId, BlobKind};
 use crate::keys::Keys;
 use crate::manifest::{Manifest, ManifestError};
 use crate::portion::PortionError;
+use crate::progress::Progress;
 use crate::tree::TreeError;
 pub use plan::{plan, Plan};
 pub use source::{verify_portion, FetchError, PortionSource, VendorSource};
 
-/// Portions fetched at once.
-const PARALLEL_PORTIONS: usize = 3;
+/// Portions fetched at once (spread over their vendors by the source).
+const PARALLEL_PORTIONS: usize = 6;
 
 /// Why a restore stopped; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +110,11 @@ pub async fn restore<S: PortionSource>(
     manifest: &Manifest,
     locations: &HashMap<PortionId, PortionLocation>,
     target: &Path,
+    progress: &Progress,
 ) -> Result<RestoreStats, RestoreError> {
     check_target(target)?;
     let plan = plan(source, &keys, manifest, locations).await?;
+    progress.set_total(plan.bytes);
     let plan = Arc::new(plan);
     let target: Arc<PathBuf> = Arc::new(target.to_path_buf());
     {
@@ -127,11 +130,14 @@ pub async fn restore<S: PortionSource>(
                     .get(&portion)
                     .ok_or(RestoreError::NoLocation(portion))?;
                 let bytes = source.portion(location).await?;
-                blocking(move || {
+                let written = blocking(move || {
                     let writes = plan.portions.get(&portion).map_or(&[][..], Vec::as_slice);
                     write::apply_portion(&target, &keys, &plan.files, portion, &bytes, writes)
                 })
-                .await
+                .await?;
+                progress.add_bytes(written);
+                progress.add_files(1);
+                Ok::<u64, RestoreError>(written)
             }
         })
         .buffer_unordered(PARALLEL_PORTIONS)

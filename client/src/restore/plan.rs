@@ -35,6 +35,8 @@ pub struct FilePlan {
     pub size: u64,
     pub mode: u32,
     pub mtime: (i64, u32),
+    /// blake3 over the file's chunk ids: equal digests, equal contents.
+    pub digest: [u8; 32],
 }
 
 /// A symlink to create.
@@ -122,11 +124,16 @@ pub async fn plan<S: PortionSource>(
                 }),
                 EntryKind::File { size, content } => {
                     let file = plan.files.len();
+                    let mut digest = blake3::Hasher::new();
+                    for chunk in content {
+                        digest.update(&chunk.id.0);
+                    }
                     plan.files.push(FilePlan {
                         path,
                         size: *size,
                         mode: entry.mode,
                         mtime,
+                        digest: *digest.finalize().as_bytes(),
                     });
                     plan.bytes += size;
                     let mut offset = 0u64;

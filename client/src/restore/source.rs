@@ -77,10 +77,20 @@ impl VendorSource {
         Self { pool, tenant, rank }
     }
 
-    /// The location's vendors (with their grants), ranked first, unranked after.
+    /// The location's vendors (with their grants): those that answered the
+    /// probe first, rotated by portion so parallel fetches spread over the
+    /// vendors, then the rest.
     fn order<'a>(&self, location: &'a PortionLocation) -> Vec<(usize, &'a VendorRef)> {
         let mut order: Vec<(usize, &VendorRef)> = location.vendors.iter().enumerate().collect();
         order.sort_by_key(|(_, v)| self.rank.get(&v.id).copied().unwrap_or(usize::MAX));
+        let answered = order
+            .iter()
+            .filter(|(_, v)| self.rank.contains_key(&v.id))
+            .count();
+        if answered > 1 {
+            let turn = usize::from(location.portion.as_bytes()[0]) % answered;
+            order[..answered].rotate_left(turn);
+        }
         order
     }
 

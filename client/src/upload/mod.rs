@@ -6,7 +6,10 @@
 //! missing receipt sends that copy to another candidate (a route of 1), up to
 //! a bounded number of attempts. When a portion no longer fits the room left,
 //! the portions so far are committed without a snapshot and a new round is
-//! reserved; the last commit carries the snapshot record.
+//! reserved; the last commit carries the snapshot record. A round is also
+//! committed once it holds `checkpoint_bytes`, and the blob index of its
+//! portions appended to the resume journal, so an interrupted backup resumes
+//! without sending them again.
 
 mod copies;
 mod ledger;
@@ -25,6 +28,7 @@ use tokio::task::JoinSet;
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::portion::Portion;
 use crate::probe::{probe_all, rank};
+use crate::resume::{Committed, Journal};
 use crate::vendor::{StoreOutcome, VendorError, VendorPool};
 use ledger::Ledger;
 
@@ -70,6 +74,10 @@ pub struct UploadSettings {
     pub tenant: TenantId,
     pub replication: usize,
     pub piece_bytes: u64,
+    /// Commit the round once its portions hold this many bytes.
+    pub checkpoint_bytes: u64,
+    /// Where committed portions are recorded until the snapshot is committed.
+    pub journal: Option<Journal>,
 }
 
 /// What the upload did.
@@ -88,6 +96,8 @@ struct Round {
     grants: HashMap<VendorId, Grant>,
     ledger: Ledger,
     used: bool,
+    /// Bytes of the portions started in this round.
+    started: u64,
 }
 
 /// A portion not yet held by R vendors.
@@ -118,6 +128,8 @@ pub struct Uploader {
     tasks: JoinSet<Sent>,
     pending: HashMap<PortionId, Pending>,
     placed: Vec<PortionPlacement>,
+    /// The blobs of each placed portion, for the resume journal.
+    placed_blobs: Vec<Committed>,
     bad: HashSet<VendorId>,
     stats: UploadStats,
 }
@@ -150,6 +162,7 @@ impl Uploader {
             tasks: JoinSet::new(),
             pending: HashMap::new(),
             placed: Vec::new(),
+            placed_blobs: Vec::new(),
             bad: HashSet::new(),
             stats: UploadStats::default(),
         }
@@ -165,10 +178,10 @@ impl Uploader {
             while self.pending.len() >= MAX_IN_FLIGHT {
                 self.wait_one().await?;
             }
-            let expiring = self
-                .round
-                .as_ref()
-                .is_some_and(|r| now_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms);
+            let checkpoint = self.settings.checkpoint_bytes;
+            let expiring = self.round.as_ref().is_some_and(|r| {
+                now_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms || r.started >= checkpoint
+            });
             if expiring {
                 self.close_round(None).await?;
             }
@@ -181,6 +194,7 @@ impl Uploader {
             let no_one = HashSet::new();
             if let Some(route) = round.ledger.route(size, self.settings.replication, &no_one) {
                 round.used = true;
+                round.started += size;
                 self.start(portion, route);
                 return Ok(());
             }
@@ -275,6 +289,7 @@ impl Uploader {
             grants,
             ledger: Ledger::new(ranked, room),
             used: false,
+            started: 0,
         });
         Ok(())
     }
@@ -301,12 +316,19 @@ impl Uploader {
             return Ok(());
         }
         let placed = std::mem::take(&mut self.placed);
+        let blobs = std::mem::take(&mut self.placed_blobs);
         let count = placed.len();
+        let last = snapshot.is_some();
         let committed = self
             .coordinator
             .commit(&request_id(), round.id, placed, snapshot)
             .await?;
         tracing::info!(portions = count, committed, "committed a round");
+        if let (false, Some(journal)) = (last, self.settings.journal.as_ref()) {
+            if let Err(e) = journal.append(&blobs) {
+                tracing::warn!(error = %e, "resume journal not written; an interrupted backup will send these portions again");
+            }
+        }
         Ok(())
     }
 

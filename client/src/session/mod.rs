@@ -1,26 +1,37 @@
 //! One CLI invocation's view of the marketplace: the coordinator group, the
-//! vendors and the cache, wired together for `backup`, `snapshots`, `ls` and
-//! `restore`.
+//! vendors and the cache, wired together for each command. When no
+//! coordinator answers, the snapshot list and each snapshot's final FAT come
+//! from the cache, and [`Session::offline`] says so.
+
+mod backup;
+mod browse;
+mod check;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use offsite_proto::{PortionLocation, SnapshotId, SnapshotRecord};
+use offsite_proto::{PortionId, PortionLocation, SnapshotId, SnapshotRecord};
 
-use crate::backup::{estimate_bytes, pack, BackupError, BackupPlan};
+use crate::backup::BackupError;
 use crate::cache::Cache;
 use crate::config::ClientConfig;
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::filter::FilterError;
 use crate::keys::{passphrase, unlock_key_file, KeyError, Keys};
-use crate::manifest::{Index, Manifest};
+use crate::manifest::Manifest;
+use crate::policy::{Decision, Policy};
+use crate::progress::Progress;
 use crate::restore::{
     self, fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats, VendorSource,
 };
-use crate::upload::{UploadError, UploadSettings, UploadStats, Uploader};
+use crate::upload::UploadError;
 use crate::vendor::VendorPool;
+pub use backup::{BackupOptions, BackupSummary};
+pub use browse::{entries, Change, Diff, Found};
+pub use check::{CheckOptions, CheckReport, Problem};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +46,8 @@ pub enum SessionError {
     Upload(#[from] UploadError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("no snapshot matches {0:?}; run `offsite snapshots` to see them")]
     NoSnapshot(String),
     #[error("{0:?} matches several snapshots; give more of the id")]
@@ -43,19 +56,50 @@ pub enum SessionError {
         "the coordinator has no location for portion {0} of the snapshot; its FAT is incomplete"
     )]
     NoLocation(offsite_proto::PortionId),
+    #[error("no coordinator answered and the final FAT of snapshot {0} is not cached; retry when the coordinators are reachable")]
+    NotCached(SnapshotId),
+    #[error("forget needs at least one --keep-* rule; see `offsite forget --help`")]
+    EmptyPolicy,
+    #[error("{0}")]
+    Invalid(String),
 }
 
-/// What a backup did.
-#[derive(Debug, Clone)]
-pub struct BackupSummary {
-    pub snapshot: SnapshotId,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub skipped: u64,
-    pub bytes_read: u64,
-    pub new_blobs: u64,
-    pub upload: UploadStats,
+impl SessionError {
+    /// True when the coordinator group could not be reached (no quorum).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SessionError::Coordinator(e) => is_unreachable(e),
+            SessionError::Upload(e) => upload_unreachable(e),
+            SessionError::NotCached(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn is_unreachable(e: &CoordinatorError) -> bool {
+    matches!(e, CoordinatorError::Unreachable { .. })
+}
+
+fn upload_unreachable(e: &UploadError) -> bool {
+    match e {
+        UploadError::Coordinator(e) => is_unreachable(e),
+        UploadError::TooFewVendors { .. } => true,
+        _ => false,
+    }
+}
+
+/// True when `error` (any cause in a chain) means no quorum: no coordinator
+/// answered, or too few vendors to place R copies.
+pub fn is_no_quorum(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = error.downcast_ref::<SessionError>() {
+        return e.is_unreachable();
+    }
+    if let Some(e) = error.downcast_ref::<UploadError>() {
+        return upload_unreachable(e);
+    }
+    error
+        .downcast_ref::<CoordinatorError>()
+        .is_some_and(is_unreachable)
 }
 
 /// The CLI's connection to everything.
@@ -64,6 +108,10 @@ pub struct Session {
     coordinator: Arc<Coordinator>,
     pool: VendorPool,
     cache: Cache,
+    /// Set when an answer came from the cache because no coordinator answered.
+    offline: AtomicBool,
+    /// Show progress bars (on a terminal).
+    show_progress: bool,
 }
 
 fn now_ms() -> u64 {
@@ -82,7 +130,24 @@ impl Session {
             pool: VendorPool::default(),
             cache: Cache::new(config.tenant_cache_dir()),
             config,
+            offline: AtomicBool::new(false),
+            show_progress: true,
         }
+    }
+
+    /// Turns progress bars off (for `--json`).
+    pub fn quiet(mut self) -> Self {
+        self.show_progress = false;
+        self
+    }
+
+    /// True when some answer came from the cache because no coordinator answered.
+    pub fn offline(&self) -> bool {
+        self.offline.load(Ordering::Relaxed)
+    }
+
+    fn progress(&self, verb: &str, noun: &'static str, total: u64) -> Progress {
+        Progress::new(verb, noun, total, self.show_progress)
     }
 
     /// Unlocks the key file with the passphrase.
@@ -99,6 +164,7 @@ impl Session {
             Err(e @ CoordinatorError::Unreachable { .. }) => match self.cache.snapshots() {
                 Some(list) => {
                     tracing::warn!(error = %e, "using the cached snapshot list");
+                    self.offline.store(true, Ordering::Relaxed);
                     list
                 }
                 None => return Err(e.into()),
@@ -134,20 +200,36 @@ impl Session {
         }
     }
 
+    /// A snapshot's final FAT, from the coordinator (and cached) or, when no
+    /// coordinator answers, from the cache.
+    async fn locations(&self, id: SnapshotId) -> Result<Vec<PortionLocation>, SessionError> {
+        match self.coordinator.get_snapshot(id).await {
+            Ok((_, locations)) => {
+                if let Err(e) = self.cache.put_locations(id, &locations) {
+                    tracing::warn!(error = %e, "final FAT not cached");
+                }
+                Ok(locations)
+            }
+            Err(e @ CoordinatorError::Unreachable { .. }) => {
+                let cached = self
+                    .cache
+                    .locations(id)
+                    .ok_or(SessionError::NotCached(id))?;
+                tracing::warn!(error = %e, snapshot = %id, "using the cached final FAT");
+                self.offline.store(true, Ordering::Relaxed);
+                Ok(cached)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A snapshot's manifest (cached or fetched), its portion locations and a source.
     async fn open_snapshot(
         &self,
         keys: &Keys,
         record: &SnapshotRecord,
-    ) -> Result<
-        (
-            Manifest,
-            HashMap<offsite_proto::PortionId, PortionLocation>,
-            VendorSource,
-        ),
-        SessionError,
-    > {
-        let (_, locations) = self.coordinator.get_snapshot(record.id).await?;
+    ) -> Result<(Manifest, HashMap<PortionId, PortionLocation>, VendorSource), SessionError> {
+        let locations = self.locations(record.id).await?;
         let source =
             VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
         let locations: HashMap<_, _> = locations.into_iter().map(|l| (l.portion, l)).collect();
@@ -182,124 +264,6 @@ impl Session {
         }
     }
 
-    /// The union of the indexes of the tenant's snapshots: what need not be stored again.
-    async fn dedup_index(
-        &self,
-        keys: &Keys,
-        snapshots: &[SnapshotRecord],
-    ) -> Result<Index, SessionError> {
-        let mut index = Index::new();
-        let mut missing = Vec::new();
-        for record in snapshots {
-            match self.cached_manifest(keys, record) {
-                Some(manifest) => index.extend(manifest.index),
-                None => missing.push(record),
-            }
-        }
-        if missing.is_empty() {
-            return Ok(index);
-        }
-        let portions: Vec<_> = missing.iter().map(|r| r.manifest.portion).collect();
-        let locations = self.coordinator.locate_portions(&portions).await?;
-        let source =
-            VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
-        for record in missing {
-            let Some(at) = locations
-                .iter()
-                .find(|l| l.portion == record.manifest.portion)
-            else {
-                tracing::warn!(snapshot = %record.id, "manifest portion not located; its blobs will not dedup");
-                continue;
-            };
-            match fetch_manifest(&source, keys, record, at).await {
-                Ok((manifest, sealed)) => {
-                    self.cache_manifest(record.id, &sealed);
-                    index.extend(manifest.index);
-                }
-                Err(e) => {
-                    tracing::warn!(snapshot = %record.id, error = %e, "manifest unavailable; its blobs will not dedup")
-                }
-            }
-        }
-        Ok(index)
-    }
-
-    /// Backs up `paths` as a new snapshot.
-    pub async fn backup(
-        &self,
-        keys: Arc<Keys>,
-        paths: Vec<PathBuf>,
-    ) -> Result<BackupSummary, SessionError> {
-        let snapshots = self.snapshots().await?;
-        let known = Arc::new(self.dedup_index(&keys, &snapshots).await?);
-        let estimate_paths = paths.clone();
-        let estimate = tokio::task::spawn_blocking(move || estimate_bytes(&estimate_paths))
-            .await
-            .unwrap_or(0);
-        let remaining = Arc::new(AtomicU64::new(estimate));
-        let settings = UploadSettings {
-            tenant: self.config.tenant.clone(),
-            replication: self.config.replication as usize,
-            piece_bytes: self.config.piece_bytes,
-        };
-        let mut uploader = Uploader::new(
-            self.coordinator.clone(),
-            self.pool.clone(),
-            settings,
-            remaining.clone(),
-        );
-        let snapshot = SnapshotId::random();
-        let time_unix_ms = now_ms();
-        let record_paths = paths
-            .iter()
-            .map(|p| {
-                std::path::absolute(p)
-                    .unwrap_or_else(|_| p.clone())
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        let plan = BackupPlan {
-            paths,
-            keys,
-            known,
-            portion_bytes: self.config.portion_bytes,
-            snapshot,
-            time_unix_ms,
-            remaining,
-        };
-        let packed = match pack(plan, &mut uploader).await {
-            Ok(packed) => packed,
-            Err(e) => {
-                uploader.abort().await;
-                return Err(e.into());
-            }
-        };
-        let record = SnapshotRecord {
-            id: snapshot,
-            host: self.config.host_name(),
-            time_unix_ms,
-            paths: record_paths,
-            tags: Vec::new(),
-            manifest: packed.manifest_location,
-            portions: packed.portions,
-            logical_bytes: packed.stats.bytes_read,
-            file_count: packed.stats.files,
-        };
-        let upload = uploader.finish(record).await?;
-        self.cache_manifest(snapshot, &packed.sealed_manifest);
-        Ok(BackupSummary {
-            snapshot,
-            files: packed.stats.files,
-            dirs: packed.stats.dirs,
-            symlinks: packed.stats.symlinks,
-            skipped: packed.stats.skipped,
-            bytes_read: packed.stats.bytes_read,
-            new_blobs: packed.stats.new_blobs,
-            upload,
-        })
-    }
-
     /// Everything a snapshot holds, as a restore plan.
     pub async fn list(
         &self,
@@ -322,7 +286,57 @@ impl Session {
         restore::check_target(target)?;
         let record = self.resolve(spec).await?;
         let (manifest, locations, source) = self.open_snapshot(&keys, &record).await?;
-        let stats = restore::restore(&source, keys, &manifest, &locations, target).await?;
-        Ok((record, stats))
+        let progress = self.progress("restore", "portions", record.logical_bytes);
+        let result =
+            restore::restore(&source, keys, &manifest, &locations, target, &progress).await;
+        progress.finish();
+        Ok((record, result?))
     }
+
+    /// Applies a retention policy to the snapshots carrying every tag of
+    /// `tags`; unless `dry_run`, forgets those it does not keep.
+    pub async fn forget(
+        &self,
+        policy: &Policy,
+        tags: &[String],
+        dry_run: bool,
+    ) -> Result<Vec<Decision>, SessionError> {
+        if policy.is_empty() {
+            return Err(SessionError::EmptyPolicy);
+        }
+        let list: Vec<SnapshotRecord> = self
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| has_tags(s, tags))
+            .collect();
+        let decisions = policy.apply(&list);
+        if !dry_run {
+            for d in decisions.iter().filter(|d| !d.keep) {
+                self.coordinator.forget(d.snapshot.id).await?;
+                self.cache.forget(d.snapshot.id);
+                tracing::info!(snapshot = %d.snapshot.id, "forgot snapshot");
+            }
+            let forgotten: Vec<SnapshotId> = decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.snapshot.id)
+                .collect();
+            if let Some(list) = self.cache.snapshots() {
+                let left: Vec<SnapshotRecord> = list
+                    .into_iter()
+                    .filter(|s| !forgotten.contains(&s.id))
+                    .collect();
+                if let Err(e) = self.cache.put_snapshots(&left) {
+                    tracing::warn!(error = %e, "snapshot list not cached");
+                }
+            }
+        }
+        Ok(decisions)
+    }
+}
+
+/// True when `snapshot` carries every tag of `tags`.
+pub fn has_tags(snapshot: &SnapshotRecord, tags: &[String]) -> bool {
+    tags.iter().all(|t| snapshot.tags.contains(t))
 }

@@ -1,0 +1,252 @@
+//! The commands of `offsite`: each runs a session call and renders its result
+//! both as human text and as the JSON shape documented in `main.rs`.
+
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use offsite_client::filter::ExcludeOptions;
+use offsite_client::keys::{init_key_file, passphrase, KdfParams};
+use offsite_client::policy::{parse_duration, Decision, Policy};
+use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, Session};
+use serde_json::{json, Value};
+
+use crate::{BackupArgs, CheckArgs, Command, Exit, ForgetArgs};
+
+/// A command's result in both forms, a note for stderr and the exit code.
+pub struct Output {
+    pub json: Value,
+    pub human: String,
+    pub note: Option<String>,
+    pub exit: Exit,
+}
+
+impl Output {
+    fn ok(human: String, json: Value) -> Self {
+        Self {
+            json,
+            human,
+            note: None,
+            exit: Exit::Ok,
+        }
+    }
+}
+
+const OFFLINE_NOTE: &str =
+    "no coordinator answered; this answer comes from the local cache and may be out of date";
+
+/// Runs one command.
+pub async fn dispatch(
+    config: ClientConfig,
+    command: Command,
+    json: bool,
+) -> anyhow::Result<Output> {
+    let session = if json {
+        Session::new(config.clone()).quiet()
+    } else {
+        Session::new(config.clone())
+    };
+    let mut output = match command {
+        Command::Init => init(&config)?,
+        Command::Backup(args) => report::backup(&session, args_to_options(args)).await?,
+        Command::Snapshots { tags } => snapshots(&session, &tags).await?,
+        Command::Ls { snapshot } => ls(&session, &snapshot).await?,
+        Command::Restore { snapshot, target } => restore(&session, &snapshot, target).await?,
+        Command::Forget(args) => forget(&session, args).await?,
+        Command::Check(args) => report::check(&session, check_options(args)).await?,
+        Command::Diff { from, to } => report::diff(&session, &from, &to).await?,
+        Command::Find {
+            pattern,
+            snapshot,
+            tags,
+        } => report::find(&session, &pattern, snapshot.as_deref(), &tags).await?,
+    };
+    if session.offline() {
+        output.note = Some(OFFLINE_NOTE.into());
+    }
+    Ok(output)
+}
+
+fn args_to_options(args: BackupArgs) -> BackupOptions {
+    BackupOptions {
+        paths: args.paths,
+        tags: args.tags.into_iter().filter(|t| !t.is_empty()).collect(),
+        excludes: ExcludeOptions {
+            patterns: args.exclude,
+            pattern_files: args.exclude_file,
+            if_present: args.exclude_if_present,
+            one_file_system: args.one_file_system,
+        },
+        dry_run: args.dry_run,
+    }
+}
+
+fn check_options(args: CheckArgs) -> CheckOptions {
+    CheckOptions {
+        snapshots: args.snapshots,
+        read_data: args.read_data,
+        read_data_subset: args.read_data_subset,
+    }
+}
+
+fn init(config: &ClientConfig) -> anyhow::Result<Output> {
+    let pass = passphrase(config.password_file.as_deref())?;
+    init_key_file(&config.key_file, &pass, KdfParams::DEFAULT)?;
+    let path = config.key_file.display().to_string();
+    Ok(Output::ok(
+        format!("created key file {path}; keep a copy of it and the passphrase safe\n"),
+        json!({ "key_file": path }),
+    ))
+}
+
+fn snapshot_json(s: &offsite_proto::SnapshotRecord) -> Value {
+    json!({
+        "snapshot_id": s.id.to_string(),
+        "host": s.host,
+        "time_unix_ms": s.time_unix_ms,
+        "paths": s.paths,
+        "tags": s.tags,
+        "logical_bytes": s.logical_bytes,
+        "file_count": s.file_count,
+        "portions": s.portions.len(),
+    })
+}
+
+async fn snapshots(session: &Session, tags: &[String]) -> anyhow::Result<Output> {
+    let list: Vec<_> = session
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| has_tags(s, tags))
+        .collect();
+    let human = list
+        .iter()
+        .map(|s| {
+            format!(
+                "{}  {}  {}  {} files  {} bytes  {}  [{}]\n",
+                s.id,
+                s.time_unix_ms,
+                s.host,
+                s.file_count,
+                s.logical_bytes,
+                s.paths.join(" "),
+                s.tags.join(",")
+            )
+        })
+        .collect();
+    let json_list: Vec<Value> = list.iter().map(snapshot_json).collect();
+    Ok(Output::ok(
+        human,
+        json!({ "from_cache": session.offline(), "snapshots": json_list }),
+    ))
+}
+
+async fn ls(session: &Session, spec: &str) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let (record, plan) = session.list(&keys, spec).await?;
+    let rows = offsite_client::snapshot_entries(record.id, &plan);
+    let human = rows
+        .iter()
+        .map(|e| format!("{:7} {:o} {:>12} {}\n", e.kind, e.mode, e.size, e.path))
+        .collect();
+    let entries: Vec<Value> = rows
+        .iter()
+        .map(|e| {
+            json!({ "path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode, "mtime_unix": e.mtime_unix })
+        })
+        .collect();
+    Ok(Output::ok(
+        human,
+        json!({ "snapshot_id": record.id.to_string(), "from_cache": session.offline(), "entries": entries }),
+    ))
+}
+
+async fn restore(session: &Session, spec: &str, target: PathBuf) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let (record, s) = session
+        .restore(keys, spec, &target)
+        .await
+        .context("restore failed")?;
+    let target = target.display().to_string();
+    Ok(Output::ok(
+        format!(
+            "restored snapshot {} into {target}: {} files, {} dirs, {} symlinks, {} bytes\n",
+            record.id, s.files, s.dirs, s.symlinks, s.bytes_written
+        ),
+        json!({
+            "snapshot_id": record.id.to_string(),
+            "target": target,
+            "files": s.files,
+            "dirs": s.dirs,
+            "symlinks": s.symlinks,
+            "bytes_written": s.bytes_written,
+            "portions_fetched": s.portions_fetched,
+        }),
+    ))
+}
+
+fn decision_json(d: &Decision) -> Value {
+    json!({
+        "snapshot_id": d.snapshot.id.to_string(),
+        "host": d.snapshot.host,
+        "time_unix_ms": d.snapshot.time_unix_ms,
+        "paths": d.snapshot.paths,
+        "tags": d.snapshot.tags,
+        "reasons": d.reasons,
+    })
+}
+
+async fn forget(session: &Session, args: ForgetArgs) -> anyhow::Result<Output> {
+    let within_ms = args
+        .keep_within
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| offsite_client::SessionError::Invalid(e.to_string()))?;
+    let policy = Policy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within_ms,
+        tags: args.keep_tag,
+    };
+    let decisions = session.forget(&policy, &args.tags, args.dry_run).await?;
+    let (keep, remove): (Vec<&Decision>, Vec<&Decision>) = decisions.iter().partition(|d| d.keep);
+    let verb = if args.dry_run {
+        "would forget"
+    } else {
+        "forgot"
+    };
+    let mut human = String::new();
+    for d in &keep {
+        human.push_str(&format!(
+            "keep    {}  {}  {}\n",
+            d.snapshot.id,
+            d.snapshot.time_unix_ms,
+            d.reasons.join(",")
+        ));
+    }
+    for d in &remove {
+        human.push_str(&format!(
+            "{verb:<7} {}  {}\n",
+            d.snapshot.id, d.snapshot.time_unix_ms
+        ));
+    }
+    human.push_str(&format!(
+        "{} kept, {} {verb}; the portions of forgotten snapshots stay stored until a prune releases them\n",
+        keep.len(),
+        remove.len()
+    ));
+    Ok(Output::ok(
+        human,
+        json!({
+            "dry_run": args.dry_run,
+            "keep": keep.iter().map(|d| decision_json(d)).collect::<Vec<_>>(),
+            "remove": remove.iter().map(|d| decision_json(d)).collect::<Vec<_>>(),
+        }),
+    ))
+}

@@ -1,0 +1,213 @@
+//! The commands whose reports are longer: backup, check, diff and find.
+
+use anyhow::Context;
+use offsite_client::{BackupOptions, CheckOptions, Session};
+use serde_json::{json, Value};
+
+use super::Output;
+use crate::Exit;
+
+pub async fn backup(session: &Session, options: BackupOptions) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let tags = options.tags.clone();
+    let dry_run = options.dry_run;
+    let s = session
+        .backup(keys, options)
+        .await
+        .context("backup failed")?;
+    let snapshot = s.snapshot.map(|id| id.to_string());
+    let mut human = match &snapshot {
+        Some(id) => format!("snapshot {id} saved"),
+        None => "dry run, nothing uploaded".to_string(),
+    };
+    human.push_str(&format!(
+        ": {} files ({} unchanged), {} dirs, {} symlinks, {} excluded, {} skipped; {} of {} bytes read, {} new blobs",
+        s.files, s.unchanged_files, s.dirs, s.symlinks, s.excluded, s.skipped, s.bytes_read,
+        s.bytes_total, s.new_blobs
+    ));
+    if dry_run {
+        human.push_str(&format!(
+            "; would upload {} bytes in {} portions\n",
+            s.upload.bytes_uploaded, s.new_portions
+        ));
+    } else {
+        human.push_str(&format!(
+            "; {} bytes uploaded in {} portions\n",
+            s.upload.bytes_uploaded, s.upload.portions
+        ));
+    }
+    let (uploaded, would) = if dry_run {
+        (0, s.upload.bytes_uploaded)
+    } else {
+        (s.upload.bytes_uploaded, 0)
+    };
+    let json = json!({
+        "snapshot_id": snapshot,
+        "parent": s.parent.map(|id| id.to_string()),
+        "dry_run": dry_run,
+        "tags": tags,
+        "files": s.files,
+        "dirs": s.dirs,
+        "symlinks": s.symlinks,
+        "skipped": s.skipped,
+        "unreadable": s.unreadable,
+        "unreadable_paths": s.unreadable_paths,
+        "excluded": s.excluded,
+        "unchanged_files": s.unchanged_files,
+        "bytes_total": s.bytes_total,
+        "bytes_read": s.bytes_read,
+        "new_blobs": s.new_blobs,
+        "resumed_blobs": s.resumed_blobs,
+        "new_portions": s.new_portions,
+        "bytes_uploaded": uploaded,
+        "would_upload_bytes": would,
+        "portions": s.upload.portions,
+        "reservations": s.upload.reservations,
+    });
+    let (note, exit) = if s.unreadable > 0 {
+        let mut note = format!(
+            "{} entries could not be read and were skipped; the snapshot lacks them (exit code 3):",
+            s.unreadable
+        );
+        for path in &s.unreadable_paths {
+            note.push_str(&format!("\n  {path}"));
+        }
+        (Some(note), Exit::Partial)
+    } else {
+        (None, Exit::Ok)
+    };
+    Ok(Output {
+        json,
+        human,
+        note,
+        exit,
+    })
+}
+
+pub async fn check(session: &Session, options: CheckOptions) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let r = session.check(keys, &options).await?;
+    let ok = r.problems.is_empty();
+    let mut human = String::new();
+    for p in &r.problems {
+        let mut at = Vec::new();
+        if let Some(s) = p.snapshot {
+            at.push(format!("snapshot {s}"));
+        }
+        if let Some(portion) = p.portion {
+            at.push(format!("portion {portion}"));
+        }
+        if let Some(v) = &p.vendor {
+            at.push(format!("vendor {v}"));
+        }
+        human.push_str(&format!("error: {}: {}\n", at.join(", "), p.problem));
+    }
+    human.push_str(&format!(
+        "{} snapshots, {} portions checked; {} copies of {} portions read ({} bytes), {} blobs verified; {}\n",
+        r.snapshots,
+        r.portions,
+        r.copies_read,
+        r.portions_read,
+        r.bytes_read,
+        r.blobs_verified,
+        if ok { "no problems found".to_string() } else { format!("{} problems", r.problems.len()) }
+    ));
+    let problems: Vec<Value> = r
+        .problems
+        .iter()
+        .map(|p| {
+            json!({
+                "snapshot_id": p.snapshot.map(|s| s.to_string()),
+                "portion_id": p.portion.map(|s| s.to_string()),
+                "vendor_id": p.vendor,
+                "problem": p.problem,
+            })
+        })
+        .collect();
+    Ok(Output {
+        json: json!({
+            "ok": ok,
+            "snapshots": r.snapshots,
+            "portions": r.portions,
+            "portions_read": r.portions_read,
+            "copies_read": r.copies_read,
+            "bytes_read": r.bytes_read,
+            "blobs_verified": r.blobs_verified,
+            "problems": problems,
+        }),
+        human,
+        note: None,
+        exit: if ok { Exit::Ok } else { Exit::Fatal },
+    })
+}
+
+pub async fn diff(session: &Session, from: &str, to: &str) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let d = session.diff(&keys, from, to).await?;
+    let count = |c: &str| d.changes.iter().filter(|x| x.change == c).count();
+    let (added, removed, modified) = (count("added"), count("removed"), count("modified"));
+    let mut human = format!("comparing snapshot {} to {}:\n", d.from.id, d.to.id);
+    for c in &d.changes {
+        let sign = match c.change {
+            "added" => "+",
+            "removed" => "-",
+            _ => "M",
+        };
+        let what = if c.what.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", c.what.join(", "))
+        };
+        human.push_str(&format!("{sign}    {}{what}\n", c.path));
+    }
+    human.push_str(&format!(
+        "{added} added, {removed} removed, {modified} modified\n"
+    ));
+    let changes: Vec<Value> = d
+        .changes
+        .iter()
+        .map(|c| json!({ "path": c.path, "change": c.change, "what": c.what }))
+        .collect();
+    Ok(Output::ok(
+        human,
+        json!({
+            "from": d.from.id.to_string(),
+            "to": d.to.id.to_string(),
+            "added": added,
+            "removed": removed,
+            "modified": modified,
+            "changes": changes,
+        }),
+    ))
+}
+
+pub async fn find(
+    session: &Session,
+    pattern: &str,
+    snapshot: Option<&str>,
+    tags: &[String],
+) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let found = session.find(&keys, pattern, snapshot, tags).await?;
+    let human = found
+        .iter()
+        .map(|f| format!("{}  {:7} {:>12}  {}\n", f.snapshot, f.kind, f.size, f.path))
+        .collect();
+    let matches: Vec<Value> = found
+        .iter()
+        .map(|f| {
+            json!({
+                "snapshot_id": f.snapshot.to_string(),
+                "path": f.path,
+                "kind": f.kind,
+                "size": f.size,
+                "mode": f.mode,
+                "mtime_unix": f.mtime_unix,
+            })
+        })
+        .collect();
+    Ok(Output::ok(
+        human,
+        json!({ "pattern": pattern, "matches": matches }),
+    ))
+}

@@ -1,0 +1,332 @@
+//! `backup`: the dedup index (every snapshot's manifest, plus the resume
+//! journal's committed portions), the parent snapshot's file metadata cache,
+//! the pipeline into the uploader, and what is cached once the snapshot is
+//! committed. A dry run walks, chunks and seals the same way but uploads
+//! nothing.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use offsite_proto::limits::MAX_PORTIONS_PER_CALL;
+use offsite_proto::{SnapshotId, SnapshotRecord};
+
+use super::{now_ms, Session, SessionError};
+use crate::backup::{estimate_bytes, pack, BackupPlan, Packed, PortionSink};
+use crate::filecache::{self, Parent};
+use crate::filter::{ExcludeOptions, Filter};
+use crate::keys::Keys;
+use crate::manifest::Index;
+use crate::portion::Portion;
+use crate::restore::{fetch_manifest, VendorSource};
+use crate::resume::{self, Journal};
+use crate::upload::{UploadSettings, UploadStats, Uploader};
+
+/// What to back up and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    pub excludes: ExcludeOptions,
+    /// Walk, chunk and seal, but upload and commit nothing.
+    pub dry_run: bool,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    /// The new snapshot; `None` for a dry run.
+    pub snapshot: Option<SnapshotId>,
+    /// The snapshot whose file metadata let unchanged files go unread.
+    pub parent: Option<SnapshotId>,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub skipped: u64,
+    pub unreadable: u64,
+    /// The first unreadable paths, with why.
+    pub unreadable_paths: Vec<String>,
+    pub excluded: u64,
+    pub unchanged_files: u64,
+    pub bytes_total: u64,
+    pub bytes_read: u64,
+    pub new_blobs: u64,
+    /// Blobs of an interrupted backup's committed portions reused.
+    pub resumed_blobs: u64,
+    /// Portions a dry run would upload, and their bytes (one copy).
+    pub new_portions: u64,
+    pub upload: UploadStats,
+}
+
+/// A dry run's sink: counts the portions and drops them.
+#[derive(Default)]
+struct Discard {
+    bytes: u64,
+}
+
+impl PortionSink for Discard {
+    type Error = std::convert::Infallible;
+    fn put(
+        &mut self,
+        portion: Portion,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        self.bytes += portion.bytes.len() as u64;
+        std::future::ready(Ok(()))
+    }
+}
+
+fn absolute_paths(paths: &[PathBuf]) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl Session {
+    /// The union of the indexes of the tenant's snapshots: what need not be stored again.
+    async fn dedup_index(
+        &self,
+        keys: &Keys,
+        snapshots: &[SnapshotRecord],
+    ) -> Result<Index, SessionError> {
+        let mut index = Index::new();
+        let mut missing = Vec::new();
+        for record in snapshots {
+            match self.cached_manifest(keys, record) {
+                Some(manifest) => index.extend(manifest.index),
+                None => missing.push(record),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(index);
+        }
+        let portions: Vec<_> = missing.iter().map(|r| r.manifest.portion).collect();
+        let locations = self.coordinator.locate_portions(&portions).await?;
+        let source =
+            VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
+        for record in missing {
+            let Some(at) = locations
+                .iter()
+                .find(|l| l.portion == record.manifest.portion)
+            else {
+                tracing::warn!(snapshot = %record.id, "manifest portion not located; its blobs will not dedup");
+                continue;
+            };
+            match fetch_manifest(&source, keys, record, at).await {
+                Ok((manifest, sealed)) => {
+                    self.cache_manifest(record.id, &sealed);
+                    index.extend(manifest.index);
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %record.id, error = %e, "manifest unavailable; its blobs will not dedup")
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// The blobs of portions an interrupted backup committed, that the
+    /// coordinator still locates.
+    async fn resumed_index(&self, journal: &Journal) -> Result<Index, SessionError> {
+        let records = journal.read();
+        if records.is_empty() {
+            return Ok(Index::new());
+        }
+        let ids: Vec<_> = records
+            .iter()
+            .map(|r| offsite_proto::PortionId::from_bytes(r.portion))
+            .collect();
+        let mut committed = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(MAX_PORTIONS_PER_CALL / 10) {
+            let located = self.coordinator.locate_portions(batch).await?;
+            committed.extend(located.into_iter().map(|l| l.portion));
+        }
+        tracing::info!(
+            recorded = ids.len(),
+            committed = committed.len(),
+            "resuming an interrupted backup"
+        );
+        Ok(resume::index_of(&records, &committed))
+    }
+
+    /// The newest snapshot of this host and these paths with a file metadata cache.
+    fn parent(
+        &self,
+        snapshots: &[SnapshotRecord],
+        paths: &[String],
+    ) -> (Option<SnapshotId>, Parent) {
+        let host = self.config.host_name();
+        let newest = snapshots
+            .iter()
+            .rev()
+            .filter(|s| s.host == host && absolute_paths_of(s) == paths)
+            .find_map(|s| {
+                let parent = filecache::load(&filecache::path_of(self.cache.dir(), s.id))?;
+                Some((s.id, parent))
+            });
+        match newest {
+            Some((id, parent)) => (Some(id), parent),
+            None => (None, Parent::default()),
+        }
+    }
+
+    /// Backs up `options.paths` as a new snapshot (or, dry, reports what it would).
+    pub async fn backup(
+        &self,
+        keys: Arc<Keys>,
+        options: BackupOptions,
+    ) -> Result<BackupSummary, SessionError> {
+        let filter = Arc::new(Filter::new(&options.excludes)?);
+        let snapshots = self.snapshots().await?;
+        let mut known = self.dedup_index(&keys, &snapshots).await?;
+        let journal = Journal::new(self.cache.dir());
+        let resumed = self.resumed_index(&journal).await?;
+        let resumed_blobs = resumed.keys().filter(|id| !known.contains_key(id)).count() as u64;
+        for (id, location) in resumed {
+            known.entry(id).or_insert(location);
+        }
+        let record_paths = absolute_paths(&options.paths);
+        let (parent_id, parent) = self.parent(&snapshots, &record_paths);
+        let estimate = {
+            let (paths, filter) = (options.paths.clone(), filter.clone());
+            tokio::task::spawn_blocking(move || estimate_bytes(&paths, &filter))
+                .await
+                .unwrap_or(0)
+        };
+        let remaining = Arc::new(AtomicU64::new(estimate));
+        let snapshot = SnapshotId::random();
+        let time_unix_ms = now_ms();
+        let files = if options.dry_run {
+            None
+        } else {
+            filecache::Writer::create(self.cache.dir())
+                .map_err(|e| tracing::warn!(error = %e, "file metadata cache not written"))
+                .ok()
+        };
+        let progress = self.progress("backup", "files", estimate);
+        let plan = BackupPlan {
+            paths: options.paths.clone(),
+            keys,
+            known: Arc::new(known),
+            portion_bytes: self.config.portion_bytes,
+            snapshot,
+            time_unix_ms,
+            remaining: remaining.clone(),
+            filter,
+            parent: Arc::new(parent),
+            files,
+            progress: progress.clone(),
+        };
+        let summary = |packed: &Packed, upload: UploadStats, snapshot: Option<SnapshotId>| {
+            let s = packed.stats;
+            BackupSummary {
+                snapshot,
+                parent: parent_id,
+                files: s.files,
+                dirs: s.dirs,
+                symlinks: s.symlinks,
+                skipped: s.skipped,
+                unreadable: s.unreadable,
+                unreadable_paths: packed.unreadable.clone(),
+                excluded: s.excluded,
+                unchanged_files: s.unchanged,
+                bytes_total: s.bytes_total,
+                bytes_read: s.bytes_read,
+                new_blobs: s.new_blobs,
+                resumed_blobs,
+                new_portions: packed.new_portions,
+                upload,
+            }
+        };
+        if options.dry_run {
+            let mut sink = Discard::default();
+            let packed = pack(plan, &mut sink).await;
+            progress.finish();
+            let packed = packed?;
+            let upload = UploadStats {
+                bytes_uploaded: sink.bytes,
+                ..UploadStats::default()
+            };
+            return Ok(summary(&packed, upload, None));
+        }
+        let settings = UploadSettings {
+            tenant: self.config.tenant.clone(),
+            replication: self.config.replication as usize,
+            piece_bytes: self.config.piece_bytes,
+            checkpoint_bytes: self.config.checkpoint_bytes,
+            journal: Some(journal.clone()),
+        };
+        let mut uploader = Uploader::new(
+            self.coordinator.clone(),
+            self.pool.clone(),
+            settings,
+            remaining,
+        );
+        let packed = pack(plan, &mut uploader).await;
+        progress.finish();
+        let mut packed = match packed {
+            Ok(packed) => packed,
+            Err(e) => {
+                uploader.abort().await;
+                return Err(e.into());
+            }
+        };
+        let record = SnapshotRecord {
+            id: snapshot,
+            host: self.config.host_name(),
+            time_unix_ms,
+            paths: record_paths,
+            tags: options.tags.clone(),
+            manifest: packed.manifest_location,
+            portions: packed.portions.clone(),
+            logical_bytes: packed.stats.bytes_total,
+            file_count: packed.stats.files,
+        };
+        let upload = uploader.finish(record.clone()).await?;
+        journal.clear();
+        self.after_commit(&mut packed, record, parent_id).await;
+        Ok(summary(&packed, upload, Some(snapshot)))
+    }
+
+    /// Caches what a committed snapshot's next commands need.
+    async fn after_commit(
+        &self,
+        packed: &mut Packed,
+        record: SnapshotRecord,
+        parent: Option<SnapshotId>,
+    ) {
+        let id = record.id;
+        self.cache_manifest(id, &packed.sealed_manifest);
+        if let Some(files) = packed.files.take() {
+            match files.finish(&filecache::path_of(self.cache.dir(), id)) {
+                Ok(()) => {
+                    if let Some(parent) = parent {
+                        let _ = std::fs::remove_file(filecache::path_of(self.cache.dir(), parent));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "file metadata cache not kept"),
+            }
+        }
+        let mut list = self.cache.snapshots().unwrap_or_default();
+        list.push(record);
+        if let Err(e) = self.cache.put_snapshots(&list) {
+            tracing::warn!(error = %e, "snapshot list not cached");
+        }
+        if let Err(e) = self.locations(id).await {
+            tracing::warn!(error = %e, "final FAT of the new snapshot not cached");
+        }
+    }
+}
+
+fn absolute_paths_of(snapshot: &SnapshotRecord) -> Vec<String> {
+    let mut paths = snapshot.paths.clone();
+    paths.sort();
+    paths
+}

@@ -1,0 +1,278 @@
+//! `ls`, `diff` and `find`: reading what snapshots hold from their trees.
+//! A diff compares two snapshots path by path (files by the digest of their
+//! chunk ids, so no data is fetched); find matches a glob against the names
+//! (a pattern without `/`) or the paths of every entry of every snapshot.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use globset::GlobBuilder;
+use offsite_proto::SnapshotRecord;
+
+use super::{has_tags, Session, SessionError};
+use crate::filter::FilterError;
+use crate::keys::Keys;
+use crate::restore::Plan;
+
+/// One entry of a snapshot, as `ls`, `diff` and `find` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub snapshot: offsite_proto::SnapshotId,
+    pub path: String,
+    pub kind: &'static str,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_unix: i64,
+}
+
+/// What changed at one path between two snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: String,
+    /// `added`, `removed` or `modified`.
+    pub change: &'static str,
+    /// For `modified`: which of `type`, `content`, `target`, `mode`, `mtime`.
+    pub what: Vec<&'static str>,
+}
+
+/// The changes from one snapshot to another, sorted by path.
+#[derive(Debug, Clone)]
+pub struct Diff {
+    pub from: SnapshotRecord,
+    pub to: SnapshotRecord,
+    pub changes: Vec<Change>,
+}
+
+/// What identifies an entry's content and metadata, for the diff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shape {
+    kind: &'static str,
+    content: Vec<u8>,
+    mode: u32,
+    mtime: (i64, u32),
+}
+
+fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
+    let name = |p: &Path| p.to_string_lossy().into_owned();
+    let mut out = BTreeMap::new();
+    for d in &plan.dirs {
+        let shape = Shape {
+            kind: "dir",
+            content: Vec::new(),
+            mode: d.mode & 0o7777,
+            mtime: d.mtime,
+        };
+        out.insert(name(&d.path), shape);
+    }
+    for f in &plan.files {
+        let shape = Shape {
+            kind: "file",
+            content: f.digest.to_vec(),
+            mode: f.mode & 0o7777,
+            mtime: f.mtime,
+        };
+        out.insert(name(&f.path), shape);
+    }
+    for l in &plan.links {
+        let shape = Shape {
+            kind: "symlink",
+            content: l.target.clone(),
+            mode: 0o777,
+            mtime: l.mtime,
+        };
+        out.insert(name(&l.path), shape);
+    }
+    out
+}
+
+/// Every entry of a plan, sorted by path.
+pub fn entries(snapshot: offsite_proto::SnapshotId, plan: &Plan) -> Vec<Found> {
+    let name = |p: &Path| p.to_string_lossy().into_owned();
+    let mut out: Vec<Found> = plan
+        .dirs
+        .iter()
+        .map(|d| (name(&d.path), "dir", 0, d.mode, d.mtime.0))
+        .chain(
+            plan.files
+                .iter()
+                .map(|f| (name(&f.path), "file", f.size, f.mode, f.mtime.0)),
+        )
+        .chain(
+            plan.links
+                .iter()
+                .map(|l| (name(&l.path), "symlink", 0, 0o777, l.mtime.0)),
+        )
+        .map(|(path, kind, size, mode, mtime_unix)| Found {
+            snapshot,
+            path,
+            kind,
+            size,
+            mode: mode & 0o7777,
+            mtime_unix,
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// The changes between two plans.
+fn compare(from: &Plan, to: &Plan) -> Vec<Change> {
+    let (a, b) = (shapes(from), shapes(to));
+    let mut changes = Vec::new();
+    for (path, old) in &a {
+        match b.get(path) {
+            None => changes.push(Change {
+                path: path.clone(),
+                change: "removed",
+                what: Vec::new(),
+            }),
+            Some(new) => {
+                let mut what = Vec::new();
+                if old.kind != new.kind {
+                    what.push("type");
+                } else if old.content != new.content {
+                    what.push(if old.kind == "symlink" {
+                        "target"
+                    } else {
+                        "content"
+                    });
+                }
+                if old.kind == new.kind && old.mode != new.mode {
+                    what.push("mode");
+                }
+                if old.kind == "file" && old.kind == new.kind && old.mtime != new.mtime {
+                    what.push("mtime");
+                }
+                if !what.is_empty() {
+                    changes.push(Change {
+                        path: path.clone(),
+                        change: "modified",
+                        what,
+                    });
+                }
+            }
+        }
+    }
+    for path in b.keys().filter(|p| !a.contains_key(*p)) {
+        changes.push(Change {
+            path: path.clone(),
+            change: "added",
+            what: Vec::new(),
+        });
+    }
+    changes.sort_by(|x, y| x.path.cmp(&y.path));
+    changes
+}
+
+impl Session {
+    /// What changed from snapshot `from` to snapshot `to`.
+    pub async fn diff(&self, keys: &Keys, from: &str, to: &str) -> Result<Diff, SessionError> {
+        let (from, plan_a) = self.list(keys, from).await?;
+        let (to, plan_b) = self.list(keys, to).await?;
+        Ok(Diff {
+            changes: compare(&plan_a, &plan_b),
+            from,
+            to,
+        })
+    }
+
+    /// Entries whose name (or, for a pattern with `/`, path) matches
+    /// `pattern`, in every snapshot carrying `tags`, or only `snapshot`.
+    pub async fn find(
+        &self,
+        keys: &Keys,
+        pattern: &str,
+        snapshot: Option<&str>,
+        tags: &[String],
+    ) -> Result<Vec<Found>, SessionError> {
+        let glob = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| FilterError::Pattern {
+                pattern: pattern.to_string(),
+                reason: e.kind().to_string(),
+            })?
+            .compile_matcher();
+        let on_path = pattern.contains('/');
+        let records = match snapshot {
+            Some(spec) => vec![self.resolve(spec).await?],
+            None => self
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|s| has_tags(s, tags))
+                .collect(),
+        };
+        let mut found = Vec::new();
+        for record in records {
+            let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
+            let plan = crate::restore::plan(&source, keys, &manifest, &locations).await?;
+            found.extend(entries(record.id, &plan).into_iter().filter(|e| {
+                let path = Path::new(&e.path);
+                if on_path {
+                    glob.is_match(path) || glob.is_match(Path::new("/").join(path))
+                } else {
+                    path.file_name().is_some_and(|n| glob.is_match(n))
+                }
+            }));
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::plan::{FilePlan, LinkPlan};
+    use std::path::PathBuf;
+
+    fn file(path: &str, digest: u8, mode: u32) -> FilePlan {
+        FilePlan {
+            path: PathBuf::from(path),
+            size: 1,
+            mode,
+            mtime: (1, 0),
+            digest: [digest; 32],
+        }
+    }
+
+    #[test]
+    fn diff_sees_added_removed_and_modified() {
+        let from = Plan {
+            files: vec![
+                file("a", 1, 0o644),
+                file("b", 2, 0o644),
+                file("c", 3, 0o644),
+            ],
+            ..Default::default()
+        };
+        let to = Plan {
+            files: vec![
+                file("a", 1, 0o644),
+                file("b", 9, 0o644),
+                file("c", 3, 0o600),
+            ],
+            links: vec![LinkPlan {
+                path: PathBuf::from("d"),
+                target: b"a".to_vec(),
+                mtime: (1, 0),
+            }],
+            ..Default::default()
+        };
+        let changes = compare(&from, &to);
+        let shown: Vec<(&str, &str, Vec<&str>)> = changes
+            .iter()
+            .map(|c| (c.path.as_str(), c.change, c.what.clone()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("b", "modified", vec!["content"]),
+                ("c", "modified", vec!["mode"]),
+                ("d", "added", vec![]),
+            ]
+        );
+        let back = compare(&to, &from);
+        assert!(back.iter().any(|c| c.path == "d" && c.change == "removed"));
+    }
+}
