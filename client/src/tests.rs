@@ -23,6 +23,8 @@ use crate::restore::{self, verify_portion, FetchError, PortionSource, RestoreErr
 struct Memory {
     portions: HashMap<PortionId, Portion>,
     puts: usize,
+    /// Whole-portion fetches served.
+    fetches: std::sync::atomic::AtomicUsize,
 }
 
 impl PortionSink for Memory {
@@ -65,6 +67,8 @@ impl Memory {
 
 impl PortionSource for Memory {
     async fn portion(&self, location: &PortionLocation) -> Result<Vec<u8>, FetchError> {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = self
             .portions
             .get(&location.portion)
@@ -303,6 +307,42 @@ async fn the_plan_sends_each_blob_to_every_place_it_belongs() {
         3
     );
     assert_eq!(plan.links.len(), 2);
+}
+
+#[tokio::test]
+async fn trees_are_packed_apart_so_planning_fetches_only_metadata_portions() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("many");
+    for i in 0..300 {
+        let sub = top.join(format!("d{i:03}")).join("inner");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("f"), random(20_000, i)).unwrap();
+    }
+    std::fs::write(top.join("big.bin"), random(3 * 1024 * 1024, 7)).unwrap();
+    let keys = Arc::new(Keys::from_data_key(&[6; 32]));
+    let mut memory = Memory::default();
+    let packed = backup(&keys, vec![top], Index::new(), &mut memory).await;
+    assert!(
+        memory.portions.len() >= 4,
+        "{} portions",
+        memory.portions.len()
+    );
+
+    let plan = restore::plan(&memory, &keys, &packed.manifest, &memory.locations())
+        .await
+        .unwrap();
+    assert_eq!(plan.dirs.len(), 1 + 600);
+    assert_eq!(plan.files.len(), 301);
+    let fetched = memory.fetches.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        fetched, 1,
+        "601 trees (and the manifest) share one metadata portion; data portions are not read"
+    );
+    let data_portions: std::collections::BTreeSet<_> = plan.portions.keys().collect();
+    assert!(
+        !data_portions.contains(&packed.manifest_location.portion),
+        "file data never shares a portion with the trees and the manifest"
+    );
 }
 
 #[tokio::test]

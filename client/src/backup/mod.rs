@@ -2,8 +2,8 @@
 //! check -> compress and encrypt (blocking pool, one per core) -> pack into
 //! portions -> hand each portion to a sink (the uploader, which keeps several
 //! in flight to different vendors), with bounded queues between the stages so
-//! memory stays flat however large the tree. The manifest is sealed and packed
-//! last, into the last portion.
+//! memory stays flat however large the tree. Trees and the manifest are packed
+//! apart from file data; the manifest last, into the last metadata portion.
 
 mod walk;
 
@@ -101,10 +101,14 @@ pub struct Packed {
     pub unreadable: Vec<String>,
 }
 
-/// Groups sealed blobs into portions, remembering where each went.
+/// Groups sealed blobs into portions, remembering where each went. File
+/// data goes into data portions; trees and the manifest into their own
+/// metadata portions, so that listing or planning a restore of a snapshot
+/// fetches a few metadata portions instead of a range of every data portion.
 struct Packer {
     target: u64,
-    builder: PortionBuilder,
+    data: PortionBuilder,
+    meta: PortionBuilder,
     locations: HashMap<BlobId, BlobLocation>,
     finished: u64,
 }
@@ -113,22 +117,29 @@ impl Packer {
     fn new(target: u64) -> Self {
         Self {
             target,
-            builder: PortionBuilder::new(target),
+            data: PortionBuilder::new(target),
+            meta: PortionBuilder::new(target),
             locations: HashMap::new(),
             finished: 0,
         }
     }
 
     /// Adds a blob; returns the portion it closed, if any.
-    fn add(&mut self, id: BlobId, sealed: &[u8]) -> Option<Portion> {
-        let closed = if self.builder.fits(sealed.len()) {
+    fn add(&mut self, kind: BlobKind, id: BlobId, sealed: &[u8]) -> Option<Portion> {
+        let target = self.target;
+        let builder = match kind {
+            BlobKind::Data => &mut self.data,
+            BlobKind::Tree | BlobKind::Manifest => &mut self.meta,
+        };
+        let closed = if builder.fits(sealed.len()) {
             None
         } else {
-            Some(self.take())
+            self.finished += 1;
+            Some(std::mem::replace(builder, PortionBuilder::new(target)).finish())
         };
-        let (offset, length) = self.builder.add(id, sealed);
+        let (offset, length) = builder.add(id, sealed);
         let location = BlobLocation {
-            portion: self.builder.id(),
+            portion: builder.id(),
             offset,
             length,
         };
@@ -136,9 +147,16 @@ impl Packer {
         closed
     }
 
-    fn take(&mut self) -> Portion {
-        self.finished += 1;
-        std::mem::replace(&mut self.builder, PortionBuilder::new(self.target)).finish()
+    /// The portions still open, data first; empty ones are dropped.
+    fn take_rest(&mut self) -> Vec<Portion> {
+        let mut rest = Vec::with_capacity(2);
+        for builder in [&mut self.data, &mut self.meta] {
+            if !builder.is_empty() {
+                self.finished += 1;
+                rest.push(std::mem::replace(builder, PortionBuilder::new(self.target)).finish());
+            }
+        }
+        rest
     }
 }
 
@@ -157,14 +175,14 @@ pub async fn pack<S: PortionSink>(
         .map(|blob: walk::NewBlob| {
             let keys = keys.clone();
             tokio::task::spawn_blocking(move || {
-                seal(&keys, blob.kind, &blob.id, &blob.plaintext).map(|s| (blob.id, s))
+                seal(&keys, blob.kind, &blob.id, &blob.plaintext).map(|s| (blob.kind, blob.id, s))
             })
         })
         .buffered(workers);
     let mut packer = Packer::new(plan.portion_bytes);
     while let Some(joined) = sealed.next().await {
-        let (id, bytes) = joined.map_err(|e| BackupError::Worker(e.to_string()))??;
-        if let Some(portion) = packer.add(id, &bytes) {
+        let (kind, id, bytes) = joined.map_err(|e| BackupError::Worker(e.to_string()))??;
+        if let Some(portion) = packer.add(kind, id, &bytes) {
             sink.put(portion)
                 .await
                 .map_err(|e| BackupError::Sink(Box::new(e)))?;
@@ -214,7 +232,8 @@ fn spawn_walk(
     Ok(done_rx)
 }
 
-/// Writes the manifest into the last portion and hands it over.
+/// Writes the manifest into the last metadata portion and hands over the
+/// portions still open.
 async fn finish<S: PortionSink>(
     plan: BackupPlan,
     walked: walk::Walked,
@@ -244,7 +263,7 @@ async fn finish<S: PortionSink>(
     })
     .await
     .map_err(|e| BackupError::Worker(e.to_string()))??;
-    if let Some(portion) = packer.add(manifest_id, &sealed_manifest) {
+    if let Some(portion) = packer.add(BlobKind::Manifest, manifest_id, &sealed_manifest) {
         sink.put(portion)
             .await
             .map_err(|e| BackupError::Sink(Box::new(e)))?;
@@ -253,10 +272,11 @@ async fn finish<S: PortionSink>(
         .locations
         .get(&manifest_id)
         .ok_or(BackupError::Lost(manifest_id))?;
-    let last = packer.take();
-    sink.put(last)
-        .await
-        .map_err(|e| BackupError::Sink(Box::new(e)))?;
+    for portion in packer.take_rest() {
+        sink.put(portion)
+            .await
+            .map_err(|e| BackupError::Sink(Box::new(e)))?;
+    }
     let portions: BTreeSet<PortionId> = manifest
         .index
         .values()

@@ -2,16 +2,21 @@
 //! directories, files and symlinks to create, and for each portion which
 //! blobs go to which (file, offset).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::OnceCell;
 
 use offsite_proto::{PortionId, PortionLocation};
 
 use crate::blob::{open, BlobId, BlobKind};
 use crate::keys::Keys;
 use crate::manifest::Manifest;
+use crate::portion::blob_at;
 use crate::restore::source::PortionSource;
 use crate::restore::RestoreError;
 use crate::tree::{EntryKind, Tree};
@@ -68,42 +73,109 @@ pub struct Plan {
     pub bytes: u64,
 }
 
-/// Fetches and opens one tree blob.
-async fn fetch_tree<S: PortionSource>(
-    source: &S,
-    keys: &Keys,
-    manifest: &Manifest,
-    locations: &HashMap<PortionId, PortionLocation>,
-    id: BlobId,
-) -> Result<Tree, RestoreError> {
-    let at = manifest
-        .index
-        .get(&id)
-        .ok_or(RestoreError::NotInManifest(id))?;
-    let location = locations
-        .get(&at.portion)
-        .ok_or(RestoreError::NoLocation(at.portion))?;
-    let check = |bytes: &[u8]| open(keys, BlobKind::Tree, &id, bytes).is_ok();
-    let sealed = source.blob(location, at.offset, at.length, &check).await?;
-    let plain = open(keys, BlobKind::Tree, &id, &sealed)?;
-    Ok(Tree::decode(&plain)?)
+/// Trees fetched at once while planning.
+const PARALLEL_TREES: usize = 16;
+/// Whole portions kept while planning: trees are packed into metadata
+/// portions, so a few of them usually hold every tree of a snapshot.
+const CACHED_PORTIONS: usize = 4;
+
+/// Tree blobs by portion: each portion holding a tree is fetched whole once
+/// (its hash checked, best replica first) and the trees are cut from it; at
+/// most [`CACHED_PORTIONS`] are kept, the oldest dropped first.
+struct TreeReader<'a, S> {
+    source: &'a S,
+    keys: &'a Keys,
+    manifest: &'a Manifest,
+    locations: &'a HashMap<PortionId, PortionLocation>,
+    portions: Mutex<PortionCache>,
 }
 
-/// Walks the trees of `manifest` into a plan.
+type SharedPortion = Arc<OnceCell<Arc<Vec<u8>>>>;
+
+#[derive(Default)]
+struct PortionCache {
+    cells: HashMap<PortionId, SharedPortion>,
+    order: VecDeque<PortionId>,
+}
+
+impl<S: PortionSource> TreeReader<'_, S> {
+    /// The cell of `portion`, added (and the oldest dropped) when new.
+    fn cell(&self, portion: PortionId) -> SharedPortion {
+        let mut cache = self
+            .portions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cell) = cache.cells.get(&portion) {
+            return cell.clone();
+        }
+        if cache.order.len() >= CACHED_PORTIONS {
+            if let Some(oldest) = cache.order.pop_front() {
+                cache.cells.remove(&oldest);
+            }
+        }
+        let cell = SharedPortion::default();
+        cache.cells.insert(portion, cell.clone());
+        cache.order.push_back(portion);
+        cell
+    }
+
+    /// Fetches and opens one tree blob.
+    async fn tree(&self, id: BlobId) -> Result<Tree, RestoreError> {
+        let at = self
+            .manifest
+            .index
+            .get(&id)
+            .ok_or(RestoreError::NotInManifest(id))?;
+        let location = self
+            .locations
+            .get(&at.portion)
+            .ok_or(RestoreError::NoLocation(at.portion))?;
+        let bytes = self
+            .cell(at.portion)
+            .get_or_try_init(|| async { self.source.portion(location).await.map(Arc::new) })
+            .await?
+            .clone();
+        let sealed = blob_at(at.portion, &bytes, at.offset, at.length)?;
+        let plain = open(self.keys, BlobKind::Tree, &id, sealed)?;
+        Ok(Tree::decode(&plain)?)
+    }
+}
+
+/// Walks the trees of `manifest` into a plan, fetching several trees at once.
+/// The plan's order is the same on every run: trees are taken up in the order
+/// they were asked for.
 pub async fn plan<S: PortionSource>(
     source: &S,
     keys: &Keys,
     manifest: &Manifest,
     locations: &HashMap<PortionId, PortionLocation>,
 ) -> Result<Plan, RestoreError> {
+    let reader = TreeReader {
+        source,
+        keys,
+        manifest,
+        locations,
+        portions: Mutex::default(),
+    };
     let mut plan = Plan::default();
     let mut slots: HashMap<(PortionId, BlobId), usize> = HashMap::new();
-    let mut stack = vec![(manifest.root, PathBuf::new(), 0usize)];
-    while let Some((tree_id, dir, depth)) = stack.pop() {
-        if depth > MAX_DEPTH {
-            return Err(RestoreError::TooDeep(MAX_DEPTH));
+    let mut waiting = VecDeque::from([(manifest.root, PathBuf::new(), 0usize)]);
+    let mut fetching = FuturesOrdered::new();
+    loop {
+        while fetching.len() < PARALLEL_TREES {
+            let Some((tree_id, dir, depth)) = waiting.pop_front() else {
+                break;
+            };
+            if depth > MAX_DEPTH {
+                return Err(RestoreError::TooDeep(MAX_DEPTH));
+            }
+            let reader = &reader;
+            fetching.push_back(async move { (reader.tree(tree_id).await, dir, depth) });
         }
-        let tree = fetch_tree(source, keys, manifest, locations, tree_id).await?;
+        let Some((tree, dir, depth)) = fetching.next().await else {
+            break;
+        };
+        let tree = tree?;
         for entry in tree.entries() {
             let path = dir.join(OsStr::from_bytes(&entry.name));
             let mtime = (entry.mtime_secs, entry.mtime_nanos);
@@ -115,7 +187,7 @@ pub async fn plan<S: PortionSource>(
                         mtime,
                         depth: depth + 1,
                     });
-                    stack.push((*subtree, path, depth + 1));
+                    waiting.push_back((*subtree, path, depth + 1));
                 }
                 EntryKind::Symlink { target } => plan.links.push(LinkPlan {
                     path,
