@@ -35,6 +35,8 @@ pub mod upload;
 mod vendor;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::ClientConfig;
