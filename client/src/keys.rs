@@ -205,12 +205,77 @@ fn derive_wrapping_key(
 
 /// Creates a new key file with a random data key; refuses to overwrite one.
 pub fn init_key_file(path: &Path, pass: &str, params: KdfParams) -> Result<Keys, KeyError> {
+    let mut data_key = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(data_key.as_mut());
+    let file = wrap(&data_key, pass, params, path)?;
+    write_new(path, &file)?;
+    Ok(Keys::from_data_key(&data_key))
+}
+
+/// Re-wraps the data key of the key file at `path` under a new passphrase,
+/// with a fresh salt and nonce, and replaces the file atomically (a new file
+/// beside it, fsynced, renamed over it). The data key, and so every blob
+/// ever stored, stays the same. Returns the new key file's bytes.
+pub fn change_passphrase(
+    path: &Path,
+    old: &str,
+    new: &str,
+    params: KdfParams,
+) -> Result<Vec<u8>, KeyError> {
+    let text = read_bounded(path, MAX_KEY_FILE_BYTES)?;
+    let data_key = unwrap(&text, old, path)?;
+    let file = wrap(&data_key, new, params, path)?;
+    let bytes = encode(&file, path)?;
+    let fresh = path.with_extension("new");
+    let _ = std::fs::remove_file(&fresh);
+    write_bytes_new(&fresh, &bytes)?;
+    std::fs::rename(&fresh, path).map_err(|source| KeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(dir) = std::fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(bytes)
+}
+
+/// The key file's bytes, for a copy kept elsewhere (it is only as secret as
+/// the passphrase: the data key inside is wrapped under it).
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    read_bounded(path, MAX_KEY_FILE_BYTES).map(String::into_bytes)
+}
+
+/// Writes a key file fetched from a copy, after checking that `pass` unlocks
+/// it; refuses to overwrite an existing file.
+pub fn install_key_file(path: &Path, bytes: &[u8], pass: &str) -> Result<Keys, KeyError> {
+    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(KeyError::Malformed {
+            path: path.to_path_buf(),
+            problem: format!("larger than {MAX_KEY_FILE_BYTES} bytes"),
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| KeyError::Malformed {
+        path: path.to_path_buf(),
+        problem: "not UTF-8 JSON".into(),
+    })?;
+    let data_key = unwrap(text, pass, path)?;
+    write_bytes_new(path, bytes)?;
+    Ok(Keys::from_data_key(&data_key))
+}
+
+/// Wraps `data_key` under `pass` with a fresh salt and nonce.
+fn wrap(
+    data_key: &[u8; 32],
+    pass: &str,
+    params: KdfParams,
+    path: &Path,
+) -> Result<KeyFile, KeyError> {
     if pass.is_empty() {
         return Err(KeyError::EmptyPassphrase);
     }
     let mut rng = rand::rngs::OsRng;
-    let mut data_key = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(data_key.as_mut());
     let mut salt = [0u8; 16];
     rng.fill_bytes(&mut salt);
     let mut nonce = [0u8; 24];
@@ -229,24 +294,33 @@ pub fn init_key_file(path: &Path, pass: &str, params: KdfParams) -> Result<Keys,
             path: path.to_path_buf(),
             problem: "encryption failed".into(),
         })?;
-    let file = KeyFile {
+    Ok(KeyFile {
         version: KEY_FILE_VERSION,
         kdf: "argon2id".into(),
         params,
         salt: hex::encode(salt),
         nonce: hex::encode(nonce),
         wrapped_key: hex::encode(wrapped),
-    };
-    write_new(path, &file)?;
-    Ok(Keys::from_data_key(&data_key))
+    })
+}
+
+fn encode(file: &KeyFile, path: &Path) -> Result<Vec<u8>, KeyError> {
+    serde_json::to_vec_pretty(file).map_err(|e| KeyError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })
 }
 
 fn write_new(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
+    write_bytes_new(path, &encode(file, path)?)
+}
+
+/// Creates `path` (mode 0600) with `bytes`, fsynced; refuses to overwrite.
+fn write_bytes_new(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let write_err = |source| KeyError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let json = serde_json::to_vec_pretty(file).map_err(|e| write_err(std::io::Error::other(e)))?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(write_err)?;
     }
@@ -261,18 +335,24 @@ fn write_new(path: &Path, file: &KeyFile) -> Result<(), KeyError> {
             write_err(e)
         }
     })?;
-    out.write_all(&json).map_err(write_err)?;
+    out.write_all(bytes).map_err(write_err)?;
     out.sync_all().map_err(write_err)
 }
 
 /// Reads the key file and unwraps the data key with the passphrase.
 pub fn unlock_key_file(path: &Path, pass: &str) -> Result<Keys, KeyError> {
     let text = read_bounded(path, MAX_KEY_FILE_BYTES)?;
+    let data_key = unwrap(&text, pass, path)?;
+    Ok(Keys::from_data_key(&data_key))
+}
+
+/// The data key inside key file `text` (read from `path`, named in errors).
+fn unwrap(text: &str, pass: &str, path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let malformed = |problem: String| KeyError::Malformed {
         path: path.to_path_buf(),
         problem,
     };
-    let file: KeyFile = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+    let file: KeyFile = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
     if file.version != KEY_FILE_VERSION {
         return Err(malformed(format!(
             "format version {} is not {KEY_FILE_VERSION}; use a matching offsite release",
@@ -301,13 +381,11 @@ pub fn unlock_key_file(path: &Path, pass: &str) -> Result<Keys, KeyError> {
             )
             .map_err(|_| KeyError::WrongPassphrase(path.to_path_buf()))?,
     );
-    let data_key: Zeroizing<[u8; 32]> = Zeroizing::new(
-        plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| malformed("the wrapped key is not 32 bytes".into()))?,
-    );
-    Ok(Keys::from_data_key(&data_key))
+    let data_key: [u8; 32] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed("the wrapped key is not 32 bytes".into()))?;
+    Ok(Zeroizing::new(data_key))
 }
 
 #[cfg(test)]
@@ -369,6 +447,63 @@ mod tests {
         assert!(matches!(
             unlock_key_file(&dir.path().join("none.json"), "pw").unwrap_err(),
             KeyError::Read { .. }
+        ));
+    }
+
+    #[test]
+    fn a_new_passphrase_unlocks_the_same_keys_and_the_old_one_no_longer_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.json");
+        let made = init_key_file(&path, "old pass", FAST).unwrap();
+        let before = std::fs::read(&path).unwrap();
+
+        let err = change_passphrase(&path, "not it", "new pass", FAST).unwrap_err();
+        assert!(matches!(err, KeyError::WrongPassphrase(_)), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "a refused change changes nothing"
+        );
+
+        let bytes = change_passphrase(&path, "old pass", "new pass", FAST).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert!(!path.with_extension("new").exists());
+        let opened = unlock_key_file(&path, "new pass").unwrap();
+        assert_eq!(made.encryption_key(), opened.encryption_key());
+        assert_eq!(made.blob_id_key(), opened.blob_id_key());
+        assert!(matches!(
+            unlock_key_file(&path, "old pass").unwrap_err(),
+            KeyError::WrongPassphrase(_)
+        ));
+        assert!(matches!(
+            change_passphrase(&path, "new pass", "", FAST).unwrap_err(),
+            KeyError::EmptyPassphrase
+        ));
+    }
+
+    #[test]
+    fn a_copied_key_file_is_installed_only_with_its_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.json");
+        let made = init_key_file(&path, "pw", FAST).unwrap();
+        let copy = read_key_file(&path).unwrap();
+
+        let elsewhere = dir.path().join("new-machine/key.json");
+        let err = install_key_file(&elsewhere, &copy, "wrong").unwrap_err();
+        assert!(matches!(err, KeyError::WrongPassphrase(_)), "{err}");
+        assert!(
+            !elsewhere.exists(),
+            "nothing is written for a wrong passphrase"
+        );
+        let installed = install_key_file(&elsewhere, &copy, "pw").unwrap();
+        assert_eq!(made.encryption_key(), installed.encryption_key());
+        assert!(matches!(
+            install_key_file(&elsewhere, &copy, "pw").unwrap_err(),
+            KeyError::AlreadyExists(_)
+        ));
+        assert!(matches!(
+            install_key_file(&dir.path().join("x.json"), b"{not json", "pw").unwrap_err(),
+            KeyError::Malformed { .. }
         ));
     }
 }
