@@ -49,6 +49,26 @@ pub enum MembershipChange {
     Remove { id: NodeId },
 }
 
+/// How many log entries a learner may trail the leader by and still be promoted.
+const MAX_PROMOTE_LAG: u64 = 256;
+
+/// Why a learner is not ready to vote, if it is not: it never acknowledged an
+/// entry, or it trails the leader's log by more than [`MAX_PROMOTE_LAG`].
+fn not_caught_up(id: NodeId, leader_last: u64, matched: Option<u64>) -> Option<String> {
+    let advice =
+        "wait until `offsite-coordinator status` on the leader shows it caught up, then promote it";
+    match matched {
+        None => Some(format!(
+            "coordinator {id} has not acknowledged any log entry yet (is it running and reachable?); {advice}"
+        )),
+        Some(index) if leader_last.saturating_sub(index) > MAX_PROMOTE_LAG => Some(format!(
+            "coordinator {id} is {} log entries behind the leader; {advice}",
+            leader_last - index
+        )),
+        Some(_) => None,
+    }
+}
+
 fn role(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
@@ -212,6 +232,15 @@ impl RaftStore {
                         "coordinator {id} is not a member; add it as a learner first (`offsite-coordinator members add-learner`)"
                     )));
                 }
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|replication| replication.get(&id).copied().flatten())
+                    .map(|log_id| log_id.index);
+                let leader_last = metrics.last_log_index.unwrap_or(0);
+                if let Some(problem) = not_caught_up(id, leader_last, matched) {
+                    return Err(StoreError::Membership(problem));
+                }
                 let mut new = voters.clone();
                 new.insert(id);
                 tracing::info!(id, "promoting a learner to voter");
@@ -288,5 +317,24 @@ impl RaftStore {
             ))
         })?;
         super::rpc::group_status_from_pb(reply.into_inner()).map_err(StoreError::Membership)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learner_is_promoted_only_once_it_has_caught_up() {
+        assert!(not_caught_up(4, 10, None)
+            .is_some_and(|p| p.contains("has not acknowledged any log entry")));
+        assert!(not_caught_up(4, 1_000, Some(1_000 - MAX_PROMOTE_LAG - 1))
+            .is_some_and(|p| p.contains(&format!("{} log entries behind", MAX_PROMOTE_LAG + 1))));
+        assert_eq!(not_caught_up(4, 1_000, Some(1_000 - MAX_PROMOTE_LAG)), None);
+        assert_eq!(
+            not_caught_up(4, 5, Some(7)),
+            None,
+            "a learner ahead of a stale view is fine"
+        );
     }
 }
