@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use offsite_identity::TlsConfig;
 use offsite_proto::limits::{MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_REPLICATION, MIN_PIECE_BYTES};
 use offsite_proto::TenantId;
 use serde::Deserialize;
@@ -45,6 +46,10 @@ pub struct ClientConfig {
     /// A file holding the passphrase; `OFFSITE_PASSWORD_FILE` and `OFFSITE_PASSWORD` win.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Mutual TLS: the marketplace CA, and the tenant's certificate (role
+    /// tenant, name = `tenant`) and key. The coordinator and the vendors take
+    /// the tenant from this certificate.
+    pub tls: TlsConfig,
 }
 
 fn default_replication() -> u32 {
@@ -203,6 +208,7 @@ coordinators = ["127.0.0.1:7000", "127.0.0.1:7001"]
 tenant = "acme"
 key_file = "/tmp/key.json"
 cache_dir = "/tmp/cache"
+tls = { ca = "/tmp/ca.pem", cert = "/tmp/acme.pem", key = "/tmp/acme.key" }
 "#;
 
     fn write(text: &str) -> (tempfile::TempDir, PathBuf) {

@@ -1,21 +1,20 @@
 //! The coordinator group as the client sees it: typed calls that return
 //! `offsite_proto` domain types, failing over across every configured
-//! coordinator when one is unreachable. The tenant travels in the gRPC
-//! metadata of every call.
+//! coordinator when one is unreachable. The tenant is the one named by the
+//! client's certificate.
 
 use std::future::Future;
 use std::time::Duration;
 
+use offsite_identity::{Credentials, Role};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::{
-    Candidate, PortionId, PortionLocation, PortionPlacement, RequestId, ReservationId, SnapshotId,
-    SnapshotRecord, TenantId, WireError, TENANT_METADATA_KEY,
+    Candidate, ListedPortion, PortionId, PortionLocation, PortionPlacement, RequestId,
+    ReservationId, SnapshotId, SnapshotRecord, WireError,
 };
 use tokio::sync::Mutex;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -24,20 +23,7 @@ use crate::connect::connect;
 /// How long one coordinator call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Client = FatClient<InterceptedService<Channel, TenantHeader>>;
-
-/// Adds the tenant to every request.
-#[derive(Clone)]
-pub struct TenantHeader(AsciiMetadataValue);
-
-impl tonic::service::Interceptor for TenantHeader {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(TENANT_METADATA_KEY, self.0.clone());
-        Ok(request)
-    }
-}
+type Client = FatClient<Channel>;
 
 /// What went wrong talking to the coordinator group, sorted by what to do.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +66,7 @@ pub struct Reservation {
 /// The coordinator group, with failover.
 pub struct Coordinator {
     addresses: Vec<String>,
-    tenant: TenantHeader,
+    credentials: Credentials,
     /// The coordinator that answered last, and its client.
     current: Mutex<Option<(usize, Client)>>,
 }
@@ -90,13 +76,11 @@ fn malformed(what: &'static str) -> impl Fn(WireError) -> CoordinatorError {
 }
 
 impl Coordinator {
-    pub fn new(addresses: Vec<String>, tenant: &TenantId) -> Self {
-        // Tenant ids are checked to be `[A-Za-z0-9._-]`, always valid metadata.
-        let value = MetadataValue::try_from(tenant.as_str())
-            .unwrap_or_else(|_| MetadataValue::from_static("invalid-tenant"));
+    /// Calls go to `addresses` with `credentials` (the tenant's certificate).
+    pub fn new(addresses: Vec<String>, credentials: Credentials) -> Self {
         Self {
             addresses,
-            tenant: TenantHeader(value),
+            credentials,
             current: Mutex::new(None),
         }
     }
@@ -116,8 +100,9 @@ impl Coordinator {
             let address = &self.addresses[index];
             let client = match current.as_ref() {
                 Some((i, client)) if *i == index => client.clone(),
-                _ => match connect(address).await {
-                    Ok(channel) => FatClient::with_interceptor(channel, self.tenant.clone())
+                _ => match connect(&self.credentials, address, &Role::Coordinator.dns_name()).await
+                {
+                    Ok(channel) => FatClient::new(channel)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES),
                     Err(e) => {
@@ -277,6 +262,34 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Keeps `key_file` at the coordinator group as the tenant's key file.
+    pub async fn put_key_file(&self, key_file: Vec<u8>) -> Result<(), CoordinatorError> {
+        let message = pb::PutKeyFileRequest { key_file };
+        self.call("put key file", |mut c| {
+            let m = message.clone();
+            async move { c.put_key_file(m).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The tenant's key file kept at the coordinator group, if any.
+    pub async fn get_key_file(&self) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        let reply = self
+            .call("get key file", |mut c| async move {
+                c.get_key_file(pb::GetKeyFileRequest {}).await
+            })
+            .await;
+        match reply {
+            Ok(reply) => Ok(Some(reply.key_file)),
+            Err(CoordinatorError::Refused {
+                code: Code::NotFound,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Where the given portions live.
     pub async fn locate_portions(
         &self,
@@ -297,6 +310,71 @@ impl Coordinator {
             .map(PortionLocation::try_from)
             .collect::<Result<_, _>>()
             .map_err(malformed("locate portions"))
+    }
+}
+
+impl Coordinator {
+    /// One page of the tenant's committed portions after `after`, and
+    /// whether more follow.
+    pub async fn list_portions(
+        &self,
+        after: Option<PortionId>,
+    ) -> Result<(Vec<ListedPortion>, bool), CoordinatorError> {
+        let message = pb::ListPortionsRequest {
+            after_portion_id: after.map(|p| p.to_string()).unwrap_or_default(),
+            limit: 0,
+        };
+        let reply = self
+            .call("list portions", |mut c| {
+                let m = message.clone();
+                async move { c.list_portions(m).await }
+            })
+            .await?;
+        let page = reply
+            .portions
+            .into_iter()
+            .map(ListedPortion::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(malformed("list portions"))?;
+        Ok((page, reply.more))
+    }
+
+    /// Releases portions no snapshot needs (at most
+    /// `limits::MAX_RELEASE_PER_CALL`); the portions released and their bytes.
+    pub async fn release_portions(
+        &self,
+        ids: &[PortionId],
+    ) -> Result<(u64, u64), CoordinatorError> {
+        let message = pb::ReleasePortionsRequest {
+            portion_ids: ids.iter().map(ToString::to_string).collect(),
+        };
+        let reply = self
+            .call("release portions", |mut c| {
+                let m = message.clone();
+                async move { c.release_portions(m).await }
+            })
+            .await?;
+        Ok((reply.released_portions, reply.released_bytes))
+    }
+}
+
+impl Coordinator {
+    /// Moves snapshots' data to other committed portions, all records in one
+    /// step (at most `limits::MAX_SNAPSHOT_REWRITES`).
+    pub async fn rewrite_snapshots(
+        &self,
+        snapshots: &[SnapshotRecord],
+    ) -> Result<u64, CoordinatorError> {
+        let message = pb::RewriteSnapshotsRequest {
+            snapshots: snapshots.iter().cloned().map(Into::into).collect(),
+        };
+        let reply = self
+            .call("rewrite snapshots", |mut c| {
+                let m = message.clone();
+                async move { c.rewrite_snapshots(m).await }
+            })
+            .await?;
+        Ok(reply.rewritten)
     }
 }
 

@@ -20,6 +20,10 @@ pub const KEY_FILE_VERSION: u32 = 1;
 pub const PASSWORD_FILE_ENV: &str = "OFFSITE_PASSWORD_FILE";
 /// Environment variable holding the passphrase itself.
 pub const PASSWORD_ENV: &str = "OFFSITE_PASSWORD";
+/// Environment variable naming a file that holds the new passphrase (`key passwd`).
+pub const NEW_PASSWORD_FILE_ENV: &str = "OFFSITE_NEW_PASSWORD_FILE";
+/// Environment variable holding the new passphrase itself (`key passwd`).
+pub const NEW_PASSWORD_ENV: &str = "OFFSITE_NEW_PASSWORD";
 /// Largest key file we read.
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// Largest passphrase file we read.
@@ -75,6 +79,8 @@ pub enum KeyError {
         "no passphrase: set {PASSWORD_FILE_ENV} or {PASSWORD_ENV}, or password_file in the config"
     )]
     NoPassphrase,
+    #[error("no new passphrase: pass --new-password-file FILE, or set {NEW_PASSWORD_FILE_ENV} or {NEW_PASSWORD_ENV}")]
+    NoNewPassphrase,
     #[error("the passphrase is empty; choose a non-empty passphrase")]
     EmptyPassphrase,
     #[error("cannot read {path}: {source}; run `offsite init` first if there is no key file yet")]
@@ -140,21 +146,42 @@ impl std::fmt::Debug for Keys {
 
 /// Finds the passphrase: `OFFSITE_PASSWORD_FILE`, else `OFFSITE_PASSWORD`, else the config's file.
 pub fn passphrase(config_file: Option<&Path>) -> Result<Zeroizing<String>, KeyError> {
-    let from_file = |path: &Path| -> Result<Zeroizing<String>, KeyError> {
-        let mut text = read_bounded(path, MAX_PASSWORD_FILE_BYTES)?;
-        let trimmed = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
-        text.zeroize();
-        Ok(trimmed)
-    };
     let pass = if let Some(path) = std::env::var_os(PASSWORD_FILE_ENV) {
-        from_file(Path::new(&path))?
+        passphrase_from_file(Path::new(&path))?
     } else if let Ok(pass) = std::env::var(PASSWORD_ENV) {
         Zeroizing::new(pass)
     } else if let Some(path) = config_file {
-        from_file(path)?
+        passphrase_from_file(path)?
     } else {
         return Err(KeyError::NoPassphrase);
     };
+    non_empty(pass)
+}
+
+/// Finds the new passphrase of `key passwd`: the file named by the flag, else
+/// `OFFSITE_NEW_PASSWORD_FILE`, else `OFFSITE_NEW_PASSWORD`.
+pub fn new_passphrase(flag_file: Option<&Path>) -> Result<Zeroizing<String>, KeyError> {
+    let pass = if let Some(path) = flag_file {
+        passphrase_from_file(path)?
+    } else if let Some(path) = std::env::var_os(NEW_PASSWORD_FILE_ENV) {
+        passphrase_from_file(Path::new(&path))?
+    } else if let Ok(pass) = std::env::var(NEW_PASSWORD_ENV) {
+        Zeroizing::new(pass)
+    } else {
+        return Err(KeyError::NoNewPassphrase);
+    };
+    non_empty(pass)
+}
+
+/// The first line of a passphrase file (its line ending dropped).
+fn passphrase_from_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+    let mut text = read_bounded(path, MAX_PASSWORD_FILE_BYTES)?;
+    let trimmed = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
+    text.zeroize();
+    Ok(trimmed)
+}
+
+fn non_empty(pass: Zeroizing<String>) -> Result<Zeroizing<String>, KeyError> {
     if pass.is_empty() {
         return Err(KeyError::EmptyPassphrase);
     }

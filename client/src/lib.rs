@@ -43,5 +43,6 @@ pub use config::ClientConfig;
 pub use keys::{KeyError, Keys};
 pub use session::{
     entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, BackupSummary, Change,
-    CheckOptions, CheckReport, Diff, Found, Problem, Session, SessionError,
+    CheckOptions, CheckReport, Diff, Found, Problem, PruneOptions, PruneSummary, Session,
+    SessionError, DEFAULT_REPACK_BELOW,
 };

@@ -4,7 +4,8 @@
 //!
 //! # JSON shapes (stable; fields are only ever added)
 //!
-//! - `init`: `{"key_file"}`
+//! - `init`: `{"key_file", "uploaded"}` (uploaded: the coordinator group keeps
+//!   a copy of the key file)
 //! - `backup`: `{"snapshot_id": ID|null (null for --dry-run), "parent": ID|null,
 //!   "dry_run", "tags": [..], "files", "dirs", "symlinks", "skipped",
 //!   "unreadable", "unreadable_paths": ["PATH: why"], "excluded",
@@ -29,6 +30,14 @@
 //!   "target"|"mode"|"mtime"]}]}`
 //! - `find`: `{"pattern", "matches": [{"snapshot_id", "path", "kind", "size",
 //!   "mode", "mtime_unix"}]}`
+//! - `prune`: `{"dry_run", "snapshots", "portions_total", "bytes_total",
+//!   "portions_needed", "bytes_needed", "portions_kept_recent",
+//!   "portions_released", "bytes_released", "portions_repacked",
+//!   "bytes_repacked", "new_portions", "snapshots_rewritten"}` (bytes are
+//!   before replication; with `--dry-run`, what would be released and
+//!   repacked; without, the released portions include the repacked ones)
+//! - `key passwd`: `{"key_file", "changed": true, "uploaded"}`
+//! - `key upload`: `{"key_file", "uploaded": true}`
 //! - any command that fails: `{"error": MESSAGE, "exit_code": N}`
 //!
 //! # Exit codes
@@ -102,6 +111,23 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Check that every portion is committed and held by R vendors.
     Check(CheckArgs),
+    /// Release every portion no remaining snapshot needs (vendors then delete
+    /// it), after repacking the mostly unused ones.
+    Prune {
+        /// Say what would be released and repacked; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Repack portions whose live blobs fill less than this percent of
+        /// them (0: never repack).
+        #[arg(long, value_name = "PERCENT", default_value_t = offsite_client::DEFAULT_REPACK_BELOW,
+              value_parser = clap::value_parser!(u8).range(0..=100))]
+        repack_below: u8,
+    },
+    /// Manage the key file.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Show what changed between two snapshots.
     Diff { from: String, to: String },
     /// Find entries by name (a glob; with `/`, matched against the whole path).
@@ -114,6 +140,21 @@ pub enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum KeyAction {
+    /// Change the passphrase: re-wrap the data key (no data is re-encrypted).
+    /// The new passphrase comes from --new-password-file, else
+    /// OFFSITE_NEW_PASSWORD_FILE, else OFFSITE_NEW_PASSWORD.
+    Passwd {
+        /// A file holding the new passphrase.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Store the key file's copy at the coordinator group again (init and
+    /// passwd do it; this is for when they could not reach it).
+    Upload,
 }
 
 #[derive(Args)]

@@ -3,9 +3,9 @@
 //! envelopes back to back; the snapshot manifest says where each blob is.
 
 use offsite_proto::limits::MAX_PORTION_BYTES;
-use offsite_proto::{Hash, PortionId};
+use offsite_proto::{BlobLocation, Hash, PortionId};
 
-use crate::blob::BlobId;
+use crate::blob::{BlobId, BlobKind};
 
 /// Magic that opens every portion.
 pub const MAGIC: &[u8; 7] = b"OFPORT\0";
@@ -98,6 +98,66 @@ pub enum PortionError {
         offset: u64,
         length: u64,
     },
+}
+
+/// Packs sealed blobs into portions of about `target` bytes, file data apart
+/// from trees and manifests: listing a snapshot or planning its restore then
+/// reads a few metadata portions instead of a range of every data portion.
+#[derive(Debug)]
+pub struct SplitPacker {
+    target: u64,
+    data: PortionBuilder,
+    meta: PortionBuilder,
+    /// Portions finished so far.
+    pub finished: u64,
+}
+
+impl SplitPacker {
+    pub fn new(target: u64) -> Self {
+        Self {
+            target,
+            data: PortionBuilder::new(target),
+            meta: PortionBuilder::new(target),
+            finished: 0,
+        }
+    }
+
+    /// Adds a blob; returns where it went and the portion it closed, if any.
+    pub fn add(
+        &mut self,
+        kind: BlobKind,
+        id: BlobId,
+        sealed: &[u8],
+    ) -> (BlobLocation, Option<Portion>) {
+        let target = self.target;
+        let builder = match kind {
+            BlobKind::Data => &mut self.data,
+            BlobKind::Tree | BlobKind::Manifest => &mut self.meta,
+        };
+        let closed = (!builder.fits(sealed.len()))
+            .then(|| std::mem::replace(builder, PortionBuilder::new(target)).finish());
+        let (offset, length) = builder.add(id, sealed);
+        let location = BlobLocation {
+            portion: builder.id(),
+            offset,
+            length,
+        };
+        self.finished += u64::from(closed.is_some());
+        (location, closed)
+    }
+
+    /// The portions still open, data first (so a manifest is in the last);
+    /// empty ones are dropped.
+    pub fn take_rest(&mut self) -> Vec<Portion> {
+        let mut rest = Vec::with_capacity(2);
+        for builder in [&mut self.data, &mut self.meta] {
+            if !builder.is_empty() {
+                self.finished += 1;
+                rest.push(std::mem::replace(builder, PortionBuilder::new(self.target)).finish());
+            }
+        }
+        rest
+    }
 }
 
 /// Checks a fetched portion's header.

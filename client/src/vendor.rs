@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::connect::connect;
+use offsite_identity::{Credentials, PeerIdentity, Role};
 
 /// Time allowed for a store: a base plus the portion at this slow a rate.
 const STORE_BASE: Duration = Duration::from_secs(30);
@@ -69,13 +70,22 @@ pub struct StoreOutcome {
     pub failures: Vec<(String, String)>,
 }
 
-/// Open channels to vendors, by address.
-#[derive(Clone, Default)]
+/// Open channels to vendors, by address; each presents the tenant's
+/// certificate and expects the vendor's own (`ID.vendor.offsite`).
+#[derive(Clone)]
 pub struct VendorPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    credentials: Credentials,
 }
 
 impl VendorPool {
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            channels: Arc::default(),
+            credentials,
+        }
+    }
+
     async fn client(&self, vendor: &VendorRef) -> Result<VendorClient<Channel>, VendorError> {
         let cached = self
             .channels
@@ -86,7 +96,9 @@ impl VendorPool {
         let channel = match cached {
             Some(channel) => channel,
             None => {
-                let channel = connect(&vendor.address)
+                let expected = PeerIdentity::new(Role::Vendor, vendor.id.as_str())
+                    .map_err(|problem| unreachable_err(vendor, &problem))?;
+                let channel = connect(&self.credentials, &vendor.address, &expected.dns_name())
                     .await
                     .map_err(|e| unreachable_err(vendor, &e.to_string()))?;
                 if let Ok(mut table) = self.channels.lock() {

@@ -5,6 +5,7 @@
 //! membership, one coordinator at a time.
 
 use anyhow::Context;
+use offsite_identity::{Credentials, Role};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::coordinator::{StatusRequest, StatusResponse, VendorStatus};
@@ -72,11 +73,30 @@ struct StatusJson<'a> {
     applied_index: u64,
 }
 
-async fn raft_client(coordinator: &str) -> anyhow::Result<RaftClient<tonic::transport::Channel>> {
-    let url = format!("http://{coordinator}");
-    RaftClient::connect(url.clone())
+/// A mutual-TLS channel to the coordinator at `coordinator` (host:port),
+/// expecting a coordinator certificate.
+async fn channel(
+    coordinator: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<tonic::transport::Channel> {
+    credentials
+        .endpoint(coordinator, &Role::Coordinator.dns_name())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {url}; is it running?"))
+        .with_context(|| {
+            format!(
+                "cannot reach the coordinator at {coordinator} over mutual TLS; is it running, \
+                 and is the certificate given with --cert an admin or coordinator certificate of its CA?"
+            )
+        })
+}
+
+pub(crate) async fn raft_client(
+    coordinator: &str,
+    credentials: &Credentials,
+) -> anyhow::Result<RaftClient<tonic::transport::Channel>> {
+    Ok(RaftClient::new(channel(coordinator, credentials).await?))
 }
 
 /// A membership change asked of the group through `coordinator`.
@@ -88,8 +108,13 @@ pub enum Change {
 
 /// Applies `change` through `coordinator` (forwarded to the leader) and
 /// prints the group after it.
-pub async fn change(coordinator: &str, change: Change, json: bool) -> anyhow::Result<()> {
-    let mut client = raft_client(coordinator).await?;
+pub async fn change(
+    coordinator: &str,
+    credentials: &Credentials,
+    change: Change,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = raft_client(coordinator, credentials).await?;
     let reply = match change {
         Change::AddLearner { id, address } => {
             client.add_learner(MemberRequest { id, address }).await
@@ -124,17 +149,14 @@ pub async fn change(coordinator: &str, change: Change, json: bool) -> anyhow::Re
 }
 
 /// Fetches the status from `coordinator` (host:port) and prints it.
-pub async fn print(coordinator: &str, json: bool) -> anyhow::Result<()> {
-    let group = raft_client(coordinator)
+pub async fn print(coordinator: &str, credentials: &Credentials, json: bool) -> anyhow::Result<()> {
+    let group = raft_client(coordinator, credentials)
         .await?
         .group_status(GroupStatusRequest {})
         .await
         .with_context(|| format!("the coordinator at {coordinator} refused the group status call"))?
         .into_inner();
-    let url = format!("http://{coordinator}");
-    let mut client = FatClient::connect(url.clone())
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}; is it running?"))?
+    let mut client = FatClient::new(channel(coordinator, credentials).await?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let status = client
         .status(StatusRequest {})

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use offsite_identity::TlsConfig;
 use serde::Deserialize;
 
 use crate::fat::LivenessPolicy;
@@ -56,6 +57,9 @@ pub struct CoordinatorConfig {
     /// How many log entries go between two snapshots of the FAT (the log
     /// before a snapshot is then removed, keeping this many entries).
     pub snapshot_every: u64,
+    /// Mutual TLS: the marketplace CA, and this coordinator's certificate
+    /// (role coordinator) and key. Every connection, in and out, uses it.
+    pub tls: TlsConfig,
 }
 
 /// A member of the group: its id and the host:port the others reach it at.
@@ -85,6 +89,7 @@ impl Default for CoordinatorConfig {
             extra_vendors: 2,
             sweep_interval_secs: 2,
             snapshot_every: 1000,
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -1,8 +1,12 @@
 //! `offsite-coordinator`: `run --config FILE` serves the FAT until SIGTERM or
 //! ctrl-c; `status --coordinator HOST:PORT [--json]` prints the coordinator
 //! group and the marketplace's vendors; `members add-learner|promote|remove`
-//! changes the group's membership one coordinator at a time.
+//! changes the group's membership one coordinator at a time; `pki init|issue`
+//! creates the marketplace's certificate authority and issues certificates;
+//! `grant-key rotate` gives the group a new grant-signing key.
 
+mod cli_grant_key;
+mod cli_pki;
 mod cli_status;
 
 use std::path::PathBuf;
@@ -41,6 +45,8 @@ enum CliCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: cli_pki::TlsArgs,
     },
     /// Change the group's membership, one coordinator at a time: add the new
     /// one as a learner, promote it once it caught up, remove the old one.
@@ -51,9 +57,36 @@ enum CliCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: cli_pki::TlsArgs,
         #[command(subcommand)]
         change: MembersCommand,
     },
+    /// The group's grant-signing key: `rotate` installs a new one (the
+    /// previous ones keep verifying grants already handed out).
+    GrantKey {
+        /// host:port of any coordinator of the group (forwarded to the leader).
+        #[arg(long)]
+        coordinator: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tls: cli_pki::TlsArgs,
+        #[command(subcommand)]
+        action: GrantKeyCommand,
+    },
+    /// The marketplace's certificate authority: create it, issue certificates.
+    Pki {
+        #[command(subcommand)]
+        command: cli_pki::PkiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantKeyCommand {
+    /// Install a new grant key; it signs every grant from now on.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -85,10 +118,28 @@ async fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         CliCommand::Run { config } => run(config).await,
-        CliCommand::Status { coordinator, json } => cli_status::print(&coordinator, json).await,
+        CliCommand::Status {
+            coordinator,
+            json,
+            tls,
+        } => match tls.credentials() {
+            Ok(credentials) => cli_status::print(&coordinator, &credentials, json).await,
+            Err(e) => Err(e),
+        },
+        CliCommand::Pki { command } => cli_pki::run(command),
+        CliCommand::GrantKey {
+            coordinator,
+            json,
+            tls,
+            action: GrantKeyCommand::Rotate,
+        } => match tls.credentials() {
+            Ok(credentials) => cli_grant_key::rotate(&coordinator, &credentials, json).await,
+            Err(e) => Err(e),
+        },
         CliCommand::Members {
             coordinator,
             json,
+            tls,
             change,
         } => {
             let change = match change {
@@ -98,7 +149,12 @@ async fn main() -> ExitCode {
                 MembersCommand::Promote { id } => cli_status::Change::Promote { id },
                 MembersCommand::Remove { id } => cli_status::Change::Remove { id },
             };
-            cli_status::change(&coordinator, change, json).await
+            match tls.credentials() {
+                Ok(credentials) => {
+                    cli_status::change(&coordinator, &credentials, change, json).await
+                }
+                Err(e) => Err(e),
+            }
         }
     };
     match result {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use offsite_identity::{Credentials, Role, TlsError};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator::fat_server::FatServer;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer;
@@ -21,7 +22,7 @@ use tonic::transport::Server;
 use crate::config::{ConfigError, CoordinatorConfig};
 use crate::fat::{Command, LivenessPolicy, Outcome, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
-use crate::service::{now_unix_ms, FatService, FatServiceConfig, RegistryService};
+use crate::service::{grants, now_unix_ms, FatService, FatServiceConfig, RegistryService};
 use crate::store::{FatStore, StoreError};
 
 /// Why the coordinator could not start or stopped serving.
@@ -37,6 +38,8 @@ pub enum CoordinatorError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {address}: {source}; is another process using that address?")]
     Bind {
         address: SocketAddr,
@@ -53,6 +56,7 @@ pub struct Coordinator {
     store: Arc<RaftStore>,
     listener: TcpListener,
     address: SocketAddr,
+    credentials: Credentials,
 }
 
 impl Coordinator {
@@ -82,17 +86,20 @@ impl Coordinator {
                 address: config.listen,
                 source,
             })?;
+        let credentials =
+            Credentials::load(&config.tls)?.expect_role(Role::Coordinator, "a coordinator")?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| CoordinatorError::DataDir {
             path: dir.clone(),
             source,
         })?;
-        let store = RaftStore::open(&dir, &config.group()).await?;
+        let store = RaftStore::open(&dir, &config.group(), credentials.clone()).await?;
         Ok(Self {
             config,
             store: Arc::new(store),
             listener,
             address,
+            credentials,
         })
     }
 
@@ -139,8 +146,10 @@ impl Coordinator {
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let address = self.address;
-        tracing::info!(%address, node_id = self.config.node_id, data_dir = %self.config.data_dir.display(), "coordinator serving");
+        let name = &self.credentials.identity().name;
+        tracing::info!(%address, node_id = self.config.node_id, %name, data_dir = %self.config.data_dir.display(), "coordinator serving over mutual TLS");
         let result = Server::builder()
+            .tls_config(self.credentials.server_tls())?
             .tcp_nodelay(true)
             .add_service(registry)
             .add_service(fat)
@@ -175,6 +184,9 @@ async fn sweep<S: FatStore>(store: Arc<S>, every: Duration, liveness: LivenessPo
         ticks.tick().await;
         if !store.is_leader() {
             continue;
+        }
+        if let Err(e) = grants::ensure_key(&*store).await {
+            tracing::warn!(error = %e, "could not install the first grant key; trying again at the next sweep");
         }
         expire_leases(&*store).await;
         update_liveness(&*store, liveness).await;

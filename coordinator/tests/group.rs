@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{fat_as, Registry};
 use offsite_coordinator::raft::{GroupStatus, RaftStore};
 use offsite_coordinator::{Coordinator, CoordinatorConfig, MemberConfig};
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
-use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
-use offsite_proto::TENANT_METADATA_KEY;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -77,6 +78,10 @@ impl Group {
             election_timeout_max_ms: 600,
             write_timeout_ms: 2000,
             snapshot_every: self.snapshot_every,
+            tls: common::coordinator_tls(
+                &self.nodes[i].dir.with_extension("tls"),
+                &format!("c{}", self.nodes[i].id),
+            ),
             ..CoordinatorConfig::default()
         }
     }
@@ -171,16 +176,13 @@ impl Group {
         }
     }
 
+    /// A client of tenant `acme`.
     async fn fat(&self, i: usize) -> FatClient<Channel> {
-        FatClient::connect(format!("http://{}", self.nodes[i].address))
-            .await
-            .unwrap()
+        fat_as(&self.nodes[i].address, "acme").await
     }
 
-    async fn registry(&self, i: usize) -> VendorRegistryClient<Channel> {
-        VendorRegistryClient::connect(format!("http://{}", self.nodes[i].address))
-            .await
-            .unwrap()
+    async fn registry(&self, i: usize) -> Registry {
+        Registry::new(self.nodes[i].address.clone())
     }
 
     async fn shutdown(mut self) {
@@ -190,18 +192,7 @@ impl Group {
     }
 }
 
-fn as_tenant<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(TENANT_METADATA_KEY, "acme".parse().unwrap());
-    request
-}
-
-async fn register(
-    registry: &mut VendorRegistryClient<Channel>,
-    n: usize,
-) -> Result<(), tonic::Status> {
+async fn register(registry: &mut Registry, n: usize) -> Result<(), tonic::Status> {
     for i in 0..n {
         registry
             .register(pb::RegisterVendorRequest {
@@ -210,7 +201,9 @@ async fn register(
                 region: ["eu", "us", "ap"][i % 3].into(),
                 offered_bytes: 1 << 30,
                 network_bytes_per_sec: 0,
-                identity_key: vec![],
+                identity_key: common::vendor_key(&format!("vendor-{i}"))
+                    .public_key()
+                    .to_vec(),
             })
             .await?;
     }
@@ -221,7 +214,7 @@ async fn reserve(
     fat: &mut FatClient<Channel>,
     request: &str,
 ) -> Result<pb::ReserveResponse, tonic::Status> {
-    fat.reserve(as_tenant(pb::ReserveRequest {
+    fat.reserve(Request::new(pb::ReserveRequest {
         request_id: request.into(),
         bytes: 1000,
         replication: 2,
@@ -251,7 +244,7 @@ async fn three_replicas_elect_replicate_and_forward() {
         "a retried reserve applies once"
     );
     let listed = fat
-        .list_snapshots(as_tenant(pb::ListSnapshotsRequest {}))
+        .list_snapshots(Request::new(pb::ListSnapshotsRequest {}))
         .await
         .unwrap();
     assert!(listed.into_inner().snapshots.is_empty());

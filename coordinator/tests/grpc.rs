@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{fat_as, Registry};
 use offsite_coordinator::{Coordinator, CoordinatorConfig};
+use offsite_identity::Role;
 use offsite_proto::pb::common as pbc;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
-use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
-use offsite_proto::{Hash, PortionId, SnapshotId, TENANT_METADATA_KEY};
+use offsite_proto::{Hash, PortionId, SnapshotId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -29,6 +32,7 @@ async fn start(lease_secs: u64) -> Running {
         data_dir: dir.path().join("fat"),
         lease_secs,
         sweep_interval_secs: 1,
+        tls: common::coordinator_tls(dir.path(), "c1"),
         ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::start(config).await.unwrap();
@@ -46,30 +50,23 @@ async fn start(lease_secs: u64) -> Running {
 }
 
 impl Running {
+    /// A client of tenant `acme`.
     async fn fat(&self) -> FatClient<Channel> {
-        FatClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        fat_as(&self.addr.to_string(), "acme").await
     }
 
-    async fn registry(&self) -> VendorRegistryClient<Channel> {
-        VendorRegistryClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+    async fn fat_as(&self, tenant: &str) -> FatClient<Channel> {
+        fat_as(&self.addr.to_string(), tenant).await
+    }
+
+    async fn registry(&self) -> Registry {
+        Registry::new(self.addr.to_string())
     }
 
     async fn shutdown(self) {
         self.stop.send(()).unwrap();
         self.task.await.unwrap().unwrap();
     }
-}
-
-fn as_tenant<T>(tenant: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(TENANT_METADATA_KEY, tenant.parse().unwrap());
-    request
 }
 
 /// Registers `count` vendors over three regions, each offering `offered`.
@@ -83,7 +80,9 @@ async fn vendors(running: &Running, count: usize, offered: u64) {
                 region: ["eu-west", "us-east", "ap-south"][i % 3].into(),
                 offered_bytes: offered,
                 network_bytes_per_sec: 0,
-                identity_key: vec![],
+                identity_key: common::vendor_key(&format!("vendor-{i}"))
+                    .public_key()
+                    .to_vec(),
             })
             .await
             .unwrap();
@@ -92,6 +91,7 @@ async fn vendors(running: &Running, count: usize, offered: u64) {
                 vendor_id: format!("vendor-{i}"),
                 offered_bytes: offered,
                 stored_bytes: 0,
+                deleted: vec![],
             })
             .await
             .unwrap();
@@ -100,19 +100,15 @@ async fn vendors(running: &Running, count: usize, offered: u64) {
 
 async fn reserve(
     fat: &mut FatClient<Channel>,
-    tenant: &str,
     request: &str,
     bytes: u64,
     r: u32,
 ) -> Result<pb::ReserveResponse, tonic::Status> {
-    fat.reserve(as_tenant(
-        tenant,
-        pb::ReserveRequest {
-            request_id: request.into(),
-            bytes,
-            replication: r,
-        },
-    ))
+    fat.reserve(Request::new(pb::ReserveRequest {
+        request_id: request.into(),
+        bytes,
+        replication: r,
+    }))
     .await
     .map(|r| r.into_inner())
 }
@@ -127,13 +123,15 @@ fn portion(tenant: &str, size: u64, vendors: &[&str]) -> pb::PortionPlacement {
         size,
         receipts: vendors
             .iter()
-            .map(|v| pbc::Receipt {
-                vendor_id: (*v).into(),
-                tenant_id: tenant.into(),
-                portion_id: id.to_string(),
-                hash: hash.clone(),
-                size,
-                signature: vec![],
+            .map(|v| {
+                common::signed(pbc::Receipt {
+                    vendor_id: (*v).into(),
+                    tenant_id: tenant.into(),
+                    portion_id: id.to_string(),
+                    hash: hash.clone(),
+                    size,
+                    signature: vec![],
+                })
             })
             .collect(),
     }
@@ -157,14 +155,10 @@ async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
     vendors(&running, 5, 1 << 20).await;
     let mut fat = running.fat().await;
 
-    let reservation = reserve(&mut fat, "acme", "backup-1", 1000, 2)
-        .await
-        .unwrap();
+    let reservation = reserve(&mut fat, "backup-1", 1000, 2).await.unwrap();
     let ids = candidate_ids(&reservation);
     assert_eq!(ids.len(), 4, "R + 2 candidates");
-    let again = reserve(&mut fat, "acme", "backup-1", 1000, 2)
-        .await
-        .unwrap();
+    let again = reserve(&mut fat, "backup-1", 1000, 2).await.unwrap();
     assert_eq!(again.reservation_id, reservation.reservation_id);
 
     let p1 = portion("acme", 600, &[&ids[0], &ids[1]]);
@@ -186,15 +180,12 @@ async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
         file_count: 3,
     };
     let committed = fat
-        .commit(as_tenant(
-            "acme",
-            pb::CommitRequest {
-                request_id: "commit-1".into(),
-                reservation_id: reservation.reservation_id.clone(),
-                portions: vec![p1.clone(), p2.clone()],
-                snapshot: Some(record.clone()),
-            },
-        ))
+        .commit(Request::new(pb::CommitRequest {
+            request_id: "commit-1".into(),
+            reservation_id: reservation.reservation_id.clone(),
+            portions: vec![p1.clone(), p2.clone()],
+            snapshot: Some(record.clone()),
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -214,18 +205,15 @@ async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
     );
 
     let list = fat
-        .list_snapshots(as_tenant("acme", pb::ListSnapshotsRequest {}))
+        .list_snapshots(Request::new(pb::ListSnapshotsRequest {}))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(list.snapshots, vec![record.clone()]);
     let got = fat
-        .get_snapshot(as_tenant(
-            "acme",
-            pb::GetSnapshotRequest {
-                snapshot_id: snapshot_id.clone(),
-            },
-        ))
+        .get_snapshot(Request::new(pb::GetSnapshotRequest {
+            snapshot_id: snapshot_id.clone(),
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -238,57 +226,46 @@ async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
         .collect();
     assert_eq!(holders, [ids[0].clone(), ids[1].clone()]);
     let located = fat
-        .locate_portions(as_tenant(
-            "acme",
-            pb::LocatePortionsRequest {
-                portion_ids: vec![p2.portion_id.clone()],
-            },
-        ))
+        .locate_portions(Request::new(pb::LocatePortionsRequest {
+            portion_ids: vec![p2.portion_id.clone()],
+        }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(located.portions[0].size, 400);
 
     // Tenant B sees and changes nothing of tenant A's.
-    let theirs = fat
-        .get_snapshot(as_tenant(
-            "globex",
-            pb::GetSnapshotRequest {
-                snapshot_id: snapshot_id.clone(),
-            },
-        ))
+    let mut globex = running.fat_as("globex").await;
+    let theirs = globex
+        .get_snapshot(Request::new(pb::GetSnapshotRequest {
+            snapshot_id: snapshot_id.clone(),
+        }))
         .await;
     assert_eq!(theirs.unwrap_err().code(), Code::NotFound);
-    let theirs = fat
-        .forget(as_tenant(
-            "globex",
-            pb::ForgetRequest {
-                snapshot_id: snapshot_id.clone(),
-            },
-        ))
+    let theirs = globex
+        .forget(Request::new(pb::ForgetRequest {
+            snapshot_id: snapshot_id.clone(),
+        }))
         .await;
     assert_eq!(theirs.unwrap_err().code(), Code::NotFound);
-    let theirs = fat
-        .list_snapshots(as_tenant("globex", pb::ListSnapshotsRequest {}))
+    let theirs = globex
+        .list_snapshots(Request::new(pb::ListSnapshotsRequest {}))
         .await
         .unwrap();
     assert!(theirs.into_inner().snapshots.is_empty());
-    let theirs = fat
-        .locate_portions(as_tenant(
-            "globex",
-            pb::LocatePortionsRequest {
-                portion_ids: vec![p2.portion_id.clone()],
-            },
-        ))
+    let theirs = globex
+        .locate_portions(Request::new(pb::LocatePortionsRequest {
+            portion_ids: vec![p2.portion_id.clone()],
+        }))
         .await
         .unwrap();
     assert!(theirs.into_inner().portions.is_empty());
 
-    fat.forget(as_tenant("acme", pb::ForgetRequest { snapshot_id }))
+    fat.forget(Request::new(pb::ForgetRequest { snapshot_id }))
         .await
         .unwrap();
     let list = fat
-        .list_snapshots(as_tenant("acme", pb::ListSnapshotsRequest {}))
+        .list_snapshots(Request::new(pb::ListSnapshotsRequest {}))
         .await
         .unwrap()
         .into_inner();
@@ -301,7 +278,7 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
     let running = start(600).await;
     vendors(&running, 6, 1 << 20).await;
     let mut fat = running.fat().await;
-    let reservation = reserve(&mut fat, "acme", "r-1", 500, 1).await.unwrap();
+    let reservation = reserve(&mut fat, "r-1", 500, 1).await.unwrap();
     let ids = candidate_ids(&reservation);
     assert_eq!(ids.len(), 3);
     let outsider = (0..6)
@@ -311,15 +288,12 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
     let before = status(&mut fat).await;
 
     let bad = fat
-        .commit(as_tenant(
-            "acme",
-            pb::CommitRequest {
-                request_id: "c-1".into(),
-                reservation_id: reservation.reservation_id.clone(),
-                portions: vec![portion("acme", 100, &[&outsider])],
-                snapshot: None,
-            },
-        ))
+        .commit(Request::new(pb::CommitRequest {
+            request_id: "c-1".into(),
+            reservation_id: reservation.reservation_id.clone(),
+            portions: vec![portion("acme", 100, &[&outsider])],
+            snapshot: None,
+        }))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
@@ -328,21 +302,20 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
     assert_eq!(after.vendors, before.vendors);
     assert_eq!(after.open_reservations, 1);
 
-    let missing_tenant = fat
+    // Tenant calls need a tenant certificate; a vendor's is refused.
+    let channel = common::channel_as(&running.addr.to_string(), Role::Vendor, "vendor-0").await;
+    let not_a_tenant = FatClient::new(channel)
         .list_snapshots(pb::ListSnapshotsRequest {})
         .await
         .unwrap_err();
-    assert_eq!(missing_tenant.code(), Code::Unauthenticated);
+    assert_eq!(not_a_tenant.code(), Code::PermissionDenied);
     let good = fat
-        .commit(as_tenant(
-            "acme",
-            pb::CommitRequest {
-                request_id: "c-1".into(),
-                reservation_id: reservation.reservation_id,
-                portions: vec![portion("acme", 100, &[&ids[0]])],
-                snapshot: None,
-            },
-        ))
+        .commit(Request::new(pb::CommitRequest {
+            request_id: "c-1".into(),
+            reservation_id: reservation.reservation_id,
+            portions: vec![portion("acme", 100, &[&ids[0]])],
+            snapshot: None,
+        }))
         .await
         .unwrap();
     assert_eq!(good.into_inner().committed_bytes, 100);
@@ -354,14 +327,14 @@ async fn reserving_more_than_is_free_is_resource_exhausted() {
     let running = start(600).await;
     vendors(&running, 3, 1000).await;
     let mut fat = running.fat().await;
-    let err = reserve(&mut fat, "acme", "big", 2000, 2).await.unwrap_err();
+    let err = reserve(&mut fat, "big", 2000, 2).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("3000 bytes are free"),
         "{}",
         err.message()
     );
-    let bad = reserve(&mut fat, "acme", "zero", 10, 0).await.unwrap_err();
+    let bad = reserve(&mut fat, "zero", 10, 0).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(status(&mut fat).await.open_reservations, 0);
     running.shutdown().await;
@@ -372,7 +345,7 @@ async fn a_reservation_whose_lease_ran_out_is_released() {
     let running = start(1).await;
     vendors(&running, 3, 1 << 20).await;
     let mut fat = running.fat().await;
-    reserve(&mut fat, "acme", "r-1", 1000, 2).await.unwrap();
+    reserve(&mut fat, "r-1", 1000, 2).await.unwrap();
     let reserved = |s: &pb::StatusResponse| s.vendors.iter().map(|v| v.reserved_bytes).sum::<u64>();
     assert!(reserved(&status(&mut fat).await) >= 2000);
 
@@ -399,7 +372,7 @@ async fn concurrent_reserves_never_overbook_a_vendor() {
     for i in 0..12 {
         let mut fat = running.fat().await;
         calls.push(tokio::spawn(async move {
-            reserve(&mut fat, "acme", &format!("r-{i}"), 3000, 2).await
+            reserve(&mut fat, &format!("r-{i}"), 3000, 2).await
         }));
     }
     let mut granted = 0;
@@ -418,5 +391,121 @@ async fn concurrent_reserves_never_overbook_a_vendor() {
     for v in &now.vendors {
         assert!(v.reserved_bytes + v.used_bytes <= v.offered_bytes, "{v:?}");
     }
+    running.shutdown().await;
+}
+
+/// The group's grant keys, as a vendor learns them at registration.
+async fn grant_verifier(running: &Running) -> offsite_proto::signing::GrantVerifier {
+    let answer = running
+        .registry()
+        .await
+        .register(pb::RegisterVendorRequest {
+            vendor_id: "vendor-0".into(),
+            address: "127.0.0.1:7100".into(),
+            region: "eu-west".into(),
+            offered_bytes: 1 << 20,
+            network_bytes_per_sec: 0,
+            identity_key: common::vendor_key("vendor-0").public_key().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<(u32, Vec<u8>)> = answer
+        .grant_keys
+        .into_iter()
+        .map(|k| (k.key_id, k.public_key))
+        .collect();
+    assert!(!keys.is_empty(), "registration answered no grant keys");
+    offsite_proto::signing::GrantVerifier::new(&keys).unwrap()
+}
+
+#[tokio::test]
+async fn reservations_and_locations_carry_grants_and_forged_receipts_are_refused() {
+    use offsite_proto::signing::{Expected, GrantOp, GrantSubject};
+    use offsite_proto::{Grant, ReservationId, TenantId, VendorId};
+
+    let running = start(600).await;
+    vendors(&running, 3, 1 << 20).await;
+    let verifier = grant_verifier(&running).await;
+    let mut fat = running.fat().await;
+    let reservation = reserve(&mut fat, "r-1", 500, 1).await.unwrap();
+    let id = ReservationId::parse(&reservation.reservation_id).unwrap();
+    let acme = TenantId::new("acme").unwrap();
+    let now = reservation.lease_expires_unix_ms - 1;
+    for c in &reservation.candidates {
+        let vendor = VendorId::new(c.vendor.clone().unwrap().vendor_id).unwrap();
+        let grant = Grant::try_from(c.store_grant.clone().unwrap()).unwrap();
+        let expected = Expected {
+            op: GrantOp::Store,
+            tenant: &acme,
+            vendor: &vendor,
+            subject: GrantSubject::Reservation(id),
+            bytes: c.reserved_bytes,
+        };
+        let body = verifier.check(&grant, &expected, now).unwrap();
+        assert_eq!(body.expires_unix_ms, reservation.lease_expires_unix_ms);
+        assert_eq!(body.max_bytes, c.reserved_bytes);
+    }
+
+    // A forged receipt (signature flipped, or signed by another key) is
+    // refused by name and changes nothing.
+    let ids = candidate_ids(&reservation);
+    let before = status(&mut fat).await;
+    let mut flipped = portion("acme", 100, &[&ids[0]]);
+    flipped.receipts[0].signature[0] ^= 1;
+    let mut resigned = portion("acme", 100, &[&ids[0]]);
+    let mut receipt = offsite_proto::Receipt::try_from(resigned.receipts[0].clone()).unwrap();
+    common::vendor_key("mallory").sign(&mut receipt);
+    resigned.receipts[0] = receipt.into();
+    for forged in [flipped, resigned] {
+        let refused = fat
+            .commit(Request::new(pb::CommitRequest {
+                request_id: "c-1".into(),
+                reservation_id: reservation.reservation_id.clone(),
+                portions: vec![forged],
+                snapshot: None,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("forged") && refused.message().contains(&ids[0]),
+            "{}",
+            refused.message()
+        );
+        let after = status(&mut fat).await;
+        assert_eq!(after.vendors, before.vendors);
+        assert_eq!((after.portions, after.open_reservations), (0, 1));
+    }
+
+    // A committed portion is located with one fetch grant per vendor.
+    let p = portion("acme", 100, &[&ids[0]]);
+    fat.commit(Request::new(pb::CommitRequest {
+        request_id: "c-2".into(),
+        reservation_id: reservation.reservation_id,
+        portions: vec![p.clone()],
+        snapshot: None,
+    }))
+    .await
+    .unwrap();
+    let located = fat
+        .locate_portions(Request::new(pb::LocatePortionsRequest {
+            portion_ids: vec![p.portion_id.clone()],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let location = &located.portions[0];
+    assert_eq!(location.fetch_grants.len(), location.vendors.len());
+    let vendor = VendorId::new(ids[0].clone()).unwrap();
+    let grant = Grant::try_from(location.fetch_grants[0].clone()).unwrap();
+    let expected = Expected {
+        op: GrantOp::Fetch,
+        tenant: &acme,
+        vendor: &vendor,
+        subject: GrantSubject::Portion(PortionId::parse(&p.portion_id).unwrap()),
+        bytes: 100,
+    };
+    verifier.check(&grant, &expected, now).unwrap();
     running.shutdown().await;
 }

@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{fat_as, Registry};
 use offsite_coordinator::{Coordinator, CoordinatorConfig};
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
-use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
-use offsite_proto::TENANT_METADATA_KEY;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -16,20 +17,13 @@ use tonic::{Code, Request};
 const VENDORS: usize = 4;
 const SILENT: &str = "vendor-3";
 
-fn as_tenant<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(TENANT_METADATA_KEY, "acme".parse().unwrap());
-    request
-}
-
-async fn report(registry: &mut VendorRegistryClient<Channel>, id: &str) {
+async fn report(registry: &mut Registry, id: &str) {
     registry
         .report_capacity(pb::CapacityReport {
             vendor_id: id.into(),
             offered_bytes: 1 << 20,
             stored_bytes: 0,
+            deleted: vec![],
         })
         .await
         .unwrap();
@@ -67,7 +61,7 @@ async fn reserve(
         bytes: 1000,
         replication,
     };
-    let response = fat.reserve(as_tenant(message)).await?.into_inner();
+    let response = fat.reserve(Request::new(message)).await?.into_inner();
     Ok(response
         .candidates
         .into_iter()
@@ -84,16 +78,17 @@ async fn a_silent_vendor_goes_suspect_then_down_and_comes_back_when_it_reports()
         suspect_after_secs: 1,
         down_after_secs: 3,
         sweep_interval_secs: 1,
+        tls: common::coordinator_tls(dir.path(), "c1"),
         ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::start(config).await.unwrap();
-    let url = format!("http://{}", coordinator.local_addr());
+    let url = coordinator.local_addr().to_string();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(coordinator.serve(async {
         let _ = stopped.await;
     }));
 
-    let mut registry = VendorRegistryClient::connect(url.clone()).await.unwrap();
+    let mut registry = Registry::new(url.clone());
     for i in 0..VENDORS {
         let request = pb::RegisterVendorRequest {
             vendor_id: format!("vendor-{i}"),
@@ -101,7 +96,9 @@ async fn a_silent_vendor_goes_suspect_then_down_and_comes_back_when_it_reports()
             region: ["eu-west", "us-east", "ap-south", "eu-north"][i].into(),
             offered_bytes: 1 << 20,
             network_bytes_per_sec: 0,
-            identity_key: vec![],
+            identity_key: common::vendor_key(&format!("vendor-{i}"))
+                .public_key()
+                .to_vec(),
         };
         registry.register(request).await.unwrap();
     }
@@ -116,7 +113,7 @@ async fn a_silent_vendor_goes_suspect_then_down_and_comes_back_when_it_reports()
         }
     });
 
-    let mut fat = FatClient::connect(url).await.unwrap();
+    let mut fat = fat_as(&url, "acme").await;
     assert_eq!(liveness_of(&mut fat, SILENT).await, "up");
     wait_liveness(&mut fat, SILENT, "suspect", Duration::from_secs(10)).await;
     let chosen = reserve(&mut fat, "while-suspect", 3).await.unwrap();

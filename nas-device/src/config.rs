@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use offsite_identity::TlsConfig;
 use serde::Deserialize;
 
 /// Everything `offsite-nas run` needs.
@@ -25,6 +26,12 @@ pub struct NasConfig {
     /// it and frees its buffer. Default 60.
     #[serde(default = "default_put_idle_timeout")]
     pub put_idle_timeout_secs: u64,
+    /// The vendor this device serves: the only vendor certificate name it
+    /// accepts calls from.
+    pub allowed_vendor: String,
+    /// Mutual TLS: the marketplace CA, and this device's certificate (role
+    /// nas) and key.
+    pub tls: TlsConfig,
 }
 
 /// A config file that cannot be used; the message names the file and the fix.
@@ -87,6 +94,9 @@ impl NasConfig {
                  remove it (use the whole filesystem) or set a positive byte count"
                 .into());
         }
+        offsite_identity::check_name(&self.allowed_vendor).map_err(|problem| {
+            format!("allowed_vendor: {problem}; set it to the vendor_id of the vendor this device serves")
+        })?;
         if !(1..=3600).contains(&self.put_idle_timeout_secs) {
             return Err(format!(
                 "put_idle_timeout_secs is {}; set 1 to 3600 seconds (default 60)",
@@ -106,11 +116,13 @@ impl NasConfig {
 mod tests {
     use super::*;
 
+    const REST: &str = "allowed_vendor = \"vendor-1\"\n[tls]\nca = \"ca.pem\"\ncert = \"nas.pem\"\nkey = \"nas.key\"\n";
+
     #[test]
     fn full_config_parses() {
-        let config = NasConfig::parse(
-            "listen = \"127.0.0.1:7300\"\ndata_dir = \"/srv/nas\"\ncap_bytes = 1024\n",
-        )
+        let config = NasConfig::parse(&format!(
+            "listen = \"127.0.0.1:7300\"\ndata_dir = \"/srv/nas\"\ncap_bytes = 1024\n{REST}"
+        ))
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:7300".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/srv/nas"));
@@ -120,7 +132,7 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let config = NasConfig::parse("data_dir = \"/srv/nas\"").unwrap();
+        let config = NasConfig::parse(&format!("data_dir = \"/srv/nas\"\n{REST}")).unwrap();
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.cap_bytes, None);
         assert_eq!(config.put_idle_timeout_secs, 60);
@@ -130,12 +142,19 @@ mod tests {
     fn missing_data_dir_and_zero_cap_are_refused() {
         let err = NasConfig::parse("listen = \"127.0.0.1:1\"").unwrap_err();
         assert!(err.to_string().contains("data_dir"), "{err}");
-        let config = NasConfig::parse("data_dir = \"/x\"\ncap_bytes = 0").unwrap();
+        let config =
+            NasConfig::parse(&format!("data_dir = \"/x\"\ncap_bytes = 0\n{REST}")).unwrap();
         assert!(config.validate().unwrap_err().contains("cap_bytes"));
-        let config = NasConfig::parse("data_dir = \"/x\"\nput_idle_timeout_secs = 0").unwrap();
+        let config = NasConfig::parse(&format!(
+            "data_dir = \"/x\"\nput_idle_timeout_secs = 0\n{REST}"
+        ))
+        .unwrap();
         assert!(config
             .validate()
             .unwrap_err()
             .contains("put_idle_timeout_secs"));
+        let text = format!("data_dir = \"/x\"\n{REST}").replace("vendor-1", "a_b");
+        let config = NasConfig::parse(&text).unwrap();
+        assert!(config.validate().unwrap_err().contains("allowed_vendor"));
     }
 }

@@ -6,7 +6,14 @@
 //! server in-process; `main.rs` wires it to a listener and signals.
 //!
 //! ```
-//! let config = offsite_nas::NasConfig::parse("data_dir = \"/srv/nas\"").unwrap();
+//! let config = offsite_nas::NasConfig::parse(
+//!     r#"
+//! data_dir = "/srv/nas"
+//! allowed_vendor = "vendor-1"
+//! tls = { ca = "/etc/offsite/tls/ca.pem", cert = "/etc/offsite/tls/nas-1.pem", key = "/etc/offsite/tls/nas-1.key" }
+//! "#,
+//! )
+//! .unwrap();
 //! assert!(config.validate().is_ok());
 //! assert_eq!(config.listen.port(), 7201);
 //! ```

@@ -3,11 +3,14 @@
 
 use std::future::Future;
 
+use offsite_identity::{require_role, Credentials, PeerIdentity, Role, TlsError};
 use offsite_piece_store::{PieceDir, PieceError};
-use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_proto::limits::MAX_STREAM_MESSAGE_BYTES;
 use offsite_proto::pb::nas::nas_server::NasServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::{InterceptedService, Interceptor};
+use tonic::{Request, Status};
 
 use crate::service::NasService;
 use crate::NasConfig;
@@ -21,6 +24,26 @@ pub enum ServeError {
     OpenTask(#[from] tokio::task::JoinError),
     #[error("the gRPC server failed: {0}; restart the device")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Lets through only calls from the device's own vendor's certificate.
+#[derive(Clone)]
+struct OnlyVendor(PeerIdentity);
+
+impl Interceptor for OnlyVendor {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let peer = require_role(&request, &[Role::Vendor])?;
+        if peer != self.0 {
+            tracing::warn!(caller = %peer, "refused a vendor that is not this device's");
+            return Err(Status::permission_denied(format!(
+                "this NAS device serves vendor {:?} only; the caller is {peer}",
+                self.0.name
+            )));
+        }
+        Ok(request)
+    }
 }
 
 /// Opens the piece store of `config` and serves it on `listener` until
@@ -30,13 +53,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let credentials = Credentials::load(&config.tls)?.expect_role(Role::Nas, "a NAS device")?;
     let (root, cap) = (config.data_dir.clone(), config.cap_bytes);
     let dir = tokio::task::spawn_blocking(move || PieceDir::open(&root, cap)).await??;
     let service = NasServer::new(NasService::new(dir, config.put_idle_timeout()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_STREAM_MESSAGE_BYTES);
+    let service = InterceptedService::new(
+        service,
+        OnlyVendor(PeerIdentity {
+            role: Role::Vendor,
+            name: config.allowed_vendor.clone(),
+        }),
+    );
     let address = listener.local_addr().ok();
-    tracing::info!(?address, data_dir = %config.data_dir.display(), "NAS device serving");
+    let name = &credentials.identity().name;
+    tracing::info!(?address, %name, vendor = %config.allowed_vendor, data_dir = %config.data_dir.display(), "NAS device serving its vendor over mutual TLS");
     tonic::transport::Server::builder()
+        .tls_config(credentials.server_tls())?
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

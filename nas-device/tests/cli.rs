@@ -60,7 +60,9 @@ fn unknown_field_is_named() {
 fn invalid_value_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("zero.toml");
-    std::fs::write(&path, "data_dir = \"/x\"\ncap_bytes = 0\n").unwrap();
+    let text = "data_dir = \"/x\"\ncap_bytes = 0\nallowed_vendor = \"vendor-1\"\n\
+                tls = { ca = \"ca.pem\", cert = \"nas.pem\", key = \"nas.key\" }\n";
+    std::fs::write(&path, text).unwrap();
     let err = NasConfig::load(&path).unwrap_err();
     assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     assert_refused(&path, "cap_bytes is 0");
@@ -85,9 +87,16 @@ fn the_binary_serves_and_stops_on_sigterm() {
         .port();
     let config = dir.path().join("nas.toml");
     let data_dir = dir.path().join("data");
+    let ca = offsite_identity::pki::CertificateAuthority::generate().unwrap();
+    let me = offsite_identity::PeerIdentity::new(offsite_identity::Role::Nas, "nas-1").unwrap();
+    let tls = ca.write_tls(dir.path(), &me).unwrap();
     let text = format!(
-        "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n",
-        data_dir.display().to_string()
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\nallowed_vendor = \"vendor-1\"\n\
+         [tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        data_dir.display().to_string(),
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
     );
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_offsite-nas"))

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use offsite_identity::pki::CertificateAuthority;
+use offsite_identity::{PeerIdentity, Role};
 use offsite_nas::{serve, NasConfig};
 use offsite_proto::limits::{FRAME_BYTES, MAX_FRAME_BYTES};
 use offsite_proto::pb::nas::nas_client::NasClient;
@@ -19,6 +21,8 @@ use tonic::Code;
 struct Device {
     client: NasClient<Channel>,
     data_dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    ca: CertificateAuthority,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), offsite_nas::ServeError>>,
 }
@@ -30,11 +34,20 @@ impl Device {
 
     async fn start_with_idle_timeout(cap_bytes: Option<u64>, put_idle_timeout_secs: u64) -> Device {
         let data_dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate().unwrap();
+        let tls = ca
+            .write_tls(
+                data_dir.path(),
+                &PeerIdentity::new(Role::Nas, "nas-1").unwrap(),
+            )
+            .unwrap();
         let config = NasConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
             cap_bytes,
             put_idle_timeout_secs,
+            allowed_vendor: "vendor-1".into(),
+            tls,
         };
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -45,10 +58,12 @@ impl Device {
             })
             .await
         });
-        let client = NasClient::connect(format!("http://{addr}")).await.unwrap();
+        let client = client_as(&ca, Role::Vendor, "vendor-1", addr).await;
         Device {
             client,
             data_dir,
+            addr,
+            ca,
             stop,
             server,
         }
@@ -93,6 +108,36 @@ impl Device {
         };
         self.client.stat(request).await.unwrap().into_inner().exists
     }
+}
+
+/// A client of the device at `addr` presenting a `role`/`name` certificate of `ca`.
+async fn client_as(
+    ca: &CertificateAuthority,
+    role: Role,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> NasClient<Channel> {
+    let credentials = ca
+        .credentials(&PeerIdentity::new(role, name).unwrap())
+        .unwrap();
+    let channel = credentials
+        .endpoint(&addr.to_string(), &Role::Nas.dns_name())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    NasClient::new(channel)
+}
+
+#[tokio::test]
+async fn only_the_devices_own_vendor_is_served() {
+    let device = Device::start(None).await;
+    for (role, name) in [(Role::Vendor, "vendor-2"), (Role::Tenant, "vendor-1")] {
+        let mut other = client_as(&device.ca, role, name, device.addr).await;
+        let refused = other.capacity(CapacityRequest {}).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{role} {name}");
+    }
+    device.shutdown().await;
 }
 
 fn header(id: &str, hash: Vec<u8>, size: u64) -> PutFrame {

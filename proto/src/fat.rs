@@ -92,7 +92,7 @@ pub struct PortionLocation {
     pub hash: Hash,
     pub size: u64,
     pub vendors: Vec<VendorRef>,
-    /// One per vendor, same order; empty until grants exist.
+    /// One fetch grant per vendor, same order.
     pub fetch_grants: Vec<Grant>,
 }
 

@@ -17,13 +17,16 @@
 mod fat;
 mod ids;
 pub mod limits;
+mod prune;
 mod routing;
+pub mod signing;
 mod wire_error;
 
 pub use fat::{
     parse_portion_ids, BlobLocation, Candidate, PortionLocation, PortionPlacement, SnapshotRecord,
 };
 pub use ids::{Hash, PieceId, PortionId, RequestId, ReservationId, SnapshotId, TenantId, VendorId};
+pub use prune::{parse_deletions, ListedPortion, PortionDeletion};
 pub use routing::{Grant, Receipt, RoutingHeader, VendorRef};
 pub use wire_error::WireError;
 
@@ -45,7 +48,3 @@ pub mod pb {
         tonic::include_proto!("offsite.raft");
     }
 }
-
-/// The gRPC metadata key that names the calling tenant until certificates
-/// carry it (trust issue).
-pub const TENANT_METADATA_KEY: &str = "offsite-tenant";

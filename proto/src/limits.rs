@@ -24,10 +24,30 @@ pub const MAX_GRANT_BYTES: usize = 4096;
 pub const MAX_PROBE_BYTES: usize = 1024 * 1024;
 /// Most portions in one commit or locate call.
 pub const MAX_PORTIONS_PER_CALL: usize = 100_000;
+/// Most portions released in one call.
+pub const MAX_RELEASE_PER_CALL: usize = 10_000;
+/// Most portions in one page of a portion list.
+pub const MAX_LISTED_PORTIONS: usize = 10_000;
+/// Most deletions asked of (or acknowledged by) a vendor in one capacity report.
+pub const MAX_DELETIONS_PER_REPORT: usize = 1_000;
+/// Most snapshot records rewritten in one call (after a repack).
+pub const MAX_SNAPSHOT_REWRITES: usize = 1_000;
 /// Most paths or tags on one snapshot record; longest path or tag.
 pub const MAX_SNAPSHOT_LIST: usize = 1024;
 pub const MAX_SNAPSHOT_STRING: usize = 4096;
 /// Largest gRPC message any Offsite service decodes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest gRPC message a vendor agent or a NAS device decodes: a data frame
+/// with its envelope, a probe, or a routing header with a grant per vendor
+/// of the longest route, with room to spare. A larger message is refused
+/// before it is read into memory.
+pub const MAX_STREAM_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
+const _: () = assert!(
+    MAX_FRAME_BYTES + 64 * 1024 <= MAX_STREAM_MESSAGE_BYTES
+        && MAX_PROBE_BYTES + 64 * 1024 <= MAX_STREAM_MESSAGE_BYTES
+        && MAX_ROUTE_LEN * (2 * MAX_GRANT_BYTES + 2 * MAX_ADDRESS_LEN) + 64 * 1024
+            <= MAX_STREAM_MESSAGE_BYTES
+);
 /// Largest replication factor.
 pub const MAX_REPLICATION: u32 = 16;

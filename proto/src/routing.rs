@@ -59,8 +59,8 @@ pub(crate) fn check_address(address: String) -> Result<String, WireError> {
     Ok(address)
 }
 
-/// A coordinator-signed permission for one vendor operation. Opaque here; the
-/// trust issue gives it a body format and verification.
+/// A coordinator-signed permission for one vendor operation; its body and
+/// verification are in [`crate::signing`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub body: Vec<u8>,
@@ -143,7 +143,7 @@ pub struct RoutingHeader {
     /// The vendors still to store the portion; the receiver is the first.
     pub route: Vec<VendorRef>,
     pub piece_size: u64,
-    /// One per vendor on the route, same order; empty until grants exist.
+    /// One store grant per vendor on the route, same order.
     pub grants: Vec<Grant>,
     pub reservation: ReservationId,
 }

@@ -14,9 +14,11 @@ use crate::devnet::Devnet;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Environment the client reads that must not leak in from the caller's shell.
-const CLIENT_ENV: [&str; 3] = [
+const CLIENT_ENV: [&str; 5] = [
     "OFFSITE_PASSWORD",
     "OFFSITE_PASSWORD_FILE",
+    "OFFSITE_NEW_PASSWORD",
+    "OFFSITE_NEW_PASSWORD_FILE",
     "OFFSITE_CONFIG",
 ];
 

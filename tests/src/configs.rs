@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use offsite_identity::TlsConfig;
 use serde::Serialize;
 
 /// `offsite-coordinator run --config coordinator.toml`.
@@ -22,6 +23,7 @@ pub struct CoordinatorConfig {
     pub sweep_interval_secs: u64,
     /// Every member of the coordinator group, the same list on each.
     pub initial_members: Vec<MemberConfig>,
+    pub tls: TlsConfig,
 }
 
 /// A member of the coordinator group.
@@ -38,6 +40,8 @@ pub struct NasConfig {
     pub data_dir: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cap_bytes: Option<u64>,
+    pub allowed_vendor: String,
+    pub tls: TlsConfig,
 }
 
 /// One store of a vendor: a NAS device or a local directory.
@@ -46,6 +50,7 @@ pub struct NasConfig {
 pub enum StoreConfig {
     Nas {
         address: SocketAddr,
+        name: String,
     },
     Local {
         path: PathBuf,
@@ -66,6 +71,7 @@ pub struct VendorConfig {
     pub report_interval_secs: u64,
     pub network_bytes_per_sec: u64,
     pub keep_free_share: f64,
+    pub tls: TlsConfig,
     pub stores: Vec<StoreConfig>,
 }
 
@@ -81,6 +87,26 @@ pub struct ClientConfig {
     pub portion_bytes: u64,
     pub piece_bytes: u64,
     pub password_file: PathBuf,
+    /// Written as an inline table (`tls = { ... }`) by [`write_client_toml`],
+    /// so the file ends with top-level keys and a test may append more.
+    #[serde(skip)]
+    pub tls: TlsConfig,
+}
+
+/// Writes the client's config to `path`, its `[tls]` as an inline table.
+pub fn write_client_toml(path: &Path, config: &ClientConfig) -> Result<()> {
+    write_toml(path, config)?;
+    let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let line = format!(
+        "tls = {{ ca = {}, cert = {}, key = {} }}\n",
+        quote(&config.tls.ca),
+        quote(&config.tls.cert),
+        quote(&config.tls.key)
+    );
+    let mut text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.push_str(&line);
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes `config` as TOML to `path`, creating its directory.
@@ -108,17 +134,45 @@ mod tests {
             report_interval_secs: 1,
             network_bytes_per_sec: 0,
             keep_free_share: 0.1,
+            tls: TlsConfig::default(),
             stores: vec![StoreConfig::Nas {
                 address: "127.0.0.1:7201".parse().unwrap(),
+                name: "nas-1".into(),
             }],
         };
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("[[stores]]"), "{text}");
+        assert!(text.contains("[tls]"), "{text}");
+        assert!(text.contains("name = \"nas-1\""), "{text}");
         assert!(text.contains("kind = \"nas\""), "{text}");
         assert!(text.contains("address = \"127.0.0.1:7201\""), "{text}");
         assert!(
             text.contains("coordinators = [\"127.0.0.1:7000\"]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_client_config_ends_with_top_level_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        let config = ClientConfig {
+            coordinators: vec!["127.0.0.1:7000".parse().unwrap()],
+            tenant: "devnet".into(),
+            key_file: "/k".into(),
+            cache_dir: "/c".into(),
+            host: "h".into(),
+            replication: 1,
+            portion_bytes: 1,
+            piece_bytes: 1,
+            password_file: "/p".into(),
+            tls: TlsConfig::default(),
+        };
+        write_client_toml(&path, &config).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("checkpoint_bytes = 4\n");
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["tls"]["ca"].as_str(), Some("/etc/offsite/tls/ca.pem"));
+        assert_eq!(value["checkpoint_bytes"].as_integer(), Some(4));
     }
 }

@@ -6,13 +6,18 @@
 //! Layout of the directory:
 //! `coordinator-N/{coordinator.toml,data,log}`, `vendor-N/{vendor.toml,data,log}`,
 //! `vendor-N/nas-M/{nas.toml,data,log}`, `client.toml`, `client/{password,
-//! key.json,cache}` and `devnet.json` (see [`crate::DevnetState`]).
+//! key.json,cache}`, `devnet.json` (see [`crate::DevnetState`]) and `pki/`:
+//! the marketplace CA (`ca.pem`, `ca.key`) and a certificate and key per
+//! process (`coordinator-coordinator-N`, `vendor-vendor-N`,
+//! `nas-vendor-N-nas-M`), the client's tenant (`tenant-devnet`) and the
+//! harness's admin (`admin-harness`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use offsite_identity::Role;
 use offsite_proto::pb::coordinator::StatusResponse;
 
 use crate::bins;
@@ -20,7 +25,7 @@ use crate::configs::{self, ClientConfig, CoordinatorConfig, NasConfig, StoreConf
 use crate::permit::Permit;
 use crate::ports::free_addr;
 use crate::process::{Daemon, STOP_GRACE};
-use crate::rpc;
+use crate::rpc::{self, Rpc};
 use crate::state::{DevnetState, ProcessState, VendorState};
 
 /// The shape of a devnet and the knobs of its daemons.
@@ -106,6 +111,7 @@ pub struct Devnet {
     client_config: PathBuf,
     password: String,
     detached: bool,
+    rpc: Rpc,
     _permit: Option<Permit>,
 }
 
@@ -149,6 +155,7 @@ impl Devnet {
         let vendor_bin = bins::binary(bins::VENDOR)?;
         let nas_bin = bins::binary(bins::NAS)?;
         bins::binary(bins::CLIENT)?;
+        let rpc = Rpc::open(&rpc::pki_dir(dir))?;
 
         let mut members = Vec::with_capacity(options.coordinators);
         for id in 1..=options.coordinators as u64 {
@@ -173,6 +180,7 @@ impl Devnet {
                 extra_vendors: 2,
                 sweep_interval_secs: 1,
                 initial_members: members.clone(),
+                tls: rpc.tls(Role::Coordinator, &name)?,
             };
             coordinators.push(node(
                 &name,
@@ -196,6 +204,8 @@ impl Devnet {
                     listen: free_addr()?,
                     data_dir: nas_dir.join("data"),
                     cap_bytes: options.nas_cap_bytes,
+                    allowed_vendor: id.clone(),
+                    tls: rpc.tls(Role::Nas, &nas_name(&id, m))?,
                 };
                 let name = format!("{id}/nas-{m}");
                 nas.push(node(
@@ -219,9 +229,14 @@ impl Devnet {
                 report_interval_secs: options.report_interval_secs,
                 network_bytes_per_sec: 0,
                 keep_free_share: 0.10,
+                tls: rpc.tls(Role::Vendor, &id)?,
                 stores: nas
                     .iter()
-                    .map(|n| StoreConfig::Nas { address: n.address })
+                    .enumerate()
+                    .map(|(m, n)| StoreConfig::Nas {
+                        address: n.address,
+                        name: nas_name(&id, m + 1),
+                    })
                     .collect(),
             };
             let agent = node(
@@ -251,9 +266,16 @@ impl Devnet {
             portion_bytes: options.portion_bytes,
             piece_bytes: options.piece_bytes,
             password_file,
+            tls: rpc.tls(Role::Tenant, rpc::DEVNET_TENANT)?,
         };
         let client_config = dir.join("client.toml");
-        configs::write_toml(&client_config, &client)?;
+        configs::write_client_toml(&client_config, &client)?;
+        let addrs = coordinators.iter().chain(
+            vendors
+                .iter()
+                .flat_map(|v| std::iter::once(&v.agent).chain(&v.nas)),
+        );
+        rpc::register(&rpc, addrs.map(|node| node.address));
 
         Ok(Devnet {
             dir: dir.to_path_buf(),
@@ -263,6 +285,7 @@ impl Devnet {
             client_config,
             password,
             detached: false,
+            rpc,
             _permit: None,
         })
     }
@@ -308,10 +331,10 @@ impl Devnet {
     async fn readiness(&self) -> Result<()> {
         for coordinator in &self.coordinators[1..] {
             if coordinator.daemon.pid().is_some() {
-                rpc::status(coordinator.address).await?;
+                self.rpc.status(coordinator.address).await?;
             }
         }
-        let status = rpc::status(self.status_addr()).await?;
+        let status = self.rpc.status(self.status_addr()).await?;
         for vendor in &self.vendors {
             let Some(row) = status.vendors.iter().find(|v| v.vendor_id == vendor.id) else {
                 bail!("the coordinator does not list {} yet", vendor.id);
@@ -323,9 +346,9 @@ impl Devnet {
                 row.liveness
             );
             anyhow::ensure!(row.offered_bytes > 0, "{} offers no bytes yet", vendor.id);
-            rpc::probe(vendor.agent.address).await?;
+            self.rpc.probe(vendor.agent.address).await?;
             for nas in &vendor.nas {
-                rpc::nas_capacity(nas.address).await?;
+                self.rpc.nas_capacity(nas.address, &vendor.id).await?;
             }
         }
         Ok(())
@@ -359,6 +382,12 @@ impl Devnet {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The harness's certificates for this devnet (tenant `devnet`, admin,
+    /// and any other it issues from the devnet's CA).
+    pub fn rpc(&self) -> Rpc {
+        self.rpc.clone()
     }
 
     /// The first coordinator's address.
@@ -427,7 +456,7 @@ impl Devnet {
 
     /// The coordinator's marketplace status (blocking).
     pub fn status(&self) -> Result<StatusResponse> {
-        rpc::block_on(rpc::status(self.status_addr()))?
+        rpc::block_on(self.rpc.status(self.status_addr()))?
     }
 
     /// Polls the coordinator's status until `check` holds, for at most `timeout`.
@@ -439,7 +468,7 @@ impl Devnet {
     ) -> Result<StatusResponse> {
         let runtime = rpc::runtime()?;
         crate::wait_for(what, timeout, || {
-            let status = runtime.block_on(rpc::status(self.status_addr()))?;
+            let status = runtime.block_on(self.rpc.status(self.status_addr()))?;
             Ok(check(&status).then_some(status))
         })
     }
@@ -596,6 +625,11 @@ fn node(
 
 /// Creates `dir`, checks it is writable and holds no running devnet, and
 /// returns its absolute path.
+/// The certificate name of NAS device `m` (1-based) of `vendor`.
+fn nas_name(vendor: &str, m: usize) -> String {
+    format!("{vendor}-nas-{m}")
+}
+
 fn prepare_dir(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| {
         format!(

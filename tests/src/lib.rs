@@ -32,12 +32,12 @@ use std::time::{Duration, Instant};
 pub use bins::{binary, CLIENT, COORDINATOR, DEVNET, NAS, VENDOR};
 pub use client::{describe, run_bounded, KillOnDrop, CLIENT_TIMEOUT};
 pub use configs::{
-    write_toml, ClientConfig, CoordinatorConfig, NasConfig, StoreConfig, VendorConfig,
+    write_toml, ClientConfig, CoordinatorConfig, MemberConfig, NasConfig, StoreConfig, VendorConfig,
 };
 pub use devnet::{Devnet, DevnetOptions};
-pub use nas::NasDevice;
+pub use nas::{NasDevice, NAS_NAME, NAS_VENDOR};
 pub use ports::free_addr;
-pub use process::{log_tail, pid_is_ours, stop_pids, STOP_GRACE};
+pub use process::{log_tail, pid_is_ours, stop_pids, Daemon, STOP_GRACE};
 pub use state::{DevnetState, ProcessState, VendorState, STATE_FILE};
 
 /// Polls `check` every 100 ms until it yields a value, for at most `timeout`.

@@ -192,7 +192,8 @@ fn status(dir: &Path, json: bool) -> Result<bool> {
         .find(|c| c.is_alive())
         .unwrap_or(&state.coordinators[0])
         .address;
-    let coordinator = rpc::block_on(rpc::status(asked))?;
+    let harness = rpc::Rpc::open(&rpc::pki_dir(&state.dir))?;
+    let coordinator = rpc::block_on(harness.status(asked))?;
     if json {
         let report = serde_json::json!({
             "dir": state.dir,

@@ -11,7 +11,9 @@ use crate::bins;
 use crate::configs::{write_toml, NasConfig};
 use crate::ports::free_addr;
 use crate::process::Daemon;
-use crate::rpc;
+use offsite_identity::Role;
+
+use crate::rpc::{self, Rpc};
 
 /// A running NAS device; dropping it stops the process.
 #[derive(Debug)]
@@ -19,16 +21,26 @@ pub struct NasDevice {
     daemon: Daemon,
     address: SocketAddr,
     data_dir: PathBuf,
+    rpc: Rpc,
 }
 
+/// The vendor a lone NAS device serves.
+pub const NAS_VENDOR: &str = "vendor-1";
+/// The lone NAS device's certificate name.
+pub const NAS_NAME: &str = "nas-1";
+
 impl NasDevice {
-    /// Writes `dir/nas.toml`, starts `offsite-nas` and waits (bounded) until it
-    /// answers `Nas.Capacity`.
+    /// Writes `dir/nas.toml` (a device of vendor [`NAS_VENDOR`], with a
+    /// CA and certificates in `dir/pki`), starts `offsite-nas` and waits
+    /// (bounded) until it answers `Nas.Capacity`.
     pub fn start(dir: &Path, cap_bytes: Option<u64>) -> Result<NasDevice> {
+        let rpc = Rpc::open(&rpc::pki_dir(dir))?;
         let config = NasConfig {
             listen: free_addr()?,
             data_dir: dir.join("data"),
             cap_bytes,
+            allowed_vendor: NAS_VENDOR.into(),
+            tls: rpc.tls(Role::Nas, NAS_NAME)?,
         };
         let path = dir.join("nas.toml");
         write_toml(&path, &config)?;
@@ -39,6 +51,7 @@ impl NasDevice {
             daemon,
             address: config.listen,
             data_dir: config.data_dir,
+            rpc,
         };
         let runtime = rpc::runtime()?;
         crate::wait_for("the NAS device to answer", Duration::from_secs(30), || {
@@ -48,7 +61,8 @@ impl NasDevice {
                     device.daemon.log_tail(30)
                 );
             }
-            Ok(runtime.block_on(rpc::nas_capacity(device.address)).ok())
+            let asked = device.rpc.nas_capacity(device.address, NAS_VENDOR);
+            Ok(runtime.block_on(asked).ok())
         })?;
         Ok(device)
     }
@@ -59,6 +73,11 @@ impl NasDevice {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The certificates of the device's marketplace (its vendor's among them).
+    pub fn rpc(&self) -> &Rpc {
+        &self.rpc
     }
 
     /// The tail of the device's log, for failure messages.

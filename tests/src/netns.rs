@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use offsite_identity::{Role, TlsConfig};
 use serde::Serialize;
 
+use crate::rpc::{self, Rpc};
 use crate::{binary, write_toml, KillOnDrop, COORDINATOR};
 
 /// The gRPC port every replica listens on inside its namespace.
@@ -59,6 +61,7 @@ struct Config<'a> {
     election_timeout_max_ms: u64,
     write_timeout_ms: u64,
     initial_members: Vec<Member>,
+    tls: TlsConfig,
 }
 
 #[derive(Serialize)]
@@ -77,6 +80,8 @@ pub struct NetnsGroup {
     /// Blackhole routes in place, as (namespace index, address).
     blackholes: Vec<(usize, Ipv4Addr)>,
     processes: Vec<Option<KillOnDrop>>,
+    /// The group's CA and the harness's certificates (in `dir/pki`).
+    rpc: Rpc,
 }
 
 impl NetnsGroup {
@@ -99,13 +104,21 @@ impl NetnsGroup {
             dir: dir.to_path_buf(),
             blackholes: Vec::new(),
             processes: Vec::new(),
+            rpc: Rpc::open(&crate::rpc::pki_dir(dir))?,
         };
+        rpc::register(&group.rpc, group.addrs.clone());
         group.build_network(subnet)?;
         for i in 0..REPLICAS {
             let process = group.spawn(i, &coordinator, timings)?;
             group.processes.push(Some(process));
         }
         Ok(group)
+    }
+
+    /// The harness's certificates for this group (admin, tenant, and any
+    /// other it issues from the group's CA).
+    pub fn rpc(&self) -> Rpc {
+        self.rpc.clone()
     }
 
     /// Every replica's gRPC address, reachable from the test's namespace.
@@ -210,6 +223,8 @@ impl NetnsGroup {
                     address: self.addrs[m].to_string(),
                 })
                 .collect(),
+            // Peers check the name coordinator.offsite, not the 10.x address.
+            tls: self.rpc.tls(Role::Coordinator, &format!("c{}", i + 1))?,
         };
         let path = self.dir.join(format!("c{}.toml", i + 1));
         write_toml(&path, &config)?;

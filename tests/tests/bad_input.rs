@@ -192,6 +192,15 @@ fn a_vendor_refuses_malformed_uploads_and_keeps_nothing() {
     .unwrap()
     .unwrap();
     let before = fat_view(&devnet.status().unwrap());
+    let store_grant = |index: usize| {
+        let id = vendor_ref(&devnet, index).vendor_id;
+        reservation
+            .candidates
+            .iter()
+            .find(|c| c.vendor.as_ref().is_some_and(|v| v.vendor_id == id))
+            .and_then(|c| c.store_grant.clone())
+            .expect("every vendor is a candidate with a store grant")
+    };
 
     let data: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i * 7 + i / 4096) as u8)
@@ -203,7 +212,9 @@ fn a_vendor_refuses_malformed_uploads_and_keeps_nothing() {
         size: data.len() as u64,
         route: vec![vendor_ref(&devnet, 0), vendor_ref(&devnet, 1)],
         piece_size: 64 * 1024,
-        grants: vec![],
+        // The reservation's store grants, in route order: the refusals
+        // below are about the bytes, not the permission.
+        grants: (0..2).map(store_grant).collect(),
         reservation_id: reservation.reservation_id.clone(),
     };
     let header = |h: RoutingHeader| StoreFrame {

@@ -203,13 +203,20 @@ fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
         let Some(held) = snapshot.portions.iter().find(|p| holds(p, "vendor-1")) else {
             anyhow::bail!("vendor-1 holds no portion of the snapshot");
         };
-        let sound = if holds(held, "vendor-3") {
-            addresses[2]
+        let (sound, sound_id) = if holds(held, "vendor-3") {
+            (addresses[2], "vendor-3")
         } else {
-            addresses[3]
+            (addresses[3], "vendor-4")
         };
-        let corrupt_fetch = fetch_portion(addresses[0], &held.portion_id).await;
-        let sound_fetch = fetch_portion(sound, &held.portion_id).await;
+        // The fetch grant the coordinator signed for each vendor.
+        let grant = |id: &str| {
+            held.vendors
+                .iter()
+                .position(|v| v.vendor_id == id)
+                .and_then(|i| held.fetch_grants.get(i).cloned())
+        };
+        let corrupt_fetch = fetch_portion(addresses[0], &held.portion_id, grant("vendor-1")).await;
+        let sound_fetch = fetch_portion(sound, &held.portion_id, grant(sound_id)).await;
         anyhow::Ok((corrupt_fetch, sound_fetch, held.size))
     })
     .unwrap()
@@ -218,16 +225,27 @@ fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
         corrupt_fetch.is_err(),
         "vendor-1 served a corrupted portion: {corrupt_fetch:?}"
     );
+    assert!(
+        corrupt_fetch
+            .as_ref()
+            .is_err_and(|s| s.code() != tonic::Code::PermissionDenied),
+        "vendor-1 refused the fetch grant instead: {corrupt_fetch:?}"
+    );
     assert_eq!(sound_fetch.unwrap(), size);
 
     restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
 }
 
 /// Fetches a whole portion from a vendor; the number of bytes it sent.
-async fn fetch_portion(vendor: SocketAddr, portion_id: &str) -> Result<u64, tonic::Status> {
+async fn fetch_portion(
+    vendor: SocketAddr,
+    portion_id: &str,
+    grant: Option<offsite_proto::pb::common::Grant>,
+) -> Result<u64, tonic::Status> {
     let request = FetchRequest {
         tenant_id: rpc::DEVNET_TENANT.into(),
         portion_id: portion_id.into(),
+        grant,
         ..Default::default()
     };
     let mut client = rpc::vendor(vendor)

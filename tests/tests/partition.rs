@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use offsite_identity::Role;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
 use offsite_proto::pb::coordinator::RegisterVendorRequest;
 use offsite_proto::pb::raft::GroupStatusResponse;
@@ -26,10 +27,15 @@ fn register(addr: SocketAddr, id: &str) -> Result<(), tonic::Status> {
         region: "eu".into(),
         offered_bytes: 1 << 30,
         network_bytes_per_sec: 0,
-        identity_key: Vec::new(),
+        identity_key: offsite_proto::signing::VendorKey::from_secret(&[5; 32])
+            .public_key()
+            .to_vec(),
     };
+    let vendor = rpc::marketplace_of(addr)
+        .and_then(|rpc| rpc.credentials(Role::Vendor, id))
+        .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
     let call = async move {
-        let channel = rpc::channel(addr)
+        let channel = rpc::channel_as(&vendor, addr, Role::Coordinator)
             .await
             .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
         VendorRegistryClient::new(channel).register(request).await

@@ -1,6 +1,7 @@
 //! The vendor crate's shared piece-store suite, run against its `NasStore`
 //! talking to a real `offsite-nas` process.
 
+use offsite_identity::Role;
 use offsite_tests::tree::files_under;
 use offsite_tests::{rpc, NasDevice};
 use offsite_vendor::testing::piece_store_suite;
@@ -11,8 +12,12 @@ fn nas_store_passes_the_piece_store_suite_against_a_real_device() {
     let tmp = tempfile::tempdir().unwrap();
     let device = NasDevice::start(tmp.path(), Some(1024 * 1024 * 1024)).unwrap();
     let address = device.address().to_string();
+    let vendor = device
+        .rpc()
+        .credentials(Role::Vendor, offsite_tests::NAS_VENDOR)
+        .unwrap();
     rpc::block_on(async move {
-        let store = NasStore::connect_lazy(&address).unwrap();
+        let store = NasStore::connect_lazy(&address, offsite_tests::NAS_NAME, &vendor).unwrap();
         piece_store_suite(&store).await;
     })
     .unwrap();

@@ -6,13 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_identity::{Credentials, Role, TlsError};
+use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_STREAM_MESSAGE_BYTES};
 use offsite_proto::pb::vendor::vendor_server::VendorServer;
 use offsite_proto::VendorId;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{ConfigError, VendorConfig};
+use crate::identity_key::{self, IdentityKeyError};
 use crate::local_fat::{LocalFat, LocalFatError};
 use crate::registration::{self, Registration};
 use crate::service::{Shared, VendorService};
@@ -29,6 +31,15 @@ pub enum AgentError {
     LocalFat(#[from] LocalFatError),
     #[error("no stores; configure at least one [[stores]]")]
     NoStores,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    IdentityKey(#[from] IdentityKeyError),
+    #[error("the certificate in [tls] cert is vendor {certificate:?}'s but vendor_id is {configured:?}; issue a certificate for {configured:?} (`offsite-coordinator pki issue --role vendor --name {configured}`)")]
+    NotOurCertificate {
+        certificate: String,
+        configured: String,
+    },
 }
 
 /// A vendor agent: stores, local FAT and service, ready to serve.
@@ -41,24 +52,35 @@ impl VendorAgent {
     /// Opens the stores and the local FAT named by a validated config.
     pub fn open(config: &VendorConfig) -> Result<Self, AgentError> {
         config.validate()?;
-        let stores = open_stores(config)?;
-        let agent = Self::new(config.vendor()?, stores, &config.data_dir)?;
+        let credentials =
+            Credentials::load(&config.tls)?.expect_role(Role::Vendor, "a vendor agent")?;
+        if credentials.identity().name != config.vendor_id {
+            return Err(AgentError::NotOurCertificate {
+                certificate: credentials.identity().name.clone(),
+                configured: config.vendor_id.clone(),
+            });
+        }
+        let stores = open_stores(config, &credentials)?;
+        let agent = Self::new(config.vendor()?, stores, &config.data_dir, credentials)?;
         Ok(agent.with_store_idle_timeout(config.store_idle_timeout()))
     }
 
     /// Assembles an agent from stores already opened (their order is the
-    /// local FAT's store index) and the local FAT under `data_dir`.
+    /// local FAT's store index), the local FAT under `data_dir`, and the
+    /// vendor's TLS credentials (its server and its calls).
     pub fn new(
         vendor: VendorId,
         stores: Vec<Arc<dyn PieceStore>>,
         data_dir: &Path,
+        credentials: Credentials,
     ) -> Result<Self, AgentError> {
         if stores.is_empty() {
             return Err(AgentError::NoStores);
         }
         let fat = LocalFat::open(data_dir)?;
+        let identity = identity_key::load_or_create(data_dir)?;
         Ok(Self {
-            shared: Arc::new(Shared::new(vendor, stores, fat)),
+            shared: Arc::new(Shared::new(vendor, stores, fat, credentials, identity)),
         })
     }
 
@@ -77,10 +99,11 @@ impl VendorAgent {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let service = VendorServer::new(VendorService::new(Arc::clone(&self.shared)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_STREAM_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tracing::info!(vendor = %self.shared.vendor, address = ?listener.local_addr().ok(), "vendor agent serving");
+        tracing::info!(vendor = %self.shared.vendor, address = ?listener.local_addr().ok(), "vendor agent serving over mutual TLS");
         tonic::transport::Server::builder()
+            .tls_config(self.shared.credentials.server_tls())?
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
@@ -97,6 +120,21 @@ impl VendorAgent {
             report_interval: Duration::from_secs(config.report_interval_secs),
         };
         registration::run(Arc::clone(&self.shared), registration)
+    }
+
+    /// Sets the coordinator group's grant keys `(key_id, public key)`, as
+    /// the registration loop does from the group's answers (tests without a
+    /// coordinator call it directly).
+    pub fn set_grant_keys(
+        &self,
+        keys: &[(u32, Vec<u8>)],
+    ) -> Result<(), offsite_proto::signing::SignatureError> {
+        self.shared.grants.set_keys(keys).map(drop)
+    }
+
+    /// The public half of the identity key that signs this vendor's receipts.
+    pub fn identity_public_key(&self) -> [u8; 32] {
+        self.shared.identity.public_key()
     }
 
     /// Bytes of portions this vendor holds, as its local FAT counts them.

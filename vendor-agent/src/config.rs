@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use offsite_identity::TlsConfig;
 use offsite_proto::limits::MAX_ADDRESS_LEN;
 use offsite_proto::VendorId;
 use serde::Deserialize;
@@ -48,6 +49,10 @@ pub struct VendorConfig {
     /// deleted. Default 60.
     #[serde(default = "default_store_idle_timeout")]
     pub store_idle_timeout_secs: u64,
+    /// Mutual TLS: the marketplace CA, and this vendor's certificate (role
+    /// vendor, name = `vendor_id`) and key, for its server and every call
+    /// it makes (coordinators, the next vendor, its NAS devices).
+    pub tls: TlsConfig,
 }
 
 /// One store of pieces.
@@ -67,6 +72,9 @@ pub enum StoreConfig {
     Nas {
         /// `host:port` of the device's gRPC endpoint.
         address: String,
+        /// The device's name in its certificate (`pki issue --role nas
+        /// --name NAME`); the vendor accepts no other device at `address`.
+        name: String,
     },
 }
 
@@ -202,8 +210,10 @@ impl VendorConfig {
                     }
                     format!("local:{}", path.display())
                 }
-                StoreConfig::Nas { address } => {
+                StoreConfig::Nas { address, name } => {
                     check_address(&field, address)?;
+                    offsite_identity::check_name(name)
+                        .map_err(|problem| invalid(format!("{field}.name"), problem))?;
                     format!("nas:{address}")
                 }
             };
@@ -216,7 +226,11 @@ impl VendorConfig {
 
     /// The vendor id, checked.
     pub fn vendor(&self) -> Result<VendorId, ConfigError> {
-        VendorId::new(&self.vendor_id).map_err(|e| invalid("vendor_id", e.problem))
+        let vendor = VendorId::new(&self.vendor_id).map_err(|e| invalid("vendor_id", e.problem))?;
+        // The vendor id is also its certificate's name.
+        offsite_identity::check_name(&self.vendor_id)
+            .map_err(|problem| invalid("vendor_id", problem))?;
+        Ok(vendor)
     }
 
     /// The address clients and vendors use: `advertise`, else `listen`.
@@ -257,9 +271,14 @@ data_dir = "/var/lib/offsite/vendor"
 report_interval_secs = 3
 network_bytes_per_sec = 0
 keep_free_share = 0.10
+[tls]
+ca = "/etc/offsite/tls/ca.pem"
+cert = "/etc/offsite/tls/vendor-1.pem"
+key = "/etc/offsite/tls/vendor-1.key"
 [[stores]]
 kind = "nas"
 address = "127.0.0.1:7201"
+name = "nas-1"
 [[stores]]
 kind = "local"
 path = "/srv/offsite-local"
@@ -292,6 +311,7 @@ cap_bytes = 1073741824
 vendor_id = "v"
 coordinators = ["c:1"]
 data_dir = "/d"
+tls = { ca = "ca.pem", cert = "v.pem", key = "v.key" }
 [[stores]]
 kind = "local"
 path = "/p"

@@ -10,9 +10,11 @@
 //!     vendor_id = "vendor-1"
 //!     coordinators = ["127.0.0.1:7000"]
 //!     data_dir = "/var/lib/offsite/vendor"
+//!     tls = { ca = "/etc/offsite/tls/ca.pem", cert = "/etc/offsite/tls/vendor-1.pem", key = "/etc/offsite/tls/vendor-1.key" }
 //!     [[stores]]
 //!     kind = "nas"
 //!     address = "127.0.0.1:7201"
+//!     name = "nas-1"
 //! "#).unwrap();
 //! config.validate().unwrap();
 //! assert_eq!(config.advertised_address(), "127.0.0.1:7101");
@@ -20,6 +22,7 @@
 
 mod agent;
 mod config;
+pub mod identity_key;
 mod local_fat;
 mod registration;
 mod service;

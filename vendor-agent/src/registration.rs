@@ -3,18 +3,24 @@
 //! capacity every `report_interval_secs`; offered = the sum over its stores,
 //! stored = what its local FAT holds. A failed report sends it back to
 //! registering, which also finds another coordinator if this one went away.
+//! The answer to a report names released portions to delete; the vendor
+//! deletes them (pieces, then local FAT entry) and acknowledges them in its
+//! next report.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use offsite_identity::Role;
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_proto::pb::common::GroupKey;
 use offsite_proto::pb::coordinator::{
     vendor_registry_client::VendorRegistryClient, CapacityReport, RegisterVendorRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use offsite_proto::{parse_deletions, PortionDeletion};
+use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::service::Shared;
+use crate::service::{delete_portion, Shared};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,11 +41,14 @@ type Client = VendorRegistryClient<Channel>;
 
 /// Registers and reports forever; stop it by dropping the future.
 pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
+    // Deletions done but not yet acknowledged; kept across failed reports.
+    let mut deleted = Vec::new();
     loop {
         let (mut client, coordinator) = register(&shared, &registration).await;
         loop {
             tokio::time::sleep(registration.report_interval).await;
-            if let Err(status) = report(&shared, &mut client).await {
+            let budget = registration.report_interval;
+            if let Err(status) = report(&shared, &mut client, &mut deleted, budget).await {
                 tracing::warn!(
                     %coordinator, code = ?status.code(), message = status.message(),
                     "capacity report failed; registering again"
@@ -87,7 +96,9 @@ async fn register_at(
     registration: &Registration,
     coordinator: &str,
 ) -> Result<Client, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{coordinator}"))
+    let endpoint = shared
+        .credentials
+        .endpoint(coordinator, &Role::Coordinator.dns_name())
         .map_err(|e| Status::invalid_argument(format!("bad coordinator address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
@@ -98,29 +109,103 @@ async fn register_at(
     let mut client =
         VendorRegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (offered_bytes, _) = capacity(shared).await;
-    client
+    let answer = client
         .register(RegisterVendorRequest {
             vendor_id: shared.vendor.to_string(),
             address: registration.address.clone(),
             region: registration.region.clone(),
             offered_bytes,
             network_bytes_per_sec: registration.network_bytes_per_sec,
-            // Filled with the vendor's ed25519 key in the trust issue.
-            identity_key: Vec::new(),
+            identity_key: shared.identity.public_key().to_vec(),
         })
-        .await?;
+        .await?
+        .into_inner();
+    learn_grant_keys(shared, answer.grant_keys)?;
     Ok(client)
 }
 
-async fn report(shared: &Shared, client: &mut Client) -> Result<(), Status> {
+/// Most grant keys an answer may carry.
+const MAX_GRANT_KEYS: usize = 16;
+
+/// Takes the group's grant keys from an answer (an answer without keys
+/// leaves the known ones: the group installs its first key moments after it
+/// starts, and the next report brings it).
+fn learn_grant_keys(shared: &Shared, keys: Vec<GroupKey>) -> Result<(), Status> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    if keys.len() > MAX_GRANT_KEYS {
+        return Err(Status::invalid_argument(format!(
+            "the coordinator sent {} grant keys, more than {MAX_GRANT_KEYS}",
+            keys.len()
+        )));
+    }
+    let keys: Vec<(u32, Vec<u8>)> = keys.into_iter().map(|k| (k.key_id, k.public_key)).collect();
+    match shared.grants.set_keys(&keys) {
+        Ok(true) => {
+            let ids: Vec<u32> = keys.iter().map(|(id, _)| *id).collect();
+            tracing::info!(key_ids = ?ids, "the coordinator group's grant keys changed");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(Status::invalid_argument(format!(
+            "the coordinator's grant keys: {e}"
+        ))),
+    }
+}
+
+/// Reports capacity with the deletions done since the last report, then does
+/// the deletions the coordinator asks for (for at most `budget`); they are
+/// acknowledged next time.
+async fn report(
+    shared: &Arc<Shared>,
+    client: &mut Client,
+    deleted: &mut Vec<PortionDeletion>,
+    budget: Duration,
+) -> Result<(), Status> {
     let (offered_bytes, stored_bytes) = capacity(shared).await;
-    client
+    let response = client
         .report_capacity(CapacityReport {
             vendor_id: shared.vendor.to_string(),
             offered_bytes,
             stored_bytes,
+            deleted: deleted.iter().cloned().map(Into::into).collect(),
         })
-        .await?;
-    tracing::debug!(offered_bytes, stored_bytes, "capacity reported");
+        .await?
+        .into_inner();
+    tracing::debug!(
+        offered_bytes,
+        stored_bytes,
+        acknowledged = deleted.len(),
+        "capacity reported"
+    );
+    deleted.clear();
+    learn_grant_keys(shared, response.grant_keys)?;
+    let asked = match parse_deletions("delete", response.delete) {
+        Ok(asked) => asked,
+        Err(err) => {
+            tracing::warn!(%err, "the coordinator asked for malformed deletions; ignoring them");
+            return Ok(());
+        }
+    };
+    // Deleting stops after `budget` so the next report (the heartbeat) is
+    // not late; what is left is asked again.
+    let deadline = tokio::time::Instant::now() + budget;
+    for d in asked {
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        match delete_portion(shared, &d.tenant, &d.portion).await {
+            Ok(held) => {
+                tracing::info!(tenant = %d.tenant, portion = %d.portion, held, "released portion deleted");
+                deleted.push(d);
+            }
+            // Left unacknowledged: the coordinator asks again next report.
+            Err(err) => tracing::warn!(
+                tenant = %d.tenant, portion = %d.portion, %err,
+                "released portion not deleted yet; retrying at the next report"
+            ),
+        }
+    }
     Ok(())
 }

@@ -126,3 +126,11 @@ async fn delete_frees_room(store: &dyn PieceStore) {
         "{name}: delete must free the piece"
     );
 }
+
+/// Vendor credentials from a throwaway CA, for tests that make no TLS call.
+pub fn throwaway_credentials(vendor: &str) -> offsite_identity::Credentials {
+    let ca = offsite_identity::pki::CertificateAuthority::generate().expect("a test CA");
+    let who = offsite_identity::PeerIdentity::new(offsite_identity::Role::Vendor, vendor)
+        .expect("a valid vendor name");
+    ca.credentials(&who).expect("test credentials")
+}

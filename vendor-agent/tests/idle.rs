@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use offsite_identity::Role;
 use offsite_proto::pb::common::DataFrame;
 use offsite_proto::pb::vendor::vendor_server::{Vendor, VendorServer};
 use offsite_proto::pb::vendor::{
@@ -101,6 +102,8 @@ async fn a_next_vendor_that_stops_reading_is_a_failure_not_a_stall() {
     };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .tls_config(credentials(Role::Vendor, "stuck").server_tls())
+            .unwrap()
             .add_service(VendorServer::new(StuckVendor))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );

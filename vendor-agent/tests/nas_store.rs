@@ -3,6 +3,9 @@
 //! same suite against the real `offsite-nas`), and reports an unreachable
 //! device as unavailable.
 
+mod common;
+
+use offsite_identity::Role;
 use offsite_piece_store::{PieceDir, PieceError};
 use offsite_proto::pb::nas::nas_server::{Nas, NasServer};
 use offsite_proto::pb::nas::{
@@ -109,6 +112,8 @@ async fn nas_store_passes_the_piece_store_suite() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .tls_config(common::credentials(Role::Nas, "nas-1").server_tls())
+            .unwrap()
             .add_service(NasServer::new(nas))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -117,7 +122,8 @@ async fn nas_store_passes_the_piece_store_suite() {
                 },
             ),
     );
-    let store = NasStore::connect_lazy(&address).unwrap();
+    let store = NasStore::connect_lazy(&address, "nas-1", &common::credentials(Role::Vendor, "v1"))
+        .unwrap();
     offsite_vendor::testing::piece_store_suite(&store).await;
     drop(store);
     let _ = stop.send(());
@@ -129,7 +135,8 @@ async fn an_unreachable_nas_is_unavailable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     drop(listener);
-    let store = NasStore::connect_lazy(&address).unwrap();
+    let store = NasStore::connect_lazy(&address, "nas-1", &common::credentials(Role::Vendor, "v1"))
+        .unwrap();
     let err = store.capacity().await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
 }

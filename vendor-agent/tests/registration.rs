@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::dead_address;
+use offsite_identity::{PeerIdentity, Role};
 use offsite_proto::pb::coordinator::vendor_registry_server::{
     VendorRegistry, VendorRegistryServer,
 };
@@ -34,7 +35,7 @@ impl VendorRegistry for Recorder {
         request: Request<RegisterVendorRequest>,
     ) -> Result<Response<RegisterVendorResponse>, Status> {
         self.0.lock().unwrap().registers.push(request.into_inner());
-        Ok(Response::new(RegisterVendorResponse {}))
+        Ok(Response::new(RegisterVendorResponse { grant_keys: vec![] }))
     }
 
     async fn report_capacity(
@@ -49,7 +50,10 @@ impl VendorRegistry for Recorder {
             ));
         }
         calls.reports.push(request.into_inner());
-        Ok(Response::new(CapacityReportResponse {}))
+        Ok(Response::new(CapacityReportResponse {
+            delete: vec![],
+            grant_keys: vec![],
+        }))
     }
 }
 
@@ -70,6 +74,8 @@ async fn registers_over_a_dead_coordinator_reports_and_re_registers() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .tls_config(common::credentials(Role::Coordinator, "c1").server_tls())
+            .unwrap()
             .add_service(VendorRegistryServer::new(recorder.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -81,6 +87,12 @@ async fn registers_over_a_dead_coordinator_reports_and_re_registers() {
 
     let store_dir = tempfile::tempdir().unwrap();
     let data_dir = tempfile::tempdir().unwrap();
+    let tls = common::test_ca()
+        .write_tls(
+            data_dir.path(),
+            &PeerIdentity::new(Role::Vendor, "vendor-r").unwrap(),
+        )
+        .unwrap();
     let config: VendorConfig = toml::from_str(&format!(
         r#"
 vendor_id = "vendor-r"
@@ -91,6 +103,7 @@ data_dir = {data:?}
 report_interval_secs = 1
 network_bytes_per_sec = 1000
 keep_free_share = 0.0
+tls = {{ ca = {ca:?}, cert = {cert:?}, key = {key:?} }}
 [[stores]]
 kind = "local"
 path = {store:?}
@@ -99,6 +112,9 @@ cap_bytes = 5000000
         dead = dead_address().await,
         data = data_dir.path(),
         store = store_dir.path(),
+        ca = tls.ca,
+        cert = tls.cert,
+        key = tls.key,
     ))
     .unwrap();
     let agent = VendorAgent::open(&config).unwrap();
@@ -118,6 +134,9 @@ cap_bytes = 5000000
         assert_eq!(first.region, "eu-west");
         assert_eq!(first.network_bytes_per_sec, 1000);
         assert!(first.offered_bytes > 0 && first.offered_bytes <= 5_000_000);
+        // The identity key the vendor signs receipts with, from its data dir.
+        assert_eq!(first.identity_key, agent.identity_public_key().to_vec());
+        assert!(data_dir.path().join("identity.key").exists());
         let report = &calls.reports[0];
         assert_eq!(report.vendor_id, "vendor-r");
         assert_eq!(report.stored_bytes, 0);

@@ -31,11 +31,13 @@ async fn a_route_of_three_vendors_stores_three_copies() {
         .collect();
     let signers: Vec<&str> = receipts.iter().map(|r| r.vendor.as_str()).collect();
     assert_eq!(signers, ["v1", "v2", "v3"]);
-    for r in &receipts {
+    for (r, v) in receipts.iter().zip(&vendors) {
         assert_eq!(
             (r.tenant.clone(), r.portion, r.hash, r.size),
             (acme.clone(), h.portion, h.hash, h.size)
         );
+        // Each vendor signs its own receipt with its identity key.
+        offsite_proto::signing::verify_receipt(r, &v.identity).unwrap();
     }
     for v in &vendors {
         assert_eq!(

@@ -22,7 +22,7 @@ use crate::filecache::{self, Parent};
 use crate::filter::Filter;
 use crate::keys::Keys;
 use crate::manifest::{Index, Manifest};
-use crate::portion::{Portion, PortionBuilder};
+use crate::portion::{Portion, SplitPacker};
 use crate::progress::Progress;
 pub use walk::{estimate_bytes, WalkError, WalkStats};
 
@@ -101,62 +101,26 @@ pub struct Packed {
     pub unreadable: Vec<String>,
 }
 
-/// Groups sealed blobs into portions, remembering where each went. File
-/// data goes into data portions; trees and the manifest into their own
-/// metadata portions, so that listing or planning a restore of a snapshot
-/// fetches a few metadata portions instead of a range of every data portion.
+/// Groups sealed blobs into portions (data apart from metadata), remembering
+/// where each went.
 struct Packer {
-    target: u64,
-    data: PortionBuilder,
-    meta: PortionBuilder,
+    split: SplitPacker,
     locations: HashMap<BlobId, BlobLocation>,
-    finished: u64,
 }
 
 impl Packer {
     fn new(target: u64) -> Self {
         Self {
-            target,
-            data: PortionBuilder::new(target),
-            meta: PortionBuilder::new(target),
+            split: SplitPacker::new(target),
             locations: HashMap::new(),
-            finished: 0,
         }
     }
 
     /// Adds a blob; returns the portion it closed, if any.
     fn add(&mut self, kind: BlobKind, id: BlobId, sealed: &[u8]) -> Option<Portion> {
-        let target = self.target;
-        let builder = match kind {
-            BlobKind::Data => &mut self.data,
-            BlobKind::Tree | BlobKind::Manifest => &mut self.meta,
-        };
-        let closed = if builder.fits(sealed.len()) {
-            None
-        } else {
-            self.finished += 1;
-            Some(std::mem::replace(builder, PortionBuilder::new(target)).finish())
-        };
-        let (offset, length) = builder.add(id, sealed);
-        let location = BlobLocation {
-            portion: builder.id(),
-            offset,
-            length,
-        };
+        let (location, closed) = self.split.add(kind, id, sealed);
         self.locations.insert(id, location);
         closed
-    }
-
-    /// The portions still open, data first; empty ones are dropped.
-    fn take_rest(&mut self) -> Vec<Portion> {
-        let mut rest = Vec::with_capacity(2);
-        for builder in [&mut self.data, &mut self.meta] {
-            if !builder.is_empty() {
-                self.finished += 1;
-                rest.push(std::mem::replace(builder, PortionBuilder::new(self.target)).finish());
-            }
-        }
-        rest
     }
 }
 
@@ -272,7 +236,7 @@ async fn finish<S: PortionSink>(
         .locations
         .get(&manifest_id)
         .ok_or(BackupError::Lost(manifest_id))?;
-    for portion in packer.take_rest() {
+    for portion in packer.split.take_rest() {
         sink.put(portion)
             .await
             .map_err(|e| BackupError::Sink(Box::new(e)))?;
@@ -289,7 +253,7 @@ async fn finish<S: PortionSink>(
         manifest_location,
         portions: portions.into_iter().collect(),
         stats: walked.stats,
-        new_portions: packer.finished,
+        new_portions: packer.split.finished,
         files: walked.files,
         unreadable: walked.unreadable,
     })

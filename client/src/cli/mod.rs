@@ -7,12 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use offsite_client::filter::ExcludeOptions;
-use offsite_client::keys::{init_key_file, passphrase, KdfParams};
+use offsite_client::keys::{
+    change_passphrase, init_key_file, new_passphrase, passphrase, KdfParams,
+};
 use offsite_client::policy::{parse_duration, Decision, Policy};
-use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, Session};
+use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, PruneOptions, Session};
 use serde_json::{json, Value};
 
-use crate::{BackupArgs, CheckArgs, Command, Exit, ForgetArgs};
+use crate::{BackupArgs, CheckArgs, Command, Exit, ForgetArgs, KeyAction};
 
 /// A command's result in both forms, a note for stderr and the exit code.
 pub struct Output {
@@ -33,6 +35,9 @@ impl Output {
     }
 }
 
+const UPLOAD_NOTE: &str = "the coordinator group could not keep a copy of the key file; \
+     run `offsite key upload` when it is reachable, or restoring on a new machine needs the key file";
+
 const OFFLINE_NOTE: &str =
     "no coordinator answered; this answer comes from the local cache and may be out of date";
 
@@ -42,19 +47,42 @@ pub async fn dispatch(
     command: Command,
     json: bool,
 ) -> anyhow::Result<Output> {
-    let session = if json {
-        Session::new(config.clone()).quiet()
-    } else {
-        Session::new(config.clone())
-    };
+    let session = Session::new(config.clone())?;
+    let session = if json { session.quiet() } else { session };
+    if !matches!(command, Command::Init) {
+        session.fetch_key_file_if_missing().await?;
+    }
     let mut output = match command {
-        Command::Init => init(&config)?,
+        Command::Init => init(&session, &config).await?,
         Command::Backup(args) => report::backup(&session, args_to_options(args)).await?,
         Command::Snapshots { tags } => snapshots(&session, &tags).await?,
         Command::Ls { snapshot } => ls(&session, &snapshot).await?,
         Command::Restore { snapshot, target } => restore(&session, &snapshot, target).await?,
         Command::Forget(args) => forget(&session, args).await?,
         Command::Check(args) => report::check(&session, check_options(args)).await?,
+        Command::Prune {
+            dry_run,
+            repack_below,
+        } => {
+            let options = PruneOptions {
+                dry_run,
+                repack_below,
+            };
+            report::prune(&session, options).await?
+        }
+        Command::Key {
+            action: KeyAction::Passwd { new_password_file },
+        } => passwd(&session, &config, new_password_file.as_deref()).await?,
+        Command::Key {
+            action: KeyAction::Upload,
+        } => {
+            session.upload_key_file().await?;
+            let path = config.key_file.display().to_string();
+            Output::ok(
+                format!("the coordinator group keeps a copy of key file {path}\n"),
+                json!({ "key_file": path, "uploaded": true }),
+            )
+        }
         Command::Diff { from, to } => report::diff(&session, &from, &to).await?,
         Command::Find {
             pattern,
@@ -64,6 +92,9 @@ pub async fn dispatch(
     };
     if session.offline() {
         output.note = Some(OFFLINE_NOTE.into());
+    }
+    if output.json.get("uploaded") == Some(&Value::Bool(false)) {
+        output.note = Some(UPLOAD_NOTE.into());
     }
     Ok(output)
 }
@@ -90,13 +121,48 @@ fn check_options(args: CheckArgs) -> CheckOptions {
     }
 }
 
-fn init(config: &ClientConfig) -> anyhow::Result<Output> {
+async fn init(session: &Session, config: &ClientConfig) -> anyhow::Result<Output> {
     let pass = passphrase(config.password_file.as_deref())?;
     init_key_file(&config.key_file, &pass, KdfParams::DEFAULT)?;
+    let uploaded = upload(session).await;
     let path = config.key_file.display().to_string();
     Ok(Output::ok(
         format!("created key file {path}; keep a copy of it and the passphrase safe\n"),
-        json!({ "key_file": path }),
+        json!({ "key_file": path, "uploaded": uploaded }),
+    ))
+}
+
+/// Keeps the key file's copy at the coordinator group; false (logged) when
+/// it could not.
+async fn upload(session: &Session) -> bool {
+    match session.upload_key_file().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "the key file's copy was not stored");
+            false
+        }
+    }
+}
+
+/// `key passwd`: the data key re-wrapped under the new passphrase, here and
+/// in the copy at the coordinator group.
+async fn passwd(
+    session: &Session,
+    config: &ClientConfig,
+    new_file: Option<&std::path::Path>,
+) -> anyhow::Result<Output> {
+    let old = passphrase(config.password_file.as_deref())?;
+    let new = new_passphrase(new_file)?;
+    change_passphrase(&config.key_file, &old, &new, KdfParams::DEFAULT)?;
+    let uploaded = upload(session).await;
+    let path = config.key_file.display().to_string();
+    Ok(Output::ok(
+        format!(
+            "the passphrase of key file {path} is changed; the old one no longer unlocks it. \
+             Update OFFSITE_PASSWORD_FILE, OFFSITE_PASSWORD or password_file, and replace \
+             your copies of the key file\n"
+        ),
+        json!({ "key_file": path, "changed": true, "uploaded": uploaded }),
     ))
 }
 

@@ -1,7 +1,7 @@
-//! The commands whose reports are longer: backup, check, diff and find.
+//! The commands whose reports are longer: backup, check, diff, find and prune.
 
 use anyhow::Context;
-use offsite_client::{BackupOptions, CheckOptions, Session};
+use offsite_client::{BackupOptions, CheckOptions, PruneOptions, Session};
 use serde_json::{json, Value};
 
 use super::Output;
@@ -209,5 +209,69 @@ pub async fn find(
     Ok(Output::ok(
         human,
         json!({ "pattern": pattern, "matches": matches }),
+    ))
+}
+
+pub async fn prune(session: &Session, options: PruneOptions) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let s = session
+        .prune(&keys, &options)
+        .await
+        .context("prune failed")?;
+    let repack = if s.dry_run {
+        format!(
+            "would repack {} portions ({} live bytes); ",
+            s.portions_repacked, s.bytes_repacked
+        )
+    } else if s.portions_repacked > 0 {
+        format!(
+            "repacked {} portions ({} live bytes) into {} new ones, rewriting {} snapshots; ",
+            s.portions_repacked, s.bytes_repacked, s.new_portions, s.snapshots_rewritten
+        )
+    } else {
+        String::new()
+    };
+    let verb = if s.dry_run {
+        "would release"
+    } else {
+        "released"
+    };
+    let mut human = format!(
+        "{} snapshots need {} of {} portions ({} of {} bytes); {repack}{verb} {} portions ({} bytes)",
+        s.snapshots,
+        s.portions_needed,
+        s.portions_total,
+        s.bytes_needed,
+        s.bytes_total,
+        s.portions_released,
+        s.bytes_released
+    );
+    if s.portions_kept_recent > 0 {
+        human.push_str(&format!(
+            "; kept {} unneeded portions newer than the newest snapshot (a backup may be running)",
+            s.portions_kept_recent
+        ));
+    }
+    if !s.dry_run && s.portions_released > 0 {
+        human.push_str("; the vendors delete them at their next capacity reports");
+    }
+    human.push('\n');
+    Ok(Output::ok(
+        human,
+        json!({
+            "dry_run": s.dry_run,
+            "snapshots": s.snapshots,
+            "portions_total": s.portions_total,
+            "bytes_total": s.bytes_total,
+            "portions_needed": s.portions_needed,
+            "bytes_needed": s.bytes_needed,
+            "portions_kept_recent": s.portions_kept_recent,
+            "portions_released": s.portions_released,
+            "bytes_released": s.bytes_released,
+            "portions_repacked": s.portions_repacked,
+            "bytes_repacked": s.bytes_repacked,
+            "new_portions": s.new_portions,
+            "snapshots_rewritten": s.snapshots_rewritten,
+        }),
     ))
 }

@@ -6,6 +6,8 @@
 mod backup;
 mod browse;
 mod check;
+mod prune;
+mod repack;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,9 +20,10 @@ use offsite_proto::{PortionId, PortionLocation, SnapshotId, SnapshotRecord};
 use crate::backup::BackupError;
 use crate::cache::Cache;
 use crate::config::ClientConfig;
+use crate::connect::{load_credentials, CredentialsError};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::filter::FilterError;
-use crate::keys::{passphrase, unlock_key_file, KeyError, Keys};
+use crate::keys::{install_key_file, passphrase, read_key_file, unlock_key_file, KeyError, Keys};
 use crate::manifest::Manifest;
 use crate::policy::{Decision, Policy};
 use crate::progress::Progress;
@@ -32,6 +35,7 @@ use crate::vendor::VendorPool;
 pub use backup::{BackupOptions, BackupSummary};
 pub use browse::{entries, Change, Diff, Found};
 pub use check::{CheckOptions, CheckReport, Problem};
+pub use prune::{PruneOptions, PruneSummary, DEFAULT_REPACK_BELOW};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,18 +125,21 @@ fn now_ms() -> u64 {
 }
 
 impl Session {
-    pub fn new(config: ClientConfig) -> Self {
-        Self {
+    /// Loads the tenant's certificate ([tls] in the config); every
+    /// connection presents it.
+    pub fn new(config: ClientConfig) -> Result<Self, CredentialsError> {
+        let credentials = load_credentials(&config)?;
+        Ok(Self {
             coordinator: Arc::new(Coordinator::new(
                 config.coordinators.clone(),
-                &config.tenant,
+                credentials.clone(),
             )),
-            pool: VendorPool::default(),
+            pool: VendorPool::new(credentials),
             cache: Cache::new(config.tenant_cache_dir()),
             config,
             offline: AtomicBool::new(false),
             show_progress: true,
-        }
+        })
     }
 
     /// Turns progress bars off (for `--json`).
@@ -154,6 +161,40 @@ impl Session {
     pub fn unlock(&self) -> Result<Arc<Keys>, KeyError> {
         let pass = passphrase(self.config.password_file.as_deref())?;
         Ok(Arc::new(unlock_key_file(&self.config.key_file, &pass)?))
+    }
+
+    /// Makes sure the key file is here. When it is missing (a new machine),
+    /// the copy kept at the coordinator group is fetched and written, once
+    /// the passphrase is shown to unlock it; true when it was. When there is
+    /// no copy to fetch (or no coordinator answers, or no passphrase is set)
+    /// nothing happens, and a command that needs the key says what is missing.
+    pub async fn fetch_key_file_if_missing(&self) -> Result<bool, SessionError> {
+        let path = &self.config.key_file;
+        if path.exists() {
+            return Ok(false);
+        }
+        let Ok(pass) = passphrase(self.config.password_file.as_deref()) else {
+            return Ok(false);
+        };
+        let key_file = match self.coordinator.get_key_file().await {
+            Ok(Some(key_file)) => key_file,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                tracing::warn!(error = %e, "no key file here, and its copy could not be fetched");
+                return Ok(false);
+            }
+        };
+        install_key_file(path, &key_file, &pass)?;
+        tracing::info!(path = %path.display(), "key file fetched from the coordinator group");
+        Ok(true)
+    }
+
+    /// Keeps the key file at the coordinator group (it is only as secret as
+    /// the passphrase: the data key inside is wrapped under it).
+    pub async fn upload_key_file(&self) -> Result<(), SessionError> {
+        let key_file = read_key_file(&self.config.key_file)?;
+        self.coordinator.put_key_file(key_file).await?;
+        Ok(())
     }
 
     /// The tenant's snapshots, oldest first; cached, and the cached list is
@@ -247,9 +288,16 @@ impl Session {
         Ok((manifest, locations, source))
     }
 
+    /// The cached manifest of a snapshot, unless it names a portion the
+    /// record does not: then it is from before a repack rewrote the
+    /// snapshot (on another host, say), and is fetched again.
     fn cached_manifest(&self, keys: &Keys, record: &SnapshotRecord) -> Option<Manifest> {
         let sealed = self.cache.manifest(record.id)?;
         match open_manifest(keys, record, &sealed) {
+            Ok(manifest) if !fits_record(&manifest, record) => {
+                tracing::info!(snapshot = %record.id, "cached manifest is from before a repack; fetching it");
+                None
+            }
             Ok(manifest) => Some(manifest),
             Err(e) => {
                 tracing::warn!(snapshot = %record.id, error = %e, "cached manifest unusable; fetching it");
@@ -334,6 +382,17 @@ impl Session {
         }
         Ok(decisions)
     }
+}
+
+/// True when every portion the manifest's index names is one the record
+/// names.
+fn fits_record(manifest: &Manifest, record: &SnapshotRecord) -> bool {
+    let named: std::collections::HashSet<&PortionId> = record
+        .portions
+        .iter()
+        .chain([&record.manifest.portion])
+        .collect();
+    manifest.index.values().all(|l| named.contains(&l.portion))
 }
 
 /// True when `snapshot` carries every tag of `tags`.

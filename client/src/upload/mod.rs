@@ -220,6 +220,13 @@ impl Uploader {
         Ok(self.stats)
     }
 
+    /// Waits for every portion, then commits the last round without a
+    /// snapshot (a repack's new portions; the snapshots are rewritten after).
+    pub async fn finish_portions(mut self) -> Result<UploadStats, UploadError> {
+        self.close_round(None).await?;
+        Ok(self.stats)
+    }
+
     /// Stops every upload and releases the open reservation.
     pub async fn abort(mut self) {
         self.tasks.abort_all();

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use offsite_coordinator::{Coordinator, CoordinatorConfig, MemberConfig};
+use offsite_identity::pki::CertificateAuthority;
+use offsite_identity::{Credentials, PeerIdentity, Role};
 use offsite_proto::pb::common as pbc;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
-use offsite_proto::{Hash, PortionId, TENANT_METADATA_KEY};
+use offsite_proto::{Hash, PortionId};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Mutex};
 use tonic::transport::Channel;
@@ -42,8 +44,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for &size in &args.groups {
         let root = tempfile::tempdir().context("temp dir")?;
-        let (addresses, stops) = start_group(size, root.path()).await?;
+        let ca = CertificateAuthority::generate()?;
+        let (addresses, stops) = start_group(size, root.path(), &ca).await?;
+        let tenant =
+            ca.credentials(&PeerIdentity::new(Role::Tenant, "bench").map_err(anyhow::Error::msg)?)?;
         let result = run(
+            &tenant,
             &addresses,
             args.concurrency,
             Duration::from_secs(args.seconds),
@@ -69,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
 async fn start_group(
     size: usize,
     root: &std::path::Path,
+    ca: &CertificateAuthority,
 ) -> anyhow::Result<(Vec<String>, Vec<oneshot::Sender<()>>)> {
     let mut listeners = Vec::new();
     for _ in 0..size {
@@ -91,6 +98,11 @@ async fn start_group(
             listen: listener.local_addr()?,
             data_dir: root.join(format!("c{i}")),
             initial_members: members.clone(),
+            tls: ca.write_tls(
+                root,
+                &PeerIdentity::new(Role::Coordinator, format!("c{i}"))
+                    .map_err(anyhow::Error::msg)?,
+            )?,
             ..CoordinatorConfig::default()
         };
         let coordinator = Coordinator::start_on(config, listener).await?;
@@ -102,8 +114,11 @@ async fn start_group(
     }
     let addresses: Vec<String> = members.iter().map(|m| m.address.clone()).collect();
     // Register vendors through the first coordinator once a leader exists.
-    let mut registry = VendorRegistryClient::connect(format!("http://{}", addresses[0])).await?;
     for v in 0..12 {
+        let vendor =
+            PeerIdentity::new(Role::Vendor, format!("vendor-{v}")).map_err(anyhow::Error::msg)?;
+        let channel = connect(&ca.credentials(&vendor)?, &addresses[0]).await?;
+        let mut registry = VendorRegistryClient::new(channel);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let call = registry
@@ -113,7 +128,9 @@ async fn start_group(
                     region: ["eu", "us", "ap"][v % 3].into(),
                     offered_bytes: u64::MAX / 64,
                     network_bytes_per_sec: 0,
-                    identity_key: vec![],
+                    identity_key: bench_vendor_key(&format!("vendor-{v}"))
+                        .public_key()
+                        .to_vec(),
                 })
                 .await;
             match call {
@@ -144,12 +161,36 @@ impl RunResult {
     }
 }
 
+/// The tenant is the one named by the bench's tenant certificate.
 fn as_tenant<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Ok(tenant) = "bench".parse() {
-        request.metadata_mut().insert(TENANT_METADATA_KEY, tenant);
-    }
-    request
+    Request::new(message)
+}
+
+/// A mutual-TLS channel to the coordinator at `address`.
+async fn connect(credentials: &Credentials, address: &str) -> anyhow::Result<Channel> {
+    Ok(credentials
+        .endpoint(address, &Role::Coordinator.dns_name())?
+        .connect()
+        .await?)
+}
+
+/// The identity key of bench vendor `name` (derived from its name).
+fn bench_vendor_key(name: &str) -> offsite_proto::signing::VendorKey {
+    offsite_proto::signing::VendorKey::from_secret(blake3::hash(name.as_bytes()).as_bytes())
+}
+
+/// The receipt `vendor` would sign for a 500-byte portion.
+fn bench_receipt(vendor: &str, portion: PortionId, hash: &[u8]) -> anyhow::Result<pbc::Receipt> {
+    let mut receipt = offsite_proto::Receipt {
+        vendor: offsite_proto::VendorId::new(vendor).map_err(anyhow::Error::msg)?,
+        tenant: offsite_proto::TenantId::new("bench").map_err(anyhow::Error::msg)?,
+        portion,
+        hash: Hash::from_wire("hash", hash).map_err(anyhow::Error::msg)?,
+        size: 500,
+        signature: vec![],
+    };
+    bench_vendor_key(vendor).sign(&mut receipt);
+    Ok(receipt.into())
 }
 
 /// One reserve+commit pair; the client is the leader's or a follower's.
@@ -178,14 +219,7 @@ async fn pair(fat: &mut FatClient<Channel>, n: u64) -> anyhow::Result<()> {
             portion_id: portion.to_string(),
             hash: hash.clone(),
             size: 500,
-            receipts: vec![pbc::Receipt {
-                vendor_id: vendor,
-                tenant_id: "bench".into(),
-                portion_id: portion.to_string(),
-                hash,
-                size: 500,
-                signature: vec![],
-            }],
+            receipts: vec![bench_receipt(&vendor, portion, &hash)?],
         }],
         snapshot: None,
     }))
@@ -194,6 +228,7 @@ async fn pair(fat: &mut FatClient<Channel>, n: u64) -> anyhow::Result<()> {
 }
 
 async fn run(
+    tenant: &Credentials,
     addresses: &[String],
     concurrency: usize,
     length: Duration,
@@ -205,8 +240,9 @@ async fn run(
         // Clients spread over every coordinator, as configured clients do.
         let address = addresses[w % addresses.len()].clone();
         let latencies = Arc::clone(&latencies);
+        let tenant = tenant.clone();
         workers.push(tokio::spawn(async move {
-            let mut fat = FatClient::connect(format!("http://{address}")).await?;
+            let mut fat = FatClient::new(connect(&tenant, &address).await?);
             let mut n = (w as u64) << 32;
             while started.elapsed() < length {
                 let t = Instant::now();

@@ -5,14 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use offsite_proto::limits::{MAX_PORTIONS_PER_CALL, MAX_PORTION_BYTES};
+use offsite_proto::signing::verify_receipt;
 use offsite_proto::{
-    Hash, PortionId, PortionLocation, PortionPlacement, ReservationId, SnapshotId, SnapshotRecord,
-    TenantId, VendorId,
+    Hash, PortionId, PortionLocation, PortionPlacement, Receipt, ReservationId, SnapshotId,
+    SnapshotRecord, TenantId, VendorId,
 };
 use serde::{Deserialize, Serialize};
 
 use super::command::{Commit, Forget};
 use super::reservations::{Reservation, ReservationState};
+use super::vendors::VendorRecord;
 use super::{Fat, FatError, Outcome};
 
 /// A committed portion and the vendors that hold it.
@@ -30,6 +32,7 @@ type Charges = BTreeMap<VendorId, u64>;
 
 fn check_receipts(
     reservation: &Reservation,
+    vendors: &BTreeMap<VendorId, VendorRecord>,
     tenant: &TenantId,
     p: &PortionPlacement,
     charges: &mut Charges,
@@ -70,9 +73,37 @@ fn check_receipts(
                 r.vendor, p.portion
             )));
         }
+        check_receipt_signature(vendors, r)?;
         *charges.entry(r.vendor.clone()).or_default() += p.size;
     }
     Ok(())
+}
+
+/// The receipt carries its vendor's signature, made with the identity key
+/// the vendor registered (deterministic, so it is checked inside `apply`).
+fn check_receipt_signature(
+    vendors: &BTreeMap<VendorId, VendorRecord>,
+    r: &Receipt,
+) -> Result<(), FatError> {
+    if r.signature.is_empty() {
+        return Err(FatError::Forbidden(format!(
+            "the receipt of vendor {} for portion {} is not signed; send the receipts \
+             exactly as the vendors returned them",
+            r.vendor, r.portion
+        )));
+    }
+    let key = vendors
+        .get(&r.vendor)
+        .map(|v| v.identity_key.as_slice())
+        .unwrap_or_default();
+    verify_receipt(r, key).map_err(|_| {
+        FatError::Forbidden(format!(
+            "the receipt of vendor {} for portion {} is forged: its signature does not \
+             verify under the identity key vendor {} registered; send the receipts exactly \
+             as the vendors returned them",
+            r.vendor, r.portion, r.vendor
+        ))
+    })
 }
 
 impl Fat {
@@ -99,7 +130,14 @@ impl Fat {
                     p.portion
                 )));
             }
-            check_receipts(reservation, &c.tenant, p, &mut charges)?;
+            if self.pending_deletion(&c.tenant, p.portion) {
+                return Err(FatError::Conflict(format!(
+                    "portion {} was released and is being deleted; store the data as a new \
+                     portion",
+                    p.portion
+                )));
+            }
+            check_receipts(reservation, &self.vendors, &c.tenant, p, &mut charges)?;
         }
         for (vendor, bytes) in &charges {
             let hold = reservation.hold_of(vendor).unwrap_or(0);

@@ -4,12 +4,12 @@
 //! carried here, so applying a command is deterministic.
 
 use offsite_proto::{
-    Candidate, PortionPlacement, RequestId, ReservationId, SnapshotId, SnapshotRecord, TenantId,
-    VendorId, VendorRef,
+    Candidate, PortionDeletion, PortionId, PortionPlacement, RequestId, ReservationId, SnapshotId,
+    SnapshotRecord, TenantId, VendorId, VendorRef,
 };
 use serde::{Deserialize, Serialize};
 
-use super::Liveness;
+use super::{GrantSecret, Liveness};
 
 /// One change to the FAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,14 @@ pub enum Command {
     Forget(Forget),
     /// The leader's judgement of vendors whose reports stopped.
     UpdateLiveness(UpdateLiveness),
+    /// A tenant releases portions no remaining snapshot needs (prune).
+    ReleasePortions(ReleasePortions),
+    /// A tenant moves snapshots' data to other portions (repack).
+    RewriteSnapshots(RewriteSnapshots),
+    /// A new grant key for the group (the first one, or a rotation).
+    InstallGrantKey(InstallGrantKey),
+    /// A tenant's key file, kept for restoring on a new machine.
+    StoreTenantKey(StoreTenantKey),
 }
 
 impl Command {
@@ -40,6 +48,10 @@ impl Command {
             Command::ExpireLeases { .. } => "expire-leases",
             Command::Forget(_) => "forget",
             Command::UpdateLiveness(_) => "update-liveness",
+            Command::ReleasePortions(_) => "release-portions",
+            Command::RewriteSnapshots(_) => "rewrite-snapshots",
+            Command::InstallGrantKey(_) => "install-grant-key",
+            Command::StoreTenantKey(_) => "store-tenant-key",
         }
     }
 
@@ -60,6 +72,9 @@ impl Command {
             Command::ExpireLeases { now_unix_ms: now } => *now = now_unix_ms,
             Command::Forget(_) => {}
             Command::UpdateLiveness(c) => c.now_unix_ms = now_unix_ms,
+            Command::ReleasePortions(_) | Command::RewriteSnapshots(_) => {}
+            Command::InstallGrantKey(c) => c.now_unix_ms = now_unix_ms,
+            Command::StoreTenantKey(c) => c.now_unix_ms = now_unix_ms,
         }
     }
 }
@@ -72,7 +87,7 @@ pub struct RegisterVendor {
     pub region: String,
     pub offered_bytes: u64,
     pub network_bytes_per_sec: u64,
-    /// ed25519 public key (32 bytes), or empty until the trust issue.
+    /// ed25519 public key (32 bytes) the vendor's receipts are signed with.
     pub identity_key: Vec<u8>,
     pub now_unix_ms: u64,
 }
@@ -83,6 +98,8 @@ pub struct ReportCapacity {
     pub vendor: VendorId,
     pub offered_bytes: u64,
     pub stored_bytes: u64,
+    /// Deletions the vendor did since its last report, as the FAT asked.
+    pub deleted: Vec<PortionDeletion>,
     pub now_unix_ms: u64,
 }
 
@@ -137,6 +154,41 @@ pub struct Forget {
     pub snapshot: SnapshotId,
 }
 
+/// Committed portions of a tenant that no remaining snapshot needs leave the
+/// final FAT; every vendor holding one gets it in its deletion queue.
+/// Refused whole if one is needed by a snapshot or is not the tenant's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasePortions {
+    pub tenant: TenantId,
+    pub portions: Vec<PortionId>,
+}
+
+/// Replaces existing snapshot records of a tenant, all at once; each new
+/// record may differ from the stored one only in `portions` and `manifest`,
+/// which must be committed portions of the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewriteSnapshots {
+    pub tenant: TenantId,
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+/// Keeps `key_file` as the tenant's key file, replacing the one it had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreTenantKey {
+    pub tenant: TenantId,
+    pub key_file: Vec<u8>,
+    pub now_unix_ms: u64,
+}
+
+/// Installs grant key `key_id` with `secret` (drawn by the proposer). Refused
+/// unless `key_id` is the FAT's next key id, so a rotation applies once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallGrantKey {
+    pub key_id: u32,
+    pub secret: GrantSecret,
+    pub now_unix_ms: u64,
+}
+
 /// Vendors whose report age crossed the suspect or down threshold, as the
 /// leader judged them at `now_unix_ms` (its clock).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +211,12 @@ pub struct LivenessChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     VendorRegistered,
-    CapacityReported,
+    TenantKeyStored,
+    /// The report was recorded; `delete` is the next batch of the vendor's
+    /// deletion queue.
+    CapacityReported {
+        delete: Vec<PortionDeletion>,
+    },
     Reserved(ReservationView),
     Committed {
         committed_bytes: u64,
@@ -172,6 +229,20 @@ pub enum Outcome {
     /// The vendors whose liveness changed, with the new liveness.
     LivenessUpdated {
         changed: Vec<(VendorId, Liveness)>,
+    },
+    /// How many portions left the final FAT and their bytes (before
+    /// replication).
+    PortionsReleased {
+        portions: u64,
+        bytes: u64,
+    },
+    SnapshotsRewritten {
+        snapshots: u64,
+    },
+    /// Grant key `key_id` signs from now on; `retired` keys no longer verify.
+    GrantKeyInstalled {
+        key_id: u32,
+        retired: Vec<u32>,
     },
 }
 

@@ -25,6 +25,7 @@ fn report(fat: &mut Fat, v: &str, now: u64) {
         vendor: vid(v),
         offered_bytes: 1000,
         stored_bytes: 0,
+        deleted: vec![],
         now_unix_ms: now,
     }))
     .unwrap();

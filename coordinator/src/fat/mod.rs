@@ -9,17 +9,27 @@
 //! command is checked in full before anything is mutated.
 //!
 //! Invariant after every command, for every vendor: `used + reserved <= offered`.
+//! A vendor's `used` counts its committed portions and the released ones it
+//! has not yet acknowledged deleting.
 
 mod catalog;
 mod command;
+mod deletions;
 mod error;
+mod grant_keys;
 mod reservations;
+mod rewrite;
+mod tenant_keys;
 mod vendors;
 
+#[cfg(test)]
+mod deletion_tests;
 #[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod prune_proptests;
 #[cfg(test)]
 mod tests;
 
@@ -31,16 +41,20 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Command, Commit, Forget, Hold, LivenessChange, Outcome, RegisterVendor, Release,
-    ReportCapacity, ReservationView, Reserve, UpdateLiveness,
+    Command, Commit, Forget, Hold, InstallGrantKey, LivenessChange, Outcome, RegisterVendor,
+    Release, ReleasePortions, ReportCapacity, ReservationView, Reserve, RewriteSnapshots,
+    StoreTenantKey, UpdateLiveness,
 };
 pub use error::FatError;
+pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
 pub use reservations::{
     check_reserve_request, CLOSED_RETENTION_MS, MAX_CANDIDATES, MAX_RESERVE_BYTES,
 };
 pub use vendors::{Liveness, LivenessPolicy, VendorRoom, VendorStatus, MAX_REGION_LEN};
 
 use catalog::PortionRecord;
+use deletions::DeletionQueue;
+use grant_keys::GrantKeys;
 use reservations::{Reservation, ReservationState};
 use vendors::VendorRecord;
 
@@ -54,6 +68,12 @@ pub struct Fat {
     requests: BTreeMap<(TenantId, RequestId), ReservationId>,
     portions: BTreeMap<TenantId, BTreeMap<PortionId, PortionRecord>>,
     snapshots: BTreeMap<TenantId, BTreeMap<SnapshotId, SnapshotRecord>>,
+    /// Released portions each vendor still has to delete.
+    deletions: BTreeMap<VendorId, DeletionQueue>,
+    /// The group's keys that sign grants (the newest signs).
+    grant_keys: GrantKeys,
+    /// Each tenant's key file (its data key wrapped by its passphrase).
+    tenant_keys: BTreeMap<TenantId, Vec<u8>>,
 }
 
 /// Counts for the marketplace status.
@@ -63,6 +83,8 @@ pub struct FatStatus {
     pub open_reservations: u64,
     pub portions: u64,
     pub snapshots: u64,
+    /// Deletions vendors have not acknowledged yet.
+    pub pending_deletions: u64,
 }
 
 impl Fat {
@@ -77,6 +99,10 @@ impl Fat {
             Command::ExpireLeases { now_unix_ms } => self.expire_leases(now_unix_ms),
             Command::Forget(c) => self.forget(c),
             Command::UpdateLiveness(c) => self.update_liveness(c),
+            Command::ReleasePortions(c) => self.release_portions(c),
+            Command::RewriteSnapshots(c) => self.rewrite_snapshots(c),
+            Command::InstallGrantKey(c) => self.install_grant_key(c),
+            Command::StoreTenantKey(c) => self.store_tenant_key(c),
         }
     }
 
@@ -92,6 +118,7 @@ impl Fat {
                 .count() as u64,
             portions: self.portions.values().map(|p| p.len() as u64).sum(),
             snapshots: self.snapshots.values().map(|s| s.len() as u64).sum(),
+            pending_deletions: self.pending_deletions(),
         }
     }
 }

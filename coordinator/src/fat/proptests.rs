@@ -2,7 +2,9 @@
 //! vendor `used + reserved <= offered`, `reserved` is what open reservations
 //! hold and `used` is what committed portions take; a refused command
 //! changes nothing; a new reservation holds only up vendors; a report makes
-//! its vendor up; the state survives a postcard round trip.
+//! its vendor up; released portions count in `used` until their vendor
+//! acknowledges deleting them, and no snapshot ever needs a released portion;
+//! the state survives a postcard round trip.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +13,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::tests::{placement, reserve, snapshot_of, tid, vid, T0};
+use super::tests::{placement, reserve, snapshot_of, tid, vendor_key, vid, T0};
 use super::*;
 use crate::placement::{self, PlacementPolicy};
 
@@ -32,6 +34,17 @@ enum Op {
     Report {
         v: usize,
         offered: u64,
+        /// Acknowledge this many of the deletions last asked of the vendor
+        /// (plus a stray one when odd).
+        acks: usize,
+    },
+    /// A tenant releases some portions (needed, foreign or unknown ones too).
+    ReleasePortions {
+        tenant: usize,
+        picks: Vec<usize>,
+        unknown: bool,
+        /// Pick among the tenant's committed portions no snapshot needs.
+        unneeded: bool,
     },
     Reserve {
         tenant: usize,
@@ -63,6 +76,11 @@ enum Op {
     },
     /// The leader's sweep: the changes the report ages call for now.
     Sweep,
+    /// A grant key rotation, with the next key id or a stale one.
+    InstallGrantKey {
+        next: bool,
+        seed: u8,
+    },
     /// An arbitrary liveness change, possibly judged on a stale report time.
     Liveness {
         v: usize,
@@ -80,6 +98,8 @@ struct PortionOp {
     vendors: Vec<usize>,
     bad_hash: bool,
     foreign: bool,
+    /// The first receipt's signature is flipped (a forged receipt).
+    forged: bool,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -89,19 +109,22 @@ fn op() -> impl Strategy<Value = Op> {
         prop::collection::vec(0..VENDORS, 0..4),
         prop::bool::weighted(0.1),
         prop::bool::weighted(0.05),
+        prop::bool::weighted(0.05),
     )
         .prop_map(
-            |(from_candidates, size, vendors, bad_hash, foreign)| PortionOp {
+            |(from_candidates, size, vendors, bad_hash, foreign, forged)| PortionOp {
                 from_candidates,
                 size,
                 vendors,
                 bad_hash,
                 foreign,
+                forged,
             },
         );
     prop_oneof![
         2 => (0..VENDORS - 1, 0usize..3, 0u64..1500).prop_map(|(v, region, offered)| Op::Register { v, region, offered }),
-        1 => (0..VENDORS, 0u64..1500).prop_map(|(v, offered)| Op::Report { v, offered }),
+        2 => (0..VENDORS, 0u64..1500, 0usize..5).prop_map(|(v, offered, acks)| Op::Report { v, offered, acks }),
+        3 => (0usize..2, prop::collection::vec(any::<usize>(), 1..4), prop::bool::weighted(0.1), prop::bool::weighted(0.7)).prop_map(|(tenant, picks, unknown, unneeded)| Op::ReleasePortions { tenant, picks, unknown, unneeded }),
         3 => (0usize..2, 0usize..4, 1u64..400, 1u32..4, prop::collection::vec((0..VENDORS, 0u64..400), 0..6), prop::option::weighted(0.6, any::<u64>()))
             .prop_map(|(tenant, request, bytes, replication, holds, placed)| Op::Reserve { tenant, request, bytes, replication, holds, placed }),
         4 => (prop::bool::weighted(0.9), 0usize..2, any::<usize>(), 0usize..2, prop::collection::vec(portion, 0..4), prop::option::of(prop::collection::vec(any::<usize>(), 1..4)))
@@ -112,6 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..40_000).prop_map(|ms| Op::Advance { ms }),
         2 => Just(Op::Sweep),
         1 => (0..VENDORS, 0usize..3, prop::bool::weighted(0.3)).prop_map(|(v, liveness, stale)| Op::Liveness { v, liveness, stale }),
+        1 => (prop::bool::weighted(0.8), any::<u8>()).prop_map(|(next, seed)| Op::InstallGrantKey { next, seed }),
     ]
 }
 
@@ -122,6 +146,8 @@ struct Harness {
     reservations: Vec<ReservationId>,
     portions: Vec<PortionId>,
     snapshots: Vec<SnapshotId>,
+    /// The deletions last asked of each vendor.
+    asked: BTreeMap<VendorId, Vec<offsite_proto::PortionDeletion>>,
 }
 
 fn vendor_name(v: usize) -> String {
@@ -144,15 +170,56 @@ impl Harness {
                 region: ["eu", "us", "ap"][region].into(),
                 offered_bytes: offered,
                 network_bytes_per_sec: 0,
-                identity_key: vec![],
+                identity_key: vendor_key(&vendor_name(v)).public_key().to_vec(),
                 now_unix_ms: now,
             }),
-            Op::Report { v, offered } => Command::ReportCapacity(ReportCapacity {
-                vendor: vid(&vendor_name(v)),
-                offered_bytes: offered,
-                stored_bytes: 0,
-                now_unix_ms: now,
-            }),
+            Op::Report { v, offered, acks } => {
+                let vendor = vid(&vendor_name(v));
+                // What the last report asked for, or the queue as it is now.
+                let asked = self
+                    .asked
+                    .get(&vendor)
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| self.fat.deletions_for(&vendor));
+                let mut deleted: Vec<_> = asked.into_iter().take(acks / 2 * 3).collect();
+                if acks % 2 == 1 {
+                    deleted.push(offsite_proto::PortionDeletion {
+                        tenant: tid(TENANTS[0]),
+                        portion: pick(&self.portions, acks).unwrap_or_else(PortionId::random),
+                    });
+                }
+                Command::ReportCapacity(ReportCapacity {
+                    vendor,
+                    offered_bytes: offered,
+                    stored_bytes: 0,
+                    deleted,
+                    now_unix_ms: now,
+                })
+            }
+            Op::ReleasePortions {
+                tenant,
+                picks,
+                unknown,
+                unneeded,
+            } => {
+                let from = if unneeded {
+                    self.unneeded(&tid(TENANTS[tenant]))
+                } else {
+                    self.portions.clone()
+                };
+                let mut portions: Vec<PortionId> =
+                    picks.iter().filter_map(|i| pick(&from, *i)).collect();
+                portions.sort();
+                portions.dedup();
+                if unknown {
+                    portions.push(PortionId::random());
+                }
+                Command::ReleasePortions(ReleasePortions {
+                    tenant: tid(TENANTS[tenant]),
+                    portions,
+                })
+            }
             Op::Reserve {
                 tenant,
                 request,
@@ -202,6 +269,11 @@ impl Harness {
                 self.now += ms;
                 return None;
             }
+            Op::InstallGrantKey { next, seed } => Command::InstallGrantKey(InstallGrantKey {
+                key_id: self.fat.next_grant_key_id() - u32::from(!next),
+                secret: GrantSecret([seed; 32]),
+                now_unix_ms: now,
+            }),
             Op::Sweep => Command::UpdateLiveness(UpdateLiveness {
                 changes: self.fat.liveness_changes(now, &POLICY),
                 now_unix_ms: now,
@@ -223,6 +295,26 @@ impl Harness {
                 })
             }
         })
+    }
+
+    /// The tenant's committed portions that none of its snapshots needs.
+    fn unneeded(&self, tenant: &offsite_proto::TenantId) -> Vec<PortionId> {
+        let needed: Vec<PortionId> = self
+            .fat
+            .snapshots
+            .get(tenant)
+            .into_iter()
+            .flat_map(|s| s.values())
+            .flat_map(|s| s.portions.iter().chain([&s.manifest.portion]).copied())
+            .collect();
+        self.fat
+            .portions
+            .get(tenant)
+            .into_iter()
+            .flat_map(|h| h.keys())
+            .filter(|p| !needed.contains(p))
+            .copied()
+            .collect()
     }
 
     fn reserve(
@@ -306,6 +398,15 @@ impl Harness {
                         r.hash = Hash::of(b"wrong");
                     }
                 }
+                if p.forged {
+                    if let Some(byte) = placed
+                        .receipts
+                        .first_mut()
+                        .and_then(|r| r.signature.first_mut())
+                    {
+                        *byte ^= 1;
+                    }
+                }
                 placed
             })
             .collect();
@@ -331,7 +432,7 @@ impl Harness {
 }
 
 /// The accounting every vendor must agree with, recomputed from scratch.
-fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
+pub(super) fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
     let mut reserved: BTreeMap<&VendorId, u64> = BTreeMap::new();
     for r in fat
         .reservations
@@ -346,6 +447,38 @@ fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
     for p in fat.portions.values().flat_map(|t| t.values()) {
         for v in &p.vendors {
             *used.entry(v).or_default() += p.size;
+        }
+    }
+    // Released portions take room until their vendor acknowledges deleting them.
+    for (v, queue) in &fat.deletions {
+        prop_assert!(!queue.is_empty(), "empty deletion queue of {} kept", v);
+        *used.entry(v).or_default() += queue.values().sum::<u64>();
+    }
+    // No portion is both committed and being deleted, and no released
+    // portion is needed by a snapshot.
+    for (tenant, snapshots) in &fat.snapshots {
+        for s in snapshots.values() {
+            for p in s.portions.iter().chain([&s.manifest.portion]) {
+                prop_assert!(
+                    fat.portions.get(tenant).is_some_and(|h| h.contains_key(p)),
+                    "snapshot {} of {} needs {}, which is not committed",
+                    s.id,
+                    tenant,
+                    p
+                );
+            }
+        }
+    }
+    for queue in fat.deletions.values() {
+        for d in queue.keys() {
+            prop_assert!(
+                !fat.portions
+                    .get(&d.tenant)
+                    .is_some_and(|h| h.contains_key(&d.portion)),
+                "{} of {} is committed and being deleted",
+                d.portion,
+                d.tenant
+            );
         }
     }
     for (id, v) in &fat.vendors {
@@ -371,6 +504,15 @@ proptest! {
             let Some(command) = h.command(op) else { continue };
             let before = h.fat.clone();
             let is_reserve = matches!(command, Command::Reserve(_));
+            let forged = match &command {
+                Command::Commit(c) => c.portions.iter().any(|p| {
+                    p.receipts.iter().any(|r| {
+                        let key = h.fat.vendor_identity_key(&r.vendor).unwrap_or_default();
+                        offsite_proto::signing::verify_receipt(r, &key).is_err()
+                    })
+                }),
+                _ => false,
+            };
             let reported = match &command {
                 Command::ReportCapacity(c) => Some(c.vendor.clone()),
                 Command::RegisterVendor(c) => Some(c.vendor.id.clone()),
@@ -378,6 +520,8 @@ proptest! {
             };
             let result = h.fat.apply(command.clone());
             let applied = result.is_ok();
+            // (A repeated commit answers its first result and changes nothing.)
+            prop_assert!(!(forged && h.fat != before), "a commit with a forged receipt was applied");
             match result {
                 Err(err) => prop_assert_eq!(&h.fat, &before, "refused {:?} ({}) changed the FAT", command, err),
                 Ok(Outcome::Reserved(view)) if is_reserve => {
@@ -389,6 +533,12 @@ proptest! {
                         let v = &h.fat.vendors[&c.vendor.id];
                         prop_assert!(v.held() <= v.reported_offered || before == h.fat, "reserve overbooked {}", c.vendor.id);
                         prop_assert!(!fresh || v.liveness == Liveness::Up, "reserved on {} while {:?}", c.vendor.id, v.liveness);
+                    }
+                }
+                Ok(Outcome::CapacityReported { delete }) => {
+                    prop_assert!(delete.len() <= offsite_proto::limits::MAX_DELETIONS_PER_REPORT);
+                    if let Some(v) = &reported {
+                        h.asked.insert(v.clone(), delete);
                     }
                 }
                 Ok(_) => {}

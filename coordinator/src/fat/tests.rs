@@ -5,6 +5,8 @@ use offsite_proto::{
     SnapshotRecord, TenantId, VendorId, VendorRef,
 };
 
+use offsite_proto::signing::VendorKey;
+
 use super::*;
 
 pub(super) const T0: u64 = 1_700_000_000_000;
@@ -16,6 +18,25 @@ pub(super) fn vid(id: &str) -> VendorId {
 
 pub(super) fn tid(id: &str) -> TenantId {
     TenantId::new(id).unwrap()
+}
+
+/// The identity key of test vendor `id` (derived from its name).
+pub(super) fn vendor_key(id: &str) -> VendorKey {
+    VendorKey::from_secret(blake3::hash(id.as_bytes()).as_bytes())
+}
+
+/// A receipt of `vendor`, signed with its test identity key.
+pub(super) fn signed_receipt(vendor: &str, tenant: &str, p: &PortionPlacement) -> Receipt {
+    let mut receipt = Receipt {
+        vendor: vid(vendor),
+        tenant: tid(tenant),
+        portion: p.portion,
+        hash: p.hash,
+        size: p.size,
+        signature: vec![],
+    };
+    vendor_key(vendor).sign(&mut receipt);
+    receipt
 }
 
 pub(super) fn register(
@@ -33,7 +54,7 @@ pub(super) fn register(
         region: region.into(),
         offered_bytes: offered,
         network_bytes_per_sec: 0,
-        identity_key: vec![],
+        identity_key: vendor_key(id).public_key().to_vec(),
         now_unix_ms: now,
     }))
 }
@@ -66,22 +87,17 @@ pub(super) fn reserve(
 pub(super) fn placement(tenant: &str, size: u64, vendors: &[&str]) -> PortionPlacement {
     let portion = PortionId::random();
     let hash = Hash::of(portion.as_bytes());
-    PortionPlacement {
+    let mut p = PortionPlacement {
         portion,
         hash,
         size,
-        receipts: vendors
-            .iter()
-            .map(|v| Receipt {
-                vendor: vid(v),
-                tenant: tid(tenant),
-                portion,
-                hash,
-                size,
-                signature: vec![],
-            })
-            .collect(),
-    }
+        receipts: vec![],
+    };
+    p.receipts = vendors
+        .iter()
+        .map(|v| signed_receipt(v, tenant, &p))
+        .collect();
+    p
 }
 
 pub(super) fn snapshot_of(portions: &[PortionId]) -> SnapshotRecord {
@@ -102,7 +118,7 @@ pub(super) fn snapshot_of(portions: &[PortionId]) -> SnapshotRecord {
     }
 }
 
-fn commit(
+pub(super) fn commit(
     tenant: &str,
     id: ReservationId,
     portions: Vec<PortionPlacement>,
@@ -119,7 +135,7 @@ fn commit(
 }
 
 /// Three vendors in three regions, 1000 bytes each.
-fn market() -> Fat {
+pub(super) fn market() -> Fat {
     let mut fat = Fat::default();
     for (v, region) in [("a", "eu"), ("b", "us"), ("c", "ap")] {
         register(&mut fat, v, region, 1000, T0).unwrap();
@@ -127,20 +143,20 @@ fn market() -> Fat {
     fat
 }
 
-fn reserved(fat: &mut Fat, r: Reserve) -> ReservationId {
+pub(super) fn reserved(fat: &mut Fat, r: Reserve) -> ReservationId {
     match fat.apply(Command::Reserve(r)).unwrap() {
         Outcome::Reserved(view) => view.id,
         other => panic!("{other:?}"),
     }
 }
 
-fn held(fat: &Fat, v: &str) -> (u64, u64, u64) {
+pub(super) fn held(fat: &Fat, v: &str) -> (u64, u64, u64) {
     let rec = &fat.vendors[&vid(v)];
     (rec.used, rec.reserved, rec.offered())
 }
 
 /// Applies a command that must be refused and checks it changed nothing.
-fn refused(fat: &mut Fat, command: Command) -> FatError {
+pub(super) fn refused(fat: &mut Fat, command: Command) -> FatError {
     let before = fat.clone();
     let err = fat.apply(command).unwrap_err();
     assert_eq!(*fat, before, "a refused command changed the FAT");
@@ -156,6 +172,7 @@ fn vendors_register_report_and_age() {
             vendor: vid("z"),
             offered_bytes: 1,
             stored_bytes: 0,
+            deleted: vec![],
             now_unix_ms: T0,
         }),
     );
@@ -169,6 +186,7 @@ fn vendors_register_report_and_age() {
         vendor: vid("a"),
         offered_bytes: 500,
         stored_bytes: 42,
+        deleted: vec![],
         now_unix_ms: T0 + 20_000,
     }))
     .unwrap();
@@ -255,6 +273,7 @@ fn a_lowered_offer_keeps_what_is_held_and_gets_no_new_reservations() {
         vendor: vid("a"),
         offered_bytes: 100,
         stored_bytes: 0,
+        deleted: vec![],
         now_unix_ms: T0,
     }))
     .unwrap();
@@ -539,4 +558,69 @@ fn forget_removes_only_the_tenants_own_snapshot() {
         refused(&mut fat, forget("acme")),
         FatError::NotFound(_)
     ));
+}
+
+#[test]
+fn commit_refuses_forged_and_unsigned_receipts_and_changes_nothing() {
+    let mut fat = market();
+    let id = reserved(
+        &mut fat,
+        reserve("acme", "r1", 100, 1, &[("a", 100), ("b", 100)]),
+    );
+    let mut flipped = placement("acme", 10, &["a"]);
+    flipped.receipts[0].signature[3] ^= 0x40;
+    let mut stranger = placement("acme", 10, &["a"]);
+    let receipt = &mut stranger.receipts[0];
+    vendor_key("someone-else").sign(receipt);
+    let mut unsigned = placement("acme", 10, &["a", "b"]);
+    unsigned.receipts[1].signature.clear();
+    // Signed by a's key but claiming to come from b.
+    let mut impostor = placement("acme", 10, &["a"]);
+    impostor.receipts[0].vendor = vid("b");
+    for (case, p, needle) in [
+        ("flipped", flipped, "forged"),
+        ("other key", stranger, "forged"),
+        ("unsigned", unsigned, "not signed"),
+        ("impostor", impostor, "forged"),
+    ] {
+        let before = fat.clone();
+        let err = refused(&mut fat, commit("acme", id, vec![p], None));
+        assert!(matches!(err, FatError::Forbidden(_)), "{case}: {err}");
+        assert!(err.to_string().contains(needle), "{case}: {err}");
+        assert_eq!(fat, before, "{case}: a refused commit changed the FAT");
+    }
+    fat.apply(commit(
+        "acme",
+        id,
+        vec![placement("acme", 10, &["a", "b"])],
+        None,
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_vendor_registers_a_valid_identity_key_and_may_replace_it() {
+    let mut fat = Fat::default();
+    let mut with_key = |key: Vec<u8>| {
+        fat.apply(Command::RegisterVendor(RegisterVendor {
+            vendor: VendorRef {
+                id: vid("a"),
+                address: "a.example:7100".into(),
+            },
+            region: "eu".into(),
+            offered_bytes: 100,
+            network_bytes_per_sec: 0,
+            identity_key: key,
+            now_unix_ms: T0,
+        }))
+    };
+    let err = with_key(vec![]).unwrap_err();
+    assert!(err.to_string().contains("no identity key"), "{err}");
+    assert!(with_key(vec![7; 31]).is_err());
+    with_key(vendor_key("a").public_key().to_vec()).unwrap();
+    with_key(vendor_key("a2").public_key().to_vec()).unwrap();
+    assert_eq!(
+        fat.vendor_identity_key(&vid("a")),
+        Some(vendor_key("a2").public_key().to_vec())
+    );
 }

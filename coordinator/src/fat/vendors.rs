@@ -135,21 +135,25 @@ fn check_region(region: &str) -> Result<(), FatError> {
     }
 }
 
-fn check_identity_key(key: &[u8]) -> Result<(), FatError> {
-    if key.is_empty() || key.len() == 32 {
-        Ok(())
-    } else {
-        Err(FatError::invalid(format!(
-            "identity key of {} bytes; an ed25519 public key is 32 bytes",
-            key.len()
-        )))
+/// A vendor registers the ed25519 public key its receipts are signed with.
+fn check_identity_key(vendor: &VendorId, key: &[u8]) -> Result<(), FatError> {
+    if key.is_empty() {
+        return Err(FatError::invalid(format!(
+            "vendor {vendor} registered no identity key; its receipts could not be checked: \
+             upgrade the vendor agent, which sends the key from its data_dir/identity.key"
+        )));
     }
+    offsite_proto::signing::check_public_key(key, "the vendor's identity key").map_err(|e| {
+        FatError::invalid(format!(
+            "vendor {vendor}: {e}; the identity key is the public half of data_dir/identity.key"
+        ))
+    })
 }
 
 impl Fat {
     pub(super) fn register_vendor(&mut self, r: RegisterVendor) -> Result<Outcome, FatError> {
         check_region(&r.region)?;
-        check_identity_key(&r.identity_key)?;
+        check_identity_key(&r.vendor.id, &r.identity_key)?;
         let record = self
             .vendors
             .entry(r.vendor.id)
@@ -187,7 +191,10 @@ impl Fat {
         record.stored = r.stored_bytes;
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
         record.mark_up(r.now_unix_ms);
-        Ok(Outcome::CapacityReported)
+        self.acknowledge_deletions(&r.vendor, &r.deleted);
+        Ok(Outcome::CapacityReported {
+            delete: self.deletions_for(&r.vendor),
+        })
     }
 
     /// Applies the leader's liveness changes. A change is skipped when the
@@ -265,6 +272,11 @@ impl Fat {
                 free_bytes: v.free(),
             })
             .collect()
+    }
+
+    /// The identity key the vendor registered (its receipts' key).
+    pub fn vendor_identity_key(&self, id: &VendorId) -> Option<Vec<u8>> {
+        self.vendors.get(id).map(|v| v.identity_key.clone())
     }
 
     pub(super) fn vendor_ref(&self, id: &VendorId) -> VendorRef {

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use offsite_identity::Credentials;
 use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState};
@@ -75,7 +76,13 @@ impl RaftStore {
     /// Opens the Raft log, vote and FAT snapshot in `dir` and starts this
     /// coordinator's Raft node (not yet part of a group until initialised
     /// or added).
-    pub async fn open(dir: &Path, settings: &GroupSettings) -> Result<Self, StoreError> {
+    /// `credentials` (a coordinator certificate) open the connections to
+    /// the other coordinators.
+    pub async fn open(
+        dir: &Path,
+        settings: &GroupSettings,
+        credentials: Credentials,
+    ) -> Result<Self, StoreError> {
         let path = dir.to_path_buf();
         let opened = tokio::task::spawn_blocking(move || {
             let db = sled::Config::new()
@@ -105,7 +112,7 @@ impl RaftStore {
         }
         .validate()
         .map_err(|e| StoreError::Stopped(format!("invalid Raft settings: {e}")))?;
-        let peers = Peers::default();
+        let peers = Peers::new(credentials);
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),

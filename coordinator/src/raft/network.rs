@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use offsite_identity::{Credentials, Role};
 use offsite_proto::pb::raft::raft_client::RaftClient;
 use offsite_proto::pb::raft::RaftBytes;
 use openraft::error::{
@@ -25,7 +26,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec::{decode, encode};
 use super::health::Health;
@@ -35,22 +36,35 @@ use super::{NodeId, TypeConfig};
 /// entries, a snapshot chunk, a forwarded command).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Channels to the other coordinators, by address, and who answered lately.
-#[derive(Clone, Default)]
+/// Channels to the other coordinators, by address (mutual TLS, expecting a
+/// coordinator certificate), and who answered lately.
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    credentials: Arc<Credentials>,
     pub health: Arc<Health>,
 }
 
 impl Peers {
+    /// No channel yet; every one will present `credentials`.
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            channels: Arc::default(),
+            credentials: Arc::new(credentials),
+            health: Arc::default(),
+        }
+    }
+
     /// A client for the coordinator at `address` (host:port).
     pub fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| format!("coordinator address {address:?} is not host:port: {e}"))?
+                let channel = self
+                    .credentials
+                    .endpoint(address, &Role::Coordinator.dns_name())
+                    .map_err(|e| format!("coordinator address {e}"))?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
                     .connect_lazy();

@@ -2,6 +2,7 @@
 //! other coordinators, proposals and read indexes forwarded by followers,
 //! and the group's admin calls. A thin adapter over [`RaftStore`].
 
+use offsite_identity::{require_role, PeerIdentity, Role};
 use offsite_proto::pb::raft as pb;
 use offsite_proto::pb::raft::raft_server::Raft as RaftApi;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -14,8 +15,8 @@ use super::admin::{GroupStatus, MemberStatus, MembershipChange};
 use super::codec::{decode, encode};
 use super::group::{Forwarded, RaftStore, Try};
 use super::{NodeId, TypeConfig};
-use crate::fat::Command;
-use crate::service::now_unix_ms;
+use crate::fat::{Command, Outcome};
+use crate::service::{grants, now_unix_ms};
 use crate::store::ProposeError;
 
 /// Metadata key marking an admin call already forwarded once.
@@ -36,7 +37,20 @@ impl RaftService {
     }
 }
 
+/// Raft messages, forwarded proposals and read indexes come only from the
+/// other coordinators.
+fn from_coordinator<T>(request: &Request<T>) -> Result<(), Status> {
+    require_role(request, &[Role::Coordinator]).map(drop)
+}
+
+/// Group status and membership changes: an operator (admin certificate) or
+/// another coordinator (forwarding to the leader).
+fn from_admin<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+    require_role(request, &[Role::Admin, Role::Coordinator])
+}
+
 fn decode_request<T: DeserializeOwned>(request: Request<pb::RaftBytes>) -> Result<T, Status> {
+    from_coordinator(&request)?;
     decode(&request.into_inner().data).map_err(|e| {
         Status::invalid_argument(format!(
             "unreadable Raft message: {e}; are both coordinators the same build?"
@@ -109,8 +123,11 @@ fn member_change(
     request: Request<pb::MemberRequest>,
     add: bool,
     promote: bool,
-) -> (MembershipChange, bool) {
-    let forwarded = request.metadata().get(FORWARDED_KEY).is_some();
+) -> Result<(MembershipChange, bool), Status> {
+    let caller = from_admin(&request)?;
+    // Only a coordinator forwards; an operator's call is never taken as one.
+    let forwarded =
+        caller.role == Role::Coordinator && request.metadata().get(FORWARDED_KEY).is_some();
     let r = request.into_inner();
     let change = if add {
         MembershipChange::AddLearner {
@@ -122,7 +139,7 @@ fn member_change(
     } else {
         MembershipChange::Remove { id: r.id }
     };
-    (change, forwarded)
+    Ok((change, forwarded))
 }
 
 impl RaftService {
@@ -211,8 +228,9 @@ impl RaftApi for RaftService {
 
     async fn read_index(
         &self,
-        _request: Request<pb::ReadIndexRequest>,
+        request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        from_coordinator(&request)?;
         if !self.store_is_leader() {
             return Err(Status::failed_precondition(
                 "this coordinator is not the leader",
@@ -230,8 +248,9 @@ impl RaftApi for RaftService {
 
     async fn group_status(
         &self,
-        _request: Request<pb::GroupStatusRequest>,
+        request: Request<pb::GroupStatusRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
+        from_admin(&request)?;
         Ok(Response::new(group_status_to_pb(self.store.group_status())))
     }
 
@@ -239,7 +258,7 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
-        let (change, forwarded) = member_change(request, true, false);
+        let (change, forwarded) = member_change(request, true, false)?;
         self.membership(change, forwarded).await
     }
 
@@ -247,7 +266,7 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
-        let (change, forwarded) = member_change(request, false, true);
+        let (change, forwarded) = member_change(request, false, true)?;
         self.membership(change, forwarded).await
     }
 
@@ -255,8 +274,30 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
-        let (change, forwarded) = member_change(request, false, false);
+        let (change, forwarded) = member_change(request, false, false)?;
         self.membership(change, forwarded).await
+    }
+
+    async fn rotate_grant_key(
+        &self,
+        request: Request<pb::RotateGrantKeyRequest>,
+    ) -> Result<Response<pb::RotateGrantKeyResponse>, Status> {
+        let caller = require_role(&request, &[Role::Admin])?;
+        let outcome = grants::rotate(&self.store)
+            .await
+            .map_err(crate::service::status_of)?;
+        let Outcome::GrantKeyInstalled { key_id, retired } = outcome else {
+            return Err(Status::internal(format!(
+                "the FAT answered a grant key rotation with {outcome:?}; this is a coordinator \
+                 bug, please report it"
+            )));
+        };
+        tracing::info!(admin = %caller.name, key_id, ?retired, "grant key rotated");
+        Ok(Response::new(pb::RotateGrantKeyResponse {
+            key_id,
+            retired,
+            keys: grants::public_keys(&self.store),
+        }))
     }
 }
 

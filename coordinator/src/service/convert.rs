@@ -2,15 +2,20 @@
 //! commands and outcomes, at the edge. Field checks come from offsite_proto's
 //! `TryFrom` impls and `limits`.
 
-use offsite_proto::limits::{MAX_GRANT_BYTES, MAX_PORTIONS_PER_CALL};
+use offsite_proto::limits::{
+    MAX_GRANT_BYTES, MAX_PORTIONS_PER_CALL, MAX_RELEASE_PER_CALL, MAX_SNAPSHOT_REWRITES,
+};
 use offsite_proto::pb::common as pbc;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::{
-    PortionLocation, PortionPlacement, RequestId, ReservationId, SnapshotRecord, TenantId,
-    VendorId, VendorRef, WireError,
+    parse_deletions, parse_portion_ids, PortionId, PortionLocation, PortionPlacement, RequestId,
+    ReservationId, SnapshotRecord, TenantId, VendorId, VendorRef, WireError,
 };
 
-use crate::fat::{Commit, RegisterVendor, ReportCapacity, ReservationView, VendorStatus};
+use crate::fat::{
+    Commit, RegisterVendor, ReleasePortions, ReportCapacity, ReservationView, RewriteSnapshots,
+    VendorStatus,
+};
 
 pub(super) fn register_command(
     r: pb::RegisterVendorRequest,
@@ -41,8 +46,60 @@ pub(super) fn report_command(
         vendor: VendorId::new(r.vendor_id)?,
         offered_bytes: r.offered_bytes,
         stored_bytes: r.stored_bytes,
+        deleted: parse_deletions("deleted", r.deleted)?,
         now_unix_ms,
     })
+}
+
+pub(super) fn release_portions_command(
+    tenant: TenantId,
+    r: pb::ReleasePortionsRequest,
+) -> Result<ReleasePortions, WireError> {
+    if r.portion_ids.len() > MAX_RELEASE_PER_CALL {
+        return Err(WireError::new(
+            "portion_ids",
+            format!(
+                "{} portions, more than {MAX_RELEASE_PER_CALL}; release them in several calls",
+                r.portion_ids.len()
+            ),
+        ));
+    }
+    Ok(ReleasePortions {
+        tenant,
+        portions: parse_portion_ids("portion_ids", &r.portion_ids)?,
+    })
+}
+
+pub(super) fn rewrite_snapshots_command(
+    tenant: TenantId,
+    r: pb::RewriteSnapshotsRequest,
+) -> Result<RewriteSnapshots, WireError> {
+    if r.snapshots.len() > MAX_SNAPSHOT_REWRITES {
+        return Err(WireError::new(
+            "snapshots",
+            format!(
+                "{} snapshots, more than {MAX_SNAPSHOT_REWRITES}; rewrite them in several calls",
+                r.snapshots.len()
+            ),
+        ));
+    }
+    Ok(RewriteSnapshots {
+        tenant,
+        snapshots: r
+            .snapshots
+            .into_iter()
+            .map(SnapshotRecord::try_from)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The start of a portion list page: empty means from the first portion.
+pub(super) fn list_after(r: &pb::ListPortionsRequest) -> Result<Option<PortionId>, WireError> {
+    if r.after_portion_id.is_empty() {
+        Ok(None)
+    } else {
+        PortionId::parse(&r.after_portion_id).map(Some)
+    }
 }
 
 pub(super) fn commit_command(

@@ -1,15 +1,18 @@
 //! The gRPC services, as thin adapters: convert the request to domain types
 //! at the edge, stamp the time and the choices, propose the command to the
 //! FAT store, and convert the outcome back. Errors become `tonic::Status` in
-//! [`status_of`] only, and the calling tenant is read in [`tenant_of`] only.
+//! [`status_of`] only, and the caller's identity, from its client certificate, is read in
+//! [`tenant_of`] and [`vendor_of`] only.
 
 mod convert;
+pub(crate) mod grants;
 mod registry;
 mod tenant_api;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use offsite_proto::{TenantId, TENANT_METADATA_KEY};
+use offsite_identity::{require_role, Role};
+use offsite_proto::{TenantId, VendorId};
 use tonic::{Request, Status};
 
 use crate::fat::FatError;
@@ -50,20 +53,39 @@ pub(crate) fn store_status(err: StoreError) -> Status {
     }
 }
 
-/// The calling tenant. Until certificates carry it, it is named in the gRPC
-/// metadata key `offsite-tenant`; this is the only function that reads it.
+/// The calling tenant: the name of the caller's tenant certificate, the
+/// only source of a tenant id on the coordinator. Any other certificate is
+/// refused with PermissionDenied.
 pub(crate) fn tenant_of<T>(request: &Request<T>) -> Result<TenantId, Status> {
-    let value = request.metadata().get(TENANT_METADATA_KEY).ok_or_else(|| {
+    let peer = require_role(request, &[Role::Tenant])?;
+    TenantId::new(peer.name).map_err(|e| {
         Status::unauthenticated(format!(
-            "no tenant named; set the gRPC metadata key {TENANT_METADATA_KEY}"
+            "the tenant certificate names no valid tenant id: {e}"
         ))
-    })?;
-    let text = value.to_str().map_err(|_| {
+    })
+}
+
+/// The calling vendor: the name of the caller's vendor certificate. Any
+/// other certificate is refused with PermissionDenied.
+pub(crate) fn vendor_of<T>(request: &Request<T>) -> Result<VendorId, Status> {
+    let peer = require_role(request, &[Role::Vendor])?;
+    VendorId::new(peer.name).map_err(|e| {
         Status::unauthenticated(format!(
-            "the {TENANT_METADATA_KEY} metadata is not text; name the tenant in ASCII"
+            "the vendor certificate names no valid vendor id: {e}"
         ))
-    })?;
-    TenantId::new(text).map_err(|e| Status::unauthenticated(format!("{TENANT_METADATA_KEY}: {e}")))
+    })
+}
+
+/// A vendor may register and report only as itself.
+pub(crate) fn check_same_vendor(caller: &VendorId, claimed: &VendorId) -> Result<(), Status> {
+    if caller == claimed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "the certificate is vendor {caller:?}'s; it cannot speak for vendor {claimed:?} \
+             (set vendor_id to the certificate's name, or issue a certificate for {claimed:?})"
+        )))
+    }
 }
 
 /// Wall-clock time for stamping commands (never read inside the FAT).
@@ -123,19 +145,25 @@ mod tests {
     }
 
     #[test]
-    fn the_tenant_comes_from_the_metadata() {
-        let mut request = Request::new(());
+    fn without_a_certificate_there_is_no_tenant_and_no_vendor() {
+        let request = Request::new(());
         assert_eq!(
             tenant_of(&request).unwrap_err().code(),
-            tonic::Code::Unauthenticated
+            Code::Unauthenticated
         );
-        request
-            .metadata_mut()
-            .insert(TENANT_METADATA_KEY, "acme".parse().unwrap());
-        assert_eq!(tenant_of(&request).unwrap().as_str(), "acme");
-        request
-            .metadata_mut()
-            .insert(TENANT_METADATA_KEY, "a/b".parse().unwrap());
-        assert!(tenant_of(&request).is_err());
+        assert_eq!(
+            vendor_of(&request).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        let one = VendorId::new("vendor-1").unwrap();
+        let two = VendorId::new("vendor-2").unwrap();
+        check_same_vendor(&one, &one).unwrap();
+        let refused = check_same_vendor(&one, &two).unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().contains("vendor-2"),
+            "{}",
+            refused.message()
+        );
     }
 }

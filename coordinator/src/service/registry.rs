@@ -7,8 +7,8 @@ use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
 use tonic::{Request, Response, Status};
 
-use super::{convert, now_unix_ms, status_of};
-use crate::fat::Command;
+use super::{check_same_vendor, convert, grants, now_unix_ms, status_of, vendor_of};
+use crate::fat::{Command, Outcome};
 use crate::store::FatStore;
 
 /// The vendor-facing service.
@@ -28,25 +28,66 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         &self,
         request: Request<pb::RegisterVendorRequest>,
     ) -> Result<Response<pb::RegisterVendorResponse>, Status> {
+        let caller = vendor_of(&request)?;
         let command = convert::register_command(request.into_inner(), now_unix_ms())?;
+        check_same_vendor(&caller, &command.vendor.id)?;
         let (vendor, address) = (command.vendor.id.clone(), command.vendor.address.clone());
+        let key = command.identity_key.clone();
+        let lookup = vendor.clone();
+        let previous = self
+            .store
+            .read_local(move |fat| fat.vendor_identity_key(&lookup));
         self.store
             .propose(Command::RegisterVendor(command))
             .await
             .map_err(status_of)?;
+        match previous {
+            // Only the certificate-authenticated vendor itself gets here.
+            Some(old) if old != key => tracing::warn!(
+                %vendor, old_key = %hex::encode(&old), new_key = %hex::encode(&key),
+                "vendor registered a new identity key; its receipts are checked against the new key from now on"
+            ),
+            _ => {}
+        }
         tracing::info!(%vendor, %address, "vendor registered");
-        Ok(Response::new(pb::RegisterVendorResponse {}))
+        // Without a key yet the vendor learns it from a later report answer.
+        if let Err(e) = grants::ensure_key(&*self.store).await {
+            tracing::warn!(error = %e, "could not install the first grant key yet");
+        }
+        Ok(Response::new(pb::RegisterVendorResponse {
+            grant_keys: grants::public_keys(&*self.store),
+        }))
     }
 
     async fn report_capacity(
         &self,
         request: Request<pb::CapacityReport>,
     ) -> Result<Response<pb::CapacityReportResponse>, Status> {
+        let caller = vendor_of(&request)?;
         let command = convert::report_command(request.into_inner(), now_unix_ms())?;
-        self.store
+        check_same_vendor(&caller, &command.vendor)?;
+        let (vendor, deleted) = (command.vendor.clone(), command.deleted.len());
+        match self
+            .store
             .propose(Command::ReportCapacity(command))
             .await
-            .map_err(status_of)?;
-        Ok(Response::new(pb::CapacityReportResponse {}))
+            .map_err(status_of)?
+        {
+            Outcome::CapacityReported { delete } => {
+                if deleted > 0 {
+                    tracing::info!(%vendor, deleted, queued = delete.len(), "vendor deleted released portions");
+                } else if !delete.is_empty() {
+                    tracing::debug!(%vendor, queued = delete.len(), "vendor asked to delete released portions");
+                }
+                Ok(Response::new(pb::CapacityReportResponse {
+                    delete: delete.into_iter().map(Into::into).collect(),
+                    grant_keys: grants::public_keys(&*self.store),
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "the FAT answered a capacity report with {other:?}; this is a coordinator bug, \
+                 please report it"
+            ))),
+        }
     }
 }

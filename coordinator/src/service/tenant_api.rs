@@ -6,14 +6,18 @@ use std::sync::Arc;
 
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_server::Fat as FatApi;
-use offsite_proto::{parse_portion_ids, RequestId, ReservationId, SnapshotId};
+use offsite_proto::signing::GrantOp;
+use offsite_proto::{
+    parse_portion_ids, PortionLocation, RequestId, ReservationId, SnapshotId, TenantId,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::{Request, Response, Status};
 
-use super::{convert, now_unix_ms, status_of, store_status, tenant_of};
+use super::{convert, grants, now_unix_ms, status_of, store_status, tenant_of};
 use crate::fat::{
     check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, Reserve,
+    StoreTenantKey,
 };
 use crate::placement::{self, PlacementPolicy};
 use crate::store::{FatStore, ProposeError};
@@ -62,6 +66,26 @@ impl<S: FatStore> FatService<S> {
     }
 }
 
+impl<S: FatStore> FatService<S> {
+    /// Fills each location's fetch grants, one per vendor.
+    async fn grant_fetches(
+        &self,
+        tenant: &TenantId,
+        locations: &mut [PortionLocation],
+    ) -> Result<(), Status> {
+        if locations.is_empty() {
+            return Ok(());
+        }
+        let key = grants::signing_key(&*self.store).await?;
+        let signed =
+            grants::sign_portion_grants(&key, GrantOp::Fetch, tenant, locations, now_unix_ms());
+        for (location, grants) in locations.iter_mut().zip(signed) {
+            location.fetch_grants = grants;
+        }
+        Ok(())
+    }
+}
+
 fn unexpected(outcome: Outcome) -> Status {
     Status::internal(format!(
         "the FAT answered with {outcome:?}, which this call does not expect; this is a \
@@ -94,7 +118,9 @@ impl<S: FatStore> FatApi for FatService<S> {
             };
             reserve.holds = self.choose(&reserve).await.map_err(status_of)?;
             match self.store.propose(Command::Reserve(reserve)).await {
-                Ok(Outcome::Reserved(view)) => {
+                Ok(Outcome::Reserved(mut view)) => {
+                    let key = grants::signing_key(&*self.store).await?;
+                    grants::sign_store_grants(&key, &tenant, &mut view);
                     tracing::info!(%tenant, reservation = %view.id, bytes = r.bytes, candidates = view.candidates.len(), "reserved");
                     return Ok(Response::new(convert::reserve_response(view)));
                 }
@@ -169,12 +195,14 @@ impl<S: FatStore> FatApi for FatService<S> {
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let id = SnapshotId::parse(&request.into_inner().snapshot_id)?;
-        let (record, portions) = self
+        let owner = tenant.clone();
+        let (record, mut portions) = self
             .store
-            .read(move |fat| fat.snapshot(&tenant, id))
+            .read(move |fat| fat.snapshot(&owner, id))
             .await
             .map_err(store_status)?
             .map_err(|e| status_of(e.into()))?;
+        self.grant_fetches(&tenant, &mut portions).await?;
         Ok(Response::new(pb::GetSnapshotResponse {
             snapshot: Some(record.into()),
             portions: convert::locations(portions),
@@ -202,11 +230,13 @@ impl<S: FatStore> FatApi for FatService<S> {
     ) -> Result<Response<pb::LocatePortionsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let ids = parse_portion_ids("portion_ids", &request.into_inner().portion_ids)?;
-        let portions = self
+        let owner = tenant.clone();
+        let mut portions = self
             .store
-            .read(move |fat| fat.locate(&tenant, &ids))
+            .read(move |fat| fat.locate(&owner, &ids))
             .await
             .map_err(store_status)?;
+        self.grant_fetches(&tenant, &mut portions).await?;
         Ok(Response::new(pb::LocatePortionsResponse {
             portions: convert::locations(portions),
         }))
@@ -229,6 +259,107 @@ impl<S: FatStore> FatApi for FatService<S> {
             portions: status.portions,
             snapshots: status.snapshots,
             applied_index,
+            pending_deletions: status.pending_deletions,
         }))
+    }
+
+    async fn list_portions(
+        &self,
+        request: Request<pb::ListPortionsRequest>,
+    ) -> Result<Response<pb::ListPortionsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let after = convert::list_after(&r)?;
+        let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
+        let (portions, more) = self
+            .store
+            .read(move |fat| fat.list_portions(&tenant, after, limit))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListPortionsResponse {
+            portions: portions.into_iter().map(Into::into).collect(),
+            more,
+        }))
+    }
+
+    async fn release_portions(
+        &self,
+        request: Request<pb::ReleasePortionsRequest>,
+    ) -> Result<Response<pb::ReleasePortionsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let command = convert::release_portions_command(tenant.clone(), request.into_inner())?;
+        let asked = command.portions.len();
+        match self
+            .store
+            .propose(Command::ReleasePortions(command))
+            .await
+            .map_err(status_of)?
+        {
+            Outcome::PortionsReleased { portions, bytes } => {
+                tracing::info!(%tenant, asked, portions, bytes, "portions released");
+                Ok(Response::new(pb::ReleasePortionsResponse {
+                    released_portions: portions,
+                    released_bytes: bytes,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn rewrite_snapshots(
+        &self,
+        request: Request<pb::RewriteSnapshotsRequest>,
+    ) -> Result<Response<pb::RewriteSnapshotsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let command = convert::rewrite_snapshots_command(tenant.clone(), request.into_inner())?;
+        match self
+            .store
+            .propose(Command::RewriteSnapshots(command))
+            .await
+            .map_err(status_of)?
+        {
+            Outcome::SnapshotsRewritten { snapshots } => {
+                tracing::info!(%tenant, snapshots, "snapshots rewritten");
+                Ok(Response::new(pb::RewriteSnapshotsResponse {
+                    rewritten: snapshots,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_key_file(
+        &self,
+        request: Request<pb::PutKeyFileRequest>,
+    ) -> Result<Response<pb::PutKeyFileResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let command = Command::StoreTenantKey(StoreTenantKey {
+            tenant: tenant.clone(),
+            key_file: request.into_inner().key_file,
+            now_unix_ms: now_unix_ms(),
+        });
+        self.store.propose(command).await.map_err(status_of)?;
+        tracing::info!(%tenant, "key file stored");
+        Ok(Response::new(pb::PutKeyFileResponse {}))
+    }
+
+    async fn get_key_file(
+        &self,
+        request: Request<pb::GetKeyFileRequest>,
+    ) -> Result<Response<pb::GetKeyFileResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let owner = tenant.clone();
+        let key_file = self
+            .store
+            .read(move |fat| fat.tenant_key(&owner))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "tenant {tenant} has stored no key file; run `offsite init` (or `offsite key \
+                     passwd`) on the machine that holds it"
+                ))
+            })?;
+        Ok(Response::new(pb::GetKeyFileResponse { key_file }))
     }
 }

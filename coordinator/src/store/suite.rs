@@ -16,6 +16,16 @@ use crate::raft::{GroupSettings, RaftStore};
 
 const T0: u64 = 1_700_000_000_000;
 
+/// The identity key of test vendor `v` (derived from its name).
+fn vendor_key(v: &str) -> offsite_proto::signing::VendorKey {
+    offsite_proto::signing::VendorKey::from_secret(blake3::hash(v.as_bytes()).as_bytes())
+}
+
+fn signed(mut receipt: Receipt) -> Receipt {
+    vendor_key(receipt.vendor.as_str()).sign(&mut receipt);
+    receipt
+}
+
 fn register(v: &str, offered: u64) -> Command {
     Command::RegisterVendor(RegisterVendor {
         vendor: VendorRef {
@@ -25,7 +35,7 @@ fn register(v: &str, offered: u64) -> Command {
         region: "eu".into(),
         offered_bytes: offered,
         network_bytes_per_sec: 0,
-        identity_key: vec![],
+        identity_key: vendor_key(v).public_key().to_vec(),
         now_unix_ms: T0,
     })
 }
@@ -60,14 +70,14 @@ fn commit(id: ReservationId, vendor: &str) -> Command {
             portion,
             hash,
             size: 7,
-            receipts: vec![Receipt {
+            receipts: vec![signed(Receipt {
                 vendor: VendorId::new(vendor).unwrap(),
                 tenant,
                 portion,
                 hash,
                 size: 7,
                 signature: vec![],
-            }],
+            })],
         }],
         snapshot: None,
         now_unix_ms: T0 + 1,
@@ -118,6 +128,14 @@ pub(crate) async fn applies_like_the_state_machine<S: FatStore>(
     assert_eq!(store.read_local(|fat| fat.clone()), state);
 }
 
+/// Coordinator credentials from a throwaway CA (a group of one calls nobody).
+fn test_credentials() -> offsite_identity::Credentials {
+    let ca = offsite_identity::pki::CertificateAuthority::generate().expect("a test CA");
+    let me = offsite_identity::PeerIdentity::new(offsite_identity::Role::Coordinator, "c1")
+        .expect("a valid name");
+    ca.credentials(&me).expect("test credentials")
+}
+
 /// A group of one in `dir`, initialised and leading.
 async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
     let settings = GroupSettings {
@@ -132,7 +150,7 @@ async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
     // that is finishing: wait for it to let go, with a deadline.
     let deadline = Instant::now() + Duration::from_secs(10);
     let store = loop {
-        match RaftStore::open(dir, &settings).await {
+        match RaftStore::open(dir, &settings, test_credentials()).await {
             Ok(store) => break store,
             Err(e) if e.to_string().contains("could not acquire lock") => {
                 assert!(Instant::now() < deadline, "the store stayed locked: {e}");
@@ -226,7 +244,7 @@ async fn raft_store_refuses_a_record_of_another_format_version() {
         write_timeout_ms: 5000,
         snapshot_every: 1000,
     };
-    let err = match RaftStore::open(dir.path(), &settings).await {
+    let err = match RaftStore::open(dir.path(), &settings, test_credentials()).await {
         Err(err) => err.to_string(),
         Ok(store) => {
             store.shutdown().await;

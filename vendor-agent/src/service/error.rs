@@ -1,6 +1,7 @@
 //! Everything that can go wrong in a vendor call, and the one place it becomes
 //! a `tonic::Status`. Each message names the thing and what the caller should do.
 
+use offsite_proto::signing::SignatureError;
 use offsite_proto::{Hash, PortionId, TenantId, VendorId, WireError};
 use tonic::Status;
 
@@ -12,6 +13,10 @@ pub enum VendorError {
     /// A field of the request failed its checks.
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error(
+        "this certificate is tenant {caller:?}'s; it cannot reach tenant {named:?}'s portions"
+    )]
+    NotYourTenant { caller: TenantId, named: String },
     #[error("the first frame of a store stream must be the routing header; send the header, then data frames")]
     HeaderMissing,
     #[error(
@@ -94,6 +99,13 @@ pub enum VendorError {
     DeleteIncomplete { portion: PortionId, detail: String },
     #[error("probe payload of {len} bytes exceeds the {max}-byte limit; send a smaller payload")]
     ProbeTooLarge { len: usize, max: usize },
+    #[error("vendor {vendor} refused the grant: {source}")]
+    Grant {
+        vendor: VendorId,
+        source: SignatureError,
+    },
+    #[error("this vendor is not registered with the coordinator group yet, so it cannot check grants; retry in a few seconds")]
+    NotRegistered,
     #[error(transparent)]
     LocalFat(#[from] LocalFatError),
     #[error("internal error: {0}")]
@@ -115,6 +127,10 @@ impl From<VendorError> for Status {
             | VendorError::HashMismatch { .. }
             | VendorError::ProbeTooLarge { .. } => Status::invalid_argument(message),
             VendorError::Inbound(status) => Status::new(status.code(), message),
+            VendorError::NotYourTenant { .. } | VendorError::Grant { .. } => {
+                Status::permission_denied(message)
+            }
+            VendorError::NotRegistered => Status::unavailable(message),
             VendorError::Idle { .. } => Status::deadline_exceeded(message),
             VendorError::HeldWithOtherHash { .. } => Status::already_exists(message),
             VendorError::Busy { .. } => Status::aborted(message),

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use offsite_proto::limits::FRAME_BYTES;
 use offsite_proto::pb::common::DataFrame;
 use offsite_proto::pb::vendor::{DeleteRequest, FetchRequest};
-use offsite_proto::{Grant, PortionId, TenantId};
+use offsite_proto::signing::{Expected, GrantOp, GrantSubject, SignatureError};
+use offsite_proto::{Grant, PortionId, TenantId, VendorId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -33,13 +34,26 @@ pub(crate) fn fetch(
 ) -> Result<ReceiverStream<Result<DataFrame, Status>>, VendorError> {
     let tenant = TenantId::new(request.tenant_id)?;
     let portion = PortionId::parse(&request.portion_id)?;
-    // Checked once grants exist (trust issue); bounded now.
-    request.grant.map(Grant::try_from).transpose()?;
+    let grant = request.grant.map(Grant::try_from).transpose()?;
+    let body = shared.grants.check(
+        grant.as_ref(),
+        &portion_grant(GrantOp::Fetch, &tenant, &shared.vendor, portion),
+    )?;
     let record = shared
         .fat
         .get(&tenant, &portion)?
         .ok_or(VendorError::NotHeld { tenant, portion })?;
     let (start, end) = range(&record, request.offset, request.length)?;
+    if end - start > body.max_bytes {
+        return Err(VendorError::Grant {
+            vendor: shared.vendor.clone(),
+            source: SignatureError::Mismatch(format!(
+                "{} bytes asked, the grant allows {}",
+                end - start,
+                body.max_bytes
+            )),
+        });
+    }
     let (sender, receiver) = mpsc::channel(FETCH_WINDOW);
     tokio::spawn(async move {
         if let Err(err) = stream_range(&shared, &record, start, end, &sender).await {
@@ -49,6 +63,23 @@ pub(crate) fn fetch(
         }
     });
     Ok(ReceiverStream::new(receiver))
+}
+
+/// What a fetch or delete grant must name: this tenant, this vendor, this
+/// portion (its byte limit is checked against the range asked).
+fn portion_grant<'a>(
+    op: GrantOp,
+    tenant: &'a TenantId,
+    vendor: &'a VendorId,
+    portion: PortionId,
+) -> Expected<'a> {
+    Expected {
+        op,
+        tenant,
+        vendor,
+        subject: GrantSubject::Portion(portion),
+        bytes: 0,
+    }
 }
 
 /// `[start, end)` of the portion; a length of 0 means to the end.
@@ -146,15 +177,32 @@ async fn read_piece(
     Ok(data)
 }
 
-/// Removes a portion's pieces and then its local FAT entry; `false` when this
-/// vendor does not hold the portion for this tenant.
+/// Removes a portion's pieces and then its local FAT entry, under a delete
+/// grant; `false` when this vendor does not hold the portion for this tenant.
 pub(crate) async fn delete(
     shared: Arc<Shared>,
     request: DeleteRequest,
 ) -> Result<bool, VendorError> {
     let tenant = TenantId::new(request.tenant_id)?;
     let portion = PortionId::parse(&request.portion_id)?;
-    request.grant.map(Grant::try_from).transpose()?;
+    let grant = request.grant.map(Grant::try_from).transpose()?;
+    shared.grants.check(
+        grant.as_ref(),
+        &portion_grant(GrantOp::Delete, &tenant, &shared.vendor, portion),
+    )?;
+    delete_portion(&shared, &tenant, &portion).await
+}
+
+/// Removes a portion's pieces and then its local FAT entry (the deletion
+/// path shared by `Vendor.Delete` and the coordinator's deletion queue);
+/// `false` when this vendor does not hold the portion for this tenant, so a
+/// repeated deletion is a success. A piece already gone counts as deleted.
+pub(crate) async fn delete_portion(
+    shared: &Arc<Shared>,
+    tenant: &TenantId,
+    portion: &PortionId,
+) -> Result<bool, VendorError> {
+    let (tenant, portion) = (tenant.clone(), *portion);
     let _claim = shared.claim(&tenant, &portion)?;
     let Some(record) = shared.fat.get(&tenant, &portion)? else {
         return Ok(false);
@@ -230,13 +278,34 @@ mod tests {
         let fat = crate::local_fat::LocalFat::open(fat_dir.path()).unwrap();
         fat.insert(&damaged).await.unwrap();
         let vendor = offsite_proto::VendorId::new("v1").unwrap();
-        let shared = Arc::new(Shared::new(vendor, vec![Arc::new(store)], fat));
+        let credentials = crate::testing::throwaway_credentials("v1");
+        let identity = offsite_proto::signing::VendorKey::from_secret(&[1; 32]);
+        let shared = Arc::new(Shared::new(
+            vendor,
+            vec![Arc::new(store)],
+            fat,
+            credentials,
+            identity,
+        ));
+        let group = offsite_proto::signing::GroupKey::from_secret(1, &[2; 32]);
+        shared
+            .grants
+            .set_keys(&[(1, group.public_key().to_vec())])
+            .unwrap();
+        let grant = group.grant(&offsite_proto::signing::GrantBody {
+            op: GrantOp::Fetch,
+            tenant: damaged.tenant.clone(),
+            vendor: shared.vendor.clone(),
+            subject: GrantSubject::Portion(damaged.portion),
+            max_bytes: damaged.size,
+            expires_unix_ms: u64::MAX,
+        });
         let request = FetchRequest {
             tenant_id: damaged.tenant.to_string(),
             portion_id: damaged.portion.to_string(),
             offset: 0,
             length: 0,
-            grant: None,
+            grant: Some(grant.into()),
         };
         let frames: Vec<_> = fetch(shared, request).unwrap().collect().await;
         let status = frames.last().unwrap().as_ref().unwrap_err();
@@ -246,5 +315,58 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    /// The deletion the coordinator asks for after a prune: pieces and local
+    /// FAT entry go, stored bytes shrink, and deleting again (or deleting a
+    /// portion never held) is a success that reports `false`.
+    #[tokio::test]
+    async fn deleting_a_released_portion_is_idempotent() {
+        use crate::store::{random_piece_id, LocalStore, PieceStore};
+        let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Arc::new(LocalStore::open(store_dir.path(), None, 0.0).unwrap());
+        let data = crate::testing::test_bytes(70_000, 9);
+        let piece = PieceRecord {
+            id: random_piece_id(),
+            store: 0,
+            size: data.len() as u64,
+            hash: Hash::of(&data),
+        };
+        store
+            .put(&piece.id, data.clone(), &piece.hash)
+            .await
+            .unwrap();
+        let mut held = record(data.len() as u64);
+        held.hash = Hash::of(&data);
+        held.pieces = vec![piece.clone()];
+        let fat = crate::local_fat::LocalFat::open(fat_dir.path()).unwrap();
+        fat.insert(&held).await.unwrap();
+        let vendor = offsite_proto::VendorId::new("v1").unwrap();
+        let credentials = crate::testing::throwaway_credentials("v1");
+        let stores: Vec<Arc<dyn PieceStore>> = vec![store.clone()];
+        let identity = offsite_proto::signing::VendorKey::from_secret(&[1; 32]);
+        let shared = Arc::new(Shared::new(vendor, stores, fat, credentials, identity));
+        assert_eq!(shared.fat.stored_bytes(), 70_000);
+
+        assert!(delete_portion(&shared, &held.tenant, &held.portion)
+            .await
+            .unwrap());
+        assert!(shared
+            .fat
+            .get(&held.tenant, &held.portion)
+            .unwrap()
+            .is_none());
+        assert_eq!(shared.fat.stored_bytes(), 0);
+        assert!(
+            store.get(&piece.id, &piece.hash).await.is_err(),
+            "the piece is gone"
+        );
+        assert!(!delete_portion(&shared, &held.tenant, &held.portion)
+            .await
+            .unwrap());
+        let other = TenantId::new("someone-else").unwrap();
+        assert!(!delete_portion(&shared, &other, &PortionId::random())
+            .await
+            .unwrap());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use offsite_identity::{Credentials, PeerIdentity, Role};
 use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_ROUTE_LEN};
 use offsite_proto::pb::vendor::{
     store_frame, vendor_client::VendorClient, RouteFailure, StoreFrame, StoreResponse,
@@ -16,7 +17,6 @@ use offsite_proto::{Receipt, RoutingHeader, VendorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::Status;
 
 /// Frames in flight to the next vendor.
@@ -47,15 +47,17 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// Starts the call to `next.route[0]` with `next` as its header.
-    pub fn start(next: RoutingHeader, idle: Duration) -> Self {
+    /// The call presents `credentials` and expects the next vendor's own
+    /// certificate (`ID.vendor.offsite`).
+    pub fn start(next: RoutingHeader, idle: Duration, credentials: Credentials) -> Self {
         let (sender, receiver) = mpsc::channel(FORWARD_WINDOW);
         let header_frame = StoreFrame {
             frame: Some(store_frame::Frame::Header(next.clone().into())),
         };
         // The channel is empty, so the header always fits.
         let sender = sender.try_send(header_frame).ok().map(|()| sender);
-        let address = next.route[0].address.clone();
-        let task = tokio::spawn(call(address, receiver));
+        let target = next.route[0].clone();
+        let task = tokio::spawn(call(target, credentials, receiver));
         Self {
             header: next,
             sender,
@@ -107,11 +109,16 @@ impl Forwarder {
 }
 
 async fn call(
-    address: String,
+    target: VendorRef,
+    credentials: Credentials,
     frames: mpsc::Receiver<StoreFrame>,
 ) -> Result<StoreResponse, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::invalid_argument(format!("bad address {address:?}: {e}")))?
+    let address = target.address;
+    let expected = PeerIdentity::new(Role::Vendor, target.id.as_str())
+        .map_err(|problem| Status::invalid_argument(format!("next vendor: {problem}")))?;
+    let endpoint = credentials
+        .endpoint(&address, &expected.dns_name())
+        .map_err(|e| Status::invalid_argument(format!("next vendor: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(FORWARD_TIMEOUT);
     let channel = endpoint

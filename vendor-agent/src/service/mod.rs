@@ -5,6 +5,7 @@
 mod error;
 mod fetch;
 mod forward;
+mod grants;
 mod placement;
 mod upload;
 
@@ -13,20 +14,24 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use offsite_identity::{require_role, Credentials, Role};
 use offsite_proto::limits::MAX_PROBE_BYTES;
 use offsite_proto::pb::common::DataFrame;
 use offsite_proto::pb::vendor::{
     vendor_server, DeleteRequest, DeleteResponse, FetchRequest, ProbeRequest, ProbeResponse,
     StoreFrame, StoreResponse,
 };
+use offsite_proto::signing::VendorKey;
 use offsite_proto::{PortionId, TenantId, VendorId};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::local_fat::LocalFat;
 use crate::store::{PieceStore, StoreCapacity};
+use grants::Grants;
 
 pub use error::VendorError;
+pub(crate) use fetch::delete_portion;
 
 /// Default of `store_idle_timeout_secs`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,14 +49,30 @@ pub(crate) struct Shared {
     /// Milliseconds a store stream may go without a frame, inbound or
     /// into the next vendor.
     idle_timeout_ms: AtomicU64,
+    /// This vendor's certificate: its server, and its calls to the next
+    /// vendor of a route, its NAS devices and the coordinators.
+    pub credentials: Credentials,
+    /// The identity key that signs this vendor's receipts.
+    pub identity: VendorKey,
+    /// The group's grant keys and what each store grant has stored.
+    pub grants: Grants,
 }
 
 impl Shared {
-    pub fn new(vendor: VendorId, stores: Vec<Arc<dyn PieceStore>>, fat: LocalFat) -> Self {
+    pub fn new(
+        vendor: VendorId,
+        stores: Vec<Arc<dyn PieceStore>>,
+        fat: LocalFat,
+        credentials: Credentials,
+        identity: VendorKey,
+    ) -> Self {
         Self {
             vendor,
             stores,
             fat,
+            credentials,
+            identity,
+            grants: Grants::default(),
             next_store: AtomicUsize::new(0),
             busy: Mutex::new(HashSet::new()),
             idle_timeout_ms: AtomicU64::new(DEFAULT_IDLE_TIMEOUT.as_millis() as u64),
@@ -128,6 +149,38 @@ impl Drop for BusyGuard {
     }
 }
 
+/// The tenant a call is limited to: the name of a tenant certificate, or
+/// none for another allowed role (a vendor forwarding a store).
+fn caller_tenant<T>(request: &Request<T>, allowed: &[Role]) -> Result<Option<TenantId>, Status> {
+    let peer = require_role(request, allowed)?;
+    if peer.role != Role::Tenant {
+        return Ok(None);
+    }
+    TenantId::new(peer.name).map(Some).map_err(|e| {
+        Status::unauthenticated(format!(
+            "the tenant certificate names no valid tenant id: {e}"
+        ))
+    })
+}
+
+/// Only a tenant certificate, and only for the tenant it names.
+fn own_portion<T>(request: &Request<T>, named: &str, what: &str) -> Result<(), Status> {
+    let Some(caller) = caller_tenant(request, &[Role::Tenant])? else {
+        return Err(Status::permission_denied(format!(
+            "{what} needs a tenant certificate"
+        )));
+    };
+    if caller.as_str() == named {
+        Ok(())
+    } else {
+        Err(VendorError::NotYourTenant {
+            caller,
+            named: named.to_string(),
+        }
+        .into())
+    }
+}
+
 /// The tonic service; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct VendorService {
@@ -146,6 +199,7 @@ impl vendor_server::Vendor for VendorService {
         &self,
         request: Request<ProbeRequest>,
     ) -> Result<Response<ProbeResponse>, Status> {
+        require_role(&request, &[Role::Tenant, Role::Vendor, Role::Admin])?;
         let payload = request.into_inner().payload;
         if payload.len() > MAX_PROBE_BYTES {
             return Err(VendorError::ProbeTooLarge {
@@ -172,10 +226,13 @@ impl vendor_server::Vendor for VendorService {
         &self,
         request: Request<Streaming<StoreFrame>>,
     ) -> Result<Response<StoreResponse>, Status> {
+        // A tenant stores its own portions; a vendor forwards anyone's.
+        let owner = caller_tenant(&request, &[Role::Tenant, Role::Vendor])?;
         // The upload runs in its own task so that a caller hanging up cannot
         // cancel it half-way: it always finishes or cleans up its pieces.
         let task = tokio::spawn(upload::store(
             Arc::clone(&self.shared),
+            owner,
             request.into_inner(),
         ));
         match task.await {
@@ -190,6 +247,7 @@ impl vendor_server::Vendor for VendorService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        own_portion(&request, &request.get_ref().tenant_id, "fetch")?;
         let stream = fetch::fetch(Arc::clone(&self.shared), request.into_inner())?;
         Ok(Response::new(stream))
     }
@@ -198,6 +256,7 @@ impl vendor_server::Vendor for VendorService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        own_portion(&request, &request.get_ref().tenant_id, "delete")?;
         let shared = Arc::clone(&self.shared);
         let task = tokio::spawn(fetch::delete(shared, request.into_inner()));
         match task.await {

@@ -1,7 +1,8 @@
-//! `Vendor.Store`: receives a portion behind its routing header, forwards it to
-//! the next vendor of the route while re-chunking it into pieces on this
-//! vendor's stores, checks the portion hash, records the pieces in the local
-//! FAT and answers with this vendor's receipt plus every downstream one. On any
+//! `Vendor.Store`: checks the store grant of the routing header, receives the
+//! portion behind it, forwards it to the next vendor of the route while
+//! re-chunking it into pieces on this vendor's stores, checks the portion
+//! hash, records the pieces in the local FAT and answers with this vendor's
+//! signed receipt plus every downstream one. On any
 //! failure the pieces written here are deleted and no local FAT entry is left.
 //! A stream that sends nothing for the idle timeout is such a failure.
 
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use offsite_proto::limits::MAX_FRAME_BYTES;
 use offsite_proto::pb::vendor::{store_frame, StoreFrame, StoreResponse};
-use offsite_proto::{Hash, PortionId, Receipt, RoutingHeader};
+use offsite_proto::signing::{Expected, GrantOp, GrantSubject};
+use offsite_proto::{Hash, PortionId, Receipt, RoutingHeader, TenantId};
 use tonic::Streaming;
 
 use super::error::VendorError;
@@ -20,20 +22,48 @@ use super::Shared;
 use crate::local_fat::PortionRecord;
 
 /// Runs one upload to its end.
+/// `owner` is the tenant of the caller's tenant certificate (none when a
+/// vendor forwards): a tenant stores only under its own name.
 pub(crate) async fn store(
     shared: Arc<Shared>,
+    owner: Option<TenantId>,
     mut inbound: Streaming<StoreFrame>,
 ) -> Result<StoreResponse, VendorError> {
     let idle = shared.idle_timeout();
     let header = read_header(&mut inbound, idle).await?;
+    if let Some(caller) = owner.filter(|caller| *caller != header.tenant) {
+        return Err(VendorError::NotYourTenant {
+            caller,
+            named: header.tenant.to_string(),
+        });
+    }
     if header.route[0].id != shared.vendor {
         return Err(VendorError::Misrouted {
             to: header.route[0].id.clone(),
             me: shared.vendor.clone(),
         });
     }
+    let grant = shared.grants.check(
+        header.grants.first(),
+        &Expected {
+            op: GrantOp::Store,
+            tenant: &header.tenant,
+            vendor: &shared.vendor,
+            subject: GrantSubject::Reservation(header.reservation),
+            bytes: header.size,
+        },
+    )?;
     let _claim = shared.claim(&header.tenant, &header.portion)?;
     let already_held = held(&shared, &header)?;
+    // A repeat of a stored portion takes no more room.
+    let charge = match already_held {
+        true => None,
+        false => Some(
+            shared
+                .grants
+                .charge(&grant, header.reservation, header.size)?,
+        ),
+    };
     let writer = match already_held {
         true => None,
         false => Some(
@@ -46,14 +76,20 @@ pub(crate) async fn store(
             .await?,
         ),
     };
-    let forwarder = header.forwarded().map(|next| Forwarder::start(next, idle));
+    let forwarder = header
+        .forwarded()
+        .map(|next| Forwarder::start(next, idle, shared.credentials.clone()));
     let mut upload = Upload {
         header,
         writer,
         forwarder,
     };
     let received = upload.receive(&mut inbound, idle).await;
-    upload.conclude(&shared, received).await
+    let result = upload.conclude(&shared, received).await;
+    if let (Ok(_), Some(charge)) = (&result, charge) {
+        charge.keep();
+    }
+    result
 }
 
 async fn read_header(
@@ -257,15 +293,15 @@ async fn record_pieces(
 }
 
 fn response(shared: &Shared, header: &RoutingHeader, downstream: Downstream) -> StoreResponse {
-    let own = Receipt {
+    let mut own = Receipt {
         vendor: shared.vendor.clone(),
         tenant: header.tenant.clone(),
         portion: header.portion,
         hash: header.hash,
         size: header.size,
-        // Signed with the vendor's identity key in the trust issue.
         signature: Vec::new(),
     };
+    shared.identity.sign(&mut own);
     let mut receipts = vec![own.into()];
     receipts.extend(downstream.receipts);
     StoreResponse {

@@ -6,6 +6,8 @@
 mod local;
 mod nas;
 
+use offsite_identity::Credentials;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -112,7 +114,11 @@ pub fn random_piece_id() -> PieceId {
 
 /// Opens every store of the config, in config order (the order the local FAT's
 /// store indexes refer to).
-pub fn open_stores(config: &VendorConfig) -> Result<Vec<Arc<dyn PieceStore>>, StoreError> {
+/// NAS devices are called over mutual TLS with `credentials`.
+pub fn open_stores(
+    config: &VendorConfig,
+    credentials: &Credentials,
+) -> Result<Vec<Arc<dyn PieceStore>>, StoreError> {
     config
         .stores
         .iter()
@@ -121,7 +127,9 @@ pub fn open_stores(config: &VendorConfig) -> Result<Vec<Arc<dyn PieceStore>>, St
                 StoreConfig::Local { path, cap_bytes } => {
                     Arc::new(LocalStore::open(path, *cap_bytes, config.keep_free_share)?)
                 }
-                StoreConfig::Nas { address } => Arc::new(NasStore::connect_lazy(address)?),
+                StoreConfig::Nas { address, name } => {
+                    Arc::new(NasStore::connect_lazy(address, name, credentials)?)
+                }
             })
         })
         .collect()

@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use offsite_identity::{Credentials, PeerIdentity, Role};
 use offsite_proto::limits::{FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_PIECE_BYTES};
 use offsite_proto::pb::nas::{
     nas_client::NasClient, put_frame, CapacityRequest, GetRequest, PieceHeader, PieceRequest,
     PutFrame,
 };
 use offsite_proto::{Hash, PieceId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{verify_piece, PieceStore, StoreCapacity, StoreError};
@@ -29,14 +30,25 @@ pub struct NasStore {
 }
 
 impl NasStore {
-    /// Prepares a connection to the device at `address` (`host:port`); it is
-    /// made on first use, so a device that is down now does not stop the vendor.
-    pub fn connect_lazy(address: &str) -> Result<Self, StoreError> {
+    /// Prepares a mutual-TLS connection to the device `device` (the name in
+    /// its certificate) at `address` (`host:port`); it is made on first use,
+    /// so a device that is down now does not stop the vendor.
+    pub fn connect_lazy(
+        address: &str,
+        device: &str,
+        credentials: &Credentials,
+    ) -> Result<Self, StoreError> {
         let name = format!("nas:{address}");
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let expected =
+            PeerIdentity::new(Role::Nas, device).map_err(|problem| StoreError::Failed {
+                store: name.clone(),
+                detail: problem,
+            })?;
+        let endpoint = credentials
+            .endpoint(address, &expected.dns_name())
             .map_err(|e| StoreError::Failed {
                 store: name.clone(),
-                detail: format!("{address:?} is not a usable address: {e}"),
+                detail: format!("not a usable address: {e}"),
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);

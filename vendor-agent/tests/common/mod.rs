@@ -1,17 +1,25 @@
 //! Test harness: real vendor agents on 127.0.0.1 port 0 with local stores in
-//! temporary directories, and a small client for the vendor service.
+//! temporary directories, and a small client for the vendor service. Every
+//! party presents a certificate of one test CA (over mutual TLS); a client
+//! of the vendor service presents the certificate of the tenant it acts for.
 
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use offsite_identity::pki::CertificateAuthority;
+use offsite_identity::{Credentials, PeerIdentity, Role};
 
 use offsite_proto::limits::{FRAME_BYTES, MAX_MESSAGE_BYTES};
 use offsite_proto::pb::vendor::{
     store_frame, vendor_client::VendorClient, DeleteRequest, FetchRequest, StoreFrame,
     StoreResponse,
 };
-use offsite_proto::{Hash, PortionId, ReservationId, RoutingHeader, TenantId, VendorId, VendorRef};
+use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey};
+use offsite_proto::{
+    Grant, Hash, PortionId, ReservationId, RoutingHeader, TenantId, VendorId, VendorRef,
+};
 use offsite_vendor::{LocalStore, PieceStore, VendorAgent};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -19,9 +27,52 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Status;
 
+/// The CA of every certificate in these tests.
+pub fn test_ca() -> &'static CertificateAuthority {
+    static CA: OnceLock<CertificateAuthority> = OnceLock::new();
+    CA.get_or_init(|| CertificateAuthority::generate().unwrap())
+}
+
+/// The test coordinator group's grant key (every test vendor knows it).
+pub fn group_key() -> GroupKey {
+    GroupKey::from_secret(1, &[42; 32])
+}
+
+/// A grant of the test group for `op` by `tenant` at `vendor` on `subject`.
+pub fn grant(op: GrantOp, tenant: &TenantId, vendor: &VendorId, subject: GrantSubject) -> Grant {
+    group_key().grant(&GrantBody {
+        op,
+        tenant: tenant.clone(),
+        vendor: vendor.clone(),
+        subject,
+        max_bytes: 1 << 40,
+        expires_unix_ms: u64::MAX,
+    })
+}
+
+/// Credentials of `role`/`name` from the test CA.
+pub fn credentials(role: Role, name: &str) -> Credentials {
+    test_ca()
+        .credentials(&PeerIdentity::new(role, name).unwrap())
+        .unwrap()
+}
+
+/// A mutual-TLS channel to `address` as `role`/`name`, expecting a
+/// `server` certificate.
+pub async fn channel_as(role: Role, name: &str, address: &str, server: Role) -> Channel {
+    credentials(role, name)
+        .endpoint(address, &server.dns_name())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A vendor agent serving in this process.
 pub struct TestVendor {
     pub id: VendorId,
+    /// The public half of its identity key (its receipts' key).
+    pub identity: [u8; 32],
     pub address: String,
     pub stores: Vec<Arc<LocalStore>>,
     pub store_dirs: Vec<TempDir>,
@@ -54,9 +105,18 @@ impl TestVendor {
             .collect();
         let data_dir = tempfile::tempdir().unwrap();
         let vendor = VendorId::new(id).unwrap();
-        let agent = VendorAgent::new(vendor.clone(), dyn_stores, data_dir.path())
-            .unwrap()
-            .with_store_idle_timeout(idle);
+        let agent = VendorAgent::new(
+            vendor.clone(),
+            dyn_stores,
+            data_dir.path(),
+            credentials(Role::Vendor, id),
+        )
+        .unwrap()
+        .with_store_idle_timeout(idle);
+        agent
+            .set_grant_keys(&[(1, group_key().public_key().to_vec())])
+            .unwrap();
+        let identity = agent.identity_public_key();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (tx, rx) = oneshot::channel::<()>();
@@ -70,6 +130,7 @@ impl TestVendor {
         });
         Self {
             id: vendor,
+            identity,
             address,
             stores,
             store_dirs,
@@ -95,11 +156,15 @@ impl TestVendor {
         used
     }
 
+    /// A client acting for tenant `acme`.
     pub async fn client(&self) -> VendorClient<Channel> {
-        let client = VendorClient::connect(format!("http://{}", self.address))
-            .await
-            .unwrap();
-        client
+        self.client_as(&tenant("acme")).await
+    }
+
+    /// A client presenting `tenant`'s certificate.
+    pub async fn client_as(&self, tenant: &TenantId) -> VendorClient<Channel> {
+        let channel = channel_as(Role::Tenant, tenant.as_str(), &self.address, Role::Vendor).await;
+        VendorClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -130,6 +195,18 @@ pub fn header(
     data: &[u8],
     piece_size: u64,
 ) -> RoutingHeader {
+    let reservation = ReservationId::random();
+    let grants = route
+        .iter()
+        .map(|v| {
+            grant(
+                GrantOp::Store,
+                tenant,
+                &v.id,
+                GrantSubject::Reservation(reservation),
+            )
+        })
+        .collect();
     RoutingHeader {
         tenant: tenant.clone(),
         portion: PortionId::random(),
@@ -137,8 +214,8 @@ pub fn header(
         size: data.len() as u64,
         route,
         piece_size,
-        grants: vec![],
-        reservation: ReservationId::random(),
+        grants,
+        reservation,
     }
 }
 
@@ -165,7 +242,14 @@ pub async fn store_frames(
     vendor: &TestVendor,
     frames: Vec<StoreFrame>,
 ) -> Result<StoreResponse, Status> {
-    let mut client = vendor.client().await;
+    // The tenant of the header, if the first frame is one.
+    let owner = match frames.first().and_then(|f| f.frame.as_ref()) {
+        Some(store_frame::Frame::Header(h)) => TenantId::new(h.tenant_id.clone()).ok(),
+        _ => None,
+    };
+    let mut client = vendor
+        .client_as(&owner.unwrap_or_else(|| tenant("acme")))
+        .await;
     client
         .store(tokio_stream::iter(frames))
         .await
@@ -179,14 +263,32 @@ pub async fn fetch(
     offset: u64,
     length: u64,
 ) -> Result<Vec<u8>, Status> {
-    let mut client = vendor.client().await;
+    let grant = grant(
+        GrantOp::Fetch,
+        tenant,
+        &vendor.id,
+        GrantSubject::Portion(*portion),
+    );
+    fetch_with(vendor, tenant, portion, offset, length, Some(grant)).await
+}
+
+/// A fetch carrying `grant`.
+pub async fn fetch_with(
+    vendor: &TestVendor,
+    tenant: &TenantId,
+    portion: &PortionId,
+    offset: u64,
+    length: u64,
+    grant: Option<Grant>,
+) -> Result<Vec<u8>, Status> {
+    let mut client = vendor.client_as(tenant).await;
     let mut stream = client
         .fetch(FetchRequest {
             tenant_id: tenant.to_string(),
             portion_id: portion.to_string(),
             offset,
             length,
-            grant: None,
+            grant: grant.map(Into::into),
         })
         .await?
         .into_inner();
@@ -202,12 +304,20 @@ pub async fn delete(
     tenant: &TenantId,
     portion: &PortionId,
 ) -> Result<bool, Status> {
-    let mut client = vendor.client().await;
+    let mut client = vendor.client_as(tenant).await;
     let response = client
         .delete(DeleteRequest {
             tenant_id: tenant.to_string(),
             portion_id: portion.to_string(),
-            grant: None,
+            grant: Some(
+                grant(
+                    GrantOp::Delete,
+                    tenant,
+                    &vendor.id,
+                    GrantSubject::Portion(*portion),
+                )
+                .into(),
+            ),
         })
         .await?;
     Ok(response.into_inner().existed)

@@ -1,0 +1,42 @@
+//! Who is who in the marketplace: the certificate authority and the
+//! certificates it issues ([`pki`]), mutual TLS for every gRPC connection
+//! ([`Credentials`]: tonic server and client configs with our CA as the only
+//! root), and the verified role and name of the peer of a call
+//! ([`peer_identity`], [`require_role`]). Every binary uses this crate;
+//! nothing else in the workspace reads certificates.
+//!
+//! ```
+//! use offsite_identity::{pki::CertificateAuthority, PeerIdentity, Role};
+//!
+//! let ca = CertificateAuthority::generate().unwrap();
+//! let vendor = PeerIdentity::new(Role::Vendor, "vendor-1").unwrap();
+//! let credentials = ca.credentials(&vendor).unwrap();
+//! assert_eq!(credentials.identity(), &vendor);
+//! assert_eq!(vendor.dns_name(), "vendor-1.vendor.offsite");
+//! ```
+
+pub mod pki;
+mod role;
+mod tls;
+
+pub use role::{check_name, PeerIdentity, Role, DNS_SUFFIX, MAX_NAME_LEN};
+pub use tls::{
+    check_role, first_certificate_der, parse_certificate, peer_identity, require_role, Credentials,
+    TlsConfig, TlsError, HANDSHAKE_TIMEOUT,
+};
+
+/// An error and its sources on one line: tonic's own text is terse, and the
+/// reason a TLS connection failed (an unknown issuer, a wrong name) is in a
+/// source.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,152 @@
+//! Who a certificate speaks for: a [`Role`] in the marketplace and a name
+//! (a coordinator's, vendor's or NAS device's name, or a tenant id), and the
+//! DNS names that carry them in a certificate (`NAME.ROLE.offsite` and
+//! `ROLE.offsite`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The DNS suffix of every name our certificates carry.
+pub const DNS_SUFFIX: &str = "offsite";
+
+/// Longest name a certificate may carry (the limit of our named ids).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What a certificate allows its holder to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A replica of the coordinator group: Raft, forwarding, admin calls.
+    Coordinator,
+    /// A vendor agent: registration, capacity reports, forwarding to vendors,
+    /// calls to its own NAS devices.
+    Vendor,
+    /// A NAS device (a server only; it calls nobody).
+    Nas,
+    /// A tenant: the FAT calls about its own snapshots and portions, and
+    /// store/fetch/delete at vendors.
+    Tenant,
+    /// An operator: `offsite-coordinator status` and `members`.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Coordinator,
+        Role::Vendor,
+        Role::Nas,
+        Role::Tenant,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Vendor => "vendor",
+            Role::Nas => "nas",
+            Role::Tenant => "tenant",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The DNS name every certificate of this role carries
+    /// (`coordinator.offsite`): what a client expects when any holder of
+    /// the role will do (a coordinator of the group).
+    pub fn dns_name(self) -> String {
+        format!("{}.{DNS_SUFFIX}", self.as_str())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown role {s:?}; use coordinator, vendor, nas, tenant or admin")
+            })
+    }
+}
+
+/// The verified identity of a certificate's holder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    pub role: Role,
+    pub name: String,
+}
+
+impl PeerIdentity {
+    /// Checks the name (see [`check_name`]).
+    pub fn new(role: Role, name: impl Into<String>) -> Result<Self, String> {
+        let name = name.into();
+        check_name(&name)?;
+        Ok(Self { role, name })
+    }
+
+    /// `NAME.ROLE.offsite`: what a client expects when it knows exactly whom
+    /// it calls (a vendor by its id).
+    pub fn dns_name(&self) -> String {
+        format!("{}.{}.{DNS_SUFFIX}", self.name, self.role.as_str())
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.role, self.name)
+    }
+}
+
+/// A name fits in a DNS name: 1 to 64 characters of letters, digits, '-' and
+/// '.', no empty label, no label starting or ending with '-'. Every vendor
+/// id and tenant id that fits here is also a valid id of the wire contract.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name {name:?} must have 1 to {MAX_NAME_LEN} characters"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.')))
+    {
+        return Err(format!(
+            "name {name:?} contains {bad:?}; use only letters, digits, '-' and '.'"
+        ));
+    }
+    let bad_label = name
+        .split('.')
+        .any(|label| label.is_empty() || label.starts_with('-') || label.ends_with('-'));
+    if bad_label {
+        return Err(format!(
+            "name {name:?} has an empty part or a part starting or ending with '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_and_names_are_checked() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
+        }
+        assert!("root".parse::<Role>().is_err());
+        let vendor = PeerIdentity::new(Role::Vendor, "vendor-1").unwrap();
+        assert_eq!(vendor.dns_name(), "vendor-1.vendor.offsite");
+        assert_eq!(Role::Coordinator.dns_name(), "coordinator.offsite");
+        for bad in ["", "a_b", "a b", "-a", "a.", "a..b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        check_name("eu.vendor-7").unwrap();
+    }
+}

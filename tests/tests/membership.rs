@@ -1,0 +1,171 @@
+//! Replacing a coordinator that lost its disk, one membership change at a
+//! time, with the real `offsite-coordinator members` commands: the new
+//! replica is added as a learner, catches up, is promoted, the lost one is
+//! removed, and the group then survives losing another original member
+//! because the new one votes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use offsite_identity::{Role, TlsConfig};
+use offsite_proto::pb::raft::GroupStatusResponse;
+use offsite_tests::rpc::{self, Rpc, HARNESS_ADMIN};
+use offsite_tests::tree::{self, TreeSpec};
+use offsite_tests::{
+    binary, describe, free_addr, run_bounded, wait_for, write_toml, CoordinatorConfig, Daemon,
+    Devnet, DevnetOptions, MemberConfig, COORDINATOR,
+};
+
+fn group(rpc: &Rpc, addr: SocketAddr) -> anyhow::Result<GroupStatusResponse> {
+    rpc::block_on(rpc.group_status(addr))?
+}
+
+/// `offsite-coordinator members --coordinator ADDR CHANGE...` as the admin.
+fn members(coordinator: SocketAddr, admin: &TlsConfig, change: &[&str]) {
+    let mut command = std::process::Command::new(binary(COORDINATOR).unwrap());
+    command
+        .args(["members", "--coordinator", &coordinator.to_string()])
+        .arg("--ca")
+        .arg(&admin.ca)
+        .arg("--cert")
+        .arg(&admin.cert)
+        .arg("--key")
+        .arg(&admin.key)
+        .args(change);
+    let output = run_bounded(command, Duration::from_secs(60)).unwrap();
+    assert!(output.status.success(), "{change:?}: {}", describe(&output));
+}
+
+/// Starts coordinator `id` at `address` as a new, empty replica of the group
+/// whose original members are `members`.
+fn new_coordinator(
+    devnet: &Devnet,
+    dir: &Path,
+    id: u64,
+    address: SocketAddr,
+    members: Vec<MemberConfig>,
+) -> Daemon {
+    let name = format!("coordinator-{id}");
+    let options = devnet.options();
+    let config = CoordinatorConfig {
+        node_id: id,
+        listen: address,
+        data_dir: dir.join("data"),
+        lease_secs: options.lease_secs,
+        suspect_after_secs: options.suspect_after_secs,
+        down_after_secs: options.down_after_secs,
+        overprovision: 1.5,
+        extra_vendors: 2,
+        sweep_interval_secs: 1,
+        initial_members: members,
+        tls: devnet.rpc().tls(Role::Coordinator, &name).unwrap(),
+    };
+    let path = dir.join("coordinator.toml");
+    write_toml(&path, &config).unwrap();
+    let mut daemon = Daemon::new(
+        name,
+        binary(COORDINATOR).unwrap(),
+        path,
+        dir.join("log"),
+        false,
+    );
+    daemon.start().unwrap();
+    daemon
+}
+
+#[test]
+fn a_replica_that_lost_its_disk_is_replaced_by_a_new_one_that_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    tree::generate(&source, &TreeSpec::small()).unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok(["backup", source.to_str().unwrap()])
+        .unwrap();
+    let addrs = devnet.coordinator_addrs();
+    let originals: Vec<MemberConfig> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, address)| MemberConfig {
+            id: i as u64 + 1,
+            address: *address,
+        })
+        .collect();
+
+    // Coordinator 3 dies with its disk.
+    devnet.kill_coordinator(2).unwrap();
+    std::fs::remove_dir_all(devnet.dir().join("coordinator-3/data")).unwrap();
+
+    let address = free_addr().unwrap();
+    let _replacement = new_coordinator(
+        &devnet,
+        &tmp.path().join("coordinator-4"),
+        4,
+        address,
+        originals,
+    );
+    let harness = devnet.rpc();
+    let admin = harness.tls(Role::Admin, HARNESS_ADMIN).unwrap();
+    members(
+        addrs[0],
+        &admin,
+        &[
+            "add-learner",
+            "--id",
+            "4",
+            "--address",
+            &address.to_string(),
+        ],
+    );
+    wait_for("the learner to catch up", Duration::from_secs(60), || {
+        let (leader, learner) = (group(&harness, addrs[0])?, group(&harness, address)?);
+        Ok((learner.last_applied_index >= leader.last_applied_index
+            && learner.fat_digest == leader.fat_digest)
+            .then_some(()))
+    })
+    .unwrap();
+    members(addrs[0], &admin, &["promote", "--id", "4"]);
+    members(addrs[0], &admin, &["remove", "--id", "3"]);
+
+    let running = [addrs[0], addrs[1], address];
+    let view = wait_for(
+        "the group of 1, 2 and 4 to agree",
+        Duration::from_secs(60),
+        || {
+            let views: Vec<_> = running
+                .iter()
+                .map(|a| group(&harness, *a))
+                .collect::<Result<_, _>>()?;
+            let agreed = views.iter().all(|v| {
+                v.fat_digest == views[0].fat_digest
+                    && v.last_applied_index == views[0].last_applied_index
+                    && v.leader_id != 0
+                    && v.leader_id == views[0].leader_id
+            });
+            Ok(agreed.then(|| views[0].clone()))
+        },
+    )
+    .unwrap();
+    let mut ids: Vec<(u64, bool)> = view.members.iter().map(|m| (m.id, m.voter)).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![(1, true), (2, true), (4, true)], "{view:?}");
+
+    // The new replica votes: with coordinator 1 gone too, 2 and 4 keep a
+    // majority, and a backup and its restore still work.
+    devnet.kill_coordinator(0).unwrap();
+    std::fs::write(
+        source.join("after-replacement.txt"),
+        b"written after the replacement",
+    )
+    .unwrap();
+    devnet
+        .client_ok(["backup", source.to_str().unwrap()])
+        .unwrap();
+    let target = tmp.path().join("restored");
+    devnet
+        .client_ok(["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    tree::compare(&source, &tree::restored_root(&target, &source)).unwrap();
+}

@@ -1,0 +1,373 @@
+//! `offsite prune` through the real client against a devnet: after three
+//! backups of a changing tree and `forget --keep-last 1`, a prune releases in
+//! the FAT exactly the portions the remaining snapshot does not need, the
+//! vendors delete them at their next capacity reports (used and stored bytes
+//! and the piece files on the NAS devices shrink), a repack moves the live
+//! blobs of a mostly unused portion into new ones and rewrites the snapshot
+//! onto them, the remaining snapshot still restores byte for byte after
+//! each step, `prune --dry-run` changes nothing, and a backup after the
+//! prune is whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use offsite_proto::pb::coordinator::{GetSnapshotRequest, ListPortionsRequest, StatusResponse};
+use offsite_tests::checks::{json_stdout, used_bytes};
+use offsite_tests::rpc;
+use offsite_tests::tree;
+use offsite_tests::{describe, Devnet, DevnetOptions};
+use serde_json::Value;
+
+/// Long enough for a few capacity reports (one a second on a devnet).
+const DELETION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn json_ok(devnet: &Devnet, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    json_stdout(&devnet.client_ok(&all).unwrap()).unwrap()
+}
+
+/// `len` pseudo-random bytes from `seed` (incompressible, so every change
+/// makes new chunks and new portions).
+fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
+}
+
+/// A tree with a part every snapshot shares and a part that changes with `round`.
+fn write_tree(src: &Path, round: u32) {
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::write(src.join("stable.bin"), noise("stable", 1_200_000)).unwrap();
+    std::fs::write(
+        src.join("changing.bin"),
+        noise(&format!("round {round}"), 1_500_000),
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("docs/notes.txt"),
+        format!("notes of round {round}\n"),
+    )
+    .unwrap();
+}
+
+/// Every portion of the tenant in the FAT (the coordinator's own list).
+fn fat_portions(devnet: &Devnet) -> BTreeSet<String> {
+    fat_portion_sizes(devnet).into_keys().collect()
+}
+
+/// Every portion of the tenant in the FAT with its size.
+fn fat_portion_sizes(devnet: &Devnet) -> BTreeMap<String, u64> {
+    let (addr, harness) = (devnet.coordinator_addr(), devnet.rpc());
+    rpc::block_on(async move {
+        let mut client = harness.fat(addr).await.unwrap();
+        let mut all = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let request = ListPortionsRequest {
+                after_portion_id: after.clone(),
+                limit: 2,
+            };
+            let page = client.list_portions(request).await.unwrap().into_inner();
+            all.extend(page.portions.iter().map(|p| (p.portion_id.clone(), p.size)));
+            match page.portions.last() {
+                Some(last) if page.more => after = last.portion_id.clone(),
+                _ => return all,
+            }
+        }
+    })
+    .unwrap()
+}
+
+/// The portions a snapshot needs, as its record names them (manifest included).
+fn snapshot_portions(devnet: &Devnet, id: &str) -> BTreeSet<String> {
+    let (addr, harness) = (devnet.coordinator_addr(), devnet.rpc());
+    let request = GetSnapshotRequest {
+        snapshot_id: id.to_string(),
+    };
+    let reply = rpc::block_on(async move {
+        let mut client = harness.fat(addr).await.unwrap();
+        client.get_snapshot(request).await.unwrap().into_inner()
+    })
+    .unwrap();
+    let record = reply.snapshot.unwrap();
+    let mut portions: BTreeSet<String> = record.portion_ids.into_iter().collect();
+    portions.insert(record.manifest.unwrap().portion_id);
+    portions
+}
+
+/// Bytes of piece files on every NAS device.
+fn piece_bytes_on_disk(dirs: &[PathBuf]) -> u64 {
+    dirs.iter()
+        .flat_map(|d| tree::files_under(&d.join("pieces")))
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum()
+}
+
+fn stored_bytes(status: &StatusResponse) -> u64 {
+    status.vendors.iter().map(|v| v.stored_bytes).sum()
+}
+
+/// Waits until the vendors deleted every released portion: no deletion
+/// pending, and used and stored bytes at what the FAT's portions take.
+fn wait_deleted(devnet: &Devnet, used: u64, stored: u64) -> StatusResponse {
+    devnet
+        .wait_status(
+            "the vendors to delete the released portions",
+            DELETION_TIMEOUT,
+            |s| s.pending_deletions == 0 && used_bytes(s) == used && stored_bytes(s) == stored,
+        )
+        .unwrap_or_else(|e| {
+            let now = devnet.status().unwrap();
+            panic!(
+                "{e:#}: pending {} used {} (want {used}) stored {} (want {stored})",
+                now.pending_deletions,
+                used_bytes(&now),
+                stored_bytes(&now)
+            )
+        })
+}
+
+fn restores_byte_for_byte(devnet: &Devnet, src: &Path, target: &Path) {
+    devnet
+        .client_ok(["restore", "latest", "--target", target.to_str().unwrap()])
+        .unwrap();
+    tree::compare(src, &tree::restored_root(target, src)).unwrap();
+}
+
+#[test]
+fn forget_then_prune_releases_and_repacks_what_no_snapshot_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Portions large enough that a round's data shares one portion: after
+    // the forget, the first round's data portion is mostly unused (only the
+    // stable file in it is still needed).
+    let options = DevnetOptions {
+        portion_bytes: 4 * 1024 * 1024,
+        ..DevnetOptions::default()
+    };
+    let replication = u64::from(options.replication);
+    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    let src_arg = src.to_str().unwrap();
+
+    let mut snapshots = Vec::new();
+    for round in 0..3 {
+        write_tree(&src, round);
+        let backup = json_ok(&devnet, &["backup", src_arg]);
+        snapshots.push(backup["snapshot_id"].as_str().unwrap().to_string());
+    }
+    let all_before = fat_portions(&devnet);
+    let disk_before = piece_bytes_on_disk(&devnet.all_nas_data_dirs());
+    // The vendors' stored bytes lag by a report; wait until they hold what
+    // the FAT counts as used.
+    let status_before = devnet
+        .wait_status(
+            "the vendors to report what they store",
+            DELETION_TIMEOUT,
+            |s| stored_bytes(s) >= used_bytes(s),
+        )
+        .unwrap();
+    assert_eq!(status_before.portions as usize, all_before.len());
+
+    // With every snapshot still there, nothing is unneeded.
+    let nothing = json_ok(&devnet, &["prune", "--dry-run"]);
+    assert_eq!(nothing["portions_released"], 0, "{nothing:#}");
+    assert_eq!(nothing["portions_repacked"], 0, "{nothing:#}");
+    assert_eq!(nothing["portions_total"], all_before.len(), "{nothing:#}");
+
+    let forget = json_ok(&devnet, &["forget", "--keep-last", "1"]);
+    assert_eq!(forget["remove"].as_array().unwrap().len(), 2, "{forget:#}");
+    let kept = &snapshots[2];
+    let needed = snapshot_portions(&devnet, kept);
+    let unneeded: BTreeSet<String> = all_before.difference(&needed).cloned().collect();
+    assert!(
+        unneeded.len() >= 2,
+        "each earlier round left portions only it needed: {} of {}",
+        unneeded.len(),
+        all_before.len()
+    );
+
+    // A dry run, with repacking, changes nothing.
+    let dry = json_ok(&devnet, &["prune", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["portions_released"], unneeded.len(), "{dry:#}");
+    assert_eq!(dry["portions_needed"], needed.len(), "{dry:#}");
+    assert_eq!(dry["portions_kept_recent"], 0, "{dry:#}");
+    assert_eq!(
+        dry["portions_repacked"], 1,
+        "the first round's data portion: {dry:#}"
+    );
+    assert_eq!(
+        fat_portions(&devnet),
+        all_before,
+        "a dry run released something"
+    );
+    assert_eq!(
+        snapshot_portions(&devnet, kept),
+        needed,
+        "a dry run rewrote the snapshot"
+    );
+    let status = devnet.status().unwrap();
+    assert_eq!(
+        (status.pending_deletions, used_bytes(&status)),
+        (0, used_bytes(&status_before)),
+        "a dry run queued deletions"
+    );
+
+    // Release only: the FAT keeps exactly the remaining snapshot's portions.
+    let pruned = json_ok(&devnet, &["prune", "--repack-below", "0"]);
+    assert_eq!(pruned["dry_run"], false);
+    assert_eq!(pruned["portions_repacked"], 0, "{pruned:#}");
+    assert_eq!(pruned["portions_released"], unneeded.len(), "{pruned:#}");
+    assert_eq!(
+        pruned["bytes_released"], dry["bytes_released"],
+        "{pruned:#}"
+    );
+    let released_bytes = pruned["bytes_released"].as_u64().unwrap();
+    assert!(released_bytes > 1_000_000, "a round of changes: {pruned:#}");
+    assert_eq!(
+        fat_portions(&devnet),
+        needed,
+        "the FAT holds only the kept snapshot's portions"
+    );
+
+    // The vendors delete at their next reports; then their used and stored
+    // bytes lose every copy of the released portions, and so do their disks.
+    let settled = wait_deleted(
+        &devnet,
+        used_bytes(&status_before) - released_bytes * replication,
+        stored_bytes(&status_before) - released_bytes * replication,
+    );
+    assert_eq!(settled.portions as usize, needed.len());
+    let disk_after = piece_bytes_on_disk(&devnet.all_nas_data_dirs());
+    assert!(
+        disk_before - disk_after >= released_bytes * replication,
+        "the NAS devices' piece files shrank by {} bytes, less than the {} bytes released x{replication}",
+        disk_before - disk_after,
+        released_bytes
+    );
+    restores_byte_for_byte(&devnet, &src, &tmp.path().join("restore"));
+
+    // Repack: the mostly unused portion's live blobs move to new portions,
+    // the snapshot is rewritten onto them, and the old portion is released.
+    let repacked = json_ok(&devnet, &["prune"]);
+    assert_eq!(repacked["portions_repacked"], 1, "{repacked:#}");
+    assert_eq!(repacked["snapshots_rewritten"], 1, "{repacked:#}");
+    assert!(
+        repacked["new_portions"].as_u64().unwrap() >= 1,
+        "{repacked:#}"
+    );
+    assert_eq!(
+        repacked["portions_released"], 1,
+        "the repacked portion: {repacked:#}"
+    );
+    let moved = snapshot_portions(&devnet, kept);
+    assert_ne!(moved, needed, "the snapshot now needs the new portions");
+    assert_eq!(
+        fat_portions(&devnet),
+        moved,
+        "the FAT holds only the rewritten snapshot's portions"
+    );
+    // Every vendor ends up holding R copies of what the FAT has left; the
+    // new portions add to stored bytes what they add to used bytes.
+    let used = replication * fat_portion_sizes(&devnet).values().sum::<u64>();
+    let stored = stored_bytes(&settled) - used_bytes(&settled) + used;
+    assert!(used < used_bytes(&settled), "the repack freed room");
+    wait_deleted(&devnet, used, stored);
+    let check = json_ok(&devnet, &["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check:#}");
+    restores_byte_for_byte(&devnet, &src, &tmp.path().join("restore-repacked"));
+    // Nothing is left to release (repacking again is not asked for).
+    let again = json_ok(&devnet, &["prune", "--repack-below", "0"]);
+    assert_eq!(again["portions_released"], 0, "{again:#}");
+    assert_eq!(again["portions_total"], moved.len(), "{again:#}");
+
+    // A backup after the prune dedups only against what is still stored: it
+    // saves, checks clean and restores byte for byte.
+    write_tree(&src, 3);
+    let next = json_ok(&devnet, &["backup", src_arg]);
+    assert!(next["snapshot_id"].is_string(), "{next:#}");
+    let check = json_ok(&devnet, &["check"]);
+    assert_eq!(check["ok"], true, "{check:#}");
+    restores_byte_for_byte(&devnet, &src, &tmp.path().join("restore-next"));
+}
+
+/// A repacked portion shared by two remaining snapshots: both are rewritten
+/// in one step, and both still restore byte for byte; without a coordinator
+/// quorum a prune exits with the no-quorum code.
+#[test]
+fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        portion_bytes: 4 * 1024 * 1024,
+        ..DevnetOptions::default()
+    };
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    let src = tmp.path().join("src");
+    let src_arg = src.to_str().unwrap();
+    let mut snapshots = Vec::new();
+    for round in 0..3 {
+        write_tree(&src, round);
+        let backup = json_ok(&devnet, &["backup", src_arg]);
+        snapshots.push(backup["snapshot_id"].as_str().unwrap().to_string());
+    }
+    json_ok(&devnet, &["forget", "--keep-last", "2"]);
+    let before: Vec<BTreeSet<String>> = snapshots[1..]
+        .iter()
+        .map(|id| snapshot_portions(&devnet, id))
+        .collect();
+
+    let pruned = json_ok(&devnet, &["prune"]);
+    assert_eq!(pruned["portions_repacked"], 1, "{pruned:#}");
+    assert_eq!(pruned["snapshots_rewritten"], 2, "{pruned:#}");
+    let after: Vec<BTreeSet<String>> = snapshots[1..]
+        .iter()
+        .map(|id| snapshot_portions(&devnet, id))
+        .collect();
+    let in_fat = fat_portions(&devnet);
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old, new, "both snapshots moved");
+        assert!(
+            new.is_subset(&in_fat),
+            "a snapshot needs a portion the FAT lost"
+        );
+    }
+    let listed = json_ok(&devnet, &["snapshots"]);
+    assert_eq!(
+        listed["snapshots"].as_array().unwrap().len(),
+        2,
+        "{listed:#}"
+    );
+
+    // Each snapshot restores its own round's contents.
+    for (round, id) in [(1u32, &snapshots[1]), (2, &snapshots[2])] {
+        let expected = tmp.path().join(format!("expected-{round}"));
+        write_tree(&expected, round);
+        let target = tmp.path().join(format!("restore-{round}"));
+        devnet
+            .client_ok(["restore", id, "--target", target.to_str().unwrap()])
+            .unwrap();
+        let restored = tree::restored_root(&target, &src);
+        for file in ["stable.bin", "changing.bin", "docs/notes.txt"] {
+            assert_eq!(
+                tree::hash_file(&restored.join(file)).unwrap(),
+                tree::hash_file(&expected.join(file)).unwrap(),
+                "{file} of round {round}"
+            );
+        }
+    }
+
+    // Without the coordinator group a prune changes nothing and says "no
+    // quorum" in its exit code (never from the cache).
+    for i in 0..3 {
+        devnet.kill_coordinator(i).unwrap();
+    }
+    let offline = devnet.run_client(["prune"]).unwrap();
+    assert_eq!(offline.status.code(), Some(5), "{}", describe(&offline));
+}

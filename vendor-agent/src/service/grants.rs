@@ -1,0 +1,211 @@
+//! Checking grants: the vendor stores, serves and deletes a tenant's bytes
+//! only under a grant the coordinator group signed for exactly that (see
+//! `offsite_proto::signing`). It verifies grants offline, with the group's
+//! public keys from its registration and capacity report answers; until it
+//! has them it refuses with Unavailable.
+//!
+//! A store grant covers a whole reservation at this vendor, so the bytes
+//! stored under it are summed: the portions of one reservation never exceed
+//! the grant's `max_bytes`. The sums are kept in memory (a grant lives no
+//! longer than its reservation's lease, minutes); after a restart a grant's
+//! sum starts again from zero, which at worst lets one lease store its
+//! reservation twice over here, and the coordinator still charges only what
+//! was reserved.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use offsite_proto::signing::{Expected, GrantBody, GrantVerifier, SignatureError};
+use offsite_proto::{Grant, ReservationId, TenantId};
+
+use super::error::VendorError;
+
+/// The group's keys as this vendor knows them, and the bytes stored under
+/// each store grant.
+#[derive(Default)]
+pub(crate) struct Grants {
+    verifier: RwLock<GrantVerifier>,
+    /// Bytes stored under each reservation's grant, with the grant's expiry.
+    stored: Mutex<HashMap<(TenantId, ReservationId), Spent>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    bytes: u64,
+    expires_unix_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, by this vendor's clock.
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Grants {
+    /// Replaces the group's keys; `true` when they changed.
+    pub fn set_keys(&self, keys: &[(u32, Vec<u8>)]) -> Result<bool, SignatureError> {
+        let verifier = GrantVerifier::new(keys)?;
+        let mut current = self
+            .verifier
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let changed = *current != verifier;
+        *current = verifier;
+        Ok(changed)
+    }
+
+    /// The body of `grant` if it permits `expected` now.
+    pub fn check(
+        &self,
+        grant: Option<&Grant>,
+        expected: &Expected<'_>,
+    ) -> Result<GrantBody, VendorError> {
+        let verifier = self
+            .verifier
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if verifier.is_empty() {
+            return Err(VendorError::NotRegistered);
+        }
+        let missing = Grant::default();
+        verifier
+            .check(grant.unwrap_or(&missing), expected, now_unix_ms())
+            .map_err(|source| VendorError::Grant {
+                vendor: expected.vendor.clone(),
+                source,
+            })
+    }
+
+    /// Counts `bytes` against a store grant's `max_bytes`; the returned
+    /// charge gives them back unless it is kept (the portion was stored).
+    pub fn charge(
+        &self,
+        body: &GrantBody,
+        reservation: ReservationId,
+        bytes: u64,
+    ) -> Result<Charge<'_>, VendorError> {
+        let now = now_unix_ms();
+        let mut stored = self
+            .stored
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        stored.retain(|_, s| s.expires_unix_ms >= now);
+        let key = (body.tenant.clone(), reservation);
+        let spent = stored.entry(key.clone()).or_insert(Spent {
+            bytes: 0,
+            expires_unix_ms: body.expires_unix_ms,
+        });
+        let total = spent.bytes.saturating_add(bytes);
+        if total > body.max_bytes {
+            return Err(VendorError::Grant {
+                vendor: body.vendor.clone(),
+                source: SignatureError::Mismatch(format!(
+                    "reservation {reservation} already stored {} of the {} bytes its grant \
+                     allows here, so {bytes} more do not fit; reserve more room",
+                    spent.bytes, body.max_bytes
+                )),
+            });
+        }
+        spent.bytes = total;
+        Ok(Charge {
+            grants: self,
+            key,
+            bytes,
+            kept: false,
+        })
+    }
+}
+
+/// Bytes counted against a store grant while a portion is being stored.
+pub(crate) struct Charge<'a> {
+    grants: &'a Grants,
+    key: (TenantId, ReservationId),
+    bytes: u64,
+    kept: bool,
+}
+
+impl Charge<'_> {
+    /// The portion was stored: its bytes stay counted.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let mut stored = self
+            .grants
+            .stored
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(spent) = stored.get_mut(&self.key) {
+            spent.bytes = spent.bytes.saturating_sub(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use offsite_proto::signing::{GrantOp, GrantSubject, GroupKey};
+    use offsite_proto::VendorId;
+
+    use super::*;
+
+    fn setup() -> (Grants, GroupKey, GrantBody) {
+        let key = GroupKey::from_secret(1, &[9; 32]);
+        let grants = Grants::default();
+        let body = GrantBody {
+            op: GrantOp::Store,
+            tenant: TenantId::new("acme").unwrap(),
+            vendor: VendorId::new("v1").unwrap(),
+            subject: GrantSubject::Reservation(ReservationId::from_bytes([2; 16])),
+            max_bytes: 100,
+            expires_unix_ms: now_unix_ms() + 60_000,
+        };
+        (grants, key, body)
+    }
+
+    #[test]
+    fn without_keys_every_grant_is_refused_as_not_registered() {
+        let (grants, key, body) = setup();
+        let expected = Expected {
+            op: GrantOp::Store,
+            tenant: &body.tenant,
+            vendor: &body.vendor,
+            subject: body.subject,
+            bytes: 1,
+        };
+        let grant = key.grant(&body);
+        assert!(matches!(
+            grants.check(Some(&grant), &expected),
+            Err(VendorError::NotRegistered)
+        ));
+        assert!(grants.set_keys(&[(1, key.public_key().to_vec())]).unwrap());
+        assert!(!grants.set_keys(&[(1, key.public_key().to_vec())]).unwrap());
+        assert_eq!(grants.check(Some(&grant), &expected).unwrap(), body);
+        let err = grants.check(None, &expected).unwrap_err();
+        assert!(err.to_string().contains("no grant was sent"), "{err}");
+    }
+
+    #[test]
+    fn the_portions_of_one_grant_never_exceed_its_bytes() {
+        let (grants, _, body) = setup();
+        let reservation = ReservationId::from_bytes([2; 16]);
+        grants.charge(&body, reservation, 60).unwrap().keep();
+        // A failed store gives its bytes back.
+        drop(grants.charge(&body, reservation, 40).unwrap());
+        let err = grants.charge(&body, reservation, 41).err().unwrap();
+        assert!(
+            err.to_string().contains("already stored 60 of the 100"),
+            "{err}"
+        );
+        grants.charge(&body, reservation, 40).unwrap().keep();
+        assert!(grants.charge(&body, reservation, 1).is_err());
+    }
+}
