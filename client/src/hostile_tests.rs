@@ -13,7 +13,7 @@ use crate::keys::Keys;
 use crate::manifest::Manifest;
 use crate::portion::{blob_at, check_header, PortionBuilder};
 use crate::restore::verify_portion;
-use crate::tree::{ChunkRef, Entry, EntryKind, Tree};
+use crate::tree::{sample_tree, Tree};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -24,40 +24,6 @@ fn config() -> ProptestConfig {
 
 fn keys() -> Keys {
     Keys::from_data_key(&[9u8; 32])
-}
-
-fn sample_tree() -> Tree {
-    let entry = |name: &[u8], kind| Entry {
-        name: name.to_vec(),
-        mode: 0o644,
-        mtime_secs: 1_700_000_000,
-        mtime_nanos: 5,
-        kind,
-    };
-    Tree::new(vec![
-        entry(
-            b"a.txt",
-            EntryKind::File {
-                size: 3,
-                content: vec![ChunkRef {
-                    id: BlobId([1; 32]),
-                    len: 3,
-                }],
-            },
-        ),
-        entry(
-            b"dir",
-            EntryKind::Dir {
-                subtree: BlobId([2; 32]),
-            },
-        ),
-        entry(
-            b"link",
-            EntryKind::Symlink {
-                target: b"a.txt".to_vec(),
-            },
-        ),
-    ])
 }
 
 /// A decoded tree can be restored without leaving the target.

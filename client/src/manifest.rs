@@ -3,7 +3,7 @@
 //! needs (blob id -> portion, offset, length). Its location goes in the
 //! snapshot record; the index of all manifests is the dedup index.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotId};
@@ -54,6 +54,18 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// Every portion the snapshot needs: those its index names and the one
+    /// holding the manifest itself (at `manifest_portion`), sorted, once each.
+    pub fn portions(&self, manifest_portion: PortionId) -> Vec<PortionId> {
+        let portions: BTreeSet<PortionId> = self
+            .index
+            .values()
+            .map(|l| l.portion)
+            .chain([manifest_portion])
+            .collect();
+        portions.into_iter().collect()
+    }
+
     /// The manifest's stored bytes (the plaintext of its blob); entries are
     /// sorted so the same manifest always encodes the same.
     pub fn encode(&self) -> Vec<u8> {

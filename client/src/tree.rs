@@ -155,11 +155,48 @@ fn check_entry(entry: &Entry) -> Result<(), TreeError> {
     Ok(())
 }
 
+/// A tree of every entry kind, with names that are not UTF-8 (for tests).
+#[cfg(test)]
+pub(crate) fn sample_tree() -> Tree {
+    use tests::entry;
+    Tree::new(vec![
+        entry(
+            b"zeta",
+            EntryKind::Symlink {
+                target: b"../a\xff".to_vec(),
+            },
+        ),
+        entry(
+            b"caf\xe9",
+            EntryKind::File {
+                size: 3,
+                content: vec![ChunkRef {
+                    id: BlobId([1; 32]),
+                    len: 3,
+                }],
+            },
+        ),
+        entry(
+            b"dir",
+            EntryKind::Dir {
+                subtree: BlobId([2; 32]),
+            },
+        ),
+        entry(
+            b"empty",
+            EntryKind::File {
+                size: 0,
+                content: vec![],
+            },
+        ),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(name: &[u8], kind: EntryKind) -> Entry {
+    pub(super) fn entry(name: &[u8], kind: EntryKind) -> Entry {
         Entry {
             name: name.to_vec(),
             kind,
@@ -171,37 +208,7 @@ mod tests {
 
     #[test]
     fn round_trips_sorted_with_non_utf8_names() {
-        let tree = Tree::new(vec![
-            entry(
-                b"zeta",
-                EntryKind::Symlink {
-                    target: b"../a\xff".to_vec(),
-                },
-            ),
-            entry(
-                b"caf\xe9",
-                EntryKind::File {
-                    size: 3,
-                    content: vec![ChunkRef {
-                        id: BlobId([1; 32]),
-                        len: 3,
-                    }],
-                },
-            ),
-            entry(
-                b"dir",
-                EntryKind::Dir {
-                    subtree: BlobId([2; 32]),
-                },
-            ),
-            entry(
-                b"empty",
-                EntryKind::File {
-                    size: 0,
-                    content: vec![],
-                },
-            ),
-        ]);
+        let tree = sample_tree();
         let names: Vec<&[u8]> = tree.entries().iter().map(|e| e.name.as_slice()).collect();
         assert_eq!(names, vec![&b"caf\xe9"[..], b"dir", b"empty", b"zeta"]);
         assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);

@@ -7,7 +7,7 @@
 
 mod walk;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -241,17 +241,12 @@ async fn finish<S: PortionSink>(
             .await
             .map_err(|e| BackupError::Sink(Box::new(e)))?;
     }
-    let portions: BTreeSet<PortionId> = manifest
-        .index
-        .values()
-        .map(|l| l.portion)
-        .chain([manifest_location.portion])
-        .collect();
+    let portions = manifest.portions(manifest_location.portion);
     Ok(Packed {
         manifest,
         sealed_manifest,
         manifest_location,
-        portions: portions.into_iter().collect(),
+        portions,
         stats: walked.stats,
         new_portions: packer.split.finished,
         files: walked.files,

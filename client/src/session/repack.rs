@@ -193,15 +193,9 @@ impl Session {
             if let Some(closed) = closed {
                 uploader.put(closed).await?;
             }
-            let portions: BTreeSet<PortionId> = manifest
-                .index
-                .values()
-                .map(|l| l.portion)
-                .chain([at.portion])
-                .collect();
             let mut new = (*record).clone();
             new.manifest = at;
-            new.portions = portions.into_iter().collect();
+            new.portions = manifest.portions(at.portion);
             rewritten.push((new, sealed));
         }
         for portion in packer.take_rest() {
