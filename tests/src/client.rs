@@ -1,7 +1,9 @@
 //! Running the `offsite` client against a devnet, bounded in time, and the
 //! guard that kills a child left running by a panicking test.
 
+use std::ffi::OsStr;
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,18 @@ impl Devnet {
         S: AsRef<std::ffi::OsStr>,
     {
         run_bounded(self.client_command(args)?, CLIENT_TIMEOUT)
+    }
+
+    /// Restores the latest snapshot into `target` and checks that it equals
+    /// `source` byte for byte (contents, modes, mtimes, link targets).
+    pub fn restore_latest_matches(&self, source: &Path, target: &Path) -> Result<()> {
+        self.client_ok([
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ])?;
+        crate::tree::compare(source, &crate::tree::restored_root(target, source))
     }
 
     /// Runs the client and fails, with its output, unless it exits 0.

@@ -31,14 +31,7 @@ fn spec(seed: u64, big_files: Vec<u64>, small_files: usize) -> TreeSpec {
 }
 
 fn restore_and_compare(devnet: &Devnet, source: &Path, target: &Path) {
-    let args: Vec<OsString> = vec![
-        "restore".into(),
-        "latest".into(),
-        "--target".into(),
-        target.into(),
-    ];
-    devnet.client_ok(&args).unwrap();
-    tree::compare(source, &tree::restored_root(target, source)).unwrap();
+    devnet.restore_latest_matches(source, target).unwrap();
 }
 
 fn pieces_of_vendor(devnet: &Devnet, vendor: usize) -> Vec<std::path::PathBuf> {

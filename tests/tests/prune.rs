@@ -133,10 +133,7 @@ fn wait_deleted(devnet: &Devnet, used: u64, stored: u64) -> StatusResponse {
 }
 
 fn restores_byte_for_byte(devnet: &Devnet, src: &Path, target: &Path) {
-    devnet
-        .client_ok(["restore", "latest", "--target", target.to_str().unwrap()])
-        .unwrap();
-    tree::compare(src, &tree::restored_root(target, src)).unwrap();
+    devnet.restore_latest_matches(src, target).unwrap();
 }
 
 #[test]
