@@ -70,11 +70,13 @@ pub struct StoreOutcome {
     pub failures: Vec<(String, String)>,
 }
 
-/// Open channels to vendors, by address; each presents the tenant's
-/// certificate and expects the vendor's own (`ID.vendor.offsite`).
+/// Open channels to vendors, by vendor id and address: the vendor's identity
+/// (`ID.vendor.offsite`) is checked when a channel is made, so a channel is
+/// reused only for the vendor it was checked for. Each presents the tenant's
+/// certificate.
 #[derive(Clone)]
 pub struct VendorPool {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(VendorId, String), Channel>>>,
     credentials: Credentials,
 }
 
@@ -91,7 +93,7 @@ impl VendorPool {
             .channels
             .lock()
             .map_err(|_| unreachable_err(vendor, "connection table poisoned"))?
-            .get(&vendor.address)
+            .get(&(vendor.id.clone(), vendor.address.clone()))
             .cloned();
         let channel = match cached {
             Some(channel) => channel,
@@ -102,7 +104,7 @@ impl VendorPool {
                     .await
                     .map_err(|e| unreachable_err(vendor, &e.to_string()))?;
                 if let Ok(mut table) = self.channels.lock() {
-                    table.insert(vendor.address.clone(), channel.clone());
+                    table.insert((vendor.id.clone(), vendor.address.clone()), channel.clone());
                 }
                 channel
             }

@@ -211,8 +211,13 @@ impl Issued {
     /// Writes `BASE.pem` and `BASE.key` (mode 0600), refusing to replace
     /// either, and returns their paths.
     pub fn write(&self, base: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
-        let cert = base.with_extension("pem");
-        let key = base.with_extension("key");
+        // Appended, not `with_extension`: names may hold dots (`eu.vendor-7`).
+        let with_suffix = |suffix: &str| {
+            let mut path = base.as_os_str().to_owned();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
+        let (cert, key) = (with_suffix(".pem"), with_suffix(".key"));
         for path in [&cert, &key] {
             if path.exists() {
                 return Err(PkiError::Invalid(format!(
@@ -319,6 +324,19 @@ mod tests {
         let (cert_path, key_path) = issued.write(&dir.path().join("out/v7")).unwrap();
         assert!(cert_path.ends_with("out/v7.pem") && key_path.ends_with("out/v7.key"));
         assert!(issued.write(&dir.path().join("out/v7")).is_err());
+    }
+
+    #[test]
+    fn names_with_dots_keep_their_whole_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::init(dir.path()).unwrap();
+        let first = PeerIdentity::new(Role::Vendor, "eu.vendor-7").unwrap();
+        let second = PeerIdentity::new(Role::Vendor, "eu.other").unwrap();
+        let tls = ca.write_tls(dir.path(), &first).unwrap();
+        assert_eq!(tls.cert, dir.path().join("vendor-eu.vendor-7.pem"));
+        assert_eq!(tls.key, dir.path().join("vendor-eu.vendor-7.key"));
+        let other = ca.write_tls(dir.path(), &second).unwrap();
+        assert_eq!(other.cert, dir.path().join("vendor-eu.other.pem"));
     }
 
     #[test]

@@ -93,9 +93,6 @@ pub async fn dispatch(
     if session.offline() {
         output.note = Some(OFFLINE_NOTE.into());
     }
-    if output.json.get("uploaded") == Some(&Value::Bool(false)) {
-        output.note = Some(UPLOAD_NOTE.into());
-    }
     Ok(output)
 }
 
@@ -124,24 +121,35 @@ fn check_options(args: CheckArgs) -> CheckOptions {
 async fn init(session: &Session, config: &ClientConfig) -> anyhow::Result<Output> {
     let pass = passphrase(config.password_file.as_deref())?;
     init_key_file(&config.key_file, &pass, KdfParams::DEFAULT)?;
-    let uploaded = upload(session).await;
+    let uploaded = kept(session.upload_key_file().await);
     let path = config.key_file.display().to_string();
-    Ok(Output::ok(
-        format!("created key file {path}; keep a copy of it and the passphrase safe\n"),
-        json!({ "key_file": path, "uploaded": uploaded }),
+    Ok(with_upload_note(
+        Output::ok(
+            format!("created key file {path}; keep a copy of it and the passphrase safe\n"),
+            json!({ "key_file": path, "uploaded": uploaded }),
+        ),
+        uploaded,
     ))
 }
 
-/// Keeps the key file's copy at the coordinator group; false (logged) when
-/// it could not.
-async fn upload(session: &Session) -> bool {
-    match session.upload_key_file().await {
+/// Whether the key file's copy was stored at the coordinator group (why
+/// not is logged).
+fn kept(upload: Result<(), offsite_client::SessionError>) -> bool {
+    match upload {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "the key file's copy was not stored");
             false
         }
     }
+}
+
+/// `output` with the note that says how to store the copy later, if it was not.
+fn with_upload_note(mut output: Output, uploaded: bool) -> Output {
+    if !uploaded {
+        output.note = Some(UPLOAD_NOTE.into());
+    }
+    output
 }
 
 /// `key passwd`: the data key re-wrapped under the new passphrase, here and
@@ -153,16 +161,19 @@ async fn passwd(
 ) -> anyhow::Result<Output> {
     let old = passphrase(config.password_file.as_deref())?;
     let new = new_passphrase(new_file)?;
-    change_passphrase(&config.key_file, &old, &new, KdfParams::DEFAULT)?;
-    let uploaded = upload(session).await;
+    let key_file = change_passphrase(&config.key_file, &old, &new, KdfParams::DEFAULT)?;
+    let uploaded = kept(session.upload_key_bytes(key_file).await);
     let path = config.key_file.display().to_string();
-    Ok(Output::ok(
-        format!(
-            "the passphrase of key file {path} is changed; the old one no longer unlocks it. \
-             Update OFFSITE_PASSWORD_FILE, OFFSITE_PASSWORD or password_file, and replace \
-             your copies of the key file\n"
+    Ok(with_upload_note(
+        Output::ok(
+            format!(
+                "the passphrase of key file {path} is changed; the old one no longer unlocks it. \
+                 Update OFFSITE_PASSWORD_FILE, OFFSITE_PASSWORD or password_file, and replace \
+                 your copies of the key file\n"
+            ),
+            json!({ "key_file": path, "changed": true, "uploaded": uploaded }),
         ),
-        json!({ "key_file": path, "changed": true, "uploaded": uploaded }),
+        uploaded,
     ))
 }
 

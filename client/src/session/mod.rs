@@ -192,7 +192,12 @@ impl Session {
     /// Keeps the key file at the coordinator group (it is only as secret as
     /// the passphrase: the data key inside is wrapped under it).
     pub async fn upload_key_file(&self) -> Result<(), SessionError> {
-        let key_file = read_key_file(&self.config.key_file)?;
+        self.upload_key_bytes(read_key_file(&self.config.key_file)?)
+            .await
+    }
+
+    /// Keeps `key_file` (the key file's bytes) at the coordinator group.
+    pub async fn upload_key_bytes(&self, key_file: Vec<u8>) -> Result<(), SessionError> {
         self.coordinator.put_key_file(key_file).await?;
         Ok(())
     }

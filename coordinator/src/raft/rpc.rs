@@ -17,7 +17,7 @@ use super::group::{Forwarded, RaftStore, Try};
 use super::{NodeId, TypeConfig};
 use crate::fat::{Command, Outcome};
 use crate::service::{grants, now_unix_ms};
-use crate::store::ProposeError;
+use crate::store::{FatStore, ProposeError};
 
 /// Metadata key marking an admin call already forwarded once.
 pub(super) const FORWARDED_KEY: &str = "offsite-forwarded";
@@ -293,10 +293,16 @@ impl RaftApi for RaftService {
             )));
         };
         tracing::info!(admin = %caller.name, key_id, ?retired, "grant key rotated");
+        // An up-to-date read: a follower may not have applied the rotation yet.
+        let keys = self
+            .store
+            .read(grants::public_keys_of)
+            .await
+            .map_err(crate::service::store_status)?;
         Ok(Response::new(pb::RotateGrantKeyResponse {
             key_id,
             retired,
-            keys: grants::public_keys(&self.store),
+            keys,
         }))
     }
 }

@@ -11,7 +11,7 @@ use offsite_proto::{Grant, PortionLocation, TenantId};
 use tonic::Status;
 
 use super::{now_unix_ms, status_of};
-use crate::fat::{Command, FatError, GrantSecret, InstallGrantKey, Outcome, ReservationView};
+use crate::fat::{Command, Fat, FatError, GrantSecret, InstallGrantKey, Outcome, ReservationView};
 use crate::store::{FatStore, ProposeError};
 
 /// How long a fetch or delete grant is valid. Long enough for a large
@@ -44,7 +44,14 @@ pub(crate) async fn ensure_key<S: FatStore>(store: &S) -> Result<(), ProposeErro
     if store.read_local(|fat| fat.signing_grant_key().is_some()) {
         return Ok(());
     }
-    match rotate(store).await {
+    // Always key 1: a replica whose view is stale must not rotate past a
+    // first key another one already installed.
+    let first = Command::InstallGrantKey(InstallGrantKey {
+        key_id: 1,
+        secret: GrantSecret::random(),
+        now_unix_ms: now_unix_ms(),
+    });
+    match store.propose(first).await {
         Ok(_) | Err(ProposeError::Refused(FatError::Conflict(_))) => Ok(()),
         Err(e) => Err(e),
     }
@@ -67,15 +74,18 @@ pub(crate) async fn signing_key<S: FatStore>(store: &S) -> Result<GroupKey, Stat
 
 /// The group's grant keys, public side, for vendors.
 pub(crate) fn public_keys<S: FatStore>(store: &S) -> Vec<pbc::GroupKey> {
-    store.read_local(|fat| {
-        fat.grant_public_keys()
-            .into_iter()
-            .map(|k| pbc::GroupKey {
-                key_id: k.key_id,
-                public_key: k.public_key.to_vec(),
-            })
-            .collect()
-    })
+    store.read_local(public_keys_of)
+}
+
+/// The group's public grant keys in `fat`, for the wire.
+pub(crate) fn public_keys_of(fat: &Fat) -> Vec<pbc::GroupKey> {
+    fat.grant_public_keys()
+        .into_iter()
+        .map(|k| pbc::GroupKey {
+            key_id: k.key_id,
+            public_key: k.public_key.to_vec(),
+        })
+        .collect()
 }
 
 /// Signs a store grant for every candidate of the reservation: its tenant,
