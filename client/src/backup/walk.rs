@@ -102,6 +102,7 @@ impl Walker<'_> {
             files,
             device: 0,
             unreadable: Vec::new(),
+            chunker: None,
         };
         let mut entries = Vec::with_capacity(paths.len());
         let mut names: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
@@ -151,6 +152,8 @@ struct State<'a> {
     /// The device of the backup path being walked (for `--one-file-system`).
     device: u64,
     unreadable: Vec<String>,
+    /// Reused for every file; taken out while a file is read.
+    chunker: Option<Chunker>,
 }
 
 impl State<'_> {
@@ -270,9 +273,21 @@ impl State<'_> {
 
     fn read_file(&mut self, path: &Path) -> std::io::Result<(u64, Vec<ChunkRef>)> {
         let file = std::fs::File::open(path)?;
+        let seed = self.walker.keys.chunker_seed();
+        let mut chunker = self.chunker.take().unwrap_or_else(|| Chunker::new(seed));
+        let read = self.read_chunks(&mut chunker, file);
+        self.chunker = Some(chunker);
+        read
+    }
+
+    fn read_chunks(
+        &mut self,
+        chunker: &mut Chunker,
+        file: std::fs::File,
+    ) -> std::io::Result<(u64, Vec<ChunkRef>)> {
         let mut content = Vec::new();
         let mut size = 0u64;
-        for chunk in Chunker::new(file, self.walker.keys.chunker_seed()) {
+        for chunk in chunker.chunks(file) {
             let chunk = chunk?;
             let len = chunk.data.len() as u64;
             size += len;
