@@ -12,6 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Portion bytes: split, forwarded and re-framed without copying.
+        .bytes(".offsite.common.DataFrame.data")
+        .bytes(".offsite.vendor.StoreFrame.data")
+        .bytes(".offsite.nas.PutFrame.data")
+        .bytes(".offsite.nas.GetFrame.data")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

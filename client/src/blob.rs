@@ -6,10 +6,11 @@
 //! version byte, kind byte, 24-byte random nonce, then XChaCha20-Poly1305 over
 //! the zstd-compressed plaintext with the id and kind as associated data.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -153,31 +154,61 @@ pub fn seal(
             max,
         });
     }
-    // Compressing from memory cannot fail except on allocation.
-    let compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default();
+    let mut out = compress_after_header(plaintext);
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    out[0] = BLOB_VERSION;
+    out[1] = kind.byte();
+    out[2..HEADER_BYTES].copy_from_slice(&nonce);
     let cipher = XChaCha20Poly1305::new(keys.encryption_key().into());
     let aad = associated_data(id, kind);
-    let ciphertext = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &compressed,
-                aad: &aad,
-            },
-        )
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[HEADER_BYTES..])
         .map_err(|_| BlobError::PlaintextTooLarge {
             kind,
             len: plaintext.len(),
             max,
         })?;
-    let mut out = Vec::with_capacity(HEADER_BYTES + ciphertext.len());
-    out.push(BLOB_VERSION);
-    out.push(kind.byte());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ciphertext);
+    out.extend_from_slice(&tag);
     Ok(out)
+}
+
+/// `HEADER_BYTES` of room followed by the zstd frame of `plaintext`, with
+/// room for the tag. Each thread keeps its compression context, so sealing
+/// many small blobs does not set one up per blob.
+fn compress_after_header(plaintext: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { RefCell::new(None) };
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            scratch.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
+            if compressor.is_none() {
+                *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+            }
+            // Compressing from memory into a buffer of the bound's size fails
+            // only if zstd cannot allocate; then the one-shot call is tried,
+            // which reports the same failure as empty output.
+            let done = compressor
+                .as_mut()
+                .is_some_and(|c| c.compress_to_buffer(plaintext, &mut *scratch).is_ok());
+            if !done {
+                *scratch = zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default();
+            }
+            let compressed: &[u8] = scratch;
+            let mut out = Vec::with_capacity(HEADER_BYTES + compressed.len() + TAG_BYTES);
+            out.resize(HEADER_BYTES, 0);
+            out.extend_from_slice(compressed);
+            // A huge scratch buffer left by one large chunk is not kept.
+            if scratch.capacity() > 2 * crate::chunker::MAX_CHUNK as usize {
+                *scratch = Vec::new();
+            }
+            out
+        })
+    })
 }
 
 /// Checks, decrypts and decompresses a blob envelope, and checks the

@@ -166,7 +166,7 @@ impl VendorPool {
             let end = ((i + 1) * FRAME_BYTES).min(data.len());
             pb::StoreFrame {
                 frame: Some(pb::store_frame::Frame::Data(
-                    data[i * FRAME_BYTES..end].to_vec(),
+                    data.slice(i * FRAME_BYTES..end),
                 )),
             }
         });

@@ -118,7 +118,8 @@ async fn receive_data<S>(
 where
     S: Stream<Item = Result<PutFrame, Status>> + Unpin,
 {
-    let mut data: Vec<u8> = Vec::new();
+    // The header's size was checked against MAX_PIECE_BYTES.
+    let mut data: Vec<u8> = Vec::with_capacity(size as usize);
     while let Some(frame) = next_frame(frames, idle, Some(id)).await? {
         let chunk = match frame.frame {
             Some(Frame::Data(chunk)) if chunk.is_empty() => {
@@ -139,11 +140,7 @@ where
             }
         };
         check_frame(id, chunk.len(), data.len() as u64, size)?;
-        if data.is_empty() {
-            data = chunk;
-        } else {
-            data.extend_from_slice(&chunk);
-        }
+        data.extend_from_slice(&chunk);
     }
     if data.len() as u64 != size {
         return Err(invalid(format!(
@@ -195,7 +192,7 @@ mod tests {
 
     fn data(bytes: &[u8]) -> Result<PutFrame, Status> {
         Ok(PutFrame {
-            frame: Some(Frame::Data(bytes.to_vec())),
+            frame: Some(Frame::Data(bytes.to_vec().into())),
         })
     }
 

@@ -117,12 +117,13 @@ impl Nas for NasService {
 
 /// Splits a verified piece into `FRAME_BYTES` frames.
 fn frames(data: Vec<u8>) -> BoxStream<'static, Result<GetFrame, Status>> {
+    let data = tonic::codegen::Bytes::from(data);
     let count = data.len().div_ceil(FRAME_BYTES);
     stream::iter((0..count).map(move |i| {
         let start = i * FRAME_BYTES;
         let end = (start + FRAME_BYTES).min(data.len());
         Ok(GetFrame {
-            data: data[start..end].to_vec(),
+            data: data.slice(start..end),
         })
     }))
     .boxed()

@@ -152,7 +152,7 @@ fn header(id: &str, hash: Vec<u8>, size: u64) -> PutFrame {
 
 fn data_frame(bytes: &[u8]) -> PutFrame {
     PutFrame {
-        frame: Some(Frame::Data(bytes.to_vec())),
+        frame: Some(Frame::Data(bytes.to_vec().into())),
     }
 }
 

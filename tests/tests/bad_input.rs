@@ -224,7 +224,7 @@ fn a_vendor_refuses_malformed_uploads_and_keeps_nothing() {
         bytes
             .chunks(256 * 1024)
             .map(|c| StoreFrame {
-                frame: Some(store_frame::Frame::Data(c.to_vec())),
+                frame: Some(store_frame::Frame::Data(c.to_vec().into())),
             })
             .collect()
     };

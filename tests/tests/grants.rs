@@ -87,7 +87,7 @@ async fn store(
         frame: Some(store_frame::Frame::Header(header)),
     }];
     frames.extend(data.chunks(FRAME_BYTES).map(|c| StoreFrame {
-        frame: Some(store_frame::Frame::Data(c.to_vec())),
+        frame: Some(store_frame::Frame::Data(c.to_vec().into())),
     }));
     client
         .store(tokio_stream::iter(frames))

@@ -70,7 +70,11 @@ impl Nas for DirNas {
             .map_err(status)?;
         let frames: Vec<_> = data
             .chunks(300_000)
-            .map(|c| Ok(GetFrame { data: c.to_vec() }))
+            .map(|c| {
+                Ok(GetFrame {
+                    data: c.to_vec().into(),
+                })
+            })
             .collect();
         Ok(Response::new(tokio_stream::iter(frames)))
     }

@@ -19,7 +19,7 @@ fn with_frame(header: offsite_proto::RoutingHeader, frame: Vec<u8>) -> Vec<Store
             frame: Some(store_frame::Frame::Header(header.into())),
         },
         StoreFrame {
-            frame: Some(store_frame::Frame::Data(frame)),
+            frame: Some(store_frame::Frame::Data(frame.into())),
         },
     ]
 }

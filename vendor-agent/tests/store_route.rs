@@ -160,7 +160,7 @@ async fn malformed_routes_are_refused() {
     );
 
     let no_header = vec![StoreFrame {
-        frame: Some(store_frame::Frame::Data(data.to_vec())),
+        frame: Some(store_frame::Frame::Data(data.to_vec().into())),
     }];
     let err = store_frames(&v1, no_header).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

@@ -121,9 +121,9 @@ async fn stream_range(
             let data = read_piece(shared, record, piece).await?;
             let from = start.saturating_sub(piece_start) as usize;
             let to = (end.min(piece_end) - piece_start) as usize;
-            for chunk in data[from..to].chunks(FRAME_BYTES) {
+            for at in (from..to).step_by(FRAME_BYTES) {
                 let frame = DataFrame {
-                    data: chunk.to_vec(),
+                    data: data.slice(at..(at + FRAME_BYTES).min(to)),
                 };
                 if sender.send(Ok(frame)).await.is_err() {
                     return Ok(()); // the caller hung up

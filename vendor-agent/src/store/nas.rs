@@ -85,7 +85,7 @@ impl NasStore {
     }
 }
 
-/// The put stream: the header, then the piece in frames copied one at a time.
+/// The put stream: the header, then the piece in frames (slices, not copies).
 fn put_frames(id: &PieceId, data: Bytes, expected: &Hash) -> impl futures::Stream<Item = PutFrame> {
     let header = PutFrame {
         frame: Some(put_frame::Frame::Header(PieceHeader {
@@ -97,7 +97,7 @@ fn put_frames(id: &PieceId, data: Bytes, expected: &Hash) -> impl futures::Strea
     let frames = (0..data.len()).step_by(FRAME_BYTES).map(move |start| {
         let end = (start + FRAME_BYTES).min(data.len());
         PutFrame {
-            frame: Some(put_frame::Frame::Data(data[start..end].to_vec())),
+            frame: Some(put_frame::Frame::Data(data.slice(start..end))),
         }
     });
     futures::stream::iter(std::iter::once(header).chain(frames))

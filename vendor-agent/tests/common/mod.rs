@@ -225,7 +225,7 @@ pub fn frames(header: RoutingHeader, data: &[u8]) -> Vec<StoreFrame> {
         frame: Some(store_frame::Frame::Header(header.into())),
     }];
     out.extend(data.chunks(FRAME_BYTES).map(|chunk| StoreFrame {
-        frame: Some(store_frame::Frame::Data(chunk.to_vec())),
+        frame: Some(store_frame::Frame::Data(chunk.to_vec().into())),
     }));
     out
 }
