@@ -255,6 +255,13 @@ pub fn open(keys: &Keys, kind: BlobKind, id: &BlobId, sealed: &[u8]) -> Result<V
 
 fn decompress_bounded(compressed: &[u8], kind: BlobKind, id: BlobId) -> Result<Vec<u8>, BlobError> {
     let max = kind.max_plaintext();
+    // Our frames say how large they are: decompress straight into a buffer of
+    // that size (zstd refuses to write past it) with this thread's context.
+    match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(size)) if size > max as u64 => return Err(BlobError::TooLarge { id, kind, max }),
+        Ok(Some(size)) => return decompress_sized(compressed, size as usize, id),
+        _ => {}
+    }
     let decoder =
         zstd::stream::read::Decoder::new(compressed).map_err(|_| BlobError::Decompress { id })?;
     let mut out = Vec::new();
@@ -266,6 +273,24 @@ fn decompress_bounded(compressed: &[u8], kind: BlobKind, id: BlobId) -> Result<V
         return Err(BlobError::TooLarge { id, kind, max });
     }
     Ok(out)
+}
+
+fn decompress_sized(compressed: &[u8], size: usize, id: BlobId) -> Result<Vec<u8>, BlobError> {
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        if decompressor.is_none() {
+            *decompressor = zstd::bulk::Decompressor::new().ok();
+        }
+        let decompressor = decompressor.as_mut().ok_or(BlobError::Decompress { id })?;
+        let mut out = Vec::with_capacity(size);
+        match decompressor.decompress_to_buffer(compressed, &mut out) {
+            Ok(written) if written == size => Ok(out),
+            _ => Err(BlobError::Decompress { id }),
+        }
+    })
 }
 
 #[cfg(test)]
