@@ -233,6 +233,46 @@ async fn backup_then_restore_rebuilds_the_tree() {
 }
 
 #[tokio::test]
+async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_tree(dir.path());
+    // Read-only and spread over several portions: its mode may only be set
+    // once its last chunk is written, whichever portion comes last.
+    std::fs::set_permissions(top.join("big.bin"), std::fs::Permissions::from_mode(0o444)).unwrap();
+    let keys = Arc::new(Keys::from_data_key(&[5; 32]));
+    let mut memory = Memory::default();
+    let packed = backup(&keys, vec![top.clone()], Index::new(), &mut memory).await;
+    assert!(memory.puts >= 3);
+    let locations = memory.locations();
+    let target = dir.path().join("restored");
+    let hidden = crate::progress::Progress::hidden();
+    let restore_once = || {
+        restore::restore(
+            &memory,
+            keys.clone(),
+            &packed.manifest,
+            &locations,
+            &target,
+            &hidden,
+        )
+    };
+    restore_once().await.unwrap();
+    assert_same(&top, &target.join("data"));
+
+    // A second restore into the same, since changed, target: longer stale
+    // files are cut to the snapshot's content, a file where a link goes is
+    // replaced, and modes and mtimes are set again.
+    let restored = target.join("data");
+    std::fs::write(restored.join("a.txt"), vec![b'x'; 100_000]).unwrap();
+    std::fs::write(restored.join("empty"), b"stale").unwrap();
+    std::fs::remove_file(restored.join("link")).unwrap();
+    std::fs::write(restored.join("link"), b"not a link").unwrap();
+    filetime::set_file_mtime(restored.join("big.bin"), filetime::FileTime::zero()).unwrap();
+    restore_once().await.unwrap();
+    assert_same(&top, &restored);
+}
+
+#[tokio::test]
 async fn identical_content_is_stored_once_and_a_second_backup_uploads_only_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let top = make_tree(dir.path());

@@ -115,6 +115,7 @@ pub async fn restore<S: PortionSource>(
     check_target(target)?;
     let plan = plan(source, &keys, manifest, locations).await?;
     progress.set_total(plan.bytes);
+    let remaining = Arc::new(write::Remaining::new(&plan));
     let plan = Arc::new(plan);
     let target: Arc<PathBuf> = Arc::new(target.to_path_buf());
     {
@@ -125,6 +126,7 @@ pub async fn restore<S: PortionSource>(
     let written: Vec<u64> = stream::iter(jobs)
         .map(|portion| {
             let (plan, target, keys) = (plan.clone(), target.clone(), keys.clone());
+            let remaining = remaining.clone();
             async move {
                 let location = locations
                     .get(&portion)
@@ -132,7 +134,8 @@ pub async fn restore<S: PortionSource>(
                 let bytes = source.portion(location).await?;
                 let written = blocking(move || {
                     let writes = plan.portions.get(&portion).map_or(&[][..], Vec::as_slice);
-                    write::apply_portion(&target, &keys, &plan.files, portion, &bytes, writes)
+                    let files = &plan.files;
+                    write::apply_portion(&target, &keys, files, &remaining, portion, &bytes, writes)
                 })
                 .await?;
                 progress.add_bytes(written);
@@ -145,7 +148,7 @@ pub async fn restore<S: PortionSource>(
         .await?;
     {
         let (plan, target) = (plan.clone(), target.clone());
-        blocking(move || write::finish(&target, &plan)).await?;
+        blocking(move || write::finish(&target, &plan, &remaining)).await?;
     }
     Ok(RestoreStats {
         files: plan.files.len() as u64,

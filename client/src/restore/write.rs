@@ -1,11 +1,18 @@
-//! The writing half of a restore: create directories and files (sized up
-//! front), write each blob of a fetched portion at its offsets, then create
-//! symlinks and apply permissions and mtimes (directories last, deepest first).
+//! The writing half of a restore: create directories, write each blob of a
+//! fetched portion at its offsets (a file is created by its first write), and
+//! give each file its permissions and mtime through the handle of its last
+//! write; then symlinks, the files no write finished (empty ones), and
+//! directories (deepest first).
+//!
+//! Into a new or empty target nothing needs clearing, so no file is touched
+//! before its data arrives; into a non-empty one every file is first
+//! truncated, and anything not a directory where one goes is removed.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
 use offsite_proto::PortionId;
@@ -35,28 +42,68 @@ fn clear_non_dir(path: &Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Creates every directory and every file at its final size.
+/// Bytes each file of the plan still waits for.
+pub struct Remaining(Vec<AtomicU64>);
+
+impl Remaining {
+    pub fn new(plan: &Plan) -> Self {
+        Self(plan.files.iter().map(|f| AtomicU64::new(f.size)).collect())
+    }
+
+    /// Counts `len` bytes of `file` written; true when that was the last.
+    fn written(&self, file: usize, len: u64) -> bool {
+        self.0
+            .get(file)
+            .is_some_and(|left| left.fetch_sub(len, Ordering::AcqRel) == len)
+    }
+
+    fn done(&self, file: usize) -> bool {
+        self.0
+            .get(file)
+            .is_some_and(|left| left.load(Ordering::Acquire) == 0)
+    }
+}
+
+/// Whether `target` is missing or an empty directory.
+fn is_fresh(target: &Path) -> bool {
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Creates every directory; in a target that held something, also clears
+/// the way for and truncates every file.
 pub fn prepare(target: &Path, plan: &Plan) -> Result<(), RestoreError> {
+    let fresh = is_fresh(target);
     std::fs::create_dir_all(target).map_err(io_err(target, "create the target directory"))?;
     for dir in &plan.dirs {
         let path = target.join(&dir.path);
-        clear_non_dir(&path)?;
+        if !fresh {
+            clear_non_dir(&path)?;
+        }
         std::fs::create_dir_all(&path).map_err(io_err(&path, "create directory"))?;
     }
     for file in &plan.files {
+        if fresh && file.size > 0 {
+            continue;
+        }
         let path = target.join(&file.path);
-        clear_non_dir(&path)?;
-        let out = File::create(&path).map_err(io_err(&path, "create file"))?;
-        out.set_len(file.size).map_err(io_err(&path, "size file"))?;
+        if !fresh {
+            clear_non_dir(&path)?;
+        }
+        File::create(&path).map_err(io_err(&path, "create file"))?;
     }
     Ok(())
 }
 
-/// Writes every planned blob of one fetched portion into its files.
+/// Writes every planned blob of one fetched portion into its files,
+/// finishing each file whose last bytes these were.
 pub fn apply_portion(
     target: &Path,
     keys: &Keys,
     files: &[FilePlan],
+    remaining: &Remaining,
     portion: PortionId,
     bytes: &[u8],
     writes: &[BlobWrite],
@@ -69,18 +116,26 @@ pub fn apply_portion(
         if plain.len() != write.plain_len as usize {
             return Err(RestoreError::ChunkLength(write.id));
         }
-        for (file, offset) in &write.targets {
-            let Some(file) = files.get(*file) else {
+        for &(index, offset) in &write.targets {
+            let Some(file) = files.get(index) else {
                 continue;
             };
             let path = target.join(&file.path);
             let out = OpenOptions::new()
                 .write(true)
+                .create(true)
+                .truncate(false)
                 .open(&path)
                 .map_err(io_err(&path, "open file"))?;
-            out.write_all_at(&plain, *offset)
+            out.write_all_at(&plain, offset)
                 .map_err(io_err(&path, "write file"))?;
             written += plain.len() as u64;
+            if remaining.written(index, plain.len() as u64) {
+                out.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
+                    .map_err(io_err(&path, "set permissions"))?;
+                filetime::set_file_handle_times(&out, None, Some(mtime(file.mtime)))
+                    .map_err(io_err(&path, "set mtime"))?;
+            }
         }
     }
     Ok(written)
@@ -90,8 +145,9 @@ fn mtime(pair: (i64, u32)) -> FileTime {
     FileTime::from_unix_time(pair.0, pair.1)
 }
 
-/// Symlinks, then file and directory permissions and mtimes.
-pub fn finish(target: &Path, plan: &Plan) -> Result<(), RestoreError> {
+/// Symlinks, then the permissions and mtimes of files no write finished
+/// and of directories.
+pub fn finish(target: &Path, plan: &Plan, remaining: &Remaining) -> Result<(), RestoreError> {
     for link in &plan.links {
         let path = target.join(&link.path);
         clear_non_dir(&path)?;
@@ -100,7 +156,10 @@ pub fn finish(target: &Path, plan: &Plan) -> Result<(), RestoreError> {
         filetime::set_symlink_file_times(&path, mtime(link.mtime), mtime(link.mtime))
             .map_err(io_err(&path, "set symlink mtime"))?;
     }
-    for file in &plan.files {
+    for (index, file) in plan.files.iter().enumerate() {
+        if file.size > 0 && remaining.done(index) {
+            continue;
+        }
         let path = target.join(&file.path);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode & 0o7777))
             .map_err(io_err(&path, "set permissions"))?;
