@@ -180,35 +180,26 @@ fn compress_after_header(plaintext: &[u8]) -> Vec<u8> {
     thread_local! {
         static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
             const { RefCell::new(None) };
-        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
+    let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()));
     COMPRESSOR.with_borrow_mut(|compressor| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            scratch.reserve(zstd::zstd_safe::compress_bound(plaintext.len()));
-            if compressor.is_none() {
-                *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
-            }
-            // Compressing from memory into a buffer of the bound's size fails
-            // only if zstd cannot allocate; then the one-shot call is tried,
-            // which reports the same failure as empty output.
-            let done = compressor
-                .as_mut()
-                .is_some_and(|c| c.compress_to_buffer(plaintext, &mut *scratch).is_ok());
-            if !done {
-                *scratch = zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default();
-            }
-            let compressed: &[u8] = scratch;
-            let mut out = Vec::with_capacity(HEADER_BYTES + compressed.len() + TAG_BYTES);
-            out.resize(HEADER_BYTES, 0);
-            out.extend_from_slice(compressed);
-            // A huge scratch buffer left by one large chunk is not kept.
-            if scratch.capacity() > 2 * crate::chunker::MAX_CHUNK as usize {
-                *scratch = Vec::new();
-            }
-            out
-        })
-    })
+        if compressor.is_none() {
+            *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        // Compressing from memory into a buffer of the bound's size fails
+        // only if zstd cannot allocate; then the one-shot call is tried,
+        // which reports the same failure as empty output.
+        let done = compressor
+            .as_mut()
+            .is_some_and(|c| c.compress_to_buffer(plaintext, &mut compressed).is_ok());
+        if !done {
+            compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default();
+        }
+    });
+    let mut out = Vec::with_capacity(HEADER_BYTES + compressed.len() + TAG_BYTES);
+    out.resize(HEADER_BYTES, 0);
+    out.extend_from_slice(&compressed);
+    out
 }
 
 /// Checks, decrypts and decompresses a blob envelope, and checks the

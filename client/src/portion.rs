@@ -35,7 +35,9 @@ pub struct PortionBuilder {
 
 impl PortionBuilder {
     pub fn new(target: u64) -> Self {
-        let mut bytes = Vec::with_capacity(target.min(MAX_PORTION_BYTES) as usize / 4);
+        // Room for the whole portion at once: growing by doubling would copy
+        // it twice; pages never written are never touched.
+        let mut bytes = Vec::with_capacity(target.min(MAX_PORTION_BYTES) as usize);
         bytes.extend_from_slice(MAGIC);
         bytes.push(PORTION_VERSION);
         Self {

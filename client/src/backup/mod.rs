@@ -27,7 +27,7 @@ use crate::progress::Progress;
 pub use walk::{estimate_bytes, WalkError, WalkStats};
 
 /// Blobs waiting between the walk and the sealers.
-const CHANNEL_BLOBS: usize = 32;
+const CHANNEL_BLOBS: usize = 8;
 /// The walker recurses once per directory level.
 const WALK_STACK_BYTES: usize = 64 * 1024 * 1024;
 

@@ -24,7 +24,7 @@ pub use plan::{plan, Plan};
 pub use source::{verify_portion, FetchError, PortionSource, VendorSource};
 
 /// Portions fetched at once (spread over their vendors by the source).
-const PARALLEL_PORTIONS: usize = 6;
+const PARALLEL_PORTIONS: usize = 4;
 
 /// Why a restore stopped; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]

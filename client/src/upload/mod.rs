@@ -33,7 +33,7 @@ use crate::vendor::{StoreOutcome, VendorError, VendorPool};
 use ledger::Ledger;
 
 /// Portions being uploaded at once.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 /// Largest round reserved at once.
 const ROUND_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Sends of one portion (first route plus resends) beyond its replication.
