@@ -272,6 +272,27 @@ async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
     assert_same(&top, &restored);
 }
 
+#[test]
+fn the_size_estimate_leaves_out_what_the_walk_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = make_tree(dir.path());
+    let everything = crate::backup::estimate_bytes(std::slice::from_ref(&top), &Default::default());
+    // 3 MiB + 17 twice, the 14-byte a.txt and the 12-byte latin-1 name.
+    assert_eq!(everything, 2 * (3 * 1024 * 1024 + 17) + 14 + 12);
+    std::fs::write(top.join("sub/.nobackup"), b"").unwrap();
+    let filter = crate::filter::Filter::new(&crate::filter::ExcludeOptions {
+        patterns: vec!["a.txt".into()],
+        if_present: vec![".nobackup".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        crate::backup::estimate_bytes(&[top], &filter),
+        3 * 1024 * 1024 + 17,
+        "sub/ holds the marker and a.txt is excluded: only big.bin is left"
+    );
+}
+
 #[tokio::test]
 async fn identical_content_is_stored_once_and_a_second_backup_uploads_only_the_manifest() {
     let dir = tempfile::tempdir().unwrap();

@@ -363,23 +363,42 @@ impl State<'_> {
     }
 }
 
-/// Sums the sizes of the regular files under `paths` (symlinks not followed),
-/// to size reservations before the walk reads anything.
+/// Sums the sizes of the regular files the walk will back up under `paths`
+/// (symlinks not followed; excludes, `--exclude-if-present` and
+/// `--one-file-system` applied as the walk applies them), to size
+/// reservations and the progress bar before the walk reads anything.
 pub fn estimate_bytes(paths: &[PathBuf], filter: &Filter) -> u64 {
     let mut total = 0u64;
-    let mut stack: Vec<PathBuf> = paths.to_vec();
-    while let Some(path) = stack.pop() {
-        if filter.excludes(&path) && !paths.contains(&path) {
-            continue;
-        }
-        let Ok(meta) = path.symlink_metadata() else {
+    for root in paths {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+        let Ok(meta) = root.symlink_metadata() else {
             continue;
         };
-        if meta.is_file() {
-            total = total.saturating_add(meta.len());
-        } else if meta.is_dir() {
-            if let Ok(list) = std::fs::read_dir(&path) {
-                stack.extend(list.filter_map(|e| e.ok()).map(|e| e.path()));
+        let device = meta.dev();
+        let mut stack = vec![(root, meta)];
+        while let Some((path, meta)) = stack.pop() {
+            if meta.is_file() {
+                total = total.saturating_add(meta.len());
+                continue;
+            }
+            if !meta.is_dir() {
+                continue;
+            }
+            let Ok(list) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for child in list.filter_map(|e| e.ok()).map(|e| e.path()) {
+                if filter.excludes(&child) {
+                    continue;
+                }
+                let Ok(meta) = child.symlink_metadata() else {
+                    continue;
+                };
+                let left_out =
+                    (filter.one_file_system() && meta.dev() != device) || filter.marked(&child);
+                if !(meta.is_dir() && left_out) {
+                    stack.push((child, meta));
+                }
             }
         }
     }
