@@ -45,8 +45,15 @@ pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
     let mut deleted = Vec::new();
     loop {
         let (mut client, coordinator) = register(&shared, &registration).await;
+        // Reports keep their rhythm however long a report (and the deletions
+        // it asks for) takes; a late tick is not followed by a burst.
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + registration.report_interval,
+            registration.report_interval,
+        );
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(registration.report_interval).await;
+            ticks.tick().await;
             let budget = registration.report_interval;
             if let Err(status) = report(&shared, &mut client, &mut deleted, budget).await {
                 tracing::warn!(
