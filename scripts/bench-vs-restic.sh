@@ -54,6 +54,8 @@ measure() {
     local name=$1
     shift
     echo "== $name" >&2
+    # Each step starts with nothing left to write back from the one before.
+    sync
     if ! /usr/bin/time -f "%e %M" -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"; then
         echo "$name failed:" >&2
         tail -20 "$WORK/$name.err" >&2
