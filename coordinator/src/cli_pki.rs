@@ -75,6 +75,19 @@ impl TlsArgs {
         );
         Ok(credentials)
     }
+
+    /// Credentials for a command only an admin may run (`grant-key rotate`):
+    /// a coordinator's certificate is refused here, before the group would.
+    pub fn admin_credentials(&self) -> anyhow::Result<Credentials> {
+        let credentials = self.credentials()?;
+        let role = credentials.identity().role;
+        anyhow::ensure!(
+            role == Role::Admin,
+            "--cert is a {role} certificate; this command needs an admin certificate \
+             (`offsite-coordinator pki issue --role admin --name NAME`)"
+        );
+        Ok(credentials)
+    }
 }
 
 pub fn run(command: PkiCommand) -> anyhow::Result<()> {

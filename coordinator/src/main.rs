@@ -132,7 +132,7 @@ async fn main() -> ExitCode {
             json,
             tls,
             action: GrantKeyCommand::Rotate,
-        } => match tls.credentials() {
+        } => match tls.admin_credentials() {
             Ok(credentials) => cli_grant_key::rotate(&coordinator, &credentials, json).await,
             Err(e) => Err(e),
         },
