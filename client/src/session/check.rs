@@ -121,9 +121,10 @@ impl Session {
         let replication = self.config.replication as usize;
         for record in &records {
             report.snapshots += 1;
+            // Straight from the group, never the local cache: this is what is checked.
             let (_, locations) = self.coordinator.get_snapshot(record.id).await?;
             let located: HashMap<PortionId, PortionLocation> =
-                locations.into_iter().map(|l| (l.portion, l)).collect();
+                locations.iter().map(|l| (l.portion, l.clone())).collect();
             for portion in &record.portions {
                 match located.get(portion) {
                     None => report.problem(
@@ -147,7 +148,7 @@ impl Session {
                     }
                 }
             }
-            match self.open_snapshot(&keys, record).await {
+            match self.open_located(&keys, record, locations).await {
                 Ok((manifest, locations, source)) => {
                     for (id, at) in &manifest.index {
                         if !record.portions.contains(&at.portion) {

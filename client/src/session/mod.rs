@@ -276,6 +276,16 @@ impl Session {
         record: &SnapshotRecord,
     ) -> Result<(Manifest, HashMap<PortionId, PortionLocation>, VendorSource), SessionError> {
         let locations = self.locations(record.id).await?;
+        self.open_located(keys, record, locations).await
+    }
+
+    /// [`Self::open_snapshot`] with the snapshot's final FAT already in hand.
+    async fn open_located(
+        &self,
+        keys: &Keys,
+        record: &SnapshotRecord,
+        locations: Vec<PortionLocation>,
+    ) -> Result<(Manifest, HashMap<PortionId, PortionLocation>, VendorSource), SessionError> {
         let source =
             VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
         let locations: HashMap<_, _> = locations.into_iter().map(|l| (l.portion, l)).collect();
