@@ -150,14 +150,14 @@ pub async fn change(
 
 /// Fetches the status from `coordinator` (host:port) and prints it.
 pub async fn print(coordinator: &str, credentials: &Credentials, json: bool) -> anyhow::Result<()> {
-    let group = raft_client(coordinator, credentials)
-        .await?
+    // One connection for both calls (a tonic channel is cheap to clone).
+    let channel = channel(coordinator, credentials).await?;
+    let group = RaftClient::new(channel.clone())
         .group_status(GroupStatusRequest {})
         .await
         .with_context(|| format!("the coordinator at {coordinator} refused the group status call"))?
         .into_inner();
-    let mut client = FatClient::new(channel(coordinator, credentials).await?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = FatClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let status = client
         .status(StatusRequest {})
         .await
