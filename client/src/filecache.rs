@@ -10,19 +10,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use offsite_proto::SnapshotId;
 use serde::{Deserialize, Serialize};
 
+use crate::records;
 use crate::tree::ChunkRef;
 
 const MAGIC: &[u8; 7] = b"OFFILES";
 /// Version of the file metadata cache format.
 pub const FILES_VERSION: u8 = 1;
-/// Largest record read back.
-const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
 
 /// What decides whether a file changed since the parent snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,33 +84,19 @@ pub fn path_of(cache_dir: &Path, snapshot: SnapshotId) -> PathBuf {
 /// Reads a snapshot's file metadata cache; `None` when missing or damaged.
 pub fn load(path: &Path) -> Option<Parent> {
     let file = File::open(path).ok()?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-    let mut head = [0u8; 8];
-    reader.read_exact(&mut head).ok()?;
-    if &head[..7] != MAGIC || head[7] != FILES_VERSION {
+    let reader = BufReader::with_capacity(256 * 1024, file);
+    let Some(mut records) = records::Reader::open(reader, MAGIC, FILES_VERSION) else {
         tracing::warn!(path = %path.display(), "file cache of another format; ignored");
         return None;
-    }
+    };
     let mut parent = Parent::default();
-    let mut buf = Vec::new();
-    loop {
-        let mut len = [0u8; 4];
-        match reader.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Some(parent),
-            Err(_) => return None,
-        }
-        let len = u32::from_le_bytes(len);
-        if len > MAX_RECORD_BYTES {
-            return None;
-        }
-        buf.resize(len as usize, 0);
-        reader.read_exact(&mut buf).ok()?;
-        let record: Record = postcard::from_bytes(&buf).ok()?;
+    while let Some(record) = records.next::<Record>() {
+        let record = record.ok()?;
         parent
             .files
             .insert(record.path, (record.stamp, record.content));
     }
+    Some(parent)
 }
 
 /// Writes a new file metadata cache as the walk goes; `finish` moves it into
@@ -128,8 +113,7 @@ impl Writer {
         std::fs::create_dir_all(&files)?;
         let tmp = files.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
         let mut out = BufWriter::new(File::create(&tmp)?);
-        out.write_all(MAGIC)?;
-        out.write_all(&[FILES_VERSION])?;
+        out.write_all(&records::header(MAGIC, FILES_VERSION))?;
         Ok(Self {
             tmp,
             out: Some(out),
@@ -147,15 +131,13 @@ impl Writer {
             stamp: Stamp,
             content: &'a [ChunkRef],
         }
-        let bytes = postcard::to_stdvec(&Borrowed {
+        let record = Borrowed {
             path,
             stamp,
             content,
-        })
-        .unwrap_or_default();
-        let written = out
-            .write_all(&(bytes.len() as u32).to_le_bytes())
-            .and_then(|()| out.write_all(&bytes));
+        };
+        let mut bytes = Vec::new();
+        let written = records::encode(&record, &mut bytes).and_then(|()| out.write_all(&bytes));
         if let Err(e) = written {
             tracing::warn!(error = %e, "file metadata cache not written; the next backup reads every file");
             self.out = None;

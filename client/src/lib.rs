@@ -27,6 +27,7 @@ pub mod policy;
 pub mod portion;
 mod probe;
 pub mod progress;
+mod records;
 pub mod restore;
 pub mod resume;
 mod session;

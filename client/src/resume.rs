@@ -10,7 +10,7 @@
 //! and syncs; a torn last record is ignored.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use offsite_proto::{BlobLocation, PortionId};
@@ -18,12 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobId;
 use crate::manifest::Index;
+use crate::records;
 
 const MAGIC: &[u8; 7] = b"OFRESUM";
 /// Version of the resume journal format.
 pub const JOURNAL_VERSION: u8 = 1;
-/// Largest record read back.
-const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
 
 /// One committed portion and where its blobs are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,13 +59,10 @@ impl Journal {
             .open(&self.path)?;
         let mut bytes = Vec::new();
         if file.metadata()?.len() == 0 {
-            bytes.extend_from_slice(MAGIC);
-            bytes.push(JOURNAL_VERSION);
+            bytes.extend_from_slice(&records::header(MAGIC, JOURNAL_VERSION));
         }
         for portion in portions {
-            let record = postcard::to_stdvec(portion).map_err(std::io::Error::other)?;
-            bytes.extend_from_slice(&(record.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&record);
+            records::encode(portion, &mut bytes)?;
         }
         file.write_all(&bytes)?;
         file.sync_data()
@@ -77,34 +73,16 @@ impl Journal {
         let Ok(file) = File::open(&self.path) else {
             return Vec::new();
         };
-        let mut reader = BufReader::new(file);
-        let mut head = [0u8; 8];
-        if reader.read_exact(&mut head).is_err()
-            || &head[..7] != MAGIC
-            || head[7] != JOURNAL_VERSION
-        {
+        let Some(mut records) = records::Reader::open(BufReader::new(file), MAGIC, JOURNAL_VERSION)
+        else {
             tracing::warn!(path = %self.path.display(), "resume journal unreadable; ignored");
             return Vec::new();
-        }
+        };
         let mut out = Vec::new();
-        loop {
-            let mut len = [0u8; 4];
-            if reader.read_exact(&mut len).is_err() {
-                return out;
-            }
-            let len = u32::from_le_bytes(len);
-            if len > MAX_RECORD_BYTES {
-                return out;
-            }
-            let mut buf = vec![0u8; len as usize];
-            if reader.read_exact(&mut buf).is_err() {
-                return out;
-            }
-            match postcard::from_bytes(&buf) {
-                Ok(record) => out.push(record),
-                Err(_) => return out,
-            }
+        while let Some(Ok(record)) = records.next() {
+            out.push(record);
         }
+        out
     }
 
     /// Forgets everything: the backup that needed it has committed its snapshot.
