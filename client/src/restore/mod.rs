@@ -1,7 +1,8 @@
 //! Restoring a snapshot: open its manifest, plan from its trees, fetch the
 //! portions a few at a time (best replica first, falling back), write each
-//! blob at its offsets, then symlinks, permissions and mtimes. Memory holds a
-//! few portions at a time.
+//! blob at its offsets (a file gets its permissions and mtime with its last
+//! write), then symlinks and directories. Memory holds a few portions at a
+//! time.
 
 pub(crate) mod plan;
 mod source;
