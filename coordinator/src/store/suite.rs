@@ -136,6 +136,17 @@ fn test_credentials() -> offsite_identity::Credentials {
     ca.credentials(&me).expect("test credentials")
 }
 
+/// Whether `err` says a store dropped a moment ago still holds the sled
+/// lock (its flusher thread is finishing); then the open is tried again.
+fn still_locked(err: &dyn std::fmt::Display, deadline: Instant) -> bool {
+    let locked = err.to_string().contains("could not acquire lock");
+    assert!(
+        !locked || Instant::now() < deadline,
+        "the store stayed locked: {err}"
+    );
+    locked
+}
+
 /// A group of one in `dir`, initialised and leading.
 async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
     let settings = GroupSettings {
@@ -152,8 +163,7 @@ async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
     let store = loop {
         match RaftStore::open(dir, &settings, test_credentials()).await {
             Ok(store) => break store,
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                assert!(Instant::now() < deadline, "the store stayed locked: {e}");
+            Err(e) if still_locked(&e, deadline) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("cannot open the store: {e}"),
@@ -229,7 +239,16 @@ async fn raft_store_refuses_a_record_of_another_format_version() {
     store.propose(register("a", 1)).await.unwrap();
     store.shutdown().await;
     drop(store);
-    let raw = sled::open(dir.path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let raw = loop {
+        match sled::open(dir.path()) {
+            Ok(raw) => break raw,
+            Err(e) if still_locked(&e, deadline) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot open the store's sled: {e}"),
+        }
+    };
     let log = raw.open_tree("raft-log").unwrap();
     let (last, _) = log.last().unwrap().unwrap();
     log.insert(last, vec![99, 0]).unwrap();
@@ -244,11 +263,17 @@ async fn raft_store_refuses_a_record_of_another_format_version() {
         write_timeout_ms: 5000,
         snapshot_every: 1000,
     };
-    let err = match RaftStore::open(dir.path(), &settings, test_credentials()).await {
-        Err(err) => err.to_string(),
-        Ok(store) => {
-            store.shutdown().await;
-            panic!("a log entry of format version 99 was accepted")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match RaftStore::open(dir.path(), &settings, test_credentials()).await {
+            Err(err) if still_locked(&err, deadline) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => break err.to_string(),
+            Ok(store) => {
+                store.shutdown().await;
+                panic!("a log entry of format version 99 was accepted")
+            }
         }
     };
     assert!(err.contains("format version 99"), "{err}");
