@@ -127,9 +127,12 @@ impl Filter {
             .any(|m| dir.join(m).symlink_metadata().is_ok())
     }
 
-    /// True when entries on another device than their backup path are left out.
-    pub fn one_file_system(&self) -> bool {
-        self.one_file_system
+    /// True when directory `dir` (on device `dev`, under a backup path on
+    /// device `root_dev`) is left out with all it holds: it is on another
+    /// filesystem under `--one-file-system`, or holds an
+    /// `--exclude-if-present` marker. The walk and the size estimate both ask.
+    pub fn leaves_out_dir(&self, dir: &Path, dev: u64, root_dev: u64) -> bool {
+        (self.one_file_system && dev != root_dev) || self.marked(dir)
     }
 }
 

@@ -358,8 +358,9 @@ impl State<'_> {
     /// A directory on another filesystem (with `--one-file-system`) or holding
     /// an `--exclude-if-present` marker.
     fn left_out(&self, dir: &Path, meta: &Metadata) -> bool {
-        let filter = self.walker.filter;
-        (filter.one_file_system() && meta.dev() != self.device) || filter.marked(dir)
+        self.walker
+            .filter
+            .leaves_out_dir(dir, meta.dev(), self.device)
     }
 }
 
@@ -394,9 +395,7 @@ pub fn estimate_bytes(paths: &[PathBuf], filter: &Filter) -> u64 {
                 let Ok(meta) = child.symlink_metadata() else {
                     continue;
                 };
-                let left_out =
-                    (filter.one_file_system() && meta.dev() != device) || filter.marked(&child);
-                if !(meta.is_dir() && left_out) {
+                if !(meta.is_dir() && filter.leaves_out_dir(&child, meta.dev(), device)) {
                     stack.push((child, meta));
                 }
             }
