@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -205,6 +205,22 @@ fn compress_after_header(plaintext: &[u8]) -> Vec<u8> {
 /// Checks, decrypts and decompresses a blob envelope, and checks the
 /// plaintext hashes to `id`. Never returns data that was not sealed as `id`.
 pub fn open(keys: &Keys, kind: BlobKind, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>, BlobError> {
+    let mut envelope = sealed.to_vec();
+    let mut plaintext = Vec::new();
+    open_in_place(keys, kind, id, &mut envelope, &mut plaintext)?;
+    Ok(plaintext)
+}
+
+/// [`open`] without allocating: decrypts `sealed` where it lies (its bytes
+/// are then no longer a blob envelope) and decompresses into `plaintext`,
+/// whose memory is reused. On an error `plaintext` holds nothing useful.
+pub fn open_in_place(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &BlobId,
+    sealed: &mut [u8],
+    plaintext: &mut Vec<u8>,
+) -> Result<(), BlobError> {
     let id = *id;
     if sealed.len() < HEADER_BYTES + TAG_BYTES {
         return Err(BlobError::Truncated {
@@ -227,46 +243,58 @@ pub fn open(keys: &Keys, kind: BlobKind, id: &BlobId, sealed: &[u8]) -> Result<V
     }
     let cipher = XChaCha20Poly1305::new(keys.encryption_key().into());
     let aad = associated_data(&id, kind);
-    let compressed = cipher
-        .decrypt(
-            XNonce::from_slice(&sealed[2..HEADER_BYTES]),
-            Payload {
-                msg: &sealed[HEADER_BYTES..],
-                aad: &aad,
-            },
+    let (header, rest) = sealed.split_at_mut(HEADER_BYTES);
+    let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_BYTES);
+    cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(&header[2..]),
+            &aad,
+            ciphertext,
+            Tag::from_slice(tag),
         )
         .map_err(|_| BlobError::Decrypt { id })?;
-    let plaintext = decompress_bounded(&compressed, kind, id)?;
+    decompress_bounded(ciphertext, kind, id, plaintext)?;
     // A manifest's id names its snapshot; the AEAD binds the two.
-    if kind != BlobKind::Manifest && BlobId::of(keys, &plaintext) != id {
+    if kind != BlobKind::Manifest && BlobId::of(keys, plaintext) != id {
         return Err(BlobError::IdMismatch { id });
     }
-    Ok(plaintext)
+    Ok(())
 }
 
-fn decompress_bounded(compressed: &[u8], kind: BlobKind, id: BlobId) -> Result<Vec<u8>, BlobError> {
+/// Decompresses into `out` (cleared first), refusing more than `kind` allows.
+fn decompress_bounded(
+    compressed: &[u8],
+    kind: BlobKind,
+    id: BlobId,
+    out: &mut Vec<u8>,
+) -> Result<(), BlobError> {
     let max = kind.max_plaintext();
+    out.clear();
     // Our frames say how large they are: decompress straight into a buffer of
     // that size (zstd refuses to write past it) with this thread's context.
     match zstd::zstd_safe::get_frame_content_size(compressed) {
         Ok(Some(size)) if size > max as u64 => return Err(BlobError::TooLarge { id, kind, max }),
-        Ok(Some(size)) => return decompress_sized(compressed, size as usize, id),
+        Ok(Some(size)) => return decompress_sized(compressed, size as usize, id, out),
         _ => {}
     }
     let decoder =
         zstd::stream::read::Decoder::new(compressed).map_err(|_| BlobError::Decompress { id })?;
-    let mut out = Vec::new();
     decoder
         .take(max as u64 + 1)
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(|_| BlobError::Decompress { id })?;
     if out.len() > max {
         return Err(BlobError::TooLarge { id, kind, max });
     }
-    Ok(out)
+    Ok(())
 }
 
-fn decompress_sized(compressed: &[u8], size: usize, id: BlobId) -> Result<Vec<u8>, BlobError> {
+fn decompress_sized(
+    compressed: &[u8],
+    size: usize,
+    id: BlobId,
+    out: &mut Vec<u8>,
+) -> Result<(), BlobError> {
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { RefCell::new(None) };
@@ -276,9 +304,10 @@ fn decompress_sized(compressed: &[u8], size: usize, id: BlobId) -> Result<Vec<u8
             *decompressor = zstd::bulk::Decompressor::new().ok();
         }
         let decompressor = decompressor.as_mut().ok_or(BlobError::Decompress { id })?;
-        let mut out = Vec::with_capacity(size);
-        match decompressor.decompress_to_buffer(compressed, &mut out) {
-            Ok(written) if written == size => Ok(out),
+        out.reserve(size);
+        // zstd writes into the spare capacity, at most `capacity` bytes.
+        match decompressor.decompress_to_buffer(compressed, out) {
+            Ok(written) if written == size => Ok(()),
             _ => Err(BlobError::Decompress { id }),
         }
     })
@@ -324,6 +353,35 @@ mod tests {
             open(&keys, BlobKind::Tree, &id, &sealed[..10]),
             Err(BlobError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn opening_in_place_reuses_one_plaintext_buffer() {
+        let keys = keys();
+        let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let small = b"a small chunk".to_vec();
+        let mut plain = Vec::new();
+        for (n, text) in [&large, &small, &Vec::new(), &large]
+            .into_iter()
+            .enumerate()
+        {
+            let id = BlobId::of(&keys, text);
+            let mut sealed = seal(&keys, BlobKind::Data, &id, text).unwrap();
+            open_in_place(&keys, BlobKind::Data, &id, &mut sealed, &mut plain).unwrap();
+            assert_eq!(&plain, text, "blob {n}");
+        }
+        // A blob that does not open leaves the buffer reusable for the next.
+        let id = BlobId::of(&keys, &small);
+        let mut sealed = seal(&keys, BlobKind::Data, &id, &small).unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(
+            open_in_place(&keys, BlobKind::Data, &id, &mut sealed, &mut plain),
+            Err(BlobError::Decrypt { id })
+        );
+        let mut sealed = seal(&keys, BlobKind::Data, &id, &small).unwrap();
+        open_in_place(&keys, BlobKind::Data, &id, &mut sealed, &mut plain).unwrap();
+        assert_eq!(plain, small);
     }
 
     #[test]

@@ -180,19 +180,42 @@ pub fn blob_at(
     offset: u64,
     length: u64,
 ) -> Result<&[u8], PortionError> {
+    let range = blob_range(portion, bytes.len(), offset, length)?;
+    Ok(&bytes[range])
+}
+
+/// [`blob_at`], mutable: for opening a blob where it lies.
+pub fn blob_at_mut(
+    portion: PortionId,
+    bytes: &mut [u8],
+    offset: u64,
+    length: u64,
+) -> Result<&mut [u8], PortionError> {
+    let range = blob_range(portion, bytes.len(), offset, length)?;
+    Ok(&mut bytes[range])
+}
+
+/// Where `offset`..`offset + length` lies in a portion of `len` bytes,
+/// refused if it overlaps the portion's header or runs past its end.
+fn blob_range(
+    portion: PortionId,
+    len: usize,
+    offset: u64,
+    length: u64,
+) -> Result<std::ops::Range<usize>, PortionError> {
     let out_of_bounds = || PortionError::OutOfBounds {
         portion,
-        len: bytes.len(),
+        len,
         offset,
         length,
     };
     let start = usize::try_from(offset).map_err(|_| out_of_bounds())?;
-    let len = usize::try_from(length).map_err(|_| out_of_bounds())?;
-    let end = start.checked_add(len).ok_or_else(out_of_bounds)?;
-    if start < HEADER_BYTES || end > bytes.len() {
+    let blob_len = usize::try_from(length).map_err(|_| out_of_bounds())?;
+    let end = start.checked_add(blob_len).ok_or_else(out_of_bounds)?;
+    if start < HEADER_BYTES || end > len {
         return Err(out_of_bounds());
     }
-    Ok(&bytes[start..end])
+    Ok(start..end)
 }
 
 #[cfg(test)]

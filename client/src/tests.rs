@@ -66,15 +66,19 @@ impl Memory {
 }
 
 impl PortionSource for Memory {
-    async fn portion(&self, location: &PortionLocation) -> Result<Vec<u8>, FetchError> {
+    async fn portion(
+        &self,
+        location: &PortionLocation,
+        mut bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, FetchError> {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let bytes = self
+        let stored = self
             .portions
             .get(&location.portion)
-            .ok_or_else(|| Self::missing(location))?
-            .bytes
-            .to_vec();
+            .ok_or_else(|| Self::missing(location))?;
+        bytes.clear();
+        bytes.extend_from_slice(&stored.bytes);
         verify_portion(location, &bytes).map_err(|errors| FetchError {
             portion: location.portion,
             tried: 1,

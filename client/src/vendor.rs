@@ -200,6 +200,17 @@ impl VendorPool {
     /// Fetches `length` bytes of a portion at `offset` (the whole portion when
     /// `offset` is 0 and `length` its size); more or fewer bytes is an error.
     pub async fn fetch(&self, request: FetchRange<'_>) -> Result<Vec<u8>, VendorError> {
+        let mut out = Vec::new();
+        self.fetch_into(request, &mut out).await?;
+        Ok(out)
+    }
+
+    /// [`Self::fetch`] into `out` (cleared first), reusing its memory.
+    pub async fn fetch_into(
+        &self,
+        request: FetchRange<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), VendorError> {
         let what = "fetch";
         let vendor = request.vendor;
         let expected = usize::try_from(request.length).map_err(|_| VendorError::Malformed {
@@ -220,7 +231,8 @@ impl VendorPool {
             let mut client = self.client(vendor).await?;
             let status = |s| status_err(vendor, what, Some(portion), s);
             let mut stream = client.fetch(message).await.map_err(status)?.into_inner();
-            let mut out = Vec::with_capacity(expected);
+            out.clear();
+            out.reserve(expected);
             while let Some(frame) = stream.message().await.map_err(status)? {
                 if frame.data.len() > MAX_FRAME_BYTES || out.len() + frame.data.len() > expected {
                     return Err(VendorError::Malformed {
@@ -238,7 +250,7 @@ impl VendorPool {
                     problem: format!("sent {} bytes where {expected} were asked for", out.len()),
                 });
             }
-            Ok(out)
+            Ok(())
         };
         with_timeout(vendor, what, timeout, call).await
     }

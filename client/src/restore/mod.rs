@@ -2,7 +2,8 @@
 //! portions a few at a time (best replica first, falling back), write each
 //! blob at its offsets (a file gets its permissions and mtime with its last
 //! write), then symlinks and directories. Memory holds a few portions at a
-//! time.
+//! time: each portion job fetches into, and decrypts within, buffers the job
+//! before it left behind.
 
 pub(crate) mod plan;
 mod source;
@@ -10,7 +11,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use offsite_proto::{PortionId, PortionLocation, SnapshotRecord};
@@ -124,21 +125,36 @@ pub async fn restore<S: PortionSource>(
         blocking(move || write::prepare(&target, &plan)).await?;
     }
     let jobs = plan.portions.keys().copied().collect::<Vec<_>>();
+    let scratches = ScratchPool::default();
     let written: Vec<u64> = stream::iter(jobs)
         .map(|portion| {
             let (plan, target, keys) = (plan.clone(), target.clone(), keys.clone());
             let remaining = remaining.clone();
+            let scratches = &scratches;
             async move {
                 let location = locations
                     .get(&portion)
                     .ok_or(RestoreError::NoLocation(portion))?;
-                let bytes = source.portion(location).await?;
-                let written = blocking(move || {
+                let mut scratch = scratches.take();
+                scratch.portion = source
+                    .portion(location, std::mem::take(&mut scratch.portion))
+                    .await?;
+                let (written, scratch) = blocking(move || {
                     let writes = plan.portions.get(&portion).map_or(&[][..], Vec::as_slice);
                     let files = &plan.files;
-                    write::apply_portion(&target, &keys, files, &remaining, portion, &bytes, writes)
+                    let written = write::apply_portion(
+                        &target,
+                        &keys,
+                        files,
+                        &remaining,
+                        portion,
+                        &mut scratch,
+                        writes,
+                    )?;
+                    Ok((written, scratch))
                 })
                 .await?;
+                scratches.give(scratch);
                 progress.add_bytes(written);
                 progress.add_files(1);
                 Ok::<u64, RestoreError>(written)
@@ -158,6 +174,28 @@ pub async fn restore<S: PortionSource>(
         bytes_written: written.iter().sum(),
         portions_fetched: written.len() as u64,
     })
+}
+
+/// The scratch buffers of finished portion jobs, for the next ones: at most
+/// one per job running at once.
+#[derive(Default)]
+struct ScratchPool(Mutex<Vec<write::Scratch>>);
+
+impl ScratchPool {
+    fn take(&self) -> write::Scratch {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, scratch: write::Scratch) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(scratch);
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -132,7 +132,12 @@ impl<S: PortionSource> TreeReader<'_, S> {
             .ok_or(RestoreError::NoLocation(at.portion))?;
         let bytes = self
             .cell(at.portion)
-            .get_or_try_init(|| async { self.source.portion(location).await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                self.source
+                    .portion(location, Vec::new())
+                    .await
+                    .map(Arc::new)
+            })
             .await?
             .clone();
         let sealed = blob_at(at.portion, &bytes, at.offset, at.length)?;

@@ -23,10 +23,12 @@ pub struct FetchError {
 
 /// Fetches portions, or byte ranges of them, by their locations.
 pub trait PortionSource: Sync {
-    /// The whole portion, its hash and header checked.
+    /// The whole portion, its hash and header checked, fetched into `buffer`
+    /// (cleared first) so a caller can reuse one buffer for many portions.
     fn portion(
         &self,
         location: &PortionLocation,
+        buffer: Vec<u8>,
     ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send;
 
     /// A blob's bytes; `check` says whether a copy is good (else the next replica is tried).
@@ -100,6 +102,7 @@ impl VendorSource {
         offset: u64,
         length: u64,
         check: &(dyn Fn(&[u8]) -> Result<(), String> + Sync),
+        mut buffer: Vec<u8>,
     ) -> Result<Vec<u8>, FetchError> {
         let mut errors = Vec::new();
         let order = self.order(location);
@@ -112,9 +115,12 @@ impl VendorSource {
                 length,
                 grant: location.fetch_grants.get(*index),
             };
-            let result = self.pool.fetch(range).await.map_err(|e| e.to_string());
-            match result.and_then(|bytes| check(&bytes).map(|()| bytes)) {
-                Ok(bytes) => return Ok(bytes),
+            let result = self.pool.fetch_into(range, &mut buffer).await;
+            match result
+                .map_err(|e| e.to_string())
+                .and_then(|()| check(&buffer))
+            {
+                Ok(()) => return Ok(buffer),
                 Err(e) => {
                     tracing::warn!(vendor = %vendor.id, portion = %location.portion, error = %e, "replica failed; trying the next");
                     errors.push(format!("{}: {e}", vendor.id));
@@ -134,7 +140,11 @@ impl VendorSource {
 }
 
 impl PortionSource for VendorSource {
-    async fn portion(&self, location: &PortionLocation) -> Result<Vec<u8>, FetchError> {
+    async fn portion(
+        &self,
+        location: &PortionLocation,
+        buffer: Vec<u8>,
+    ) -> Result<Vec<u8>, FetchError> {
         if location.size > MAX_PORTION_BYTES {
             return Err(FetchError {
                 portion: location.portion,
@@ -143,7 +153,8 @@ impl PortionSource for VendorSource {
             });
         }
         let check = |bytes: &[u8]| verify_portion(location, bytes);
-        self.fetch_checked(location, 0, location.size, &check).await
+        self.fetch_checked(location, 0, location.size, &check, buffer)
+            .await
     }
 
     async fn blob(
@@ -170,6 +181,7 @@ impl PortionSource for VendorSource {
                 Err("the blob does not open: corrupt copy".to_string())
             }
         };
-        self.fetch_checked(location, offset, length, &check).await
+        self.fetch_checked(location, offset, length, &check, Vec::new())
+            .await
     }
 }

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use filetime::FileTime;
 use offsite_proto::PortionId;
 
-use crate::blob::{open, BlobKind};
+use crate::blob::{open_in_place, BlobKind};
 use crate::keys::Keys;
-use crate::portion::{blob_at, check_header};
+use crate::portion::{blob_at_mut, check_header};
 use crate::restore::plan::{BlobWrite, FilePlan, Plan};
 use crate::restore::RestoreError;
 
@@ -97,7 +97,17 @@ pub fn prepare(target: &Path, plan: &Plan) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Writes every planned blob of one fetched portion into its files,
+/// The memory one portion job works in, reused from portion to portion so a
+/// restore does not fault in fresh pages for every portion and blob.
+#[derive(Default)]
+pub struct Scratch {
+    /// The fetched portion; each blob is decrypted where it lies.
+    pub portion: Vec<u8>,
+    /// The plaintext of the blob being written.
+    plain: Vec<u8>,
+}
+
+/// Writes every planned blob of the portion in `scratch` into its files,
 /// finishing each file whose last bytes these were.
 pub fn apply_portion(
     target: &Path,
@@ -105,14 +115,18 @@ pub fn apply_portion(
     files: &[FilePlan],
     remaining: &Remaining,
     portion: PortionId,
-    bytes: &[u8],
+    scratch: &mut Scratch,
     writes: &[BlobWrite],
 ) -> Result<u64, RestoreError> {
+    let Scratch {
+        portion: bytes,
+        plain,
+    } = scratch;
     check_header(portion, bytes)?;
     let mut written = 0u64;
     for write in writes {
-        let sealed = blob_at(portion, bytes, write.offset, write.length)?;
-        let plain = open(keys, BlobKind::Data, &write.id, sealed)?;
+        let sealed = blob_at_mut(portion, bytes, write.offset, write.length)?;
+        open_in_place(keys, BlobKind::Data, &write.id, sealed, plain)?;
         if plain.len() != write.plain_len as usize {
             return Err(RestoreError::ChunkLength(write.id));
         }
@@ -127,7 +141,7 @@ pub fn apply_portion(
                 .truncate(false)
                 .open(&path)
                 .map_err(io_err(&path, "open file"))?;
-            out.write_all_at(&plain, offset)
+            out.write_all_at(plain, offset)
                 .map_err(io_err(&path, "write file"))?;
             written += plain.len() as u64;
             if remaining.written(index, plain.len() as u64) {

@@ -148,12 +148,16 @@ impl Session {
         }
         let source =
             VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
+        let mut bytes = Vec::new();
         for (portion, blobs) in moving {
             let at = locations
                 .iter()
                 .find(|l| l.portion == *portion)
                 .ok_or(SessionError::NoLocation(*portion))?;
-            let bytes = source.portion(at).await.map_err(RestoreError::from)?;
+            bytes = source
+                .portion(at, std::mem::take(&mut bytes))
+                .await
+                .map_err(RestoreError::from)?;
             for ((offset, length), id) in blobs {
                 let sealed =
                     blob_at(*portion, &bytes, *offset, *length).map_err(RestoreError::from)?;
