@@ -22,6 +22,10 @@ use crate::connect::connect;
 
 /// How long one coordinator call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Portions located per call. Each location carries a vendor and a signed
+/// fetch grant per replica, about a KiB at R = 3 and at most some 70 KiB at
+/// the largest R and grants, so an answer stays far below the message limit.
+const LOCATE_BATCH: usize = 1_000;
 
 type Client = FatClient<Channel>;
 
@@ -290,26 +294,30 @@ impl Coordinator {
         }
     }
 
-    /// Where the given portions live.
+    /// Where the given portions live (those the coordinator knows), asked
+    /// [`LOCATE_BATCH`] at a time.
     pub async fn locate_portions(
         &self,
         ids: &[PortionId],
     ) -> Result<Vec<PortionLocation>, CoordinatorError> {
-        let message = pb::LocatePortionsRequest {
-            portion_ids: ids.iter().map(ToString::to_string).collect(),
-        };
-        let reply = self
-            .call("locate portions", |mut c| {
-                let m = message.clone();
-                async move { c.locate_portions(m).await }
-            })
-            .await?;
-        reply
-            .portions
-            .into_iter()
-            .map(PortionLocation::try_from)
-            .collect::<Result<_, _>>()
-            .map_err(malformed("locate portions"))
+        let mut located = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(LOCATE_BATCH) {
+            let message = pb::LocatePortionsRequest {
+                portion_ids: batch.iter().map(ToString::to_string).collect(),
+            };
+            let reply = self
+                .call("locate portions", |mut c| {
+                    let m = message.clone();
+                    async move { c.locate_portions(m).await }
+                })
+                .await?;
+            for location in reply.portions {
+                located.push(
+                    PortionLocation::try_from(location).map_err(malformed("locate portions"))?,
+                );
+            }
+        }
+        Ok(located)
     }
 }
 

@@ -320,9 +320,22 @@ fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
         .map(|id| snapshot_portions(&devnet, id))
         .collect();
 
+    // With no manifest cached (another host, say), the prune fetches them.
+    let manifests = devnet
+        .dir()
+        .join("client/cache")
+        .join(rpc::DEVNET_TENANT)
+        .join("manifests");
+    assert!(manifests.is_dir(), "the backups cached their manifests");
+    std::fs::remove_dir_all(&manifests).unwrap();
     let pruned = json_ok(&devnet, &["prune"]);
     assert_eq!(pruned["portions_repacked"], 1, "{pruned:#}");
     assert_eq!(pruned["snapshots_rewritten"], 2, "{pruned:#}");
+    assert_eq!(
+        std::fs::read_dir(&manifests).unwrap().count(),
+        2,
+        "the prune cached the manifests of both snapshots it rewrote"
+    );
     let after: Vec<BTreeSet<String>> = snapshots[1..]
         .iter()
         .map(|id| snapshot_portions(&devnet, id))

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use offsite_proto::limits::MAX_PORTIONS_PER_CALL;
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
 use super::{now_ms, Session, SessionError};
@@ -18,7 +17,6 @@ use crate::filter::{ExcludeOptions, Filter};
 use crate::keys::Keys;
 use crate::manifest::Index;
 use crate::portion::Portion;
-use crate::restore::{fetch_manifest, VendorSource};
 use crate::resume::{self, Journal};
 use crate::upload::{UploadSettings, UploadStats, Uploader};
 
@@ -97,38 +95,16 @@ impl Session {
         snapshots: &[SnapshotRecord],
     ) -> Result<Index, SessionError> {
         let mut index = Index::new();
-        let mut missing = Vec::new();
-        for record in snapshots {
-            match self.cached_manifest(keys, record) {
-                Some(manifest) => index.extend(manifest.index),
-                None => missing.push(record),
-            }
-        }
-        if missing.is_empty() {
-            return Ok(index);
-        }
-        let portions: Vec<_> = missing.iter().map(|r| r.manifest.portion).collect();
-        let locations = self.coordinator.locate_portions(&portions).await?;
-        let source =
-            VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
-        for record in missing {
-            let Some(at) = locations
-                .iter()
-                .find(|l| l.portion == record.manifest.portion)
-            else {
-                tracing::warn!(snapshot = %record.id, "manifest portion not located; its blobs will not dedup");
-                continue;
-            };
-            match fetch_manifest(&source, keys, record, at).await {
-                Ok((manifest, sealed)) => {
-                    self.cache_manifest(record.id, &sealed);
-                    index.extend(manifest.index);
-                }
+        self.visit_manifests(keys, snapshots, |record, manifest| {
+            match manifest {
+                Ok(manifest) => index.extend(manifest.index),
                 Err(e) => {
                     tracing::warn!(snapshot = %record.id, error = %e, "manifest unavailable; its blobs will not dedup")
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(index)
     }
 
@@ -143,11 +119,8 @@ impl Session {
             .iter()
             .map(|r| offsite_proto::PortionId::from_bytes(r.portion))
             .collect();
-        let mut committed = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(MAX_PORTIONS_PER_CALL / 10) {
-            let located = self.coordinator.locate_portions(batch).await?;
-            committed.extend(located.into_iter().map(|l| l.portion));
-        }
+        let located = self.coordinator.locate_portions(&ids).await?;
+        let committed: Vec<_> = located.into_iter().map(|l| l.portion).collect();
         tracing::info!(
             recorded = ids.len(),
             committed = committed.len(),

@@ -303,6 +303,51 @@ impl Session {
         Ok((manifest, locations, source))
     }
 
+    /// Calls `visit` with the manifest of each of `snapshots`: from the cache,
+    /// or else fetched and cached. The missing ones are located in one call
+    /// and fetched after one probe of their vendors. A manifest that could
+    /// not be had is visited as its error; `visit` decides whether that stops
+    /// everything. Only one manifest is in memory at a time.
+    async fn visit_manifests(
+        &self,
+        keys: &Keys,
+        snapshots: &[SnapshotRecord],
+        mut visit: impl FnMut(
+            &SnapshotRecord,
+            Result<Manifest, SessionError>,
+        ) -> Result<(), SessionError>,
+    ) -> Result<(), SessionError> {
+        let mut missing = Vec::new();
+        for record in snapshots {
+            match self.cached_manifest(keys, record) {
+                Some(manifest) => visit(record, Ok(manifest))?,
+                None => missing.push(record),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let portions: Vec<_> = missing.iter().map(|r| r.manifest.portion).collect();
+        let locations = self.coordinator.locate_portions(&portions).await?;
+        let source =
+            VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
+        let locations: HashMap<_, _> = locations.iter().map(|l| (l.portion, l)).collect();
+        for record in missing {
+            let portion = record.manifest.portion;
+            let Some(at) = locations.get(&portion) else {
+                visit(record, Err(SessionError::NoLocation(portion)))?;
+                continue;
+            };
+            let fetched = fetch_manifest(&source, keys, record, at).await;
+            let manifest = fetched.map(|(manifest, sealed)| {
+                self.cache_manifest(record.id, &sealed);
+                manifest
+            });
+            visit(record, manifest.map_err(SessionError::from))?;
+        }
+        Ok(())
+    }
+
     /// The cached manifest of a snapshot, unless it names a portion the
     /// record does not: then it is from before a repack rewrote the
     /// snapshot (on another host, say), and is fetched again.

@@ -131,7 +131,7 @@ impl Session {
         snapshots: &[SnapshotRecord],
     ) -> Result<Live, SessionError> {
         let mut live = Live::new();
-        for record in snapshots {
+        self.visit_manifests(keys, snapshots, |record, manifest| {
             for p in &record.portions {
                 live.entry(*p).or_default();
             }
@@ -139,13 +139,14 @@ impl Session {
             live.entry(m.portion)
                 .or_default()
                 .insert(m.offset, m.length);
-            let manifest = self.manifest_of(keys, record).await?;
-            for l in manifest.index.values() {
+            for l in manifest?.index.values() {
                 live.entry(l.portion)
                     .or_default()
                     .insert(l.offset, l.length);
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(live)
     }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use offsite_proto::limits::{MAX_PORTIONS_PER_CALL, MAX_SNAPSHOT_REWRITES};
+use offsite_proto::limits::MAX_SNAPSHOT_REWRITES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotRecord};
 
 use super::{Session, SessionError};
@@ -142,10 +142,7 @@ impl Session {
     ) -> Result<Vec<(SnapshotRecord, Vec<u8>)>, SessionError> {
         let mut relocated: HashMap<(PortionId, u64), BlobLocation> = HashMap::new();
         let ids: Vec<PortionId> = moving.keys().copied().collect();
-        let mut locations = Vec::new();
-        for batch in ids.chunks(MAX_PORTIONS_PER_CALL) {
-            locations.extend(self.coordinator.locate_portions(batch).await?);
-        }
+        let locations = self.coordinator.locate_portions(&ids).await?;
         let source =
             VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
         let mut bytes = Vec::new();
