@@ -327,7 +327,10 @@ impl Session {
         if missing.is_empty() {
             return Ok(());
         }
-        let portions: Vec<_> = missing.iter().map(|r| r.manifest.portion).collect();
+        let mut portions: Vec<_> = missing.iter().map(|r| r.manifest.portion).collect();
+        // Manifests are packed together: several often share a portion.
+        portions.sort();
+        portions.dedup();
         let locations = self.coordinator.locate_portions(&portions).await?;
         let source =
             VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
