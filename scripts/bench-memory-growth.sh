@@ -8,12 +8,13 @@
 #
 # usage: scripts/bench-memory-growth.sh [N]
 #   N         files in the small tree (default 20000; about 190 MiB)
-#   BENCH_DIR where to work (default: a new directory under /tmp)
+#   BENCH_DIR where to work: a new directory is made in it, and removed at
+#             the end (default: /tmp)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${BENCH_DIR:-$(mktemp -d /tmp/offsite-growth.XXXXXX)}
-mkdir -p "$WORK"
+mkdir -p "${BENCH_DIR:-/tmp}"
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/offsite-growth.XXXXXX")
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 SMALL=${1:-20000}
 case $SMALL in
@@ -22,6 +23,7 @@ case $SMALL in
     exit 2
     ;;
 esac
+SMALL=$((10#$SMALL))
 
 cleanup() {
     for devnet in "$WORK"/devnet-*; do

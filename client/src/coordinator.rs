@@ -23,8 +23,8 @@ use crate::connect::connect;
 /// How long one coordinator call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Portions located per call. Each location carries a vendor and a signed
-/// fetch grant per replica, about a KiB at R = 3 and at most some 70 KiB at
-/// the largest R and grants, so an answer stays far below the message limit.
+/// fetch grant per replica, about a KiB at R = 3 and some 15 KiB at the
+/// largest R, so an answer stays well below the message limit.
 const LOCATE_BATCH: usize = 1_000;
 
 type Client = FatClient<Channel>;
