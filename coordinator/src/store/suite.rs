@@ -136,39 +136,41 @@ fn test_credentials() -> offsite_identity::Credentials {
     ca.credentials(&me).expect("test credentials")
 }
 
-/// Whether `err` says a store dropped a moment ago still holds the sled
-/// lock (its flusher thread is finishing); then the open is tried again.
-fn still_locked(err: &dyn std::fmt::Display, deadline: Instant) -> bool {
-    let locked = err.to_string().contains("could not acquire lock");
-    assert!(
-        !locked || Instant::now() < deadline,
-        "the store stayed locked: {err}"
-    );
-    locked
+/// Runs `open` until it fails with anything but sled's lock error, or
+/// succeeds: a store dropped a moment ago may still hold the lock while its
+/// flusher finishes. Waits at most 10 s.
+async fn open_unlocked<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    mut open: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open().await {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(Instant::now() < deadline, "the store stayed locked: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
-/// A group of one in `dir`, initialised and leading.
-async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
-    let settings = GroupSettings {
+fn settings(snapshot_every: u64) -> GroupSettings {
+    GroupSettings {
         node_id: 1,
         heartbeat_ms: 50,
         election_timeout_min_ms: 150,
         election_timeout_max_ms: 300,
         write_timeout_ms: 5000,
         snapshot_every,
-    };
-    // A store dropped a moment ago may still hold the sled lock from a task
-    // that is finishing: wait for it to let go, with a deadline.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let store = loop {
-        match RaftStore::open(dir, &settings, test_credentials()).await {
-            Ok(store) => break store,
-            Err(e) if still_locked(&e, deadline) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot open the store: {e}"),
-        }
-    };
+    }
+}
+
+/// A group of one in `dir`, initialised and leading.
+async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
+    let settings = settings(snapshot_every);
+    let store = open_unlocked(|| RaftStore::open(dir, &settings, test_credentials()))
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the store: {e}"));
     store
         .initialize(&BTreeMap::from([(1, "127.0.0.1:1".to_string())]))
         .await
@@ -239,42 +241,23 @@ async fn raft_store_refuses_a_record_of_another_format_version() {
     store.propose(register("a", 1)).await.unwrap();
     store.shutdown().await;
     drop(store);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let raw = loop {
-        match sled::open(dir.path()) {
-            Ok(raw) => break raw,
-            Err(e) if still_locked(&e, deadline) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot open the store's sled: {e}"),
-        }
-    };
+    let raw = open_unlocked(|| async { sled::open(dir.path()) })
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the store's sled: {e}"));
     let log = raw.open_tree("raft-log").unwrap();
     let (last, _) = log.last().unwrap().unwrap();
     log.insert(last, vec![99, 0]).unwrap();
     raw.flush().unwrap();
     drop(log);
     drop(raw);
-    let settings = GroupSettings {
-        node_id: 1,
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 150,
-        election_timeout_max_ms: 300,
-        write_timeout_ms: 5000,
-        snapshot_every: 1000,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        match RaftStore::open(dir.path(), &settings, test_credentials()).await {
-            Err(err) if still_locked(&err, deadline) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => break err.to_string(),
+    let settings = settings(1000);
+    let err =
+        match open_unlocked(|| RaftStore::open(dir.path(), &settings, test_credentials())).await {
+            Err(err) => err.to_string(),
             Ok(store) => {
                 store.shutdown().await;
                 panic!("a log entry of format version 99 was accepted")
             }
-        }
-    };
+        };
     assert!(err.contains("format version 99"), "{err}");
 }
