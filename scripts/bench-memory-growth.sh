@@ -35,10 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building release binaries" >&2
-(cd "$ROOT" && cargo build --release --quiet -p offsite-client -p offsite-tests \
-    -p offsite-coordinator -p offsite-vendor -p offsite-nas)
-if [ ! -x /usr/bin/time ]; then apt-get install -y time >&2; fi
+. "$ROOT/scripts/bench-common.sh"
+build_release
 
 # tree DIR FILES: FILES small text files (1 to 16 KiB, each unique, about
 # 3:1 compressible) in directories of 500, and one 16 MiB half-random file
@@ -64,19 +62,6 @@ for i in range(max(1, files // 5000)):
         for _ in range(16):
             f.write(os.urandom(1 << 19) + text[: 1 << 19])
 EOF
-}
-
-# measure NAME CMD...: runs CMD under /usr/bin/time; keeps "seconds max_rss_kb".
-measure() {
-    local name=$1
-    shift
-    echo "== $name" >&2
-    sync
-    if ! /usr/bin/time -f "%e %M" -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"; then
-        echo "$name failed:" >&2
-        tail -20 "$WORK/$name.err" >&2
-        exit 1
-    fi
 }
 
 for scale in 1 10; do

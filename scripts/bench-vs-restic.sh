@@ -29,11 +29,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building release binaries" >&2
-(cd "$ROOT" && cargo build --release --quiet -p offsite-client -p offsite-tests \
-    -p offsite-coordinator -p offsite-vendor -p offsite-nas)
+. "$ROOT/scripts/bench-common.sh"
+build_release
 if ! command -v restic >/dev/null; then apt-get install -y restic >&2; fi
-if [ ! -x /usr/bin/time ]; then apt-get install -y time >&2; fi
 
 if [ -n "${1:-}" ]; then
     TREE=$(cd "$1" && pwd)
@@ -48,20 +46,6 @@ fi
 BYTES=$(du -sb --apparent-size "$TREE" | cut -f1)
 FILES=$(find "$TREE" -type f | wc -l)
 echo "== tree: $TREE, $BYTES bytes in $FILES files" >&2
-
-# measure NAME CMD...: runs CMD under /usr/bin/time; keeps "seconds max_rss_kb".
-measure() {
-    local name=$1
-    shift
-    echo "== $name" >&2
-    # Each step starts with nothing left to write back from the one before.
-    sync
-    if ! /usr/bin/time -f "%e %M" -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"; then
-        echo "$name failed:" >&2
-        tail -20 "$WORK/$name.err" >&2
-        exit 1
-    fi
-}
 
 export RESTIC_PASSWORD=bench-password
 export RESTIC_REPOSITORY=$WORK/restic-repo
