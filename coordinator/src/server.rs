@@ -16,7 +16,6 @@ use offsite_proto::pb::coordinator::fat_server::FatServer;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer;
 use offsite_proto::pb::raft::raft_server::RaftServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::config::{ConfigError, CoordinatorConfig};
@@ -150,11 +149,10 @@ impl Coordinator {
         tracing::info!(%address, node_id = self.config.node_id, %name, data_dir = %self.config.data_dir.display(), "coordinator serving over mutual TLS");
         let result = Server::builder()
             .tls_config(self.credentials.server_tls())?
-            .tcp_nodelay(true)
             .add_service(registry)
             .add_service(fat)
             .add_service(raft)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(offsite_identity::incoming(self.listener), shutdown)
             .await;
         for task in [sweeper, init] {
             task.abort();

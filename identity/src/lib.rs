@@ -21,8 +21,8 @@ mod tls;
 
 pub use role::{check_name, PeerIdentity, Role, DNS_SUFFIX, MAX_NAME_LEN};
 pub use tls::{
-    check_role, first_certificate_der, parse_certificate, peer_identity, require_role, Credentials,
-    TlsConfig, TlsError, HANDSHAKE_TIMEOUT,
+    check_role, first_certificate_der, incoming, parse_certificate, peer_identity, require_role,
+    Credentials, TlsConfig, TlsError, HANDSHAKE_TIMEOUT,
 };
 
 /// An error and its sources on one line: tonic's own text is terse, and the

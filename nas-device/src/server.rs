@@ -8,7 +8,6 @@ use offsite_piece_store::{PieceDir, PieceError};
 use offsite_proto::limits::MAX_STREAM_MESSAGE_BYTES;
 use offsite_proto::pb::nas::nas_server::NasServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::{Request, Status};
 
@@ -71,7 +70,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .tls_config(credentials.server_tls())?
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(offsite_identity::incoming(listener), shutdown)
         .await?;
     tracing::info!("NAS device stopped");
     Ok(())

@@ -11,7 +11,6 @@ use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_STREAM_MESSAGE_BYTES};
 use offsite_proto::pb::vendor::vendor_server::VendorServer;
 use offsite_proto::VendorId;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{ConfigError, VendorConfig};
 use crate::identity_key::{self, IdentityKeyError};
@@ -105,7 +104,7 @@ impl VendorAgent {
         tonic::transport::Server::builder()
             .tls_config(self.shared.credentials.server_tls())?
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(offsite_identity::incoming(listener), shutdown)
             .await
     }
 
