@@ -45,5 +45,5 @@ pub use keys::{KeyError, Keys};
 pub use session::{
     entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, BackupSummary, Change,
     CheckOptions, CheckReport, Diff, Found, Problem, PruneOptions, PruneSummary, Session,
-    SessionError, DEFAULT_REPACK_BELOW,
+    SessionError, Unlocking, DEFAULT_REPACK_BELOW,
 };

@@ -240,7 +240,7 @@ async fn ls(session: &Session, spec: &str) -> anyhow::Result<Output> {
 }
 
 async fn restore(session: &Session, spec: &str, target: PathBuf) -> anyhow::Result<Output> {
-    let keys = session.unlock()?;
+    let keys = session.unlock_in_background()?;
     let (record, s) = session
         .restore(keys, spec, &target)
         .await

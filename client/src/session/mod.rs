@@ -10,6 +10,7 @@ mod prune;
 mod repack;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -163,6 +164,18 @@ impl Session {
         Ok(Arc::new(unlock_key_file(&self.config.key_file, &pass)?))
     }
 
+    /// Reads the passphrase now (a prompt, if any, comes first) and unlocks
+    /// the key file on a blocking thread: the key derivation takes a quarter
+    /// of a second by design, which a command can spend on the coordinators
+    /// and vendors meanwhile.
+    pub fn unlock_in_background(&self) -> Result<Unlocking, KeyError> {
+        let pass = passphrase(self.config.password_file.as_deref())?;
+        let path = self.config.key_file.clone();
+        Ok(Unlocking(tokio::task::spawn_blocking(move || {
+            unlock_key_file(&path, &pass).map(Arc::new)
+        })))
+    }
+
     /// Makes sure the key file is here. When it is missing (a new machine),
     /// the copy kept at the coordinator group is fetched and written, once
     /// the passphrase is shown to unlock it; true when it was. When there is
@@ -286,21 +299,40 @@ impl Session {
         record: &SnapshotRecord,
         locations: Vec<PortionLocation>,
     ) -> Result<(Manifest, HashMap<PortionId, PortionLocation>, VendorSource), SessionError> {
+        let (locations, source) = self.probe_located(locations).await;
+        let manifest = self.manifest(keys, record, &locations, &source).await?;
+        Ok((manifest, locations, source))
+    }
+
+    /// A snapshot's final FAT by portion, and a source ranked by probing
+    /// the vendors that hold it.
+    async fn probe_located(
+        &self,
+        locations: Vec<PortionLocation>,
+    ) -> (HashMap<PortionId, PortionLocation>, VendorSource) {
         let source =
             VendorSource::probe(self.pool.clone(), self.config.tenant.clone(), &locations).await;
-        let locations: HashMap<_, _> = locations.into_iter().map(|l| (l.portion, l)).collect();
-        let manifest = match self.cached_manifest(keys, record) {
-            Some(manifest) => manifest,
-            None => {
-                let at = locations
-                    .get(&record.manifest.portion)
-                    .ok_or(SessionError::NoLocation(record.manifest.portion))?;
-                let (manifest, sealed) = fetch_manifest(&source, keys, record, at).await?;
-                self.cache_manifest(record.id, &sealed);
-                manifest
-            }
-        };
-        Ok((manifest, locations, source))
+        let locations = locations.into_iter().map(|l| (l.portion, l)).collect();
+        (locations, source)
+    }
+
+    /// A snapshot's manifest: cached, or else fetched and cached.
+    async fn manifest(
+        &self,
+        keys: &Keys,
+        record: &SnapshotRecord,
+        locations: &HashMap<PortionId, PortionLocation>,
+        source: &VendorSource,
+    ) -> Result<Manifest, SessionError> {
+        if let Some(manifest) = self.cached_manifest(keys, record) {
+            return Ok(manifest);
+        }
+        let at = locations
+            .get(&record.manifest.portion)
+            .ok_or(SessionError::NoLocation(record.manifest.portion))?;
+        let (manifest, sealed) = fetch_manifest(source, keys, record, at).await?;
+        self.cache_manifest(record.id, &sealed);
+        Ok(manifest)
     }
 
     /// Calls `visit` with the manifest of each of `snapshots`: from the cache,
@@ -390,13 +422,19 @@ impl Session {
     /// Restores a snapshot into `target`.
     pub async fn restore(
         &self,
-        keys: Arc<Keys>,
+        keys: Unlocking,
         spec: &str,
         target: &Path,
     ) -> Result<(SnapshotRecord, RestoreStats), SessionError> {
         restore::check_target(target)?;
-        let record = self.resolve(spec).await?;
-        let (manifest, locations, source) = self.open_snapshot(&keys, &record).await?;
+        let located = async {
+            let record = self.resolve(spec).await?;
+            let locations = self.locations(record.id).await?;
+            let (locations, source) = self.probe_located(locations).await;
+            Ok((record, locations, source))
+        };
+        let (keys, (record, locations, source)) = keys.alongside(located).await?;
+        let manifest = self.manifest(&keys, &record, &locations, &source).await?;
         let progress = self.progress("restore", "portions", record.logical_bytes);
         let result =
             restore::restore(&source, keys, &manifest, &locations, target, &progress).await;
@@ -447,6 +485,40 @@ impl Session {
     }
 }
 
+/// A key file being unlocked on a blocking thread
+/// ([`Session::unlock_in_background`]).
+pub struct Unlocking(tokio::task::JoinHandle<Result<Arc<Keys>, KeyError>>);
+
+impl Unlocking {
+    /// Runs `work` while the key is derived and returns both. A wrong
+    /// passphrase is the answer as soon as it is known, and it wins over
+    /// whatever `work` failed with, as if the key had been unlocked first.
+    pub async fn alongside<T>(
+        self,
+        work: impl Future<Output = Result<T, SessionError>>,
+    ) -> Result<(Arc<Keys>, T), SessionError> {
+        let keys = async {
+            match self.0.await {
+                Ok(unlocked) => Ok(unlocked?),
+                Err(join) => Err(SessionError::Invalid(format!(
+                    "unlocking the key file failed: {join}"
+                ))),
+            }
+        };
+        let (mut keys, mut work) = (std::pin::pin!(keys), std::pin::pin!(work));
+        tokio::select! {
+            unlocked = &mut keys => {
+                let keys = unlocked?;
+                Ok((keys, work.await?))
+            }
+            done = &mut work => {
+                let keys = keys.await?;
+                Ok((keys, done?))
+            }
+        }
+    }
+}
+
 /// True when every portion the manifest's index names is one the record
 /// names.
 fn fits_record(manifest: &Manifest, record: &SnapshotRecord) -> bool {
@@ -461,4 +533,51 @@ fn fits_record(manifest: &Manifest, record: &SnapshotRecord) -> bool {
 /// True when `snapshot` carries every tag of `tags`.
 pub fn has_tags(snapshot: &SnapshotRecord, tags: &[String]) -> bool {
     tags.iter().all(|t| snapshot.tags.contains(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn unlocking(result: Result<Keys, KeyError>, delay: Duration) -> Unlocking {
+        Unlocking(tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            result.map(Arc::new)
+        }))
+    }
+
+    fn wrong() -> Result<Keys, KeyError> {
+        Err(KeyError::WrongPassphrase(PathBuf::from("key.json")))
+    }
+
+    fn is_wrong_passphrase(result: Result<(Arc<Keys>, ()), SessionError>) -> bool {
+        matches!(result, Err(SessionError::Key(KeyError::WrongPassphrase(_))))
+    }
+
+    /// The work runs while the key is derived; a wrong passphrase is the
+    /// error whichever finishes first, as if unlocking had come first.
+    #[tokio::test]
+    async fn a_wrong_passphrase_wins_over_what_the_work_did() {
+        let failing = async { Err::<(), _>(SessionError::NoSnapshot("latest".into())) };
+        let slow_key = unlocking(wrong(), Duration::from_millis(50));
+        assert!(is_wrong_passphrase(slow_key.alongside(failing).await));
+
+        let never = std::future::pending::<Result<(), SessionError>>();
+        let quick_key = unlocking(wrong(), Duration::ZERO);
+        let answer = tokio::time::timeout(Duration::from_secs(10), quick_key.alongside(never));
+        assert!(is_wrong_passphrase(answer.await.expect("not kept waiting")));
+
+        let good = unlocking(Ok(Keys::from_data_key(&[7; 32])), Duration::from_millis(50));
+        let failing = async { Err::<(), _>(SessionError::NoSnapshot("latest".into())) };
+        assert!(matches!(
+            good.alongside(failing).await,
+            Err(SessionError::NoSnapshot(_))
+        ));
+
+        let good = unlocking(Ok(Keys::from_data_key(&[7; 32])), Duration::ZERO);
+        let (_, answer) = good.alongside(async { Ok(42) }).await.unwrap();
+        assert_eq!(answer, 42);
+    }
 }
