@@ -623,13 +623,13 @@ fn node(
     })
 }
 
-/// Creates `dir`, checks it is writable and holds no running devnet, and
-/// returns its absolute path.
 /// The certificate name of NAS device `m` (1-based) of `vendor`.
 fn nas_name(vendor: &str, m: usize) -> String {
     format!("{vendor}-nas-{m}")
 }
 
+/// Creates `dir`, checks it is writable and holds neither a running devnet
+/// nor a stopped one's data, and returns its absolute path.
 fn prepare_dir(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| {
         format!(
@@ -663,6 +663,18 @@ fn prepare_dir(dir: &Path) -> Result<PathBuf> {
                 dir.display()
             );
         }
+    }
+    // A stopped devnet's coordinators remember their group by the ports it
+    // had; started again on fresh ports they would never reach each other.
+    let earlier = dir.join("coordinator-1").join("data");
+    if earlier.exists() {
+        bail!(
+            "{} holds the data of a devnet that was stopped ({}), which cannot be started again; \
+             remove {} or choose another directory",
+            dir.display(),
+            earlier.display(),
+            dir.display()
+        );
     }
     Ok(dir)
 }

@@ -107,6 +107,18 @@ fn up_detach_status_and_down() {
         describe(&twice)
     );
 
+    // The stopped devnet's group knows its old ports: starting it again on
+    // new ones is refused, and its data is left as it was.
+    let restart = devnet(&["up", "--detach"], &dir);
+    assert!(!restart.status.success(), "{}", describe(&restart));
+    assert!(
+        String::from_utf8_lossy(&restart.stderr).contains("devnet that was stopped"),
+        "{}",
+        describe(&restart)
+    );
+    assert!(dir.join("coordinator-1/data").is_dir());
+    assert_eq!(processes_under(&dir), Vec::<u32>::new());
+
     let nowhere = devnet(&["up", "--detach"], Path::new("/proc/offsite-devnet"));
     assert!(!nowhere.status.success());
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("/proc/offsite-devnet"));
