@@ -1,9 +1,10 @@
 //! Restoring a snapshot: open its manifest, plan from its trees, fetch the
-//! portions a few at a time (best replica first, falling back), write each
-//! blob at its offsets (a file gets its permissions and mtime with its last
-//! write), then symlinks and directories. Memory holds a few portions at a
-//! time: each portion job fetches into, and decrypts within, buffers the job
-//! before it left behind.
+//! portions a few at a time, the most work first (best replica first,
+//! falling back) while the directories are made, write each blob at its
+//! offsets (a file gets its permissions and mtime with its last write), then
+//! symlinks and directories. Memory holds a few portions at a time: each
+//! portion job fetches into, and decrypts within, buffers the job before it
+//! left behind.
 
 pub(crate) mod plan;
 mod source;
@@ -120,17 +121,25 @@ pub async fn restore<S: PortionSource>(
     let remaining = Arc::new(write::Remaining::new(&plan));
     let plan = Arc::new(plan);
     let target: Arc<PathBuf> = Arc::new(target.to_path_buf());
-    {
+    // The directories are made while the first portions are fetched; no
+    // portion is written before they are.
+    let (prepared, ready) = tokio::sync::watch::channel(false);
+    let prepare = {
         let (plan, target) = (plan.clone(), target.clone());
-        blocking(move || write::prepare(&target, &plan)).await?;
-    }
-    let jobs = plan.portions.keys().copied().collect::<Vec<_>>();
+        async move {
+            blocking(move || write::prepare(&target, &plan)).await?;
+            prepared.send_replace(true);
+            Ok::<(), RestoreError>(())
+        }
+    };
+    let jobs = jobs_by_work(&plan);
     let scratches = ScratchPool::default();
-    let written: Vec<u64> = stream::iter(jobs)
+    let apply = stream::iter(jobs)
         .map(|portion| {
             let (plan, target, keys) = (plan.clone(), target.clone(), keys.clone());
             let remaining = remaining.clone();
             let scratches = &scratches;
+            let mut ready = ready.clone();
             async move {
                 let location = locations
                     .get(&portion)
@@ -139,6 +148,9 @@ pub async fn restore<S: PortionSource>(
                 scratch.portion = source
                     .portion(location, std::mem::take(&mut scratch.portion))
                     .await?;
+                ready.wait_for(|ready| *ready).await.map_err(|_| {
+                    RestoreError::Worker("the target's directories were not made".into())
+                })?;
                 let (written, scratch) = blocking(move || {
                     let writes = plan.portions.get(&portion).map_or(&[][..], Vec::as_slice);
                     let files = &plan.files;
@@ -161,8 +173,8 @@ pub async fn restore<S: PortionSource>(
             }
         })
         .buffer_unordered(PARALLEL_PORTIONS)
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<u64>>();
+    let ((), written) = tokio::try_join!(prepare, apply)?;
     {
         let (plan, target) = (plan.clone(), target.clone());
         blocking(move || write::finish(&target, &plan, &remaining)).await?;
@@ -174,6 +186,29 @@ pub async fn restore<S: PortionSource>(
         bytes_written: written.iter().sum(),
         portions_fetched: written.len() as u64,
     })
+}
+
+/// Bytes-equivalent of writing one blob into one file, beyond its bytes:
+/// opening (often creating) the file and, for the last write, its metadata.
+const WRITE_COST: u64 = 16 * 1024;
+
+/// The portions to fetch, the most work first: the jobs left at the end are
+/// then the short ones, and one core does not apply a large portion alone
+/// while the other waits.
+fn jobs_by_work(plan: &Plan) -> Vec<PortionId> {
+    let mut jobs: Vec<(u64, PortionId)> = plan
+        .portions
+        .iter()
+        .map(|(portion, writes)| {
+            let work = writes
+                .iter()
+                .map(|w| (u64::from(w.plain_len) + WRITE_COST) * w.targets.len() as u64)
+                .sum();
+            (work, *portion)
+        })
+        .collect();
+    jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    jobs.into_iter().map(|(_, portion)| portion).collect()
 }
 
 /// The scratch buffers of finished portion jobs, for the next ones: at most
@@ -204,4 +239,40 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| RestoreError::Worker(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(blobs: &[(u32, usize)]) -> Vec<plan::BlobWrite> {
+        blobs
+            .iter()
+            .map(|&(plain_len, targets)| plan::BlobWrite {
+                id: BlobId([0; 32]),
+                offset: 0,
+                length: 0,
+                plain_len,
+                targets: (0..targets).map(|file| (file, 0)).collect(),
+            })
+            .collect()
+    }
+
+    /// Large portions first. Files count as well as bytes: 500 small files
+    /// (500 KB) are more work than one file of 2 MB.
+    #[test]
+    fn the_most_work_is_fetched_first() {
+        let [one_file, large, many_files, empty] =
+            [0u8, 1, 2, 3].map(|n| PortionId::from_bytes([n; 16]));
+        let mut plan = Plan::default();
+        plan.portions.insert(one_file, writes(&[(2_000_000, 1)]));
+        plan.portions
+            .insert(large, writes(&[(8_000_000, 1), (4_000_000, 2)]));
+        plan.portions.insert(many_files, writes(&[(1_000, 500)]));
+        plan.portions.insert(empty, Vec::new());
+        assert_eq!(
+            jobs_by_work(&plan),
+            vec![large, many_files, one_file, empty]
+        );
+    }
 }
