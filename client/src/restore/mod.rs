@@ -174,7 +174,11 @@ pub async fn restore<S: PortionSource>(
         })
         .buffer_unordered(PARALLEL_PORTIONS)
         .try_collect::<Vec<u64>>();
-    let ((), written) = tokio::try_join!(prepare, apply)?;
+    // Both run to their end: making directories is not cancelled half-way
+    // by a failed fetch, and its error is the one reported.
+    let (prepared, written) = tokio::join!(prepare, apply);
+    prepared?;
+    let written = written?;
     {
         let (plan, target) = (plan.clone(), target.clone());
         blocking(move || write::finish(&target, &plan, &remaining)).await?;

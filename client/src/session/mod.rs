@@ -426,8 +426,8 @@ impl Session {
         spec: &str,
         target: &Path,
     ) -> Result<(SnapshotRecord, RestoreStats), SessionError> {
-        restore::check_target(target)?;
         let located = async {
+            restore::check_target(target)?;
             let record = self.resolve(spec).await?;
             let locations = self.locations(record.id).await?;
             let (locations, source) = self.probe_located(locations).await;
@@ -500,9 +500,9 @@ impl Unlocking {
         let keys = async {
             match self.0.await {
                 Ok(unlocked) => Ok(unlocked?),
-                Err(join) => Err(SessionError::Invalid(format!(
-                    "unlocking the key file failed: {join}"
-                ))),
+                Err(join) => Err(SessionError::Restore(RestoreError::Worker(format!(
+                    "unlocking the key file: {join}"
+                )))),
             }
         };
         let (mut keys, mut work) = (std::pin::pin!(keys), std::pin::pin!(work));
