@@ -11,7 +11,8 @@
 #   TREE      a directory of at least 1 GB to back up; default: a mixed tree
 #             made of the Rust toolchain (large binaries), /usr/include and
 #             /usr/share/doc (tens of thousands of small text files)
-#   BENCH_DIR where to work (default: a new directory under /tmp)
+#   BENCH_DIR where to work (default: a new directory under /tmp); not one
+#             an earlier KEEP=1 run left, whose devnet cannot be started again
 #   KEEP=1    keep BENCH_DIR afterwards
 set -euo pipefail
 

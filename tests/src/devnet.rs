@@ -142,11 +142,21 @@ impl Devnet {
                     devnet._permit = Some(permit);
                     return Ok(devnet);
                 }
-                Err(e) if format!("{e:#}").contains("in use") => last = Some(e),
+                Err(e) if format!("{e:#}").contains("in use") => {
+                    devnet.stop_all();
+                    clear_daemon_data(&dir)?;
+                    last = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("the devnet did not start")))
+    }
+
+    /// Checks that `dir` can hold a new devnet (see [`Devnet::start`]):
+    /// writable, with no devnet running there and no stopped one's data.
+    pub fn check_dir(dir: &Path) -> Result<()> {
+        prepare_dir(dir).map(drop)
     }
 
     /// Picks ports and writes every config; starts nothing.
@@ -626,6 +636,41 @@ fn node(
 /// The certificate name of NAS device `m` (1-based) of `vendor`.
 fn nas_name(vendor: &str, m: usize) -> String {
     format!("{vendor}-nas-{m}")
+}
+
+/// Removes every daemon's data under `dir` after a start that failed: the
+/// coordinators' group knows the failed attempt's ports, so the next attempt,
+/// on fresh ports, must start from nothing (`prepare_dir` made sure there was
+/// nothing before).
+fn clear_daemon_data(dir: &Path) -> Result<()> {
+    let mut daemons = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        if name.starts_with("coordinator-") {
+            daemons.push(path);
+        } else if name.starts_with("vendor-") {
+            for nas in std::fs::read_dir(&path)? {
+                let nas = nas?.path();
+                if nas
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("nas-"))
+                {
+                    daemons.push(nas);
+                }
+            }
+            daemons.push(path);
+        }
+    }
+    for data in daemons.iter().map(|d| d.join("data")) {
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| {
+                format!("cannot remove {} after a failed start", data.display())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir`, checks it is writable and holds neither a running devnet

@@ -305,6 +305,7 @@ fn demo(dir: Option<PathBuf>, source: Option<PathBuf>, keep: bool, shape: &Shape
 }
 
 fn run_demo(dir: &Path, source: Option<PathBuf>, keep: bool, shape: &Shape) -> Result<()> {
+    Devnet::check_dir(dir)?;
     let source = match source {
         Some(source) => source
             .canonicalize()

@@ -142,4 +142,18 @@ fn demo_backs_up_restores_and_compares() {
         Vec::<u32>::new(),
         "processes left after demo"
     );
+
+    // A second demo in the same directory is refused before it does anything.
+    let again = devnet(&["demo", "--vendors", "3", "--nas-per-vendor", "1"], &dir);
+    assert!(!again.status.success(), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("devnet that was stopped"),
+        "{}",
+        describe(&again)
+    );
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("generating"),
+        "{}",
+        describe(&again)
+    );
 }
