@@ -143,8 +143,7 @@ impl Devnet {
                     return Ok(devnet);
                 }
                 Err(e) if format!("{e:#}").contains("in use") => {
-                    devnet.stop_all();
-                    clear_daemon_data(&dir)?;
+                    devnet.discard()?;
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -578,6 +577,25 @@ impl Devnet {
         nodes
     }
 
+    /// Stops a start that failed and removes every daemon's data: the
+    /// coordinators' group knows this attempt's ports, so the next attempt,
+    /// on fresh ports, must begin from nothing (as `prepare_dir` made sure
+    /// this one did).
+    fn discard(mut self) -> Result<()> {
+        self.stop_all();
+        for node in self.nodes_mut() {
+            if node.data_dir.exists() {
+                std::fs::remove_dir_all(&node.data_dir).with_context(|| {
+                    format!(
+                        "cannot remove {} after a failed start",
+                        node.data_dir.display()
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops every process: SIGTERM to all, a bounded wait, SIGKILL to the
     /// rest; then removes `devnet.json`.
     pub fn stop_all(&mut self) {
@@ -636,41 +654,6 @@ fn node(
 /// The certificate name of NAS device `m` (1-based) of `vendor`.
 fn nas_name(vendor: &str, m: usize) -> String {
     format!("{vendor}-nas-{m}")
-}
-
-/// Removes every daemon's data under `dir` after a start that failed: the
-/// coordinators' group knows the failed attempt's ports, so the next attempt,
-/// on fresh ports, must start from nothing (`prepare_dir` made sure there was
-/// nothing before).
-fn clear_daemon_data(dir: &Path) -> Result<()> {
-    let mut daemons = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_default();
-        if name.starts_with("coordinator-") {
-            daemons.push(path);
-        } else if name.starts_with("vendor-") {
-            for nas in std::fs::read_dir(&path)? {
-                let nas = nas?.path();
-                if nas
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("nas-"))
-                {
-                    daemons.push(nas);
-                }
-            }
-            daemons.push(path);
-        }
-    }
-    for data in daemons.iter().map(|d| d.join("data")) {
-        if data.exists() {
-            std::fs::remove_dir_all(&data).with_context(|| {
-                format!("cannot remove {} after a failed start", data.display())
-            })?;
-        }
-    }
-    Ok(())
 }
 
 /// Creates `dir`, checks it is writable and holds neither a running devnet
