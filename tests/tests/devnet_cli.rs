@@ -46,6 +46,16 @@ fn processes_under(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Asserts that a command failed and its stderr says `why`.
+fn assert_refused(output: &Output, why: &str) {
+    assert!(!output.status.success(), "{}", describe(output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(why),
+        "{}",
+        describe(output)
+    );
+}
+
 #[test]
 fn up_detach_status_and_down() {
     let tmp = tempfile::tempdir().unwrap();
@@ -84,12 +94,7 @@ fn up_detach_status_and_down() {
         .all(|p| p["alive"] == true));
 
     let again = devnet(&["up", "--detach"], &dir);
-    assert!(!again.status.success(), "{}", describe(&again));
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("already up"),
-        "{}",
-        describe(&again)
-    );
+    assert_refused(&again, "already up");
 
     let down = devnet(&["down"], &dir);
     assert!(down.status.success(), "{}", describe(&down));
@@ -100,28 +105,17 @@ fn up_detach_status_and_down() {
     assert!(!dir.join("devnet.json").exists());
 
     let twice = devnet(&["down"], &dir);
-    assert!(!twice.status.success());
-    assert!(
-        String::from_utf8_lossy(&twice.stderr).contains("no devnet"),
-        "{}",
-        describe(&twice)
-    );
+    assert_refused(&twice, "no devnet");
 
     // The stopped devnet's group knows its old ports: starting it again on
     // new ones is refused, and its data is left as it was.
     let restart = devnet(&["up", "--detach"], &dir);
-    assert!(!restart.status.success(), "{}", describe(&restart));
-    assert!(
-        String::from_utf8_lossy(&restart.stderr).contains("devnet that was stopped"),
-        "{}",
-        describe(&restart)
-    );
+    assert_refused(&restart, "devnet that was stopped");
     assert!(dir.join("coordinator-1/data").is_dir());
     assert_eq!(processes_under(&dir), Vec::<u32>::new());
 
     let nowhere = devnet(&["up", "--detach"], Path::new("/proc/offsite-devnet"));
-    assert!(!nowhere.status.success());
-    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("/proc/offsite-devnet"));
+    assert_refused(&nowhere, "/proc/offsite-devnet");
 }
 
 #[test]
@@ -145,12 +139,7 @@ fn demo_backs_up_restores_and_compares() {
 
     // A second demo in the same directory is refused before it does anything.
     let again = devnet(&["demo", "--vendors", "3", "--nas-per-vendor", "1"], &dir);
-    assert!(!again.status.success(), "{}", describe(&again));
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("devnet that was stopped"),
-        "{}",
-        describe(&again)
-    );
+    assert_refused(&again, "devnet that was stopped");
     assert!(
         !String::from_utf8_lossy(&again.stdout).contains("generating"),
         "{}",
