@@ -211,7 +211,7 @@ fn jobs_by_work(plan: &Plan) -> Vec<PortionId> {
             (work, *portion)
         })
         .collect();
-    jobs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    jobs.sort_by_key(|&(work, portion)| (std::cmp::Reverse(work), portion));
     jobs.into_iter().map(|(_, portion)| portion).collect()
 }
 
