@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::Read;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -26,8 +27,63 @@ pub const TAG_BYTES: usize = 16;
 const ZSTD_LEVEL: i32 = 3;
 
 /// A blob's id: keyed blake3 of its plaintext.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BlobId(pub [u8; 32]);
+
+/// An id hashes as its first eight bytes: ids are keyed blake3 outputs,
+/// uniform and unpredictable without the tenant's key, so with
+/// [`IdHash`] a map of them does not hash them again.
+impl Hash for BlobId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
+
+/// Builds [`IdHasher`]s: for maps and sets keyed by ids.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// A multiply-rotate hash (FxHash's): one multiplication per word, which
+/// keeps a uniform word uniform. For keys that are already uniform (ids);
+/// SipHash, the default, is for keys an attacker can choose.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl IdHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+}
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+/// Blob id -> `V`, hashed by [`IdHash`].
+pub type BlobMap<V> = std::collections::HashMap<BlobId, V, IdHash>;
+/// A set of blob ids, hashed by [`IdHash`].
+pub type BlobSet = std::collections::HashSet<BlobId, IdHash>;
 
 impl BlobId {
     /// The id of `plaintext` under the tenant's blob-id key.
@@ -320,6 +376,24 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::from_data_key(&[7u8; 32])
+    }
+
+    #[test]
+    fn id_maps_tell_ids_apart_beyond_the_hashed_head() {
+        let keys = keys();
+        let ids: Vec<BlobId> = (0u32..10_000)
+            .map(|i| BlobId::of(&keys, &i.to_le_bytes()))
+            .collect();
+        let map: BlobMap<usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        assert_eq!(map.len(), ids.len());
+        assert!(ids.iter().enumerate().all(|(i, id)| map[id] == i));
+        // Same first eight bytes: one bucket, still two entries.
+        let (mut a, mut b) = ([1u8; 32], [1u8; 32]);
+        a[31] = 2;
+        b[31] = 3;
+        let set: BlobSet = [BlobId(a), BlobId(b), BlobId(a)].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert!(!set.contains(&BlobId([1u8; 32])));
     }
 
     #[test]

@@ -9,13 +9,13 @@ use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
-use crate::blob::BlobId;
+use crate::blob::{BlobId, BlobMap};
 
 /// Version of the manifest format.
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// Blob id -> where the blob lives.
-pub type Index = HashMap<BlobId, BlobLocation>;
+pub type Index = BlobMap<BlobLocation>;
 
 /// One snapshot's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl Manifest {
         if found != expected {
             return Err(ManifestError::WrongSnapshot { expected, found });
         }
-        let mut index = Index::with_capacity(stored.entries.len());
+        let mut index = Index::with_capacity_and_hasher(stored.entries.len(), Default::default());
         for (id, slot, offset, length) in stored.entries {
             let portion = stored
                 .portions
@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn round_trips_and_checks_the_snapshot() {
         let (p1, p2) = (PortionId::random(), PortionId::random());
-        let mut index = Index::new();
+        let mut index = Index::default();
         for i in 0..50u8 {
             let portion = if i % 2 == 0 { p1 } else { p2 };
             index.insert(

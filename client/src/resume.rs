@@ -97,7 +97,7 @@ impl Journal {
 
 /// The blob index of the recorded portions that are in `committed`.
 pub fn index_of(records: &[Committed], committed: &[PortionId]) -> Index {
-    let mut index = Index::new();
+    let mut index = Index::default();
     for record in records {
         let portion = PortionId::from_bytes(record.portion);
         if !committed.contains(&portion) {

@@ -6,13 +6,12 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use offsite_proto::{PortionId, PortionLocation, SnapshotId};
 use rand::{RngCore, SeedableRng};
 
-use crate::backup::{pack, BackupPlan, Packed, PortionSink};
+use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
 use crate::keys::Keys;
 use crate::manifest::Index;
 use crate::portion::Portion;
@@ -147,7 +146,7 @@ async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut 
         portion_bytes: crate::config::MIN_PORTION_BYTES,
         snapshot: SnapshotId::random(),
         time_unix_ms: 1,
-        remaining: Arc::new(AtomicU64::new(0)),
+        remaining: Remaining::known(0),
         filter: Arc::new(crate::filter::Filter::default()),
         parent: Arc::new(crate::filecache::Parent::default()),
         files: None,
@@ -209,7 +208,7 @@ async fn backup_then_restore_rebuilds_the_tree() {
     let top = make_tree(dir.path());
     let keys = Arc::new(Keys::from_data_key(&[3; 32]));
     let mut memory = Memory::default();
-    let packed = backup(&keys, vec![top.clone()], Index::new(), &mut memory).await;
+    let packed = backup(&keys, vec![top.clone()], Index::default(), &mut memory).await;
 
     assert_eq!(packed.stats.files, 5);
     assert_eq!(packed.stats.dirs, 3);
@@ -245,7 +244,7 @@ async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
     std::fs::set_permissions(top.join("big.bin"), std::fs::Permissions::from_mode(0o444)).unwrap();
     let keys = Arc::new(Keys::from_data_key(&[5; 32]));
     let mut memory = Memory::default();
-    let packed = backup(&keys, vec![top.clone()], Index::new(), &mut memory).await;
+    let packed = backup(&keys, vec![top.clone()], Index::default(), &mut memory).await;
     assert!(memory.puts >= 3);
     let locations = memory.locations();
     let target = dir.path().join("restored");
@@ -303,7 +302,7 @@ async fn identical_content_is_stored_once_and_a_second_backup_uploads_only_the_m
     let top = make_tree(dir.path());
     let keys = Arc::new(Keys::from_data_key(&[4; 32]));
     let mut first = Memory::default();
-    let packed = backup(&keys, vec![top.clone()], Index::new(), &mut first).await;
+    let packed = backup(&keys, vec![top.clone()], Index::default(), &mut first).await;
     let stored: u64 = first.portions.values().map(|p| p.bytes.len() as u64).sum();
     assert!(
         stored < 4 * 1024 * 1024,
@@ -328,7 +327,7 @@ async fn the_plan_sends_each_blob_to_every_place_it_belongs() {
     let top = make_tree(dir.path());
     let keys = Arc::new(Keys::from_data_key(&[5; 32]));
     let mut memory = Memory::default();
-    let packed = backup(&keys, vec![top], Index::new(), &mut memory).await;
+    let packed = backup(&keys, vec![top], Index::default(), &mut memory).await;
     let plan = restore::plan(&memory, &keys, &packed.manifest, &memory.locations())
         .await
         .unwrap();
@@ -386,7 +385,7 @@ async fn trees_are_packed_apart_so_planning_fetches_only_metadata_portions() {
     std::fs::write(top.join("big.bin"), random(3 * 1024 * 1024, 7)).unwrap();
     let keys = Arc::new(Keys::from_data_key(&[6; 32]));
     let mut memory = Memory::default();
-    let packed = backup(&keys, vec![top], Index::new(), &mut memory).await;
+    let packed = backup(&keys, vec![top], Index::default(), &mut memory).await;
     assert!(
         memory.portions.len() >= 4,
         "{} portions",
@@ -416,7 +415,13 @@ async fn a_file_target_and_a_damaged_portion_are_refused() {
     let top = make_tree(dir.path());
     let keys = Arc::new(Keys::from_data_key(&[6; 32]));
     let mut memory = Memory::default();
-    let packed = backup(&keys, vec![top.join("a.txt")], Index::new(), &mut memory).await;
+    let packed = backup(
+        &keys,
+        vec![top.join("a.txt")],
+        Index::default(),
+        &mut memory,
+    )
+    .await;
     let locations = memory.locations();
 
     let file = dir.path().join("a-file");

@@ -1,4 +1,5 @@
-//! Bad input gets a clear error and changes nothing: a wrong passphrase, a
+//! Bad input gets a clear error and changes nothing: a wrong passphrase (to a
+//! restore and to a backup), a
 //! restore target that is a file, missing or malformed configs for every
 //! binary, and malformed uploads sent straight to a vendor.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use offsite_proto::pb::common::VendorRef;
 use offsite_proto::pb::coordinator::{ReserveRequest, StatusResponse};
 use offsite_proto::pb::vendor::{store_frame, RoutingHeader, StoreFrame};
+use offsite_tests::checks::{json_stdout, snapshot_ids};
 use offsite_tests::tree::{self, files_under, TreeSpec};
 use offsite_tests::{binary, describe, rpc, run_bounded, Devnet, DevnetOptions};
 use tonic::Code;
@@ -34,7 +36,7 @@ fn the_client_refuses_a_wrong_passphrase_and_a_file_as_restore_target() {
     let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
     devnet.client_ok(["init"]).unwrap();
     devnet
-        .client_ok([OsString::from("backup"), source.into()])
+        .client_ok([OsString::from("backup"), source.clone().into()])
         .unwrap();
 
     let target = tmp.path().join("restore");
@@ -59,6 +61,22 @@ fn the_client_refuses_a_wrong_passphrase_and_a_file_as_restore_target() {
         "a refused restore wrote files into {}",
         target.display()
     );
+
+    // A backup with the wrong passphrase saves nothing, and says so by its
+    // exit code even when its exclude file is missing as well.
+    let mut wrong = devnet
+        .client_command([
+            OsString::from("backup"),
+            "--exclude-file".into(),
+            tmp.path().join("no-such-exclude-file").into(),
+            source.clone().into(),
+        ])
+        .unwrap();
+    wrong.env("OFFSITE_PASSWORD", "not the passphrase");
+    let output = run_bounded(wrong, Duration::from_secs(120)).unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", describe(&output));
+    let snapshots = json_stdout(&devnet.client_ok(["--json", "snapshots"]).unwrap()).unwrap();
+    assert_eq!(snapshot_ids(&snapshots).len(), 1, "{snapshots:#}");
 
     let file = tmp.path().join("a-file");
     std::fs::write(&file, "keep me").unwrap();

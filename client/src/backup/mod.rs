@@ -5,11 +5,10 @@
 //! memory stays flat however large the tree. Trees and the manifest are packed
 //! apart from file data; the manifest last, into the last metadata portion.
 
+mod estimate;
 mod walk;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -17,14 +16,15 @@ use offsite_proto::{BlobLocation, PortionId, SnapshotId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blob::{seal, BlobError, BlobId, BlobKind};
+use crate::blob::{seal, BlobError, BlobId, BlobKind, BlobMap};
 use crate::filecache::{self, Parent};
 use crate::filter::Filter;
 use crate::keys::Keys;
 use crate::manifest::{Index, Manifest};
 use crate::portion::{Portion, SplitPacker};
 use crate::progress::Progress;
-pub use walk::{estimate_bytes, WalkError, WalkStats};
+pub use estimate::{estimate_bytes, Remaining};
+pub use walk::{WalkError, WalkStats};
 
 /// Blobs waiting between the walk and the sealers.
 const CHANNEL_BLOBS: usize = 8;
@@ -75,7 +75,7 @@ pub struct BackupPlan {
     pub snapshot: SnapshotId,
     pub time_unix_ms: u64,
     /// Bytes still to read; the walk counts it down.
-    pub remaining: Arc<AtomicU64>,
+    pub remaining: Arc<Remaining>,
     pub filter: Arc<Filter>,
     /// The parent snapshot's file metadata: unchanged files are not read.
     pub parent: Arc<Parent>,
@@ -105,14 +105,14 @@ pub struct Packed {
 /// where each went.
 struct Packer {
     split: SplitPacker,
-    locations: HashMap<BlobId, BlobLocation>,
+    locations: BlobMap<BlobLocation>,
 }
 
 impl Packer {
     fn new(target: u64) -> Self {
         Self {
             split: SplitPacker::new(target),
-            locations: HashMap::new(),
+            locations: BlobMap::default(),
         }
     }
 
@@ -204,7 +204,7 @@ async fn finish<S: PortionSink>(
     mut packer: Packer,
     sink: &mut S,
 ) -> Result<Packed, BackupError> {
-    let mut index = Index::with_capacity(walked.needed.len());
+    let mut index = Index::with_capacity_and_hasher(walked.needed.len(), Default::default());
     for id in walked.needed {
         let location = packer
             .locations

@@ -6,16 +6,15 @@
 //! its own thread; every blob not already in the dedup index or already sent
 //! in this run goes down the channel to be sealed.
 
-use std::collections::HashSet;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::blob::{BlobId, BlobKind};
+use super::Remaining;
+use crate::blob::{BlobId, BlobKind, BlobSet};
 use crate::chunker::Chunker;
 use crate::filecache::{self, Parent, Stamp};
 use crate::filter::Filter;
@@ -54,7 +53,7 @@ pub struct WalkStats {
 /// The walk's result: the root tree and every blob the snapshot needs.
 pub struct Walked {
     pub root: BlobId,
-    pub needed: HashSet<BlobId>,
+    pub needed: BlobSet,
     pub stats: WalkStats,
     /// The new file metadata cache, to keep once the snapshot is committed.
     pub files: Option<filecache::Writer>,
@@ -85,7 +84,7 @@ pub struct Walker<'a> {
     pub known: &'a Index,
     pub tx: mpsc::Sender<NewBlob>,
     /// Bytes still to read, counted down as files are read.
-    pub remaining: &'a AtomicU64,
+    pub remaining: &'a Remaining,
     pub filter: &'a Filter,
     pub parent: &'a Parent,
     pub files: Option<filecache::Writer>,
@@ -97,7 +96,7 @@ impl Walker<'_> {
         let files = self.files.take();
         let mut state = State {
             walker: self,
-            needed: HashSet::new(),
+            needed: BlobSet::default(),
             stats: WalkStats::default(),
             files,
             device: 0,
@@ -146,7 +145,7 @@ fn root_name(path: &Path) -> Vec<u8> {
 
 struct State<'a> {
     walker: Walker<'a>,
-    needed: HashSet<BlobId>,
+    needed: BlobSet,
     stats: WalkStats,
     files: Option<filecache::Writer>,
     /// The device of the backup path being walked (for `--one-file-system`).
@@ -229,12 +228,7 @@ impl State<'_> {
 
     /// Counts bytes done: for the reservation estimate and the progress bar.
     fn done(&self, len: u64) {
-        let _ = self
-            .walker
-            .remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                Some(r.saturating_sub(len))
-            });
+        self.walker.remaining.done(len);
         self.walker.progress.add_bytes(len);
     }
 
@@ -306,23 +300,32 @@ impl State<'_> {
     }
 
     fn dir(&mut self, path: &Path) -> std::io::Result<BlobId> {
-        let mut children: Vec<(Vec<u8>, PathBuf)> = std::fs::read_dir(path)?
-            .filter_map(|entry| match entry {
-                Ok(entry) => Some((entry.file_name().as_bytes().to_vec(), entry.path())),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot list an entry; skipped");
-                    None
-                }
-            })
-            .collect();
-        children.sort();
+        // Each child is stat'ed through the directory's handle, which spares
+        // the kernel a walk of the whole path per child; the handle is closed
+        // (the entries dropped) before the walk goes down a level.
+        let mut children: Vec<(Vec<u8>, PathBuf, std::io::Result<Metadata>)> = std::fs::read_dir(
+            path,
+        )?
+        .filter_map(|entry| match entry {
+            Ok(entry) => Some((
+                entry.file_name().as_bytes().to_vec(),
+                entry.path(),
+                entry.metadata(),
+            )),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot list an entry; skipped");
+                None
+            }
+        })
+        .collect();
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut entries = Vec::with_capacity(children.len());
-        for (name, child) in children {
+        for (name, child, meta) in children {
             if self.walker.filter.excludes(&child) {
                 self.stats.excluded += 1;
                 continue;
             }
-            let meta = match child.symlink_metadata() {
+            let meta = match meta {
                 Ok(meta) => meta,
                 Err(e) => {
                     tracing::warn!(path = %child.display(), error = %e, "cannot stat; skipped");
@@ -362,44 +365,4 @@ impl State<'_> {
             .filter
             .leaves_out_dir(dir, meta.dev(), self.device)
     }
-}
-
-/// Sums the sizes of the regular files the walk will back up under `paths`
-/// (symlinks not followed; excludes, `--exclude-if-present` and
-/// `--one-file-system` applied as the walk applies them), to size
-/// reservations and the progress bar before the walk reads anything.
-pub fn estimate_bytes(paths: &[PathBuf], filter: &Filter) -> u64 {
-    let mut total = 0u64;
-    for root in paths {
-        let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
-        let Ok(meta) = root.symlink_metadata() else {
-            continue;
-        };
-        let device = meta.dev();
-        let mut stack = vec![(root, meta)];
-        while let Some((path, meta)) = stack.pop() {
-            if meta.is_file() {
-                total = total.saturating_add(meta.len());
-                continue;
-            }
-            if !meta.is_dir() {
-                continue;
-            }
-            let Ok(list) = std::fs::read_dir(&path) else {
-                continue;
-            };
-            for child in list.filter_map(|e| e.ok()).map(|e| e.path()) {
-                if filter.excludes(&child) {
-                    continue;
-                }
-                let Ok(meta) = child.symlink_metadata() else {
-                    continue;
-                };
-                if !(meta.is_dir() && filter.leaves_out_dir(&child, meta.dev(), device)) {
-                    stack.push((child, meta));
-                }
-            }
-        }
-    }
-    total
 }

@@ -8,7 +8,7 @@ use super::Output;
 use crate::Exit;
 
 pub async fn backup(session: &Session, options: BackupOptions) -> anyhow::Result<Output> {
-    let keys = session.unlock()?;
+    let keys = session.unlock_in_background()?;
     let tags = options.tags.clone();
     let dry_run = options.dry_run;
     let s = session

@@ -5,18 +5,18 @@
 //! nothing.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
-use super::{now_ms, Session, SessionError};
-use crate::backup::{estimate_bytes, pack, BackupPlan, Packed, PortionSink};
+use super::{now_ms, Session, SessionError, Unlocking};
+use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
 use crate::filecache::{self, Parent};
 use crate::filter::{ExcludeOptions, Filter};
 use crate::keys::Keys;
 use crate::manifest::Index;
 use crate::portion::Portion;
+use crate::progress::Progress;
 use crate::resume::{self, Journal};
 use crate::upload::{UploadSettings, UploadStats, Uploader};
 
@@ -54,6 +54,18 @@ pub struct BackupSummary {
     /// Portions a dry run would upload, and their bytes (one copy).
     pub new_portions: u64,
     pub upload: UploadStats,
+}
+
+/// What a backup gathers before it needs the key ([`Session::groundwork`]).
+struct Groundwork {
+    filter: Arc<Filter>,
+    remaining: Arc<Remaining>,
+    snapshots: Vec<SnapshotRecord>,
+    journal: Journal,
+    /// The blobs of the portions an interrupted backup committed.
+    resumed: Index,
+    parent_id: Option<SnapshotId>,
+    parent: Parent,
 }
 
 /// A dry run's sink: counts the portions and drops them.
@@ -94,7 +106,7 @@ impl Session {
         keys: &Keys,
         snapshots: &[SnapshotRecord],
     ) -> Result<Index, SessionError> {
-        let mut index = Index::new();
+        let mut index = Index::default();
         self.visit_manifests(keys, snapshots, |record, manifest| {
             match manifest {
                 Ok(manifest) => index.extend(manifest.index),
@@ -113,7 +125,7 @@ impl Session {
     async fn resumed_index(&self, journal: &Journal) -> Result<Index, SessionError> {
         let records = journal.read();
         if records.is_empty() {
-            return Ok(Index::new());
+            return Ok(Index::default());
         }
         let ids: Vec<_> = records
             .iter()
@@ -150,30 +162,56 @@ impl Session {
         }
     }
 
-    /// Backs up `options.paths` as a new snapshot (or, dry, reports what it would).
-    pub async fn backup(
+    /// What a backup gathers before it needs the key: the exclude rules,
+    /// the size estimate (started; it runs on), the snapshot list, what an
+    /// interrupted backup committed, and the parent's file metadata.
+    async fn groundwork(
         &self,
-        keys: Arc<Keys>,
-        options: BackupOptions,
-    ) -> Result<BackupSummary, SessionError> {
+        options: &BackupOptions,
+        record_paths: &[String],
+        progress: &Progress,
+    ) -> Result<Groundwork, SessionError> {
         let filter = Arc::new(Filter::new(&options.excludes)?);
+        let remaining =
+            Remaining::estimate(options.paths.clone(), filter.clone(), progress.clone());
         let snapshots = self.snapshots().await?;
-        let mut known = self.dedup_index(&keys, &snapshots).await?;
         let journal = Journal::new(self.cache.dir());
         let resumed = self.resumed_index(&journal).await?;
-        let resumed_blobs = resumed.keys().filter(|id| !known.contains_key(id)).count() as u64;
-        for (id, location) in resumed {
+        let (parent_id, parent) = self.parent(&snapshots, record_paths);
+        Ok(Groundwork {
+            filter,
+            remaining,
+            snapshots,
+            journal,
+            resumed,
+            parent_id,
+            parent,
+        })
+    }
+
+    /// Backs up `options.paths` as a new snapshot (or, dry, reports what it
+    /// would). Until the key is derived, the command asks the coordinators
+    /// for the snapshot list and reads the parent's file metadata; the size
+    /// estimate runs alongside the whole backup.
+    pub async fn backup(
+        &self,
+        keys: Unlocking,
+        options: BackupOptions,
+    ) -> Result<BackupSummary, SessionError> {
+        let record_paths = absolute_paths(&options.paths);
+        let progress = self.progress("backup", "files", 0);
+        let groundwork = self.groundwork(&options, &record_paths, &progress);
+        let (keys, ground) = keys.alongside(groundwork).await?;
+        let mut known = self.dedup_index(&keys, &ground.snapshots).await?;
+        let resumed_blobs = ground
+            .resumed
+            .keys()
+            .filter(|id| !known.contains_key(id))
+            .count() as u64;
+        for (id, location) in ground.resumed {
             known.entry(id).or_insert(location);
         }
-        let record_paths = absolute_paths(&options.paths);
-        let (parent_id, parent) = self.parent(&snapshots, &record_paths);
-        let estimate = {
-            let (paths, filter) = (options.paths.clone(), filter.clone());
-            tokio::task::spawn_blocking(move || estimate_bytes(&paths, &filter))
-                .await
-                .unwrap_or(0)
-        };
-        let remaining = Arc::new(AtomicU64::new(estimate));
+        let (remaining, journal, parent_id) = (ground.remaining, ground.journal, ground.parent_id);
         let snapshot = SnapshotId::random();
         let time_unix_ms = now_ms();
         let files = if options.dry_run {
@@ -183,7 +221,6 @@ impl Session {
                 .map_err(|e| tracing::warn!(error = %e, "file metadata cache not written"))
                 .ok()
         };
-        let progress = self.progress("backup", "files", estimate);
         let plan = BackupPlan {
             paths: options.paths.clone(),
             keys,
@@ -192,8 +229,8 @@ impl Session {
             snapshot,
             time_unix_ms,
             remaining: remaining.clone(),
-            filter,
-            parent: Arc::new(parent),
+            filter: ground.filter,
+            parent: Arc::new(ground.parent),
             files,
             progress: progress.clone(),
         };

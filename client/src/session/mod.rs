@@ -67,6 +67,8 @@ pub enum SessionError {
     EmptyPolicy,
     #[error("{0}")]
     Invalid(String),
+    #[error("the thread unlocking the key file failed: {0}; this is a bug, please report it")]
+    Unlock(String),
 }
 
 impl SessionError {
@@ -500,9 +502,7 @@ impl Unlocking {
         let keys = async {
             match self.0.await {
                 Ok(unlocked) => Ok(unlocked?),
-                Err(join) => Err(SessionError::Restore(RestoreError::Worker(format!(
-                    "unlocking the key file: {join}"
-                )))),
+                Err(join) => Err(SessionError::Unlock(join.to_string())),
             }
         };
         let (mut keys, mut work) = (std::pin::pin!(keys), std::pin::pin!(work));

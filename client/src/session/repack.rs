@@ -10,13 +10,12 @@
 //! new ones (the portions left unneeded are released by the next prune).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use offsite_proto::limits::MAX_SNAPSHOT_REWRITES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotRecord};
 
 use super::{Session, SessionError};
+use crate::backup::Remaining;
 use crate::blob::{kind_of, open, seal, BlobId, BlobKind};
 use crate::keys::Keys;
 use crate::manifest::Manifest;
@@ -76,7 +75,7 @@ impl Session {
             checkpoint_bytes: self.config.checkpoint_bytes,
             journal: None,
         };
-        let remaining = Arc::new(AtomicU64::new(bytes));
+        let remaining = Remaining::known(bytes);
         let mut uploader = Uploader::new(
             self.coordinator.clone(),
             self.pool.clone(),
@@ -138,7 +137,7 @@ impl Session {
         moving: &Moving,
         packer: &mut SplitPacker,
         uploader: &mut Uploader,
-        remaining: &AtomicU64,
+        remaining: &Remaining,
     ) -> Result<Vec<(SnapshotRecord, Vec<u8>)>, SessionError> {
         let mut relocated: HashMap<(PortionId, u64), BlobLocation> = HashMap::new();
         let ids: Vec<PortionId> = moving.keys().copied().collect();
@@ -165,9 +164,7 @@ impl Session {
                 if let Some(closed) = closed {
                     uploader.put(closed).await?;
                 }
-                let _ = remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                    Some(r.saturating_sub(*length))
-                });
+                remaining.done(*length);
             }
         }
         let mut rewritten = Vec::with_capacity(touched.len());

@@ -15,7 +15,6 @@ mod copies;
 mod ledger;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +24,7 @@ use offsite_proto::{
 };
 use tokio::task::JoinSet;
 
+use crate::backup::Remaining;
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::portion::Portion;
 use crate::probe::{probe_all, rank};
@@ -123,7 +123,7 @@ pub struct Uploader {
     pool: VendorPool,
     settings: UploadSettings,
     /// Bytes the backup still expects to read, to size the next round.
-    remaining: Arc<AtomicU64>,
+    remaining: Arc<Remaining>,
     round: Option<Round>,
     tasks: JoinSet<Sent>,
     pending: HashMap<PortionId, Pending>,
@@ -151,7 +151,7 @@ impl Uploader {
         coordinator: Arc<Coordinator>,
         pool: VendorPool,
         settings: UploadSettings,
-        remaining: Arc<AtomicU64>,
+        remaining: Arc<Remaining>,
     ) -> Self {
         Self {
             coordinator,
@@ -236,7 +236,8 @@ impl Uploader {
     async fn open_round(&mut self, size: u64, min_bytes: u64) -> Result<(), UploadError> {
         let wanted = self
             .remaining
-            .load(Ordering::Relaxed)
+            .left()
+            .await
             .saturating_add(size)
             .min(ROUND_MAX_BYTES);
         let mut bytes = wanted.max(min_bytes);

@@ -1,0 +1,160 @@
+//! How much a backup has left to read: the estimate (a stat walk of the
+//! tree, run on its own thread alongside the backup) less what the backup has
+//! read so far. The uploader sizes its reservations from it and the progress
+//! bar shows it; neither holds up the walk, which starts at once.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::filter::Filter;
+use crate::progress::Progress;
+
+/// Bytes a backup (or a repack) still has to upload, before compression.
+pub struct Remaining {
+    /// `None` until the estimate is known; the sender's end belongs to the
+    /// estimating thread, so a thread that ends without one (it cannot) does
+    /// not leave anyone waiting.
+    estimate: watch::Receiver<Option<u64>>,
+    done: AtomicU64,
+}
+
+impl Remaining {
+    /// An amount known up front (a repack knows what it will copy).
+    pub fn known(bytes: u64) -> Arc<Self> {
+        let (_, estimate) = watch::channel(Some(bytes));
+        Arc::new(Self {
+            estimate,
+            done: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts estimating `paths` on a thread of its own, which also sets the
+    /// progress bar's total. The thread gives up as soon as every clone of
+    /// the returned value is dropped (the backup ended before it).
+    pub fn estimate(paths: Vec<PathBuf>, filter: Arc<Filter>, progress: Progress) -> Arc<Self> {
+        let (sender, estimate) = watch::channel(None);
+        let started = std::thread::Builder::new()
+            .name("offsite-estimate".into())
+            .spawn(move || {
+                let total = estimate_until(&paths, &filter, || sender.is_closed());
+                if let Some(total) = total {
+                    progress.set_total(total);
+                    sender.send_replace(Some(total));
+                }
+            });
+        if let Err(e) = started {
+            // The sender went with the closure: waiters see no estimate.
+            tracing::warn!(error = %e, "cannot start the size estimate; reservations will grow as needed");
+        }
+        Arc::new(Self {
+            estimate,
+            done: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts `bytes` as done (read, or unchanged since the parent).
+    pub fn done(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes left, once the estimate is known (it waits for it; with no
+    /// estimate at all, 0).
+    pub async fn left(&self) -> u64 {
+        let mut estimate = self.estimate.clone();
+        let total = match estimate.wait_for(Option::is_some).await {
+            Ok(total) => total.unwrap_or(0),
+            Err(_) => 0,
+        };
+        total.saturating_sub(self.done.load(Ordering::Relaxed))
+    }
+}
+
+/// Sums the sizes of the regular files the walk will back up under `paths`
+/// (symlinks not followed; excludes, `--exclude-if-present` and
+/// `--one-file-system` applied as the walk applies them).
+pub fn estimate_bytes(paths: &[PathBuf], filter: &Filter) -> u64 {
+    estimate_until(paths, filter, || false).unwrap_or(0)
+}
+
+/// [`estimate_bytes`], or `None` once `give_up` says so (asked per directory).
+fn estimate_until(paths: &[PathBuf], filter: &Filter, give_up: impl Fn() -> bool) -> Option<u64> {
+    let mut total = 0u64;
+    for root in paths {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+        let Ok(meta) = root.symlink_metadata() else {
+            continue;
+        };
+        let device = meta.dev();
+        let mut stack = vec![(root, meta)];
+        while let Some((path, meta)) = stack.pop() {
+            if meta.is_file() {
+                total = total.saturating_add(meta.len());
+                continue;
+            }
+            if !meta.is_dir() {
+                continue;
+            }
+            if give_up() {
+                return None;
+            }
+            let Ok(list) = std::fs::read_dir(&path) else {
+                continue;
+            };
+            for entry in list.filter_map(|e| e.ok()) {
+                let child = entry.path();
+                if filter.excludes(&child) {
+                    continue;
+                }
+                // Through the directory's handle, like the walk.
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                if !(meta.is_dir() && filter.leaves_out_dir(&child, meta.dev(), device)) {
+                    stack.push((child, meta));
+                }
+            }
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn what_is_left_is_the_estimate_less_what_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![0u8; 1000]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![0u8; 500]).unwrap();
+        let remaining = Remaining::estimate(
+            vec![dir.path().to_path_buf()],
+            Arc::new(Filter::default()),
+            Progress::hidden(),
+        );
+        // Counted before the estimate is known, and still subtracted.
+        remaining.done(300);
+        assert_eq!(remaining.left().await, 1200);
+        remaining.done(2000);
+        assert_eq!(remaining.left().await, 0, "never below zero");
+        assert_eq!(Remaining::known(77).left().await, 77);
+    }
+
+    #[test]
+    fn an_estimate_nobody_waits_for_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), vec![0u8; 500]).unwrap();
+        let paths = [dir.path().to_path_buf()];
+        assert_eq!(estimate_until(&paths, &Filter::default(), || true), None);
+        assert_eq!(
+            estimate_until(&paths, &Filter::default(), || false),
+            Some(500)
+        );
+    }
+}
