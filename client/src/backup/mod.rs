@@ -1,5 +1,6 @@
 //! A backup's pipeline: walk, read, chunk and hash (own thread) -> dedup
-//! check -> compress and encrypt (blocking pool, one per core) -> pack into
+//! check -> compress and encrypt (in batches of small blobs, on the blocking
+//! pool, one per core) -> pack into
 //! portions -> hand each portion to a sink (the uploader, which keeps several
 //! in flight to different vendors), with bounded queues between the stages so
 //! memory stays flat however large the tree. Trees and the manifest are packed
@@ -26,8 +27,8 @@ use crate::progress::Progress;
 pub use estimate::{estimate_bytes, Remaining};
 pub use walk::{WalkError, WalkStats};
 
-/// Blobs waiting between the walk and the sealers.
-const CHANNEL_BLOBS: usize = 8;
+/// Batches of blobs waiting between the walk and the sealers.
+const CHANNEL_BATCHES: usize = 4;
 /// The walker recurses once per directory level.
 const WALK_STACK_BYTES: usize = 64 * 1024 * 1024;
 
@@ -129,27 +130,35 @@ pub async fn pack<S: PortionSink>(
     mut plan: BackupPlan,
     sink: &mut S,
 ) -> Result<Packed, BackupError> {
-    let (tx, rx) = mpsc::channel(CHANNEL_BLOBS);
+    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let walked = spawn_walk(&mut plan, tx)?;
     let keys = plan.keys.clone();
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
     let mut sealed = ReceiverStream::new(rx)
-        .map(|blob: walk::NewBlob| {
+        .map(|batch: Vec<walk::NewBlob>| {
             let keys = keys.clone();
             tokio::task::spawn_blocking(move || {
-                seal(&keys, blob.kind, &blob.id, &blob.plaintext).map(|s| (blob.kind, blob.id, s))
+                batch
+                    .into_iter()
+                    .map(|blob| {
+                        seal(&keys, blob.kind, &blob.id, &blob.plaintext)
+                            .map(|s| (blob.kind, blob.id, s))
+                    })
+                    .collect::<Result<Vec<(BlobKind, BlobId, Vec<u8>)>, _>>()
             })
         })
         .buffered(workers);
     let mut packer = Packer::new(plan.portion_bytes);
     while let Some(joined) = sealed.next().await {
-        let (kind, id, bytes) = joined.map_err(|e| BackupError::Worker(e.to_string()))??;
-        if let Some(portion) = packer.add(kind, id, &bytes) {
-            sink.put(portion)
-                .await
-                .map_err(|e| BackupError::Sink(Box::new(e)))?;
+        let batch = joined.map_err(|e| BackupError::Worker(e.to_string()))??;
+        for (kind, id, bytes) in batch {
+            if let Some(portion) = packer.add(kind, id, &bytes) {
+                sink.put(portion)
+                    .await
+                    .map_err(|e| BackupError::Sink(Box::new(e)))?;
+            }
         }
     }
     drop(sealed);
@@ -161,7 +170,7 @@ pub async fn pack<S: PortionSink>(
 
 fn spawn_walk(
     plan: &mut BackupPlan,
-    tx: mpsc::Sender<walk::NewBlob>,
+    tx: mpsc::Sender<Vec<walk::NewBlob>>,
 ) -> Result<oneshot::Receiver<Result<walk::Walked, WalkError>>, BackupError> {
     let (done_tx, done_rx) = oneshot::channel();
     let (paths, keys, known, remaining) = (

@@ -30,6 +30,13 @@ pub struct NewBlob {
     pub plaintext: Vec<u8>,
 }
 
+/// Blobs sent to be sealed together: small files come in their thousands,
+/// and one hand-over (and one sealing task) per blob would cost more than
+/// sealing them. A batch is sent once it holds this many bytes of
+/// plaintext or this many blobs, so a large chunk goes alone.
+const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_BLOBS: usize = 512;
+
 /// What the walk saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalkStats {
@@ -82,7 +89,7 @@ pub enum WalkError {
 pub struct Walker<'a> {
     pub keys: &'a Keys,
     pub known: &'a Index,
-    pub tx: mpsc::Sender<NewBlob>,
+    pub tx: mpsc::Sender<Vec<NewBlob>>,
     /// Bytes still to read, counted down as files are read.
     pub remaining: &'a Remaining,
     pub filter: &'a Filter,
@@ -102,6 +109,8 @@ impl Walker<'_> {
             device: 0,
             unreadable: Vec::new(),
             chunker: None,
+            batch: Vec::new(),
+            batch_bytes: 0,
         };
         let mut entries = Vec::with_capacity(paths.len());
         let mut names: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
@@ -125,6 +134,7 @@ impl Walker<'_> {
             }
         }
         let root = state.emit_tree(entries)?;
+        state.send_batch()?;
         Ok(Walked {
             root,
             needed: state.needed,
@@ -153,6 +163,9 @@ struct State<'a> {
     unreadable: Vec<String>,
     /// Reused for every file; taken out while a file is read.
     chunker: Option<Chunker>,
+    /// New blobs not yet sent, and their plaintext bytes.
+    batch: Vec<NewBlob>,
+    batch_bytes: usize,
 }
 
 impl State<'_> {
@@ -162,13 +175,27 @@ impl State<'_> {
             return Ok(());
         }
         self.stats.new_blobs += 1;
+        self.batch_bytes += plaintext.len();
+        self.batch.push(NewBlob {
+            kind,
+            id,
+            plaintext,
+        });
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_BLOBS {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the blobs gathered so far to be sealed.
+    fn send_batch(&mut self) -> Result<(), WalkError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.batch_bytes = 0;
         self.walker
             .tx
-            .blocking_send(NewBlob {
-                kind,
-                id,
-                plaintext,
-            })
+            .blocking_send(std::mem::take(&mut self.batch))
             .map_err(|_| WalkError::Cancelled)
     }
 
