@@ -64,8 +64,6 @@ struct Groundwork {
     journal: Journal,
     /// The blobs of the portions an interrupted backup committed.
     resumed: Index,
-    parent_id: Option<SnapshotId>,
-    parent: Parent,
 }
 
 /// A dry run's sink: counts the portions and drops them.
@@ -163,12 +161,12 @@ impl Session {
     }
 
     /// What a backup gathers before it needs the key: the exclude rules,
-    /// the size estimate (started; it runs on), the snapshot list, what an
-    /// interrupted backup committed, and the parent's file metadata.
+    /// the size estimate (started; it runs on), the snapshot list and what
+    /// an interrupted backup committed. (Not the parent's file metadata: the
+    /// key derivation's 64 MiB and it would be resident at once.)
     async fn groundwork(
         &self,
         options: &BackupOptions,
-        record_paths: &[String],
         progress: &Progress,
     ) -> Result<Groundwork, SessionError> {
         let filter = Arc::new(Filter::new(&options.excludes)?);
@@ -177,22 +175,19 @@ impl Session {
         let snapshots = self.snapshots().await?;
         let journal = Journal::new(self.cache.dir());
         let resumed = self.resumed_index(&journal).await?;
-        let (parent_id, parent) = self.parent(&snapshots, record_paths);
         Ok(Groundwork {
             filter,
             remaining,
             snapshots,
             journal,
             resumed,
-            parent_id,
-            parent,
         })
     }
 
     /// Backs up `options.paths` as a new snapshot (or, dry, reports what it
     /// would). Until the key is derived, the command asks the coordinators
-    /// for the snapshot list and reads the parent's file metadata; the size
-    /// estimate runs alongside the whole backup.
+    /// for the snapshot list; the size estimate runs alongside the whole
+    /// backup.
     pub async fn backup(
         &self,
         keys: Unlocking,
@@ -200,7 +195,7 @@ impl Session {
     ) -> Result<BackupSummary, SessionError> {
         let record_paths = absolute_paths(&options.paths);
         let progress = self.progress("backup", "files", 0);
-        let groundwork = self.groundwork(&options, &record_paths, &progress);
+        let groundwork = self.groundwork(&options, &progress);
         let (keys, ground) = keys.alongside(groundwork).await?;
         let mut known = self.dedup_index(&keys, &ground.snapshots).await?;
         let resumed_blobs = ground
@@ -211,7 +206,8 @@ impl Session {
         for (id, location) in ground.resumed {
             known.entry(id).or_insert(location);
         }
-        let (remaining, journal, parent_id) = (ground.remaining, ground.journal, ground.parent_id);
+        let (remaining, journal) = (ground.remaining, ground.journal);
+        let (parent_id, parent) = self.parent(&ground.snapshots, &record_paths);
         let snapshot = SnapshotId::random();
         let time_unix_ms = now_ms();
         let files = if options.dry_run {
@@ -230,7 +226,7 @@ impl Session {
             time_unix_ms,
             remaining: remaining.clone(),
             filter: ground.filter,
-            parent: Arc::new(ground.parent),
+            parent: Arc::new(parent),
             files,
             progress: progress.clone(),
         };
