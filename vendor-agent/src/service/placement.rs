@@ -27,7 +27,11 @@ pub(crate) struct PieceWriter {
     /// Room left in each store for this upload.
     free: Vec<u64>,
     cursor: usize,
+    /// The piece being filled; allocated at its full size when it starts,
+    /// so filling it copies each byte once.
     buffer: BytesMut,
+    /// Bytes of the portion not yet pushed.
+    left: u64,
     in_flight: JoinSet<PutResult>,
     /// Every piece handed to a store, to delete on failure.
     attempted: Vec<(u32, PieceId)>,
@@ -65,6 +69,7 @@ impl PieceWriter {
             free,
             cursor,
             buffer: BytesMut::new(),
+            left: size,
             in_flight: JoinSet::new(),
             attempted: Vec::new(),
             done: Vec::new(),
@@ -74,9 +79,15 @@ impl PieceWriter {
     /// Takes in received bytes, launching a put for every full piece.
     pub async fn push(&mut self, mut data: &[u8]) -> Result<(), VendorError> {
         while !data.is_empty() {
+            if self.buffer.is_empty() {
+                let piece = (self.piece_size as u64).min(self.left.max(data.len() as u64));
+                self.buffer
+                    .reserve(usize::try_from(piece).unwrap_or(self.piece_size));
+            }
             let room = self.piece_size - self.buffer.len();
             let take = room.min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
+            self.left = self.left.saturating_sub(take as u64);
             data = &data[take..];
             if self.buffer.len() == self.piece_size {
                 let piece = self.buffer.split().freeze();

@@ -141,22 +141,35 @@ impl PieceStore for NasStore {
             .await
             .map_err(|s| self.error(s, Some(id)))?
             .into_inner();
-        let mut data = Vec::new();
+        // The frames are kept as they come and joined once at the end: a
+        // buffer grown frame by frame would copy the piece again and again.
+        let (mut frames, mut len) = (Vec::new(), 0usize);
         while let Some(frame) = stream
             .message()
             .await
             .map_err(|s| self.error(s, Some(id)))?
         {
-            if (data.len() + frame.data.len()) as u64 > MAX_PIECE_BYTES {
+            len += frame.data.len();
+            if len as u64 > MAX_PIECE_BYTES {
                 return Err(StoreError::Corrupt {
                     store: self.name.clone(),
                     piece: id.clone(),
                     detail: format!("the device sent more than {MAX_PIECE_BYTES} bytes"),
                 });
             }
-            data.extend_from_slice(&frame.data);
+            frames.push(frame.data);
         }
-        verify_piece(&self.name, id, Bytes::from(data), expected)
+        let data = match frames.len() {
+            1 => frames.swap_remove(0),
+            _ => {
+                let mut joined = Vec::with_capacity(len);
+                for frame in &frames {
+                    joined.extend_from_slice(frame);
+                }
+                Bytes::from(joined)
+            }
+        };
+        verify_piece(&self.name, id, data, expected)
     }
 
     async fn delete(&self, id: &PieceId) -> Result<bool, StoreError> {
