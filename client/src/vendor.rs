@@ -232,7 +232,7 @@ impl VendorPool {
             let status = |s| status_err(vendor, what, Some(portion), s);
             let mut stream = client.fetch(message).await.map_err(status)?.into_inner();
             out.clear();
-            out.reserve(expected);
+            out.reserve_exact(expected);
             while let Some(frame) = stream.message().await.map_err(status)? {
                 if frame.data.len() > MAX_FRAME_BYTES || out.len() + frame.data.len() > expected {
                     return Err(VendorError::Malformed {
