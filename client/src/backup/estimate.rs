@@ -1,12 +1,14 @@
 //! How much a backup has left to read: the estimate (a stat walk of the
 //! tree, run on its own thread alongside the backup) less what the backup has
 //! read so far. The uploader sizes its reservations from it and the progress
-//! bar shows it; neither holds up the walk, which starts at once.
+//! bar shows it. The walk starts at once; a reservation waits at most a
+//! second for the estimate before it sizes itself on a guess.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -15,9 +17,9 @@ use crate::progress::Progress;
 
 /// Bytes a backup (or a repack) still has to upload, before compression.
 pub struct Remaining {
-    /// `None` until the estimate is known; the sender's end belongs to the
-    /// estimating thread, so a thread that ends without one (it cannot) does
-    /// not leave anyone waiting.
+    /// `None` until the estimate is known. The sender's end belongs to the
+    /// estimating thread: if that thread gives up, panics or never starts,
+    /// the channel closes and no one is left waiting.
     estimate: watch::Receiver<Option<u64>>,
     done: AtomicU64,
 }
@@ -61,21 +63,24 @@ impl Remaining {
         self.done.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// The bytes left, once the estimate is known (it waits for it; with no
-    /// estimate at all, 0).
-    pub async fn left(&self) -> u64 {
+    /// The bytes left. Waits up to `patience` for the estimate; without it
+    /// (a tree too large to stat in that time, or no estimate at all) the
+    /// guess is as much again as was done so far.
+    pub async fn left(&self, patience: Duration) -> u64 {
+        let done = self.done.load(Ordering::Relaxed);
         let mut estimate = self.estimate.clone();
-        let total = match estimate.wait_for(Option::is_some).await {
-            Ok(total) => total.unwrap_or(0),
-            Err(_) => 0,
-        };
-        total.saturating_sub(self.done.load(Ordering::Relaxed))
+        let known = tokio::time::timeout(patience, estimate.wait_for(Option::is_some)).await;
+        match known {
+            Ok(Ok(total)) => total.unwrap_or(0).saturating_sub(done),
+            Ok(Err(_)) | Err(_) => done,
+        }
     }
 }
 
 /// Sums the sizes of the regular files the walk will back up under `paths`
 /// (symlinks not followed; excludes, `--exclude-if-present` and
 /// `--one-file-system` applied as the walk applies them).
+#[cfg(test)]
 pub fn estimate_bytes(paths: &[PathBuf], filter: &Filter) -> u64 {
     estimate_until(paths, filter, || false).unwrap_or(0)
 }
@@ -139,10 +144,24 @@ mod tests {
         );
         // Counted before the estimate is known, and still subtracted.
         remaining.done(300);
-        assert_eq!(remaining.left().await, 1200);
+        let patience = Duration::from_secs(30);
+        assert_eq!(remaining.left(patience).await, 1200);
         remaining.done(2000);
-        assert_eq!(remaining.left().await, 0, "never below zero");
-        assert_eq!(Remaining::known(77).left().await, 77);
+        assert_eq!(remaining.left(patience).await, 0, "never below zero");
+        assert_eq!(Remaining::known(77).left(patience).await, 77);
+    }
+
+    #[tokio::test]
+    async fn without_the_estimate_the_guess_is_what_was_done() {
+        let (sender, estimate) = watch::channel(None);
+        let remaining = Remaining {
+            estimate,
+            done: AtomicU64::new(0),
+        };
+        remaining.done(500);
+        assert_eq!(remaining.left(Duration::from_millis(10)).await, 500);
+        drop(sender);
+        assert_eq!(remaining.left(Duration::from_secs(30)).await, 500);
     }
 
     #[test]

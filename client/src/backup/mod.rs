@@ -24,7 +24,9 @@ use crate::keys::Keys;
 use crate::manifest::{Index, Manifest};
 use crate::portion::{Portion, SplitPacker};
 use crate::progress::Progress;
-pub use estimate::{estimate_bytes, Remaining};
+#[cfg(test)]
+pub use estimate::estimate_bytes;
+pub use estimate::Remaining;
 pub use walk::{WalkError, WalkStats};
 
 /// Batches of blobs waiting between the walk and the sealers.

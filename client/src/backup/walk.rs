@@ -4,11 +4,11 @@
 //! [`crate::filter`]); a file unchanged since the parent snapshot (its
 //! [`Stamp`] matches the parent's file metadata cache) is not read. Runs on
 //! its own thread; every blob not already in the dedup index or already sent
-//! in this run goes down the channel to be sealed.
+//! in this run goes down the channel to be sealed, in batches.
 
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
@@ -33,7 +33,8 @@ pub struct NewBlob {
 /// Blobs sent to be sealed together: small files come in their thousands,
 /// and one hand-over (and one sealing task) per blob would cost more than
 /// sealing them. A batch is sent once it holds this many bytes of
-/// plaintext or this many blobs, so a large chunk goes alone.
+/// plaintext or this many blobs; a blob that would take it past the bytes
+/// goes in the next, so a batch is at most this or one largest chunk.
 const BATCH_BYTES: usize = 1024 * 1024;
 const BATCH_BLOBS: usize = 512;
 
@@ -175,6 +176,9 @@ impl State<'_> {
             return Ok(());
         }
         self.stats.new_blobs += 1;
+        if self.batch_bytes + plaintext.len() > BATCH_BYTES {
+            self.send_batch()?;
+        }
         self.batch_bytes += plaintext.len();
         self.batch.push(NewBlob {
             kind,
@@ -293,7 +297,18 @@ impl State<'_> {
     }
 
     fn read_file(&mut self, path: &Path) -> std::io::Result<(u64, Vec<ChunkRef>)> {
-        let file = std::fs::File::open(path)?;
+        // The file was listed as a regular file a while ago (its directory is
+        // stat'ed at once): if it has been replaced since, a symlink is not
+        // followed and a FIFO does not block the walk.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(
+                "it stopped being a regular file while the backup ran",
+            ));
+        }
         let seed = self.walker.keys.chunker_seed();
         let mut chunker = self.chunker.take().unwrap_or_else(|| Chunker::new(seed));
         let read = self.read_chunks(&mut chunker, file);

@@ -27,8 +27,9 @@ pub use plan::{plan, Plan};
 pub use source::{verify_portion, FetchError, PortionSource, VendorSource};
 
 /// Portions fetched at once (spread over their vendors by the source). Each
-/// job keeps a portion buffer and a plaintext buffer; three keep two cores
-/// as busy as four did, with 20-25 MB less resident.
+/// job keeps a portion buffer and a plaintext buffer; on the 2-core
+/// benchmark machine three kept the cores as busy as four did, with 20-25 MB
+/// less resident.
 const PARALLEL_PORTIONS: usize = 3;
 
 /// Why a restore stopped; each names the thing and what to do.

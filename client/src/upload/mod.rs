@@ -42,6 +42,10 @@ const EXTRA_SENDS: usize = 4;
 const GROW_ATTEMPTS: u32 = 4;
 /// Commit a round this long before its lease runs out.
 const LEASE_MARGIN_MS: u64 = 60_000;
+/// How long a round waits for the backup's size estimate before sizing
+/// itself on a guess (a round that turns out too small is committed and
+/// another reserved).
+const ESTIMATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why an upload could not finish; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +240,7 @@ impl Uploader {
     async fn open_round(&mut self, size: u64, min_bytes: u64) -> Result<(), UploadError> {
         let wanted = self
             .remaining
-            .left()
+            .left(ESTIMATE_PATIENCE)
             .await
             .saturating_add(size)
             .min(ROUND_MAX_BYTES);

@@ -27,8 +27,10 @@ pub(crate) struct PieceWriter {
     /// Room left in each store for this upload.
     free: Vec<u64>,
     cursor: usize,
-    /// The piece being filled; allocated at its full size when it starts,
-    /// so filling it copies each byte once.
+    /// The piece being filled; allocated at its full size when its first
+    /// bytes arrive, so filling it copies each byte once (a sender that
+    /// stalls holds that allocation until the idle timeout ends the upload;
+    /// its untouched pages are not resident).
     buffer: BytesMut,
     /// Bytes of the portion not yet pushed.
     left: u64,
