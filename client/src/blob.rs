@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::io::Read;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -31,8 +31,8 @@ const ZSTD_LEVEL: i32 = 3;
 pub struct BlobId(pub [u8; 32]);
 
 /// An id hashes as its first eight bytes: ids are keyed blake3 outputs,
-/// uniform and unpredictable without the tenant's key, so with
-/// [`IdHash`] a map of them does not hash them again.
+/// uniform and unpredictable without the tenant's key, so [`BlobMap`] and
+/// [`BlobSet`] only mix that word (FxHash) instead of SipHashing all 32.
 impl Hash for BlobId {
     fn hash<H: Hasher>(&self, state: &mut H) {
         let mut head = [0u8; 8];
@@ -41,49 +41,10 @@ impl Hash for BlobId {
     }
 }
 
-/// Builds [`IdHasher`]s: for maps and sets keyed by ids.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IdHash;
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-/// A multiply-rotate hash (FxHash's): one multiplication per word, which
-/// keeps a uniform word uniform. For keys that are already uniform (ids);
-/// SipHash, the default, is for keys an attacker can choose.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IdHasher(u64);
-
-impl IdHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-}
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-/// Blob id -> `V`, hashed by [`IdHash`].
-pub type BlobMap<V> = std::collections::HashMap<BlobId, V, IdHash>;
-/// A set of blob ids, hashed by [`IdHash`].
-pub type BlobSet = std::collections::HashSet<BlobId, IdHash>;
+/// Blob id -> `V`, hashed with FxHash (see `impl Hash for BlobId`).
+pub type BlobMap<V> = rustc_hash::FxHashMap<BlobId, V>;
+/// A set of blob ids, hashed with FxHash.
+pub type BlobSet = rustc_hash::FxHashSet<BlobId>;
 
 impl BlobId {
     /// The id of `plaintext` under the tenant's blob-id key.
