@@ -67,13 +67,14 @@ impl Remaining {
     /// (a tree too large to stat in that time, or no estimate at all) the
     /// guess is as much again as was done so far.
     pub async fn left(&self, patience: Duration) -> u64 {
-        let done = self.done.load(Ordering::Relaxed);
         let mut estimate = self.estimate.clone();
-        let known = tokio::time::timeout(patience, estimate.wait_for(Option::is_some)).await;
-        match known {
-            Ok(Ok(total)) => total.unwrap_or(0).saturating_sub(done),
-            Ok(Err(_)) | Err(_) => done,
-        }
+        let known = tokio::time::timeout(patience, estimate.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|total| total.ok().and_then(|total| *total));
+        // Read after the wait: the walk went on meanwhile.
+        let done = self.done.load(Ordering::Relaxed);
+        known.map_or(done, |total| total.saturating_sub(done))
     }
 }
 

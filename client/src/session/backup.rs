@@ -197,17 +197,19 @@ impl Session {
         let progress = self.progress("backup", "files", 0);
         let groundwork = self.groundwork(&options, &progress);
         let (keys, ground) = keys.alongside(groundwork).await?;
-        let mut known = self.dedup_index(&keys, &ground.snapshots).await?;
-        let resumed_blobs = ground
-            .resumed
-            .keys()
-            .filter(|id| !known.contains_key(id))
-            .count() as u64;
-        for (id, location) in ground.resumed {
+        let Groundwork {
+            filter,
+            remaining,
+            snapshots,
+            journal,
+            resumed,
+        } = ground;
+        let mut known = self.dedup_index(&keys, &snapshots).await?;
+        let resumed_blobs = resumed.keys().filter(|id| !known.contains_key(id)).count() as u64;
+        for (id, location) in resumed {
             known.entry(id).or_insert(location);
         }
-        let (remaining, journal) = (ground.remaining, ground.journal);
-        let (parent_id, parent) = self.parent(&ground.snapshots, &record_paths);
+        let (parent_id, parent) = self.parent(&snapshots, &record_paths);
         let snapshot = SnapshotId::random();
         let time_unix_ms = now_ms();
         let files = if options.dry_run {
@@ -225,7 +227,7 @@ impl Session {
             snapshot,
             time_unix_ms,
             remaining: remaining.clone(),
-            filter: ground.filter,
+            filter,
             parent: Arc::new(parent),
             files,
             progress: progress.clone(),

@@ -82,9 +82,9 @@ impl PieceWriter {
     pub async fn push(&mut self, mut data: &[u8]) -> Result<(), VendorError> {
         while !data.is_empty() {
             if self.buffer.is_empty() {
-                let piece = (self.piece_size as u64).min(self.left.max(data.len() as u64));
+                // At most `piece_size`, so it fits a usize.
                 self.buffer
-                    .reserve(usize::try_from(piece).unwrap_or(self.piece_size));
+                    .reserve(self.left.min(self.piece_size as u64) as usize);
             }
             let room = self.piece_size - self.buffer.len();
             let take = room.min(data.len());

@@ -161,13 +161,7 @@ impl PieceStore for NasStore {
         }
         let data = match frames.len() {
             1 => frames.swap_remove(0),
-            _ => {
-                let mut joined = Vec::with_capacity(len);
-                for frame in &frames {
-                    joined.extend_from_slice(frame);
-                }
-                Bytes::from(joined)
-            }
+            _ => Bytes::from(frames.concat()),
         };
         verify_piece(&self.name, id, data, expected)
     }
