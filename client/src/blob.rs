@@ -59,6 +59,12 @@ impl BlobId {
         input.extend_from_slice(snapshot.as_bytes());
         Self(*blake3::keyed_hash(keys.blob_id_key(), &input).as_bytes())
     }
+
+    /// The id the client's dedup index cache is sealed under (see
+    /// [`crate::index_cache`]); no stored blob has it.
+    pub fn index_cache(keys: &Keys) -> Self {
+        Self(*blake3::keyed_hash(keys.blob_id_key(), b"offsite dedup index cache").as_bytes())
+    }
 }
 
 impl fmt::Display for BlobId {

@@ -3,8 +3,8 @@
 //! final FAT (portion locations) of each snapshot, so `snapshots` and `ls`
 //! answer when no coordinator can be reached. The cache only saves fetches:
 //! anything missing or unreadable is fetched again. Also under it: the file
-//! metadata caches ([`crate::filecache`]) and the resume journal
-//! ([`crate::resume`]).
+//! metadata caches ([`crate::filecache`]), the resume journal
+//! ([`crate::resume`]) and the dedup index cache ([`crate::index_cache`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -83,12 +83,14 @@ impl Cache {
         write_atomic(&path, &bytes)
     }
 
-    /// Drops what is cached about a forgotten snapshot.
+    /// Drops what is cached about a forgotten snapshot, and the dedup index
+    /// cache, which covered it.
     pub fn forget(&self, id: SnapshotId) {
         for path in [
             self.manifest_path(id),
             self.locations_path(id),
             crate::filecache::path_of(&self.dir, id),
+            self.index_path(),
         ] {
             let _ = std::fs::remove_file(path);
         }
@@ -106,6 +108,20 @@ impl Cache {
     /// Keeps a snapshot's sealed manifest blob.
     pub fn put_manifest(&self, id: SnapshotId, sealed: &[u8]) -> Result<(), CacheError> {
         write_atomic(&self.manifest_path(id), sealed)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("index")
+    }
+
+    /// The sealed dedup index cache ([`crate::index_cache`]), if cached.
+    pub fn index(&self) -> Option<Vec<u8>> {
+        read_bounded(&self.index_path())
+    }
+
+    /// Keeps the sealed dedup index cache.
+    pub fn put_index(&self, sealed: &[u8]) -> Result<(), CacheError> {
+        write_atomic(&self.index_path(), sealed)
     }
 
     /// The last snapshot list seen, if cached and readable.

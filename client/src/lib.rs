@@ -21,6 +21,7 @@ mod connect;
 pub mod coordinator;
 pub mod filecache;
 pub mod filter;
+pub mod index_cache;
 pub mod keys;
 pub mod manifest;
 pub mod policy;

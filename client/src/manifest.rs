@@ -26,15 +26,64 @@ pub struct Manifest {
     pub index: Index,
 }
 
-/// Portions are stored once in a table and named by position in each entry.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     version: u32,
     snapshot: [u8; 16],
     root: BlobId,
     time_unix_ms: u64,
+    index: StoredIndex,
+}
+
+/// An index as stored (in a manifest, and in the client's dedup index
+/// cache): portions once in a table, each entry naming its portion by
+/// position; entries sorted by blob id, so the same index always encodes
+/// the same.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredIndex {
     portions: Vec<[u8; 16]>,
     entries: Vec<(BlobId, u32, u64, u64)>,
+}
+
+impl StoredIndex {
+    pub(crate) fn of(index: &Index) -> Self {
+        let mut table: HashMap<PortionId, u32> = HashMap::new();
+        let mut portions = Vec::new();
+        let mut entries: Vec<(BlobId, u32, u64, u64)> = index
+            .iter()
+            .map(|(id, loc)| {
+                let slot = *table.entry(loc.portion).or_insert_with(|| {
+                    portions.push(*loc.portion.as_bytes());
+                    portions.len() as u32 - 1
+                });
+                (*id, slot, loc.offset, loc.length)
+            })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        Self { portions, entries }
+    }
+
+    /// The index, or the first blob whose entry names no portion of the
+    /// table or lies outside any portion.
+    pub(crate) fn into_index(self) -> Result<Index, BlobId> {
+        let mut index = Index::with_capacity_and_hasher(self.entries.len(), Default::default());
+        for (id, slot, offset, length) in self.entries {
+            let portion = self.portions.get(slot as usize).ok_or(id)?;
+            let in_bounds = offset
+                .checked_add(length)
+                .is_some_and(|end| end <= MAX_PORTION_BYTES && length > 0);
+            if !in_bounds {
+                return Err(id);
+            }
+            let location = BlobLocation {
+                portion: PortionId::from_bytes(*portion),
+                offset,
+                length,
+            };
+            index.insert(id, location);
+        }
+        Ok(index)
+    }
 }
 
 /// A manifest blob that does not decode.
@@ -69,27 +118,12 @@ impl Manifest {
     /// The manifest's stored bytes (the plaintext of its blob); entries are
     /// sorted so the same manifest always encodes the same.
     pub fn encode(&self) -> Vec<u8> {
-        let mut table: HashMap<PortionId, u32> = HashMap::new();
-        let mut portions = Vec::new();
-        let mut entries: Vec<(BlobId, u32, u64, u64)> = self
-            .index
-            .iter()
-            .map(|(id, loc)| {
-                let slot = *table.entry(loc.portion).or_insert_with(|| {
-                    portions.push(*loc.portion.as_bytes());
-                    portions.len() as u32 - 1
-                });
-                (*id, slot, loc.offset, loc.length)
-            })
-            .collect();
-        entries.sort_unstable_by_key(|e| e.0);
         let stored = Stored {
             version: MANIFEST_VERSION,
             snapshot: *self.snapshot.as_bytes(),
             root: self.root,
             time_unix_ms: self.time_unix_ms,
-            portions,
-            entries,
+            index: StoredIndex::of(&self.index),
         };
         // Serializing plain data into a Vec cannot fail.
         postcard::to_stdvec(&stored).unwrap_or_default()
@@ -105,25 +139,7 @@ impl Manifest {
         if found != expected {
             return Err(ManifestError::WrongSnapshot { expected, found });
         }
-        let mut index = Index::with_capacity_and_hasher(stored.entries.len(), Default::default());
-        for (id, slot, offset, length) in stored.entries {
-            let portion = stored
-                .portions
-                .get(slot as usize)
-                .ok_or(ManifestError::Entry(id))?;
-            let in_bounds = offset
-                .checked_add(length)
-                .is_some_and(|end| end <= MAX_PORTION_BYTES && length > 0);
-            if !in_bounds {
-                return Err(ManifestError::Entry(id));
-            }
-            let location = BlobLocation {
-                portion: PortionId::from_bytes(*portion),
-                offset,
-                length,
-            };
-            index.insert(id, location);
-        }
+        let index = stored.index.into_index().map_err(ManifestError::Entry)?;
         Ok(Self {
             snapshot: found,
             root: stored.root,
@@ -169,5 +185,66 @@ mod tests {
             Err(ManifestError::WrongSnapshot { .. })
         ));
         assert!(Manifest::decode(&bytes[..bytes.len() / 2], manifest.snapshot).is_err());
+    }
+
+    /// The layout manifests have always had, field after field: stored
+    /// manifests must keep decoding.
+    #[derive(Serialize)]
+    struct Version1 {
+        version: u32,
+        snapshot: [u8; 16],
+        root: BlobId,
+        time_unix_ms: u64,
+        portions: Vec<[u8; 16]>,
+        entries: Vec<(BlobId, u32, u64, u64)>,
+    }
+
+    #[test]
+    fn the_encoding_is_that_of_format_version_1() {
+        let portion = PortionId::random();
+        let (a, b) = (BlobId([2; 32]), BlobId([1; 32]));
+        let mut index = Index::default();
+        for (id, offset) in [(a, 8), (b, 500)] {
+            let at = BlobLocation {
+                portion,
+                offset,
+                length: 100,
+            };
+            index.insert(id, at);
+        }
+        let manifest = Manifest {
+            snapshot: SnapshotId::random(),
+            root: a,
+            time_unix_ms: 1_700_000_000_000,
+            index,
+        };
+        let flat = Version1 {
+            version: 1,
+            snapshot: *manifest.snapshot.as_bytes(),
+            root: a,
+            time_unix_ms: 1_700_000_000_000,
+            portions: vec![*portion.as_bytes()],
+            entries: vec![(b, 0, 500, 100), (a, 0, 8, 100)],
+        };
+        assert_eq!(manifest.encode(), postcard::to_stdvec(&flat).unwrap());
+    }
+
+    #[test]
+    fn an_entry_beyond_its_table_or_a_portion_is_refused() {
+        let id = BlobId([3; 32]);
+        let portion = *PortionId::random().as_bytes();
+        for (portions, entry) in [
+            (vec![], (id, 0, 0, 10)),
+            (vec![portion], (id, 1, 0, 10)),
+            (vec![portion], (id, 0, MAX_PORTION_BYTES, 1)),
+            (vec![portion], (id, 0, 0, 0)),
+            (vec![portion], (id, 0, u64::MAX, 2)),
+        ] {
+            let stored = StoredIndex {
+                portions,
+                entries: vec![entry],
+            };
+            assert_eq!(stored.into_index(), Err(id), "{entry:?}");
+        }
     }
 }

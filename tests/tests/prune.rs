@@ -381,3 +381,67 @@ fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
     let offline = devnet.run_client(["prune"]).unwrap();
     assert_eq!(offline.status.code(), Some(5), "{}", describe(&offline));
 }
+
+/// The dedup index cache is written once a backup has decoded several
+/// manifests, dropped by `forget`, and never trusted once a snapshot it
+/// covers is gone: a cache from before a forget and prune (put back here, as
+/// if the forget had run on another host) would dedup against released
+/// portions. The backup after it stores the data again, checks clean and
+/// restores byte for byte.
+#[test]
+fn a_dedup_index_cache_from_before_a_prune_is_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        portion_bytes: 4 * 1024 * 1024,
+        ..DevnetOptions::default()
+    };
+    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let src_arg = src.to_str().unwrap();
+    let index = devnet
+        .dir()
+        .join("client/cache")
+        .join(rpc::DEVNET_TENANT)
+        .join("index");
+    let first = noise("first contents", 1_500_000);
+    std::fs::write(src.join("data.bin"), &first).unwrap();
+    json_ok(&devnet, &["backup", src_arg]);
+    std::fs::write(src.join("data.bin"), noise("later contents", 1_500_000)).unwrap();
+    // The second to fourth backups decode one to three manifests; the fifth
+    // decodes four and writes the union.
+    for n in 2..=5 {
+        assert!(!index.exists(), "written before backup {n}");
+        json_ok(&devnet, &["backup", src_arg]);
+    }
+    assert!(
+        index.is_file(),
+        "the fifth backup wrote the dedup index cache"
+    );
+    let stale = std::fs::read(&index).unwrap();
+
+    let forget = json_ok(&devnet, &["forget", "--keep-last", "1"]);
+    assert_eq!(forget["remove"].as_array().unwrap().len(), 4, "{forget:#}");
+    assert!(!index.exists(), "forget dropped the dedup index cache");
+    let pruned = json_ok(&devnet, &["prune", "--repack-below", "0"]);
+    assert!(
+        pruned["portions_released"].as_u64().unwrap() >= 1,
+        "the first contents' portion: {pruned:#}"
+    );
+
+    std::fs::write(&index, &stale).unwrap();
+    std::fs::write(src.join("data.bin"), &first).unwrap();
+    let backup = json_ok(&devnet, &["backup", src_arg]);
+    assert!(
+        backup["new_blobs"].as_u64().unwrap() >= 1,
+        "the first contents were stored again: {backup:#}"
+    );
+    assert!(
+        backup["bytes_uploaded"].as_u64().unwrap() >= 1_500_000,
+        "{backup:#}"
+    );
+    let check = json_ok(&devnet, &["check"]);
+    assert_eq!(check["ok"], true, "{check:#}");
+    restores_byte_for_byte(&devnet, &src, &tmp.path().join("restore"));
+}

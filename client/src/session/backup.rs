@@ -13,6 +13,7 @@ use super::{now_ms, Session, SessionError, Unlocking};
 use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
 use crate::filecache::{self, Parent};
 use crate::filter::{ExcludeOptions, Filter};
+use crate::index_cache::{self, Union};
 use crate::keys::Keys;
 use crate::manifest::Index;
 use crate::portion::Portion;
@@ -98,16 +99,29 @@ fn absolute_paths(paths: &[PathBuf]) -> Vec<String> {
 }
 
 impl Session {
-    /// The union of the indexes of the tenant's snapshots: what need not be stored again.
+    /// The union of the indexes of the tenant's snapshots: what need not
+    /// be stored again. Starts from the dedup index cache when it still
+    /// fits the snapshot list, and decodes only the manifests it does not
+    /// cover; writes the cache again once that was several.
     async fn dedup_index(
         &self,
         keys: &Keys,
         snapshots: &[SnapshotRecord],
     ) -> Result<Index, SessionError> {
-        let mut index = Index::default();
-        self.visit_manifests(keys, snapshots, |record, manifest| {
+        let mut union = self.cached_union(keys, snapshots);
+        let uncovered: Vec<SnapshotRecord> = snapshots
+            .iter()
+            .filter(|s| !union.covers.contains(&s.id))
+            .cloned()
+            .collect();
+        let mut decoded = 0;
+        self.visit_manifests(keys, &uncovered, |record, manifest| {
             match manifest {
-                Ok(manifest) => index.extend(manifest.index),
+                Ok(manifest) => {
+                    union.index.extend(manifest.index);
+                    union.covers.add(record);
+                    decoded += 1;
+                }
                 Err(e) => {
                     tracing::warn!(snapshot = %record.id, error = %e, "manifest unavailable; its blobs will not dedup")
                 }
@@ -115,7 +129,42 @@ impl Session {
             Ok(())
         })
         .await?;
-        Ok(index)
+        tracing::debug!(
+            cached = union.covers.len() - decoded,
+            decoded,
+            blobs = union.index.len(),
+            "dedup index"
+        );
+        if decoded >= index_cache::REWRITE_AFTER {
+            let kept = union
+                .seal(keys)
+                .map_err(|e| e.to_string())
+                .and_then(|sealed| self.cache.put_index(&sealed).map_err(|e| e.to_string()));
+            if let Err(error) = kept {
+                tracing::warn!(%error, "dedup index cache not written");
+            }
+        }
+        Ok(union.index)
+    }
+
+    /// The dedup index cache, if there is one and every snapshot it covers
+    /// still stands as it was; otherwise an empty union to build from the
+    /// manifests.
+    fn cached_union(&self, keys: &Keys, snapshots: &[SnapshotRecord]) -> Union {
+        let Some(sealed) = self.cache.index() else {
+            return Union::default();
+        };
+        match Union::open(keys, &sealed) {
+            Ok(union) if union.covers.fits(snapshots) => union,
+            Ok(_) => {
+                tracing::info!("a snapshot covered by the dedup index cache was forgotten or repacked; rebuilding it");
+                Union::default()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "dedup index cache unusable; rebuilding it");
+                Union::default()
+            }
+        }
     }
 
     /// The blobs of portions an interrupted backup committed, that the
