@@ -197,31 +197,35 @@ pub fn seal(
 }
 
 /// `HEADER_BYTES` of room followed by the zstd frame of `plaintext`, with
-/// room for the tag. Each thread keeps its compression context, so sealing
-/// many small blobs does not set one up per blob.
+/// room for the tag. zstd writes straight after the header room, so the
+/// frame is not copied. Each thread keeps its compression context, so
+/// sealing many small blobs does not set one up per blob.
 fn compress_after_header(plaintext: &[u8]) -> Vec<u8> {
     thread_local! {
         static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
             const { RefCell::new(None) };
     }
-    let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()));
-    COMPRESSOR.with_borrow_mut(|compressor| {
+    let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+    let mut out = Vec::with_capacity(HEADER_BYTES + bound + TAG_BYTES);
+    out.resize(HEADER_BYTES, 0);
+    let mut after_header = std::io::Cursor::new(out);
+    after_header.set_position(HEADER_BYTES as u64);
+    let done = COMPRESSOR.with_borrow_mut(|compressor| {
         if compressor.is_none() {
             *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
-        // Compressing from memory into a buffer of the bound's size fails
-        // only if zstd cannot allocate; then the one-shot call is tried,
-        // which reports the same failure as empty output.
-        let done = compressor
+        // Compressing from memory into room of the bound's size fails only
+        // if zstd cannot allocate; then the one-shot call is tried, which
+        // reports the same failure as empty output.
+        compressor
             .as_mut()
-            .is_some_and(|c| c.compress_to_buffer(plaintext, &mut compressed).is_ok());
-        if !done {
-            compressed = zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default();
-        }
+            .is_some_and(|c| c.compress_to_buffer(plaintext, &mut after_header).is_ok())
     });
-    let mut out = Vec::with_capacity(HEADER_BYTES + compressed.len() + TAG_BYTES);
-    out.resize(HEADER_BYTES, 0);
-    out.extend_from_slice(&compressed);
+    let mut out = after_header.into_inner();
+    if !done {
+        out.truncate(HEADER_BYTES);
+        out.extend_from_slice(&zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default());
+    }
     out
 }
 
@@ -370,6 +374,12 @@ mod tests {
         let id = BlobId::of(&keys, &plain);
         let sealed = seal(&keys, BlobKind::Data, &id, &plain).unwrap();
         assert!(sealed.len() < plain.len(), "compressed before encryption");
+        let frame = zstd::bulk::compress(&plain, ZSTD_LEVEL).unwrap();
+        assert_eq!(
+            sealed.len(),
+            HEADER_BYTES + frame.len() + TAG_BYTES,
+            "the envelope is the header, the zstd frame and the tag, nothing else"
+        );
         assert_eq!(open(&keys, BlobKind::Data, &id, &sealed).unwrap(), plain);
     }
 
