@@ -24,7 +24,31 @@ pub const BLOB_VERSION: u8 = 1;
 pub const HEADER_BYTES: usize = 2 + 24;
 /// Bytes the AEAD adds.
 pub const TAG_BYTES: usize = 16;
-const ZSTD_LEVEL: i32 = 3;
+
+/// How hard a backup compresses its blobs: `compression` in the config,
+/// `backup --compression`. Every level reads back the same way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zstd level 1: about a quarter less CPU than `auto`, about 15% larger.
+    Fastest,
+    /// zstd level 3.
+    #[default]
+    Auto,
+    /// zstd level 9: about 12% smaller than `auto` for five times its CPU;
+    /// for slow uplinks and storage that costs more than CPU.
+    Max,
+}
+
+impl Compression {
+    pub fn zstd_level(self) -> i32 {
+        match self {
+            Compression::Fastest => 1,
+            Compression::Auto => 3,
+            Compression::Max => 9,
+        }
+    }
+}
 
 /// A blob's id: keyed blake3 of its plaintext.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -162,12 +186,24 @@ fn associated_data(id: &BlobId, kind: BlobKind) -> [u8; 34] {
     aad
 }
 
-/// Compresses and encrypts `plaintext` (whose id is `id`) into a blob envelope.
+/// Compresses (at [`Compression::Auto`]) and encrypts `plaintext` (whose id
+/// is `id`) into a blob envelope.
 pub fn seal(
     keys: &Keys,
     kind: BlobKind,
     id: &BlobId,
     plaintext: &[u8],
+) -> Result<Vec<u8>, BlobError> {
+    seal_with(keys, kind, id, plaintext, Compression::Auto)
+}
+
+/// [`seal`] at the given compression.
+pub fn seal_with(
+    keys: &Keys,
+    kind: BlobKind,
+    id: &BlobId,
+    plaintext: &[u8],
+    compression: Compression,
 ) -> Result<Vec<u8>, BlobError> {
     let max = kind.max_plaintext();
     if plaintext.len() > max {
@@ -177,7 +213,7 @@ pub fn seal(
             max,
         });
     }
-    let mut out = compress_after_header(plaintext);
+    let mut out = compress_after_header(plaintext, compression.zstd_level());
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     out[0] = BLOB_VERSION;
@@ -200,9 +236,9 @@ pub fn seal(
 /// room for the tag. zstd writes straight after the header room, so the
 /// frame is not copied. Each thread keeps its compression context, so
 /// sealing many small blobs does not set one up per blob.
-fn compress_after_header(plaintext: &[u8]) -> Vec<u8> {
+fn compress_after_header(plaintext: &[u8], level: i32) -> Vec<u8> {
     thread_local! {
-        static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
     }
     let bound = zstd::zstd_safe::compress_bound(plaintext.len());
@@ -211,20 +247,20 @@ fn compress_after_header(plaintext: &[u8]) -> Vec<u8> {
     let mut after_header = std::io::Cursor::new(out);
     after_header.set_position(HEADER_BYTES as u64);
     let done = COMPRESSOR.with_borrow_mut(|compressor| {
-        if compressor.is_none() {
-            *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        if compressor.as_ref().is_none_or(|(at, _)| *at != level) {
+            *compressor = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
         // Compressing from memory into room of the bound's size fails only
         // if zstd cannot allocate; then the one-shot call is tried, which
         // reports the same failure as empty output.
         compressor
             .as_mut()
-            .is_some_and(|c| c.compress_to_buffer(plaintext, &mut after_header).is_ok())
+            .is_some_and(|(_, c)| c.compress_to_buffer(plaintext, &mut after_header).is_ok())
     });
     let mut out = after_header.into_inner();
     if !done {
         out.truncate(HEADER_BYTES);
-        out.extend_from_slice(&zstd::bulk::compress(plaintext, ZSTD_LEVEL).unwrap_or_default());
+        out.extend_from_slice(&zstd::bulk::compress(plaintext, level).unwrap_or_default());
     }
     out
 }
@@ -374,13 +410,37 @@ mod tests {
         let id = BlobId::of(&keys, &plain);
         let sealed = seal(&keys, BlobKind::Data, &id, &plain).unwrap();
         assert!(sealed.len() < plain.len(), "compressed before encryption");
-        let frame = zstd::bulk::compress(&plain, ZSTD_LEVEL).unwrap();
+        let frame = zstd::bulk::compress(&plain, Compression::Auto.zstd_level()).unwrap();
         assert_eq!(
             sealed.len(),
             HEADER_BYTES + frame.len() + TAG_BYTES,
             "the envelope is the header, the zstd frame and the tag, nothing else"
         );
         assert_eq!(open(&keys, BlobKind::Data, &id, &sealed).unwrap(), plain);
+    }
+
+    #[test]
+    fn every_compression_opens_and_a_harder_one_is_smaller() {
+        let keys = keys();
+        // Source text: redundant the way a tree's text files are.
+        let plain = [
+            include_str!("blob.rs"),
+            include_str!("manifest.rs"),
+            include_str!("config.rs"),
+            include_str!("chunker.rs"),
+        ]
+        .concat()
+        .into_bytes();
+        let id = BlobId::of(&keys, &plain);
+        let sizes: Vec<usize> = [Compression::Fastest, Compression::Auto, Compression::Max]
+            .into_iter()
+            .map(|compression| {
+                let sealed = seal_with(&keys, BlobKind::Data, &id, &plain, compression).unwrap();
+                assert_eq!(open(&keys, BlobKind::Data, &id, &sealed).unwrap(), plain);
+                sealed.len()
+            })
+            .collect();
+        assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use offsite_proto::limits::{MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_REPLICATION,
 use offsite_proto::TenantId;
 use serde::Deserialize;
 
+use crate::blob::Compression;
+
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "OFFSITE_CONFIG";
 
@@ -43,6 +45,10 @@ pub struct ClientConfig {
     /// bytes, so an interrupted backup resumes from there.
     #[serde(default = "default_checkpoint_bytes")]
     pub checkpoint_bytes: u64,
+    /// How hard backups compress: `fastest`, `auto` (the default) or `max`;
+    /// `backup --compression` wins.
+    #[serde(default)]
+    pub compression: Compression,
     /// A file holding the passphrase; `OFFSITE_PASSWORD_FILE` and `OFFSITE_PASSWORD` win.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -225,7 +231,16 @@ tls = { ca = "/tmp/ca.pem", cert = "/tmp/acme.pem", key = "/tmp/acme.key" }
         assert_eq!(config.replication, 3);
         assert_eq!(config.portion_bytes, 16 * 1024 * 1024);
         assert_eq!(config.piece_bytes, 5 * 1024 * 1024);
+        assert_eq!(config.compression, Compression::Auto);
         assert_eq!(config.tenant_cache_dir(), PathBuf::from("/tmp/cache/acme"));
+    }
+
+    #[test]
+    fn the_annotated_example_is_a_valid_config() {
+        let (_dir, path) = write(include_str!("../../deploy/config/client.toml"));
+        let config = ClientConfig::load(&path).unwrap();
+        assert_eq!(config.compression, Compression::Auto);
+        assert_eq!(config.checkpoint_bytes, 1024 * 1024 * 1024);
     }
 
     #[test]
@@ -240,6 +255,18 @@ tls = { ca = "/tmp/ca.pem", cert = "/tmp/acme.pem", key = "/tmp/acme.key" }
         let (_dir, path) = write(&format!("{GOOD}\nreplication = 0\n"));
         let err = ClientConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("replication"), "{err}");
+
+        let (_dir, path) = write(&format!("{GOOD}\ncompression = \"max\"\n"));
+        assert_eq!(
+            ClientConfig::load(&path).unwrap().compression,
+            Compression::Max
+        );
+        let (_dir, path) = write(&format!("{GOOD}\ncompression = \"best\"\n"));
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("compression") && err.contains("`fastest`, `auto`"),
+            "the error names the choices: {err}"
+        );
 
         let err = ClientConfig::load(Path::new("/nonexistent/client.toml"))
             .unwrap_err()

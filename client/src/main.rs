@@ -57,6 +57,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use offsite_client::blob::Compression;
 use offsite_client::{ClientConfig, KeyError, SessionError};
 
 /// The process exit codes (see the module docs).
@@ -179,6 +180,9 @@ pub struct BackupArgs {
     /// Read and seal everything, upload nothing, save no snapshot.
     #[arg(long, short = 'n')]
     dry_run: bool,
+    /// How hard to compress (default: the config's `compression`, else auto).
+    #[arg(long, value_enum)]
+    compression: Option<Compression>,
 }
 
 #[derive(Args)]

@@ -143,6 +143,7 @@ async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut 
         paths,
         keys: keys.clone(),
         known: Arc::new(known),
+        compression: crate::blob::Compression::Auto,
         portion_bytes: crate::config::MIN_PORTION_BYTES,
         snapshot: SnapshotId::random(),
         time_unix_ms: 1,

@@ -156,6 +156,62 @@ fn tags_excludes_dry_run_diff_and_find() {
     assert_eq!(snapshot_ids(&new_only), vec![second_id.clone()]);
 }
 
+/// `backup --compression`: `max` seals the same text smaller than
+/// `fastest` (dry runs, which seal but store nothing), a backup at `max`
+/// restores byte for byte, and an unknown level is refused with the choices.
+#[test]
+fn compression_levels_trade_size_and_every_one_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Text as a tree holds it: the client's own sources.
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../client/src");
+    let mut text_bytes = 0;
+    for file in tree::files_under(&sources) {
+        let bytes = std::fs::read(&file).unwrap();
+        text_bytes += bytes.len();
+        write(&src.join(file.strip_prefix(&sources).unwrap()), &bytes);
+    }
+    assert!(text_bytes > 200_000, "a corpus of {text_bytes} bytes");
+    let devnet = start(tmp.path(), DevnetOptions::default());
+    let src_arg = src.to_str().unwrap();
+
+    let would_upload = |level: &str| {
+        let dry = json_ok(
+            &devnet,
+            &["backup", src_arg, "--dry-run", "--compression", level],
+        );
+        dry["would_upload_bytes"].as_u64().unwrap()
+    };
+    let (fastest, auto, max) = (
+        would_upload("fastest"),
+        would_upload("auto"),
+        would_upload("max"),
+    );
+    assert!(
+        max < auto && auto < fastest && fastest < text_bytes as u64,
+        "fastest {fastest}, auto {auto}, max {max} of {text_bytes} bytes"
+    );
+
+    let backup = json_ok(&devnet, &["backup", src_arg, "--compression", "max"]);
+    let copies = u64::from(DevnetOptions::default().replication);
+    assert_eq!(
+        backup["bytes_uploaded"].as_u64().unwrap(),
+        max * copies,
+        "what the dry run at max would upload, once per copy: {backup:#}"
+    );
+    devnet
+        .restore_latest_matches(&src, &tmp.path().join("restore"))
+        .unwrap();
+
+    let refused = run(&devnet, &["backup", src_arg, "--compression", "best"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    assert!(
+        stderr.contains("fastest") && stderr.contains("max"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn forget_applies_the_policy_and_dry_run_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ use offsite_proto::{BlobLocation, PortionId, SnapshotId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blob::{seal, BlobError, BlobId, BlobKind, BlobMap};
+use crate::blob::{seal, seal_with, BlobError, BlobId, BlobKind, BlobMap, Compression};
 use crate::filecache::{self, Parent};
 use crate::filter::Filter;
 use crate::keys::Keys;
@@ -74,6 +74,7 @@ pub struct BackupPlan {
     pub keys: Arc<Keys>,
     /// The dedup index: blobs the tenant's snapshots already hold.
     pub known: Arc<Index>,
+    pub compression: Compression,
     pub portion_bytes: u64,
     pub snapshot: SnapshotId,
     pub time_unix_ms: u64,
@@ -134,7 +135,7 @@ pub async fn pack<S: PortionSink>(
 ) -> Result<Packed, BackupError> {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let walked = spawn_walk(&mut plan, tx)?;
-    let keys = plan.keys.clone();
+    let (keys, compression) = (plan.keys.clone(), plan.compression);
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
@@ -145,7 +146,7 @@ pub async fn pack<S: PortionSink>(
                 batch
                     .into_iter()
                     .map(|blob| {
-                        seal(&keys, blob.kind, &blob.id, &blob.plaintext)
+                        seal_with(&keys, blob.kind, &blob.id, &blob.plaintext, compression)
                             .map(|s| (blob.kind, blob.id, s))
                     })
                     .collect::<Result<Vec<(BlobKind, BlobId, Vec<u8>)>, _>>()

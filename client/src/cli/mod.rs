@@ -107,6 +107,7 @@ fn args_to_options(args: BackupArgs) -> BackupOptions {
             one_file_system: args.one_file_system,
         },
         dry_run: args.dry_run,
+        compression: args.compression,
     }
 }
 

@@ -11,6 +11,7 @@ use offsite_proto::{SnapshotId, SnapshotRecord};
 
 use super::{now_ms, Session, SessionError, Unlocking};
 use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
+use crate::blob::Compression;
 use crate::filecache::{self, Parent};
 use crate::filter::{ExcludeOptions, Filter};
 use crate::index_cache::{self, Union};
@@ -29,6 +30,8 @@ pub struct BackupOptions {
     pub excludes: ExcludeOptions,
     /// Walk, chunk and seal, but upload and commit nothing.
     pub dry_run: bool,
+    /// Overrides the config's `compression`.
+    pub compression: Option<Compression>,
 }
 
 /// What a backup did.
@@ -272,6 +275,7 @@ impl Session {
             paths: options.paths.clone(),
             keys,
             known: Arc::new(known),
+            compression: options.compression.unwrap_or(self.config.compression),
             portion_bytes: self.config.portion_bytes,
             snapshot,
             time_unix_ms,
