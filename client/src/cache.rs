@@ -83,14 +83,13 @@ impl Cache {
         write_atomic(&path, &bytes)
     }
 
-    /// Drops what is cached about a forgotten snapshot, and the dedup index
-    /// cache, which covered it.
+    /// Drops what is cached about a forgotten snapshot. (The dedup index
+    /// cache drops it when next fitted to the snapshot list.)
     pub fn forget(&self, id: SnapshotId) {
         for path in [
             self.manifest_path(id),
             self.locations_path(id),
             crate::filecache::path_of(&self.dir, id),
-            self.index_path(),
         ] {
             let _ = std::fs::remove_file(path);
         }

@@ -3,17 +3,20 @@
 //! in the client's cache so that a backup decodes only the manifests of
 //! snapshots it has not covered yet, not every snapshot's on every run.
 //!
-//! It may be used only while every snapshot it covers still exists with the
-//! same manifest: a forgotten snapshot's portions may since have been
-//! released by `prune`, and a repacked one's blobs moved. [`Covered::fits`]
-//! checks that; otherwise the union is rebuilt from the manifests.
+//! Before use it is fitted to the current snapshot list ([`Union::fit_to`]):
+//! a snapshot forgotten or repacked since is no longer covered (a repacked
+//! one's manifest is decoded again), and every entry in a portion that no
+//! listed snapshot names is dropped, because `prune` may have released that
+//! portion. An entry whose portion a listed snapshot names is sound: the
+//! coordinator releases no portion a snapshot record names, and a stored
+//! portion never changes.
 //!
 //! Sealed like a manifest blob (under [`BlobId::index_cache`]), so a damaged
 //! or foreign file does not open and is simply no cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use offsite_proto::{BlobLocation, SnapshotId, SnapshotRecord};
+use offsite_proto::{BlobLocation, PortionId, SnapshotId, SnapshotRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{open, seal, BlobError, BlobId, BlobKind};
@@ -55,20 +58,10 @@ impl Covered {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// True when every snapshot covered is among `snapshots` with the same
-    /// manifest location: none was forgotten or repacked since.
-    pub fn fits(&self, snapshots: &[SnapshotRecord]) -> bool {
-        let current: HashMap<SnapshotId, &BlobLocation> =
-            snapshots.iter().map(|s| (s.id, &s.manifest)).collect();
-        self.0
-            .iter()
-            .all(|(id, manifest)| current.get(id) == Some(&manifest))
-    }
 }
 
 /// A union of snapshot indexes and the snapshots it covers.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Union {
     pub covers: Covered,
     pub index: Index,
@@ -88,6 +81,28 @@ pub enum IndexCacheError {
 }
 
 impl Union {
+    /// Fits the union to the current snapshot list; see the module docs.
+    /// Returns how many entries were dropped.
+    pub fn fit_to(&mut self, snapshots: &[SnapshotRecord]) -> usize {
+        let current: HashMap<SnapshotId, &BlobLocation> =
+            snapshots.iter().map(|s| (s.id, &s.manifest)).collect();
+        let covered = self.covers.len();
+        self.covers
+            .0
+            .retain(|id, manifest| current.get(id) == Some(&&*manifest));
+        if self.covers.len() == covered {
+            // Every entry came from a snapshot still listed as it was.
+            return 0;
+        }
+        let named: HashSet<PortionId> = snapshots
+            .iter()
+            .flat_map(|s| s.portions.iter().copied().chain([s.manifest.portion]))
+            .collect();
+        let entries = self.index.len();
+        self.index.retain(|_, at| named.contains(&at.portion));
+        entries - self.index.len()
+    }
+
     /// The sealed file.
     pub fn seal(&self, keys: &Keys) -> Result<Vec<u8>, BlobError> {
         let mut covers: Vec<([u8; 16], BlobLocation)> = self
@@ -186,20 +201,58 @@ mod tests {
         assert!(Union::open(&keys, &manifest.unwrap()).is_err());
     }
 
+    fn entry(union: &mut Union, byte: u8, portion: PortionId) -> BlobId {
+        let id = BlobId([byte; 32]);
+        let at = BlobLocation {
+            portion,
+            offset: 8,
+            length: 10,
+        };
+        union.index.insert(id, at);
+        id
+    }
+
     #[test]
-    fn a_union_fits_only_while_its_snapshots_stand_unchanged() {
-        let (a, b) = (record(PortionId::random()), record(PortionId::random()));
-        let mut covers = Covered::default();
-        covers.add(&a);
-        assert!(covers.fits(std::slice::from_ref(&a)));
-        // A snapshot added since: still fits (its manifest is decoded on top).
-        assert!(covers.fits(&[a.clone(), b.clone()]));
-        // A snapshot forgotten since: its portions may have been released.
-        assert!(!covers.fits(std::slice::from_ref(&b)));
-        // A snapshot repacked since: its blobs moved, its manifest with them.
-        let mut repacked = a.clone();
+    fn fitting_drops_what_a_forget_or_a_repack_may_have_released() {
+        let (old, kept, new) = (
+            record(PortionId::random()),
+            record(PortionId::random()),
+            record(PortionId::random()),
+        );
+        let mut union = Union::default();
+        union.covers.add(&old);
+        union.covers.add(&kept);
+        let only_old = entry(&mut union, 1, old.manifest.portion);
+        let shared = PortionId::random();
+        let mut kept = kept;
+        kept.portions.push(shared);
+        let in_shared = entry(&mut union, 2, shared);
+        let in_kept = entry(&mut union, 3, kept.manifest.portion);
+
+        // A snapshot added since: nothing dropped, it is decoded on top.
+        let mut fitted = union.clone();
+        assert_eq!(fitted.fit_to(&[old.clone(), kept.clone(), new.clone()]), 0);
+        assert_eq!(fitted, union);
+
+        // `old` forgotten: its cover goes, and so does the entry in a
+        // portion only it named; entries in portions `kept` names stay.
+        let mut fitted = union.clone();
+        assert_eq!(fitted.fit_to(&[kept.clone(), new.clone()]), 1);
+        assert!(!fitted.covers.contains(&old.id) && fitted.covers.contains(&kept.id));
+        assert!(!fitted.index.contains_key(&only_old));
+        assert!(fitted.index.contains_key(&in_shared) && fitted.index.contains_key(&in_kept));
+
+        // `kept` repacked: its manifest moved, so it is no longer covered and
+        // is decoded again; the portions it no longer names lose their entries.
+        let mut repacked = kept.clone();
         repacked.manifest.portion = PortionId::random();
-        assert!(!covers.fits(&[repacked, b]));
-        assert!(Covered::default().fits(&[]));
+        repacked.portions = vec![repacked.manifest.portion];
+        let mut fitted = union.clone();
+        assert_eq!(fitted.fit_to(&[old.clone(), repacked]), 2);
+        assert!(fitted.covers.contains(&old.id) && !fitted.covers.contains(&kept.id));
+        assert_eq!(fitted.index.keys().collect::<Vec<_>>(), vec![&only_old]);
+
+        let mut empty = Union::default();
+        assert_eq!(empty.fit_to(&[]), 0);
     }
 }

@@ -16,7 +16,7 @@ use offsite_proto::pb::coordinator::{GetSnapshotRequest, ListPortionsRequest, St
 use offsite_tests::checks::{json_stdout, used_bytes};
 use offsite_tests::rpc;
 use offsite_tests::tree;
-use offsite_tests::{describe, Devnet, DevnetOptions};
+use offsite_tests::{describe, run_bounded, Devnet, DevnetOptions, CLIENT_TIMEOUT};
 use serde_json::Value;
 
 /// Long enough for a few capacity reports (one a second on a devnet).
@@ -382,14 +382,30 @@ fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
     assert_eq!(offline.status.code(), Some(5), "{}", describe(&offline));
 }
 
-/// The dedup index cache is written once a backup has decoded several
-/// manifests, dropped by `forget`, and never trusted once a snapshot it
-/// covers is gone: a cache from before a forget and prune (put back here, as
-/// if the forget had run on another host) would dedup against released
-/// portions. The backup after it stores the data again, checks clean and
+/// A backup with the dedup index cache's debug line on stderr: the JSON
+/// report and what the line says.
+fn backup_logged(devnet: &Devnet, src: &str) -> (Value, String) {
+    let mut command = devnet.client_command(["--json", "backup", src]).unwrap();
+    command.env("RUST_LOG", "offsite_client::session::backup=debug");
+    let output = run_bounded(command, CLIENT_TIMEOUT).unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("dedup index"))
+        .unwrap_or_else(|| panic!("no dedup index line in {stderr}"))
+        .to_string();
+    (json_stdout(&output).unwrap(), line)
+}
+
+/// The dedup index cache: written once a backup has decoded several
+/// manifests, used by the next (which decodes only the newest manifest and
+/// still dedups a copied file), and fitted to the snapshot list after a
+/// forget and prune: its entries in the released portion are dropped, so
+/// the backup after it stores those contents again, checks clean and
 /// restores byte for byte.
 #[test]
-fn a_dedup_index_cache_from_before_a_prune_is_not_trusted() {
+fn the_dedup_index_cache_is_used_and_never_points_at_a_released_portion() {
     let tmp = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
         portion_bytes: 4 * 1024 * 1024,
@@ -406,9 +422,10 @@ fn a_dedup_index_cache_from_before_a_prune_is_not_trusted() {
         .join(rpc::DEVNET_TENANT)
         .join("index");
     let first = noise("first contents", 1_500_000);
+    let later = noise("later contents", 1_500_000);
     std::fs::write(src.join("data.bin"), &first).unwrap();
     json_ok(&devnet, &["backup", src_arg]);
-    std::fs::write(src.join("data.bin"), noise("later contents", 1_500_000)).unwrap();
+    std::fs::write(src.join("data.bin"), &later).unwrap();
     // The second to fourth backups decode one to three manifests; the fifth
     // decodes four and writes the union.
     for n in 2..=5 {
@@ -419,27 +436,48 @@ fn a_dedup_index_cache_from_before_a_prune_is_not_trusted() {
         index.is_file(),
         "the fifth backup wrote the dedup index cache"
     );
-    let stale = std::fs::read(&index).unwrap();
+    let written = std::fs::read(&index).unwrap();
+
+    // The sixth starts from the union and decodes only the fifth's manifest;
+    // a copy of a stored file is found in it and not uploaded again.
+    std::fs::write(src.join("copy.bin"), &later).unwrap();
+    let (sixth, line) = backup_logged(&devnet, src_arg);
+    assert!(
+        line.contains("cached=4") && line.contains("decoded=1"),
+        "{line}"
+    );
+    let copies = u64::from(DevnetOptions::default().replication);
+    assert!(
+        sixth["bytes_uploaded"].as_u64().unwrap() < 100_000 * copies,
+        "only the new trees and the manifest: {sixth:#}"
+    );
 
     let forget = json_ok(&devnet, &["forget", "--keep-last", "1"]);
-    assert_eq!(forget["remove"].as_array().unwrap().len(), 4, "{forget:#}");
-    assert!(!index.exists(), "forget dropped the dedup index cache");
+    assert_eq!(forget["remove"].as_array().unwrap().len(), 5, "{forget:#}");
     let pruned = json_ok(&devnet, &["prune", "--repack-below", "0"]);
     assert!(
         pruned["portions_released"].as_u64().unwrap() >= 1,
         "the first contents' portion: {pruned:#}"
     );
+    assert_eq!(
+        std::fs::read(&index).unwrap(),
+        written,
+        "forget and prune leave the union to be fitted by the next backup"
+    );
 
-    std::fs::write(&index, &stale).unwrap();
     std::fs::write(src.join("data.bin"), &first).unwrap();
-    let backup = json_ok(&devnet, &["backup", src_arg]);
+    let (next, line) = backup_logged(&devnet, src_arg);
     assert!(
-        backup["new_blobs"].as_u64().unwrap() >= 1,
-        "the first contents were stored again: {backup:#}"
+        line.contains("cached=0") && !line.contains("dropped=0"),
+        "{line}"
     );
     assert!(
-        backup["bytes_uploaded"].as_u64().unwrap() >= 1_500_000,
-        "{backup:#}"
+        next["new_blobs"].as_u64().unwrap() >= 1,
+        "the first contents were stored again: {next:#}"
+    );
+    assert!(
+        next["bytes_uploaded"].as_u64().unwrap() >= 1_500_000,
+        "{next:#}"
     );
     let check = json_ok(&devnet, &["check"]);
     assert_eq!(check["ok"], true, "{check:#}");

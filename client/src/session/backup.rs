@@ -10,7 +10,7 @@ use std::sync::Arc;
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
 use super::{now_ms, Session, SessionError, Unlocking};
-use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
+use crate::backup::{pack, BackupError, BackupPlan, Packed, PortionSink, Remaining};
 use crate::blob::Compression;
 use crate::filecache::{self, Parent};
 use crate::filter::{ExcludeOptions, Filter};
@@ -103,15 +103,17 @@ fn absolute_paths(paths: &[PathBuf]) -> Vec<String> {
 
 impl Session {
     /// The union of the indexes of the tenant's snapshots: what need not
-    /// be stored again. Starts from the dedup index cache when it still
-    /// fits the snapshot list, and decodes only the manifests it does not
-    /// cover; writes the cache again once that was several.
+    /// be stored again. Starts from the dedup index cache fitted to the
+    /// snapshot list and decodes only the manifests it does not cover;
+    /// writes the cache again once that was several (not on a dry run).
     async fn dedup_index(
         &self,
-        keys: &Keys,
+        keys: &Arc<Keys>,
         snapshots: &[SnapshotRecord],
+        dry_run: bool,
     ) -> Result<Index, SessionError> {
-        let mut union = self.cached_union(keys, snapshots);
+        let mut union = self.cached_union(keys).await;
+        let dropped = union.fit_to(snapshots);
         let uncovered: Vec<SnapshotRecord> = snapshots
             .iter()
             .filter(|s| !union.covers.contains(&s.id))
@@ -135,36 +137,45 @@ impl Session {
         tracing::debug!(
             cached = union.covers.len() - decoded,
             decoded,
+            dropped,
             blobs = union.index.len(),
             "dedup index"
         );
-        if decoded >= index_cache::REWRITE_AFTER {
+        if dry_run || decoded < index_cache::REWRITE_AFTER {
+            return Ok(union.index);
+        }
+        let (keys, cache) = (keys.clone(), self.cache.clone());
+        tokio::task::spawn_blocking(move || {
             let kept = union
-                .seal(keys)
+                .seal(&keys)
                 .map_err(|e| e.to_string())
-                .and_then(|sealed| self.cache.put_index(&sealed).map_err(|e| e.to_string()));
+                .and_then(|sealed| cache.put_index(&sealed).map_err(|e| e.to_string()));
             if let Err(error) = kept {
                 tracing::warn!(%error, "dedup index cache not written");
             }
-        }
-        Ok(union.index)
+            union.index
+        })
+        .await
+        .map_err(|e| SessionError::Backup(BackupError::Worker(e.to_string())))
     }
 
-    /// The dedup index cache, if there is one and every snapshot it covers
-    /// still stands as it was; otherwise an empty union to build from the
-    /// manifests.
-    fn cached_union(&self, keys: &Keys, snapshots: &[SnapshotRecord]) -> Union {
-        let Some(sealed) = self.cache.index() else {
-            return Union::default();
-        };
-        match Union::open(keys, &sealed) {
-            Ok(union) if union.covers.fits(snapshots) => union,
-            Ok(_) => {
-                tracing::info!("a snapshot covered by the dedup index cache was forgotten or repacked; rebuilding it");
+    /// The dedup index cache, or an empty union when there is none or it
+    /// does not open.
+    async fn cached_union(&self, keys: &Arc<Keys>) -> Union {
+        let (keys, cache) = (keys.clone(), self.cache.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            cache.index().map(|sealed| Union::open(&keys, &sealed))
+        })
+        .await;
+        match opened {
+            Ok(Some(Ok(union))) => union,
+            Ok(None) => Union::default(),
+            Ok(Some(Err(error))) => {
+                tracing::warn!(%error, "dedup index cache unusable; rebuilding it");
                 Union::default()
             }
             Err(error) => {
-                tracing::warn!(%error, "dedup index cache unusable; rebuilding it");
+                tracing::warn!(%error, "dedup index cache not read; rebuilding it");
                 Union::default()
             }
         }
@@ -256,7 +267,7 @@ impl Session {
             journal,
             resumed,
         } = ground;
-        let mut known = self.dedup_index(&keys, &snapshots).await?;
+        let mut known = self.dedup_index(&keys, &snapshots, options.dry_run).await?;
         let resumed_blobs = resumed.keys().filter(|id| !known.contains_key(id)).count() as u64;
         for (id, location) in resumed {
             known.entry(id).or_insert(location);
