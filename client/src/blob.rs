@@ -25,12 +25,14 @@ pub const HEADER_BYTES: usize = 2 + 24;
 /// Bytes the AEAD adds.
 pub const TAG_BYTES: usize = 16;
 
-/// How hard a backup compresses its blobs: `compression` in the config,
-/// `backup --compression`. Every level reads back the same way.
+/// How hard a backup compresses its data and tree blobs: `compression` in
+/// the config, `backup --compression` (manifests are always sealed at
+/// `Auto`). Every level reads back the same way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
-    /// zstd level 1: about a quarter less CPU than `auto`, about 15% larger.
+    /// zstd level 1: about a quarter less compression CPU than `auto`, a
+    /// few percent more bytes (6% on the bench tree).
     Fastest,
     /// zstd level 3.
     #[default]
@@ -85,7 +87,8 @@ impl BlobId {
     }
 
     /// The id the client's dedup index cache is sealed under (see
-    /// [`crate::index_cache`]); no stored blob has it.
+    /// [`crate::index_cache`]). A data blob holding exactly these words
+    /// would share it, but not its kind, which the AEAD binds as well.
     pub fn index_cache(keys: &Keys) -> Self {
         Self(*blake3::keyed_hash(keys.blob_id_key(), b"offsite dedup index cache").as_bytes())
     }
@@ -170,6 +173,8 @@ pub enum BlobError {
     Decompress { id: BlobId },
     #[error("blob {id}'s plaintext does not hash to its id; the copy is corrupt")]
     IdMismatch { id: BlobId },
+    #[error("zstd could not compress a {kind:?} blob (out of memory?); nothing was stored, run the backup again")]
+    Compress { kind: BlobKind },
     #[error("a {kind:?} plaintext of {len} bytes is larger than the {max} allowed")]
     PlaintextTooLarge {
         kind: BlobKind,
@@ -213,7 +218,8 @@ pub fn seal_with(
             max,
         });
     }
-    let mut out = compress_after_header(plaintext, compression.zstd_level());
+    let mut out = compress_after_header(plaintext, compression.zstd_level())
+        .ok_or(BlobError::Compress { kind })?;
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     out[0] = BLOB_VERSION;
@@ -235,8 +241,9 @@ pub fn seal_with(
 /// `HEADER_BYTES` of room followed by the zstd frame of `plaintext`, with
 /// room for the tag. zstd writes straight after the header room, so the
 /// frame is not copied. Each thread keeps its compression context, so
-/// sealing many small blobs does not set one up per blob.
-fn compress_after_header(plaintext: &[u8], level: i32) -> Vec<u8> {
+/// sealing many small blobs does not set one up per blob. `None` when zstd
+/// cannot compress (it could not allocate).
+fn compress_after_header(plaintext: &[u8], level: i32) -> Option<Vec<u8>> {
     thread_local! {
         static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { RefCell::new(None) };
@@ -251,8 +258,7 @@ fn compress_after_header(plaintext: &[u8], level: i32) -> Vec<u8> {
             *compressor = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
         // Compressing from memory into room of the bound's size fails only
-        // if zstd cannot allocate; then the one-shot call is tried, which
-        // reports the same failure as empty output.
+        // if zstd cannot allocate; then the one-shot call is tried.
         compressor
             .as_mut()
             .is_some_and(|(_, c)| c.compress_to_buffer(plaintext, &mut after_header).is_ok())
@@ -260,9 +266,9 @@ fn compress_after_header(plaintext: &[u8], level: i32) -> Vec<u8> {
     let mut out = after_header.into_inner();
     if !done {
         out.truncate(HEADER_BYTES);
-        out.extend_from_slice(&zstd::bulk::compress(plaintext, level).unwrap_or_default());
+        out.extend_from_slice(&zstd::bulk::compress(plaintext, level).ok()?);
     }
-    out
+    Some(out)
 }
 
 /// Checks, decrypts and decompresses a blob envelope, and checks the
