@@ -38,32 +38,11 @@ struct Stored {
     index: StoredIndex,
 }
 
-/// The snapshots a union covers, by id, with where each one's manifest was.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Covered(HashMap<SnapshotId, BlobLocation>);
-
-impl Covered {
-    pub fn add(&mut self, record: &SnapshotRecord) {
-        self.0.insert(record.id, record.manifest);
-    }
-
-    pub fn contains(&self, id: &SnapshotId) -> bool {
-        self.0.contains_key(id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// A union of snapshot indexes and the snapshots it covers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Union {
-    pub covers: Covered,
+    /// The snapshots covered, by id, with where each one's manifest was.
+    pub covers: HashMap<SnapshotId, BlobLocation>,
     pub index: Index,
 }
 
@@ -88,7 +67,6 @@ impl Union {
             snapshots.iter().map(|s| (s.id, &s.manifest)).collect();
         let covered = self.covers.len();
         self.covers
-            .0
             .retain(|id, manifest| current.get(id) == Some(&&*manifest));
         if self.covers.len() == covered {
             // Every entry came from a snapshot still listed as it was.
@@ -107,7 +85,6 @@ impl Union {
     pub fn seal(&self, keys: &Keys) -> Result<Vec<u8>, BlobError> {
         let mut covers: Vec<([u8; 16], BlobLocation)> = self
             .covers
-            .0
             .iter()
             .map(|(id, at)| (*id.as_bytes(), *at))
             .collect();
@@ -135,17 +112,13 @@ impl Union {
             .map(|(id, at)| (SnapshotId::from_bytes(id), at))
             .collect();
         let index = stored.index.into_index().map_err(IndexCacheError::Entry)?;
-        Ok(Self {
-            covers: Covered(covers),
-            index,
-        })
+        Ok(Self { covers, index })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use offsite_proto::PortionId;
 
     fn keys() -> Keys {
         Keys::from_data_key(&[7u8; 32])
@@ -174,8 +147,8 @@ mod tests {
         let keys = keys();
         let (a, b) = (record(PortionId::random()), record(PortionId::random()));
         let mut union = Union::default();
-        union.covers.add(&a);
-        union.covers.add(&b);
+        union.covers.insert(a.id, a.manifest);
+        union.covers.insert(b.id, b.manifest);
         union.index.insert(
             BlobId([5; 32]),
             BlobLocation {
@@ -220,8 +193,8 @@ mod tests {
             record(PortionId::random()),
         );
         let mut union = Union::default();
-        union.covers.add(&old);
-        union.covers.add(&kept);
+        union.covers.insert(old.id, old.manifest);
+        union.covers.insert(kept.id, kept.manifest);
         let only_old = entry(&mut union, 1, old.manifest.portion);
         let shared = PortionId::random();
         let mut kept = kept;
@@ -238,7 +211,7 @@ mod tests {
         // portion only it named; entries in portions `kept` names stay.
         let mut fitted = union.clone();
         assert_eq!(fitted.fit_to(&[kept.clone(), new.clone()]), 1);
-        assert!(!fitted.covers.contains(&old.id) && fitted.covers.contains(&kept.id));
+        assert!(!fitted.covers.contains_key(&old.id) && fitted.covers.contains_key(&kept.id));
         assert!(!fitted.index.contains_key(&only_old));
         assert!(fitted.index.contains_key(&in_shared) && fitted.index.contains_key(&in_kept));
 
@@ -249,7 +222,7 @@ mod tests {
         repacked.portions = vec![repacked.manifest.portion];
         let mut fitted = union.clone();
         assert_eq!(fitted.fit_to(&[old.clone(), repacked]), 2);
-        assert!(fitted.covers.contains(&old.id) && !fitted.covers.contains(&kept.id));
+        assert!(fitted.covers.contains_key(&old.id) && !fitted.covers.contains_key(&kept.id));
         assert_eq!(fitted.index.keys().collect::<Vec<_>>(), vec![&only_old]);
 
         let mut empty = Union::default();

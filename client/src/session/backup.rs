@@ -116,7 +116,7 @@ impl Session {
         let dropped = union.fit_to(snapshots);
         let uncovered: Vec<SnapshotRecord> = snapshots
             .iter()
-            .filter(|s| !union.covers.contains(&s.id))
+            .filter(|s| !union.covers.contains_key(&s.id))
             .cloned()
             .collect();
         let mut decoded = 0;
@@ -124,7 +124,7 @@ impl Session {
             match manifest {
                 Ok(manifest) => {
                     union.index.extend(manifest.index);
-                    union.covers.add(record);
+                    union.covers.insert(record.id, record.manifest);
                     decoded += 1;
                 }
                 Err(e) => {
