@@ -454,6 +454,12 @@ impl Devnet {
         &self.client_config
     }
 
+    /// The client's cache of the devnet tenant (`cache_dir/<tenant>`):
+    /// manifests, the dedup index cache, the resume journal.
+    pub fn tenant_cache_dir(&self) -> PathBuf {
+        self.dir.join("client/cache").join(rpc::DEVNET_TENANT)
+    }
+
     /// The passphrase in `client/password`.
     pub fn password(&self) -> &str {
         &self.password

@@ -430,7 +430,7 @@ fn an_interrupted_backup_resumes_without_resending_committed_portions() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\ncheckpoint_bytes = 4194304\n");
     std::fs::write(&config, text).unwrap();
-    let journal = devnet.dir().join("client/cache/devnet/resume/journal");
+    let journal = devnet.tenant_cache_dir().join("resume/journal");
 
     let mut command = devnet
         .client_command(["backup", src.to_str().unwrap()])

@@ -321,11 +321,7 @@ fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
         .collect();
 
     // With no manifest cached (another host, say), the prune fetches them.
-    let manifests = devnet
-        .dir()
-        .join("client/cache")
-        .join(rpc::DEVNET_TENANT)
-        .join("manifests");
+    let manifests = devnet.tenant_cache_dir().join("manifests");
     assert!(manifests.is_dir(), "the backups cached their manifests");
     std::fs::remove_dir_all(&manifests).unwrap();
     let pruned = json_ok(&devnet, &["prune"]);
@@ -416,11 +412,7 @@ fn the_dedup_index_cache_is_used_and_never_points_at_a_released_portion() {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let src_arg = src.to_str().unwrap();
-    let index = devnet
-        .dir()
-        .join("client/cache")
-        .join(rpc::DEVNET_TENANT)
-        .join("index");
+    let index = devnet.tenant_cache_dir().join("index");
     let first = noise("first contents", 1_500_000);
     let later = noise("later contents", 1_500_000);
     std::fs::write(src.join("data.bin"), &first).unwrap();
