@@ -105,10 +105,12 @@ fn the_binary_serves_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(20, "the device to listen", || {
+    // The port is bound before the piece store is opened: a connection can
+    // succeed a moment before the store's directories exist.
+    wait_for(20, "the device to listen with its piece store open", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && data_dir.join("pieces").is_dir()
     });
-    assert!(data_dir.join("pieces").is_dir());
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
