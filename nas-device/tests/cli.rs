@@ -2,7 +2,7 @@
 //! error naming the file and a non-zero exit.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use offsite_nas::{ConfigError, NasConfig};
@@ -68,6 +68,18 @@ fn invalid_value_is_named() {
     assert_refused(&path, "cap_bytes is 0");
 }
 
+/// A device process, killed and reaped if the test panics before it exits.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls `check` until it holds or `secs` pass.
 fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -99,12 +111,14 @@ fn the_binary_serves_and_stops_on_sigterm() {
         tls.key.display().to_string(),
     );
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_offsite-nas"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_offsite-nas"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // The port is bound before the piece store is opened: a connection can
     // succeed a moment before the store's directories exist.
     wait_for(20, "the device to listen with its piece store open", || {
@@ -112,13 +126,13 @@ fn the_binary_serves_and_stops_on_sigterm() {
             && data_dir.join("pieces").is_dir()
     });
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let mut status = None;
     wait_for(20, "the device to exit", || {
-        status = child.try_wait().unwrap();
+        status = child.0.try_wait().unwrap();
         status.is_some()
     });
     assert!(status.unwrap().success(), "{status:?}");
