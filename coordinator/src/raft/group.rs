@@ -39,6 +39,45 @@ pub struct GroupSettings {
     pub snapshot_every: u64,
 }
 
+/// How long opening the FAT store waits for another process's lock on it:
+/// a coordinator restarted at once may find the previous one still exiting.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the sled database in `path`, waiting up to `lock_wait` while
+/// another holder (an exiting coordinator, or a store dropped a moment ago
+/// whose flusher is finishing) keeps its lock.
+pub(crate) fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, String> {
+    let deadline = std::time::Instant::now() + lock_wait;
+    let mut said = false;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held lock only in its message.
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "the FAT store in {} is in use by another process (waited {} s for its lock): \
+                         stop the other coordinator using this data_dir, or give this one its own",
+                        path.display(),
+                        lock_wait.as_secs()
+                    ));
+                }
+                if !said {
+                    tracing::info!(path = %path.display(), "waiting for the FAT store's lock");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot open the FAT store in {}: {e}",
+                    path.display()
+                ))
+            }
+        }
+    }
+}
+
 /// A forwarded proposal's answer from the leader.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Forwarded {
@@ -85,10 +124,7 @@ impl RaftStore {
     ) -> Result<Self, StoreError> {
         let path = dir.to_path_buf();
         let opened = tokio::task::spawn_blocking(move || {
-            let db = sled::Config::new()
-                .path(&path)
-                .open()
-                .map_err(|e| format!("cannot open the FAT store in {}: {e}", path.display()))?;
+            let db = open_db(&path, LOCK_WAIT)?;
             let log = LogStore::open(&db).map_err(|e| e.to_string())?;
             let machine = StateMachine::open(&db)
                 .map_err(|e| format!("the FAT store in {} is unreadable: {e}", path.display()))?;
@@ -417,5 +453,32 @@ impl FatStore for RaftStore {
     fn is_leader(&self) -> bool {
         let metrics = self.metrics();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_waits_for_a_lock_released_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open_db(dir.path(), Duration::ZERO).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let reopened = open_db(dir.path(), Duration::from_secs(10));
+        release.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+    }
+
+    #[test]
+    fn a_lock_held_past_the_wait_names_the_problem_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open_db(dir.path(), Duration::ZERO).unwrap();
+        let err = open_db(dir.path(), Duration::from_millis(200)).unwrap_err();
+        assert!(err.contains("in use by another process"), "{err}");
+        assert!(err.contains("give this one its own"), "{err}");
     }
 }

@@ -34,6 +34,8 @@ use std::io::Cursor;
 use crate::fat::{Command, FatError, Outcome};
 
 pub use admin::{GroupStatus, MemberStatus, MembershipChange};
+#[cfg(test)]
+pub(crate) use group::{open_db, LOCK_WAIT};
 pub use group::{GroupSettings, RaftStore};
 pub use network::MAX_RAFT_MESSAGE_BYTES;
 pub(crate) use rpc::RaftService;

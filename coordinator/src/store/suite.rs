@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{FatStore, ProposeError};
 use crate::fat::{Command, Commit, Fat, FatError, Hold, RegisterVendor, Release, Reserve};
-use crate::raft::{GroupSettings, RaftStore};
+use crate::raft::{open_db, GroupSettings, RaftStore, LOCK_WAIT};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -136,24 +136,6 @@ fn test_credentials() -> offsite_identity::Credentials {
     ca.credentials(&me).expect("test credentials")
 }
 
-/// Runs `open` until it fails with anything but sled's lock error, or
-/// succeeds: a store dropped a moment ago may still hold the lock while its
-/// flusher finishes. Waits at most 10 s.
-async fn open_unlocked<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
-    mut open: impl FnMut() -> F,
-) -> Result<T, E> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match open().await {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                assert!(Instant::now() < deadline, "the store stayed locked: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 fn settings(snapshot_every: u64) -> GroupSettings {
     GroupSettings {
         node_id: 1,
@@ -168,7 +150,7 @@ fn settings(snapshot_every: u64) -> GroupSettings {
 /// A group of one in `dir`, initialised and leading.
 async fn group_of_one(dir: &Path, snapshot_every: u64) -> RaftStore {
     let settings = settings(snapshot_every);
-    let store = open_unlocked(|| RaftStore::open(dir, &settings, test_credentials()))
+    let store = RaftStore::open(dir, &settings, test_credentials())
         .await
         .unwrap_or_else(|e| panic!("cannot open the store: {e}"));
     store
@@ -241,8 +223,7 @@ async fn raft_store_refuses_a_record_of_another_format_version() {
     store.propose(register("a", 1)).await.unwrap();
     store.shutdown().await;
     drop(store);
-    let raw = open_unlocked(|| async { sled::open(dir.path()) })
-        .await
+    let raw = open_db(dir.path(), LOCK_WAIT)
         .unwrap_or_else(|e| panic!("cannot open the store's sled: {e}"));
     let log = raw.open_tree("raft-log").unwrap();
     let (last, _) = log.last().unwrap().unwrap();
@@ -251,13 +232,12 @@ async fn raft_store_refuses_a_record_of_another_format_version() {
     drop(log);
     drop(raw);
     let settings = settings(1000);
-    let err =
-        match open_unlocked(|| RaftStore::open(dir.path(), &settings, test_credentials())).await {
-            Err(err) => err.to_string(),
-            Ok(store) => {
-                store.shutdown().await;
-                panic!("a log entry of format version 99 was accepted")
-            }
-        };
+    let err = match RaftStore::open(dir.path(), &settings, test_credentials()).await {
+        Err(err) => err.to_string(),
+        Ok(store) => {
+            store.shutdown().await;
+            panic!("a log entry of format version 99 was accepted")
+        }
+    };
     assert!(err.contains("format version 99"), "{err}");
 }
