@@ -71,6 +71,8 @@ struct StatusJson<'a> {
     portions: u64,
     snapshots: u64,
     applied_index: u64,
+    pending_deletions: u64,
+    open_repairs: u64,
 }
 
 /// A mutual-TLS channel to the coordinator at `coordinator` (host:port),
@@ -238,6 +240,8 @@ fn as_json<'a>(group: &'a GroupStatusResponse, status: &'a StatusResponse) -> St
         portions: status.portions,
         snapshots: status.snapshots,
         applied_index: status.applied_index,
+        pending_deletions: status.pending_deletions,
+        open_repairs: status.open_repairs,
     }
 }
 
@@ -260,11 +264,14 @@ fn table(status: &StatusResponse) -> String {
         ));
     }
     out.push_str(&format!(
-        "{} vendors, {} open reservations, {} portions, {} snapshots\n",
+        "{} vendors, {} open reservations, {} portions, {} snapshots, {} pending deletions, \
+         {} open repairs\n",
         status.vendors.len(),
         status.open_reservations,
         status.portions,
-        status.snapshots
+        status.snapshots,
+        status.pending_deletions,
+        status.open_repairs
     ));
     out
 }

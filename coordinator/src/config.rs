@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use offsite_identity::TlsConfig;
 use serde::Deserialize;
 
-use crate::fat::LivenessPolicy;
+use crate::fat::{LivenessPolicy, RepairPolicy};
 use crate::placement::PlacementPolicy;
 use crate::raft::GroupSettings;
 
@@ -47,6 +47,9 @@ pub struct CoordinatorConfig {
     pub suspect_after_secs: u64,
     /// ... and older than this, down (seconds).
     pub down_after_secs: u64,
+    /// A vendor down for this long has its copies made again on other
+    /// vendors, from the surviving copies (seconds).
+    pub repair_after_secs: u64,
     /// Reserve this many times the bytes asked (at least 1.0).
     pub overprovision: f64,
     /// At least R + this many candidate vendors where they exist.
@@ -85,6 +88,7 @@ impl Default for CoordinatorConfig {
             lease_secs: 600,
             suspect_after_secs: 15,
             down_after_secs: 60,
+            repair_after_secs: 3600,
             overprovision: 1.5,
             extra_vendors: 2,
             sweep_interval_secs: 2,
@@ -168,6 +172,12 @@ impl CoordinatorConfig {
                     "{} is not more than suspect_after_secs ({}); a vendor is suspect before it is down",
                     self.down_after_secs, self.suspect_after_secs
                 ),
+            ));
+        }
+        if self.repair_after_secs > 30 * 24 * 3600 {
+            return Err(invalid(
+                "repair_after_secs",
+                "use 0 to 2592000 seconds (30 days); 0 repairs as soon as a vendor is down",
             ));
         }
         if !(self.overprovision.is_finite() && (1.0..=10.0).contains(&self.overprovision)) {
@@ -273,6 +283,12 @@ impl CoordinatorConfig {
         }
     }
 
+    pub fn repair(&self) -> RepairPolicy {
+        RepairPolicy {
+            replace_after_ms: self.repair_after_secs.saturating_mul(1000),
+        }
+    }
+
     pub fn placement(&self) -> PlacementPolicy {
         PlacementPolicy {
             overprovision: self.overprovision,
@@ -297,6 +313,7 @@ data_dir = "/var/lib/offsite/coordinator"
 lease_secs = 600
 suspect_after_secs = 15
 down_after_secs = 60
+repair_after_secs = 3600
 overprovision = 1.5
 extra_vendors = 2
 sweep_interval_secs = 2

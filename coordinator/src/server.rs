@@ -15,11 +15,12 @@ use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator::fat_server::FatServer;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer;
 use offsite_proto::pb::raft::raft_server::RaftServer;
+use offsite_proto::ReservationId;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::config::{ConfigError, CoordinatorConfig};
-use crate::fat::{Command, LivenessPolicy, Outcome, UpdateLiveness};
+use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, now_unix_ms, FatService, FatServiceConfig, RegistryService};
 use crate::store::{FatStore, StoreError};
@@ -123,6 +124,7 @@ impl Coordinator {
             Arc::clone(&self.store),
             sweep_every,
             self.config.liveness(),
+            self.config.repair(),
         ));
         let members = self.config.members(&self.config.advertised(self.address));
         let init_store = Arc::clone(&self.store);
@@ -175,7 +177,12 @@ pub async fn serve(
 /// On the leader, every `every`: releases reservations whose lease ran out
 /// and proposes the liveness of vendors whose report age crossed a threshold,
 /// stamping the leader's time into both commands.
-async fn sweep<S: FatStore>(store: Arc<S>, every: Duration, liveness: LivenessPolicy) {
+async fn sweep<S: FatStore>(
+    store: Arc<S>,
+    every: Duration,
+    liveness: LivenessPolicy,
+    repair: RepairPolicy,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -188,6 +195,33 @@ async fn sweep<S: FatStore>(store: Arc<S>, every: Duration, liveness: LivenessPo
         }
         expire_leases(&*store).await;
         update_liveness(&*store, liveness).await;
+        plan_repairs(&*store, repair).await;
+    }
+}
+
+/// Opens repairs for copies on vendors down too long or offering less than
+/// they hold.
+async fn plan_repairs<S: FatStore>(store: &S, policy: RepairPolicy) {
+    let now = now_unix_ms();
+    let repairs = store.read_local(move |fat| fat.repairs_due(now, &policy, ReservationId::random));
+    if repairs.is_empty() {
+        return;
+    }
+    let command = Command::PlanRepairs(PlanRepairs {
+        repairs,
+        now_unix_ms: now,
+    });
+    match store.propose(command).await {
+        Ok(Outcome::RepairsPlanned { opened }) => {
+            tracing::info!(
+                opened,
+                "repairs opened: copies on leaving vendors are made again elsewhere"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not open repairs; planning again at the next sweep")
+        }
     }
 }
 

@@ -91,7 +91,7 @@ async fn vendors(running: &Running, count: usize, offered: u64) {
                 vendor_id: format!("vendor-{i}"),
                 offered_bytes: offered,
                 stored_bytes: 0,
-                deleted: vec![],
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -507,5 +507,54 @@ async fn reservations_and_locations_carry_grants_and_forged_receipts_are_refused
         bytes: 100,
     };
     verifier.check(&grant, &expected, now).unwrap();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_report_with_malformed_copy_results_is_refused_and_changes_nothing() {
+    let running = start(600).await;
+    vendors(&running, 3, 1000).await;
+    let mut registry = running.registry().await;
+    let mut fat = running.fat().await;
+    let before = status(&mut fat).await;
+    let result = |error: &str| pb::CopyResult {
+        repair_id: offsite_proto::ReservationId::random().to_string(),
+        receipt: None,
+        error: error.into(),
+    };
+    for (copied, names) in [
+        (vec![result("disk full"); 65], "more than 64"),
+        (vec![result("")], "neither a receipt nor an error"),
+    ] {
+        let err = registry
+            .report_capacity(pb::CapacityReport {
+                vendor_id: "vendor-0".into(),
+                offered_bytes: 10,
+                stored_bytes: 0,
+                copied,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(names), "{}", err.message());
+    }
+    // The refused reports did not lower vendor-0's offer.
+    let after = status(&mut fat).await;
+    assert_eq!(after.vendors, before.vendors);
+    // A result for a repair nobody opened is ignored.
+    let answer = registry
+        .report_capacity(pb::CapacityReport {
+            vendor_id: "vendor-0".into(),
+            offered_bytes: 1000,
+            stored_bytes: 0,
+            copied: vec![result("target refused")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.copy.is_empty());
+    assert_eq!(status(&mut fat).await.open_repairs, 0);
     running.shutdown().await;
 }

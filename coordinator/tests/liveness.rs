@@ -23,7 +23,7 @@ async fn report(registry: &mut Registry, id: &str) {
             vendor_id: id.into(),
             offered_bytes: 1 << 20,
             stored_bytes: 0,
-            deleted: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();

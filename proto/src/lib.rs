@@ -18,6 +18,7 @@ mod fat;
 mod ids;
 pub mod limits;
 mod prune;
+mod repair;
 mod routing;
 pub mod signing;
 mod wire_error;
@@ -27,6 +28,7 @@ pub use fat::{
 };
 pub use ids::{Hash, PieceId, PortionId, RequestId, ReservationId, SnapshotId, TenantId, VendorId};
 pub use prune::{parse_deletions, ListedPortion, PortionDeletion};
+pub use repair::{parse_copies, CopyResult, CopyTask};
 pub use routing::{Grant, Receipt, RoutingHeader, VendorRef};
 pub use wire_error::WireError;
 

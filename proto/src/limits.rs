@@ -30,6 +30,10 @@ pub const MAX_RELEASE_PER_CALL: usize = 10_000;
 pub const MAX_LISTED_PORTIONS: usize = 10_000;
 /// Most deletions asked of (or acknowledged by) a vendor in one capacity report.
 pub const MAX_DELETIONS_PER_REPORT: usize = 1_000;
+/// Most copies asked of (or reported by) a vendor in one capacity report.
+pub const MAX_COPIES_PER_REPORT: usize = 64;
+/// Longest error text a vendor reports for a failed copy.
+pub const MAX_COPY_ERROR_LEN: usize = 1024;
 /// Most snapshot records rewritten in one call (after a repack).
 pub const MAX_SNAPSHOT_REWRITES: usize = 1_000;
 /// Most paths or tags on one snapshot record; longest path or tag.

@@ -18,6 +18,7 @@ pub struct CoordinatorConfig {
     pub lease_secs: u64,
     pub suspect_after_secs: u64,
     pub down_after_secs: u64,
+    pub repair_after_secs: u64,
     pub overprovision: f64,
     pub extra_vendors: u32,
     pub sweep_interval_secs: u64,

@@ -39,6 +39,8 @@ pub struct DevnetOptions {
     pub lease_secs: u64,
     pub suspect_after_secs: u64,
     pub down_after_secs: u64,
+    /// How long a vendor stays down before its copies are made elsewhere.
+    pub repair_after_secs: u64,
     pub report_interval_secs: u64,
     /// Cap of each NAS device; None: what its filesystem has.
     pub nas_cap_bytes: Option<u64>,
@@ -61,6 +63,7 @@ impl Default for DevnetOptions {
             lease_secs: 120,
             suspect_after_secs: 5,
             down_after_secs: 15,
+            repair_after_secs: 3600,
             report_interval_secs: 1,
             nas_cap_bytes: None,
             replication: 3,
@@ -185,6 +188,7 @@ impl Devnet {
                 lease_secs: options.lease_secs,
                 suspect_after_secs: options.suspect_after_secs,
                 down_after_secs: options.down_after_secs,
+                repair_after_secs: options.repair_after_secs,
                 overprovision: 1.5,
                 extra_vendors: 2,
                 sweep_interval_secs: 1,

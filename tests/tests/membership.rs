@@ -55,6 +55,7 @@ fn new_coordinator(
         lease_secs: options.lease_secs,
         suspect_after_secs: options.suspect_after_secs,
         down_after_secs: options.down_after_secs,
+        repair_after_secs: options.repair_after_secs,
         overprovision: 1.5,
         extra_vendors: 2,
         sweep_interval_secs: 1,

@@ -240,7 +240,7 @@ fn each_certificate_may_make_only_the_calls_of_its_role() {
             vendor_id: "vendor-1".into(),
             offered_bytes: 1,
             stored_bytes: 0,
-            deleted: vec![],
+            ..Default::default()
         };
         assert_eq!(
             code(registry.report_capacity(report).await),

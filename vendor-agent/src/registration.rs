@@ -5,22 +5,24 @@
 //! registering, which also finds another coordinator if this one went away.
 //! The answer to a report names released portions to delete; the vendor
 //! deletes them (pieces, then local FAT entry) and acknowledges them in its
-//! next report.
+//! next report. It also names copies to send to other vendors
+//! (re-replication, see `service::copy`); how each ended goes in a later
+//! report.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_identity::Role;
-use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_proto::limits::{MAX_COPIES_PER_REPORT, MAX_MESSAGE_BYTES};
 use offsite_proto::pb::common::GroupKey;
 use offsite_proto::pb::coordinator::{
     vendor_registry_client::VendorRegistryClient, CapacityReport, RegisterVendorRequest,
 };
-use offsite_proto::{parse_deletions, PortionDeletion};
+use offsite_proto::{parse_copies, parse_deletions, CopyResult, CopyTask, PortionDeletion};
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::service::{delete_portion, Shared};
+use crate::service::{delete_portion, Copies, Shared};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +43,10 @@ type Client = VendorRegistryClient<Channel>;
 
 /// Registers and reports forever; stop it by dropping the future.
 pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
-    // Deletions done but not yet acknowledged; kept across failed reports.
-    let mut deleted = Vec::new();
+    // Deletions done and copies ended but not yet acknowledged; kept across
+    // failed reports.
+    let mut done = Done::default();
+    let copies = Copies::default();
     loop {
         let (mut client, coordinator) = register(&shared, &registration).await;
         // Reports keep their rhythm however long a report (and the deletions
@@ -55,7 +59,7 @@ pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
         loop {
             ticks.tick().await;
             let budget = registration.report_interval;
-            if let Err(status) = report(&shared, &mut client, &mut deleted, budget).await {
+            if let Err(status) = report(&shared, &mut client, &mut done, &copies, budget).await {
                 tracing::warn!(
                     %coordinator, code = ?status.code(), message = status.message(),
                     "capacity report failed; registering again"
@@ -161,33 +165,54 @@ fn learn_grant_keys(shared: &Shared, keys: Vec<GroupKey>) -> Result<(), Status> 
     }
 }
 
-/// Reports capacity with the deletions done since the last report, then does
-/// the deletions the coordinator asks for (for at most `budget`); they are
-/// acknowledged next time.
+/// What the next report acknowledges.
+#[derive(Default)]
+struct Done {
+    deleted: Vec<PortionDeletion>,
+    copied: Vec<CopyResult>,
+}
+
+/// Reports capacity with the deletions done and copies ended since the last
+/// report, starts the copies the coordinator asks for, then does the
+/// deletions it asks for (for at most `budget`); they are acknowledged next
+/// time.
 async fn report(
     shared: &Arc<Shared>,
     client: &mut Client,
-    deleted: &mut Vec<PortionDeletion>,
+    done: &mut Done,
+    copies: &Copies,
     budget: Duration,
 ) -> Result<(), Status> {
+    let room = MAX_COPIES_PER_REPORT.saturating_sub(done.copied.len());
+    done.copied.extend(copies.take_ended(room));
     let (offered_bytes, stored_bytes) = capacity(shared).await;
     let response = client
         .report_capacity(CapacityReport {
             vendor_id: shared.vendor.to_string(),
             offered_bytes,
             stored_bytes,
-            deleted: deleted.iter().cloned().map(Into::into).collect(),
+            deleted: done.deleted.iter().cloned().map(Into::into).collect(),
+            copied: done.copied.iter().cloned().map(Into::into).collect(),
         })
         .await?
         .into_inner();
     tracing::debug!(
         offered_bytes,
         stored_bytes,
-        acknowledged = deleted.len(),
+        acknowledged = done.deleted.len(),
+        copied = done.copied.len(),
         "capacity reported"
     );
-    deleted.clear();
+    done.deleted.clear();
+    done.copied.clear();
     learn_grant_keys(shared, response.grant_keys)?;
+    match parse_copies::<_, CopyTask>("copy", response.copy) {
+        Ok(tasks) => copies.start(shared, tasks),
+        Err(err) => {
+            tracing::warn!(%err, "the coordinator asked for malformed copies; ignoring them")
+        }
+    }
+    let deleted = &mut done.deleted;
     let asked = match parse_deletions("delete", response.delete) {
         Ok(asked) => asked,
         Err(err) => {

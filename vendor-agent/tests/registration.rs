@@ -50,10 +50,7 @@ impl VendorRegistry for Recorder {
             ));
         }
         calls.reports.push(request.into_inner());
-        Ok(Response::new(CapacityReportResponse {
-            delete: vec![],
-            grant_keys: vec![],
-        }))
+        Ok(Response::new(CapacityReportResponse::default()))
     }
 }
 

@@ -81,7 +81,7 @@ fn check_receipts(
 
 /// The receipt carries its vendor's signature, made with the identity key
 /// the vendor registered (deterministic, so it is checked inside `apply`).
-fn check_receipt_signature(
+pub(super) fn check_receipt_signature(
     vendors: &BTreeMap<VendorId, VendorRecord>,
     r: &Receipt,
 ) -> Result<(), FatError> {

@@ -9,7 +9,7 @@ use offsite_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{GrantSecret, Liveness};
+use super::{FinishRepairs, GrantSecret, Liveness, PlanRepairs};
 
 /// One change to the FAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,10 @@ pub enum Command {
     InstallGrantKey(InstallGrantKey),
     /// A tenant's key file, kept for restoring on a new machine.
     StoreTenantKey(StoreTenantKey),
+    /// The leader opens repairs of copies on leaving vendors.
+    PlanRepairs(PlanRepairs),
+    /// A source vendor reports how the copies it was asked for ended.
+    FinishRepairs(FinishRepairs),
 }
 
 impl Command {
@@ -52,6 +56,8 @@ impl Command {
             Command::RewriteSnapshots(_) => "rewrite-snapshots",
             Command::InstallGrantKey(_) => "install-grant-key",
             Command::StoreTenantKey(_) => "store-tenant-key",
+            Command::PlanRepairs(_) => "plan-repairs",
+            Command::FinishRepairs(_) => "finish-repairs",
         }
     }
 
@@ -75,6 +81,8 @@ impl Command {
             Command::ReleasePortions(_) | Command::RewriteSnapshots(_) => {}
             Command::InstallGrantKey(c) => c.now_unix_ms = now_unix_ms,
             Command::StoreTenantKey(c) => c.now_unix_ms = now_unix_ms,
+            Command::PlanRepairs(c) => c.now_unix_ms = now_unix_ms,
+            Command::FinishRepairs(_) => {}
         }
     }
 }
@@ -243,6 +251,15 @@ pub enum Outcome {
     GrantKeyInstalled {
         key_id: u32,
         retired: Vec<u32>,
+    },
+    RepairsPlanned {
+        opened: u64,
+    },
+    /// Copies that joined their portion's vendors, and repairs that failed
+    /// (with why).
+    RepairsFinished {
+        placed: u64,
+        failed: Vec<(ReservationId, String)>,
     },
 }
 

@@ -10,7 +10,12 @@ use super::*;
 
 /// Commits portions of `sizes` bytes for `tenant` on vendors a, b and c,
 /// with a snapshot needing the first `needed` of them (when `needed > 0`).
-fn committed(fat: &mut Fat, tenant: &str, sizes: &[u64], needed: usize) -> Vec<PortionId> {
+pub(super) fn committed(
+    fat: &mut Fat,
+    tenant: &str,
+    sizes: &[u64],
+    needed: usize,
+) -> Vec<PortionId> {
     let total: u64 = sizes.iter().sum();
     let id = reserved(
         fat,

@@ -17,6 +17,7 @@ mod command;
 mod deletions;
 mod error;
 mod grant_keys;
+mod repairs;
 mod reservations;
 mod rewrite;
 mod tenant_keys;
@@ -30,6 +31,8 @@ mod liveness_tests;
 mod proptests;
 #[cfg(test)]
 mod prune_proptests;
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +50,10 @@ pub use command::{
 };
 pub use error::FatError;
 pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
+pub use repairs::{
+    CopyOrder, FinishRepairs, PlanRepairs, PlannedRepair, Repair, RepairPolicy, MAX_OPEN_REPAIRS,
+    REPAIR_LEASE_MS,
+};
 pub use reservations::{
     check_reserve_request, CLOSED_RETENTION_MS, MAX_CANDIDATES, MAX_RESERVE_BYTES,
 };
@@ -74,6 +81,8 @@ pub struct Fat {
     grant_keys: GrantKeys,
     /// Each tenant's key file (its data key wrapped by its passphrase).
     tenant_keys: BTreeMap<TenantId, Vec<u8>>,
+    /// Copies being made to replace leaving ones, by repair id.
+    repairs: BTreeMap<ReservationId, Repair>,
 }
 
 /// Counts for the marketplace status.
@@ -85,6 +94,8 @@ pub struct FatStatus {
     pub snapshots: u64,
     /// Deletions vendors have not acknowledged yet.
     pub pending_deletions: u64,
+    /// Copies being made to replace copies on leaving vendors.
+    pub open_repairs: u64,
 }
 
 impl Fat {
@@ -103,6 +114,8 @@ impl Fat {
             Command::RewriteSnapshots(c) => self.rewrite_snapshots(c),
             Command::InstallGrantKey(c) => self.install_grant_key(c),
             Command::StoreTenantKey(c) => self.store_tenant_key(c),
+            Command::PlanRepairs(c) => self.plan_repairs(c),
+            Command::FinishRepairs(c) => self.finish_repairs(c),
         }
     }
 
@@ -119,6 +132,7 @@ impl Fat {
             portions: self.portions.values().map(|p| p.len() as u64).sum(),
             snapshots: self.snapshots.values().map(|s| s.len() as u64).sum(),
             pending_deletions: self.pending_deletions(),
+            open_repairs: self.open_repairs(),
         }
     }
 }

@@ -443,6 +443,10 @@ pub(super) fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
             *reserved.entry(&h.vendor).or_default() += h.bytes;
         }
     }
+    // A repair holds the portion's bytes on its target until it ends.
+    for r in fat.repairs.values() {
+        *reserved.entry(&r.target).or_default() += r.size;
+    }
     let mut used: BTreeMap<&VendorId, u64> = BTreeMap::new();
     for p in fat.portions.values().flat_map(|t| t.values()) {
         for v in &p.vendors {
@@ -454,8 +458,7 @@ pub(super) fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
         prop_assert!(!queue.is_empty(), "empty deletion queue of {} kept", v);
         *used.entry(v).or_default() += queue.values().sum::<u64>();
     }
-    // No portion is both committed and being deleted, and no released
-    // portion is needed by a snapshot.
+    // No released portion is needed by a snapshot.
     for (tenant, snapshots) in &fat.snapshots {
         for s in snapshots.values() {
             for p in s.portions.iter().chain([&s.manifest.portion]) {
@@ -469,15 +472,19 @@ pub(super) fn check_invariants(fat: &Fat) -> Result<(), TestCaseError> {
             }
         }
     }
-    for queue in fat.deletions.values() {
+    // A vendor never deletes a copy the final FAT says it holds (a repair
+    // leaves the portion committed on other vendors).
+    for (vendor, queue) in &fat.deletions {
         for d in queue.keys() {
             prop_assert!(
                 !fat.portions
                     .get(&d.tenant)
-                    .is_some_and(|h| h.contains_key(&d.portion)),
-                "{} of {} is committed and being deleted",
+                    .and_then(|h| h.get(&d.portion))
+                    .is_some_and(|p| p.vendors.contains(vendor)),
+                "{} of {} is held by {} and being deleted there",
                 d.portion,
-                d.tenant
+                d.tenant,
+                vendor
             );
         }
     }

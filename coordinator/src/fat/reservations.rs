@@ -233,17 +233,21 @@ impl Fat {
             );
         }
         self.forget_old_closed(now_unix_ms);
-        Ok(Outcome::LeasesExpired { released: expired })
+        let mut released = expired;
+        released.extend(self.expire_repairs(now_unix_ms));
+        Ok(Outcome::LeasesExpired { released })
     }
 
     /// Whether `ExpireLeases { now }` would change anything.
     pub fn has_expired_leases(&self, now_unix_ms: u64) -> bool {
-        self.reservations
-            .values()
-            .any(|r| match r.closed_unix_ms() {
-                None => r.lease_expires_unix_ms <= now_unix_ms,
-                Some(closed) => closed.saturating_add(CLOSED_RETENTION_MS) <= now_unix_ms,
-            })
+        self.has_expired_repairs(now_unix_ms)
+            || self
+                .reservations
+                .values()
+                .any(|r| match r.closed_unix_ms() {
+                    None => r.lease_expires_unix_ms <= now_unix_ms,
+                    Some(closed) => closed.saturating_add(CLOSED_RETENTION_MS) <= now_unix_ms,
+                })
     }
 
     fn forget_old_closed(&mut self, now_unix_ms: u64) {

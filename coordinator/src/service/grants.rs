@@ -7,11 +7,13 @@
 
 use offsite_proto::pb::common as pbc;
 use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey};
-use offsite_proto::{Grant, PortionLocation, TenantId};
+use offsite_proto::{CopyTask, Grant, PortionLocation, TenantId};
 use tonic::Status;
 
 use super::{now_unix_ms, status_of};
-use crate::fat::{Command, Fat, FatError, GrantSecret, InstallGrantKey, Outcome, ReservationView};
+use crate::fat::{
+    Command, CopyOrder, Fat, FatError, GrantSecret, InstallGrantKey, Outcome, ReservationView,
+};
 use crate::store::{FatStore, ProposeError};
 
 /// How long a fetch or delete grant is valid. Long enough for a large
@@ -100,6 +102,30 @@ pub(crate) fn sign_store_grants(key: &GroupKey, tenant: &TenantId, view: &mut Re
             max_bytes: c.reserved_bytes,
             expires_unix_ms: view.lease_expires_unix_ms,
         });
+    }
+}
+
+/// The copy task of a repair, with the target's store grant: the repair's
+/// tenant, the target, the repair id as reservation, the portion's size,
+/// until the repair's lease runs out.
+pub(crate) fn copy_task(key: &GroupKey, order: CopyOrder) -> CopyTask {
+    let repair = order.repair;
+    let grant = key.grant(&GrantBody {
+        op: GrantOp::Store,
+        tenant: repair.tenant.clone(),
+        vendor: repair.target.clone(),
+        subject: GrantSubject::Reservation(order.id),
+        max_bytes: repair.size,
+        expires_unix_ms: repair.expires_unix_ms,
+    });
+    CopyTask {
+        repair: order.id,
+        tenant: repair.tenant,
+        portion: repair.portion,
+        hash: repair.hash,
+        size: repair.size,
+        target: order.target,
+        grant,
     }
 }
 

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use offsite_proto::limits::MAX_COPIES_PER_REPORT;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
+use offsite_proto::{parse_copies, CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
 use super::{check_same_vendor, convert, grants, now_unix_ms, status_of, vendor_of};
-use crate::fat::{Command, Outcome};
+use crate::fat::{Command, FinishRepairs, Outcome};
 use crate::store::FatStore;
 
 /// The vendor-facing service.
@@ -19,6 +21,56 @@ pub(crate) struct RegistryService<S> {
 impl<S> RegistryService<S> {
     pub fn new(store: Arc<S>) -> Self {
         Self { store }
+    }
+}
+
+impl<S: FatStore> RegistryService<S> {
+    /// Records how the copies `source` was asked for ended.
+    async fn finish_repairs(
+        &self,
+        source: &VendorId,
+        results: Vec<CopyResult>,
+    ) -> Result<(), Status> {
+        let command = Command::FinishRepairs(FinishRepairs {
+            source: source.clone(),
+            results,
+        });
+        match self.store.propose(command).await.map_err(status_of)? {
+            Outcome::RepairsFinished { placed, failed } => {
+                if placed > 0 {
+                    tracing::info!(vendor = %source, placed, "copies placed; they replace copies on leaving vendors");
+                }
+                for (repair, why) in failed {
+                    tracing::warn!(vendor = %source, %repair, %why, "a copy failed; the repair is planned again");
+                }
+                Ok(())
+            }
+            other => Err(Status::internal(format!(
+                "the FAT answered a copy report with {other:?}; this is a coordinator bug, \
+                 please report it"
+            ))),
+        }
+    }
+
+    /// The copies `source` should send now, each with its target's store
+    /// grant (none while the group has no grant key).
+    async fn copy_tasks(&self, source: &VendorId) -> Vec<pb::CopyTask> {
+        let orders = self
+            .store
+            .read_local(|fat| fat.copies_for(source, MAX_COPIES_PER_REPORT));
+        if orders.is_empty() {
+            return Vec::new();
+        }
+        match grants::signing_key(&*self.store).await {
+            Ok(key) => orders
+                .into_iter()
+                .map(|order| grants::copy_task(&key, order).into())
+                .collect(),
+            Err(status) => {
+                tracing::warn!(message = status.message(), "cannot sign copy grants yet");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -64,30 +116,37 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         request: Request<pb::CapacityReport>,
     ) -> Result<Response<pb::CapacityReportResponse>, Status> {
         let caller = vendor_of(&request)?;
-        let command = convert::report_command(request.into_inner(), now_unix_ms())?;
+        let mut report = request.into_inner();
+        let copied: Vec<CopyResult> = parse_copies("copied", std::mem::take(&mut report.copied))?;
+        let command = convert::report_command(report, now_unix_ms())?;
         check_same_vendor(&caller, &command.vendor)?;
         let (vendor, deleted) = (command.vendor.clone(), command.deleted.len());
-        match self
+        let delete = match self
             .store
             .propose(Command::ReportCapacity(command))
             .await
             .map_err(status_of)?
         {
-            Outcome::CapacityReported { delete } => {
-                if deleted > 0 {
-                    tracing::info!(%vendor, deleted, queued = delete.len(), "vendor deleted released portions");
-                } else if !delete.is_empty() {
-                    tracing::debug!(%vendor, queued = delete.len(), "vendor asked to delete released portions");
-                }
-                Ok(Response::new(pb::CapacityReportResponse {
-                    delete: delete.into_iter().map(Into::into).collect(),
-                    grant_keys: grants::public_keys(&*self.store),
-                }))
+            Outcome::CapacityReported { delete } => delete,
+            other => {
+                return Err(Status::internal(format!(
+                    "the FAT answered a capacity report with {other:?}; this is a coordinator \
+                     bug, please report it"
+                )))
             }
-            other => Err(Status::internal(format!(
-                "the FAT answered a capacity report with {other:?}; this is a coordinator bug, \
-                 please report it"
-            ))),
+        };
+        if deleted > 0 {
+            tracing::info!(%vendor, deleted, queued = delete.len(), "vendor deleted released portions");
+        } else if !delete.is_empty() {
+            tracing::debug!(%vendor, queued = delete.len(), "vendor asked to delete released portions");
         }
+        if !copied.is_empty() {
+            self.finish_repairs(&vendor, copied).await?;
+        }
+        Ok(Response::new(pb::CapacityReportResponse {
+            delete: delete.into_iter().map(Into::into).collect(),
+            copy: self.copy_tasks(&vendor).await,
+            grant_keys: grants::public_keys(&*self.store),
+        }))
     }
 }

@@ -260,6 +260,7 @@ impl<S: FatStore> FatApi for FatService<S> {
             snapshots: status.snapshots,
             applied_index,
             pending_deletions: status.pending_deletions,
+            open_repairs: status.open_repairs,
         }))
     }
 

@@ -99,7 +99,7 @@ fn range(record: &PortionRecord, offset: u64, length: u64) -> Result<(u64, u64),
     }
 }
 
-async fn stream_range(
+pub(super) async fn stream_range(
     shared: &Shared,
     record: &PortionRecord,
     start: u64,

@@ -2,6 +2,7 @@
 //! wire to the store pipeline ([`upload`]), reads ([`fetch`]) and deletes, with
 //! every error turned into a `tonic::Status` in [`error`].
 
+mod copy;
 mod error;
 mod fetch;
 mod forward;
@@ -30,6 +31,7 @@ use crate::local_fat::LocalFat;
 use crate::store::{PieceStore, StoreCapacity};
 use grants::Grants;
 
+pub(crate) use copy::Copies;
 pub use error::VendorError;
 pub(crate) use fetch::delete_portion;
 

@@ -1,0 +1,484 @@
+//! Re-replication (the design's "vendor life"): copies of committed portions
+//! leave vendors that are gone or want their disk back, vendor to vendor.
+//!
+//! A vendor's copies are *leaving* when it has been down for the policy's
+//! `replace_after_ms`, or when it offers less than it holds (it needs its
+//! disk). The leader's sweep plans repairs ([`Fat::repairs_due`]): for a
+//! portion with a leaving copy, a holder that is up (the source) sends a
+//! copy to an up vendor with room that does not hold it (the target). The
+//! FAT keeps the repair with the target's bytes under `reserved`; the
+//! source learns it from the answer to its capacity report, sends the copy
+//! under the target's store grant, and reports the target's signed receipt.
+//! Then the target joins the portion's vendors, the leaving vendor leaves
+//! them and gets the portion in its deletion queue. A failed or expired
+//! repair frees the target's bytes; the next sweep plans it again.
+//!
+//! A portion has at most one repair at a time, so its copy count never
+//! falls on the way: the leaving copy goes only once the new one is held.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use offsite_proto::{
+    CopyResult, Hash, PortionDeletion, PortionId, Receipt, ReservationId, TenantId, VendorId,
+    VendorRef,
+};
+use serde::{Deserialize, Serialize};
+
+use super::catalog::check_receipt_signature;
+use super::vendors::Liveness;
+use super::{Fat, FatError, Outcome};
+
+/// Most repairs open at once, over all vendors.
+pub const MAX_OPEN_REPAIRS: usize = 64;
+/// How long a source has to send a copy and report it.
+pub const REPAIR_LEASE_MS: u64 = 30 * 60 * 1000;
+
+/// When copies leave a vendor that went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairPolicy {
+    /// How long a vendor must have been down before its copies are made
+    /// again elsewhere.
+    pub replace_after_ms: u64,
+}
+
+/// A copy being made: `source` sends the portion to `target`, which takes
+/// the place of `replaces` among the portion's vendors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repair {
+    pub tenant: TenantId,
+    pub portion: PortionId,
+    pub hash: Hash,
+    pub size: u64,
+    pub source: VendorId,
+    pub target: VendorId,
+    pub replaces: VendorId,
+    pub expires_unix_ms: u64,
+}
+
+/// A repair as the leader plans it (the FAT checks it again when applying).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedRepair {
+    /// A fresh id, chosen by the leader; it names the target's store grant.
+    pub id: ReservationId,
+    pub tenant: TenantId,
+    pub portion: PortionId,
+    pub source: VendorId,
+    pub target: VendorId,
+    pub replaces: VendorId,
+}
+
+/// Opens the planned repairs; refused whole if one does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRepairs {
+    pub repairs: Vec<PlannedRepair>,
+    pub now_unix_ms: u64,
+}
+
+/// A source vendor's report of how its copies ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishRepairs {
+    pub source: VendorId,
+    pub results: Vec<CopyResult>,
+}
+
+/// A copy the source vendor is asked to send, with where to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOrder {
+    pub id: ReservationId,
+    pub repair: Repair,
+    pub target: VendorRef,
+}
+
+impl Fat {
+    /// Whether `vendor`'s copies should move elsewhere at `now_unix_ms`.
+    fn leaving(&self, vendor: &VendorId, now_unix_ms: u64, policy: &RepairPolicy) -> bool {
+        self.vendors.get(vendor).is_none_or(|v| match v.liveness {
+            Liveness::Down => {
+                now_unix_ms.saturating_sub(v.liveness_since_unix_ms) >= policy.replace_after_ms
+            }
+            Liveness::Up => v.reported_offered < v.used,
+            Liveness::Suspect => false,
+        })
+    }
+
+    fn is_up(&self, vendor: &VendorId) -> bool {
+        self.vendors
+            .get(vendor)
+            .is_some_and(|v| v.liveness == Liveness::Up)
+    }
+
+    fn queued_for_deletion(
+        &self,
+        vendor: &VendorId,
+        tenant: &TenantId,
+        portion: PortionId,
+    ) -> bool {
+        self.deletions.get(vendor).is_some_and(|q| {
+            q.contains_key(&PortionDeletion {
+                tenant: tenant.clone(),
+                portion,
+            })
+        })
+    }
+
+    /// The repairs the leader should open now: at most enough to bring the
+    /// open ones to [`MAX_OPEN_REPAIRS`], ids drawn by `new_id`.
+    pub fn repairs_due(
+        &self,
+        now_unix_ms: u64,
+        policy: &RepairPolicy,
+        mut new_id: impl FnMut() -> ReservationId,
+    ) -> Vec<PlannedRepair> {
+        let room = MAX_OPEN_REPAIRS.saturating_sub(self.repairs.len());
+        if room == 0 {
+            return Vec::new();
+        }
+        let leaving: BTreeSet<&VendorId> = self
+            .vendors
+            .keys()
+            .filter(|v| self.leaving(v, now_unix_ms, policy))
+            .collect();
+        if leaving.is_empty() {
+            return Vec::new();
+        }
+        let repairing: BTreeSet<(&TenantId, PortionId)> = self
+            .repairs
+            .values()
+            .map(|r| (&r.tenant, r.portion))
+            .collect();
+        // A vendor that offers less than it holds sheds only the excess.
+        let mut to_shed: BTreeMap<&VendorId, u64> = leaving
+            .iter()
+            .filter_map(|id| {
+                let v = self.vendors.get(*id)?;
+                (v.liveness == Liveness::Up).then(|| {
+                    let moving: u64 = self
+                        .repairs
+                        .values()
+                        .filter(|r| &r.replaces == *id)
+                        .map(|r| r.size)
+                        .sum();
+                    (
+                        *id,
+                        v.used
+                            .saturating_sub(v.reported_offered)
+                            .saturating_sub(moving),
+                    )
+                })
+            })
+            .collect();
+        let mut free: BTreeMap<&VendorId, u64> = self
+            .vendors
+            .iter()
+            .filter(|(id, v)| v.liveness == Liveness::Up && !leaving.contains(id))
+            .map(|(id, v)| (id, v.free()))
+            .collect();
+        let mut planned = Vec::new();
+        for (tenant, portions) in &self.portions {
+            for (portion, record) in portions {
+                if planned.len() >= room {
+                    return planned;
+                }
+                if repairing.contains(&(tenant, *portion)) {
+                    continue;
+                }
+                let Some(replaces) = record
+                    .vendors
+                    .iter()
+                    .find(|v| leaving.contains(v) && to_shed.get(v).is_none_or(|left| *left > 0))
+                else {
+                    continue;
+                };
+                let source = record
+                    .vendors
+                    .iter()
+                    .find(|v| *v != replaces && self.is_up(v) && !leaving.contains(v))
+                    .or_else(|| record.vendors.iter().find(|v| self.is_up(v)));
+                let Some(source) = source else {
+                    continue;
+                };
+                let regions: BTreeSet<&str> = record
+                    .vendors
+                    .iter()
+                    .filter(|v| *v != replaces)
+                    .filter_map(|v| self.vendors.get(v).map(|r| r.region.as_str()))
+                    .collect();
+                // A new region first, then the most room; ties by id.
+                let target = free
+                    .iter()
+                    .filter(|(id, room)| {
+                        **room >= record.size
+                            && !record.vendors.contains(id)
+                            && !self.queued_for_deletion(id, tenant, *portion)
+                    })
+                    .max_by_key(|(id, room)| {
+                        let region = self.vendors.get(**id).map(|v| v.region.as_str());
+                        (
+                            region.is_some_and(|r| !regions.contains(r)),
+                            **room,
+                            std::cmp::Reverse(**id),
+                        )
+                    })
+                    .map(|(id, _)| *id);
+                let Some(target) = target else {
+                    continue;
+                };
+                if let Some(room) = free.get_mut(target) {
+                    *room -= record.size;
+                }
+                if let Some(left) = to_shed.get_mut(replaces) {
+                    *left = left.saturating_sub(record.size);
+                }
+                planned.push(PlannedRepair {
+                    id: new_id(),
+                    tenant: tenant.clone(),
+                    portion: *portion,
+                    source: source.clone(),
+                    target: target.clone(),
+                    replaces: replaces.clone(),
+                });
+            }
+        }
+        planned
+    }
+
+    /// Checks one planned repair against the FAT and the bytes already
+    /// taken by earlier repairs of the same command.
+    fn check_planned(
+        &self,
+        p: &PlannedRepair,
+        taken: &BTreeMap<&VendorId, u64>,
+        ids: &BTreeSet<ReservationId>,
+        portions: &BTreeSet<(&TenantId, PortionId)>,
+    ) -> Result<u64, FatError> {
+        let record = self
+            .portions
+            .get(&p.tenant)
+            .and_then(|h| h.get(&p.portion))
+            .ok_or_else(|| {
+                FatError::NotFound(format!(
+                    "tenant {} has no committed portion {} to repair",
+                    p.tenant, p.portion
+                ))
+            })?;
+        if self.repairs.contains_key(&p.id)
+            || self.reservations.contains_key(&p.id)
+            || ids.contains(&p.id)
+        {
+            return Err(FatError::Conflict(format!("repair id {} is taken", p.id)));
+        }
+        if portions.contains(&(&p.tenant, p.portion))
+            || self
+                .repairs
+                .values()
+                .any(|r| r.tenant == p.tenant && r.portion == p.portion)
+        {
+            return Err(FatError::Conflict(format!(
+                "portion {} of tenant {} is already being repaired",
+                p.portion, p.tenant
+            )));
+        }
+        if !record.vendors.contains(&p.source) || !self.is_up(&p.source) {
+            return Err(FatError::invalid(format!(
+                "repair source {} does not hold portion {} or is not up",
+                p.source, p.portion
+            )));
+        }
+        if !record.vendors.contains(&p.replaces) {
+            return Err(FatError::invalid(format!(
+                "vendor {} does not hold portion {}, so no copy of it can replace it",
+                p.replaces, p.portion
+            )));
+        }
+        let target = self.vendors.get(&p.target).filter(|v| {
+            v.liveness == Liveness::Up
+                && !record.vendors.contains(&p.target)
+                && !self.queued_for_deletion(&p.target, &p.tenant, p.portion)
+        });
+        let free = target.map_or(0, |v| v.free());
+        let taken = taken.get(&p.target).copied().unwrap_or(0);
+        if target.is_none() || free.saturating_sub(taken) < record.size {
+            return Err(FatError::Conflict(format!(
+                "repair target {} is not up, already holds portion {}, or lacks {} free bytes",
+                p.target, p.portion, record.size
+            )));
+        }
+        Ok(record.size)
+    }
+
+    pub(super) fn plan_repairs(&mut self, c: PlanRepairs) -> Result<Outcome, FatError> {
+        let mut taken: BTreeMap<&VendorId, u64> = BTreeMap::new();
+        let mut ids = BTreeSet::new();
+        let mut portions = BTreeSet::new();
+        for p in &c.repairs {
+            let size = self.check_planned(p, &taken, &ids, &portions)?;
+            *taken.entry(&p.target).or_default() += size;
+            ids.insert(p.id);
+            portions.insert((&p.tenant, p.portion));
+        }
+        if self.repairs.len() + c.repairs.len() > MAX_OPEN_REPAIRS {
+            return Err(FatError::Conflict(format!(
+                "{} repairs are open; at most {MAX_OPEN_REPAIRS} may be",
+                self.repairs.len() + c.repairs.len()
+            )));
+        }
+        let opened = c.repairs.len() as u64;
+        for p in c.repairs {
+            let Some(record) = self.portions.get(&p.tenant).and_then(|h| h.get(&p.portion)) else {
+                continue;
+            };
+            let repair = Repair {
+                tenant: p.tenant,
+                portion: p.portion,
+                hash: record.hash,
+                size: record.size,
+                source: p.source,
+                target: p.target,
+                replaces: p.replaces,
+                expires_unix_ms: c.now_unix_ms.saturating_add(REPAIR_LEASE_MS),
+            };
+            if let Some(v) = self.vendors.get_mut(&repair.target) {
+                v.reserved = v.reserved.saturating_add(repair.size);
+            }
+            self.repairs.insert(p.id, repair);
+        }
+        Ok(Outcome::RepairsPlanned { opened })
+    }
+
+    /// Closes a repair: its bytes leave the target's `reserved`.
+    fn close_repair(&mut self, id: &ReservationId) -> Option<Repair> {
+        let repair = self.repairs.remove(id)?;
+        if let Some(v) = self.vendors.get_mut(&repair.target) {
+            v.reserved = v.reserved.saturating_sub(repair.size);
+        }
+        Some(repair)
+    }
+
+    /// Whether `receipt` is the target's signed receipt for exactly this copy.
+    fn check_copy_receipt(&self, repair: &Repair, receipt: &Receipt) -> Result<(), String> {
+        if receipt.vendor != repair.target
+            || receipt.tenant != repair.tenant
+            || receipt.portion != repair.portion
+            || receipt.hash != repair.hash
+            || receipt.size != repair.size
+        {
+            return Err(format!(
+                "the receipt is not target {}'s for portion {} (vendor, tenant, portion, hash \
+                 or size differ)",
+                repair.target, repair.portion
+            ));
+        }
+        check_receipt_signature(&self.vendors, receipt).map_err(|e| e.to_string())
+    }
+
+    /// A held copy joins the portion's vendors in place of the leaving one,
+    /// which must delete its copy; a copy of a portion released meanwhile is
+    /// deleted again at the target.
+    fn place_copy(&mut self, repair: Repair) {
+        if let Some(v) = self.vendors.get_mut(&repair.target) {
+            v.used = v.used.saturating_add(repair.size);
+        }
+        let deletion = |vendor: &VendorId| (vendor.clone(), repair.tenant.clone(), repair.portion);
+        let delete = match self
+            .portions
+            .get_mut(&repair.tenant)
+            .and_then(|h| h.get_mut(&repair.portion))
+        {
+            None => deletion(&repair.target),
+            Some(record) => {
+                record.vendors.push(repair.target.clone());
+                let before = record.vendors.len();
+                record.vendors.retain(|v| *v != repair.replaces);
+                if record.vendors.len() == before {
+                    return;
+                }
+                deletion(&repair.replaces)
+            }
+        };
+        let (vendor, tenant, portion) = delete;
+        self.deletions
+            .entry(vendor)
+            .or_default()
+            .insert(PortionDeletion { tenant, portion }, repair.size);
+    }
+
+    /// Closes the source's reported repairs; unknown ids and other vendors'
+    /// repairs are skipped (a repeated report).
+    pub(super) fn finish_repairs(&mut self, c: FinishRepairs) -> Result<Outcome, FatError> {
+        let mut placed = 0u64;
+        let mut failed = Vec::new();
+        for result in c.results {
+            if self
+                .repairs
+                .get(&result.repair)
+                .is_none_or(|r| r.source != c.source)
+            {
+                continue;
+            }
+            let Some(repair) = self.close_repair(&result.repair) else {
+                continue;
+            };
+            let checked = result
+                .outcome
+                .and_then(|receipt| self.check_copy_receipt(&repair, &receipt));
+            match checked {
+                Ok(()) => {
+                    self.place_copy(repair);
+                    placed += 1;
+                }
+                Err(why) => failed.push((result.repair, why)),
+            }
+        }
+        Ok(Outcome::RepairsFinished { placed, failed })
+    }
+
+    /// Closes repairs whose lease ran out by `now_unix_ms`; their ids.
+    pub(super) fn expire_repairs(&mut self, now_unix_ms: u64) -> Vec<ReservationId> {
+        let expired: Vec<ReservationId> = self
+            .repairs
+            .iter()
+            .filter(|(_, r)| r.expires_unix_ms <= now_unix_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.close_repair(id);
+        }
+        expired
+    }
+
+    /// Whether some repair's lease ran out by `now_unix_ms`.
+    pub(super) fn has_expired_repairs(&self, now_unix_ms: u64) -> bool {
+        self.repairs
+            .values()
+            .any(|r| r.expires_unix_ms <= now_unix_ms)
+    }
+
+    /// The open repairs `source` should send, oldest lease first, at most
+    /// `limit`, with their targets' addresses.
+    pub fn copies_for(&self, source: &VendorId, limit: usize) -> Vec<CopyOrder> {
+        let mut orders: Vec<CopyOrder> = self
+            .repairs
+            .iter()
+            .filter(|(_, r)| &r.source == source)
+            .filter_map(|(id, r)| {
+                let target = self.vendors.get(&r.target)?;
+                Some(CopyOrder {
+                    id: *id,
+                    repair: r.clone(),
+                    target: VendorRef {
+                        id: r.target.clone(),
+                        address: target.address.clone(),
+                    },
+                })
+            })
+            .collect();
+        orders.sort_by_key(|o| (o.repair.expires_unix_ms, o.id));
+        orders.truncate(limit);
+        orders
+    }
+
+    /// Repairs open now.
+    pub fn open_repairs(&self) -> u64 {
+        self.repairs.len() as u64
+    }
+}

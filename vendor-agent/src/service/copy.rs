@@ -1,0 +1,150 @@
+//! Re-replication at the source: the coordinator asks this vendor, in the
+//! answer to a capacity report, to send a copy of a portion it holds to
+//! another vendor. The copy is a `Store` call to the target under the
+//! target's store grant, fed from the local pieces (each checked on the
+//! way, as a fetch does). The target's signed receipt, or why there is
+//! none, goes back in the next report. At most [`MAX_RUNNING_COPIES`] run
+//! at once; a task asked again while it runs is not started twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use offsite_proto::limits::{
+    DEFAULT_PIECE_BYTES, MAX_COPIES_PER_REPORT, MAX_PIECE_BYTES, MIN_PIECE_BYTES,
+};
+use offsite_proto::pb::vendor::{store_frame, StoreFrame};
+use offsite_proto::{CopyResult, CopyTask, Receipt, ReservationId, RoutingHeader};
+use tokio::sync::mpsc;
+
+use super::fetch::stream_range;
+use super::forward::Forwarder;
+use super::Shared;
+
+/// Copies sent at the same time.
+pub(crate) const MAX_RUNNING_COPIES: usize = 2;
+
+/// The copies running and those ended but not yet reported.
+#[derive(Default)]
+pub(crate) struct Copies {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    running: HashSet<ReservationId>,
+    ended: Vec<CopyResult>,
+}
+
+impl Copies {
+    /// Starts the tasks not already running or ended, while fewer than
+    /// [`MAX_RUNNING_COPIES`] run; the rest are asked again next report.
+    pub fn start(&self, shared: &Arc<Shared>, tasks: Vec<CopyTask>) {
+        let mut state = self.lock();
+        for task in tasks {
+            let known = state.running.contains(&task.repair)
+                || state.ended.iter().any(|r| r.repair == task.repair);
+            if known || state.running.len() >= MAX_RUNNING_COPIES {
+                continue;
+            }
+            state.running.insert(task.repair);
+            let (shared, done) = (Arc::clone(shared), Arc::clone(&self.state));
+            tokio::spawn(async move {
+                let repair = task.repair;
+                let outcome = send_copy(&shared, task).await;
+                match &outcome {
+                    Ok(_) => tracing::info!(%repair, "copy sent; the target holds it"),
+                    Err(why) => tracing::warn!(%repair, %why, "copy failed"),
+                }
+                let mut state = done.lock().unwrap_or_else(|poison| poison.into_inner());
+                state.running.remove(&repair);
+                state.ended.push(CopyResult { repair, outcome });
+            });
+        }
+    }
+
+    /// Takes up to [`MAX_COPIES_PER_REPORT`] ended copies for a report.
+    pub fn take_ended(&self, room: usize) -> Vec<CopyResult> {
+        let mut state = self.lock();
+        let n = state.ended.len().min(room.min(MAX_COPIES_PER_REPORT));
+        state.ended.drain(..n).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// Sends this vendor's copy of the task's portion to its target; the
+/// target's receipt.
+async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, String> {
+    let _claim = shared
+        .claim(&task.tenant, &task.portion)
+        .map_err(|e| e.to_string())?;
+    let record = shared
+        .fat
+        .get(&task.tenant, &task.portion)
+        .map_err(|e| e.to_string())?
+        .filter(|r| r.hash == task.hash && r.size == task.size)
+        .ok_or_else(|| {
+            format!(
+                "vendor {} does not hold portion {} of tenant {} with the asked hash and size",
+                shared.vendor, task.portion, task.tenant
+            )
+        })?;
+    let piece_size = Some(record.piece_size)
+        .filter(|s| (MIN_PIECE_BYTES..=MAX_PIECE_BYTES).contains(s))
+        .unwrap_or(DEFAULT_PIECE_BYTES);
+    let header = RoutingHeader {
+        tenant: task.tenant,
+        portion: task.portion,
+        hash: task.hash,
+        size: task.size,
+        route: vec![task.target.clone()],
+        piece_size,
+        grants: vec![task.grant],
+        reservation: task.repair,
+    };
+    let mut forwarder = Forwarder::start(header, shared.idle_timeout(), shared.credentials.clone());
+    let (sender, mut frames) = mpsc::channel(4);
+    let reader = {
+        let (shared, record) = (Arc::clone(shared), record.clone());
+        tokio::spawn(async move { stream_range(&shared, &record, 0, record.size, &sender).await })
+    };
+    while let Some(frame) = frames.recv().await {
+        let Ok(frame) = frame else { break };
+        forwarder
+            .send(StoreFrame {
+                frame: Some(store_frame::Frame::Data(frame.data)),
+            })
+            .await;
+    }
+    let read = reader
+        .await
+        .map_err(|e| format!("the reading task failed: {e}"))?;
+    if let Err(err) = read {
+        // The target gets fewer bytes than announced and keeps nothing.
+        drop(forwarder.finish().await);
+        return Err(format!("reading the local copy failed: {err}"));
+    }
+    let downstream = forwarder.finish().await;
+    let target = task.target.id;
+    if let Some(receipt) = downstream
+        .receipts
+        .into_iter()
+        .filter_map(|r| Receipt::try_from(r).ok())
+        .find(|r| r.vendor == target)
+    {
+        return Ok(receipt);
+    }
+    let why: Vec<String> = downstream.failures.into_iter().map(|f| f.error).collect();
+    Err(format!(
+        "target {target} returned no receipt: {}",
+        if why.is_empty() {
+            "no reason given".to_string()
+        } else {
+            why.join("; ")
+        }
+    ))
+}
