@@ -148,3 +148,135 @@ async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, Stri
         }
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey, VendorKey};
+    use offsite_proto::{Hash, PortionId, TenantId, VendorId, VendorRef};
+
+    use super::*;
+    use crate::local_fat::{LocalFat, PieceRecord, PortionRecord};
+    use crate::store::{random_piece_id, LocalStore, PieceStore};
+
+    fn task(portion: PortionId, hash: Hash, size: u64) -> CopyTask {
+        let group = GroupKey::from_secret(1, &[2; 32]);
+        let tenant = TenantId::new("t").unwrap();
+        let target = VendorId::new("v2").unwrap();
+        CopyTask {
+            repair: ReservationId::random(),
+            tenant: tenant.clone(),
+            portion,
+            hash,
+            size,
+            // Nothing listens on port 1.
+            target: VendorRef {
+                id: target.clone(),
+                address: "127.0.0.1:1".into(),
+            },
+            grant: group.grant(&GrantBody {
+                op: GrantOp::Store,
+                tenant,
+                vendor: target,
+                subject: GrantSubject::Reservation(ReservationId::random()),
+                max_bytes: size,
+                expires_unix_ms: u64::MAX,
+            }),
+        }
+    }
+
+    /// Waits for `n` ended copies, taking them.
+    async fn ended(copies: &Copies, n: usize) -> Vec<CopyResult> {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            out.extend(copies.take_ended(MAX_COPIES_PER_REPORT));
+            if out.len() >= n {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("only {} of {n} copies ended: {out:?}", out.len());
+    }
+
+    #[tokio::test]
+    async fn a_copy_not_held_or_not_received_fails_with_why_and_is_reported_once() {
+        let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Arc::new(LocalStore::open(store_dir.path(), None, 0.0).unwrap());
+        let data = crate::testing::test_bytes(70_000, 3);
+        let piece = PieceRecord {
+            id: random_piece_id(),
+            store: 0,
+            size: data.len() as u64,
+            hash: Hash::of(&data),
+        };
+        store
+            .put(&piece.id, data.clone(), &piece.hash)
+            .await
+            .unwrap();
+        let held = PortionRecord {
+            tenant: TenantId::new("t").unwrap(),
+            portion: PortionId::random(),
+            hash: Hash::of(&data),
+            size: data.len() as u64,
+            piece_size: 65_536,
+            pieces: vec![piece],
+        };
+        let fat = LocalFat::open(fat_dir.path()).unwrap();
+        fat.insert(&held).await.unwrap();
+        let stores: Vec<Arc<dyn PieceStore>> = vec![store];
+        let shared = Arc::new(Shared::new(
+            VendorId::new("v1").unwrap(),
+            stores,
+            fat,
+            crate::testing::throwaway_credentials("v1"),
+            VendorKey::from_secret(&[1; 32]),
+        ));
+
+        let copies = Copies::default();
+        let not_held = task(PortionId::random(), held.hash, held.size);
+        let unreachable = task(held.portion, held.hash, held.size);
+        let wrong_hash = task(held.portion, Hash::of(b"other"), held.size);
+        copies.start(
+            &shared,
+            vec![not_held.clone(), unreachable.clone(), wrong_hash.clone()],
+        );
+        // Asked again while they run (or ended, not yet reported): not
+        // started twice.
+        copies.start(&shared, vec![not_held.clone(), unreachable.clone()]);
+        let mut results = ended(&copies, 2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        results.extend(copies.take_ended(MAX_COPIES_PER_REPORT));
+        assert_eq!(results.len(), 2, "a copy ran twice: {results:?}");
+        // Two ran at once; the third starts when asked again.
+        copies.start(&shared, vec![wrong_hash.clone()]);
+        results.extend(ended(&copies, 1).await);
+
+        let why = |t: &CopyTask| {
+            let r = results.iter().find(|r| r.repair == t.repair).unwrap();
+            r.outcome.clone().unwrap_err()
+        };
+        assert!(
+            why(&not_held).contains("does not hold portion"),
+            "{}",
+            why(&not_held)
+        );
+        assert!(
+            why(&wrong_hash).contains("does not hold portion"),
+            "{}",
+            why(&wrong_hash)
+        );
+        let refused = why(&unreachable);
+        assert!(
+            refused.contains("target v2 returned no receipt"),
+            "{refused}"
+        );
+        assert!(refused.contains("127.0.0.1:1"), "{refused}");
+        // The local copy is untouched.
+        assert!(shared
+            .fat
+            .get(&held.tenant, &held.portion)
+            .unwrap()
+            .is_some());
+    }
+}
