@@ -47,7 +47,8 @@ pub struct CoordinatorConfig {
     pub suspect_after_secs: u64,
     /// ... and older than this, down (seconds).
     pub down_after_secs: u64,
-    /// A vendor down for this long has its copies made again on other
+    /// A vendor down for this long, or offering less than it holds for this
+    /// long, has its copies (the excess, for the latter) made again on other
     /// vendors, from the surviving copies (seconds).
     pub repair_after_secs: u64,
     /// Reserve this many times the bytes asked (at least 1.0).

@@ -208,7 +208,7 @@ fn a_copy_of_a_portion_released_meanwhile_is_deleted_at_the_target() {
 }
 
 #[test]
-fn a_vendor_offering_less_than_it_holds_sheds_only_the_excess() {
+fn a_vendor_offering_less_than_it_holds_for_long_sheds_only_the_excess() {
     let (mut fat, _) = market_of_four();
     // a holds 140 and now offers 100: 40 bytes must move.
     fat.apply(Command::ReportCapacity(ReportCapacity {
@@ -219,15 +219,27 @@ fn a_vendor_offering_less_than_it_holds_sheds_only_the_excess() {
         now_unix_ms: T0 + 1,
     }))
     .unwrap();
-    let repairs = due(&fat, T0 + 2);
+    assert!(due(&fat, T0 + 2).is_empty(), "moved before replace_after");
+    // A store back within the time (a restart) moves nothing.
+    let mut back = fat.clone();
+    back.apply(Command::ReportCapacity(ReportCapacity {
+        vendor: vid("a"),
+        offered_bytes: 1000,
+        stored_bytes: 140,
+        deleted: vec![],
+        now_unix_ms: T0 + 3_000,
+    }))
+    .unwrap();
+    assert!(due(&back, T0 + 6_000).is_empty());
+    let repairs = due(&fat, T0 + 5_001);
     assert_eq!(repairs.len(), 1, "{repairs:?}");
     let r = &repairs[0];
     assert_eq!(r.replaces.as_str(), "a");
     assert_ne!(r.source.as_str(), "a", "another holder sends, sparing a");
     assert_eq!(r.target.as_str(), "d");
-    plan(&mut fat, repairs.clone(), T0 + 2);
+    plan(&mut fat, repairs.clone(), T0 + 5_001);
     // The excess is on its way: nothing more is due.
-    assert!(due(&fat, T0 + 3).is_empty());
+    assert!(due(&fat, T0 + 5_002).is_empty());
     check_invariants(&fat).unwrap();
 }
 

@@ -2,8 +2,9 @@
 //! leave vendors that are gone or want their disk back, vendor to vendor.
 //!
 //! A vendor's copies are *leaving* when it has been down for the policy's
-//! `replace_after_ms`, or when it offers less than it holds (it needs its
-//! disk). The leader's sweep plans repairs ([`Fat::repairs_due`]): for a
+//! `replace_after_ms`, or when it has offered less than it holds for as
+//! long (it needs its disk back; a store that is only restarting does not
+//! set copies moving). The leader's sweep plans repairs ([`Fat::repairs_due`]): for a
 //! portion with a leaving copy, a holder that is up (the source) sends a
 //! copy to an up vendor with room that does not hold it (the target). The
 //! FAT keeps the repair with the target's bytes under `reserved`; the
@@ -36,8 +37,9 @@ pub const REPAIR_LEASE_MS: u64 = 30 * 60 * 1000;
 /// When copies leave a vendor that went down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RepairPolicy {
-    /// How long a vendor must have been down before its copies are made
-    /// again elsewhere.
+    /// How long a vendor must have been down, or offering less than it
+    /// holds, before its copies (the excess, for the latter) are made again
+    /// elsewhere.
     pub replace_after_ms: u64,
 }
 
@@ -96,7 +98,12 @@ impl Fat {
             Liveness::Down => {
                 now_unix_ms.saturating_sub(v.liveness_since_unix_ms) >= policy.replace_after_ms
             }
-            Liveness::Up => v.reported_offered < v.used,
+            Liveness::Up => {
+                v.reported_offered < v.used
+                    && v.short_since_unix_ms.is_some_and(|since| {
+                        now_unix_ms.saturating_sub(since) >= policy.replace_after_ms
+                    })
+            }
             Liveness::Suspect => false,
         })
     }

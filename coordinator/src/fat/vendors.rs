@@ -58,6 +58,9 @@ pub(crate) struct VendorRecord {
     pub liveness: Liveness,
     /// When `liveness` last changed (the time inside the command).
     pub liveness_since_unix_ms: u64,
+    /// Since when the vendor has been offering less than it holds (a store
+    /// shrank or went away); `None` while it offers enough.
+    pub short_since_unix_ms: Option<u64>,
 }
 
 impl VendorRecord {
@@ -69,6 +72,15 @@ impl VendorRecord {
     /// Bytes committed or under reservation.
     pub fn held(&self) -> u64 {
         self.used.saturating_add(self.reserved)
+    }
+
+    /// Notes whether the vendor now offers less than it holds.
+    fn note_offer(&mut self, offered: u64, now_unix_ms: u64) {
+        self.reported_offered = offered;
+        self.short_since_unix_ms = match offered < self.used {
+            true => self.short_since_unix_ms.or(Some(now_unix_ms)),
+            false => None,
+        };
     }
 
     fn mark_up(&mut self, now_unix_ms: u64) {
@@ -169,12 +181,13 @@ impl Fat {
                 last_report_unix_ms: 0,
                 liveness: Liveness::Up,
                 liveness_since_unix_ms: r.now_unix_ms,
+                short_since_unix_ms: None,
             });
         record.address = r.vendor.address;
         record.region = r.region;
         record.network_bytes_per_sec = r.network_bytes_per_sec;
         record.identity_key = r.identity_key;
-        record.reported_offered = r.offered_bytes;
+        record.note_offer(r.offered_bytes, r.now_unix_ms);
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
         record.mark_up(r.now_unix_ms);
         Ok(Outcome::VendorRegistered)
@@ -187,7 +200,7 @@ impl Fat {
                 r.vendor
             ))
         })?;
-        record.reported_offered = r.offered_bytes;
+        record.note_offer(r.offered_bytes, r.now_unix_ms);
         record.stored = r.stored_bytes;
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
         record.mark_up(r.now_unix_ms);
