@@ -94,6 +94,7 @@ impl Fat {
             };
             portions += 1;
             bytes = bytes.saturating_add(record.size);
+            self.repair_failures.remove(&(r.tenant.clone(), id));
             for vendor in record.vendors {
                 self.deletions.entry(vendor).or_default().insert(
                     PortionDeletion {

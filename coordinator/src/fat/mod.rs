@@ -83,6 +83,9 @@ pub struct Fat {
     tenant_keys: BTreeMap<TenantId, Vec<u8>>,
     /// Copies being made to replace leaving ones, by repair id.
     repairs: BTreeMap<ReservationId, Repair>,
+    /// Failed or expired repairs of a portion since its last placed copy; the
+    /// next plan rotates its source and target by this count.
+    repair_failures: BTreeMap<(TenantId, PortionId), u32>,
 }
 
 /// Counts for the marketplace status.

@@ -156,9 +156,29 @@ fn a_failed_or_forged_copy_frees_the_target_and_is_planned_again() {
     };
     assert_eq!(finish(&mut fat, "a", vec![forged, failed]), (0, 2));
     check_invariants(&fat).unwrap();
-    assert_eq!(held(&fat, "d"), (0, 0, 1000));
     assert!(fat.deletions_for(&vid("c")).is_empty());
-    assert_eq!(due(&fat, T0 + 6_000).len(), 2);
+    // d may hold the copies all the same: it is asked to delete them, and
+    // is no target for them until it has.
+    assert_eq!(held(&fat, "d"), (140, 0, 1000));
+    let owed = fat.deletions_for(&vid("d"));
+    assert_eq!(owed.len(), 2);
+    assert!(due(&fat, T0 + 6_000).is_empty());
+    fat.apply(Command::ReportCapacity(ReportCapacity {
+        vendor: vid("d"),
+        offered_bytes: 1000,
+        stored_bytes: 0,
+        deleted: owed,
+        now_unix_ms: T0 + 6_000,
+    }))
+    .unwrap();
+    assert_eq!(held(&fat, "d"), (0, 0, 1000));
+    // The next try takes another source (b instead of a).
+    let again = due(&fat, T0 + 6_000);
+    assert_eq!(again.len(), 2);
+    for r in &again {
+        assert_eq!((r.source.as_str(), r.target.as_str()), ("b", "d"));
+    }
+    check_invariants(&fat).unwrap();
 }
 
 #[test]
@@ -179,7 +199,9 @@ fn an_expired_repair_frees_the_target() {
     };
     assert_eq!(released.len(), 2);
     assert_eq!(fat.open_repairs(), 0);
-    assert_eq!(held(&fat, "d"), (0, 0, 1000));
+    // A late copy may have landed: d is asked to delete it.
+    assert_eq!(held(&fat, "d"), (140, 0, 1000));
+    assert_eq!(fat.deletions_for(&vid("d")).len(), 2);
     check_invariants(&fat).unwrap();
 }
 
@@ -240,6 +262,22 @@ fn a_vendor_offering_less_than_it_holds_for_long_sheds_only_the_excess() {
     plan(&mut fat, repairs.clone(), T0 + 5_001);
     // The excess is on its way: nothing more is due.
     assert!(due(&fat, T0 + 5_002).is_empty());
+    check_invariants(&fat).unwrap();
+    // Placed, a's copy is owed for deletion: still counted in its `used`, but
+    // no longer held, so no more moves.
+    let ok = CopyResult {
+        repair: r.id,
+        outcome: Ok(receipt_of(&fat, "d", r)),
+    };
+    let source = r.source.to_string();
+    assert_eq!(finish(&mut fat, &source, vec![ok]), (1, 0));
+    assert_eq!(held(&fat, "a").0, 140);
+    assert_eq!(fat.deletions_for(&vid("a")).len(), 1);
+    assert!(
+        due(&fat, T0 + 5_003).is_empty(),
+        "{:?}",
+        due(&fat, T0 + 5_003)
+    );
     check_invariants(&fat).unwrap();
 }
 

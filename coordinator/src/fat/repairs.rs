@@ -99,13 +99,22 @@ impl Fat {
                 now_unix_ms.saturating_sub(v.liveness_since_unix_ms) >= policy.replace_after_ms
             }
             Liveness::Up => {
-                v.reported_offered < v.used
+                v.reported_offered < self.committed_on(vendor)
                     && v.short_since_unix_ms.is_some_and(|since| {
                         now_unix_ms.saturating_sub(since) >= policy.replace_after_ms
                     })
             }
             Liveness::Suspect => false,
         })
+    }
+
+    /// What `vendor` holds in the catalog: its `used` without the released
+    /// copies it still has to delete (those leave on their own).
+    fn committed_on(&self, vendor: &VendorId) -> u64 {
+        let owed: u64 = self.deletions.get(vendor).map_or(0, |q| q.values().sum());
+        self.vendors
+            .get(vendor)
+            .map_or(0, |v| v.used.saturating_sub(owed))
     }
 
     fn is_up(&self, vendor: &VendorId) -> bool {
@@ -165,12 +174,8 @@ impl Fat {
                         .filter(|r| &r.replaces == *id)
                         .map(|r| r.size)
                         .sum();
-                    (
-                        *id,
-                        v.used
-                            .saturating_sub(v.reported_offered)
-                            .saturating_sub(moving),
-                    )
+                    let excess = self.committed_on(id).saturating_sub(v.reported_offered);
+                    (*id, excess.saturating_sub(moving))
                 })
             })
             .collect();
@@ -196,12 +201,21 @@ impl Fat {
                 else {
                     continue;
                 };
-                let source = record
+                // After a failed try another source and target get their turn.
+                let tries = self
+                    .repair_failures
+                    .get(&(tenant.clone(), *portion))
+                    .copied()
+                    .unwrap_or(0) as usize;
+                let mut sources: Vec<&VendorId> = record
                     .vendors
                     .iter()
-                    .find(|v| *v != replaces && self.is_up(v) && !leaving.contains(v))
-                    .or_else(|| record.vendors.iter().find(|v| self.is_up(v)));
-                let Some(source) = source else {
+                    .filter(|v| *v != replaces && self.is_up(v) && !leaving.contains(v))
+                    .collect();
+                if sources.is_empty() {
+                    sources = record.vendors.iter().filter(|v| self.is_up(v)).collect();
+                }
+                let Some(source) = sources.get(tries % sources.len().max(1)).copied() else {
                     continue;
                 };
                 let regions: BTreeSet<&str> = record
@@ -211,23 +225,24 @@ impl Fat {
                     .filter_map(|v| self.vendors.get(v).map(|r| r.region.as_str()))
                     .collect();
                 // A new region first, then the most room; ties by id.
-                let target = free
+                let mut targets: Vec<(&VendorId, u64)> = free
                     .iter()
                     .filter(|(id, room)| {
                         **room >= record.size
                             && !record.vendors.contains(id)
                             && !self.queued_for_deletion(id, tenant, *portion)
                     })
-                    .max_by_key(|(id, room)| {
-                        let region = self.vendors.get(**id).map(|v| v.region.as_str());
-                        (
-                            region.is_some_and(|r| !regions.contains(r)),
-                            **room,
-                            std::cmp::Reverse(**id),
-                        )
-                    })
-                    .map(|(id, _)| *id);
-                let Some(target) = target else {
+                    .map(|(id, room)| (*id, *room))
+                    .collect();
+                targets.sort_by_key(|(id, room)| {
+                    let region = self.vendors.get(*id).map(|v| v.region.as_str());
+                    (
+                        std::cmp::Reverse(region.is_some_and(|r| !regions.contains(r))),
+                        std::cmp::Reverse(*room),
+                        *id,
+                    )
+                });
+                let Some((target, _)) = targets.get(tries % targets.len().max(1)).copied() else {
                     continue;
                 };
                 if let Some(room) = free.get_mut(target) {
@@ -361,6 +376,35 @@ impl Fat {
         Some(repair)
     }
 
+    /// A repair that failed or ran out of time: the target may hold the copy
+    /// all the same (its answer lost, or late), so it is asked to delete it
+    /// (deleting a portion it never stored is a success); the next plan of
+    /// the portion tries another source and target.
+    fn abandon_repair(&mut self, repair: Repair) {
+        let failures = self
+            .repair_failures
+            .entry((repair.tenant.clone(), repair.portion))
+            .or_default();
+        *failures = failures.saturating_add(1);
+        self.owe_deletion(&repair.target, &repair, true);
+    }
+
+    /// Puts the repair's portion into `vendor`'s deletion queue. `charge`:
+    /// its bytes join `vendor`'s `used` until the deletion is acknowledged
+    /// (a copy the catalog never counted); a replaced copy is counted already.
+    fn owe_deletion(&mut self, vendor: &VendorId, repair: &Repair, charge: bool) {
+        let deletion = PortionDeletion {
+            tenant: repair.tenant.clone(),
+            portion: repair.portion,
+        };
+        let queue = self.deletions.entry(vendor.clone()).or_default();
+        if queue.insert(deletion, repair.size).is_none() && charge {
+            if let Some(v) = self.vendors.get_mut(vendor) {
+                v.used = v.used.saturating_add(repair.size);
+            }
+        }
+    }
+
     /// Whether `receipt` is the target's signed receipt for exactly this copy.
     fn check_copy_receipt(&self, repair: &Repair, receipt: &Receipt) -> Result<(), String> {
         if receipt.vendor != repair.target
@@ -382,31 +426,28 @@ impl Fat {
     /// which must delete its copy; a copy of a portion released meanwhile is
     /// deleted again at the target.
     fn place_copy(&mut self, repair: Repair) {
-        if let Some(v) = self.vendors.get_mut(&repair.target) {
-            v.used = v.used.saturating_add(repair.size);
-        }
-        let deletion = |vendor: &VendorId| (vendor.clone(), repair.tenant.clone(), repair.portion);
-        let delete = match self
+        self.repair_failures
+            .remove(&(repair.tenant.clone(), repair.portion));
+        let record = self
             .portions
             .get_mut(&repair.tenant)
             .and_then(|h| h.get_mut(&repair.portion))
-        {
-            None => deletion(&repair.target),
-            Some(record) => {
-                record.vendors.push(repair.target.clone());
-                let before = record.vendors.len();
-                record.vendors.retain(|v| *v != repair.replaces);
-                if record.vendors.len() == before {
-                    return;
-                }
-                deletion(&repair.replaces)
-            }
+            .filter(|r| r.hash == repair.hash && r.size == repair.size);
+        let Some(record) = record else {
+            // Released meanwhile (or committed again with other bytes).
+            self.owe_deletion(&repair.target, &repair, true);
+            return;
         };
-        let (vendor, tenant, portion) = delete;
-        self.deletions
-            .entry(vendor)
-            .or_default()
-            .insert(PortionDeletion { tenant, portion }, repair.size);
+        record.vendors.push(repair.target.clone());
+        let before = record.vendors.len();
+        record.vendors.retain(|v| *v != repair.replaces);
+        let replaced = record.vendors.len() < before;
+        if let Some(v) = self.vendors.get_mut(&repair.target) {
+            v.used = v.used.saturating_add(repair.size);
+        }
+        if replaced {
+            self.owe_deletion(&repair.replaces, &repair, false);
+        }
     }
 
     /// Closes the source's reported repairs; unknown ids and other vendors'
@@ -433,7 +474,10 @@ impl Fat {
                     self.place_copy(repair);
                     placed += 1;
                 }
-                Err(why) => failed.push((result.repair, why)),
+                Err(why) => {
+                    self.abandon_repair(repair);
+                    failed.push((result.repair, why));
+                }
             }
         }
         Ok(Outcome::RepairsFinished { placed, failed })
@@ -448,7 +492,9 @@ impl Fat {
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            self.close_repair(id);
+            if let Some(repair) = self.close_repair(id) {
+                self.abandon_repair(repair);
+            }
         }
         expired
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use offsite_proto::limits::MAX_COPIES_PER_REPORT;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
-use offsite_proto::{parse_copies, CopyResult, VendorId};
+use offsite_proto::{CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
 use super::{check_same_vendor, convert, grants, now_unix_ms, status_of, vendor_of};
@@ -22,6 +22,26 @@ impl<S> RegistryService<S> {
     pub fn new(store: Arc<S>) -> Self {
         Self { store }
     }
+}
+
+/// The copy results of a report: too many refuse the report; a malformed
+/// one is dropped (its repair runs out and is planned again), so one bad
+/// entry cannot stop a vendor's heartbeat.
+fn copy_results(wire: Vec<pb::CopyResult>) -> Result<Vec<CopyResult>, Status> {
+    if wire.len() > MAX_COPIES_PER_REPORT {
+        return Err(Status::invalid_argument(format!(
+            "copied: {} copy results, more than {MAX_COPIES_PER_REPORT}; report at most that many",
+            wire.len()
+        )));
+    }
+    Ok(wire
+        .into_iter()
+        .filter_map(|r| {
+            CopyResult::try_from(r)
+                .inspect_err(|err| tracing::warn!(%err, "dropping a malformed copy result"))
+                .ok()
+        })
+        .collect())
 }
 
 impl<S: FatStore> RegistryService<S> {
@@ -117,7 +137,7 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
     ) -> Result<Response<pb::CapacityReportResponse>, Status> {
         let caller = vendor_of(&request)?;
         let mut report = request.into_inner();
-        let copied: Vec<CopyResult> = parse_copies("copied", std::mem::take(&mut report.copied))?;
+        let copied = copy_results(std::mem::take(&mut report.copied))?;
         let command = convert::report_command(report, now_unix_ms())?;
         check_same_vendor(&caller, &command.vendor)?;
         let (vendor, deleted) = (command.vendor.clone(), command.deleted.len());

@@ -47,17 +47,22 @@ impl Copies {
                 continue;
             }
             state.running.insert(task.repair);
-            let (shared, done) = (Arc::clone(shared), Arc::clone(&self.state));
+            let running = Running {
+                repair: task.repair,
+                state: Arc::clone(&self.state),
+                outcome: None,
+            };
+            let shared = Arc::clone(shared);
             tokio::spawn(async move {
-                let repair = task.repair;
+                let mut running = running;
                 let outcome = send_copy(&shared, task).await;
                 match &outcome {
-                    Ok(_) => tracing::info!(%repair, "copy sent; the target holds it"),
-                    Err(why) => tracing::warn!(%repair, %why, "copy failed"),
+                    Ok(_) => {
+                        tracing::info!(repair = %running.repair, "copy sent; the target holds it")
+                    }
+                    Err(why) => tracing::warn!(repair = %running.repair, %why, "copy failed"),
                 }
-                let mut state = done.lock().unwrap_or_else(|poison| poison.into_inner());
-                state.running.remove(&repair);
-                state.ended.push(CopyResult { repair, outcome });
+                running.outcome = Some(outcome);
             });
         }
     }
@@ -73,6 +78,30 @@ impl Copies {
         self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// A running copy; however its task ends (a panic included), it leaves
+/// `running`, and its outcome (if it has one) joins `ended`.
+struct Running {
+    repair: ReservationId,
+    state: Arc<Mutex<State>>,
+    outcome: Option<Result<Receipt, String>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        state.running.remove(&self.repair);
+        if let Some(outcome) = self.outcome.take() {
+            state.ended.push(CopyResult {
+                repair: self.repair,
+                outcome,
+            });
+        }
     }
 }
 
@@ -120,6 +149,8 @@ async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, Stri
             })
             .await;
     }
+    // The reader may still be sending: let it see the channel closed.
+    drop(frames);
     let read = reader
         .await
         .map_err(|e| format!("the reading task failed: {e}"))?;
