@@ -2,6 +2,7 @@
 //! `repair_after_secs` has its copies made again on the other vendors, vendor
 //! to vendor, so every copy the FAT names can be read while it stays down;
 //! when it comes back it deletes the copies it no longer holds in the FAT.
+//! A vendor whose stores shrink below what it holds moves its excess away.
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -132,6 +133,79 @@ fn a_vendor_down_too_long_has_its_copies_made_again_elsewhere() {
         .flat_map(|dir| files_under(&dir.join("pieces")))
         .collect();
     assert!(left.is_empty(), "the returned vendor kept pieces: {left:?}");
+    devnet
+        .restore_latest_matches(&source, &tmp.path().join("restore"))
+        .unwrap();
+}
+
+#[test]
+fn a_vendor_whose_stores_shrink_moves_its_excess_to_other_vendors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let spec = TreeSpec {
+        seed: 32,
+        big_files: vec![40 * 1024 * 1024],
+        small_files: 100,
+        small_max: 4096,
+        specials: false,
+    };
+    tree::generate(&source, &spec).unwrap();
+    let options = DevnetOptions {
+        repair_after_secs: 0,
+        ..DevnetOptions::default()
+    };
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+    let before = devnet.status().unwrap();
+    let total_used: u64 = before.vendors.iter().map(|v| v.used_bytes).sum();
+    let shrinking = before
+        .vendors
+        .iter()
+        .max_by_key(|v| v.used_bytes)
+        .unwrap()
+        .vendor_id
+        .clone();
+    let held = used_of(&before, &shrinking);
+    let index = devnet
+        .vendor_ids()
+        .iter()
+        .position(|id| *id == shrinking)
+        .unwrap();
+
+    // The operator caps each of its NAS devices so that together they offer
+    // half of what the vendor holds, and restarts them.
+    let devices = devnet.nas_data_dirs(index);
+    let cap = held / 2 / devices.len() as u64;
+    for (nas, data_dir) in devices.iter().enumerate() {
+        let path = data_dir.parent().unwrap().join("nas.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        assert!(!config.contains("cap_bytes"), "{config}");
+        std::fs::write(&path, format!("cap_bytes = {cap}\n{config}")).unwrap();
+        devnet.stop_nas(index, nas).unwrap();
+        devnet.restart_nas(index, nas).unwrap();
+    }
+
+    let after = devnet
+        .wait_status(
+            "the shrinking vendor's excess to move and its copies to be deleted",
+            Duration::from_secs(120),
+            |s| {
+                let v = s.vendors.iter().find(|v| v.vendor_id == shrinking);
+                v.is_some_and(|v| v.used_bytes <= v.offered_bytes && v.used_bytes < held)
+                    && s.open_repairs == 0
+                    && s.pending_deletions == 0
+            },
+        )
+        .unwrap();
+    assert_eq!(liveness_of(&after, &shrinking), "up");
+    // Moved, not lost: every copy is still counted once, and readable.
+    let total_after: u64 = after.vendors.iter().map(|v| v.used_bytes).sum();
+    assert_eq!(total_after, total_used, "{after:?}");
+    let (clean, report) = check_reads_every_copy(&devnet).unwrap();
+    assert!(clean, "check after the move: {report}");
     devnet
         .restore_latest_matches(&source, &tmp.path().join("restore"))
         .unwrap();
