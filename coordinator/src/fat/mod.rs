@@ -32,6 +32,8 @@ mod proptests;
 #[cfg(test)]
 mod prune_proptests;
 #[cfg(test)]
+mod repair_proptests;
+#[cfg(test)]
 mod repair_tests;
 #[cfg(test)]
 mod tests;
