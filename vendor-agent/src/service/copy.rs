@@ -184,12 +184,10 @@ async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, Stri
 mod tests {
     use std::time::Duration;
 
-    use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey, VendorKey};
+    use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey};
     use offsite_proto::{Hash, PortionId, TenantId, VendorId, VendorRef};
 
     use super::*;
-    use crate::local_fat::{LocalFat, PieceRecord, PortionRecord};
-    use crate::store::{random_piece_id, LocalStore, PieceStore};
 
     fn task(portion: PortionId, hash: Hash, size: u64) -> CopyTask {
         let group = GroupKey::from_secret(1, &[2; 32]);
@@ -232,37 +230,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_not_held_or_not_received_fails_with_why_and_is_reported_once() {
-        let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Arc::new(LocalStore::open(store_dir.path(), None, 0.0).unwrap());
-        let data = crate::testing::test_bytes(70_000, 3);
-        let piece = PieceRecord {
-            id: random_piece_id(),
-            store: 0,
-            size: data.len() as u64,
-            hash: Hash::of(&data),
-        };
-        store
-            .put(&piece.id, data.clone(), &piece.hash)
-            .await
-            .unwrap();
-        let held = PortionRecord {
-            tenant: TenantId::new("t").unwrap(),
-            portion: PortionId::random(),
-            hash: Hash::of(&data),
-            size: data.len() as u64,
-            piece_size: 65_536,
-            pieces: vec![piece],
-        };
-        let fat = LocalFat::open(fat_dir.path()).unwrap();
-        fat.insert(&held).await.unwrap();
-        let stores: Vec<Arc<dyn PieceStore>> = vec![store];
-        let shared = Arc::new(Shared::new(
-            VendorId::new("v1").unwrap(),
-            stores,
-            fat,
-            crate::testing::throwaway_credentials("v1"),
-            VendorKey::from_secret(&[1; 32]),
-        ));
+        let (shared, held, _dirs) =
+            crate::service::vendor_holding(crate::testing::test_bytes(70_000, 3)).await;
 
         let copies = Copies::default();
         let not_held = task(PortionId::random(), held.hash, held.size);

@@ -322,30 +322,9 @@ mod tests {
     /// portion never held) is a success that reports `false`.
     #[tokio::test]
     async fn deleting_a_released_portion_is_idempotent() {
-        use crate::store::{random_piece_id, LocalStore, PieceStore};
-        let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let store = Arc::new(LocalStore::open(store_dir.path(), None, 0.0).unwrap());
-        let data = crate::testing::test_bytes(70_000, 9);
-        let piece = PieceRecord {
-            id: random_piece_id(),
-            store: 0,
-            size: data.len() as u64,
-            hash: Hash::of(&data),
-        };
-        store
-            .put(&piece.id, data.clone(), &piece.hash)
-            .await
-            .unwrap();
-        let mut held = record(data.len() as u64);
-        held.hash = Hash::of(&data);
-        held.pieces = vec![piece.clone()];
-        let fat = crate::local_fat::LocalFat::open(fat_dir.path()).unwrap();
-        fat.insert(&held).await.unwrap();
-        let vendor = offsite_proto::VendorId::new("v1").unwrap();
-        let credentials = crate::testing::throwaway_credentials("v1");
-        let stores: Vec<Arc<dyn PieceStore>> = vec![store.clone()];
-        let identity = offsite_proto::signing::VendorKey::from_secret(&[1; 32]);
-        let shared = Arc::new(Shared::new(vendor, stores, fat, credentials, identity));
+        let (shared, held, _dirs) =
+            crate::service::vendor_holding(crate::testing::test_bytes(70_000, 9)).await;
+        let (store, piece) = (Arc::clone(&shared.stores[0]), held.pieces[0].clone());
         assert_eq!(shared.fat.stored_bytes(), 70_000);
 
         assert!(delete_portion(&shared, &held.tenant, &held.portion)

@@ -267,3 +267,49 @@ impl vendor_server::Vendor for VendorService {
         }
     }
 }
+
+/// A vendor ("v1") with one local store holding one portion of tenant "t":
+/// `data` in a single piece. Keep the directories for as long as the vendor.
+#[cfg(test)]
+pub(crate) async fn vendor_holding(
+    data: bytes::Bytes,
+) -> (
+    Arc<Shared>,
+    crate::local_fat::PortionRecord,
+    [tempfile::TempDir; 2],
+) {
+    use crate::local_fat::{PieceRecord, PortionRecord};
+    use crate::store::{random_piece_id, LocalStore};
+    use offsite_proto::Hash;
+
+    let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = LocalStore::open(store_dir.path(), None, 0.0).unwrap();
+    let piece = PieceRecord {
+        id: random_piece_id(),
+        store: 0,
+        size: data.len() as u64,
+        hash: Hash::of(&data),
+    };
+    store
+        .put(&piece.id, data.clone(), &piece.hash)
+        .await
+        .unwrap();
+    let held = PortionRecord {
+        tenant: TenantId::new("t").unwrap(),
+        portion: PortionId::random(),
+        hash: Hash::of(&data),
+        size: data.len() as u64,
+        piece_size: 65_536,
+        pieces: vec![piece],
+    };
+    let fat = LocalFat::open(fat_dir.path()).unwrap();
+    fat.insert(&held).await.unwrap();
+    let shared = Arc::new(Shared::new(
+        VendorId::new("v1").unwrap(),
+        vec![Arc::new(store)],
+        fat,
+        crate::testing::throwaway_credentials("v1"),
+        VendorKey::from_secret(&[1; 32]),
+    ));
+    (shared, held, [store_dir, fat_dir])
+}
