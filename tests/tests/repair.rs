@@ -5,6 +5,7 @@
 //! A vendor whose stores shrink below what it holds moves its excess away.
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use offsite_proto::pb::coordinator::StatusResponse;
@@ -38,10 +39,38 @@ fn check_reads_every_copy(devnet: &Devnet) -> anyhow::Result<(bool, Value)> {
     Ok((out.status.success() && report["ok"] == true, report))
 }
 
+/// A devnet started with `options` that has backed up a tree of `spec`;
+/// the tree's path.
+fn backed_up(tmp: &Path, spec: &TreeSpec, options: DevnetOptions) -> (PathBuf, Devnet) {
+    let source = tmp.join("source");
+    tree::generate(&source, spec).unwrap();
+    let devnet = Devnet::start(&tmp.join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+    (source, devnet)
+}
+
+/// The vendor holding the most: its id, its index in the devnet, its used
+/// bytes (more than 0).
+fn busiest(devnet: &Devnet, status: &StatusResponse) -> (String, usize, u64) {
+    let vendor = status.vendors.iter().max_by_key(|v| v.used_bytes).unwrap();
+    assert!(
+        vendor.used_bytes > 0,
+        "no vendor holds anything: {status:?}"
+    );
+    let index = devnet
+        .vendor_ids()
+        .iter()
+        .position(|id| *id == vendor.vendor_id)
+        .unwrap();
+    (vendor.vendor_id.clone(), index, vendor.used_bytes)
+}
+
 #[test]
 fn a_vendor_down_too_long_has_its_copies_made_again_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("source");
     let spec = TreeSpec {
         seed: 31,
         big_files: vec![24 * 1024 * 1024, 9 * 1024 * 1024],
@@ -49,37 +78,19 @@ fn a_vendor_down_too_long_has_its_copies_made_again_elsewhere() {
         small_max: 4096,
         specials: true,
     };
-    tree::generate(&source, &spec).unwrap();
     let options = DevnetOptions {
         suspect_after_secs: 2,
         down_after_secs: 4,
         repair_after_secs: 0,
         ..DevnetOptions::default()
     };
-    let mut devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
-    devnet.client_ok(["init"]).unwrap();
-    devnet
-        .client_ok([OsString::from("backup"), source.clone().into()])
-        .unwrap();
+    let (source, mut devnet) = backed_up(tmp.path(), &spec, options);
     let (clean, report) = check_reads_every_copy(&devnet).unwrap();
     assert!(clean, "check failed before any fault: {report}");
 
     // The vendor holding the most goes away for good (as far as anyone knows).
     let before = devnet.status().unwrap();
-    let victim = before
-        .vendors
-        .iter()
-        .max_by_key(|v| v.used_bytes)
-        .unwrap()
-        .vendor_id
-        .clone();
-    let victim_used = used_of(&before, &victim);
-    assert!(victim_used > 0, "no vendor holds anything: {before:?}");
-    let index = devnet
-        .vendor_ids()
-        .iter()
-        .position(|id| *id == victim)
-        .unwrap();
+    let (victim, index, victim_used) = busiest(&devnet, &before);
     let total_used: u64 = before.vendors.iter().map(|v| v.used_bytes).sum();
     devnet.kill_vendor(index).unwrap();
 
@@ -141,7 +152,6 @@ fn a_vendor_down_too_long_has_its_copies_made_again_elsewhere() {
 #[test]
 fn a_vendor_whose_stores_shrink_moves_its_excess_to_other_vendors() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("source");
     let spec = TreeSpec {
         seed: 32,
         big_files: vec![40 * 1024 * 1024],
@@ -149,31 +159,14 @@ fn a_vendor_whose_stores_shrink_moves_its_excess_to_other_vendors() {
         small_max: 4096,
         specials: false,
     };
-    tree::generate(&source, &spec).unwrap();
     let options = DevnetOptions {
         repair_after_secs: 0,
         ..DevnetOptions::default()
     };
-    let mut devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
-    devnet.client_ok(["init"]).unwrap();
-    devnet
-        .client_ok([OsString::from("backup"), source.clone().into()])
-        .unwrap();
+    let (source, mut devnet) = backed_up(tmp.path(), &spec, options);
     let before = devnet.status().unwrap();
     let total_used: u64 = before.vendors.iter().map(|v| v.used_bytes).sum();
-    let shrinking = before
-        .vendors
-        .iter()
-        .max_by_key(|v| v.used_bytes)
-        .unwrap()
-        .vendor_id
-        .clone();
-    let held = used_of(&before, &shrinking);
-    let index = devnet
-        .vendor_ids()
-        .iter()
-        .position(|id| *id == shrinking)
-        .unwrap();
+    let (shrinking, index, held) = busiest(&devnet, &before);
 
     // The operator caps each of its NAS devices so that together they offer
     // half of what the vendor holds, and restarts them.
