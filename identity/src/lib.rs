@@ -2,8 +2,10 @@
 //! certificates it issues ([`pki`]), mutual TLS for every gRPC connection
 //! ([`Credentials`]: tonic server and client configs with our CA as the only
 //! root), and the verified role and name of the peer of a call
-//! ([`peer_identity`], [`require_role`]). Every binary uses this crate;
-//! nothing else in the workspace reads certificates.
+//! ([`peer_identity`], [`require_role`], and the calling tenant or vendor:
+//! [`require_tenant`], [`require_vendor`]). Every binary uses this crate;
+//! nothing else in the workspace reads certificates. It also loads every
+//! binary's config file ([`config`]), whose `[tls]` section is a [`TlsConfig`].
 //!
 //! ```
 //! use offsite_identity::{pki::CertificateAuthority, PeerIdentity, Role};
@@ -15,10 +17,13 @@
 //! assert_eq!(vendor.dns_name(), "vendor-1.vendor.offsite");
 //! ```
 
+mod caller;
+pub mod config;
 pub mod pki;
 mod role;
 mod tls;
 
+pub use caller::{require_tenant, require_vendor};
 pub use role::{check_name, PeerIdentity, Role, DNS_SUFFIX, MAX_NAME_LEN};
 pub use tls::{
     check_role, first_certificate_der, incoming, parse_certificate, peer_identity, require_role,

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use offsite_identity::config::ConfigError;
+use offsite_identity::config::{self, Config, Invalid};
 use offsite_identity::TlsConfig;
 use serde::Deserialize;
 
@@ -34,25 +36,6 @@ pub struct NasConfig {
     pub tls: TlsConfig,
 }
 
-/// A config file that cannot be used; the message names the file and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {}: {source}; check the path given to --config", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {} is not valid: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("config file {}: {problem}", path.display())]
-    Invalid { path: PathBuf, problem: String },
-}
-
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7201))
 }
@@ -64,19 +47,7 @@ fn default_put_idle_timeout() -> u64 {
 impl NasConfig {
     /// Reads, parses and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<NasConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config = Self::parse(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        config.validate().map_err(|problem| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problem,
-        })?;
-        Ok(config)
+        config::load(path)
     }
 
     /// Parses TOML text, without validating.
@@ -84,31 +55,46 @@ impl NasConfig {
         toml::from_str(text)
     }
 
-    /// Checks what serde cannot; the error says which field and the fix.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err("data_dir is empty; set it to the directory that holds the pieces".into());
-        }
-        if self.cap_bytes == Some(0) {
-            return Err("cap_bytes is 0, so the device could store nothing; \
-                 remove it (use the whole filesystem) or set a positive byte count"
-                .into());
-        }
-        offsite_identity::check_name(&self.allowed_vendor).map_err(|problem| {
-            format!("allowed_vendor: {problem}; set it to the vendor_id of the vendor this device serves")
-        })?;
-        if !(1..=3600).contains(&self.put_idle_timeout_secs) {
-            return Err(format!(
-                "put_idle_timeout_secs is {}; set 1 to 3600 seconds (default 60)",
-                self.put_idle_timeout_secs
-            ));
-        }
-        Ok(())
-    }
-
     /// How long a `Put` stream may stay silent.
     pub fn put_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.put_idle_timeout_secs)
+    }
+}
+
+impl Config for NasConfig {
+    const BINARY: &'static str = "offsite-nas";
+
+    /// Checks what serde cannot; the error says which field and the fix.
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "data_dir",
+                "is empty; set it to the directory that holds the pieces",
+            ));
+        }
+        if self.cap_bytes == Some(0) {
+            return Err(Invalid::new(
+                "cap_bytes",
+                "is 0, so the device could store nothing; \
+                 remove it (use the whole filesystem) or set a positive byte count",
+            ));
+        }
+        offsite_identity::check_name(&self.allowed_vendor).map_err(|problem| {
+            Invalid::new(
+                "allowed_vendor",
+                format!("{problem}; set it to the vendor_id of the vendor this device serves"),
+            )
+        })?;
+        if !(1..=3600).contains(&self.put_idle_timeout_secs) {
+            return Err(Invalid::new(
+                "put_idle_timeout_secs",
+                format!(
+                    "is {}; set 1 to 3600 seconds (default 60)",
+                    self.put_idle_timeout_secs
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -144,7 +130,11 @@ mod tests {
         assert!(err.to_string().contains("data_dir"), "{err}");
         let config =
             NasConfig::parse(&format!("data_dir = \"/x\"\ncap_bytes = 0\n{REST}")).unwrap();
-        assert!(config.validate().unwrap_err().contains("cap_bytes"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cap_bytes"));
         let config = NasConfig::parse(&format!(
             "data_dir = \"/x\"\nput_idle_timeout_secs = 0\n{REST}"
         ))
@@ -152,9 +142,14 @@ mod tests {
         assert!(config
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("put_idle_timeout_secs"));
         let text = format!("data_dir = \"/x\"\n{REST}").replace("vendor-1", "a_b");
         let config = NasConfig::parse(&text).unwrap();
-        assert!(config.validate().unwrap_err().contains("allowed_vendor"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("allowed_vendor"));
     }
 }

@@ -6,6 +6,7 @@
 //! server in-process; `main.rs` wires it to a listener and signals.
 //!
 //! ```
+//! use offsite_identity::config::Config as _;
 //! let config = offsite_nas::NasConfig::parse(
 //!     r#"
 //! data_dir = "/srv/nas"

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use offsite_proto::limits::{MAX_FRAME_BYTES, MAX_PIECE_BYTES};
 use offsite_proto::pb::nas::{put_frame::Frame, PieceHeader, PutFrame};
+use offsite_proto::stream::{next_within, Idle};
 use offsite_proto::{Hash, PieceId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
@@ -96,9 +97,9 @@ async fn next_frame<S>(
 where
     S: Stream<Item = Result<PutFrame, Status>> + Unpin,
 {
-    match tokio::time::timeout(idle, frames.next()).await {
+    match next_within(frames, idle).await {
         Ok(frame) => frame.transpose(),
-        Err(_) => {
+        Err(Idle(idle)) => {
             let what = id.map_or_else(|| "the Put stream".to_string(), |id| format!("piece {id}"));
             Err(Status::deadline_exceeded(format!(
                 "{what}: no frame for {} s, so the device aborted the put (put_idle_timeout_secs); \
@@ -176,6 +177,7 @@ fn invalid(message: impl Into<String>) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use tonic::Code;
 
     const IDLE: Duration = Duration::from_secs(5);

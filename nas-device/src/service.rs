@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use offsite_piece_store::{PieceDir, PieceError};
-use offsite_proto::limits::FRAME_BYTES;
 use offsite_proto::pb::nas::nas_server::Nas;
 use offsite_proto::pb::nas::{
     CapacityRequest, CapacityResponse, DeleteResponse, GetFrame, GetRequest, PieceRequest,
@@ -42,10 +41,9 @@ impl NasService {
         T: Send + 'static,
         F: FnOnce(&PieceDir) -> Result<T, PieceError> + Send + 'static,
     {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || work(&dir))
+        self.dir
+            .run_blocking(work)
             .await
-            .map_err(status::from_join_error)?
             .map_err(status::from_piece_error)
     }
 }
@@ -115,16 +113,8 @@ impl Nas for NasService {
     }
 }
 
-/// Splits a verified piece into `FRAME_BYTES` frames.
+/// A verified piece as a stream of `FRAME_BYTES` frames.
 fn frames(data: Vec<u8>) -> BoxStream<'static, Result<GetFrame, Status>> {
-    let data = tonic::codegen::Bytes::from(data);
-    let count = data.len().div_ceil(FRAME_BYTES);
-    stream::iter((0..count).map(move |i| {
-        let start = i * FRAME_BYTES;
-        let end = (start + FRAME_BYTES).min(data.len());
-        Ok(GetFrame {
-            data: data.slice(start..end),
-        })
-    }))
-    .boxed()
+    stream::iter(offsite_proto::stream::frames(data.into()).map(|data| Ok(GetFrame { data })))
+        .boxed()
 }

@@ -30,14 +30,6 @@ pub(crate) fn from_piece_error(err: PieceError) -> Status {
     }
 }
 
-/// A task of the blocking pool that did not finish.
-pub(crate) fn from_join_error(err: tokio::task::JoinError) -> Status {
-    tracing::error!(%err, "piece store task failed");
-    Status::internal(format!(
-        "the device's piece store task failed: {err}; retry"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

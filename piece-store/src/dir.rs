@@ -26,7 +26,7 @@ pub struct PieceStat {
 
 /// A directory of pieces. Cheap to clone; clones share the directory, its
 /// lock and its used-bytes counter. Blocking: async callers use
-/// `spawn_blocking`.
+/// [`PieceDir::run_blocking`].
 #[derive(Clone)]
 pub struct PieceDir {
     inner: Arc<Inner>,

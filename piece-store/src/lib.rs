@@ -26,6 +26,7 @@
 //! ));
 //! ```
 
+mod blocking;
 mod dir;
 mod error;
 mod format;

@@ -14,6 +14,7 @@
 //! assert!(VendorId::new("no spaces").is_err());
 //! ```
 
+pub mod clock;
 mod fat;
 mod ids;
 pub mod limits;
@@ -21,6 +22,7 @@ mod prune;
 mod repair;
 mod routing;
 pub mod signing;
+pub mod stream;
 mod wire_error;
 
 pub use fat::{
