@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use offsite_identity::config::ConfigError;
+use offsite_identity::config::{self, Config, Invalid};
 use offsite_identity::TlsConfig;
 use serde::Deserialize;
 
@@ -99,29 +101,7 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("config field `{field}`: {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
-}
-
-fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> {
+fn check_address(field: &'static str, address: &str) -> Result<(), Invalid> {
     let ok = address.len() <= offsite_proto::limits::MAX_ADDRESS_LEN
         && address
             .rsplit_once(':')
@@ -129,39 +109,33 @@ fn check_address(field: &'static str, address: &str) -> Result<(), ConfigError> 
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format!("{address:?} is not host:port")))
+        Err(invalid(field, format!("is {address:?}, not host:port")))
     }
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        problem: problem.into(),
-    }
+fn invalid(field: &'static str, problem: impl Into<String>) -> Invalid {
+    Invalid::new(field, problem)
 }
 
 impl CoordinatorConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        config.validate()?;
-        Ok(config)
+        config::load(path)
     }
 
     /// Checks every field's range and how the fields fit together.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", "empty; name the FAT store's directory"));
+            return Err(invalid(
+                "data_dir",
+                "is empty; name the FAT store's directory",
+            ));
         }
         if !(1..=7 * 24 * 3600).contains(&self.lease_secs) {
-            return Err(invalid("lease_secs", "use 1 to 604800 seconds (a week)"));
+            return Err(invalid(
+                "lease_secs",
+                "must be 1 to 604800 seconds (a week)",
+            ));
         }
         if self.suspect_after_secs == 0 {
             return Err(invalid("suspect_after_secs", "must be at least 1"));
@@ -170,7 +144,7 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "down_after_secs",
                 format!(
-                    "{} is not more than suspect_after_secs ({}); a vendor is suspect before it is down",
+                    "is {}, not more than suspect_after_secs ({}); a vendor is suspect before it is down",
                     self.down_after_secs, self.suspect_after_secs
                 ),
             ));
@@ -178,17 +152,17 @@ impl CoordinatorConfig {
         if self.repair_after_secs > 30 * 24 * 3600 {
             return Err(invalid(
                 "repair_after_secs",
-                "use 0 to 2592000 seconds (30 days); 0 repairs as soon as a vendor is down",
+                "must be 0 to 2592000 seconds (30 days); 0 repairs as soon as a vendor is down",
             ));
         }
         if !(self.overprovision.is_finite() && (1.0..=10.0).contains(&self.overprovision)) {
-            return Err(invalid("overprovision", "use 1.0 to 10.0"));
+            return Err(invalid("overprovision", "must be 1.0 to 10.0"));
         }
         if self.extra_vendors > 16 {
-            return Err(invalid("extra_vendors", "use 0 to 16"));
+            return Err(invalid("extra_vendors", "must be 0 to 16"));
         }
         if !(1..=3600).contains(&self.sweep_interval_secs) {
-            return Err(invalid("sweep_interval_secs", "use 1 to 3600 seconds"));
+            return Err(invalid("sweep_interval_secs", "must be 1 to 3600 seconds"));
         }
         if self.snapshot_every == 0 {
             return Err(invalid("snapshot_every", "must be at least 1"));
@@ -196,9 +170,9 @@ impl CoordinatorConfig {
         self.validate_group()
     }
 
-    fn validate_group(&self) -> Result<(), ConfigError> {
+    fn validate_group(&self) -> Result<(), Invalid> {
         if self.node_id == 0 {
-            return Err(invalid("node_id", "ids start at 1"));
+            return Err(invalid("node_id", "must be 1 or more (ids start at 1)"));
         }
         if let Some(address) = &self.advertise {
             check_address("advertise", address)?;
@@ -206,27 +180,30 @@ impl CoordinatorConfig {
         let mut seen = BTreeMap::new();
         for member in &self.initial_members {
             if member.id == 0 {
-                return Err(invalid("initial_members", "ids start at 1"));
+                return Err(invalid(
+                    "initial_members",
+                    "must be 1 or more (ids start at 1)",
+                ));
             }
             check_address("initial_members", &member.address)?;
             if seen.insert(member.id, ()).is_some() {
                 return Err(invalid(
                     "initial_members",
                     format!(
-                        "id {} is listed twice; give each coordinator its own id",
+                        "has id {} listed twice; give each coordinator its own id",
                         member.id
                     ),
                 ));
             }
         }
         if !(10..=10_000).contains(&self.heartbeat_ms) {
-            return Err(invalid("heartbeat_ms", "use 10 to 10000 milliseconds"));
+            return Err(invalid("heartbeat_ms", "must be 10 to 10000 milliseconds"));
         }
         if self.election_timeout_min_ms < 3 * self.heartbeat_ms {
             return Err(invalid(
                 "election_timeout_min_ms",
                 format!(
-                    "{} is less than 3 heartbeats ({} ms); followers would start elections while the leader is fine",
+                    "is {}, less than 3 heartbeats ({} ms); followers would start elections while the leader is fine",
                     self.election_timeout_min_ms,
                     3 * self.heartbeat_ms
                 ),
@@ -241,7 +218,7 @@ impl CoordinatorConfig {
         if !(self.election_timeout_max_ms..=600_000).contains(&self.write_timeout_ms) {
             return Err(invalid(
                 "write_timeout_ms",
-                "use election_timeout_max_ms to 600000 milliseconds (a write must outlive an election)",
+                "must be election_timeout_max_ms to 600000 milliseconds (a write must outlive an election)",
             ));
         }
         Ok(())
@@ -299,6 +276,14 @@ impl CoordinatorConfig {
 
     pub fn lease_ms(&self) -> u64 {
         self.lease_secs.saturating_mul(1000)
+    }
+}
+
+impl Config for CoordinatorConfig {
+    const BINARY: &'static str = "offsite-coordinator";
+
+    fn validate(&self) -> Result<(), Invalid> {
+        CoordinatorConfig::validate(self)
     }
 }
 

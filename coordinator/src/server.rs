@@ -19,6 +19,8 @@ use offsite_proto::ReservationId;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+use offsite_identity::config::Invalid;
+
 use crate::config::{ConfigError, CoordinatorConfig};
 use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
@@ -30,6 +32,8 @@ use crate::store::{FatStore, StoreError};
 pub enum CoordinatorError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("coordinator config: {0}")]
+    InvalidConfig(#[from] Invalid),
     #[error("cannot create the data dir {path}: {source}; check the path and its permissions")]
     DataDir {
         path: PathBuf,
