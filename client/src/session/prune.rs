@@ -21,10 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use offsite_proto::limits::MAX_RELEASE_PER_CALL;
 use offsite_proto::{ListedPortion, PortionId, SnapshotRecord};
-use tonic::Code;
 
 use super::{Session, SessionError};
-use crate::coordinator::CoordinatorError;
+use crate::coordinator::{CoordinatorError, Refusal};
 use crate::keys::Keys;
 use crate::manifest::Manifest;
 use crate::portion::HEADER_BYTES;
@@ -231,7 +230,7 @@ impl Session {
                     }
                     Err(
                         e @ CoordinatorError::Refused {
-                            code: Code::FailedPrecondition,
+                            refusal: Refusal::Conflict,
                             ..
                         },
                     ) if attempt < PRUNE_ATTEMPTS => {
