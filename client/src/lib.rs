@@ -19,6 +19,7 @@ pub mod chunker;
 pub mod config;
 mod connect;
 pub mod coordinator;
+mod estimate;
 pub mod filecache;
 pub mod filter;
 pub mod index_cache;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use offsite_proto::{PortionId, PortionLocation, SnapshotId};
 use rand::{RngCore, SeedableRng};
 
-use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
+use crate::backup::{pack, BackupPlan, Packed, PortionSink};
+use crate::estimate::Remaining;
 use crate::keys::Keys;
 use crate::manifest::Index;
 use crate::portion::Portion;
@@ -280,7 +281,8 @@ async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
 fn the_size_estimate_leaves_out_what_the_walk_leaves_out() {
     let dir = tempfile::tempdir().unwrap();
     let top = make_tree(dir.path());
-    let everything = crate::backup::estimate_bytes(std::slice::from_ref(&top), &Default::default());
+    let everything =
+        crate::estimate::estimate_bytes(std::slice::from_ref(&top), &Default::default());
     // 3 MiB + 17 twice, the 14-byte a.txt and the 12-byte latin-1 name.
     assert_eq!(everything, 2 * (3 * 1024 * 1024 + 17) + 14 + 12);
     std::fs::write(top.join("sub/.nobackup"), b"").unwrap();
@@ -291,7 +293,7 @@ fn the_size_estimate_leaves_out_what_the_walk_leaves_out() {
     })
     .unwrap();
     assert_eq!(
-        crate::backup::estimate_bytes(&[top], &filter),
+        crate::estimate::estimate_bytes(&[top], &filter),
         3 * 1024 * 1024 + 17,
         "sub/ holds the marker and a.txt is excluded: only big.bin is left"
     );

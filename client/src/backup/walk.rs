@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use super::Remaining;
 use crate::blob::{BlobId, BlobKind, BlobSet};
 use crate::chunker::Chunker;
+use crate::estimate::Remaining;
 use crate::filecache::{self, Parent, Stamp};
 use crate::filter::Filter;
 use crate::keys::Keys;

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
 use super::{now_ms, Session, SessionError, Unlocking};
-use crate::backup::{pack, BackupError, BackupPlan, Packed, PortionSink, Remaining};
+use crate::backup::{pack, BackupError, BackupPlan, Packed, PortionSink};
 use crate::blob::Compression;
+use crate::estimate::Remaining;
 use crate::filecache::{self, Parent};
 use crate::filter::{ExcludeOptions, Filter};
 use crate::index_cache::{self, Union};
@@ -20,7 +21,7 @@ use crate::manifest::Index;
 use crate::portion::Portion;
 use crate::progress::Progress;
 use crate::resume::{self, Journal};
-use crate::upload::{UploadSettings, UploadStats, Uploader};
+use crate::upload::{UploadError, UploadSettings, UploadStats, Uploader};
 
 /// What to back up and how.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +85,18 @@ impl PortionSink for Discard {
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
         self.bytes += portion.bytes.len() as u64;
         std::future::ready(Ok(()))
+    }
+}
+
+/// The pipeline's seam, wired to the uploader here, where the two meet:
+/// neither `backup` nor `upload` knows the other.
+impl PortionSink for Uploader {
+    type Error = UploadError;
+    fn put(
+        &mut self,
+        portion: Portion,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        Uploader::put(self, portion)
     }
 }
 

@@ -15,8 +15,8 @@ use offsite_proto::limits::MAX_SNAPSHOT_REWRITES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotRecord};
 
 use super::{Session, SessionError};
-use crate::backup::Remaining;
 use crate::blob::{kind_of, open, seal, BlobId, BlobKind};
+use crate::estimate::Remaining;
 use crate::keys::Keys;
 use crate::manifest::Manifest;
 use crate::portion::{blob_at, SplitPacker};

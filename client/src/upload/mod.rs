@@ -24,8 +24,8 @@ use offsite_proto::{
 };
 use tokio::task::JoinSet;
 
-use crate::backup::Remaining;
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::estimate::Remaining;
 use crate::portion::Portion;
 use crate::probe::{probe_all, rank};
 use crate::resume::{Committed, Journal};
