@@ -11,12 +11,13 @@ use std::sync::Arc;
 use offsite_proto::{PortionId, PortionLocation, SnapshotId};
 use rand::{RngCore, SeedableRng};
 
-use crate::backup::{pack, BackupPlan, Packed, PortionSink};
 use crate::estimate::Remaining;
-use crate::keys::Keys;
-use crate::manifest::Index;
-use crate::portion::Portion;
-use crate::restore::{self, verify_portion, FetchError, PortionSource, RestoreError};
+use crate::format::keys::Keys;
+use crate::format::manifest::Index;
+use crate::format::portion::Portion;
+use crate::market::fetch::{verify_portion, FetchError, PortionSource};
+use crate::session::backup::pipeline::{pack, BackupPlan, Packed, PortionSink};
+use crate::session::restore::{self, RestoreError};
 
 /// Portions kept in memory: the sink of a backup and the source of a restore.
 #[derive(Default)]
@@ -144,13 +145,13 @@ async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut 
         paths,
         keys: keys.clone(),
         known: Arc::new(known),
-        compression: crate::blob::Compression::Auto,
+        compression: crate::format::blob::Compression::Auto,
         portion_bytes: crate::config::MIN_PORTION_BYTES,
         snapshot: SnapshotId::random(),
         time_unix_ms: 1,
         remaining: Remaining::known(0),
         filter: Arc::new(crate::filter::Filter::default()),
-        parent: Arc::new(crate::filecache::Parent::default()),
+        parent: Arc::new(crate::local::filecache::Parent::default()),
         files: None,
         progress: crate::progress::Progress::hidden(),
     };

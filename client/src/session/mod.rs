@@ -3,11 +3,13 @@
 //! coordinator answers, the snapshot list and each snapshot's final FAT come
 //! from the cache, and [`Session::offline`] says so.
 
-mod backup;
+pub(crate) mod backup;
 mod browse;
 mod check;
+pub(crate) mod forget;
 mod prune;
 mod repack;
+pub(crate) mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,25 +20,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use offsite_proto::{PortionId, PortionLocation, SnapshotId, SnapshotRecord};
 
-use crate::backup::BackupError;
-use crate::cache::Cache;
 use crate::config::ClientConfig;
-use crate::connect::{load_credentials, CredentialsError};
-use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::filter::FilterError;
-use crate::keys::{install_key_file, passphrase, read_key_file, unlock_key_file, KeyError, Keys};
-use crate::manifest::Manifest;
-use crate::policy::{Decision, Policy};
-use crate::progress::Progress;
-use crate::restore::{
-    self, fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats, VendorSource,
+use crate::format::keys::{
+    install_key_file, passphrase, read_key_file, unlock_key_file, KeyError, Keys,
 };
-use crate::upload::UploadError;
-use crate::vendor::VendorPool;
+use crate::format::manifest::Manifest;
+use crate::local::cache::Cache;
+use crate::market::connect::{load_credentials, CredentialsError};
+use crate::market::coordinator::{Coordinator, CoordinatorError};
+use crate::market::fetch::VendorSource;
+use crate::market::upload::UploadError;
+use crate::market::vendor::VendorPool;
+use crate::progress::Progress;
+use backup::pipeline::BackupError;
 pub use backup::{BackupOptions, BackupSummary};
 pub use browse::{entries, Change, Diff, Found};
 pub use check::{CheckOptions, CheckReport, Problem};
+use forget::{Decision, Policy};
 pub use prune::{PruneOptions, PruneSummary, DEFAULT_REPACK_BELOW};
+use restore::{fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

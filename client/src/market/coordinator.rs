@@ -18,7 +18,7 @@ use offsite_proto::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::connect::connect;
+use crate::market::connect::connect;
 
 /// How long one coordinator call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

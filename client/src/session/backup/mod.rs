@@ -9,19 +9,22 @@ use std::sync::Arc;
 
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
+pub(crate) mod pipeline;
+mod walk;
+
 use super::{now_ms, Session, SessionError, Unlocking};
-use crate::backup::{pack, BackupError, BackupPlan, Packed, PortionSink};
-use crate::blob::Compression;
 use crate::estimate::Remaining;
-use crate::filecache::{self, Parent};
 use crate::filter::{ExcludeOptions, Filter};
-use crate::index_cache::{self, Union};
-use crate::keys::Keys;
-use crate::manifest::Index;
-use crate::portion::Portion;
+use crate::format::blob::Compression;
+use crate::format::keys::Keys;
+use crate::format::manifest::Index;
+use crate::format::portion::Portion;
+use crate::local::filecache::{self, Parent};
+use crate::local::index_cache::{self, Union};
+use crate::local::resume::{self, Journal};
+use crate::market::upload::{UploadError, UploadSettings, UploadStats, Uploader};
 use crate::progress::Progress;
-use crate::resume::{self, Journal};
-use crate::upload::{UploadError, UploadSettings, UploadStats, Uploader};
+use pipeline::{pack, BackupError, BackupPlan, Packed, PortionSink};
 
 /// What to back up and how.
 #[derive(Debug, Clone, Default)]

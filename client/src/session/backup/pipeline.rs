@@ -6,8 +6,6 @@
 //! memory stays flat however large the tree. Trees and the manifest are packed
 //! apart from file data; the manifest last, into the last metadata portion.
 
-mod walk;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,13 +14,14 @@ use offsite_proto::{BlobLocation, PortionId, SnapshotId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blob::{seal, seal_with, BlobError, BlobId, BlobKind, BlobMap, Compression};
+use super::walk;
 use crate::estimate::Remaining;
-use crate::filecache::{self, Parent};
 use crate::filter::Filter;
-use crate::keys::Keys;
-use crate::manifest::{Index, Manifest};
-use crate::portion::{Portion, SplitPacker};
+use crate::format::blob::{seal, seal_with, BlobError, BlobId, BlobKind, BlobMap, Compression};
+use crate::format::keys::Keys;
+use crate::format::manifest::{Index, Manifest};
+use crate::format::portion::{Portion, SplitPacker};
+use crate::local::filecache::{self, Parent};
 use crate::progress::Progress;
 pub use walk::{WalkError, WalkStats};
 
@@ -79,6 +78,8 @@ pub struct BackupPlan {
 /// The packed snapshot, every portion handed to the sink.
 #[derive(Debug)]
 pub struct Packed {
+    /// The manifest itself (the tests restore from it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub manifest: Manifest,
     /// The manifest's sealed blob (for the cache) and where it went.
     pub sealed_manifest: Vec<u8>,
