@@ -402,11 +402,7 @@ impl Session {
                 Err(e) => tracing::warn!(error = %e, "file metadata cache not kept"),
             }
         }
-        let mut list = self.cache.snapshots().unwrap_or_default();
-        list.push(record);
-        if let Err(e) = self.cache.put_snapshots(&list) {
-            tracing::warn!(error = %e, "snapshot list not cached");
-        }
+        self.cached.committed(record);
         if let Err(e) = self.locations(id).await {
             tracing::warn!(error = %e, "final FAT of the new snapshot not cached");
         }
