@@ -53,7 +53,6 @@ pub use filter::ExcludeOptions;
 pub use format::keys::{KeyError, Keys};
 pub use session::forget::{parse_duration, Decision, Policy};
 pub use session::{
-    entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, BackupSummary, Change,
-    CheckOptions, CheckReport, Diff, Found, Problem, PruneOptions, PruneSummary, Session,
-    SessionError, Unlocking, DEFAULT_REPACK_BELOW,
+    entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, CheckOptions, PruneOptions,
+    Session, SessionError, DEFAULT_REPACK_BELOW,
 };

@@ -37,10 +37,10 @@ use crate::progress::Progress;
 use backup::pipeline::BackupError;
 use restore::{fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats};
 
-pub use backup::{BackupOptions, BackupSummary};
-pub use browse::{entries, Change, Diff, Found};
-pub use check::{CheckOptions, CheckReport, Problem};
-pub use prune::{PruneOptions, PruneSummary, DEFAULT_REPACK_BELOW};
+pub use backup::BackupOptions;
+pub use browse::entries;
+pub use check::CheckOptions;
+pub use prune::{PruneOptions, DEFAULT_REPACK_BELOW};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
