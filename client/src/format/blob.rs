@@ -57,8 +57,8 @@ impl Compression {
 pub struct BlobId(pub [u8; 32]);
 
 /// An id hashes as its first eight bytes: ids are keyed blake3 outputs,
-/// uniform and unpredictable without the tenant's key, so [`BlobMap`] and
-/// [`BlobSet`] only mix that word (FxHash) instead of SipHashing all 32.
+/// uniform and unpredictable without the tenant's key, so `BlobMap` and
+/// `BlobSet` only mix that word (FxHash) instead of SipHashing all 32.
 impl Hash for BlobId {
     fn hash<H: Hasher>(&self, state: &mut H) {
         let mut head = [0u8; 8];
