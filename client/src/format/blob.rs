@@ -87,7 +87,7 @@ impl BlobId {
     }
 
     /// The id the client's dedup index cache is sealed under (see
-    /// [`crate::local::index_cache`]). A data blob holding exactly these words
+    /// `local::index_cache`). A data blob holding exactly these words
     /// would share it, but not its kind, which the AEAD binds as well.
     pub fn index_cache(keys: &Keys) -> Self {
         Self(*blake3::keyed_hash(keys.blob_id_key(), b"offsite dedup index cache").as_bytes())
