@@ -9,7 +9,7 @@ use offsite_proto::limits::{MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_REPLICATION,
 use offsite_proto::TenantId;
 use serde::Deserialize;
 
-use crate::blob::Compression;
+use crate::format::blob::Compression;
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "OFFSITE_CONFIG";

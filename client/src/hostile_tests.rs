@@ -8,12 +8,12 @@
 use offsite_proto::{Hash, PortionId, PortionLocation, SnapshotId};
 use proptest::prelude::*;
 
-use crate::blob::{open, seal, BlobId, BlobKind};
-use crate::keys::Keys;
-use crate::manifest::Manifest;
-use crate::portion::{blob_at, check_header, PortionBuilder};
-use crate::restore::verify_portion;
-use crate::tree::{sample_tree, Tree};
+use crate::format::blob::{open, seal, BlobId, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::manifest::Manifest;
+use crate::format::portion::{blob_at, check_header, PortionBuilder};
+use crate::format::tree::{sample_tree, Tree};
+use crate::market::fetch::verify_portion;
 
 fn config() -> ProptestConfig {
     ProptestConfig {

@@ -4,6 +4,15 @@
 //! FAT with the snapshot record, and restore it all; and the commands around
 //! it: retention (`forget`), `check`, `diff`, `find`, excludes and tags.
 //!
+//! The crate is in rooms by concern, each depending only on those before it:
+//! `format` (the stored formats: blobs, chunks, portions, trees, manifests,
+//! the key file), `local` (the cache and the other state kept on this
+//! machine), `market` (the coordinator group and the vendors: connecting,
+//! uploading, fetching), and `session` (the commands, one [`Session`] per
+//! invocation, with the backup pipeline and the restore). `config`,
+//! `filter`, `progress` and `estimate` serve them all. Only what the `offsite`
+//! CLI needs is exported.
+//!
 //! ```
 //! use offsite_client::{blob, Keys};
 //! let keys = Keys::from_data_key(&[1u8; 32]);
@@ -12,39 +21,38 @@
 //! assert_eq!(blob::open(&keys, blob::BlobKind::Data, &id, &sealed).unwrap(), b"chunk");
 //! ```
 
-pub mod backup;
-pub mod blob;
-mod cache;
-pub mod chunker;
-pub mod config;
-mod connect;
-pub mod coordinator;
-pub mod filecache;
-pub mod filter;
-pub mod index_cache;
-pub mod keys;
-pub mod manifest;
-pub mod policy;
-pub mod portion;
-mod probe;
-pub mod progress;
-mod records;
-pub mod restore;
-pub mod resume;
+mod config;
+mod estimate;
+mod filter;
+mod format;
+mod local;
+mod market;
+mod progress;
 mod session;
-pub mod tree;
-pub mod upload;
-mod vendor;
 
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
+/// Blobs, the sealed unit of the stored format: enough to seal and open one
+/// (the crate example) and to choose a compression.
+pub mod blob {
+    pub use crate::format::blob::{open, seal, BlobId, BlobKind, Compression};
+}
+
+/// The key file: creating it, its passphrase, changing it.
+pub mod keys {
+    pub use crate::format::keys::{
+        change_passphrase, init_key_file, new_passphrase, passphrase, KdfParams,
+    };
+}
+
 pub use config::ClientConfig;
-pub use keys::{KeyError, Keys};
+pub use filter::ExcludeOptions;
+pub use format::keys::{KeyError, Keys};
+pub use session::forget::{parse_duration, Decision, Policy};
 pub use session::{
-    entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, BackupSummary, Change,
-    CheckOptions, CheckReport, Diff, Found, Problem, PruneOptions, PruneSummary, Session,
-    SessionError, Unlocking, DEFAULT_REPACK_BELOW,
+    entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, CheckOptions, PruneOptions,
+    Session, SessionError, DEFAULT_REPACK_BELOW,
 };

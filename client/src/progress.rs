@@ -43,6 +43,7 @@ impl Progress {
     }
 
     /// A bar that never draws.
+    #[cfg(test)]
     pub fn hidden() -> Self {
         Self::new("", "files", 0, false)
     }

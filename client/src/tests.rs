@@ -11,11 +11,13 @@ use std::sync::Arc;
 use offsite_proto::{PortionId, PortionLocation, SnapshotId};
 use rand::{RngCore, SeedableRng};
 
-use crate::backup::{pack, BackupPlan, Packed, PortionSink, Remaining};
-use crate::keys::Keys;
-use crate::manifest::Index;
-use crate::portion::Portion;
-use crate::restore::{self, verify_portion, FetchError, PortionSource, RestoreError};
+use crate::estimate::Remaining;
+use crate::format::keys::Keys;
+use crate::format::manifest::Index;
+use crate::format::portion::Portion;
+use crate::market::fetch::{verify_portion, FetchError, PortionSource};
+use crate::session::backup::pipeline::{pack, BackupPlan, Packed, PortionSink};
+use crate::session::restore::{self, RestoreError};
 
 /// Portions kept in memory: the sink of a backup and the source of a restore.
 #[derive(Default)]
@@ -143,13 +145,13 @@ async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut 
         paths,
         keys: keys.clone(),
         known: Arc::new(known),
-        compression: crate::blob::Compression::Auto,
+        compression: crate::format::blob::Compression::Auto,
         portion_bytes: crate::config::MIN_PORTION_BYTES,
         snapshot: SnapshotId::random(),
         time_unix_ms: 1,
         remaining: Remaining::known(0),
         filter: Arc::new(crate::filter::Filter::default()),
-        parent: Arc::new(crate::filecache::Parent::default()),
+        parent: Arc::new(crate::local::filecache::Parent::default()),
         files: None,
         progress: crate::progress::Progress::hidden(),
     };
@@ -280,7 +282,8 @@ async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
 fn the_size_estimate_leaves_out_what_the_walk_leaves_out() {
     let dir = tempfile::tempdir().unwrap();
     let top = make_tree(dir.path());
-    let everything = crate::backup::estimate_bytes(std::slice::from_ref(&top), &Default::default());
+    let everything =
+        crate::estimate::estimate_bytes(std::slice::from_ref(&top), &Default::default());
     // 3 MiB + 17 twice, the 14-byte a.txt and the 12-byte latin-1 name.
     assert_eq!(everything, 2 * (3 * 1024 * 1024 + 17) + 14 + 12);
     std::fs::write(top.join("sub/.nobackup"), b"").unwrap();
@@ -291,7 +294,7 @@ fn the_size_estimate_leaves_out_what_the_walk_leaves_out() {
     })
     .unwrap();
     assert_eq!(
-        crate::backup::estimate_bytes(&[top], &filter),
+        crate::estimate::estimate_bytes(&[top], &filter),
         3 * 1024 * 1024 + 17,
         "sub/ holds the marker and a.txt is excluded: only big.bin is left"
     );

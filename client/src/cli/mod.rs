@@ -6,12 +6,12 @@ mod report;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use offsite_client::filter::ExcludeOptions;
 use offsite_client::keys::{
     change_passphrase, init_key_file, new_passphrase, passphrase, KdfParams,
 };
-use offsite_client::policy::{parse_duration, Decision, Policy};
+use offsite_client::ExcludeOptions;
 use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, PruneOptions, Session};
+use offsite_client::{parse_duration, Decision, Policy};
 use serde_json::{json, Value};
 
 use crate::{BackupArgs, CheckArgs, Command, Exit, ForgetArgs, KeyAction};

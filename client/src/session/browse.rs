@@ -11,8 +11,8 @@ use offsite_proto::SnapshotRecord;
 
 use super::{has_tags, Session, SessionError};
 use crate::filter::FilterError;
-use crate::keys::Keys;
-use crate::restore::Plan;
+use crate::format::keys::Keys;
+use crate::session::restore::Plan;
 
 /// One entry of a snapshot, as `ls`, `diff` and `find` show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +206,7 @@ impl Session {
         let mut found = Vec::new();
         for record in records {
             let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
-            let plan = crate::restore::plan(&source, keys, &manifest, &locations).await?;
+            let plan = crate::session::restore::plan(&source, keys, &manifest, &locations).await?;
             found.extend(entries(record.id, &plan).into_iter().filter(|e| {
                 let path = Path::new(&e.path);
                 if on_path {
@@ -223,7 +223,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::restore::plan::{FilePlan, LinkPlan};
+    use crate::session::restore::plan::{FilePlan, LinkPlan};
     use std::path::PathBuf;
 
     fn file(path: &str, digest: u8, mode: u32) -> FilePlan {

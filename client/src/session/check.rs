@@ -11,11 +11,11 @@ use futures::stream::{self, StreamExt};
 use offsite_proto::{PortionId, PortionLocation, SnapshotRecord};
 
 use super::{Session, SessionError};
-use crate::blob::{kind_of, open, BlobId};
-use crate::keys::Keys;
-use crate::portion::blob_at;
-use crate::restore::verify_portion;
-use crate::vendor::FetchRange;
+use crate::format::blob::{kind_of, open, BlobId};
+use crate::format::keys::Keys;
+use crate::format::portion::blob_at;
+use crate::market::fetch::verify_portion;
+use crate::market::vendor::FetchRange;
 
 /// Copies fetched at once by `--read-data`.
 const PARALLEL_READS: usize = 4;
@@ -164,7 +164,7 @@ impl Session {
                             .insert((at.offset, at.length, *id));
                     }
                     if let Err(e) =
-                        crate::restore::plan(&source, &keys, &manifest, &locations).await
+                        crate::session::restore::plan(&source, &keys, &manifest, &locations).await
                     {
                         report.problem(Some(record), None, format!("trees do not load: {e}"));
                     }

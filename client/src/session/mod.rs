@@ -1,42 +1,46 @@
-//! One CLI invocation's view of the marketplace: the coordinator group, the
-//! vendors and the cache, wired together for each command. When no
-//! coordinator answers, the snapshot list and each snapshot's final FAT come
-//! from the cache, and [`Session::offline`] says so.
+//! The commands: one CLI invocation's view of the marketplace, the
+//! coordinator group, the vendors and the cache wired together for each
+//! command. The snapshot list and each snapshot's final FAT come through a
+//! [`CachedCoordinator`], so when no coordinator answers they come from the
+//! cache, and [`Session::offline`] says so.
 
-mod backup;
+pub(crate) mod backup;
 mod browse;
 mod check;
+pub(crate) mod forget;
 mod prune;
 mod repack;
+pub(crate) mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use offsite_proto::{PortionId, PortionLocation, SnapshotId, SnapshotRecord};
 
-use crate::backup::BackupError;
-use crate::cache::Cache;
 use crate::config::ClientConfig;
-use crate::connect::{load_credentials, CredentialsError};
-use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::filter::FilterError;
-use crate::keys::{install_key_file, passphrase, read_key_file, unlock_key_file, KeyError, Keys};
-use crate::manifest::Manifest;
-use crate::policy::{Decision, Policy};
-use crate::progress::Progress;
-use crate::restore::{
-    self, fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats, VendorSource,
+use crate::format::keys::{
+    install_key_file, passphrase, read_key_file, unlock_key_file, KeyError, Keys,
 };
-use crate::upload::UploadError;
-use crate::vendor::VendorPool;
-pub use backup::{BackupOptions, BackupSummary};
-pub use browse::{entries, Change, Diff, Found};
-pub use check::{CheckOptions, CheckReport, Problem};
-pub use prune::{PruneOptions, PruneSummary, DEFAULT_REPACK_BELOW};
+use crate::format::manifest::Manifest;
+use crate::local::cache::Cache;
+use crate::market::cached::{CachedCoordinator, CachedError};
+use crate::market::connect::{load_credentials, CredentialsError};
+use crate::market::coordinator::{Coordinator, CoordinatorError};
+use crate::market::fetch::VendorSource;
+use crate::market::upload::UploadError;
+use crate::market::vendor::VendorPool;
+use crate::progress::Progress;
+use backup::pipeline::BackupError;
+use restore::{fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats};
+
+pub use backup::BackupOptions;
+pub use browse::entries;
+pub use check::CheckOptions;
+pub use prune::{PruneOptions, DEFAULT_REPACK_BELOW};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,15 @@ impl SessionError {
     }
 }
 
+impl From<CachedError> for SessionError {
+    fn from(e: CachedError) -> Self {
+        match e {
+            CachedError::Coordinator(e) => SessionError::Coordinator(e),
+            CachedError::NotCached(id) => SessionError::NotCached(id),
+        }
+    }
+}
+
 fn is_unreachable(e: &CoordinatorError) -> bool {
     matches!(e, CoordinatorError::Unreachable { .. })
 }
@@ -115,8 +128,9 @@ pub struct Session {
     coordinator: Arc<Coordinator>,
     pool: VendorPool,
     cache: Cache,
-    /// Set when an answer came from the cache because no coordinator answered.
-    offline: AtomicBool,
+    /// The snapshot list and final FATs, from the cache when no coordinator
+    /// answers.
+    cached: CachedCoordinator,
     /// Show progress bars (on a terminal).
     show_progress: bool,
 }
@@ -132,15 +146,17 @@ impl Session {
     /// connection presents it.
     pub fn new(config: ClientConfig) -> Result<Self, CredentialsError> {
         let credentials = load_credentials(&config)?;
+        let coordinator = Arc::new(Coordinator::new(
+            config.coordinators.clone(),
+            credentials.clone(),
+        ));
+        let cache = Cache::new(config.tenant_cache_dir());
         Ok(Self {
-            coordinator: Arc::new(Coordinator::new(
-                config.coordinators.clone(),
-                credentials.clone(),
-            )),
+            cached: CachedCoordinator::new(coordinator.clone(), cache.clone()),
+            coordinator,
             pool: VendorPool::new(credentials),
-            cache: Cache::new(config.tenant_cache_dir()),
+            cache,
             config,
-            offline: AtomicBool::new(false),
             show_progress: true,
         })
     }
@@ -153,7 +169,7 @@ impl Session {
 
     /// True when some answer came from the cache because no coordinator answered.
     pub fn offline(&self) -> bool {
-        self.offline.load(Ordering::Relaxed)
+        self.cached.answered_from_cache()
     }
 
     fn progress(&self, verb: &str, noun: &'static str, total: u64) -> Progress {
@@ -220,23 +236,7 @@ impl Session {
     /// The tenant's snapshots, oldest first; cached, and the cached list is
     /// used when no coordinator answers.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, SessionError> {
-        let mut list = match self.coordinator.list_snapshots().await {
-            Ok(list) => list,
-            Err(e @ CoordinatorError::Unreachable { .. }) => match self.cache.snapshots() {
-                Some(list) => {
-                    tracing::warn!(error = %e, "using the cached snapshot list");
-                    self.offline.store(true, Ordering::Relaxed);
-                    list
-                }
-                None => return Err(e.into()),
-            },
-            Err(e) => return Err(e.into()),
-        };
-        list.sort_by_key(|s| (s.time_unix_ms, s.id));
-        if let Err(e) = self.cache.put_snapshots(&list) {
-            tracing::warn!(error = %e, "snapshot list not cached");
-        }
-        Ok(list)
+        Ok(self.cached.list_snapshots().await?)
     }
 
     /// `latest`, a full snapshot id or a unique prefix of one.
@@ -264,24 +264,7 @@ impl Session {
     /// A snapshot's final FAT, from the coordinator (and cached) or, when no
     /// coordinator answers, from the cache.
     async fn locations(&self, id: SnapshotId) -> Result<Vec<PortionLocation>, SessionError> {
-        match self.coordinator.get_snapshot(id).await {
-            Ok((_, locations)) => {
-                if let Err(e) = self.cache.put_locations(id, &locations) {
-                    tracing::warn!(error = %e, "final FAT not cached");
-                }
-                Ok(locations)
-            }
-            Err(e @ CoordinatorError::Unreachable { .. }) => {
-                let cached = self
-                    .cache
-                    .locations(id)
-                    .ok_or(SessionError::NotCached(id))?;
-                tracing::warn!(error = %e, snapshot = %id, "using the cached final FAT");
-                self.offline.store(true, Ordering::Relaxed);
-                Ok(cached)
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.cached.locations(id).await?)
     }
 
     /// A snapshot's manifest (cached or fetched), its portion locations and a source.
@@ -442,48 +425,6 @@ impl Session {
             restore::restore(&source, keys, &manifest, &locations, target, &progress).await;
         progress.finish();
         Ok((record, result?))
-    }
-
-    /// Applies a retention policy to the snapshots carrying every tag of
-    /// `tags`; unless `dry_run`, forgets those it does not keep.
-    pub async fn forget(
-        &self,
-        policy: &Policy,
-        tags: &[String],
-        dry_run: bool,
-    ) -> Result<Vec<Decision>, SessionError> {
-        if policy.is_empty() {
-            return Err(SessionError::EmptyPolicy);
-        }
-        let list: Vec<SnapshotRecord> = self
-            .snapshots()
-            .await?
-            .into_iter()
-            .filter(|s| has_tags(s, tags))
-            .collect();
-        let decisions = policy.apply(&list);
-        if !dry_run {
-            for d in decisions.iter().filter(|d| !d.keep) {
-                self.coordinator.forget(d.snapshot.id).await?;
-                self.cache.forget(d.snapshot.id);
-                tracing::info!(snapshot = %d.snapshot.id, "forgot snapshot");
-            }
-            let forgotten: Vec<SnapshotId> = decisions
-                .iter()
-                .filter(|d| !d.keep)
-                .map(|d| d.snapshot.id)
-                .collect();
-            if let Some(list) = self.cache.snapshots() {
-                let left: Vec<SnapshotRecord> = list
-                    .into_iter()
-                    .filter(|s| !forgotten.contains(&s.id))
-                    .collect();
-                if let Err(e) = self.cache.put_snapshots(&left) {
-                    tracing::warn!(error = %e, "snapshot list not cached");
-                }
-            }
-        }
-        Ok(decisions)
     }
 }
 

@@ -21,14 +21,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use offsite_proto::limits::MAX_RELEASE_PER_CALL;
 use offsite_proto::{ListedPortion, PortionId, SnapshotRecord};
-use tonic::Code;
 
 use super::{Session, SessionError};
-use crate::coordinator::CoordinatorError;
-use crate::keys::Keys;
-use crate::manifest::Manifest;
-use crate::portion::HEADER_BYTES;
-use crate::restore::{fetch_manifest, VendorSource};
+use crate::format::keys::Keys;
+use crate::format::manifest::Manifest;
+use crate::format::portion::HEADER_BYTES;
+use crate::market::coordinator::{CoordinatorError, Refusal};
+use crate::market::fetch::VendorSource;
+use crate::session::restore::fetch_manifest;
 
 /// How often a prune is planned again when a snapshot saved meanwhile
 /// needs a portion it meant to release.
@@ -231,7 +231,7 @@ impl Session {
                     }
                     Err(
                         e @ CoordinatorError::Refused {
-                            code: Code::FailedPrecondition,
+                            refusal: Refusal::Conflict,
                             ..
                         },
                     ) if attempt < PRUNE_ATTEMPTS => {

@@ -15,13 +15,14 @@ use offsite_proto::limits::MAX_SNAPSHOT_REWRITES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotRecord};
 
 use super::{Session, SessionError};
-use crate::backup::Remaining;
-use crate::blob::{kind_of, open, seal, BlobId, BlobKind};
-use crate::keys::Keys;
-use crate::manifest::Manifest;
-use crate::portion::{blob_at, SplitPacker};
-use crate::restore::{PortionSource, RestoreError, VendorSource};
-use crate::upload::{UploadSettings, Uploader};
+use crate::estimate::Remaining;
+use crate::format::blob::{kind_of, open, seal, BlobId, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::manifest::Manifest;
+use crate::format::portion::{blob_at, SplitPacker};
+use crate::market::fetch::{PortionSource, VendorSource};
+use crate::market::upload::{UploadSettings, Uploader};
+use crate::session::restore::RestoreError;
 
 /// What a repack did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use offsite_proto::VendorRef;
 
-use crate::vendor::VendorPool;
+use crate::market::vendor::VendorPool;
 
 /// Pings per vendor.
 const PINGS: usize = 3;

@@ -19,9 +19,9 @@ use std::collections::{HashMap, HashSet};
 use offsite_proto::{BlobLocation, PortionId, SnapshotId, SnapshotRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{open, seal, BlobError, BlobId, BlobKind};
-use crate::keys::Keys;
-use crate::manifest::{Index, StoredIndex};
+use crate::format::blob::{open, seal, BlobError, BlobId, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::manifest::{Index, StoredIndex};
 
 /// Version of the dedup index cache format.
 const INDEX_CACHE_VERSION: u32 = 1;

@@ -26,7 +26,8 @@ const WINDOW: usize = 2 * MAX;
 /// One chunk of a file.
 #[derive(Debug)]
 pub struct Chunk {
-    /// Where the chunk starts in the file.
+    /// Where the chunk starts in the file (only the tests need it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub offset: u64,
     pub data: Vec<u8>,
 }

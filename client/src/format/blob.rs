@@ -16,7 +16,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::Keys;
+use crate::format::keys::Keys;
 
 /// Version byte of the blob envelope.
 pub const BLOB_VERSION: u8 = 1;
@@ -57,8 +57,8 @@ impl Compression {
 pub struct BlobId(pub [u8; 32]);
 
 /// An id hashes as its first eight bytes: ids are keyed blake3 outputs,
-/// uniform and unpredictable without the tenant's key, so [`BlobMap`] and
-/// [`BlobSet`] only mix that word (FxHash) instead of SipHashing all 32.
+/// uniform and unpredictable without the tenant's key, so `BlobMap` and
+/// `BlobSet` only mix that word (FxHash) instead of SipHashing all 32.
 impl Hash for BlobId {
     fn hash<H: Hasher>(&self, state: &mut H) {
         let mut head = [0u8; 8];
@@ -87,7 +87,7 @@ impl BlobId {
     }
 
     /// The id the client's dedup index cache is sealed under (see
-    /// [`crate::index_cache`]). A data blob holding exactly these words
+    /// `local::index_cache`). A data blob holding exactly these words
     /// would share it, but not its kind, which the AEAD binds as well.
     pub fn index_cache(keys: &Keys) -> Self {
         Self(*blake3::keyed_hash(keys.blob_id_key(), b"offsite dedup index cache").as_bytes())
@@ -135,7 +135,7 @@ impl BlobKind {
     /// Largest plaintext a blob of this kind may hold.
     pub fn max_plaintext(self) -> usize {
         match self {
-            BlobKind::Data => crate::chunker::MAX_CHUNK as usize,
+            BlobKind::Data => crate::format::chunker::MAX_CHUNK as usize,
             BlobKind::Tree => 64 * 1024 * 1024,
             BlobKind::Manifest => 192 * 1024 * 1024,
         }
@@ -432,7 +432,7 @@ mod tests {
         let plain = [
             include_str!("blob.rs"),
             include_str!("manifest.rs"),
-            include_str!("config.rs"),
+            include_str!("../config.rs"),
             include_str!("chunker.rs"),
         ]
         .concat()

@@ -4,6 +4,7 @@
 //! client's certificate.
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use offsite_identity::{Credentials, Role};
@@ -14,11 +15,10 @@ use offsite_proto::{
     Candidate, ListedPortion, PortionId, PortionLocation, PortionPlacement, RequestId,
     ReservationId, SnapshotId, SnapshotRecord, WireError,
 };
-use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::connect::connect;
+use crate::market::connect::connect;
 
 /// How long one coordinator call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,10 +38,10 @@ pub enum CoordinatorError {
         tried: String,
         last: String,
     },
-    #[error("the coordinator refused {what}: {code:?}: {message}")]
+    #[error("the coordinator refused {what}: {:?}: {message}", .refusal.code())]
     Refused {
         what: &'static str,
-        code: Code,
+        refusal: Refusal,
         message: String,
     },
     #[error("the coordinator answered {what} with a malformed message: {source}; check that client and coordinator run the same release")]
@@ -51,11 +51,62 @@ pub enum CoordinatorError {
     },
 }
 
+/// Why the group refused a call, read from the status code (the
+/// coordinator gives each kind of refusal its own code), so callers never
+/// match on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not enough capacity: ask for less, or retry later.
+    NoRoom,
+    /// The thing named does not exist (or is another tenant's).
+    NotFound,
+    /// The state changed or the lease ran out: look again, then retry.
+    Conflict,
+    /// The request itself is wrong: a bug or a mismatched release.
+    Invalid,
+    /// The certificate may not do this.
+    Forbidden,
+    /// Any other code: give up.
+    Other(Code),
+}
+
+impl Refusal {
+    fn of(code: Code) -> Self {
+        match code {
+            Code::ResourceExhausted => Refusal::NoRoom,
+            Code::NotFound => Refusal::NotFound,
+            Code::FailedPrecondition => Refusal::Conflict,
+            Code::InvalidArgument => Refusal::Invalid,
+            Code::PermissionDenied => Refusal::Forbidden,
+            other => Refusal::Other(other),
+        }
+    }
+
+    /// The status code the refusal came with.
+    pub fn code(self) -> Code {
+        match self {
+            Refusal::NoRoom => Code::ResourceExhausted,
+            Refusal::NotFound => Code::NotFound,
+            Refusal::Conflict => Code::FailedPrecondition,
+            Refusal::Invalid => Code::InvalidArgument,
+            Refusal::Forbidden => Code::PermissionDenied,
+            Refusal::Other(code) => code,
+        }
+    }
+}
+
 impl CoordinatorError {
     /// True when the group refused because there is not enough room.
     pub fn is_capacity(&self) -> bool {
-        matches!(self, CoordinatorError::Refused { code, message, .. }
-            if *code == Code::ResourceExhausted || message.contains("capacity"))
+        self.refusal() == Some(Refusal::NoRoom)
+    }
+
+    /// The kind of refusal, when the group refused.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            CoordinatorError::Refused { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
     }
 }
 
@@ -71,7 +122,9 @@ pub struct Reservation {
 pub struct Coordinator {
     addresses: Vec<String>,
     credentials: Credentials,
-    /// The coordinator that answered last, and its client.
+    /// The coordinator that answered last, and its client. Held only to
+    /// read or replace it, never across a call: a channel is cheap to clone,
+    /// so independent calls run at once.
     current: Mutex<Option<(usize, Client)>>,
 }
 
@@ -96,13 +149,13 @@ impl Coordinator {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut current = self.current.lock().await;
-        let start = current.as_ref().map_or(0, |(i, _)| *i);
+        let known = self.current().clone();
+        let start = known.as_ref().map_or(0, |(i, _)| *i);
         let mut last = String::from("no coordinator configured");
         for step in 0..self.addresses.len() {
             let index = (start + step) % self.addresses.len();
             let address = &self.addresses[index];
-            let client = match current.as_ref() {
+            let client = match known.as_ref() {
                 Some((i, client)) if *i == index => client.clone(),
                 _ => match connect(&self.credentials, address, &Role::Coordinator.dns_name()).await
                 {
@@ -118,14 +171,14 @@ impl Coordinator {
             };
             match tokio::time::timeout(CALL_TIMEOUT, call(client.clone())).await {
                 Ok(Ok(response)) => {
-                    *current = Some((index, client));
+                    *self.current() = Some((index, client));
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) if !is_failover(&status) => {
-                    *current = Some((index, client));
+                    *self.current() = Some((index, client));
                     return Err(CoordinatorError::Refused {
                         what,
-                        code: status.code(),
+                        refusal: Refusal::of(status.code()),
                         message: status.message().to_string(),
                     });
                 }
@@ -133,13 +186,23 @@ impl Coordinator {
                 Err(_) => last = format!("{address}: no answer in {CALL_TIMEOUT:?}"),
             }
             tracing::warn!(%address, error = %last, "coordinator failed; trying the next");
-            *current = None;
+            // Forget it, unless another call has moved on meanwhile.
+            let mut current = self.current();
+            if current.as_ref().is_some_and(|(i, _)| *i == index) {
+                *current = None;
+            }
         }
         Err(CoordinatorError::Unreachable {
             what,
             tried: self.addresses.join(", "),
             last,
         })
+    }
+
+    /// The coordinator that answered last, locked for a moment (a panic
+    /// while it was held left nothing half-written: it is one assignment).
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<(usize, Client)>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Reserves room for `bytes` at `replication`.
@@ -287,7 +350,7 @@ impl Coordinator {
         match reply {
             Ok(reply) => Ok(Some(reply.key_file)),
             Err(CoordinatorError::Refused {
-                code: Code::NotFound,
+                refusal: Refusal::NotFound,
                 ..
             }) => Ok(None),
             Err(e) => Err(e),
@@ -392,4 +455,42 @@ fn is_failover(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: Code, message: &str) -> CoordinatorError {
+        CoordinatorError::Refused {
+            what: "reserve",
+            refusal: Refusal::of(code),
+            message: message.into(),
+        }
+    }
+
+    /// The kind comes from the code alone; the message keeps its code.
+    #[test]
+    fn a_refusal_is_classified_by_its_code_not_its_message() {
+        assert!(refused(Code::ResourceExhausted, "not enough room").is_capacity());
+        assert!(!refused(Code::FailedPrecondition, "capacity").is_capacity());
+        assert_eq!(
+            refused(Code::FailedPrecondition, "x").refusal(),
+            Some(Refusal::Conflict)
+        );
+        for code in [
+            Code::ResourceExhausted,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::Internal,
+        ] {
+            assert_eq!(Refusal::of(code).code(), code);
+        }
+        assert_eq!(
+            refused(Code::ResourceExhausted, "full").to_string(),
+            "the coordinator refused reserve: ResourceExhausted: full"
+        );
+    }
 }

@@ -7,7 +7,6 @@
 //! left behind.
 
 pub(crate) mod plan;
-mod source;
 mod write;
 
 use std::collections::HashMap;
@@ -17,14 +16,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use offsite_proto::{PortionId, PortionLocation, SnapshotRecord};
 
-use crate::blob::{open, BlobError, BlobId, BlobKind};
-use crate::keys::Keys;
-use crate::manifest::{Manifest, ManifestError};
-use crate::portion::PortionError;
+use crate::format::blob::{open, BlobError, BlobId, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::portion::PortionError;
+use crate::format::tree::TreeError;
+use crate::market::fetch::{FetchError, PortionSource};
 use crate::progress::Progress;
-use crate::tree::TreeError;
 pub use plan::{plan, Plan};
-pub use source::{verify_portion, FetchError, PortionSource, VendorSource};
 
 /// Portions fetched at once (spread over their vendors by the source). Each
 /// job keeps a portion buffer and a plaintext buffer; on the 2-core

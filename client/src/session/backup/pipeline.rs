@@ -6,9 +6,6 @@
 //! memory stays flat however large the tree. Trees and the manifest are packed
 //! apart from file data; the manifest last, into the last metadata portion.
 
-mod estimate;
-mod walk;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,16 +14,15 @@ use offsite_proto::{BlobLocation, PortionId, SnapshotId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blob::{seal, seal_with, BlobError, BlobId, BlobKind, BlobMap, Compression};
-use crate::filecache::{self, Parent};
+use super::walk;
+use crate::estimate::Remaining;
 use crate::filter::Filter;
-use crate::keys::Keys;
-use crate::manifest::{Index, Manifest};
-use crate::portion::{Portion, SplitPacker};
+use crate::format::blob::{seal, seal_with, BlobError, BlobId, BlobKind, BlobMap, Compression};
+use crate::format::keys::Keys;
+use crate::format::manifest::{Index, Manifest};
+use crate::format::portion::{Portion, SplitPacker};
+use crate::local::filecache::{self, Parent};
 use crate::progress::Progress;
-#[cfg(test)]
-pub use estimate::estimate_bytes;
-pub use estimate::Remaining;
 pub use walk::{WalkError, WalkStats};
 
 /// Batches of blobs waiting between the walk and the sealers.
@@ -34,23 +30,14 @@ const CHANNEL_BATCHES: usize = 4;
 /// The walker recurses once per directory level.
 const WALK_STACK_BYTES: usize = 64 * 1024 * 1024;
 
-/// Where finished portions go: the uploader, or memory in tests.
+/// Where finished portions go: the uploader (wired in by the backup command,
+/// `session::backup`), or memory in tests.
 pub trait PortionSink {
     type Error: std::error::Error + Send + Sync + 'static;
     fn put(
         &mut self,
         portion: Portion,
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
-}
-
-impl PortionSink for crate::upload::Uploader {
-    type Error = crate::upload::UploadError;
-    fn put(
-        &mut self,
-        portion: Portion,
-    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
-        crate::upload::Uploader::put(self, portion)
-    }
 }
 
 /// Why a backup stopped.
@@ -91,6 +78,8 @@ pub struct BackupPlan {
 /// The packed snapshot, every portion handed to the sink.
 #[derive(Debug)]
 pub struct Packed {
+    /// The manifest itself (the tests restore from it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub manifest: Manifest,
     /// The manifest's sealed blob (for the cache) and where it went.
     pub sealed_manifest: Vec<u8>,

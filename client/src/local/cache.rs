@@ -1,10 +1,12 @@
 //! The client's local cache under `<cache_dir>/<tenant>/`: the sealed manifest
 //! blob of each snapshot (still encrypted), the last snapshot list, and the
 //! final FAT (portion locations) of each snapshot, so `snapshots` and `ls`
-//! answer when no coordinator can be reached. The cache only saves fetches:
-//! anything missing or unreadable is fetched again. Also under it: the file
-//! metadata caches ([`crate::filecache`]), the resume journal
-//! ([`crate::resume`]) and the dedup index cache ([`crate::index_cache`]).
+//! answer when no coordinator can be reached (through
+//! [`crate::market::cached`]). The cache only saves fetches: anything
+//! missing or unreadable is fetched again. Also under it: the file metadata
+//! caches ([`crate::local::filecache`]), the resume journal
+//! ([`crate::local::resume`]) and the dedup index cache
+//! ([`crate::local::index_cache`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -89,7 +91,7 @@ impl Cache {
         for path in [
             self.manifest_path(id),
             self.locations_path(id),
-            crate::filecache::path_of(&self.dir, id),
+            crate::local::filecache::path_of(&self.dir, id),
         ] {
             let _ = std::fs::remove_file(path);
         }
@@ -113,7 +115,7 @@ impl Cache {
         self.dir.join("index")
     }
 
-    /// The sealed dedup index cache ([`crate::index_cache`]), if cached.
+    /// The sealed dedup index cache ([`crate::local::index_cache`]), if cached.
     pub fn index(&self) -> Option<Vec<u8>> {
         read_bounded(&self.index_path())
     }

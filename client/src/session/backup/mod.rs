@@ -9,18 +9,22 @@ use std::sync::Arc;
 
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
+pub(crate) mod pipeline;
+mod walk;
+
 use super::{now_ms, Session, SessionError, Unlocking};
-use crate::backup::{pack, BackupError, BackupPlan, Packed, PortionSink, Remaining};
-use crate::blob::Compression;
-use crate::filecache::{self, Parent};
+use crate::estimate::Remaining;
 use crate::filter::{ExcludeOptions, Filter};
-use crate::index_cache::{self, Union};
-use crate::keys::Keys;
-use crate::manifest::Index;
-use crate::portion::Portion;
+use crate::format::blob::Compression;
+use crate::format::keys::Keys;
+use crate::format::manifest::Index;
+use crate::format::portion::Portion;
+use crate::local::filecache::{self, Parent};
+use crate::local::index_cache::{self, Union};
+use crate::local::resume::{self, Journal};
+use crate::market::upload::{UploadError, UploadSettings, UploadStats, Uploader};
 use crate::progress::Progress;
-use crate::resume::{self, Journal};
-use crate::upload::{UploadSettings, UploadStats, Uploader};
+use pipeline::{pack, BackupError, BackupPlan, Packed, PortionSink};
 
 /// What to back up and how.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +88,18 @@ impl PortionSink for Discard {
     ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
         self.bytes += portion.bytes.len() as u64;
         std::future::ready(Ok(()))
+    }
+}
+
+/// The pipeline's seam, wired to the uploader here, where the two meet:
+/// neither `backup` nor `upload` knows the other.
+impl PortionSink for Uploader {
+    type Error = UploadError;
+    fn put(
+        &mut self,
+        portion: Portion,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        Uploader::put(self, portion)
     }
 }
 
@@ -386,11 +402,7 @@ impl Session {
                 Err(e) => tracing::warn!(error = %e, "file metadata cache not kept"),
             }
         }
-        let mut list = self.cache.snapshots().unwrap_or_default();
-        list.push(record);
-        if let Err(e) = self.cache.put_snapshots(&list) {
-            tracing::warn!(error = %e, "snapshot list not cached");
-        }
+        self.cached.committed(record);
         if let Err(e) = self.locations(id).await {
             tracing::warn!(error = %e, "final FAT of the new snapshot not cached");
         }

@@ -8,9 +8,9 @@ use std::future::Future;
 use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{Hash, PortionId, PortionLocation, TenantId, VendorId, VendorRef};
 
-use crate::portion::check_header;
-use crate::probe::{probe_all, rank};
-use crate::vendor::{FetchRange, VendorPool};
+use crate::format::portion::check_header;
+use crate::market::probe::{probe_all, rank};
+use crate::market::vendor::{FetchRange, VendorPool};
 
 /// No replica of a portion could be read.
 #[derive(Debug, thiserror::Error)]

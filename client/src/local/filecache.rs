@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use offsite_proto::SnapshotId;
 use serde::{Deserialize, Serialize};
 
-use crate::records;
-use crate::tree::ChunkRef;
+use crate::format::records;
+use crate::format::tree::ChunkRef;
 
 const MAGIC: &[u8; 7] = b"OFFILES";
 /// Version of the file metadata cache format.
@@ -67,12 +67,10 @@ impl Parent {
             .map(|(_, content)| content.as_slice())
     }
 
+    /// Files cached.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
     }
 }
 
@@ -167,7 +165,7 @@ impl Drop for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::BlobId;
+    use crate::format::blob::BlobId;
 
     #[test]
     fn written_records_come_back_and_changes_are_seen() {

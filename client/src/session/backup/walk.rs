@@ -13,15 +13,15 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use super::Remaining;
-use crate::blob::{BlobId, BlobKind, BlobSet};
-use crate::chunker::Chunker;
-use crate::filecache::{self, Parent, Stamp};
+use crate::estimate::Remaining;
 use crate::filter::Filter;
-use crate::keys::Keys;
-use crate::manifest::Index;
+use crate::format::blob::{BlobId, BlobKind, BlobSet};
+use crate::format::chunker::Chunker;
+use crate::format::keys::Keys;
+use crate::format::manifest::Index;
+use crate::format::tree::{ChunkRef, Entry, EntryKind, Tree};
+use crate::local::filecache::{self, Parent, Stamp};
 use crate::progress::Progress;
-use crate::tree::{ChunkRef, Entry, EntryKind, Tree};
 
 /// A blob this backup must store.
 pub struct NewBlob {

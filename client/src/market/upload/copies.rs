@@ -83,7 +83,7 @@ impl Uploader {
         let held = pending.receipts.len();
         if held >= replication && pending.in_flight == 0 {
             if let Some(done) = self.pending.remove(&id) {
-                self.placed_blobs.push(crate::resume::Committed {
+                self.placed_blobs.push(crate::local::resume::Committed {
                     portion: *id.as_bytes(),
                     blobs: done.portion.blobs,
                 });

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use filetime::FileTime;
 use offsite_proto::PortionId;
 
-use crate::blob::{open_in_place, BlobKind};
-use crate::keys::Keys;
-use crate::portion::{blob_at_mut, check_header};
-use crate::restore::plan::{BlobWrite, FilePlan, Plan};
-use crate::restore::RestoreError;
+use crate::format::blob::{open_in_place, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::portion::{blob_at_mut, check_header};
+use crate::session::restore::plan::{BlobWrite, FilePlan, Plan};
+use crate::session::restore::RestoreError;
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl Fn(std::io::Error) -> RestoreError + 'a {
     move |source| RestoreError::Io {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::blob::BlobId;
+use crate::format::blob::BlobId;
 
 /// Version of the tree format.
 pub const TREE_VERSION: u32 = 1;
@@ -139,7 +139,7 @@ fn check_entry(entry: &Entry) -> Result<(), TreeError> {
     }
     if let EntryKind::File { size, content } = &entry.kind {
         let total: u64 = content.iter().map(|c| u64::from(c.len)).sum();
-        let max = crate::chunker::MAX_CHUNK;
+        let max = crate::format::chunker::MAX_CHUNK;
         if total != *size || content.iter().any(|c| c.len == 0 || c.len > max) {
             return Err(entry_error(entry, "file size does not match its chunks"));
         }

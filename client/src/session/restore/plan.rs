@@ -13,13 +13,13 @@ use tokio::sync::OnceCell;
 
 use offsite_proto::{PortionId, PortionLocation};
 
-use crate::blob::{open, BlobId, BlobKind};
-use crate::keys::Keys;
-use crate::manifest::Manifest;
-use crate::portion::blob_at;
-use crate::restore::source::PortionSource;
-use crate::restore::RestoreError;
-use crate::tree::{EntryKind, Tree};
+use crate::format::blob::{open, BlobId, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::manifest::Manifest;
+use crate::format::portion::blob_at;
+use crate::format::tree::{EntryKind, Tree};
+use crate::market::fetch::PortionSource;
+use crate::session::restore::RestoreError;
 
 /// Deepest directory nesting a restore follows (a guard against tree cycles).
 const MAX_DEPTH: usize = 2048;

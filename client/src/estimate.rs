@@ -1,8 +1,10 @@
-//! How much a backup has left to read: the estimate (a stat walk of the
-//! tree, run on its own thread alongside the backup) less what the backup has
-//! read so far. The uploader sizes its reservations from it and the progress
-//! bar shows it. The walk starts at once; a reservation waits at most a
-//! second for the estimate before it sizes itself on a guess.
+//! How much a backup (or a repack) has left to read: the estimate (a stat
+//! walk of the tree, run on its own thread alongside the backup) less what
+//! the backup has read so far. The uploader sizes its reservations from it
+//! and the progress bar shows it; it sits beside both, so neither the
+//! pipeline (`backup`) nor the uploader (`upload`) borrows from the other.
+//! The walk starts at once; a reservation waits at most a second for the
+//! estimate before it sizes itself on a guess.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;

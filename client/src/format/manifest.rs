@@ -9,7 +9,7 @@ use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{BlobLocation, PortionId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{BlobId, BlobMap};
+use crate::format::blob::{BlobId, BlobMap};
 
 /// Version of the manifest format.
 pub const MANIFEST_VERSION: u32 = 1;

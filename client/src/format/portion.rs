@@ -5,7 +5,7 @@
 use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{BlobLocation, Hash, PortionId};
 
-use crate::blob::{BlobId, BlobKind};
+use crate::format::blob::{BlobId, BlobKind};
 
 /// Magic that opens every portion.
 pub const MAGIC: &[u8; 7] = b"OFPORT\0";
@@ -55,11 +55,6 @@ impl PortionBuilder {
     /// True when no blob has been added.
     pub fn is_empty(&self) -> bool {
         self.bytes.len() == HEADER_BYTES
-    }
-
-    /// Bytes so far.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
     }
 
     /// Whether a blob of `len` bytes still fits (an empty portion takes any blob).

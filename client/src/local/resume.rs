@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use offsite_proto::{BlobLocation, PortionId};
 use serde::{Deserialize, Serialize};
 
-use crate::blob::BlobId;
-use crate::manifest::Index;
-use crate::records;
+use crate::format::blob::BlobId;
+use crate::format::manifest::Index;
+use crate::format::records;
 
 const MAGIC: &[u8; 7] = b"OFRESUM";
 /// Version of the resume journal format.

@@ -24,12 +24,12 @@ use offsite_proto::{
 };
 use tokio::task::JoinSet;
 
-use crate::backup::Remaining;
-use crate::coordinator::{Coordinator, CoordinatorError};
-use crate::portion::Portion;
-use crate::probe::{probe_all, rank};
-use crate::resume::{Committed, Journal};
-use crate::vendor::{StoreOutcome, VendorError, VendorPool};
+use crate::estimate::Remaining;
+use crate::format::portion::Portion;
+use crate::local::resume::{Committed, Journal};
+use crate::market::coordinator::{Coordinator, CoordinatorError};
+use crate::market::probe::{probe_all, rank};
+use crate::market::vendor::{StoreOutcome, VendorError, VendorPool};
 use ledger::Ledger;
 
 /// Portions being uploaded at once.

@@ -13,7 +13,7 @@ use offsite_proto::{Grant, PortionId, Receipt, RoutingHeader, TenantId, VendorId
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::connect::connect;
+use crate::market::connect::connect;
 use offsite_identity::{Credentials, PeerIdentity, Role};
 
 /// Time allowed for a store: a base plus the portion at this slow a rate.

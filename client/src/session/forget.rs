@@ -1,14 +1,17 @@
-//! The retention policy of `forget`: which snapshots to keep. Snapshots are
+//! `forget` and its retention policy: which snapshots to keep. Snapshots are
 //! grouped by host and paths; within a group, newest first, a snapshot is kept
 //! when it is one of the last N (`--keep-last`), the newest of one of the last
 //! N hours / days / weeks / months / years that have a snapshot, younger than
 //! `--keep-within` (relative to the group's newest snapshot), or carries a tag
 //! of `--keep-tag`. Every other snapshot of the group is forgotten. Times are
 //! UTC. An empty policy keeps everything (forget needs at least one rule).
+//! The command forgets the others at the coordinator group, never offline.
 
 use std::collections::{BTreeMap, HashSet};
 
-use offsite_proto::SnapshotRecord;
+use offsite_proto::{SnapshotId, SnapshotRecord};
+
+use super::{has_tags, Session, SessionError};
 
 /// A time-bucket rule: how many buckets, its name, and a time's bucket.
 type Bucket = (Option<u32>, &'static str, fn(u64) -> i64);
@@ -181,6 +184,37 @@ pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
         return Err(err());
     }
     Ok(total)
+}
+
+impl Session {
+    /// Applies a retention policy to the snapshots carrying every tag of
+    /// `tags`; unless `dry_run`, forgets those it does not keep.
+    pub async fn forget(
+        &self,
+        policy: &Policy,
+        tags: &[String],
+        dry_run: bool,
+    ) -> Result<Vec<Decision>, SessionError> {
+        if policy.is_empty() {
+            return Err(SessionError::EmptyPolicy);
+        }
+        let list: Vec<SnapshotRecord> = self
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| has_tags(s, tags))
+            .collect();
+        let decisions = policy.apply(&list);
+        if !dry_run {
+            let forgotten: Vec<SnapshotId> = decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.snapshot.id)
+                .collect();
+            self.cached.forget(&forgotten).await?;
+        }
+        Ok(decisions)
+    }
 }
 
 #[cfg(test)]
