@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use offsite_identity::config::ConfigError;
+use offsite_identity::config::{self, Config, Invalid};
 use offsite_identity::TlsConfig;
 use offsite_proto::limits::{MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_REPLICATION, MIN_PIECE_BYTES};
 use offsite_proto::TenantId;
@@ -74,109 +76,15 @@ fn default_piece_bytes() -> u64 {
     offsite_proto::limits::DEFAULT_PIECE_BYTES
 }
 
-/// Why the configuration could not be used; each names the file and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("no config file given; pass --config FILE or set {CONFIG_ENV}")]
-    NotGiven,
-    #[error("cannot read config file {path}: {source}; check the path and its permissions")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
-    #[error("config file {path}: {field} {problem}")]
-    Invalid {
-        path: PathBuf,
-        field: &'static str,
-        problem: String,
-    },
-}
-
 impl ClientConfig {
     /// Finds the config file (`--config`, else `OFFSITE_CONFIG`), reads and validates it.
     pub fn locate_and_load(flag: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = match flag {
-            Some(path) => path.to_path_buf(),
-            None => std::env::var_os(CONFIG_ENV)
-                .map(PathBuf::from)
-                .ok_or(ConfigError::NotGiven)?,
-        };
-        Self::load(&path)
+        Self::load(&config::locate::<Self>(flag, CONFIG_ENV)?)
     }
 
     /// Reads and validates one config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: ClientConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
-        config
-            .validate()
-            .map_err(|(field, problem)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                problem,
-            })?;
-        Ok(config)
-    }
-
-    /// Checks every field; returns the field and what to change.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.coordinators.is_empty() {
-            return Err((
-                "coordinators",
-                "is empty; list at least one host:port".into(),
-            ));
-        }
-        if let Some(bad) = self.coordinators.iter().find(|a| !is_host_port(a)) {
-            return Err(("coordinators", format!("entry {bad:?} is not host:port")));
-        }
-        if !(1..=MAX_REPLICATION).contains(&self.replication) {
-            return Err((
-                "replication",
-                format!("is {}; use 1 to {MAX_REPLICATION}", self.replication),
-            ));
-        }
-        if !(MIN_PORTION_BYTES..=MAX_PORTION_BYTES / 2).contains(&self.portion_bytes) {
-            return Err((
-                "portion_bytes",
-                format!(
-                    "is {}; use {MIN_PORTION_BYTES} to {}",
-                    self.portion_bytes,
-                    MAX_PORTION_BYTES / 2
-                ),
-            ));
-        }
-        if !(MIN_PIECE_BYTES..=MAX_PIECE_BYTES).contains(&self.piece_bytes) {
-            return Err((
-                "piece_bytes",
-                format!(
-                    "is {}; use {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES}",
-                    self.piece_bytes
-                ),
-            ));
-        }
-        if self.checkpoint_bytes < self.portion_bytes {
-            return Err((
-                "checkpoint_bytes",
-                format!("is {}; use at least portion_bytes", self.checkpoint_bytes),
-            ));
-        }
-        if let Some(host) = &self.host {
-            if host.is_empty() || host.len() > 255 {
-                return Err(("host", "must be 1 to 255 characters".into()));
-            }
-        }
-        Ok(())
+        config::load(path)
     }
 
     /// The host name recorded in snapshots: `host`, else the machine's hostname.
@@ -195,6 +103,63 @@ impl ClientConfig {
     /// The tenant's cache directory.
     pub fn tenant_cache_dir(&self) -> PathBuf {
         self.cache_dir.join(self.tenant.as_str())
+    }
+}
+
+impl Config for ClientConfig {
+    const BINARY: &'static str = "offsite";
+
+    /// Checks every field; names the field and what to change.
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.coordinators.is_empty() {
+            return Err(Invalid::new(
+                "coordinators",
+                "is empty; list at least one host:port",
+            ));
+        }
+        if let Some(bad) = self.coordinators.iter().find(|a| !is_host_port(a)) {
+            return Err(Invalid::new(
+                "coordinators",
+                format!("entry {bad:?} is not host:port"),
+            ));
+        }
+        if !(1..=MAX_REPLICATION).contains(&self.replication) {
+            return Err(Invalid::new(
+                "replication",
+                format!("is {}; use 1 to {MAX_REPLICATION}", self.replication),
+            ));
+        }
+        if !(MIN_PORTION_BYTES..=MAX_PORTION_BYTES / 2).contains(&self.portion_bytes) {
+            return Err(Invalid::new(
+                "portion_bytes",
+                format!(
+                    "is {}; use {MIN_PORTION_BYTES} to {}",
+                    self.portion_bytes,
+                    MAX_PORTION_BYTES / 2
+                ),
+            ));
+        }
+        if !(MIN_PIECE_BYTES..=MAX_PIECE_BYTES).contains(&self.piece_bytes) {
+            return Err(Invalid::new(
+                "piece_bytes",
+                format!(
+                    "is {}; use {MIN_PIECE_BYTES} to {MAX_PIECE_BYTES}",
+                    self.piece_bytes
+                ),
+            ));
+        }
+        if self.checkpoint_bytes < self.portion_bytes {
+            return Err(Invalid::new(
+                "checkpoint_bytes",
+                format!("is {}; use at least portion_bytes", self.checkpoint_bytes),
+            ));
+        }
+        if let Some(host) = &self.host {
+            if host.is_empty() || host.len() > 255 {
+                return Err(Invalid::new("host", "must be 1 to 255 characters"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,12 +1,12 @@
 //! Calls to vendor agents: probe, store (a routing header frame, then data
-//! frames of `FRAME_BYTES`) and fetch (a stream gathered into memory bounded by
+//! frames of `offsite_proto::limits::FRAME_BYTES`) and fetch (a stream gathered into memory bounded by
 //! the expected size), each under a timeout. Channels are kept per address.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use offsite_proto::limits::{FRAME_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
+use offsite_proto::limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
 use offsite_proto::pb::vendor as pb;
 use offsite_proto::pb::vendor::vendor_client::VendorClient;
 use offsite_proto::{Grant, PortionId, Receipt, RoutingHeader, TenantId, VendorId, VendorRef};
@@ -162,13 +162,8 @@ impl VendorPool {
         let head = pb::StoreFrame {
             frame: Some(pb::store_frame::Frame::Header(header.into())),
         };
-        let frames = (0..data.len().div_ceil(FRAME_BYTES)).map(move |i| {
-            let end = ((i + 1) * FRAME_BYTES).min(data.len());
-            pb::StoreFrame {
-                frame: Some(pb::store_frame::Frame::Data(
-                    data.slice(i * FRAME_BYTES..end),
-                )),
-            }
+        let frames = offsite_proto::stream::frames(data).map(|data| pb::StoreFrame {
+            frame: Some(pb::store_frame::Frame::Data(data)),
         });
         let stream = futures::stream::iter(std::iter::once(head).chain(frames));
         let call = async {

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use offsite_proto::{PortionId, PortionLocation, SnapshotId, SnapshotRecord};
 
@@ -133,12 +132,6 @@ pub struct Session {
     cached: CachedCoordinator,
     /// Show progress bars (on a terminal).
     show_progress: bool,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Session {

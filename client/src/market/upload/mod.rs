@@ -14,9 +14,9 @@
 mod copies;
 mod ledger;
 
+use offsite_proto::clock::now_unix_ms;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use offsite_proto::{
     Grant, PortionId, PortionPlacement, Receipt, RequestId, ReservationId, RoutingHeader,
@@ -138,12 +138,6 @@ pub struct Uploader {
     stats: UploadStats,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn request_id() -> RequestId {
     // 32 hex digits are always a valid request id.
     RequestId::new(hex::encode(rand::random::<[u8; 16]>()))
@@ -184,7 +178,8 @@ impl Uploader {
             }
             let checkpoint = self.settings.checkpoint_bytes;
             let expiring = self.round.as_ref().is_some_and(|r| {
-                now_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms || r.started >= checkpoint
+                now_unix_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms
+                    || r.started >= checkpoint
             });
             if expiring {
                 self.close_round(None).await?;

@@ -7,12 +7,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use offsite_proto::clock::now_unix_ms;
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
 pub(crate) mod pipeline;
 mod walk;
 
-use super::{now_ms, Session, SessionError, Unlocking};
+use super::{Session, SessionError, Unlocking};
 use crate::estimate::Remaining;
 use crate::filter::{ExcludeOptions, Filter};
 use crate::format::blob::Compression;
@@ -290,7 +291,7 @@ impl Session {
         }
         let (parent_id, parent) = self.parent(&snapshots, &record_paths);
         let snapshot = SnapshotId::random();
-        let time_unix_ms = now_ms();
+        let time_unix_ms = now_unix_ms();
         let files = if options.dry_run {
             None
         } else {
