@@ -16,8 +16,9 @@ use crate::config::{ConfigError, VendorConfig};
 use crate::identity_key::{self, IdentityKeyError};
 use crate::local_fat::{LocalFat, LocalFatError};
 use crate::registration::{self, Registration};
-use crate::service::{Shared, VendorService};
+use crate::service::VendorService;
 use crate::store::{open_stores, PieceStore, StoreError};
+use crate::vendor::Vendor;
 
 /// Why the vendor agent cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub enum AgentError {
 /// A vendor agent: stores, local FAT and service, ready to serve.
 #[derive(Clone)]
 pub struct VendorAgent {
-    shared: Arc<Shared>,
+    vendor: Arc<Vendor>,
 }
 
 impl VendorAgent {
@@ -79,7 +80,7 @@ impl VendorAgent {
         let fat = LocalFat::open(data_dir)?;
         let identity = identity_key::load_or_create(data_dir)?;
         Ok(Self {
-            shared: Arc::new(Shared::new(vendor, stores, fat, credentials, identity)),
+            vendor: Arc::new(Vendor::new(vendor, stores, fat, credentials, identity)),
         })
     }
 
@@ -87,7 +88,7 @@ impl VendorAgent {
     /// or into the next vendor of the route, before it is aborted (default 60 s;
     /// `store_idle_timeout_secs` in the config).
     pub fn with_store_idle_timeout(self, timeout: Duration) -> Self {
-        self.shared.set_idle_timeout(timeout);
+        self.vendor.set_idle_timeout(timeout);
         self
     }
 
@@ -97,12 +98,12 @@ impl VendorAgent {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let service = VendorServer::new(VendorService::new(Arc::clone(&self.shared)))
+        let service = VendorServer::new(VendorService::new(Arc::clone(&self.vendor)))
             .max_decoding_message_size(MAX_STREAM_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tracing::info!(vendor = %self.shared.vendor, address = ?listener.local_addr().ok(), "vendor agent serving over mutual TLS");
+        tracing::info!(vendor = %self.vendor.id(), address = ?listener.local_addr().ok(), "vendor agent serving over mutual TLS");
         tonic::transport::Server::builder()
-            .tls_config(self.shared.credentials.server_tls())?
+            .tls_config(self.vendor.credentials().server_tls())?
             .add_service(service)
             .serve_with_incoming_shutdown(offsite_identity::incoming(listener), shutdown)
             .await
@@ -118,7 +119,7 @@ impl VendorAgent {
             coordinators: config.coordinators.clone(),
             report_interval: Duration::from_secs(config.report_interval_secs),
         };
-        registration::run(Arc::clone(&self.shared), registration)
+        registration::run(Arc::clone(&self.vendor), registration)
     }
 
     /// Sets the coordinator group's grant keys `(key_id, public key)`, as
@@ -128,16 +129,16 @@ impl VendorAgent {
         &self,
         keys: &[(u32, Vec<u8>)],
     ) -> Result<(), offsite_proto::signing::SignatureError> {
-        self.shared.grants.set_keys(keys).map(drop)
+        self.vendor.set_grant_keys(keys).map(drop)
     }
 
     /// The public half of the identity key that signs this vendor's receipts.
     pub fn identity_public_key(&self) -> [u8; 32] {
-        self.shared.identity.public_key()
+        self.vendor.identity_public_key()
     }
 
     /// Bytes of portions this vendor holds, as its local FAT counts them.
     pub fn stored_bytes(&self) -> u64 {
-        self.shared.fat.stored_bytes()
+        self.vendor.stored_bytes()
     }
 }

@@ -28,6 +28,7 @@ mod registration;
 mod service;
 mod store;
 pub mod testing;
+mod vendor;
 
 pub use agent::{AgentError, VendorAgent};
 pub use config::{ConfigError, StoreConfig, VendorConfig};

@@ -6,7 +6,7 @@
 //! The answer to a report names released portions to delete; the vendor
 //! deletes them (pieces, then local FAT entry) and acknowledges them in its
 //! next report. It also names copies to send to other vendors
-//! (re-replication, see `service::copy`); how each ended goes in a later
+//! (re-replication, see `vendor::copy`); how each ended goes in a later
 //! report.
 
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use offsite_proto::{parse_copies, parse_deletions, CopyResult, CopyTask, Portion
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::service::{delete_portion, Copies, Shared};
+use crate::vendor::{Copies, Vendor};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,13 +42,13 @@ pub(crate) struct Registration {
 type Client = VendorRegistryClient<Channel>;
 
 /// Registers and reports forever; stop it by dropping the future.
-pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
+pub(crate) async fn run(vendor: Arc<Vendor>, registration: Registration) {
     // Deletions done and copies ended but not yet acknowledged; kept across
     // failed reports.
     let mut done = Done::default();
     let copies = Copies::default();
     loop {
-        let (mut client, coordinator) = register(&shared, &registration).await;
+        let (mut client, coordinator) = register(&vendor, &registration).await;
         // Reports keep their rhythm however long a report (and the deletions
         // it asks for) takes; a late tick is not followed by a burst.
         let mut ticks = tokio::time::interval_at(
@@ -59,7 +59,7 @@ pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
         loop {
             ticks.tick().await;
             let budget = registration.report_interval;
-            if let Err(status) = report(&shared, &mut client, &mut done, &copies, budget).await {
+            if let Err(status) = report(&vendor, &mut client, &mut done, &copies, budget).await {
                 tracing::warn!(
                     %coordinator, code = ?status.code(), message = status.message(),
                     "capacity report failed; registering again"
@@ -71,23 +71,23 @@ pub(crate) async fn run(shared: Arc<Shared>, registration: Registration) {
 }
 
 /// Offered bytes (sum over stores) and stored bytes (local FAT total).
-async fn capacity(shared: &Shared) -> (u64, u64) {
-    let offered = shared
+async fn capacity(vendor: &Vendor) -> (u64, u64) {
+    let offered = vendor
         .capacities()
         .await
         .iter()
         .map(|c| c.offered_bytes)
         .fold(0u64, u64::saturating_add);
-    (offered, shared.fat.stored_bytes())
+    (offered, vendor.stored_bytes())
 }
 
-async fn register(shared: &Shared, registration: &Registration) -> (Client, String) {
+async fn register(vendor: &Vendor, registration: &Registration) -> (Client, String) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         for coordinator in &registration.coordinators {
-            match register_at(shared, registration, coordinator).await {
+            match register_at(vendor, registration, coordinator).await {
                 Ok(client) => {
-                    tracing::info!(%coordinator, vendor = %shared.vendor, "registered with the coordinator");
+                    tracing::info!(%coordinator, vendor = %vendor.id(), "registered with the coordinator");
                     return (client, coordinator.clone());
                 }
                 Err(status) => tracing::warn!(
@@ -103,12 +103,12 @@ async fn register(shared: &Shared, registration: &Registration) -> (Client, Stri
 }
 
 async fn register_at(
-    shared: &Shared,
+    vendor: &Vendor,
     registration: &Registration,
     coordinator: &str,
 ) -> Result<Client, Status> {
-    let endpoint = shared
-        .credentials
+    let endpoint = vendor
+        .credentials()
         .endpoint(coordinator, &Role::Coordinator.dns_name())
         .map_err(|e| Status::invalid_argument(format!("bad coordinator address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -119,19 +119,19 @@ async fn register_at(
         .map_err(|e| Status::unavailable(format!("cannot connect: {e}")))?;
     let mut client =
         VendorRegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let (offered_bytes, _) = capacity(shared).await;
+    let (offered_bytes, _) = capacity(vendor).await;
     let answer = client
         .register(RegisterVendorRequest {
-            vendor_id: shared.vendor.to_string(),
+            vendor_id: vendor.id().to_string(),
             address: registration.address.clone(),
             region: registration.region.clone(),
             offered_bytes,
             network_bytes_per_sec: registration.network_bytes_per_sec,
-            identity_key: shared.identity.public_key().to_vec(),
+            identity_key: vendor.identity_public_key().to_vec(),
         })
         .await?
         .into_inner();
-    learn_grant_keys(shared, answer.grant_keys)?;
+    learn_grant_keys(vendor, answer.grant_keys)?;
     Ok(client)
 }
 
@@ -141,7 +141,7 @@ const MAX_GRANT_KEYS: usize = 16;
 /// Takes the group's grant keys from an answer (an answer without keys
 /// leaves the known ones: the group installs its first key moments after it
 /// starts, and the next report brings it).
-fn learn_grant_keys(shared: &Shared, keys: Vec<GroupKey>) -> Result<(), Status> {
+fn learn_grant_keys(vendor: &Vendor, keys: Vec<GroupKey>) -> Result<(), Status> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -152,7 +152,7 @@ fn learn_grant_keys(shared: &Shared, keys: Vec<GroupKey>) -> Result<(), Status> 
         )));
     }
     let keys: Vec<(u32, Vec<u8>)> = keys.into_iter().map(|k| (k.key_id, k.public_key)).collect();
-    match shared.grants.set_keys(&keys) {
+    match vendor.set_grant_keys(&keys) {
         Ok(true) => {
             let ids: Vec<u32> = keys.iter().map(|(id, _)| *id).collect();
             tracing::info!(key_ids = ?ids, "the coordinator group's grant keys changed");
@@ -177,7 +177,7 @@ struct Done {
 /// deletions it asks for (for at most `budget`); they are acknowledged next
 /// time.
 async fn report(
-    shared: &Arc<Shared>,
+    vendor: &Arc<Vendor>,
     client: &mut Client,
     done: &mut Done,
     copies: &Copies,
@@ -185,10 +185,10 @@ async fn report(
 ) -> Result<(), Status> {
     let room = MAX_COPIES_PER_REPORT.saturating_sub(done.copied.len());
     done.copied.extend(copies.take_ended(room));
-    let (offered_bytes, stored_bytes) = capacity(shared).await;
+    let (offered_bytes, stored_bytes) = capacity(vendor).await;
     let response = client
         .report_capacity(CapacityReport {
-            vendor_id: shared.vendor.to_string(),
+            vendor_id: vendor.id().to_string(),
             offered_bytes,
             stored_bytes,
             deleted: done.deleted.iter().cloned().map(Into::into).collect(),
@@ -205,9 +205,9 @@ async fn report(
     );
     done.deleted.clear();
     done.copied.clear();
-    learn_grant_keys(shared, response.grant_keys)?;
+    learn_grant_keys(vendor, response.grant_keys)?;
     match parse_copies::<_, CopyTask>("copy", response.copy) {
-        Ok(tasks) => copies.start(shared, tasks),
+        Ok(tasks) => copies.start(vendor, tasks),
         Err(err) => {
             tracing::warn!(%err, "the coordinator asked for malformed copies; ignoring them")
         }
@@ -227,7 +227,7 @@ async fn report(
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        match delete_portion(shared, &d.tenant, &d.portion).await {
+        match vendor.delete_portion(&d.tenant, &d.portion).await {
             Ok(held) => {
                 tracing::info!(tenant = %d.tenant, portion = %d.portion, held, "released portion deleted");
                 deleted.push(d);

@@ -12,13 +12,12 @@ use std::sync::{Arc, Mutex};
 use offsite_proto::limits::{
     DEFAULT_PIECE_BYTES, MAX_COPIES_PER_REPORT, MAX_PIECE_BYTES, MIN_PIECE_BYTES,
 };
-use offsite_proto::pb::vendor::{store_frame, StoreFrame};
 use offsite_proto::{CopyResult, CopyTask, Receipt, ReservationId, RoutingHeader};
 use tokio::sync::mpsc;
 
-use super::fetch::stream_range;
 use super::forward::Forwarder;
-use super::Shared;
+use super::read::stream_range;
+use super::Vendor;
 
 /// Copies sent at the same time.
 pub(crate) const MAX_RUNNING_COPIES: usize = 2;
@@ -38,7 +37,7 @@ struct State {
 impl Copies {
     /// Starts the tasks not already running or ended, while fewer than
     /// [`MAX_RUNNING_COPIES`] run; the rest are asked again next report.
-    pub fn start(&self, shared: &Arc<Shared>, tasks: Vec<CopyTask>) {
+    pub fn start(&self, vendor: &Arc<Vendor>, tasks: Vec<CopyTask>) {
         let mut state = self.lock();
         for task in tasks {
             let known = state.running.contains(&task.repair)
@@ -52,10 +51,10 @@ impl Copies {
                 state: Arc::clone(&self.state),
                 outcome: None,
             };
-            let shared = Arc::clone(shared);
+            let vendor = Arc::clone(vendor);
             tokio::spawn(async move {
                 let mut running = running;
-                let outcome = send_copy(&shared, task).await;
+                let outcome = send_copy(&vendor, task).await;
                 match &outcome {
                     Ok(_) => {
                         tracing::info!(repair = %running.repair, "copy sent; the target holds it")
@@ -107,11 +106,11 @@ impl Drop for Running {
 
 /// Sends this vendor's copy of the task's portion to its target; the
 /// target's receipt.
-async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, String> {
-    let _claim = shared
+async fn send_copy(vendor: &Arc<Vendor>, task: CopyTask) -> Result<Receipt, String> {
+    let _claim = vendor
         .claim(&task.tenant, &task.portion)
         .map_err(|e| e.to_string())?;
-    let record = shared
+    let record = vendor
         .fat
         .get(&task.tenant, &task.portion)
         .map_err(|e| e.to_string())?
@@ -119,7 +118,7 @@ async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, Stri
         .ok_or_else(|| {
             format!(
                 "vendor {} does not hold portion {} of tenant {} with the asked hash and size",
-                shared.vendor, task.portion, task.tenant
+                vendor.id, task.portion, task.tenant
             )
         })?;
     let piece_size = Some(record.piece_size)
@@ -135,22 +134,18 @@ async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, Stri
         grants: vec![task.grant],
         reservation: task.repair,
     };
-    let mut forwarder = Forwarder::start(header, shared.idle_timeout(), shared.credentials.clone());
-    let (sender, mut frames) = mpsc::channel(4);
+    let mut forwarder = Forwarder::start(header, vendor.idle_timeout(), vendor.credentials.clone());
+    let (sender, mut chunks) = mpsc::channel(4);
     let reader = {
-        let (shared, record) = (Arc::clone(shared), record.clone());
-        tokio::spawn(async move { stream_range(&shared, &record, 0, record.size, &sender).await })
+        let (vendor, record) = (Arc::clone(vendor), record.clone());
+        tokio::spawn(async move { stream_range(&vendor, &record, 0, record.size, &sender).await })
     };
-    while let Some(frame) = frames.recv().await {
-        let Ok(frame) = frame else { break };
-        forwarder
-            .send(StoreFrame {
-                frame: Some(store_frame::Frame::Data(frame.data)),
-            })
-            .await;
+    while let Some(chunk) = chunks.recv().await {
+        let Ok(chunk) = chunk else { break };
+        forwarder.send(chunk).await;
     }
     // The reader may still be sending: let it see the channel closed.
-    drop(frames);
+    drop(chunks);
     let read = reader
         .await
         .map_err(|e| format!("the reading task failed: {e}"))?;
@@ -161,12 +156,7 @@ async fn send_copy(shared: &Arc<Shared>, task: CopyTask) -> Result<Receipt, Stri
     }
     let downstream = forwarder.finish().await;
     let target = task.target.id;
-    if let Some(receipt) = downstream
-        .receipts
-        .into_iter()
-        .filter_map(|r| Receipt::try_from(r).ok())
-        .find(|r| r.vendor == target)
-    {
+    if let Some(receipt) = downstream.receipts.into_iter().find(|r| r.vendor == target) {
         return Ok(receipt);
     }
     let why: Vec<String> = downstream.failures.into_iter().map(|f| f.error).collect();
@@ -230,26 +220,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_not_held_or_not_received_fails_with_why_and_is_reported_once() {
-        let (shared, held, _dirs) =
-            crate::service::vendor_holding(crate::testing::test_bytes(70_000, 3)).await;
+        let (vendor, held, _dirs) =
+            super::super::vendor_holding(crate::testing::test_bytes(70_000, 3)).await;
 
         let copies = Copies::default();
         let not_held = task(PortionId::random(), held.hash, held.size);
         let unreachable = task(held.portion, held.hash, held.size);
         let wrong_hash = task(held.portion, Hash::of(b"other"), held.size);
         copies.start(
-            &shared,
+            &vendor,
             vec![not_held.clone(), unreachable.clone(), wrong_hash.clone()],
         );
         // Asked again while they run (or ended, not yet reported): not
         // started twice.
-        copies.start(&shared, vec![not_held.clone(), unreachable.clone()]);
+        copies.start(&vendor, vec![not_held.clone(), unreachable.clone()]);
         let mut results = ended(&copies, 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         results.extend(copies.take_ended(MAX_COPIES_PER_REPORT));
         assert_eq!(results.len(), 2, "a copy ran twice: {results:?}");
         // Two ran at once; the third starts when asked again.
-        copies.start(&shared, vec![wrong_hash.clone()]);
+        copies.start(&vendor, vec![wrong_hash.clone()]);
         results.extend(ended(&copies, 1).await);
 
         let why = |t: &CopyTask| {
@@ -273,7 +263,7 @@ mod tests {
         );
         assert!(refused.contains("127.0.0.1:1"), "{refused}");
         // The local copy is untouched.
-        assert!(shared
+        assert!(vendor
             .fat
             .get(&held.tenant, &held.portion)
             .unwrap()

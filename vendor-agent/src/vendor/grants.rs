@@ -16,15 +16,17 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use offsite_proto::signing::{Expected, GrantBody, GrantVerifier, SignatureError};
-use offsite_proto::{Grant, ReservationId, TenantId};
+use offsite_proto::signing::{
+    Expected, GrantBody, GrantOp, GrantSubject, GrantVerifier, SignatureError,
+};
+use offsite_proto::{Grant, PortionId, ReservationId, TenantId, VendorId};
 
 use super::error::VendorError;
 
 /// The group's keys as this vendor knows them, and the bytes stored under
 /// each store grant.
 #[derive(Default)]
-pub(crate) struct Grants {
+pub(super) struct Grants {
     verifier: RwLock<GrantVerifier>,
     /// Bytes stored under each reservation's grant, with the grant's expiry.
     stored: Mutex<HashMap<(TenantId, ReservationId), Spent>>,
@@ -37,11 +39,28 @@ struct Spent {
 }
 
 /// Milliseconds since the Unix epoch, by this vendor's clock.
-pub(crate) fn now_unix_ms() -> u64 {
+pub(super) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// What a fetch or delete grant must name: this tenant, this vendor, this
+/// portion (its byte limit is checked against the range asked).
+pub(super) fn portion_grant<'a>(
+    op: GrantOp,
+    tenant: &'a TenantId,
+    vendor: &'a VendorId,
+    portion: PortionId,
+) -> Expected<'a> {
+    Expected {
+        op,
+        tenant,
+        vendor,
+        subject: GrantSubject::Portion(portion),
+        bytes: 0,
+    }
 }
 
 impl Grants {
@@ -120,7 +139,7 @@ impl Grants {
 }
 
 /// Bytes counted against a store grant while a portion is being stored.
-pub(crate) struct Charge<'a> {
+pub(super) struct Charge<'a> {
     grants: &'a Grants,
     key: (TenantId, ReservationId),
     bytes: u64,

@@ -10,7 +10,7 @@ use offsite_proto::{Hash, PieceId, PortionId};
 use tokio::task::JoinSet;
 
 use super::error::VendorError;
-use super::Shared;
+use super::Vendor;
 use crate::local_fat::PieceRecord;
 use crate::store::{random_piece_id, StoreError};
 
@@ -20,8 +20,8 @@ const PUTS_IN_FLIGHT: usize = 2;
 type PutResult = Result<(usize, PieceRecord), StoreError>;
 
 /// Turns a stream of bytes into stored pieces.
-pub(crate) struct PieceWriter {
-    shared: Arc<Shared>,
+pub(super) struct PieceWriter {
+    vendor: Arc<Vendor>,
     portion: PortionId,
     piece_size: usize,
     /// Room left in each store for this upload.
@@ -43,12 +43,12 @@ pub(crate) struct PieceWriter {
 impl PieceWriter {
     /// A writer for `size` bytes; refuses at once when the stores lack room.
     pub async fn new(
-        shared: Arc<Shared>,
+        vendor: Arc<Vendor>,
         portion: PortionId,
         size: u64,
         piece_size: u64,
     ) -> Result<Self, VendorError> {
-        let free: Vec<u64> = shared
+        let free: Vec<u64> = vendor
             .capacities()
             .await
             .iter()
@@ -57,14 +57,14 @@ impl PieceWriter {
         let total = free.iter().copied().fold(0u64, u64::saturating_add);
         if total < size {
             return Err(VendorError::NoRoom {
-                vendor: shared.vendor.clone(),
+                vendor: vendor.id.clone(),
                 needed: size,
                 free: total,
             });
         }
-        let cursor = shared.first_store();
+        let cursor = vendor.first_store();
         Ok(Self {
-            shared,
+            vendor,
             portion,
             // Bounded by MAX_PIECE_BYTES in the header check.
             piece_size: usize::try_from(piece_size).unwrap_or(usize::MAX),
@@ -119,7 +119,7 @@ impl PieceWriter {
     pub async fn clean_up(mut self) {
         while self.in_flight.join_next().await.is_some() {}
         for (store, piece) in self.attempted {
-            let Some(store) = self.shared.stores.get(store as usize) else {
+            let Some(store) = self.vendor.stores.get(store as usize) else {
                 continue;
             };
             match store.delete(&piece).await {
@@ -137,7 +137,7 @@ impl PieceWriter {
             self.complete_one().await?;
         }
         let store_index = self.choose(piece.len() as u64)?;
-        let store = Arc::clone(&self.shared.stores[store_index]);
+        let store = Arc::clone(&self.vendor.stores[store_index]);
         let id = random_piece_id();
         let sequence = self.done.len();
         self.done.push(None);
@@ -185,7 +185,7 @@ impl PieceWriter {
             }
         }
         Err(VendorError::NoRoom {
-            vendor: self.shared.vendor.clone(),
+            vendor: self.vendor.id.clone(),
             needed: len,
             free: self.free.iter().copied().max().unwrap_or(0),
         })

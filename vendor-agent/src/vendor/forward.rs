@@ -1,19 +1,21 @@
 //! Forwarding a portion to the next vendor of the route while this vendor
-//! stores it: frames pass through a bounded channel (a window of frames, never
+//! stores it: chunks pass through a bounded channel (a window of frames, never
 //! the whole portion) into a `Store` stream to `route[1]`. Whatever the next
 //! vendor answers becomes receipts and failures for our response; a downstream
 //! failure never fails this vendor's own store. A next vendor that stops
 //! reading for the idle timeout is cut off, so it cannot stall the upload.
+//! This is the core's transport edge to the next vendor: the generated
+//! client and frames stay inside this module.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use offsite_identity::{Credentials, PeerIdentity, Role};
 use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_ROUTE_LEN};
 use offsite_proto::pb::vendor::{
-    store_frame, vendor_client::VendorClient, RouteFailure, StoreFrame, StoreResponse,
+    store_frame, vendor_client::VendorClient, StoreFrame, StoreResponse,
 };
-use offsite_proto::pb::{self};
-use offsite_proto::{Receipt, RoutingHeader, VendorRef};
+use offsite_proto::{Receipt, RoutingHeader, VendorId, VendorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,15 +29,22 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Longest error text passed back from downstream.
 const MAX_FAILURE_TEXT: usize = 1024;
 
+/// A vendor on the route that did not store the portion, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RouteFailure {
+    pub vendor: VendorId,
+    pub error: String,
+}
+
 /// Receipts and failures from the rest of the route.
 #[derive(Debug, Default)]
-pub(crate) struct Downstream {
-    pub receipts: Vec<pb::common::Receipt>,
+pub(super) struct Downstream {
+    pub receipts: Vec<Receipt>,
     pub failures: Vec<RouteFailure>,
 }
 
 /// A `Store` call to the next vendor, fed frame by frame.
-pub(crate) struct Forwarder {
+pub(super) struct Forwarder {
     header: RoutingHeader,
     sender: Option<mpsc::Sender<StoreFrame>>,
     task: JoinHandle<Result<StoreResponse, Status>>,
@@ -67,10 +76,27 @@ impl Forwarder {
         }
     }
 
-    /// Passes a frame on; once the next vendor has gone away, or took no frame
-    /// for the idle timeout (its call is then aborted), frames are dropped
-    /// (its error is collected by [`Forwarder::finish`]).
-    pub async fn send(&mut self, frame: StoreFrame) {
+    /// Passes a data chunk on as one frame; once the next vendor has gone
+    /// away, or took no frame for the idle timeout (its call is then
+    /// aborted), chunks are dropped (its error is collected by
+    /// [`Forwarder::finish`]).
+    pub async fn send(&mut self, data: Bytes) {
+        self.send_frame(StoreFrame {
+            frame: Some(store_frame::Frame::Data(data)),
+        })
+        .await;
+    }
+
+    /// Passes on a second routing header, as the sender sent one: the next
+    /// vendor then refuses the stream as this vendor does, and keeps nothing.
+    pub async fn send_repeated_header(&mut self) {
+        self.send_frame(StoreFrame {
+            frame: Some(store_frame::Frame::Header(self.header.clone().into())),
+        })
+        .await;
+    }
+
+    async fn send_frame(&mut self, frame: StoreFrame) {
         let Some(sender) = &self.sender else {
             return;
         };
@@ -138,7 +164,7 @@ fn checked(header: &RoutingHeader, response: StoreResponse) -> Downstream {
     let mut out = Downstream::default();
     let on_route = |id: &str| header.route.iter().any(|v| v.id.as_str() == id);
     for wire in response.receipts.into_iter().take(MAX_ROUTE_LEN) {
-        match Receipt::try_from(wire.clone()) {
+        match Receipt::try_from(wire) {
             Ok(r)
                 if r.tenant == header.tenant
                     && r.portion == header.portion
@@ -146,7 +172,7 @@ fn checked(header: &RoutingHeader, response: StoreResponse) -> Downstream {
                     && r.size == header.size
                     && on_route(r.vendor.as_str()) =>
             {
-                out.receipts.push(wire)
+                out.receipts.push(r)
             }
             other => tracing::warn!(
                 ?other,
@@ -154,10 +180,16 @@ fn checked(header: &RoutingHeader, response: StoreResponse) -> Downstream {
             ),
         }
     }
-    for mut failure in response.failures.into_iter().take(MAX_ROUTE_LEN) {
-        if on_route(&failure.vendor_id) {
-            failure.error = truncate(&failure.error);
-            out.failures.push(failure);
+    for failure in response.failures.into_iter().take(MAX_ROUTE_LEN) {
+        // A vendor of the route has a valid id.
+        let vendor = Some(failure.vendor_id)
+            .filter(|id| on_route(id))
+            .and_then(|id| VendorId::new(id).ok());
+        if let Some(vendor) = vendor {
+            out.failures.push(RouteFailure {
+                vendor,
+                error: truncate(&failure.error),
+            });
         }
     }
     out
@@ -168,7 +200,7 @@ fn unreached(header: &RoutingHeader, status: &Status) -> Downstream {
     let next: &VendorRef = &header.route[0];
     tracing::warn!(next = %next.id, address = %next.address, code = ?status.code(), message = status.message(), "next vendor of the route failed");
     let mut failures = vec![RouteFailure {
-        vendor_id: next.id.to_string(),
+        vendor: next.id.clone(),
         error: truncate(&format!(
             "vendor {} at {}: {:?}: {}",
             next.id,
@@ -178,7 +210,7 @@ fn unreached(header: &RoutingHeader, status: &Status) -> Downstream {
         )),
     }];
     failures.extend(header.route[1..].iter().map(|v| RouteFailure {
-        vendor_id: v.id.to_string(),
+        vendor: v.id.clone(),
         error: format!(
             "not reached: vendor {} before it on the route failed",
             next.id

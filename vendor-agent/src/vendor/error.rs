@@ -1,9 +1,9 @@
-//! Everything that can go wrong in a vendor call, and the one place it becomes
-//! a `tonic::Status`. Each message names the thing and what the caller should do.
+//! Everything that can go wrong in a vendor call. Each message names the thing
+//! and what the caller should do; the adapter (`crate::service::status`)
+//! turns each into the `tonic::Status` code the caller acts on.
 
 use offsite_proto::signing::SignatureError;
 use offsite_proto::{Hash, PortionId, TenantId, VendorId, WireError};
-use tonic::Status;
 
 use crate::local_fat::LocalFatError;
 use crate::store::StoreError;
@@ -39,8 +39,10 @@ pub enum VendorError {
         received: u64,
         size: u64,
     },
+    /// The sender's stream failed in its transport (the adapter's error,
+    /// passed through so its code reaches the caller).
     #[error("the store stream broke: {0}; resend the portion")]
-    Inbound(Status),
+    Inbound(Box<dyn std::error::Error + Send + Sync>),
     #[error(
         "the store stream{} sent nothing for {secs} s, so this vendor aborted it \
          (store_idle_timeout_secs); resend the portion without pausing",
@@ -110,74 +112,4 @@ pub enum VendorError {
     LocalFat(#[from] LocalFatError),
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl From<VendorError> for Status {
-    fn from(err: VendorError) -> Self {
-        let message = err.to_string();
-        match err {
-            VendorError::Wire(_)
-            | VendorError::HeaderMissing
-            | VendorError::HeaderRepeated
-            | VendorError::EmptyFrame
-            | VendorError::Misrouted { .. }
-            | VendorError::FrameTooLarge { .. }
-            | VendorError::TooManyBytes { .. }
-            | VendorError::ShortStream { .. }
-            | VendorError::HashMismatch { .. }
-            | VendorError::ProbeTooLarge { .. } => Status::invalid_argument(message),
-            VendorError::Inbound(status) => Status::new(status.code(), message),
-            VendorError::NotYourTenant { .. } | VendorError::Grant { .. } => {
-                Status::permission_denied(message)
-            }
-            VendorError::NotRegistered => Status::unavailable(message),
-            VendorError::Idle { .. } => Status::deadline_exceeded(message),
-            VendorError::HeldWithOtherHash { .. } => Status::already_exists(message),
-            VendorError::Busy { .. } => Status::aborted(message),
-            VendorError::NoRoom { .. } => Status::resource_exhausted(message),
-            VendorError::PieceStore { source, .. } => store_status(&source, message),
-            VendorError::NotHeld { .. } => Status::not_found(message),
-            VendorError::OutOfRange { .. } => Status::out_of_range(message),
-            VendorError::PieceLost { .. } => Status::data_loss(message),
-            VendorError::DeleteIncomplete { .. } => Status::unavailable(message),
-            VendorError::LocalFat(_) | VendorError::Internal(_) => Status::internal(message),
-        }
-    }
-}
-
-fn store_status(source: &StoreError, message: String) -> Status {
-    match source {
-        StoreError::Full { .. } => Status::resource_exhausted(message),
-        StoreError::Unavailable { .. } => Status::unavailable(message),
-        _ => Status::internal(message),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tonic::Code;
-
-    #[test]
-    fn errors_map_to_the_code_the_caller_acts_on() {
-        let portion = PortionId::random();
-        let mismatch = VendorError::HashMismatch {
-            portion,
-            expected: Hash::of(b"a"),
-            actual: Hash::of(b"b"),
-        };
-        let status = Status::from(mismatch);
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert!(status.message().contains("portion hash mismatch"));
-        let lost = VendorError::PieceLost {
-            portion,
-            source: StoreError::Unavailable {
-                store: "nas:x:1".into(),
-                detail: "down".into(),
-            },
-        };
-        let status = Status::from(lost);
-        assert_eq!(status.code(), Code::DataLoss);
-        assert!(status.message().contains(&portion.to_string()));
-    }
 }
