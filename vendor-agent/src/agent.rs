@@ -12,6 +12,8 @@ use offsite_proto::pb::vendor::vendor_server::VendorServer;
 use offsite_proto::VendorId;
 use tokio::net::TcpListener;
 
+use offsite_identity::config::Invalid;
+
 use crate::config::{ConfigError, VendorConfig};
 use crate::identity_key::{self, IdentityKeyError};
 use crate::local_fat::{LocalFat, LocalFatError};
@@ -25,6 +27,8 @@ use crate::vendor::Vendor;
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("vendor config: {0}")]
+    InvalidConfig(#[from] Invalid),
     #[error("cannot open a store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]

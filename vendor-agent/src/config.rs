@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use offsite_identity::config::ConfigError;
+use offsite_identity::config::{self, Config, Invalid};
 use offsite_identity::TlsConfig;
 use offsite_proto::limits::MAX_ADDRESS_LEN;
 use offsite_proto::VendorId;
@@ -98,47 +100,18 @@ fn default_store_idle_timeout() -> u64 {
     60
 }
 
-/// Why a vendor config cannot be used, naming the file or field and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read vendor config {path}: {source}; check the --config path")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("vendor config {path} is not valid TOML for offsite-vendor: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("vendor config field {field}: {problem}")]
-    Invalid { field: String, problem: String },
-}
-
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
-    }
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
+    Invalid::new(field, problem)
 }
 
 impl VendorConfig {
     /// Reads, parses and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        config.validate()?;
-        Ok(config)
+        config::load(path)
     }
 
     /// Checks every field; the error names the field and the fix.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.vendor()?;
         if let Some(advertise) = &self.advertise {
             check_address("advertise", advertise)?;
@@ -149,7 +122,7 @@ impl VendorConfig {
         if self.coordinators.is_empty() {
             return Err(invalid(
                 "coordinators",
-                "empty; list the host:port of every coordinator replica",
+                "is empty; list the host:port of every coordinator replica",
             ));
         }
         for (i, address) in self.coordinators.iter().enumerate() {
@@ -158,7 +131,7 @@ impl VendorConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "data_dir",
-                "empty; name a directory for the local FAT",
+                "is empty; name a directory for the local FAT",
             ));
         }
         if self.report_interval_secs == 0 || self.report_interval_secs > 3600 {
@@ -168,7 +141,7 @@ impl VendorConfig {
             return Err(invalid(
                 "keep_free_share",
                 format!(
-                    "{} is outside [0, 1); e.g. 0.10 keeps a tenth of the disk free",
+                    "is {}, outside [0, 1); e.g. 0.10 keeps a tenth of the disk free",
                     self.keep_free_share
                 ),
             ));
@@ -177,7 +150,7 @@ impl VendorConfig {
             return Err(invalid(
                 "store_idle_timeout_secs",
                 format!(
-                    "{} is outside 1 to 3600 seconds (default 60)",
+                    "is {}, outside 1 to 3600 seconds (default 60)",
                     self.store_idle_timeout_secs
                 ),
             ));
@@ -190,11 +163,11 @@ impl VendorConfig {
         Duration::from_secs(self.store_idle_timeout_secs)
     }
 
-    fn validate_stores(&self) -> Result<(), ConfigError> {
+    fn validate_stores(&self) -> Result<(), Invalid> {
         if self.stores.is_empty() {
             return Err(invalid(
                 "stores",
-                "empty; add at least one [[stores]] with kind = \"local\" or \"nas\"",
+                "is empty; add at least one [[stores]] with kind = \"local\" or \"nas\"",
             ));
         }
         let mut seen = HashSet::new();
@@ -203,10 +176,10 @@ impl VendorConfig {
             let key = match store {
                 StoreConfig::Local { path, cap_bytes } => {
                     if path.as_os_str().is_empty() {
-                        return Err(invalid(field, "path is empty"));
+                        return Err(invalid(field, "has an empty path"));
                     }
                     if *cap_bytes == Some(0) {
-                        return Err(invalid(field, "cap_bytes is 0; remove it or give a size"));
+                        return Err(invalid(field, "has cap_bytes 0; remove it or give a size"));
                     }
                     format!("local:{}", path.display())
                 }
@@ -218,14 +191,14 @@ impl VendorConfig {
                 }
             };
             if !seen.insert(key.clone()) {
-                return Err(invalid(field, format!("{key} is listed twice")));
+                return Err(invalid(field, format!("lists {key} a second time")));
             }
         }
         Ok(())
     }
 
     /// The vendor id, checked.
-    pub fn vendor(&self) -> Result<VendorId, ConfigError> {
+    pub fn vendor(&self) -> Result<VendorId, Invalid> {
         let vendor = VendorId::new(&self.vendor_id).map_err(|e| invalid("vendor_id", e.problem))?;
         // The vendor id is also its certificate's name.
         offsite_identity::check_name(&self.vendor_id)
@@ -241,7 +214,7 @@ impl VendorConfig {
     }
 }
 
-fn check_address(field: &str, address: &str) -> Result<(), ConfigError> {
+fn check_address(field: &str, address: &str) -> Result<(), Invalid> {
     let port_ok = address
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -251,10 +224,18 @@ fn check_address(field: &str, address: &str) -> Result<(), ConfigError> {
     {
         return Err(invalid(
             field,
-            format!("{address:?} is not host:port (e.g. 127.0.0.1:7000)"),
+            format!("is {address:?}, not host:port (e.g. 127.0.0.1:7000)"),
         ));
     }
     Ok(())
+}
+
+impl Config for VendorConfig {
+    const BINARY: &'static str = "offsite-vendor";
+
+    fn validate(&self) -> Result<(), Invalid> {
+        VendorConfig::validate(self)
+    }
 }
 
 #[cfg(test)]
@@ -337,7 +318,7 @@ path = "/p"
     #[test]
     fn validate_names_the_bad_field() {
         let field_of = |config: VendorConfig| match config.validate() {
-            Err(ConfigError::Invalid { field, .. }) => field,
+            Err(Invalid { field, .. }) => field,
             other => panic!("expected invalid, got {other:?}"),
         };
         let mut config = parse(EXAMPLE);

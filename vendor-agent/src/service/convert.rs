@@ -11,7 +11,9 @@ use offsite_proto::pb::vendor::{self as pb, store_frame, StoreFrame};
 use offsite_proto::{Grant, PortionId, RoutingHeader, TenantId};
 use tonic::Streaming;
 
-use crate::vendor::{within_idle, DeleteRequest, ReadRequest, RouteFailure, Stored, VendorError};
+use crate::vendor::{
+    next_within_idle, DeleteRequest, ReadRequest, RouteFailure, Stored, VendorError,
+};
 
 /// The routing header, which must be the first frame of a store stream;
 /// [`VendorError::Idle`] if the sender sends nothing for `idle`.
@@ -19,8 +21,9 @@ pub(super) async fn read_header(
     frames: &mut Streaming<StoreFrame>,
     idle: Duration,
 ) -> Result<RoutingHeader, VendorError> {
-    let first = within_idle(idle, None, frames.message())
+    let first = next_within_idle(frames, idle, None)
         .await?
+        .transpose()
         .map_err(inbound)?;
     match first.and_then(|f| f.frame) {
         Some(store_frame::Frame::Header(header)) => Ok(RoutingHeader::try_from(header)?),

@@ -26,15 +26,7 @@ use crate::vendor::{Vendor, VendorError};
 /// The tenant a call is limited to: the name of a tenant certificate, or
 /// none for another allowed role (a vendor forwarding a store).
 fn caller_tenant<T>(request: &Request<T>, allowed: &[Role]) -> Result<Option<TenantId>, Status> {
-    let peer = require_role(request, allowed)?;
-    if peer.role != Role::Tenant {
-        return Ok(None);
-    }
-    TenantId::new(peer.name).map(Some).map_err(|e| {
-        Status::unauthenticated(format!(
-            "the tenant certificate names no valid tenant id: {e}"
-        ))
-    })
+    require_role(request, allowed)?.tenant()
 }
 
 /// Only a tenant certificate, and only for the tenant it names.

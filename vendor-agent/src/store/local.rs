@@ -43,16 +43,12 @@ impl LocalStore {
     async fn blocking<T, F>(&self, piece: Option<&PieceId>, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(PieceDir) -> Result<T, PieceError> + Send + 'static,
+        F: FnOnce(&PieceDir) -> Result<T, PieceError> + Send + 'static,
     {
-        let dir = self.dir.clone();
-        match tokio::task::spawn_blocking(move || work(dir)).await {
-            Ok(result) => result.map_err(|e| self.error(e, piece)),
-            Err(join) => Err(StoreError::Failed {
-                store: self.name.clone(),
-                detail: format!("piece directory task failed: {join}"),
-            }),
-        }
+        self.dir
+            .run_blocking(work)
+            .await
+            .map_err(|e| self.error(e, piece))
     }
 
     fn error(&self, err: PieceError, piece: Option<&PieceId>) -> StoreError {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use offsite_identity::{Credentials, PeerIdentity, Role};
-use offsite_proto::limits::{FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_PIECE_BYTES};
+use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_PIECE_BYTES};
 use offsite_proto::pb::nas::{
     nas_client::NasClient, put_frame, CapacityRequest, GetRequest, PieceHeader, PieceRequest,
     PutFrame,
@@ -94,11 +94,8 @@ fn put_frames(id: &PieceId, data: Bytes, expected: &Hash) -> impl futures::Strea
             size: data.len() as u64,
         })),
     };
-    let frames = (0..data.len()).step_by(FRAME_BYTES).map(move |start| {
-        let end = (start + FRAME_BYTES).min(data.len());
-        PutFrame {
-            frame: Some(put_frame::Frame::Data(data.slice(start..end))),
-        }
+    let frames = offsite_proto::stream::frames(data).map(|data| PutFrame {
+        frame: Some(put_frame::Frame::Data(data)),
     });
     futures::stream::iter(std::iter::once(header).chain(frames))
 }

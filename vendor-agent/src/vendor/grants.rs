@@ -12,9 +12,9 @@
 //! reservation twice over here, and the coordinator still charges only what
 //! was reserved.
 
+use offsite_proto::clock::now_unix_ms;
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use offsite_proto::signing::{
     Expected, GrantBody, GrantOp, GrantSubject, GrantVerifier, SignatureError,
@@ -36,14 +36,6 @@ pub(super) struct Grants {
 struct Spent {
     bytes: u64,
     expires_unix_ms: u64,
-}
-
-/// Milliseconds since the Unix epoch, by this vendor's clock.
-pub(super) fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// What a fetch or delete grant must name: this tenant, this vendor, this

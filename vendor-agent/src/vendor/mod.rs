@@ -35,7 +35,7 @@ pub(crate) use delete::DeleteRequest;
 pub(crate) use error::VendorError;
 pub(crate) use forward::RouteFailure;
 pub(crate) use read::ReadRequest;
-pub(crate) use receive::{within_idle, Stored};
+pub(crate) use receive::{next_within_idle, Stored};
 
 /// Default of `store_idle_timeout_secs`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

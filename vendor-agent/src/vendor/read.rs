@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use offsite_proto::limits::FRAME_BYTES;
 use offsite_proto::signing::{GrantOp, SignatureError};
+use offsite_proto::stream::frames;
 use offsite_proto::{Grant, PortionId, TenantId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -120,8 +120,7 @@ pub(super) async fn stream_range(
             let data = read_piece(vendor, record, piece).await?;
             let from = start.saturating_sub(piece_start) as usize;
             let to = (end.min(piece_end) - piece_start) as usize;
-            for at in (from..to).step_by(FRAME_BYTES) {
-                let chunk = data.slice(at..(at + FRAME_BYTES).min(to));
+            for chunk in frames(data.slice(from..to)) {
                 if sender.send(Ok(chunk)).await.is_err() {
                     return Ok(()); // the caller hung up
                 }

@@ -7,14 +7,14 @@
 //! entry is left. A stream that sends nothing for the idle timeout is such a
 //! failure.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use offsite_proto::limits::MAX_FRAME_BYTES;
 use offsite_proto::signing::{Expected, GrantOp, GrantSubject};
+use offsite_proto::stream::{next_within, Idle};
 use offsite_proto::{Hash, PortionId, Receipt, RoutingHeader};
 
 use super::error::VendorError;
@@ -112,17 +112,17 @@ impl Vendor {
     }
 }
 
-/// `next` (the next frame of a store stream), or [`VendorError::Idle`] once
-/// the sender has been silent for `idle` (so a stalled sender cannot hold
-/// the portion's claim and buffers forever).
-pub(crate) async fn within_idle<T>(
+/// The next item of a store stream, or [`VendorError::Idle`] once the
+/// sender has been silent for `idle` (so a stalled sender cannot hold the
+/// portion's claim and buffers forever).
+pub(crate) async fn next_within_idle<S: Stream + Unpin>(
+    stream: &mut S,
     idle: Duration,
     portion: Option<PortionId>,
-    next: impl Future<Output = T>,
-) -> Result<T, VendorError> {
-    tokio::time::timeout(idle, next)
+) -> Result<Option<S::Item>, VendorError> {
+    next_within(stream, idle)
         .await
-        .map_err(|_| VendorError::Idle {
+        .map_err(|Idle(idle)| VendorError::Idle {
             portion,
             secs: idle.as_secs_f64(),
         })
@@ -146,7 +146,7 @@ impl Upload {
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
         let portion = Some(self.header.portion);
-        while let Some(chunk) = within_idle(idle, portion, chunks.next()).await? {
+        while let Some(chunk) = next_within_idle(&mut chunks, idle, portion).await? {
             let data = match chunk {
                 Ok(data) => data,
                 Err(VendorError::HeaderRepeated) => {
