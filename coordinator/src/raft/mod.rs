@@ -16,6 +16,8 @@
 
 mod admin;
 mod codec;
+#[cfg(test)]
+mod conformance;
 mod group;
 mod health;
 // openraft's error types are large, and its traits return them.
