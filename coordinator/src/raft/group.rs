@@ -52,8 +52,7 @@ pub(crate) fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, Stri
     loop {
         match sled::Config::new().path(path).open() {
             Ok(db) => return Ok(db),
-            // sled 0.34 reports a held lock only in its message.
-            Err(e) if e.to_string().contains("could not acquire lock") => {
+            Err(e) if is_lock_held(&e) => {
                 if std::time::Instant::now() >= deadline {
                     return Err(format!(
                         "the FAT store in {} is in use by another process (waited {} s for its lock): \
@@ -76,6 +75,15 @@ pub(crate) fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, Stri
             }
         }
     }
+}
+
+/// Whether opening failed because another holder keeps the database's
+/// file lock. sled 0.34 reports that as `Error::Io` of kind `Other` (the
+/// lock call's own kind is folded into the message); every other I/O error
+/// of opening keeps the filesystem's kind, and sled's own failures
+/// (corruption, unsupported, bugs) are other variants.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other)
 }
 
 /// A forwarded proposal's answer from the leader.
@@ -471,6 +479,20 @@ mod tests {
         let reopened = open_db(dir.path(), Duration::from_secs(10));
         release.join().unwrap();
         assert!(reopened.is_ok(), "{:?}", reopened.err());
+    }
+
+    #[test]
+    fn a_held_lock_is_told_apart_by_its_kind_from_other_open_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open_db(dir.path(), Duration::ZERO).unwrap();
+        let locked = sled::Config::new().path(dir.path()).open().unwrap_err();
+        assert!(is_lock_held(&locked), "{locked}");
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let unopenable = sled::Config::new().path(&file).open().unwrap_err();
+        assert!(!is_lock_held(&unopenable), "{unopenable}");
+        let err = open_db(&file, Duration::from_secs(10)).unwrap_err();
+        assert!(err.starts_with("cannot open the FAT store"), "{err}");
     }
 
     #[test]
