@@ -12,18 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_identity::Credentials;
-use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::codec::{decode, encode};
 use super::log_store::LogStore;
 use super::network::Peers;
 use super::state_machine::{SharedFat, StateMachine};
 use super::{NodeId, TypeConfig};
-use crate::fat::{Command, Fat, FatError, Outcome};
+use crate::fat::{Command, Fat, Outcome};
 use crate::store::{FatStore, ProposeError, StoreError};
 
 /// How this coordinator takes part in the group.
@@ -84,16 +81,6 @@ pub(crate) fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, Stri
 /// (corruption, unsupported, bugs) are other variants.
 fn is_lock_held(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other)
-}
-
-/// A forwarded proposal's answer from the leader.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Forwarded {
-    Outcome(Result<Outcome, FatError>),
-    /// The callee is not the leader (any more); ask again.
-    NotLeader,
-    /// The leader could not commit it; its error, to pass on.
-    Failed(String),
 }
 
 /// The replicated FAT store of one coordinator. Clones share everything.
@@ -290,60 +277,6 @@ impl RaftStore {
         }
     }
 
-    async fn forward_propose(
-        &self,
-        leader: NodeId,
-        address: &str,
-        command: &Command,
-        deadline: Instant,
-    ) -> Try<Outcome> {
-        let data = match encode(command) {
-            Ok(data) => data,
-            Err(e) => {
-                return Try::Done(Err(StoreError::Stopped(format!(
-                    "cannot encode a command: {e}"
-                ))
-                .into()))
-            }
-        };
-        let mut client = match self.inner.peers.client(address) {
-            Ok(client) => client,
-            Err(e) => return Try::Again(e),
-        };
-        let call = client.propose(RaftBytes { data });
-        let reply = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => {
-                return Try::Again(format!(
-                    "the leader {leader} at {address} did not answer in time"
-                ))
-            }
-            Ok(Err(status)) => {
-                return Try::Again(format!(
-                    "the leader {leader} at {address}: {}",
-                    status.message()
-                ))
-            }
-            Ok(Ok(reply)) => reply.into_inner(),
-        };
-        match decode::<Forwarded>(&reply.data) {
-            Ok(Forwarded::Outcome(Ok(outcome))) => Try::Done(Ok(outcome)),
-            Ok(Forwarded::Outcome(Err(refused))) => Try::Done(Err(ProposeError::Refused(refused))),
-            Ok(Forwarded::NotLeader) => Try::Again(format!("{leader} is no longer the leader")),
-            Ok(Forwarded::Failed(message)) => Try::Done(Err(StoreError::Leader {
-                leader,
-                address: address.into(),
-                problem: message,
-            }
-            .into())),
-            Err(e) => Try::Done(Err(StoreError::Leader {
-                leader,
-                address: address.into(),
-                problem: format!("unreadable answer: {e}"),
-            }
-            .into())),
-        }
-    }
-
     /// Waits until this replica may read linearizably: on the leader, a
     /// quorum confirms its leadership; on a follower, it applies up to the
     /// leader's read index.
@@ -355,19 +288,14 @@ impl RaftStore {
                 Err(again) => again,
             },
             Some((leader, address)) => {
-                let mut client = match self.inner.peers.client(&address) {
-                    Ok(client) => client,
-                    Err(e) => return Try::Again(e),
-                };
-                let call = client.read_index(ReadIndexRequest {});
-                let index = match tokio::time::timeout_at(deadline, call).await {
-                    Ok(Ok(reply)) => reply.into_inner().index,
-                    Ok(Err(status)) => {
-                        return Try::Again(format!("the leader {leader}: {}", status.message()))
-                    }
-                    Err(_) => {
-                        return Try::Again(format!("the leader {leader} did not answer in time"))
-                    }
+                let index = match self
+                    .inner
+                    .peers
+                    .read_index(leader, &address, deadline)
+                    .await
+                {
+                    Ok(index) => index,
+                    Err(why) => return Try::Again(why),
                 };
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let wait = self.inner.raft.wait(Some(remaining));
@@ -419,7 +347,9 @@ impl FatStore for RaftStore {
                             }
                             Some((id, address)) => {
                                 store
-                                    .forward_propose(id, &address, &command, deadline)
+                                    .inner
+                                    .peers
+                                    .propose(id, &address, &command, deadline)
                                     .await
                             }
                         }
