@@ -6,10 +6,10 @@
 
 use anyhow::Context;
 use offsite_identity::Credentials;
-use offsite_proto::pb::raft::RotateGrantKeyRequest;
+use offsite_proto::pb::admin::RotateGrantKeyRequest;
 use serde::Serialize;
 
-use crate::cli_status::raft_client;
+use crate::cli_status::admin_client;
 
 #[derive(Serialize)]
 struct Rotated {
@@ -30,7 +30,7 @@ pub async fn rotate(
     credentials: &Credentials,
     json: bool,
 ) -> anyhow::Result<()> {
-    let answer = raft_client(coordinator, credentials)
+    let answer = admin_client(coordinator, credentials)
         .await?
         .rotate_grant_key(RotateGrantKeyRequest {})
         .await

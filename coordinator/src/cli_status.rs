@@ -7,10 +7,11 @@
 use anyhow::Context;
 use offsite_identity::{Credentials, Role};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
-use offsite_proto::pb::coordinator::fat_client::FatClient;
-use offsite_proto::pb::coordinator::{StatusRequest, StatusResponse, VendorStatus};
-use offsite_proto::pb::raft::raft_client::RaftClient;
-use offsite_proto::pb::raft::{GroupStatusRequest, GroupStatusResponse, MemberRequest};
+use offsite_proto::pb::admin::admin_client::AdminClient;
+use offsite_proto::pb::admin::{
+    GroupStatusRequest, GroupStatusResponse, MarketplaceStatusRequest, MarketplaceStatusResponse,
+    MemberRequest, VendorStatus,
+};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -94,11 +95,13 @@ async fn channel(
         })
 }
 
-pub(crate) async fn raft_client(
+/// A client of the `Admin` service of the coordinator at `coordinator`.
+pub(crate) async fn admin_client(
     coordinator: &str,
     credentials: &Credentials,
-) -> anyhow::Result<RaftClient<tonic::transport::Channel>> {
-    Ok(RaftClient::new(channel(coordinator, credentials).await?))
+) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    Ok(AdminClient::new(channel(coordinator, credentials).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// A membership change asked of the group through `coordinator`.
@@ -116,7 +119,7 @@ pub async fn change(
     change: Change,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut client = raft_client(coordinator, credentials).await?;
+    let mut client = admin_client(coordinator, credentials).await?;
     let reply = match change {
         Change::AddLearner { id, address } => {
             client.add_learner(MemberRequest { id, address }).await
@@ -152,16 +155,15 @@ pub async fn change(
 
 /// Fetches the status from `coordinator` (host:port) and prints it.
 pub async fn print(coordinator: &str, credentials: &Credentials, json: bool) -> anyhow::Result<()> {
-    // One connection for both calls (a tonic channel is cheap to clone).
-    let channel = channel(coordinator, credentials).await?;
-    let group = RaftClient::new(channel.clone())
+    // One connection for both calls.
+    let mut client = admin_client(coordinator, credentials).await?;
+    let group = client
         .group_status(GroupStatusRequest {})
         .await
         .with_context(|| format!("the coordinator at {coordinator} refused the group status call"))?
         .into_inner();
-    let mut client = FatClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let status = client
-        .status(StatusRequest {})
+        .marketplace_status(MarketplaceStatusRequest {})
         .await
         .with_context(|| format!("the coordinator at {coordinator} refused the status call"))?
         .into_inner();
@@ -232,7 +234,10 @@ fn group_table(g: &GroupStatusResponse) -> String {
     out
 }
 
-fn as_json<'a>(group: &'a GroupStatusResponse, status: &'a StatusResponse) -> StatusJson<'a> {
+fn as_json<'a>(
+    group: &'a GroupStatusResponse,
+    status: &'a MarketplaceStatusResponse,
+) -> StatusJson<'a> {
     StatusJson {
         group: group_json(group),
         vendors: status.vendors.iter().map(VendorRow::from).collect(),
@@ -245,7 +250,7 @@ fn as_json<'a>(group: &'a GroupStatusResponse, status: &'a StatusResponse) -> St
     }
 }
 
-fn table(status: &StatusResponse) -> String {
+fn table(status: &MarketplaceStatusResponse) -> String {
     let mut out = format!(
         "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16}\n",
         "VENDOR", "ADDRESS", "REGION", "LIVENESS", "OFFERED", "RESERVED", "USED", "STORED"

@@ -1,6 +1,7 @@
 //! The running coordinator: opens its replica of the FAT (the Raft node),
-//! binds the gRPC listener, serves `VendorRegistry`, `Fat` and `Raft` until
-//! shut down, initialises the group once if it is the first member, and, on
+//! binds the gRPC listener, serves `VendorRegistry`, `Fat`, `Admin` and
+//! `Raft` until shut down, initialises the group once if it is the first
+//! member, and, on
 //! the leader only, releases expired reservation leases and marks vendors
 //! whose reports stopped suspect, then down.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use offsite_identity::{Credentials, Role, TlsError};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_proto::pb::admin::admin_server::AdminServer;
 use offsite_proto::pb::coordinator::fat_server::FatServer;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer;
 use offsite_proto::pb::raft::raft_server::RaftServer;
@@ -24,7 +26,9 @@ use offsite_identity::config::Invalid;
 use crate::config::{ConfigError, CoordinatorConfig};
 use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
-use crate::service::{grants, now_unix_ms, FatService, FatServiceConfig, RegistryService};
+use crate::service::{
+    grants, now_unix_ms, AdminService, FatService, FatServiceConfig, RegistryService,
+};
 use crate::store::{FatStore, StoreError};
 
 /// Why the coordinator could not start or stopped serving.
@@ -147,7 +151,10 @@ impl Coordinator {
         let fat = FatServer::new(FatService::new(Arc::clone(&self.store), fat_config))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let raft = RaftServer::new(RaftService::new((*self.store).clone()))
+        let admin = AdminServer::new(AdminService::new(Arc::clone(&self.store)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft = RaftServer::new(RaftService::new((*self.store).clone(), now_unix_ms))
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let address = self.address;
@@ -157,6 +164,7 @@ impl Coordinator {
             .tls_config(self.credentials.server_tls())?
             .add_service(registry)
             .add_service(fat)
+            .add_service(admin)
             .add_service(raft)
             .serve_with_incoming_shutdown(offsite_identity::incoming(self.listener), shutdown)
             .await;

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fat_as, Registry};
+use common::{admin_as, fat_as, Registry};
 use offsite_coordinator::raft::{GroupStatus, RaftStore};
 use offsite_coordinator::{Coordinator, CoordinatorConfig, MemberConfig};
+use offsite_identity::Role;
+use offsite_proto::pb::admin::admin_client::AdminClient;
+use offsite_proto::pb::admin::MarketplaceStatusRequest;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use tokio::net::TcpListener;
@@ -181,6 +184,12 @@ impl Group {
         fat_as(&self.nodes[i].address, "acme").await
     }
 
+    /// An `Admin` client with tenant `acme`'s certificate (enough for the
+    /// marketplace status).
+    async fn admin(&self, i: usize) -> AdminClient<Channel> {
+        admin_as(&self.nodes[i].address, Role::Tenant, "acme").await
+    }
+
     async fn registry(&self, i: usize) -> Registry {
         Registry::new(self.nodes[i].address.clone())
     }
@@ -252,9 +261,9 @@ async fn three_replicas_elect_replicate_and_forward() {
     let converged = group.converged().await;
     for i in 0..3 {
         let vendors = group
-            .fat(i)
+            .admin(i)
             .await
-            .status(pb::StatusRequest {})
+            .marketplace_status(MarketplaceStatusRequest {})
             .await
             .unwrap()
             .into_inner();

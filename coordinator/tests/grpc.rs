@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fat_as, Registry};
+use common::{admin_as, fat_as, Registry};
 use offsite_coordinator::{Coordinator, CoordinatorConfig};
 use offsite_identity::Role;
+use offsite_proto::pb::admin as pba;
 use offsite_proto::pb::common as pbc;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
@@ -57,6 +58,17 @@ impl Running {
 
     async fn fat_as(&self, tenant: &str) -> FatClient<Channel> {
         fat_as(&self.addr.to_string(), tenant).await
+    }
+
+    /// The marketplace status, asked as tenant `acme` (any certificate of
+    /// the marketplace may ask).
+    async fn status(&self) -> pba::MarketplaceStatusResponse {
+        admin_as(&self.addr.to_string(), Role::Tenant, "acme")
+            .await
+            .marketplace_status(pba::MarketplaceStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     async fn registry(&self) -> Registry {
@@ -145,10 +157,6 @@ fn candidate_ids(reservation: &pb::ReserveResponse) -> Vec<String> {
         .collect()
 }
 
-async fn status(fat: &mut FatClient<Channel>) -> pb::StatusResponse {
-    fat.status(pb::StatusRequest {}).await.unwrap().into_inner()
-}
-
 #[tokio::test]
 async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
     let running = start(600).await;
@@ -190,7 +198,7 @@ async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
         .unwrap()
         .into_inner();
     assert_eq!(committed.committed_bytes, 2000);
-    let after = status(&mut fat).await;
+    let after = running.status().await;
     assert_eq!(
         after.vendors.iter().map(|v| v.used_bytes).sum::<u64>(),
         2000
@@ -285,7 +293,7 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
         .map(|i| format!("vendor-{i}"))
         .find(|v| !ids.contains(v))
         .unwrap();
-    let before = status(&mut fat).await;
+    let before = running.status().await;
 
     let bad = fat
         .commit(Request::new(pb::CommitRequest {
@@ -298,7 +306,7 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains(&outsider), "{}", bad.message());
-    let after = status(&mut fat).await;
+    let after = running.status().await;
     assert_eq!(after.vendors, before.vendors);
     assert_eq!(after.open_reservations, 1);
 
@@ -336,7 +344,7 @@ async fn reserving_more_than_is_free_is_resource_exhausted() {
     );
     let bad = reserve(&mut fat, "zero", 10, 0).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
-    assert_eq!(status(&mut fat).await.open_reservations, 0);
+    assert_eq!(running.status().await.open_reservations, 0);
     running.shutdown().await;
 }
 
@@ -346,12 +354,14 @@ async fn a_reservation_whose_lease_ran_out_is_released() {
     vendors(&running, 3, 1 << 20).await;
     let mut fat = running.fat().await;
     reserve(&mut fat, "r-1", 1000, 2).await.unwrap();
-    let reserved = |s: &pb::StatusResponse| s.vendors.iter().map(|v| v.reserved_bytes).sum::<u64>();
-    assert!(reserved(&status(&mut fat).await) >= 2000);
+    let reserved = |s: &pba::MarketplaceStatusResponse| {
+        s.vendors.iter().map(|v| v.reserved_bytes).sum::<u64>()
+    };
+    assert!(reserved(&running.status().await) >= 2000);
 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let now = status(&mut fat).await;
+        let now = running.status().await;
         if reserved(&now) == 0 && now.open_reservations == 0 {
             break;
         }
@@ -382,8 +392,7 @@ async fn concurrent_reserves_never_overbook_a_vendor() {
             Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
         }
     }
-    let mut fat = running.fat().await;
-    let now = status(&mut fat).await;
+    let now = running.status().await;
     assert!(
         granted >= 1 && now.open_reservations == granted,
         "{granted} granted: {now:?}"
@@ -450,7 +459,7 @@ async fn reservations_and_locations_carry_grants_and_forged_receipts_are_refused
     // A forged receipt (signature flipped, or signed by another key) is
     // refused by name and changes nothing.
     let ids = candidate_ids(&reservation);
-    let before = status(&mut fat).await;
+    let before = running.status().await;
     let mut flipped = portion("acme", 100, &[&ids[0]]);
     flipped.receipts[0].signature[0] ^= 1;
     let mut resigned = portion("acme", 100, &[&ids[0]]);
@@ -473,7 +482,7 @@ async fn reservations_and_locations_carry_grants_and_forged_receipts_are_refused
             "{}",
             refused.message()
         );
-        let after = status(&mut fat).await;
+        let after = running.status().await;
         assert_eq!(after.vendors, before.vendors);
         assert_eq!((after.portions, after.open_reservations), (0, 1));
     }
@@ -515,8 +524,7 @@ async fn a_report_with_too_many_copy_results_is_refused_and_a_malformed_one_is_d
     let running = start(600).await;
     vendors(&running, 3, 1000).await;
     let mut registry = running.registry().await;
-    let mut fat = running.fat().await;
-    let before = status(&mut fat).await;
+    let before = running.status().await;
     let result = |error: &str| pb::CopyResult {
         repair_id: offsite_proto::ReservationId::random().to_string(),
         receipt: None,
@@ -535,7 +543,7 @@ async fn a_report_with_too_many_copy_results_is_refused_and_a_malformed_one_is_d
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("more than 64"), "{}", err.message());
     // The refused report did not lower vendor-0's offer.
-    let after = status(&mut fat).await;
+    let after = running.status().await;
     assert_eq!(after.vendors, before.vendors);
     // A malformed result, and one for a repair nobody opened, are dropped;
     // the report itself counts.
@@ -551,7 +559,7 @@ async fn a_report_with_too_many_copy_results_is_refused_and_a_malformed_one_is_d
         .unwrap()
         .into_inner();
     assert!(answer.copy.is_empty());
-    let after = status(&mut fat).await;
+    let after = running.status().await;
     assert_eq!(after.open_repairs, 0);
     let vendor_0 = after
         .vendors

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fat_as, Registry};
+use common::{admin_as, fat_as, Registry};
 use offsite_coordinator::{Coordinator, CoordinatorConfig};
+use offsite_identity::Role;
+use offsite_proto::pb::admin::admin_client::AdminClient;
+use offsite_proto::pb::admin::MarketplaceStatusRequest;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use tokio::sync::oneshot;
@@ -29,17 +32,26 @@ async fn report(registry: &mut Registry, id: &str) {
         .unwrap();
 }
 
-async fn liveness_of(fat: &mut FatClient<Channel>, id: &str) -> String {
-    let status = fat.status(pb::StatusRequest {}).await.unwrap().into_inner();
+async fn liveness_of(admin: &mut AdminClient<Channel>, id: &str) -> String {
+    let status = admin
+        .marketplace_status(MarketplaceStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let vendor = status.vendors.iter().find(|v| v.vendor_id == id).unwrap();
     vendor.liveness.clone()
 }
 
 /// Polls until `id`'s liveness is `wanted`, for at most `timeout`.
-async fn wait_liveness(fat: &mut FatClient<Channel>, id: &str, wanted: &str, timeout: Duration) {
+async fn wait_liveness(
+    admin: &mut AdminClient<Channel>,
+    id: &str,
+    wanted: &str,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
-        let now = liveness_of(fat, id).await;
+        let now = liveness_of(admin, id).await;
         if now == wanted {
             return;
         }
@@ -114,20 +126,22 @@ async fn a_silent_vendor_goes_suspect_then_down_and_comes_back_when_it_reports()
     });
 
     let mut fat = fat_as(&url, "acme").await;
-    assert_eq!(liveness_of(&mut fat, SILENT).await, "up");
-    wait_liveness(&mut fat, SILENT, "suspect", Duration::from_secs(10)).await;
+    // The marketplace status, asked with the same tenant's certificate.
+    let mut admin = admin_as(&url, Role::Tenant, "acme").await;
+    assert_eq!(liveness_of(&mut admin, SILENT).await, "up");
+    wait_liveness(&mut admin, SILENT, "suspect", Duration::from_secs(10)).await;
     let chosen = reserve(&mut fat, "while-suspect", 3).await.unwrap();
     assert!(!chosen.iter().any(|v| v == SILENT), "{chosen:?}");
-    wait_liveness(&mut fat, SILENT, "down", Duration::from_secs(10)).await;
+    wait_liveness(&mut admin, SILENT, "down", Duration::from_secs(10)).await;
     let err = reserve(&mut fat, "while-down", 4).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     for i in 0..VENDORS - 1 {
-        assert_eq!(liveness_of(&mut fat, &format!("vendor-{i}")).await, "up");
+        assert_eq!(liveness_of(&mut admin, &format!("vendor-{i}")).await, "up");
     }
 
     // One report brings it back at once, and it is placed on again.
     report(&mut registry, SILENT).await;
-    assert_eq!(liveness_of(&mut fat, SILENT).await, "up");
+    assert_eq!(liveness_of(&mut admin, SILENT).await, "up");
     let chosen = reserve(&mut fat, "after-report", 4).await.unwrap();
     assert!(chosen.iter().any(|v| v == SILENT), "{chosen:?}");
 

@@ -51,4 +51,7 @@ pub mod pb {
     pub mod raft {
         tonic::include_proto!("offsite.raft");
     }
+    pub mod admin {
+        tonic::include_proto!("offsite.admin");
+    }
 }

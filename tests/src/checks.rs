@@ -5,7 +5,7 @@
 use std::process::Output;
 
 use anyhow::{Context, Result};
-use offsite_proto::pb::coordinator::StatusResponse;
+use offsite_proto::pb::admin::MarketplaceStatusResponse;
 use serde_json::Value;
 
 /// The client's stdout parsed as JSON.
@@ -71,12 +71,12 @@ fn collect<'a>(value: &'a Value, visit: &mut dyn FnMut(Option<&'a str>, &'a Valu
 }
 
 /// Bytes the coordinator counts as used, over all vendors.
-pub fn used_bytes(status: &StatusResponse) -> u64 {
+pub fn used_bytes(status: &MarketplaceStatusResponse) -> u64 {
     status.vendors.iter().map(|v| v.used_bytes).sum()
 }
 
 /// Bytes the coordinator holds under open reservations, over all vendors.
-pub fn reserved_bytes(status: &StatusResponse) -> u64 {
+pub fn reserved_bytes(status: &MarketplaceStatusResponse) -> u64 {
     status.vendors.iter().map(|v| v.reserved_bytes).sum()
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use offsite_identity::Role;
-use offsite_proto::pb::coordinator::StatusResponse;
+use offsite_proto::pb::admin::MarketplaceStatusResponse;
 
 use crate::bins;
 use crate::configs::{self, ClientConfig, CoordinatorConfig, NasConfig, StoreConfig, VendorConfig};
@@ -474,7 +474,7 @@ impl Devnet {
     }
 
     /// The coordinator's marketplace status (blocking).
-    pub fn status(&self) -> Result<StatusResponse> {
+    pub fn status(&self) -> Result<MarketplaceStatusResponse> {
         rpc::block_on(self.rpc.status(self.status_addr()))?
     }
 
@@ -483,8 +483,8 @@ impl Devnet {
         &self,
         what: &str,
         timeout: Duration,
-        mut check: impl FnMut(&StatusResponse) -> bool,
-    ) -> Result<StatusResponse> {
+        mut check: impl FnMut(&MarketplaceStatusResponse) -> bool,
+    ) -> Result<MarketplaceStatusResponse> {
         let runtime = rpc::runtime()?;
         crate::wait_for(what, timeout, || {
             let status = runtime.block_on(self.rpc.status(self.status_addr()))?;

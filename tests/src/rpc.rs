@@ -1,8 +1,8 @@
 //! gRPC helpers over the generated clients, as the harness calls a
 //! marketplace: over mutual TLS with certificates of that marketplace's CA
 //! (kept in its directory's `pki/`), with bounded timeouts, and the few
-//! calls the harness polls (the coordinator's `Fat.Status`, `Vendor.Probe`,
-//! `Nas.Capacity`).
+//! calls the harness polls (the coordinator's `Admin.MarketplaceStatus`,
+//! `Vendor.Probe`, `Nas.Capacity`).
 //!
 //! [`Rpc`] holds the CA of one marketplace and issues (or reuses) the
 //! certificates the harness presents: the devnet tenant's for tenant calls,
@@ -21,7 +21,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use offsite_identity::pki::{CertificateAuthority, CA_CERT_FILE, DEFAULT_VALIDITY_DAYS};
 use offsite_identity::{Credentials, PeerIdentity, Role, TlsConfig};
-use offsite_proto::pb::coordinator::{fat_client::FatClient, StatusRequest, StatusResponse};
+use offsite_proto::pb::admin::{
+    admin_client::AdminClient, GroupStatusRequest, GroupStatusResponse, MarketplaceStatusRequest,
+    MarketplaceStatusResponse,
+};
+use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::nas::{nas_client::NasClient, CapacityRequest, CapacityResponse};
 use offsite_proto::pb::vendor::{vendor_client::VendorClient, ProbeRequest, ProbeResponse};
 use tonic::transport::Channel;
@@ -126,27 +130,24 @@ impl Rpc {
     }
 
     /// The coordinator's marketplace status, asked as the harness admin.
-    pub async fn status(&self, coordinator: SocketAddr) -> Result<StatusResponse> {
+    pub async fn status(&self, coordinator: SocketAddr) -> Result<MarketplaceStatusResponse> {
         let channel = channel_as(self.admin(), coordinator, Role::Coordinator).await?;
-        let response = FatClient::new(channel)
+        let response = AdminClient::new(channel)
             .max_decoding_message_size(offsite_proto::limits::MAX_MESSAGE_BYTES)
-            .status(StatusRequest {})
+            .marketplace_status(MarketplaceStatusRequest {})
             .await
-            .with_context(|| format!("Fat.Status at {coordinator} failed"))?;
+            .with_context(|| format!("Admin.MarketplaceStatus at {coordinator} failed"))?;
         Ok(response.into_inner())
     }
 
     /// The coordinator group as the coordinator at `addr` sees it (members,
     /// leader, term, last applied index, FAT digest), asked as the admin.
-    pub async fn group_status(
-        &self,
-        coordinator: SocketAddr,
-    ) -> Result<offsite_proto::pb::raft::GroupStatusResponse> {
+    pub async fn group_status(&self, coordinator: SocketAddr) -> Result<GroupStatusResponse> {
         let channel = channel_as(self.admin(), coordinator, Role::Coordinator).await?;
-        let response = offsite_proto::pb::raft::raft_client::RaftClient::new(channel)
-            .group_status(offsite_proto::pb::raft::GroupStatusRequest {})
+        let response = AdminClient::new(channel)
+            .group_status(GroupStatusRequest {})
             .await
-            .with_context(|| format!("Raft.GroupStatus at {coordinator} failed"))?;
+            .with_context(|| format!("Admin.GroupStatus at {coordinator} failed"))?;
         Ok(response.into_inner())
     }
 
@@ -233,14 +234,12 @@ pub async fn vendor(addr: SocketAddr) -> Result<VendorClient<Channel>> {
 }
 
 /// The coordinator's marketplace status, asked as the harness admin.
-pub async fn status(coordinator: SocketAddr) -> Result<StatusResponse> {
+pub async fn status(coordinator: SocketAddr) -> Result<MarketplaceStatusResponse> {
     marketplace_of(coordinator)?.status(coordinator).await
 }
 
 /// The coordinator group as the coordinator at `addr` sees it.
-pub async fn group_status(
-    coordinator: SocketAddr,
-) -> Result<offsite_proto::pb::raft::GroupStatusResponse> {
+pub async fn group_status(coordinator: SocketAddr) -> Result<GroupStatusResponse> {
     marketplace_of(coordinator)?.group_status(coordinator).await
 }
 

@@ -7,8 +7,9 @@ use std::ffi::OsString;
 use std::process::Command;
 use std::time::Duration;
 
+use offsite_proto::pb::admin::MarketplaceStatusResponse;
 use offsite_proto::pb::common::VendorRef;
-use offsite_proto::pb::coordinator::{ReserveRequest, StatusResponse};
+use offsite_proto::pb::coordinator::ReserveRequest;
 use offsite_proto::pb::vendor::{store_frame, RoutingHeader, StoreFrame};
 use offsite_tests::checks::{json_stdout, snapshot_ids};
 use offsite_tests::tree::{self, files_under, TreeSpec};
@@ -165,7 +166,7 @@ fn vendor_ref(devnet: &Devnet, index: usize) -> VendorRef {
 }
 
 /// What the FAT holds, without the clocks that move on their own.
-fn fat_view(status: &StatusResponse) -> Vec<(String, u64, u64)> {
+fn fat_view(status: &MarketplaceStatusResponse) -> Vec<(String, u64, u64)> {
     let mut view: Vec<_> = status
         .vendors
         .iter()

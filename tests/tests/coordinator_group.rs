@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use offsite_proto::pb::coordinator::{ReleaseRequest, ReserveRequest, StatusResponse};
-use offsite_proto::pb::raft::GroupStatusResponse;
+use offsite_proto::pb::admin::GroupStatusResponse;
+use offsite_proto::pb::admin::MarketplaceStatusResponse;
+use offsite_proto::pb::coordinator::{ReleaseRequest, ReserveRequest};
 use offsite_tests::rpc::{self, DEVNET_TENANT};
 use offsite_tests::tree::{self, TreeSpec};
 use offsite_tests::KillOnDrop;
@@ -49,7 +50,7 @@ fn converged(devnet: &Devnet, running: &[usize]) -> GroupStatusResponse {
     .unwrap()
 }
 
-fn assert_never_overbooked(status: &StatusResponse, who: SocketAddr) {
+fn assert_never_overbooked(status: &MarketplaceStatusResponse, who: SocketAddr) {
     for v in &status.vendors {
         assert!(
             v.used_bytes + v.reserved_bytes <= v.offered_bytes,

@@ -16,7 +16,7 @@ use offsite_proto::pb::common::{Grant, Receipt, VendorRef};
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::coordinator::{
     Candidate, CommitRequest, LocatePortionsRequest, PortionPlacement, ReserveRequest,
-    ReserveResponse, StatusRequest,
+    ReserveResponse,
 };
 use offsite_proto::pb::vendor::vendor_client::VendorClient;
 use offsite_proto::pb::vendor::{store_frame, FetchRequest, RoutingHeader, StoreFrame};
@@ -198,7 +198,7 @@ fn real_vendors_check_grants_and_the_coordinator_checks_receipts() {
 
         // A forged receipt (flipped, or re-signed by another key) is
         // refused and the FAT is unchanged.
-        let status_before = fat.status(StatusRequest {}).await.unwrap().into_inner();
+        let status_before = rpc.status(coordinator).await.unwrap();
         let mut flipped = receipts.clone();
         flipped[0].signature[5] ^= 0x10;
         let mut resigned = offsite_proto::Receipt::try_from(receipts[0].clone()).unwrap();
@@ -224,7 +224,7 @@ fn real_vendors_check_grants_and_the_coordinator_checks_receipts() {
                 "{why}: {}",
                 status.message()
             );
-            let after = fat.status(StatusRequest {}).await.unwrap().into_inner();
+            let after = rpc.status(coordinator).await.unwrap();
             assert_eq!(after.vendors, status_before.vendors, "{why}");
             assert_eq!(after.portions, status_before.portions, "{why}");
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use offsite_identity::{Role, TlsConfig};
-use offsite_proto::pb::raft::GroupStatusResponse;
+use offsite_proto::pb::admin::GroupStatusResponse;
 use offsite_tests::rpc::{self, Rpc, HARNESS_ADMIN};
 use offsite_tests::tree::{self, TreeSpec};
 use offsite_tests::{

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use offsite_identity::Role;
+use offsite_proto::pb::admin::GroupStatusResponse;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
 use offsite_proto::pb::coordinator::RegisterVendorRequest;
-use offsite_proto::pb::raft::GroupStatusResponse;
 use offsite_tests::netns::{GroupTimings, NetnsGroup};
 use offsite_tests::{rpc, wait_for};
 

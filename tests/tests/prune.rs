@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use offsite_proto::pb::coordinator::{GetSnapshotRequest, ListPortionsRequest, StatusResponse};
+use offsite_proto::pb::admin::MarketplaceStatusResponse;
+use offsite_proto::pb::coordinator::{GetSnapshotRequest, ListPortionsRequest};
 use offsite_tests::checks::{json_stdout, used_bytes};
 use offsite_tests::rpc;
 use offsite_tests::tree;
@@ -108,13 +109,13 @@ fn piece_bytes_on_disk(dirs: &[PathBuf]) -> u64 {
         .sum()
 }
 
-fn stored_bytes(status: &StatusResponse) -> u64 {
+fn stored_bytes(status: &MarketplaceStatusResponse) -> u64 {
     status.vendors.iter().map(|v| v.stored_bytes).sum()
 }
 
 /// Waits until the vendors deleted every released portion: no deletion
 /// pending, and used and stored bytes at what the FAT's portions take.
-fn wait_deleted(devnet: &Devnet, used: u64, stored: u64) -> StatusResponse {
+fn wait_deleted(devnet: &Devnet, used: u64, stored: u64) -> MarketplaceStatusResponse {
     devnet
         .wait_status(
             "the vendors to delete the released portions",

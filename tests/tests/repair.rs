@@ -8,13 +8,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use offsite_proto::pb::coordinator::StatusResponse;
+use offsite_proto::pb::admin::MarketplaceStatusResponse;
 use offsite_tests::checks::json_stdout;
 use offsite_tests::tree::{self, files_under, TreeSpec};
 use offsite_tests::{wait_for, Devnet, DevnetOptions};
 use serde_json::Value;
 
-fn used_of(status: &StatusResponse, vendor: &str) -> u64 {
+fn used_of(status: &MarketplaceStatusResponse, vendor: &str) -> u64 {
     status
         .vendors
         .iter()
@@ -22,7 +22,7 @@ fn used_of(status: &StatusResponse, vendor: &str) -> u64 {
         .map_or(0, |v| v.used_bytes)
 }
 
-fn liveness_of(status: &StatusResponse, vendor: &str) -> String {
+fn liveness_of(status: &MarketplaceStatusResponse, vendor: &str) -> String {
     status
         .vendors
         .iter()
@@ -54,7 +54,7 @@ fn backed_up(tmp: &Path, spec: &TreeSpec, options: DevnetOptions) -> (PathBuf, D
 
 /// The vendor holding the most: its id, its index in the devnet, its used
 /// bytes (more than 0).
-fn busiest(devnet: &Devnet, status: &StatusResponse) -> (String, usize, u64) {
+fn busiest(devnet: &Devnet, status: &MarketplaceStatusResponse) -> (String, usize, u64) {
     let vendor = status.vendors.iter().max_by_key(|v| v.used_bytes).unwrap();
     assert!(
         vendor.used_bytes > 0,

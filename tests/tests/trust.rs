@@ -10,18 +10,20 @@ use std::net::SocketAddr;
 
 use offsite_identity::pki::CertificateAuthority;
 use offsite_identity::{Credentials, PeerIdentity, Role, TlsConfig};
+use offsite_proto::pb::admin::admin_client::AdminClient;
+use offsite_proto::pb::admin::{GroupStatusRequest, MarketplaceStatusRequest};
 use offsite_proto::pb::common::{Receipt, VendorRef};
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
 use offsite_proto::pb::coordinator::{
     BlobLocation, CapacityReport, CommitRequest, ForgetRequest, GetSnapshotRequest,
     ListPortionsRequest, ListSnapshotsRequest, LocatePortionsRequest, PortionPlacement,
-    RegisterVendorRequest, ReleaseRequest, ReserveRequest, SnapshotRecord, StatusRequest,
+    RegisterVendorRequest, ReleaseRequest, ReserveRequest, SnapshotRecord,
 };
 use offsite_proto::pb::nas::nas_client::NasClient;
 use offsite_proto::pb::nas::CapacityRequest;
 use offsite_proto::pb::raft::raft_client::RaftClient;
-use offsite_proto::pb::raft::{GroupStatusRequest, RaftBytes};
+use offsite_proto::pb::raft::RaftBytes;
 use offsite_proto::pb::vendor::vendor_client::VendorClient;
 use offsite_proto::pb::vendor::{
     store_frame, DeleteRequest, FetchRequest, ProbeRequest, RoutingHeader, StoreFrame,
@@ -98,7 +100,9 @@ fn plaintext_and_foreign_certificates_are_refused_by_coordinator_vendor_and_nas(
         let plain = refused(
             async {
                 let channel = plaintext_channel(coordinator).await?;
-                Ok(FatClient::new(channel).status(StatusRequest {}).await)
+                Ok(AdminClient::new(channel)
+                    .marketplace_status(MarketplaceStatusRequest {})
+                    .await)
             }
             .await,
         );
@@ -246,15 +250,16 @@ fn each_certificate_may_make_only_the_calls_of_its_role() {
             code(registry.report_capacity(report).await),
             Code::PermissionDenied
         );
-        let mut raft = RaftClient::new(channel);
+        let mut raft = RaftClient::new(channel.clone());
         let bytes = RaftBytes { data: vec![0] };
         assert_eq!(code(raft.vote(bytes.clone()).await), Code::PermissionDenied);
         assert_eq!(
             code(raft.append_entries(bytes).await),
             Code::PermissionDenied
         );
+        let mut admin = AdminClient::new(channel);
         assert_eq!(
-            code(raft.group_status(GroupStatusRequest {}).await),
+            code(admin.group_status(GroupStatusRequest {}).await),
             Code::PermissionDenied
         );
 
@@ -275,8 +280,9 @@ fn each_certificate_may_make_only_the_calls_of_its_role() {
 
         // The admin certificate may read the group, not vote in it.
         let channel = as_role(rpc.admin().clone(), Role::Coordinator, coordinator).await;
+        let mut admin = AdminClient::new(channel.clone());
+        admin.group_status(GroupStatusRequest {}).await.unwrap();
         let mut raft = RaftClient::new(channel);
-        raft.group_status(GroupStatusRequest {}).await.unwrap();
         let bytes = RaftBytes { data: vec![0] };
         assert_eq!(code(raft.vote(bytes).await), Code::PermissionDenied);
 

@@ -5,9 +5,7 @@
 //! Membership changes run on the leader; a follower forwards them there.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use offsite_proto::pb::raft::{GroupStatusRequest, MemberRequest};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, Vote};
 use serde::Serialize;
@@ -142,7 +140,7 @@ impl RaftStore {
             None => return Ok(()),
         }
         for (id, address) in members {
-            if *id != self.inner.id && self.peer_initialized(address).await {
+            if *id != self.inner.id && self.inner.peers.initialized(address).await {
                 tracing::info!(
                     peer = id,
                     "the group already exists; waiting for its leader to reach this coordinator"
@@ -166,17 +164,6 @@ impl RaftStore {
         }
     }
 
-    async fn peer_initialized(&self, address: &str) -> bool {
-        let Ok(mut client) = self.inner.peers.client(address) else {
-            return false;
-        };
-        let call = client.group_status(GroupStatusRequest {});
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), call).await,
-            Ok(Ok(reply)) if reply.get_ref().initialized
-        )
-    }
-
     /// Applies `change` on the leader (forwarding it there from a follower
     /// unless `forwarded`), and answers with the group's status after it.
     pub async fn change_membership(
@@ -188,7 +175,7 @@ impl RaftStore {
         loop {
             match self.leader() {
                 Some((id, _)) if id == self.inner.id => return self.change_here(change, deadline).await,
-                Some((leader, address)) if !forwarded => return self.forward_change(leader, &address, change).await,
+                Some((leader, address)) if !forwarded => return self.inner.peers.change_membership(leader, &address, change).await,
                 _ if Instant::now() >= deadline => {
                     return Err(StoreError::Membership(format!(
                         "coordinator {} is not the leader and no leader is known; run the command against the leader (see `offsite-coordinator status`)",
@@ -277,46 +264,6 @@ impl RaftStore {
             ))),
             Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Stopped(e.to_string())),
         }
-    }
-
-    async fn forward_change(
-        &self,
-        leader: NodeId,
-        address: &str,
-        change: MembershipChange,
-    ) -> Result<GroupStatus, StoreError> {
-        let unreachable = |problem: String| StoreError::Leader {
-            leader,
-            address: address.to_string(),
-            problem,
-        };
-        let mut client = self.inner.peers.client(address).map_err(unreachable)?;
-        let request = |id, address: String| {
-            let mut request = tonic::Request::new(MemberRequest { id, address });
-            request.metadata_mut().insert(
-                super::rpc::FORWARDED_KEY,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            request
-        };
-        let reply = match change {
-            MembershipChange::AddLearner { id, address } => {
-                client.add_learner(request(id, address)).await
-            }
-            MembershipChange::Promote { id } => {
-                client.promote_voter(request(id, String::new())).await
-            }
-            MembershipChange::Remove { id } => {
-                client.remove_member(request(id, String::new())).await
-            }
-        };
-        let reply = reply.map_err(|status| {
-            StoreError::Membership(format!(
-                "the leader {leader} at {address}: {}",
-                status.message()
-            ))
-        })?;
-        super::rpc::group_status_from_pb(reply.into_inner()).map_err(StoreError::Membership)
     }
 }
 

@@ -12,18 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_identity::Credentials;
-use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::codec::{decode, encode};
 use super::log_store::LogStore;
 use super::network::Peers;
 use super::state_machine::{SharedFat, StateMachine};
 use super::{NodeId, TypeConfig};
-use crate::fat::{Command, Fat, FatError, Outcome};
+use crate::fat::{Command, Fat, Outcome};
 use crate::store::{FatStore, ProposeError, StoreError};
 
 /// How this coordinator takes part in the group.
@@ -52,8 +49,7 @@ pub(crate) fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, Stri
     loop {
         match sled::Config::new().path(path).open() {
             Ok(db) => return Ok(db),
-            // sled 0.34 reports a held lock only in its message.
-            Err(e) if e.to_string().contains("could not acquire lock") => {
+            Err(e) if is_lock_held(&e) => {
                 if std::time::Instant::now() >= deadline {
                     return Err(format!(
                         "the FAT store in {} is in use by another process (waited {} s for its lock): \
@@ -78,14 +74,13 @@ pub(crate) fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, Stri
     }
 }
 
-/// A forwarded proposal's answer from the leader.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Forwarded {
-    Outcome(Result<Outcome, FatError>),
-    /// The callee is not the leader (any more); ask again.
-    NotLeader,
-    /// The leader could not commit it; its error, to pass on.
-    Failed(String),
+/// Whether opening failed because another holder keeps the database's
+/// file lock. sled 0.34 reports that as `Error::Io` of kind `Other` (the
+/// lock call's own kind is folded into the message); every other I/O error
+/// of opening keeps the filesystem's kind, and sled's own failures
+/// (corruption, unsupported, bugs) are other variants.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other)
 }
 
 /// The replicated FAT store of one coordinator. Clones share everything.
@@ -282,60 +277,6 @@ impl RaftStore {
         }
     }
 
-    async fn forward_propose(
-        &self,
-        leader: NodeId,
-        address: &str,
-        command: &Command,
-        deadline: Instant,
-    ) -> Try<Outcome> {
-        let data = match encode(command) {
-            Ok(data) => data,
-            Err(e) => {
-                return Try::Done(Err(StoreError::Stopped(format!(
-                    "cannot encode a command: {e}"
-                ))
-                .into()))
-            }
-        };
-        let mut client = match self.inner.peers.client(address) {
-            Ok(client) => client,
-            Err(e) => return Try::Again(e),
-        };
-        let call = client.propose(RaftBytes { data });
-        let reply = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => {
-                return Try::Again(format!(
-                    "the leader {leader} at {address} did not answer in time"
-                ))
-            }
-            Ok(Err(status)) => {
-                return Try::Again(format!(
-                    "the leader {leader} at {address}: {}",
-                    status.message()
-                ))
-            }
-            Ok(Ok(reply)) => reply.into_inner(),
-        };
-        match decode::<Forwarded>(&reply.data) {
-            Ok(Forwarded::Outcome(Ok(outcome))) => Try::Done(Ok(outcome)),
-            Ok(Forwarded::Outcome(Err(refused))) => Try::Done(Err(ProposeError::Refused(refused))),
-            Ok(Forwarded::NotLeader) => Try::Again(format!("{leader} is no longer the leader")),
-            Ok(Forwarded::Failed(message)) => Try::Done(Err(StoreError::Leader {
-                leader,
-                address: address.into(),
-                problem: message,
-            }
-            .into())),
-            Err(e) => Try::Done(Err(StoreError::Leader {
-                leader,
-                address: address.into(),
-                problem: format!("unreadable answer: {e}"),
-            }
-            .into())),
-        }
-    }
-
     /// Waits until this replica may read linearizably: on the leader, a
     /// quorum confirms its leadership; on a follower, it applies up to the
     /// leader's read index.
@@ -347,19 +288,14 @@ impl RaftStore {
                 Err(again) => again,
             },
             Some((leader, address)) => {
-                let mut client = match self.inner.peers.client(&address) {
-                    Ok(client) => client,
-                    Err(e) => return Try::Again(e),
-                };
-                let call = client.read_index(ReadIndexRequest {});
-                let index = match tokio::time::timeout_at(deadline, call).await {
-                    Ok(Ok(reply)) => reply.into_inner().index,
-                    Ok(Err(status)) => {
-                        return Try::Again(format!("the leader {leader}: {}", status.message()))
-                    }
-                    Err(_) => {
-                        return Try::Again(format!("the leader {leader} did not answer in time"))
-                    }
+                let index = match self
+                    .inner
+                    .peers
+                    .read_index(leader, &address, deadline)
+                    .await
+                {
+                    Ok(index) => index,
+                    Err(why) => return Try::Again(why),
                 };
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let wait = self.inner.raft.wait(Some(remaining));
@@ -411,7 +347,9 @@ impl FatStore for RaftStore {
                             }
                             Some((id, address)) => {
                                 store
-                                    .forward_propose(id, &address, &command, deadline)
+                                    .inner
+                                    .peers
+                                    .propose(id, &address, &command, deadline)
                                     .await
                             }
                         }
@@ -471,6 +409,20 @@ mod tests {
         let reopened = open_db(dir.path(), Duration::from_secs(10));
         release.join().unwrap();
         assert!(reopened.is_ok(), "{:?}", reopened.err());
+    }
+
+    #[test]
+    fn a_held_lock_is_told_apart_by_its_kind_from_other_open_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = open_db(dir.path(), Duration::ZERO).unwrap();
+        let locked = sled::Config::new().path(dir.path()).open().unwrap_err();
+        assert!(is_lock_held(&locked), "{locked}");
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let unopenable = sled::Config::new().path(&file).open().unwrap_err();
+        assert!(!is_lock_held(&unopenable), "{unopenable}");
+        let err = open_db(&file, Duration::from_secs(10)).unwrap_err();
+        assert!(err.starts_with("cannot open the FAT store"), "{err}");
     }
 
     #[test]

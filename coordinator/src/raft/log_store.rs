@@ -121,7 +121,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(PURGED_KEY)?;
+        // Stored as written by `purge`: an `Option<LogId>`.
+        let last_purged_log_id = self
+            .read_meta::<Option<LogId<NodeId>>>(PURGED_KEY)?
+            .flatten();
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,

@@ -4,9 +4,13 @@
 //!
 //! - [`log_store`]: the Raft log and vote on sled (flushed before acknowledged).
 //! - [`state_machine`]: the FAT as openraft's state machine, with snapshots.
-//! - [`network`]: openraft's messages over our gRPC `Raft` service.
-//! - [`rpc`]: the server side of that service, and its admin calls.
-//! - [`admin`]: initialising the group, membership changes, its status.
+//! - [`network`]: the peer protocol's client side: openraft's messages over
+//!   our gRPC `Raft` service, and a follower's forwarded proposals, read
+//!   indexes and membership changes to the leader.
+//! - [`convert`]: the group's domain types to and from their messages.
+//! - [`rpc`]: the server side of the `Raft` service (peer traffic only).
+//! - [`admin`]: initialising the group, membership changes, its status
+//!   (served to operators by the `Admin` service).
 //! - [`group`]: [`RaftStore`], the [`FatStore`](crate::store::FatStore) that
 //!   proposes through the leader and reads linearizably.
 //!
@@ -16,6 +20,9 @@
 
 mod admin;
 mod codec;
+#[cfg(test)]
+mod conformance;
+mod convert;
 mod group;
 mod health;
 // openraft's error types are large, and its traits return them.
@@ -37,6 +44,7 @@ pub use admin::{GroupStatus, MemberStatus, MembershipChange};
 #[cfg(test)]
 pub(crate) use group::{open_db, LOCK_WAIT};
 pub use group::{GroupSettings, RaftStore};
+pub(crate) use network::FORWARDED_KEY;
 pub use network::MAX_RAFT_MESSAGE_BYTES;
 pub(crate) use rpc::RaftService;
 

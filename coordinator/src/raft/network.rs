@@ -1,11 +1,18 @@
-//! openraft's transport over our gRPC `Raft` service: each openraft message
-//! is encoded with [`codec`](super::codec) into `RaftBytes` and sent as a
-//! unary call with openraft's deadline. An unreachable peer becomes
-//! `RPCError::Unreachable`, so openraft backs off instead of spinning.
+//! The client side of the peer protocol: everything one coordinator asks
+//! the others.
 //!
-//! [`Peers`] also serves the coordinator's own calls to the leader
-//! (forwarded proposals and reads, admin calls): one lazily connected
-//! channel per address, shared.
+//! - openraft's transport ([`PeerLink`]): each openraft message is encoded
+//!   with [`codec`](super::codec) into `RaftBytes` and sent as a unary
+//!   `Raft` call with openraft's deadline. An unreachable peer becomes
+//!   `RPCError::Unreachable`, so openraft backs off instead of spinning.
+//! - A follower's calls to the leader: forwarded proposals
+//!   ([`Peers::propose`]), read indexes ([`Peers::read_index`]) and
+//!   membership changes ([`Peers::change_membership`], on the leader's
+//!   `Admin` service, marked [`FORWARDED_KEY`]).
+//! - Whether a peer already belongs to a group ([`Peers::initialized`]).
+//!
+//! [`Peers`] keeps one lazily connected channel per address, shared by all
+//! of them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,8 +20,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use offsite_identity::{Credentials, Role};
+use offsite_proto::pb::admin::admin_client::AdminClient;
+use offsite_proto::pb::admin::{GroupStatusRequest, MemberRequest};
 use offsite_proto::pb::raft::raft_client::RaftClient;
-use offsite_proto::pb::raft::RaftBytes;
+use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
 use openraft::error::{
     Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -25,12 +34,31 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use super::admin::{GroupStatus, MembershipChange};
 use super::codec::{decode, encode};
+use super::group::Try;
 use super::health::Health;
 use super::{NodeId, TypeConfig};
+use crate::fat::{Command, FatError, Outcome};
+use crate::store::{ProposeError, StoreError};
+
+/// Metadata key marking a membership change a coordinator forwarded to the
+/// leader, so the leader does not forward it again.
+pub(crate) const FORWARDED_KEY: &str = "offsite-forwarded";
+
+/// A forwarded proposal's answer from the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Forwarded {
+    Outcome(Result<Outcome, FatError>),
+    /// The callee is not the leader (any more); ask again.
+    NotLeader,
+    /// The leader could not commit it; its error, to pass on.
+    Failed(String),
+}
 
 /// Largest Raft message a coordinator sends or accepts (a batch of log
 /// entries, a snapshot chunk, a forwarded command).
@@ -55,26 +83,160 @@ impl Peers {
         }
     }
 
-    /// A client for the coordinator at `address` (host:port).
-    pub fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
+    /// The channel to the coordinator at `address` (host:port).
+    fn channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        let channel = match channels.get(address) {
-            Some(channel) => channel.clone(),
-            None => {
-                let channel = self
-                    .credentials
-                    .endpoint(address, &Role::Coordinator.dns_name())
-                    .map_err(|e| format!("coordinator address {e}"))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                channels.insert(address.to_string(), channel.clone());
-                channel
-            }
-        };
-        Ok(RaftClient::new(channel)
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .credentials
+            .endpoint(address, &Role::Coordinator.dns_name())
+            .map_err(|e| format!("coordinator address {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A `Raft` client for the coordinator at `address` (host:port).
+    fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
+        Ok(RaftClient::new(self.channel(address)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+
+    /// An `Admin` client for the coordinator at `address` (host:port).
+    fn admin(&self, address: &str) -> Result<AdminClient<Channel>, String> {
+        Ok(AdminClient::new(self.channel(address)?))
+    }
+
+    /// Forwards `command` to the leader `leader` at `address` and returns
+    /// its outcome, or why to try again.
+    pub(super) async fn propose(
+        &self,
+        leader: NodeId,
+        address: &str,
+        command: &Command,
+        deadline: Instant,
+    ) -> Try<Outcome> {
+        let data = match encode(command) {
+            Ok(data) => data,
+            Err(e) => {
+                return Try::Done(Err(StoreError::Stopped(format!(
+                    "cannot encode a command: {e}"
+                ))
+                .into()))
+            }
+        };
+        let mut client = match self.client(address) {
+            Ok(client) => client,
+            Err(e) => return Try::Again(e),
+        };
+        let call = client.propose(RaftBytes { data });
+        let reply = match tokio::time::timeout_at(deadline, call).await {
+            Err(_) => {
+                return Try::Again(format!(
+                    "the leader {leader} at {address} did not answer in time"
+                ))
+            }
+            Ok(Err(status)) => {
+                return Try::Again(format!(
+                    "the leader {leader} at {address}: {}",
+                    status.message()
+                ))
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        match decode::<Forwarded>(&reply.data) {
+            Ok(Forwarded::Outcome(Ok(outcome))) => Try::Done(Ok(outcome)),
+            Ok(Forwarded::Outcome(Err(refused))) => Try::Done(Err(ProposeError::Refused(refused))),
+            Ok(Forwarded::NotLeader) => Try::Again(format!("{leader} is no longer the leader")),
+            Ok(Forwarded::Failed(message)) => Try::Done(Err(StoreError::Leader {
+                leader,
+                address: address.into(),
+                problem: message,
+            }
+            .into())),
+            Err(e) => Try::Done(Err(StoreError::Leader {
+                leader,
+                address: address.into(),
+                problem: format!("unreadable answer: {e}"),
+            }
+            .into())),
+        }
+    }
+
+    /// The leader's read index: the log index a linearizable read on this
+    /// replica must wait for; or why to try again.
+    pub(super) async fn read_index(
+        &self,
+        leader: NodeId,
+        address: &str,
+        deadline: Instant,
+    ) -> Result<u64, String> {
+        let mut client = self.client(address)?;
+        let call = client.read_index(ReadIndexRequest {});
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner().index),
+            Ok(Err(status)) => Err(format!("the leader {leader}: {}", status.message())),
+            Err(_) => Err(format!("the leader {leader} did not answer in time")),
+        }
+    }
+
+    /// Forwards a membership change to the leader `leader` at `address`
+    /// (marked forwarded, so it goes no further) and returns the group's
+    /// status after it.
+    pub(super) async fn change_membership(
+        &self,
+        leader: NodeId,
+        address: &str,
+        change: MembershipChange,
+    ) -> Result<GroupStatus, StoreError> {
+        let unreachable = |problem: String| StoreError::Leader {
+            leader,
+            address: address.to_string(),
+            problem,
+        };
+        let mut client = self.admin(address).map_err(unreachable)?;
+        let forwarded = |message: MemberRequest| {
+            let mut request = tonic::Request::new(message);
+            request.metadata_mut().insert(
+                FORWARDED_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            request
+        };
+        let reply = match change {
+            MembershipChange::AddLearner { .. } => {
+                client.add_learner(forwarded(change.into())).await
+            }
+            MembershipChange::Promote { .. } => {
+                client.promote_voter(forwarded(change.into())).await
+            }
+            MembershipChange::Remove { .. } => client.remove_member(forwarded(change.into())).await,
+        };
+        let reply = reply.map_err(|status| {
+            StoreError::Membership(format!(
+                "the leader {leader} at {address}: {}",
+                status.message()
+            ))
+        })?;
+        GroupStatus::try_from(reply.into_inner()).map_err(StoreError::Membership)
+    }
+
+    /// Whether the coordinator at `address` answers, within a second, that
+    /// it belongs to a group.
+    pub(super) async fn initialized(&self, address: &str) -> bool {
+        let Ok(mut client) = self.admin(address) else {
+            return false;
+        };
+        let call = client.group_status(GroupStatusRequest {});
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), call).await,
+            Ok(Ok(reply)) if reply.get_ref().initialized
+        )
     }
 }
 

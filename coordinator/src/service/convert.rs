@@ -5,6 +5,7 @@
 use offsite_proto::limits::{
     MAX_GRANT_BYTES, MAX_PORTIONS_PER_CALL, MAX_RELEASE_PER_CALL, MAX_SNAPSHOT_REWRITES,
 };
+use offsite_proto::pb::admin as pba;
 use offsite_proto::pb::common as pbc;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::{
@@ -13,8 +14,8 @@ use offsite_proto::{
 };
 
 use crate::fat::{
-    Commit, RegisterVendor, ReleasePortions, ReportCapacity, ReservationView, RewriteSnapshots,
-    VendorStatus,
+    Commit, FatStatus, RegisterVendor, ReleasePortions, ReportCapacity, ReservationView,
+    RewriteSnapshots, VendorStatus,
 };
 
 pub(super) fn register_command(
@@ -142,8 +143,24 @@ pub(super) fn locations(list: Vec<PortionLocation>) -> Vec<pb::PortionLocation> 
     list.into_iter().map(Into::into).collect()
 }
 
-pub(super) fn vendor_status(v: VendorStatus) -> pb::VendorStatus {
-    pb::VendorStatus {
+/// The marketplace status of this replica's FAT, applied up to `applied_index`.
+pub(super) fn marketplace_status(
+    status: FatStatus,
+    applied_index: u64,
+) -> pba::MarketplaceStatusResponse {
+    pba::MarketplaceStatusResponse {
+        vendors: status.vendors.into_iter().map(vendor_status).collect(),
+        open_reservations: status.open_reservations,
+        portions: status.portions,
+        snapshots: status.snapshots,
+        applied_index,
+        pending_deletions: status.pending_deletions,
+        open_repairs: status.open_repairs,
+    }
+}
+
+fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
+    pba::VendorStatus {
         vendor_id: v.vendor.id.into(),
         address: v.vendor.address,
         region: v.region,

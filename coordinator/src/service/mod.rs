@@ -4,6 +4,7 @@
 //! [`status_of`] only, and the caller's identity, from its client certificate, is read in
 //! [`tenant_of`] and [`vendor_of`] only.
 
+mod admin;
 mod convert;
 pub(crate) mod grants;
 mod registry;
@@ -18,6 +19,7 @@ use tonic::{Request, Status};
 use crate::fat::FatError;
 use crate::store::{ProposeError, StoreError};
 
+pub(crate) use admin::AdminService;
 pub(crate) use registry::RegistryService;
 pub(crate) use tenant_api::{FatService, FatServiceConfig};
 

@@ -1,6 +1,5 @@
 //! `Fat`: the tenant-facing service. Reservations, commits of the final FAT,
-//! snapshot records and portion locations, each scoped to the calling tenant;
-//! and the marketplace status.
+//! snapshot records and portion locations, each scoped to the calling tenant.
 
 use std::sync::Arc;
 
@@ -239,28 +238,6 @@ impl<S: FatStore> FatApi for FatService<S> {
         self.grant_fetches(&tenant, &mut portions).await?;
         Ok(Response::new(pb::LocatePortionsResponse {
             portions: convert::locations(portions),
-        }))
-    }
-
-    async fn status(
-        &self,
-        _request: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        // This replica's own view, so an operator can compare replicas.
-        let status = self.store.read_local(|fat| fat.status());
-        let applied_index = self.store.applied_index();
-        Ok(Response::new(pb::StatusResponse {
-            vendors: status
-                .vendors
-                .into_iter()
-                .map(convert::vendor_status)
-                .collect(),
-            open_reservations: status.open_reservations,
-            portions: status.portions,
-            snapshots: status.snapshots,
-            applied_index,
-            pending_deletions: status.pending_deletions,
-            open_repairs: status.open_repairs,
         }))
     }
 

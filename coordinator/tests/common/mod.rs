@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use offsite_identity::pki::CertificateAuthority;
 use offsite_identity::{Credentials, PeerIdentity, Role, TlsConfig};
+use offsite_proto::pb::admin::admin_client::AdminClient;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
@@ -57,6 +58,11 @@ pub async fn channel_as(addr: &str, role: Role, name: &str) -> Channel {
 /// A `Fat` client acting for `tenant`.
 pub async fn fat_as(addr: &str, tenant: &str) -> FatClient<Channel> {
     FatClient::new(channel_as(addr, Role::Tenant, tenant).await)
+}
+
+/// An `Admin` client presenting `role`/`name`.
+pub async fn admin_as(addr: &str, role: Role, name: &str) -> AdminClient<Channel> {
+    AdminClient::new(channel_as(addr, role, name).await)
 }
 
 /// The `VendorRegistry` of a coordinator, each call made with the
