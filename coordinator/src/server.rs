@@ -23,12 +23,12 @@ use tonic::transport::Server;
 
 use offsite_identity::config::Invalid;
 
+use offsite_proto::clock::now_unix_ms;
+
 use crate::config::{ConfigError, CoordinatorConfig};
 use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
-use crate::service::{
-    grants, now_unix_ms, AdminService, FatService, FatServiceConfig, RegistryService,
-};
+use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};
 use crate::store::{FatStore, StoreError};
 
 /// Why the coordinator could not start or stopped serving.

@@ -10,7 +10,9 @@ use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey};
 use offsite_proto::{CopyTask, Grant, PortionLocation, TenantId};
 use tonic::Status;
 
-use super::{now_unix_ms, status_of};
+use offsite_proto::clock::now_unix_ms;
+
+use super::status_of;
 use crate::fat::{
     Command, CopyOrder, Fat, FatError, GrantSecret, InstallGrantKey, Outcome, ReservationView,
 };

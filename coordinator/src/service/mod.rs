@@ -1,8 +1,9 @@
 //! The gRPC services, as thin adapters: convert the request to domain types
 //! at the edge, stamp the time and the choices, propose the command to the
 //! FAT store, and convert the outcome back. Errors become `tonic::Status` in
-//! [`status_of`] only, and the caller's identity, from its client certificate, is read in
-//! [`tenant_of`] and [`vendor_of`] only.
+//! [`status_of`] only. The caller's tenant or vendor id comes from its client
+//! certificate only (`offsite_identity::require_tenant`, `require_vendor`),
+//! never from a field of the request.
 
 mod admin;
 mod convert;
@@ -10,11 +11,8 @@ pub(crate) mod grants;
 mod registry;
 mod tenant_api;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use offsite_identity::{require_role, Role};
-use offsite_proto::{TenantId, VendorId};
-use tonic::{Request, Status};
+use offsite_proto::VendorId;
+use tonic::Status;
 
 use crate::fat::FatError;
 use crate::store::{ProposeError, StoreError};
@@ -55,29 +53,6 @@ pub(crate) fn store_status(err: StoreError) -> Status {
     }
 }
 
-/// The calling tenant: the name of the caller's tenant certificate, the
-/// only source of a tenant id on the coordinator. Any other certificate is
-/// refused with PermissionDenied.
-pub(crate) fn tenant_of<T>(request: &Request<T>) -> Result<TenantId, Status> {
-    let peer = require_role(request, &[Role::Tenant])?;
-    TenantId::new(peer.name).map_err(|e| {
-        Status::unauthenticated(format!(
-            "the tenant certificate names no valid tenant id: {e}"
-        ))
-    })
-}
-
-/// The calling vendor: the name of the caller's vendor certificate. Any
-/// other certificate is refused with PermissionDenied.
-pub(crate) fn vendor_of<T>(request: &Request<T>) -> Result<VendorId, Status> {
-    let peer = require_role(request, &[Role::Vendor])?;
-    VendorId::new(peer.name).map_err(|e| {
-        Status::unauthenticated(format!(
-            "the vendor certificate names no valid vendor id: {e}"
-        ))
-    })
-}
-
 /// A vendor may register and report only as itself.
 pub(crate) fn check_same_vendor(caller: &VendorId, claimed: &VendorId) -> Result<(), Status> {
     if caller == claimed {
@@ -88,14 +63,6 @@ pub(crate) fn check_same_vendor(caller: &VendorId, claimed: &VendorId) -> Result
              (set vendor_id to the certificate's name, or issue a certificate for {claimed:?})"
         )))
     }
-}
-
-/// Wall-clock time for stamping commands (never read inside the FAT).
-pub(crate) fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -147,16 +114,9 @@ mod tests {
     }
 
     #[test]
-    fn without_a_certificate_there_is_no_tenant_and_no_vendor() {
-        let request = Request::new(());
-        assert_eq!(
-            tenant_of(&request).unwrap_err().code(),
-            Code::Unauthenticated
-        );
-        assert_eq!(
-            vendor_of(&request).unwrap_err().code(),
-            Code::Unauthenticated
-        );
+    fn a_vendor_speaks_only_for_itself() {
+        // (A call without a certificate names no tenant and no vendor:
+        // offsite_identity's caller tests.)
         let one = VendorId::new("vendor-1").unwrap();
         let two = VendorId::new("vendor-2").unwrap();
         check_same_vendor(&one, &one).unwrap();

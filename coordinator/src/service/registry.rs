@@ -9,9 +9,11 @@ use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
 use offsite_proto::{CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
-use super::{check_same_vendor, convert, grants, now_unix_ms, status_of, vendor_of};
+use super::{check_same_vendor, convert, grants, status_of};
 use crate::fat::{Command, FinishRepairs, Outcome};
 use crate::store::FatStore;
+use offsite_identity::require_vendor;
+use offsite_proto::clock::now_unix_ms;
 
 /// The vendor-facing service.
 pub(crate) struct RegistryService<S> {
@@ -100,7 +102,7 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         &self,
         request: Request<pb::RegisterVendorRequest>,
     ) -> Result<Response<pb::RegisterVendorResponse>, Status> {
-        let caller = vendor_of(&request)?;
+        let caller = require_vendor(&request)?;
         let command = convert::register_command(request.into_inner(), now_unix_ms())?;
         check_same_vendor(&caller, &command.vendor.id)?;
         let (vendor, address) = (command.vendor.id.clone(), command.vendor.address.clone());
@@ -135,7 +137,7 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         &self,
         request: Request<pb::CapacityReport>,
     ) -> Result<Response<pb::CapacityReportResponse>, Status> {
-        let caller = vendor_of(&request)?;
+        let caller = require_vendor(&request)?;
         let mut report = request.into_inner();
         let copied = copy_results(std::mem::take(&mut report.copied))?;
         let command = convert::report_command(report, now_unix_ms())?;

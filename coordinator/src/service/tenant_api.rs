@@ -13,13 +13,15 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::{Request, Response, Status};
 
-use super::{convert, grants, now_unix_ms, status_of, store_status, tenant_of};
+use super::{convert, grants, status_of, store_status};
 use crate::fat::{
     check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, Reserve,
     StoreTenantKey,
 };
 use crate::placement::{self, PlacementPolicy};
 use crate::store::{FatStore, ProposeError};
+use offsite_identity::require_tenant;
+use offsite_proto::clock::now_unix_ms;
 
 /// How often a reserve is tried again when another reservation took the
 /// room placement counted on.
@@ -98,7 +100,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let r = request.into_inner();
         let request_id = RequestId::new(r.request_id)?;
         check_reserve_request(r.bytes, r.replication).map_err(|e| status_of(e.into()))?;
@@ -139,7 +141,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let commit = convert::commit_command(tenant.clone(), request.into_inner(), now_unix_ms())?;
         let (reservation, portions) = (commit.reservation, commit.portions.len());
         match self
@@ -160,7 +162,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let reservation = ReservationId::parse(&request.into_inner().reservation_id)?;
         let command = Command::Release(Release {
             tenant,
@@ -175,7 +177,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let mut list = self
             .store
             .read(move |fat| fat.snapshots(&tenant))
@@ -192,7 +194,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let id = SnapshotId::parse(&request.into_inner().snapshot_id)?;
         let owner = tenant.clone();
         let (record, mut portions) = self
@@ -212,7 +214,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let snapshot = SnapshotId::parse(&request.into_inner().snapshot_id)?;
         let command = Command::Forget(Forget {
             tenant: tenant.clone(),
@@ -227,7 +229,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::LocatePortionsRequest>,
     ) -> Result<Response<pb::LocatePortionsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let ids = parse_portion_ids("portion_ids", &request.into_inner().portion_ids)?;
         let owner = tenant.clone();
         let mut portions = self
@@ -245,7 +247,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::ListPortionsRequest>,
     ) -> Result<Response<pb::ListPortionsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let r = request.into_inner();
         let after = convert::list_after(&r)?;
         let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
@@ -264,7 +266,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::ReleasePortionsRequest>,
     ) -> Result<Response<pb::ReleasePortionsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let command = convert::release_portions_command(tenant.clone(), request.into_inner())?;
         let asked = command.portions.len();
         match self
@@ -288,7 +290,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::RewriteSnapshotsRequest>,
     ) -> Result<Response<pb::RewriteSnapshotsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let command = convert::rewrite_snapshots_command(tenant.clone(), request.into_inner())?;
         match self
             .store
@@ -310,7 +312,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::PutKeyFileRequest>,
     ) -> Result<Response<pb::PutKeyFileResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let command = Command::StoreTenantKey(StoreTenantKey {
             tenant: tenant.clone(),
             key_file: request.into_inner().key_file,
@@ -325,7 +327,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         &self,
         request: Request<pb::GetKeyFileRequest>,
     ) -> Result<Response<pb::GetKeyFileResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let tenant = require_tenant(&request)?;
         let owner = tenant.clone();
         let key_file = self
             .store
