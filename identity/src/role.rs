@@ -25,7 +25,8 @@ pub enum Role {
     /// A tenant: the FAT calls about its own snapshots and portions, and
     /// store/fetch/delete at vendors.
     Tenant,
-    /// An operator: `offsite-coordinator status` and `members`.
+    /// An operator: the coordinator group's `Admin` service (`offsite-coordinator
+    /// status`, `members`, `grant-key rotate`).
     Admin,
 }
 
