@@ -97,9 +97,11 @@ impl Coordinator {
         let credentials =
             Credentials::load(&config.tls)?.expect_role(Role::Coordinator, "a coordinator")?;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| CoordinatorError::DataDir {
-            path: dir.clone(),
-            source,
+        offsite_identity::private::create_private_dir(&dir).map_err(|source| {
+            CoordinatorError::DataDir {
+                path: dir.clone(),
+                source,
+            }
         })?;
         let store = RaftStore::open(&dir, &config.group(), credentials.clone()).await?;
         Ok(Self {

@@ -20,6 +20,7 @@
 mod caller;
 pub mod config;
 pub mod pki;
+pub mod private;
 mod role;
 mod tls;
 

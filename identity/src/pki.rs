@@ -6,6 +6,7 @@
 //! auth), so one key pair per process is enough.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -102,7 +103,7 @@ impl CertificateAuthority {
                 return Err(PkiError::Exists { path });
             }
         }
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        crate::private::create_private_dir(dir).map_err(|source| PkiError::Write {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -227,10 +228,16 @@ impl Issued {
             }
         }
         if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| PkiError::Write {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+            // Missing directories are made private; an existing one (such
+            // as /etc/offsite/tls, read by several users) is left as it is.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| PkiError::Write {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
         }
         write_file(&key, &self.key_pem, true)?;
         write_file(&cert, &self.cert_pem, false)?;
@@ -268,20 +275,24 @@ mod tests {
 
     #[test]
     fn init_keeps_the_key_private_and_refuses_a_second_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        CertificateAuthority::init(dir.path()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let pki = root.path().join("pki");
+        let dir = pki.as_path();
+        CertificateAuthority::init(dir).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            let mode = std::fs::metadata(dir.join(CA_KEY_FILE))
                 .unwrap()
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+            let dir_mode = std::fs::metadata(dir).unwrap().permissions().mode();
+            assert_eq!(dir_mode & 0o777, 0o700);
         }
-        let err = CertificateAuthority::init(dir.path()).err().unwrap();
+        let err = CertificateAuthority::init(dir).err().unwrap();
         assert!(err.to_string().contains("already exists"), "{err}");
-        CertificateAuthority::load(dir.path()).unwrap();
+        CertificateAuthority::load(dir).unwrap();
     }
 
     #[test]

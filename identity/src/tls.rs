@@ -67,6 +67,8 @@ pub enum TlsError {
     },
     #[error("{address:?} is not host:port: {problem}")]
     Address { address: String, problem: String },
+    #[error("the private key ([tls] key): {0}")]
+    Exposed(#[from] crate::private::Exposed),
 }
 
 /// This process's TLS credentials: the CA to trust, its own certificate and
@@ -108,6 +110,9 @@ impl Credentials {
         let ca = read(&config.ca, "CA certificate", "ca", "init")?;
         let cert = read(&config.cert, "certificate", "cert", "issue")?;
         let key = read(&config.key, "private key", "key", "issue")?;
+        if let Ok(Err(exposed)) = crate::private::check_private_file(&config.key) {
+            return Err(exposed.into());
+        }
         Self::check(&ca, &cert, &key).map_err(|(field, what, problem)| TlsError::Bad {
             what,
             field,
@@ -391,6 +396,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs a vendor certificate"), "{err}");
+
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&written.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Credentials::load(&written).unwrap_err().to_string();
+        assert!(
+            err.contains("[tls] key") && err.contains("chmod 600") && err.contains("nas-nas-1.key"),
+            "{err}"
+        );
+        std::fs::set_permissions(&written.key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
         std::fs::write(&written.key, "nothing").unwrap();
         let err = Credentials::load(&written).unwrap_err().to_string();

@@ -60,7 +60,10 @@ impl PieceDir {
     pub fn open(root: &Path, cap_bytes: Option<u64>) -> Result<PieceDir, PieceError> {
         let pieces = root.join("pieces");
         let tmp = root.join("tmp");
-        for dir in [root, &pieces, &tmp] {
+        // The root is private to the device's user: the pieces are sealed,
+        // but which pieces a device holds is nobody else's business.
+        offsite_identity::private::create_private_dir(root).map_err(PieceError::io(root))?;
+        for dir in [&pieces, &tmp] {
             fs::create_dir_all(dir).map_err(PieceError::io(dir))?;
         }
         let lock = lock_root(root)?;

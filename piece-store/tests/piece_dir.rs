@@ -216,3 +216,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_root_is_private_to_the_device_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("nas");
+    PieceDir::open(&root, None).unwrap();
+    let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

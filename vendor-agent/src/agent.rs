@@ -33,6 +33,12 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error(transparent)]
     LocalFat(#[from] LocalFatError),
+    #[error("cannot create the data dir {}: {source}; check the path and its permissions", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no stores; configure at least one [[stores]]")]
     NoStores,
     #[error(transparent)]
@@ -81,6 +87,12 @@ impl VendorAgent {
         if stores.is_empty() {
             return Err(AgentError::NoStores);
         }
+        offsite_identity::private::create_private_dir(data_dir).map_err(|source| {
+            AgentError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
         let fat = LocalFat::open(data_dir)?;
         let identity = identity_key::load_or_create(data_dir)?;
         Ok(Self {

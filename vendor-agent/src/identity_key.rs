@@ -3,9 +3,9 @@
 //! mode 0600), and its public half is registered with the coordinator group,
 //! which checks every receipt against it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use offsite_identity::private::{check_private_file, create_private_dir, write_private, Exposed};
 use offsite_proto::signing::VendorKey;
 use rand::RngCore;
 
@@ -27,6 +27,8 @@ pub enum IdentityKeyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("identity key: {0}")]
+    Exposed(#[from] Exposed),
     #[error("identity key {0} is not 64 hex digits; restore it from a backup, or delete it to make a new identity (receipts then carry the new key, which the vendor registers on its next start)")]
     Malformed(PathBuf),
 }
@@ -35,7 +37,12 @@ pub enum IdentityKeyError {
 pub fn load_or_create(data_dir: &Path) -> Result<VendorKey, IdentityKeyError> {
     let path = data_dir.join(IDENTITY_KEY_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => parse(&bytes).ok_or(IdentityKeyError::Malformed(path)),
+        Ok(bytes) => {
+            if let Ok(Err(exposed)) = check_private_file(&path) {
+                return Err(exposed.into());
+            }
+            parse(&bytes).ok_or(IdentityKeyError::Malformed(path))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path),
         Err(source) => Err(IdentityKeyError::Read { path, source }),
     }
@@ -56,15 +63,9 @@ fn create(path: &Path) -> Result<VendorKey, IdentityKeyError> {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(write_err)?;
+        create_private_dir(parent).map_err(write_err)?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(write_err)?;
-    file.write_all(format!("{}\n", hex::encode(secret)).as_bytes())
-        .map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
+    write_private(path, format!("{}\n", hex::encode(secret)).as_bytes()).map_err(write_err)?;
     tracing::info!(path = %path.display(), "made a new identity key");
     Ok(VendorKey::from_secret(&secret))
 }
@@ -90,8 +91,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(IDENTITY_KEY_FILE);
         std::fs::write(&path, "not hex").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityKeyError::Malformed(_)), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not hex");
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_with_the_chmod_that_fixes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(IDENTITY_KEY_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, IdentityKeyError::Exposed(_)), "{err}");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

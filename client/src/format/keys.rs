@@ -349,7 +349,7 @@ fn write_bytes_new(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         source,
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(write_err)?;
+        offsite_identity::private::create_private_dir(parent).map_err(write_err)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

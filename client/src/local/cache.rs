@@ -167,7 +167,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
+    offsite_identity::private::create_private_dir(dir).map_err(err)?;
     let tmp = dir.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
@@ -203,5 +203,22 @@ mod tests {
         assert_eq!(cache.locations(id).unwrap(), vec![]);
         cache.forget(id);
         assert!(cache.locations(id).is_none() && cache.manifest(id).is_none());
+    }
+
+    /// The cache holds plaintext paths and snapshot lists: only its user
+    /// may enter it.
+    #[test]
+    fn the_cache_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache/acme"));
+        cache.put_snapshots(&[]).unwrap();
+        for made in ["cache", "cache/acme"] {
+            let mode = std::fs::metadata(dir.path().join(made))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{made}");
+        }
     }
 }

@@ -108,7 +108,7 @@ pub struct Writer {
 impl Writer {
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         let files = dir.join("files");
-        std::fs::create_dir_all(&files)?;
+        offsite_identity::private::create_private_dir(&files)?;
         let tmp = files.join(format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>())));
         let mut out = BufWriter::new(File::create(&tmp)?);
         out.write_all(&records::header(MAGIC, FILES_VERSION))?;

@@ -51,7 +51,7 @@ impl Journal {
             return Ok(());
         }
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            offsite_identity::private::create_private_dir(dir)?;
         }
         let mut file = OpenOptions::new()
             .create(true)
