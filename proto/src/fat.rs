@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_PORTIONS_PER_CALL, MAX_SNAPSHOT_LIST, MAX_SNAPSHOT_STRING};
+use crate::limits::{
+    MAX_PORTIONS_PER_CALL, MAX_PORTION_BYTES, MAX_SNAPSHOT_LIST, MAX_SNAPSHOT_STRING,
+};
 use crate::pb::coordinator as pb;
 use crate::{Grant, Hash, PortionId, Receipt, SnapshotId, VendorRef, WireError};
 
@@ -59,6 +61,15 @@ impl TryFrom<pb::PortionPlacement> for PortionPlacement {
             return Err(WireError::new(
                 "receipts",
                 "too many receipts for one portion",
+            ));
+        }
+        if !(1..=MAX_PORTION_BYTES).contains(&p.size) {
+            return Err(WireError::new(
+                "placement.size",
+                format!(
+                    "{} bytes; a portion has 1 to {MAX_PORTION_BYTES} bytes",
+                    p.size
+                ),
             ));
         }
         Ok(Self {

@@ -51,13 +51,31 @@ fn small_devnet(dir: &std::path::Path) -> Devnet {
     Devnet::start(dir, options).unwrap()
 }
 
-/// The code of a call that must fail, whether at connecting or answering.
+/// A call that must fail in the transport (no TLS handshake, or one the
+/// server refused), before any service saw it: the connection fails, or the
+/// call ends with a transport-level status. A status a service answers with
+/// (PermissionDenied, Unauthenticated, NotFound, ...) or a served call fails
+/// the test. Returns what happened, for the log.
 fn refused<T>(result: anyhow::Result<Result<T, tonic::Status>>) -> String {
-    match result {
-        Err(e) => format!("connection refused: {e:#}"),
-        Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+    let status = match result {
+        Err(e) => return format!("connection refused: {e:#}"),
+        Ok(Err(status)) => status,
         Ok(Ok(_)) => panic!("the call was served"),
-    }
+    };
+    let seen = format!("{:?}: {}", status.code(), status.message());
+    let in_transport = match status.code() {
+        Code::Cancelled | Code::Unavailable => true,
+        Code::Internal | Code::Unknown => {
+            let message = status.message();
+            message.contains("h2 protocol error") || message.contains("transport error")
+        }
+        _ => false,
+    };
+    assert!(
+        in_transport,
+        "refused by a service, not in the transport: {seen}"
+    );
+    seen
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
