@@ -50,11 +50,29 @@ fn converged(devnet: &Devnet, running: &[usize]) -> GroupStatusResponse {
     .unwrap()
 }
 
-fn assert_never_overbooked(status: &MarketplaceStatusResponse, who: SocketAddr) {
+/// Each NAS device's `cap_bytes` in the tests that check overbooking: the
+/// vendors' offers can never exceed their devices' caps, whatever the disk.
+const NAS_CAP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// No vendor holds more used + reserved bytes than its NAS devices can
+/// store. (The status's `offered_bytes` is at least used + reserved by
+/// construction, so comparing with it proves nothing; the caps are what the
+/// vendor measured and reported.)
+fn assert_never_overbooked(
+    status: &MarketplaceStatusResponse,
+    who: SocketAddr,
+    options: &DevnetOptions,
+) {
+    let caps = NAS_CAP_BYTES * options.nas_per_vendor as u64;
+    assert!(
+        !status.vendors.is_empty(),
+        "{who}: no vendors in {status:?}"
+    );
     for v in &status.vendors {
         assert!(
-            v.used_bytes + v.reserved_bytes <= v.offered_bytes,
-            "{who}: {} holds {} used + {} reserved of {} offered",
+            v.used_bytes + v.reserved_bytes <= caps,
+            "{who}: {} holds {} used + {} reserved, more than its NAS devices' caps of {caps} bytes \
+             (the status says {} offered)",
             v.vendor_id,
             v.used_bytes,
             v.reserved_bytes,
@@ -81,8 +99,18 @@ async fn reserve(addr: SocketAddr, request: String, bytes: u64) -> Result<String
 fn killing_the_leader_during_a_backup_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("source");
-    tree::generate(&source, &TreeSpec::small()).unwrap();
-    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    // Enough incompressible data (three portions) that the backup is still
+    // uploading when the leader dies.
+    let spec = TreeSpec {
+        big_files: vec![40 * 1024 * 1024],
+        ..TreeSpec::small()
+    };
+    tree::generate(&source, &spec).unwrap();
+    let options = DevnetOptions {
+        nas_cap_bytes: Some(NAS_CAP_BYTES),
+        ..DevnetOptions::default()
+    };
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), options.clone()).unwrap();
     devnet.client_ok(["init"]).unwrap();
     let killed = leader(&devnet, &[0, 1, 2]);
 
@@ -91,13 +119,19 @@ fn killing_the_leader_during_a_backup_loses_nothing() {
         .unwrap();
     backup.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut backup = KillOnDrop(backup.spawn().unwrap());
-    // Kill the leader once the backup holds a reservation (or has finished).
+    // Kill the leader once the backup holds a reservation.
     wait_for("the backup to reserve", Duration::from_secs(60), || {
-        let reserving = devnet.status()?.open_reservations > 0;
-        Ok((reserving || backup.try_wait()?.is_some()).then_some(()))
+        if let Some(exit) = backup.try_wait()? {
+            anyhow::bail!("the backup ended before it reserved: {exit}");
+        }
+        Ok((devnet.status()?.open_reservations > 0).then_some(()))
     })
     .unwrap();
     devnet.kill_coordinator(killed).unwrap();
+    assert!(
+        backup.try_wait().unwrap().is_none(),
+        "the backup had finished when the leader was killed: make the tree larger"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {
@@ -123,7 +157,7 @@ fn killing_the_leader_during_a_backup_loses_nothing() {
     for addr in devnet.coordinator_addrs() {
         let status = rpc::block_on(rpc::status(addr)).unwrap().unwrap();
         assert_eq!(status.snapshots, 1, "{addr}: {status:?}");
-        assert_never_overbooked(&status, addr);
+        assert_never_overbooked(&status, addr, &options);
     }
 }
 
@@ -202,10 +236,10 @@ fn with_two_of_three_down_writes_fail_fast_with_no_quorum() {
 fn twenty_clients_reserving_at_once_never_overbook_any_replica() {
     let tmp = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
-        nas_cap_bytes: Some(64 * 1024 * 1024),
+        nas_cap_bytes: Some(NAS_CAP_BYTES),
         ..DevnetOptions::default()
     };
-    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    let devnet = Devnet::start(&tmp.path().join("devnet"), options.clone()).unwrap();
     let addrs = devnet.coordinator_addrs();
     let granted = rpc::block_on(async {
         let calls: Vec<_> = (0..20)
@@ -225,7 +259,7 @@ fn twenty_clients_reserving_at_once_never_overbook_any_replica() {
     converged(&devnet, &[0, 1, 2]);
     for addr in addrs {
         let status = rpc::block_on(rpc::status(addr)).unwrap().unwrap();
-        assert_never_overbooked(&status, addr);
+        assert_never_overbooked(&status, addr, &options);
         assert_eq!(status.open_reservations, granted, "{addr}");
     }
 }

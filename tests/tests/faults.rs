@@ -93,6 +93,21 @@ fn a_vendor_killed_mid_upload_does_not_fail_the_backup() {
         victim + 1,
         backup_log(tmp.path())
     );
+    // A copy was under way on the victim when it died: the client saw a
+    // stream fail and sent that copy elsewhere.
+    let log = backup_log(tmp.path());
+    assert!(
+        log.contains("did not store the portion") || log.contains("store failed"),
+        "no copy failed when vendor-{} was killed, so no live stream was cut:\n{log}",
+        victim + 1
+    );
+    // Every portion was committed with R copies on distinct vendors.
+    let out = devnet.run_client(["--json", "check"]).unwrap();
+    let report = json_stdout(&out).unwrap();
+    assert!(
+        out.status.success() && report["ok"] == true && report["portions"].as_u64() > Some(0),
+        "check after the backup: {report}"
+    );
     restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
 }
 
