@@ -296,6 +296,13 @@ async fn a_stopped_replica_catches_up_from_a_snapshot_and_all_restart_from_disk(
     );
     assert!(converged.last_applied_index >= 90);
 
+    // A store grant handed out before the restart, and the grant keys.
+    let granted = reserve(&mut group.fat(leader).await, "before-restart")
+        .await
+        .unwrap();
+    let keys_before = grant_keys(&mut group.registry(leader).await).await;
+    let converged = group.converged().await;
+
     // Every replica stops; all restart from their disks with the same FAT.
     for i in 0..3 {
         group.stop(i).await;
@@ -303,10 +310,54 @@ async fn a_stopped_replica_catches_up_from_a_snapshot_and_all_restart_from_disk(
     for i in 0..3 {
         group.restart(i).await;
     }
-    group.leader().await;
+    let leader = group.leader().await;
     let after = group.converged().await;
     assert_eq!(after.fat_digest, converged.fat_digest);
+
+    // The grant keys survived: the same keys, the old grant still verifies
+    // under them, and the reservation it was issued for is still open.
+    let keys_after = grant_keys(&mut group.registry(leader).await).await;
+    assert_eq!(
+        keys_after, keys_before,
+        "the grant keys changed across the restart"
+    );
+    let verifier = offsite_proto::signing::GrantVerifier::new(&keys_after).unwrap();
+    let grant = granted.candidates[0].store_grant.clone().unwrap();
+    let grant = offsite_proto::Grant::try_from(grant).unwrap();
+    verifier
+        .open(&grant, offsite_proto::clock::now_unix_ms())
+        .expect("a grant from before the restart verifies under the keys after it");
+    let vendors = group
+        .admin(leader)
+        .await
+        .marketplace_status(MarketplaceStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(vendors.open_reservations >= 1, "{vendors:?}");
     group.shutdown().await;
+}
+
+/// The group's grant keys, as a registration answers them: (key id, public key).
+async fn grant_keys(registry: &mut Registry) -> Vec<(u32, Vec<u8>)> {
+    let answer = registry
+        .register(pb::RegisterVendorRequest {
+            vendor_id: "vendor-0".into(),
+            address: "127.0.0.1:7100".into(),
+            region: "eu".into(),
+            offered_bytes: 1 << 30,
+            network_bytes_per_sec: 0,
+            identity_key: common::vendor_key("vendor-0").public_key().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.grant_keys.is_empty(), "no grant keys");
+    answer
+        .grant_keys
+        .into_iter()
+        .map(|k| (k.key_id, k.public_key))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
