@@ -149,6 +149,62 @@ fn restore_works_with_one_vendor_down() {
     assert_eq!(probe.vendor_id, busiest.vendor_id);
 }
 
+/// The portions of the latest snapshot with the vendor ids holding each.
+fn holders_of_latest(devnet: &Devnet) -> Vec<Vec<String>> {
+    let snapshots = json_stdout(&devnet.client_ok(["--json", "snapshots"]).unwrap()).unwrap();
+    let snapshot_id = snapshot_ids(&snapshots).pop().unwrap();
+    let coordinator = devnet.coordinator_addr();
+    rpc::block_on(async move {
+        let request = rpc::as_tenant(GetSnapshotRequest { snapshot_id }, rpc::DEVNET_TENANT)?;
+        let snapshot = rpc::fat(coordinator)
+            .await?
+            .get_snapshot(request)
+            .await?
+            .into_inner();
+        anyhow::Ok(
+            snapshot
+                .portions
+                .iter()
+                .map(|p| p.vendors.iter().map(|v| v.vendor_id.clone()).collect())
+                .collect(),
+        )
+    })
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn restore_works_with_r_minus_1_holders_of_a_portion_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    tree::generate(&source, &spec(6, vec![40 * 1024 * 1024], 100)).unwrap();
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+
+    // Two vendors that hold some portion together: with R = 3, that portion
+    // keeps one holder, and every other portion at least one.
+    let holders = holders_of_latest(&devnet);
+    let ids = devnet.vendor_ids();
+    let (a, b) = (0..ids.len())
+        .flat_map(|a| (a + 1..ids.len()).map(move |b| (a, b)))
+        .find(|(a, b)| {
+            holders
+                .iter()
+                .any(|h| h.contains(&ids[*a]) && h.contains(&ids[*b]))
+        })
+        .expect("no two vendors share a portion");
+    assert!(
+        holders.iter().all(|h| h.len() == 3),
+        "a portion without 3 holders: {holders:?}"
+    );
+    devnet.kill_vendor(a).unwrap();
+    devnet.kill_vendor(b).unwrap();
+    restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
+}
+
 /// Flips one byte in the middle of the piece's data, past its header.
 fn corrupt(piece: &Path) {
     let file = std::fs::OpenOptions::new()
