@@ -64,3 +64,42 @@ fn an_uncommitted_reservation_is_released_after_its_lease() {
         assert!(vendor.used_bytes + vendor.reserved_bytes <= vendor.offered_bytes);
     }
 }
+
+/// With a lease far shorter than one portion's upload, reservations run out
+/// while their portions are on the way: the backup still saves a snapshot
+/// that restores byte for byte, and nothing stays reserved.
+///
+/// Fails today (2026-12-01): the commit of a round whose lease ran out is
+/// refused ("reservation ... was released; ask for a new reservation") and
+/// the backup fails, though every copy is stored and receipted. Run it with
+/// `--ignored` while fixing that (hardening issue).
+#[test]
+#[ignore = "a round whose lease ran out is not committed yet (hardening issue)"]
+fn a_lease_that_runs_out_during_an_upload_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let spec = offsite_tests::tree::TreeSpec {
+        big_files: vec![40 * 1024 * 1024],
+        ..offsite_tests::tree::TreeSpec::small()
+    };
+    offsite_tests::tree::generate(&source, &spec).unwrap();
+    let options = DevnetOptions {
+        lease_secs: 1,
+        ..DevnetOptions::default()
+    };
+    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    let out = devnet
+        .client_ok(["--json".as_ref(), "backup".as_ref(), source.as_os_str()])
+        .unwrap();
+    let report = offsite_tests::checks::json_stdout(&out).unwrap();
+    assert!(report["reservations"].as_u64() >= Some(1), "{report}");
+    devnet
+        .restore_latest_matches(&source, &tmp.path().join("restore"))
+        .unwrap();
+    devnet
+        .wait_status("every lease to run out", Duration::from_secs(30), |s| {
+            reserved_bytes(s) == 0 && s.open_reservations == 0
+        })
+        .unwrap();
+}
