@@ -276,10 +276,13 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("offsite: {e:#}");
+            // Each cause once: a message that already quotes its source is
+            // not followed by it again.
+            let message = offsite_identity::error_chain(e.as_ref());
+            eprintln!("offsite: {message}");
             let code = exit_for(&e);
             if json {
-                let doc = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code as u8 });
+                let doc = serde_json::json!({ "error": message, "exit_code": code as u8 });
                 println!("{doc}");
             }
             code

@@ -46,3 +46,35 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read key.pem: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("loading the credentials failed")]
+    struct Context {
+        #[source]
+        source: Quoting,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoting = Quoting { source: io() };
+        assert_eq!(error_chain(&quoting), "cannot read key.pem: no such file");
+        let context = Context {
+            source: Quoting { source: io() },
+        };
+        assert_eq!(
+            error_chain(&context),
+            "loading the credentials failed: cannot read key.pem: no such file"
+        );
+    }
+}

@@ -19,6 +19,7 @@ mod fat;
 mod ids;
 pub mod limits;
 mod prune;
+pub mod refusal;
 mod repair;
 mod routing;
 pub mod signing;

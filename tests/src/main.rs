@@ -109,7 +109,10 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("offsite-devnet: {e:#}");
+            eprintln!(
+                "offsite-devnet: {}",
+                offsite_identity::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -213,7 +216,7 @@ fn status(dir: &Path, json: bool) -> Result<bool> {
                         "stored_bytes": v.stored_bytes,
                     })).collect::<Vec<_>>(),
                 }),
-                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                Err(e) => serde_json::json!({ "error": offsite_identity::error_chain(e.as_ref()) }),
             },
         });
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -58,6 +58,10 @@ pub enum CoordinatorError {
 pub enum Refusal {
     /// Not enough capacity: ask for less, or retry later.
     NoRoom,
+    /// Fewer vendors are up with room than the replication needs: asking
+    /// for less does not help (`ResourceExhausted` marked
+    /// `offsite_proto::refusal::TOO_FEW_VENDORS`).
+    TooFewVendors,
     /// The thing named does not exist (or is another tenant's).
     NotFound,
     /// The state changed or the lease ran out: look again, then retry.
@@ -71,6 +75,21 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The kind of a refusal: its code, and the coordinator's mark where one
+    /// code covers several kinds.
+    fn of_status(status: &tonic::Status) -> Self {
+        let marked = status
+            .metadata()
+            .get(offsite_proto::refusal::REFUSAL_KEY)
+            .and_then(|v| v.to_str().ok());
+        match (status.code(), marked) {
+            (Code::ResourceExhausted, Some(offsite_proto::refusal::TOO_FEW_VENDORS)) => {
+                Refusal::TooFewVendors
+            }
+            (code, _) => Self::of(code),
+        }
+    }
+
     fn of(code: Code) -> Self {
         match code {
             Code::ResourceExhausted => Refusal::NoRoom,
@@ -85,7 +104,7 @@ impl Refusal {
     /// The status code the refusal came with.
     pub fn code(self) -> Code {
         match self {
-            Refusal::NoRoom => Code::ResourceExhausted,
+            Refusal::NoRoom | Refusal::TooFewVendors => Code::ResourceExhausted,
             Refusal::NotFound => Code::NotFound,
             Refusal::Conflict => Code::FailedPrecondition,
             Refusal::Invalid => Code::InvalidArgument,
@@ -96,9 +115,15 @@ impl Refusal {
 }
 
 impl CoordinatorError {
-    /// True when the group refused because there is not enough room.
+    /// True when the group refused because there is not enough room
+    /// (asking for less may help).
     pub fn is_capacity(&self) -> bool {
         self.refusal() == Some(Refusal::NoRoom)
+    }
+
+    /// True when fewer vendors are up with room than the replication needs.
+    pub fn is_too_few_vendors(&self) -> bool {
+        self.refusal() == Some(Refusal::TooFewVendors)
     }
 
     /// The kind of refusal, when the group refused.
@@ -178,7 +203,7 @@ impl Coordinator {
                     *self.current() = Some((index, client));
                     return Err(CoordinatorError::Refused {
                         what,
-                        refusal: Refusal::of(status.code()),
+                        refusal: Refusal::of_status(&status),
                         message: status.message().to_string(),
                     });
                 }
@@ -492,5 +517,24 @@ mod tests {
             refused(Code::ResourceExhausted, "full").to_string(),
             "the coordinator refused reserve: ResourceExhausted: full"
         );
+    }
+
+    /// Too few vendors is told from too little room by the coordinator's
+    /// mark, not by the message.
+    #[test]
+    fn too_few_vendors_is_read_from_the_refusals_mark() {
+        let mut status = Status::resource_exhausted("not enough capacity");
+        assert_eq!(Refusal::of_status(&status), Refusal::NoRoom);
+        status.metadata_mut().insert(
+            offsite_proto::refusal::REFUSAL_KEY,
+            offsite_proto::refusal::TOO_FEW_VENDORS.parse().unwrap(),
+        );
+        assert_eq!(Refusal::of_status(&status), Refusal::TooFewVendors);
+        let refused = CoordinatorError::Refused {
+            what: "reserve",
+            refusal: Refusal::of_status(&status),
+            message: status.message().into(),
+        };
+        assert!(refused.is_too_few_vendors() && !refused.is_capacity());
     }
 }

@@ -95,8 +95,10 @@ impl From<CachedError> for SessionError {
     }
 }
 
+/// No coordinator answered, or too few vendors to place R copies (the
+/// "no quorum" exit code covers both).
 fn is_unreachable(e: &CoordinatorError) -> bool {
-    matches!(e, CoordinatorError::Unreachable { .. })
+    matches!(e, CoordinatorError::Unreachable { .. }) || e.is_too_few_vendors()
 }
 
 fn upload_unreachable(e: &UploadError) -> bool {
