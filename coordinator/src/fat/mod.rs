@@ -13,6 +13,7 @@
 //! has not yet acknowledged deleting.
 
 mod catalog;
+mod check;
 mod command;
 mod deletions;
 mod error;

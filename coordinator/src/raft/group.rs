@@ -16,11 +16,14 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
+use offsite_proto::limits::{MAX_COMMAND_BYTES, MAX_PORTIONS_PER_COMMIT};
+
+use super::codec::encode;
 use super::log_store::LogStore;
 use super::network::Peers;
 use super::state_machine::{SharedFat, StateMachine};
 use super::{NodeId, TypeConfig};
-use crate::fat::{Command, Fat, Outcome};
+use crate::fat::{Command, Fat, FatError, Outcome};
 use crate::store::{FatStore, ProposeError, StoreError};
 
 /// How this coordinator takes part in the group.
@@ -253,7 +256,15 @@ impl RaftStore {
     }
 
     /// Proposes `command` on this coordinator, which should lead the group.
+    /// What `apply` would refuse on this replica is refused here, without
+    /// a log entry (`apply` checks again when the entry's turn comes).
     pub(super) async fn propose_here(&self, command: Command, deadline: Instant) -> Try<Outcome> {
+        if let Err(refused) = check_command_size(&command) {
+            return Try::Done(Err(refused));
+        }
+        if let Err(refused) = self.inner.fat.read().fat.check(&command) {
+            return Try::Done(Err(ProposeError::Refused(refused)));
+        }
         let write = self.inner.raft.client_write(command);
         match tokio::time::timeout_at(deadline, write).await {
             Err(_) => Try::Done(Err(self.out_of_time("the leader could not commit").into())),
@@ -330,8 +341,32 @@ impl RaftStore {
     }
 }
 
+/// Refuses a command whose log entry would exceed [`MAX_COMMAND_BYTES`]:
+/// followers must receive every entry within a heartbeat.
+pub(super) fn check_command_size(command: &Command) -> Result<(), ProposeError> {
+    let bytes = encode(command)
+        .map_err(|e| StoreError::Stopped(format!("cannot encode a command: {e}")))?
+        .len();
+    if bytes <= MAX_COMMAND_BYTES {
+        return Ok(());
+    }
+    let fix = match command {
+        Command::Commit(_) => format!(
+            "commit at most {MAX_PORTIONS_PER_COMMIT} portions per reservation (take several \
+             reservations), and keep the snapshot record's paths and tags short"
+        ),
+        _ => "send the items in several smaller calls".to_string(),
+    };
+    Err(ProposeError::Refused(FatError::Invalid(format!(
+        "this {} command is {bytes} bytes encoded, more than the {MAX_COMMAND_BYTES} bytes \
+         one entry of the coordinators' log may hold; {fix}",
+        command.kind()
+    ))))
+}
+
 impl FatStore for RaftStore {
     async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        check_command_size(&command)?;
         // A spawned task runs to the end even if the caller gives up.
         let store = self.clone();
         let task = tokio::spawn(async move {

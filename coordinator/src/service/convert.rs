@@ -3,7 +3,8 @@
 //! `TryFrom` impls and `limits`.
 
 use offsite_proto::limits::{
-    MAX_GRANT_BYTES, MAX_PORTIONS_PER_CALL, MAX_RELEASE_PER_CALL, MAX_SNAPSHOT_REWRITES,
+    MAX_GRANT_BYTES, MAX_LOCATE_PER_CALL, MAX_PORTIONS_PER_CALL, MAX_RELEASE_PER_CALL,
+    MAX_SNAPSHOT_REWRITES,
 };
 use offsite_proto::pb::admin as pba;
 use offsite_proto::pb::common as pbc;
@@ -92,6 +93,28 @@ pub(super) fn rewrite_snapshots_command(
             .map(SnapshotRecord::try_from)
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// The ids of a locate call, each once, in the order first named: a
+/// repeated id is looked up and granted once.
+pub(super) fn locate_ids(ids: &[String]) -> Result<Vec<PortionId>, WireError> {
+    if ids.len() > MAX_LOCATE_PER_CALL {
+        return Err(WireError::new(
+            "portion_ids",
+            format!(
+                "{} portions, more than {MAX_LOCATE_PER_CALL}; locate them in several calls",
+                ids.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut unique = Vec::new();
+    for id in parse_portion_ids("portion_ids", ids)? {
+        if seen.insert(id) {
+            unique.push(id);
+        }
+    }
+    Ok(unique)
 }
 
 /// The start of a portion list page: empty means from the first portion.
