@@ -27,6 +27,8 @@ mod vendors;
 #[cfg(test)]
 mod deletion_tests;
 #[cfg(test)]
+mod extreme_proptests;
+#[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]
 mod proptests;

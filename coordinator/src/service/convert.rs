@@ -195,3 +195,24 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         last_report_unix_ms: v.last_report_unix_ms,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_ids_are_named_once_in_order_and_capped() {
+        let (a, b) = (PortionId::random(), PortionId::random());
+        let mut named = vec![a.to_string(); MAX_LOCATE_PER_CALL - 2];
+        named.push(b.to_string());
+        named.push(a.to_string());
+        let unique = locate_ids(&named).unwrap();
+        assert!(unique == [a, b], "{} ids, not 2", unique.len());
+        named.push(b.to_string());
+        let refused = locate_ids(&named).unwrap_err().to_string();
+        assert!(
+            refused.contains(&MAX_LOCATE_PER_CALL.to_string()),
+            "{refused}"
+        );
+    }
+}
