@@ -43,12 +43,14 @@ pub const MAX_SNAPSHOT_STRING: usize = 4096;
 /// A leader sends a follower a batch of entries within one heartbeat
 /// (150 ms by default), so one entry must stay small; a commit of more
 /// portions than fit is refused with this limit named, and is made over
-/// several reservations. A commit of [`MAX_PORTIONS_PER_COMMIT`] portions
-/// with three receipts each (about 450 bytes a portion) takes under half.
+/// several reservations.
 pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
-/// Most portions a client puts in one commit, so that a commit stays well
-/// within [`MAX_COMMAND_BYTES`].
-pub const MAX_PORTIONS_PER_COMMIT: usize = 1_000;
+/// Most portions a client puts in one commit. A receipt with 32-character
+/// vendor and tenant ids encodes to about 200 bytes, so even at
+/// [`MAX_REPLICATION`] (16 receipts a portion, about 3.2 KB) a commit of
+/// this many portions takes under 0.8 MiB of [`MAX_COMMAND_BYTES`], leaving
+/// room for the snapshot record that rides on the last commit.
+pub const MAX_PORTIONS_PER_COMMIT: usize = 250;
 /// Most portion ids in one locate call.
 pub const MAX_LOCATE_PER_CALL: usize = 10_000;
 /// Largest request the coordinator's tenant-facing `Fat` service decodes: a

@@ -431,7 +431,66 @@ impl FatStore for RaftStore {
 
 #[cfg(test)]
 mod tests {
+    use offsite_proto::limits::MAX_REPLICATION;
+
     use super::*;
+
+    /// A commit of `portions` portions, each with `receipts` receipts whose
+    /// vendor and tenant ids have `id_len` characters and 64-byte signatures.
+    fn commit_of(portions: usize, receipts: usize, id_len: usize) -> Command {
+        use offsite_proto::{
+            Hash, PortionId, PortionPlacement, Receipt, RequestId, ReservationId, TenantId,
+            VendorId,
+        };
+        let tenant = TenantId::new("t".repeat(id_len)).unwrap();
+        let placement = |_| {
+            let portion = PortionId::random();
+            let hash = Hash::of(portion.as_bytes());
+            PortionPlacement {
+                portion,
+                hash,
+                size: 5 << 20,
+                receipts: (0..receipts)
+                    .map(|i| Receipt {
+                        vendor: VendorId::new(format!("{i:0>id_len$}")).unwrap(),
+                        tenant: tenant.clone(),
+                        portion,
+                        hash,
+                        size: 5 << 20,
+                        signature: vec![0xab; 64],
+                    })
+                    .collect(),
+            }
+        };
+        Command::Commit(crate::fat::Commit {
+            tenant: tenant.clone(),
+            request: RequestId::new("r".repeat(id_len)).unwrap(),
+            reservation: ReservationId::random(),
+            portions: (0..portions).map(placement).collect(),
+            snapshot: None,
+            now_unix_ms: u64::MAX,
+        })
+    }
+
+    #[test]
+    fn a_commit_the_client_makes_fits_one_log_entry_and_a_larger_one_is_refused_naming_the_limit() {
+        // What the client sends at most: MAX_PORTIONS_PER_COMMIT portions at
+        // the highest replication, with 32-character ids, in under 80% of an
+        // entry (the rest is room for the snapshot record).
+        let largest = commit_of(MAX_PORTIONS_PER_COMMIT, MAX_REPLICATION as usize, 32);
+        let bytes = encode(&largest).unwrap().len();
+        assert!(bytes <= MAX_COMMAND_BYTES * 8 / 10, "{bytes} bytes");
+        check_command_size(&largest).unwrap();
+        // Twenty times as many portions do not fit.
+        let err = check_command_size(&commit_of(20 * MAX_PORTIONS_PER_COMMIT, 16, 32))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&MAX_COMMAND_BYTES.to_string()), "{err}");
+        assert!(
+            err.contains(&format!("at most {MAX_PORTIONS_PER_COMMIT} portions")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn opening_waits_for_a_lock_released_meanwhile() {
