@@ -412,3 +412,58 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         self.plain(&bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::fat::StoreTenantKey;
+
+    /// A link whose channel never opened: what it sends fails as unreachable.
+    fn link() -> PeerLink {
+        PeerLink {
+            target: 2,
+            address: "127.0.0.1:1".into(),
+            client: Err("no channel in this test".into()),
+            health: Arc::default(),
+        }
+    }
+
+    /// `count` entries of about 900 KB each (just under one log entry's cap).
+    fn append(count: u64) -> AppendEntriesRequest<TypeConfig> {
+        let entry = |index| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::StoreTenantKey(StoreTenantKey {
+                tenant: offsite_proto::TenantId::new("acme").unwrap(),
+                key_file: vec![7; 900 * 1024],
+                now_unix_ms: 0,
+            })),
+        };
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=count).map(entry).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_an_append_asks_openraft_for_fewer_entries() {
+        let option = RPCOption::new(Duration::from_secs(1));
+        match link().append_entries(append(8), option.clone()).await {
+            Err(RPCError::PayloadTooLarge(too_large)) => {
+                let hint = too_large.entries_hint();
+                assert!((1..=4).contains(&hint), "hint {hint}");
+                let fits = append(hint);
+                assert!(encode(&fits).unwrap().len() <= MAX_APPEND_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+        // One entry is sent whatever its size (it is within the entry cap).
+        match link().append_entries(append(1), option).await {
+            Err(RPCError::Unreachable(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
