@@ -351,6 +351,14 @@ pub(super) fn check_command_size(command: &Command) -> Result<(), ProposeError> 
         return Ok(());
     }
     let fix = match command {
+        Command::Commit(c) if c.portions.len() <= MAX_PORTIONS_PER_COMMIT => format!(
+            "the snapshot record names {} portions and {} paths or tags; a snapshot record \
+             this large cannot be recorded (a limit of this coordinator version)",
+            c.snapshot.as_ref().map_or(0, |s| s.portions.len()),
+            c.snapshot
+                .as_ref()
+                .map_or(0, |s| s.paths.len() + s.tags.len()),
+        ),
         Command::Commit(_) => format!(
             "commit at most {MAX_PORTIONS_PER_COMMIT} portions per reservation (take several \
              reservations), and keep the snapshot record's paths and tags short"
@@ -490,6 +498,32 @@ mod tests {
             err.contains(&format!("at most {MAX_PORTIONS_PER_COMMIT} portions")),
             "{err}"
         );
+        // A snapshot record of 40 000 portions is named as what does not fit.
+        let Command::Commit(mut with_snapshot) = commit_of(1, 3, 32) else {
+            unreachable!()
+        };
+        let ids: Vec<_> = (0..40_000)
+            .map(|_| offsite_proto::PortionId::random())
+            .collect();
+        with_snapshot.snapshot = Some(offsite_proto::SnapshotRecord {
+            id: offsite_proto::SnapshotId::random(),
+            host: "h".into(),
+            time_unix_ms: 0,
+            paths: vec![],
+            tags: vec![],
+            manifest: offsite_proto::BlobLocation {
+                portion: ids[0],
+                offset: 0,
+                length: 1,
+            },
+            portions: ids,
+            logical_bytes: 0,
+            file_count: 0,
+        });
+        let err = check_command_size(&Command::Commit(with_snapshot))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names 40000 portions"), "{err}");
     }
 
     #[test]
