@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_identity::{Credentials, Role, TlsError};
-use offsite_proto::limits::MAX_MESSAGE_BYTES;
+use offsite_proto::limits::{
+    MAX_CONTROL_REQUEST_BYTES, MAX_MESSAGE_BYTES, MAX_TENANT_REQUEST_BYTES,
+};
 use offsite_proto::pb::admin::admin_server::AdminServer;
 use offsite_proto::pb::coordinator::fat_server::FatServer;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer;
@@ -147,14 +149,16 @@ impl Coordinator {
             lease_ms: self.config.lease_ms(),
             placement: self.config.placement(),
         };
+        // Each service decodes at most what its largest legal request needs
+        // (offsite_proto::limits); answers may be larger.
         let registry = VendorRegistryServer::new(RegistryService::new(Arc::clone(&self.store)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let fat = FatServer::new(FatService::new(Arc::clone(&self.store), fat_config))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_TENANT_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin = AdminServer::new(AdminService::new(Arc::clone(&self.store)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let raft = RaftServer::new(RaftService::new((*self.store).clone(), now_unix_ms))
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

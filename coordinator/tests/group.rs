@@ -400,3 +400,169 @@ async fn with_two_of_three_down_writes_fail_with_no_quorum_in_bounded_time() {
     group.converged().await;
     group.shutdown().await;
 }
+
+/// A portion of `tenant` stored on `vendors`, with their signed receipts.
+fn signed_portion(tenant: &str, vendors: &[String]) -> pb::PortionPlacement {
+    let id = offsite_proto::PortionId::random();
+    let hash = offsite_proto::Hash::of(id.as_bytes()).to_vec();
+    let receipt = |vendor: &String| {
+        common::signed(offsite_proto::pb::common::Receipt {
+            vendor_id: vendor.clone(),
+            tenant_id: tenant.into(),
+            portion_id: id.to_string(),
+            hash: hash.clone(),
+            size: 100,
+            signature: vec![],
+        })
+    };
+    pb::PortionPlacement {
+        portion_id: id.to_string(),
+        hash: hash.clone(),
+        size: 100,
+        receipts: vendors.iter().map(receipt).collect(),
+    }
+}
+
+/// A commit of `portions` portions naming a reservation that does not
+/// exist, each receipt carrying a 4 KiB signature blob (about 4.3 KB a
+/// portion on the wire).
+fn hostile_commit(portions: usize) -> pb::CommitRequest {
+    let placement = |_| {
+        let id = offsite_proto::PortionId::random().to_string();
+        pb::PortionPlacement {
+            portion_id: id.clone(),
+            hash: vec![7; 32],
+            size: 100,
+            receipts: vec![offsite_proto::pb::common::Receipt {
+                vendor_id: "vendor-0".into(),
+                tenant_id: "mallory".into(),
+                portion_id: id,
+                hash: vec![7; 32],
+                size: 100,
+                signature: vec![9; 4096],
+            }],
+        }
+    };
+    pb::CommitRequest {
+        request_id: "c-hostile".into(),
+        reservation_id: offsite_proto::ReservationId::random().to_string(),
+        portions: (0..portions).map(placement).collect(),
+        snapshot: None,
+    }
+}
+
+/// Tenant `acme` reserves and commits one portion through `fat`.
+async fn backup_once(fat: &mut FatClient<Channel>, request: &str) {
+    let reservation = reserve(fat, request).await.unwrap();
+    let vendors: Vec<String> = reservation
+        .candidates
+        .iter()
+        .take(2)
+        .map(|c| c.vendor.as_ref().unwrap().vendor_id.clone())
+        .collect();
+    fat.commit(Request::new(pb::CommitRequest {
+        request_id: format!("c-{request}"),
+        reservation_id: reservation.reservation_id,
+        portions: vec![signed_portion("acme", &vendors)],
+        snapshot: None,
+    }))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversize_commits_and_locates_are_refused_without_stalling_the_group() {
+    let group = Group::start(1000).await;
+    let leader = group.leader().await;
+    let follower = (leader + 1) % 3;
+    register(&mut group.registry(leader).await, 4)
+        .await
+        .unwrap();
+    let mut acme = group.fat(follower).await;
+    backup_once(&mut acme, "before").await;
+    let before = group.status(leader);
+    let bound = Duration::from_secs(10);
+
+    // Another tenant backs up all the while.
+    let mut during = group.fat(leader).await;
+    let honest = tokio::spawn(async move {
+        for round in 0..5 {
+            backup_once(&mut during, &format!("during-{round}")).await;
+        }
+    });
+
+    let mut mallory = fat_as(&group.nodes[follower].address, "mallory").await;
+    // About 40 MB: refused before it is read (the Fat service decodes at
+    // most limits::MAX_TENANT_REQUEST_BYTES).
+    let started = Instant::now();
+    let refused = mallory.commit(hostile_commit(9_500)).await.unwrap_err();
+    assert!(
+        started.elapsed() < bound,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_ne!(refused.code(), Code::Unavailable, "{refused:?}");
+    // About 3 MB: decoded, but more than one log entry may hold.
+    let started = Instant::now();
+    let refused = mallory.commit(hostile_commit(700)).await.unwrap_err();
+    assert!(
+        started.elapsed() < bound,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!(
+            "more than the {} bytes",
+            offsite_proto::limits::MAX_COMMAND_BYTES
+        )),
+        "{}",
+        refused.message()
+    );
+    // About 400 KB naming no reservation: refused by the leader's check,
+    // with no log entry.
+    let entries = group.status(leader).last_log_index;
+    let refused = mallory.commit(hostile_commit(90)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert_eq!(
+        group.status(leader).last_log_index,
+        entries,
+        "a refused commit made a log entry"
+    );
+
+    // 100 000 copies of one id: more than one locate may name; 10 000 of
+    // them: looked up (and granted) once.
+    let id = offsite_proto::PortionId::random().to_string();
+    let started = Instant::now();
+    let refused = mallory
+        .locate_portions(Request::new(pb::LocatePortionsRequest {
+            portion_ids: vec![id.clone(); 100_000],
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < bound,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let located = mallory
+        .locate_portions(Request::new(pb::LocatePortionsRequest {
+            portion_ids: vec![id; offsite_proto::limits::MAX_LOCATE_PER_CALL],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(located.portions.is_empty());
+
+    tokio::time::timeout(Duration::from_secs(30), honest)
+        .await
+        .expect("the other tenant's backups stalled")
+        .unwrap();
+    backup_once(&mut acme, "after").await;
+    let after = group.status(leader);
+    assert_eq!(after.role, "leader");
+    assert_eq!(after.term, before.term, "the group held an election");
+    group.converged().await;
+    group.shutdown().await;
+}

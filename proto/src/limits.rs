@@ -39,6 +39,40 @@ pub const MAX_SNAPSHOT_REWRITES: usize = 1_000;
 /// Most paths or tags on one snapshot record; longest path or tag.
 pub const MAX_SNAPSHOT_LIST: usize = 1024;
 pub const MAX_SNAPSHOT_STRING: usize = 4096;
+/// Largest encoded FAT command: one entry of the coordinators' Raft log.
+/// A leader sends a follower a batch of entries within one heartbeat
+/// (150 ms by default), so one entry must stay small; a commit of more
+/// portions than fit is refused with this limit named, and is made over
+/// several reservations.
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+/// Most portions a client puts in one commit. A receipt with 32-character
+/// vendor and tenant ids encodes to about 200 bytes, so even at
+/// [`MAX_REPLICATION`] (16 receipts a portion, about 3.2 KB) a commit of
+/// this many portions takes under 0.8 MiB of [`MAX_COMMAND_BYTES`], leaving
+/// room for the snapshot record that rides on the last commit.
+pub const MAX_PORTIONS_PER_COMMIT: usize = 250;
+/// Most portion ids in one locate call.
+pub const MAX_LOCATE_PER_CALL: usize = 10_000;
+/// Largest request the coordinator's tenant-facing `Fat` service decodes: a
+/// command of [`MAX_COMMAND_BYTES`] whose 16-byte ids and 32-byte hashes
+/// travel as text and with protobuf's field tags (at most about three times
+/// larger), with room to spare. A larger request is refused before it is
+/// read into memory.
+pub const MAX_TENANT_REQUEST_BYTES: usize = 4 * MAX_COMMAND_BYTES;
+/// Largest request the coordinator's `VendorRegistry` and `Admin` services
+/// decode: a capacity report with [`MAX_DELETIONS_PER_REPORT`] deletions
+/// (about 300 bytes each) and [`MAX_COPIES_PER_REPORT`] copy results (a
+/// receipt with a signature of at most [`MAX_GRANT_BYTES`] and an error of
+/// [`MAX_COPY_ERROR_LEN`]), or a registration, with room to spare.
+pub const MAX_CONTROL_REQUEST_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(
+    MAX_DELETIONS_PER_REPORT * (2 * MAX_ID_LEN + 64)
+        + MAX_COPIES_PER_REPORT * (3 * MAX_ID_LEN + MAX_GRANT_BYTES + MAX_COPY_ERROR_LEN + 128)
+        + 64 * 1024
+        <= MAX_CONTROL_REQUEST_BYTES
+);
+
 /// Largest gRPC message any Offsite service decodes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Largest gRPC message a vendor agent or a NAS device decodes: a data frame

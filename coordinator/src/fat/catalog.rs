@@ -30,6 +30,14 @@ pub(crate) struct PortionRecord {
 /// Bytes each vendor takes on in a commit.
 type Charges = BTreeMap<VendorId, u64>;
 
+/// What a checked commit does.
+pub(super) enum CommitPlan {
+    /// The reservation was committed by this request before: its answer.
+    Repeated(Outcome),
+    /// A new commit: the bytes each vendor takes on.
+    Record(Charges),
+}
+
 fn check_receipts(
     reservation: &Reservation,
     vendors: &BTreeMap<VendorId, VendorRecord>,
@@ -74,7 +82,8 @@ fn check_receipts(
             )));
         }
         check_receipt_signature(vendors, r)?;
-        *charges.entry(r.vendor.clone()).or_default() += p.size;
+        let charge = charges.entry(r.vendor.clone()).or_default();
+        *charge = charge.saturating_add(p.size);
     }
     Ok(())
 }
@@ -137,6 +146,10 @@ impl Fat {
                     p.portion
                 )));
             }
+        }
+        // Receipt signatures are checked only once every portion id is known
+        // to be new and named once, so a list of repeats costs no signature.
+        for p in &c.portions {
             check_receipts(reservation, &self.vendors, &c.tenant, p, &mut charges)?;
         }
         for (vendor, bytes) in &charges {
@@ -192,7 +205,9 @@ impl Fat {
         Ok(())
     }
 
-    pub(super) fn commit(&mut self, c: Commit) -> Result<Outcome, FatError> {
+    /// Checks a commit in full without changing anything: what a repeated
+    /// commit answers, or the bytes each vendor takes on.
+    pub(super) fn check_commit(&self, c: &Commit) -> Result<CommitPlan, FatError> {
         let reservation = self.tenant_reservation(&c.tenant, c.reservation)?;
         match &reservation.state {
             ReservationState::Open if reservation.lease_expires_unix_ms <= c.now_unix_ms => {
@@ -206,7 +221,7 @@ impl Fat {
                 request,
                 committed_bytes,
                 ..
-            } => return repeated_commit(&c, request, *committed_bytes),
+            } => return repeated_commit(c, request, *committed_bytes).map(CommitPlan::Repeated),
             ReservationState::Released { .. } | ReservationState::Expired { .. } => {
                 return Err(FatError::Expired(format!(
                     "reservation {} was released",
@@ -214,19 +229,26 @@ impl Fat {
                 )))
             }
         }
-        let charges = self.check_placements(reservation, &c)?;
+        let charges = self.check_placements(reservation, c)?;
         if let Some(snapshot) = &c.snapshot {
-            self.check_snapshot(&c, snapshot)?;
+            self.check_snapshot(c, snapshot)?;
         }
-        Ok(self.record_commit(c, charges))
+        Ok(CommitPlan::Record(charges))
+    }
+
+    pub(super) fn commit(&mut self, c: Commit) -> Result<Outcome, FatError> {
+        match self.check_commit(&c)? {
+            CommitPlan::Repeated(outcome) => Ok(outcome),
+            CommitPlan::Record(charges) => Ok(self.record_commit(c, charges)),
+        }
     }
 
     /// Applies a fully checked commit.
     fn record_commit(&mut self, c: Commit, charges: Charges) -> Outcome {
-        let committed_bytes = charges.values().sum();
+        let committed_bytes = charges.values().fold(0u64, |sum, b| sum.saturating_add(*b));
         for (vendor, bytes) in &charges {
             if let Some(v) = self.vendors.get_mut(vendor) {
-                v.used += bytes;
+                v.used = v.used.saturating_add(*bytes);
             }
         }
         if !c.portions.is_empty() {
@@ -261,15 +283,22 @@ impl Fat {
         Outcome::Committed { committed_bytes }
     }
 
-    pub(super) fn forget(&mut self, f: Forget) -> Result<Outcome, FatError> {
-        let not_found = || {
-            FatError::NotFound(format!(
+    pub(super) fn check_forget(&self, f: &Forget) -> Result<(), FatError> {
+        match self.snapshots.get(&f.tenant) {
+            Some(s) if s.contains_key(&f.snapshot) => Ok(()),
+            _ => Err(FatError::NotFound(format!(
                 "tenant {} has no snapshot {}",
                 f.tenant, f.snapshot
-            ))
+            ))),
+        }
+    }
+
+    pub(super) fn forget(&mut self, f: Forget) -> Result<Outcome, FatError> {
+        self.check_forget(&f)?;
+        let Some(snapshots) = self.snapshots.get_mut(&f.tenant) else {
+            return Ok(Outcome::Forgotten);
         };
-        let snapshots = self.snapshots.get_mut(&f.tenant).ok_or_else(not_found)?;
-        snapshots.remove(&f.snapshot).ok_or_else(not_found)?;
+        snapshots.remove(&f.snapshot);
         if snapshots.is_empty() {
             self.snapshots.remove(&f.tenant);
         }

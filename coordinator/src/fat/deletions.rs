@@ -45,7 +45,7 @@ impl Fat {
 
     /// Checks a release in full; returns the portions to release (ids
     /// already released and queued for deletion are skipped).
-    fn check_release(&self, r: &ReleasePortions) -> Result<Vec<PortionId>, FatError> {
+    pub(super) fn check_release(&self, r: &ReleasePortions) -> Result<Vec<PortionId>, FatError> {
         if r.portions.len() > MAX_RELEASE_PER_CALL {
             return Err(FatError::invalid(format!(
                 "{} portions in one release, more than {MAX_RELEASE_PER_CALL}; release them in \

@@ -13,6 +13,7 @@
 //! has not yet acknowledged deleting.
 
 mod catalog;
+mod check;
 mod command;
 mod deletions;
 mod error;
@@ -25,6 +26,8 @@ mod vendors;
 
 #[cfg(test)]
 mod deletion_tests;
+#[cfg(test)]
+mod extreme_proptests;
 #[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]

@@ -111,7 +111,9 @@ impl Fat {
     /// What `vendor` holds in the catalog: its `used` without the released
     /// copies it still has to delete (those leave on their own).
     fn committed_on(&self, vendor: &VendorId) -> u64 {
-        let owed: u64 = self.deletions.get(vendor).map_or(0, |q| q.values().sum());
+        let owed = self.deletions.get(vendor).map_or(0, |q| {
+            q.values().fold(0u64, |sum, size| sum.saturating_add(*size))
+        });
         self.vendors
             .get(vendor)
             .map_or(0, |v| v.used.saturating_sub(owed))
@@ -172,8 +174,7 @@ impl Fat {
                         .repairs
                         .values()
                         .filter(|r| &r.replaces == *id)
-                        .map(|r| r.size)
-                        .sum();
+                        .fold(0u64, |sum, r| sum.saturating_add(r.size));
                     let excess = self.committed_on(id).saturating_sub(v.reported_offered);
                     (*id, excess.saturating_sub(moving))
                 })
@@ -246,7 +247,7 @@ impl Fat {
                     continue;
                 };
                 if let Some(room) = free.get_mut(target) {
-                    *room -= record.size;
+                    *room = room.saturating_sub(record.size);
                 }
                 if let Some(left) = to_shed.get_mut(replaces) {
                     *left = left.saturating_sub(record.size);
@@ -334,7 +335,8 @@ impl Fat {
         let mut portions = BTreeSet::new();
         for p in &c.repairs {
             let size = self.check_planned(p, &taken, &ids, &portions)?;
-            *taken.entry(&p.target).or_default() += size;
+            let taken_there = taken.entry(&p.target).or_default();
+            *taken_there = taken_there.saturating_add(size);
             ids.insert(p.id);
             portions.insert((&p.tenant, p.portion));
         }

@@ -111,10 +111,11 @@ fn check_shape(r: &Reserve) -> Result<(), FatError> {
 }
 
 impl Fat {
-    pub(super) fn reserve(&mut self, r: Reserve) -> Result<Outcome, FatError> {
-        let key = (r.tenant.clone(), r.request.clone());
-        if let Some(id) = self.requests.get(&key) {
-            return self.repeated_reserve(*id, &r);
+    /// Checks a reservation in full without changing anything; `Some` is
+    /// the answer to a repeated request.
+    pub(super) fn check_reserve(&self, r: &Reserve) -> Result<Option<Outcome>, FatError> {
+        if let Some(id) = self.requests.get(&(r.tenant.clone(), r.request.clone())) {
+            return self.repeated_reserve(*id, r).map(Some);
         }
         if self.reservations.contains_key(&r.reservation) {
             return Err(FatError::Conflict(format!(
@@ -122,11 +123,19 @@ impl Fat {
                 r.reservation
             )));
         }
-        check_shape(&r)?;
-        self.check_room(&r)?;
+        check_shape(r)?;
+        self.check_room(r)?;
+        Ok(None)
+    }
+
+    pub(super) fn reserve(&mut self, r: Reserve) -> Result<Outcome, FatError> {
+        if let Some(repeated) = self.check_reserve(&r)? {
+            return Ok(repeated);
+        }
+        let key = (r.tenant.clone(), r.request.clone());
         for hold in &r.holds {
             if let Some(vendor) = self.vendors.get_mut(&hold.vendor) {
-                vendor.reserved += hold.bytes;
+                vendor.reserved = vendor.reserved.saturating_add(hold.bytes);
             }
         }
         self.requests.insert(key, r.reservation);
@@ -181,7 +190,10 @@ impl Fat {
     }
 
     fn not_enough(&self, r: &Reserve) -> FatError {
-        let free: u64 = self.vendors.values().map(|v| v.free()).sum();
+        let free = self
+            .vendors
+            .values()
+            .fold(0u64, |sum, v| sum.saturating_add(v.free()));
         FatError::NotEnoughCapacity {
             asked_bytes: r.bytes,
             replication: r.replication,
@@ -191,20 +203,28 @@ impl Fat {
         }
     }
 
-    pub(super) fn release(&mut self, r: Release) -> Result<Outcome, FatError> {
+    /// Checks a release; `true` when the reservation is open (there is
+    /// something to release).
+    fn check_release_open(&self, r: &Release) -> Result<bool, FatError> {
         let reservation = self.tenant_reservation(&r.tenant, r.reservation)?;
         match reservation.state {
-            ReservationState::Open => {}
-            ReservationState::Released { .. } | ReservationState::Expired { .. } => {
-                return Ok(Outcome::Released)
-            }
-            ReservationState::Committed { .. } => {
-                return Err(FatError::Conflict(format!(
-                    "reservation {} was committed; the rest of it was released then, \
-                     so there is nothing to release",
-                    r.reservation
-                )))
-            }
+            ReservationState::Open => Ok(true),
+            ReservationState::Released { .. } | ReservationState::Expired { .. } => Ok(false),
+            ReservationState::Committed { .. } => Err(FatError::Conflict(format!(
+                "reservation {} was committed; the rest of it was released then, \
+                 so there is nothing to release",
+                r.reservation
+            ))),
+        }
+    }
+
+    pub(super) fn check_release_reservation(&self, r: &Release) -> Result<(), FatError> {
+        self.check_release_open(r).map(drop)
+    }
+
+    pub(super) fn release(&mut self, r: Release) -> Result<Outcome, FatError> {
+        if !self.check_release_open(&r)? {
+            return Ok(Outcome::Released);
         }
         self.close(
             r.reservation,

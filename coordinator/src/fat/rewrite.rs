@@ -24,7 +24,7 @@ fn same_snapshot(a: &SnapshotRecord, b: &SnapshotRecord) -> bool {
 }
 
 impl Fat {
-    fn check_rewrite(&self, r: &RewriteSnapshots) -> Result<(), FatError> {
+    pub(super) fn check_rewrite(&self, r: &RewriteSnapshots) -> Result<(), FatError> {
         if r.snapshots.len() > MAX_SNAPSHOT_REWRITES {
             return Err(FatError::invalid(format!(
                 "{} snapshots in one rewrite, more than {MAX_SNAPSHOT_REWRITES}",

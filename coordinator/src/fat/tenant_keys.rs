@@ -12,16 +12,21 @@ use super::{Fat, FatError, Outcome};
 /// Largest key file the FAT keeps (a real one is under 1 KiB).
 pub const MAX_TENANT_KEY_BYTES: usize = 16 * 1024;
 
+pub(super) fn check_tenant_key(c: &StoreTenantKey) -> Result<(), FatError> {
+    if c.key_file.is_empty() || c.key_file.len() > MAX_TENANT_KEY_BYTES {
+        return Err(FatError::Invalid(format!(
+            "a key file of {} bytes; send the key file `offsite init` wrote (1 to \
+             {MAX_TENANT_KEY_BYTES} bytes)",
+            c.key_file.len()
+        )));
+    }
+    Ok(())
+}
+
 impl Fat {
     /// Keeps (or replaces) the tenant's key file.
     pub(super) fn store_tenant_key(&mut self, c: StoreTenantKey) -> Result<Outcome, FatError> {
-        if c.key_file.is_empty() || c.key_file.len() > MAX_TENANT_KEY_BYTES {
-            return Err(FatError::Invalid(format!(
-                "a key file of {} bytes; send the key file `offsite init` wrote (1 to \
-                 {MAX_TENANT_KEY_BYTES} bytes)",
-                c.key_file.len()
-            )));
-        }
+        check_tenant_key(&c)?;
         self.tenant_keys.insert(c.tenant, c.key_file);
         Ok(Outcome::TenantKeyStored)
     }

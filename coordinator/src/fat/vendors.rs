@@ -131,7 +131,7 @@ pub struct VendorRoom {
     pub free_bytes: u64,
 }
 
-fn check_region(region: &str) -> Result<(), FatError> {
+pub(super) fn check_region(region: &str) -> Result<(), FatError> {
     let well_formed = !region.is_empty()
         && region.len() <= MAX_REGION_LEN
         && region
@@ -148,7 +148,7 @@ fn check_region(region: &str) -> Result<(), FatError> {
 }
 
 /// A vendor registers the ed25519 public key its receipts are signed with.
-fn check_identity_key(vendor: &VendorId, key: &[u8]) -> Result<(), FatError> {
+pub(super) fn check_identity_key(vendor: &VendorId, key: &[u8]) -> Result<(), FatError> {
     if key.is_empty() {
         return Err(FatError::invalid(format!(
             "vendor {vendor} registered no identity key; its receipts could not be checked: \
@@ -193,13 +193,20 @@ impl Fat {
         Ok(Outcome::VendorRegistered)
     }
 
+    pub(super) fn check_reporting_vendor(&self, vendor: &VendorId) -> Result<(), FatError> {
+        if self.vendors.contains_key(vendor) {
+            return Ok(());
+        }
+        Err(FatError::NotFound(format!(
+            "vendor {vendor} is not registered; register it before reporting capacity"
+        )))
+    }
+
     pub(super) fn report_capacity(&mut self, r: ReportCapacity) -> Result<Outcome, FatError> {
-        let record = self.vendors.get_mut(&r.vendor).ok_or_else(|| {
-            FatError::NotFound(format!(
-                "vendor {} is not registered; register it before reporting capacity",
-                r.vendor
-            ))
-        })?;
+        self.check_reporting_vendor(&r.vendor)?;
+        let Some(record) = self.vendors.get_mut(&r.vendor) else {
+            return Ok(Outcome::CapacityReported { delete: Vec::new() });
+        };
         record.note_offer(r.offered_bytes, r.now_unix_ms);
         record.stored = r.stored_bytes;
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);

@@ -16,11 +16,14 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
+use offsite_proto::limits::{MAX_COMMAND_BYTES, MAX_PORTIONS_PER_COMMIT};
+
+use super::codec::encode;
 use super::log_store::LogStore;
 use super::network::Peers;
 use super::state_machine::{SharedFat, StateMachine};
 use super::{NodeId, TypeConfig};
-use crate::fat::{Command, Fat, Outcome};
+use crate::fat::{Command, Fat, FatError, Outcome};
 use crate::store::{FatStore, ProposeError, StoreError};
 
 /// How this coordinator takes part in the group.
@@ -253,7 +256,15 @@ impl RaftStore {
     }
 
     /// Proposes `command` on this coordinator, which should lead the group.
+    /// What `apply` would refuse on this replica is refused here, without
+    /// a log entry (`apply` checks again when the entry's turn comes).
     pub(super) async fn propose_here(&self, command: Command, deadline: Instant) -> Try<Outcome> {
+        if let Err(refused) = check_command_size(&command) {
+            return Try::Done(Err(refused));
+        }
+        if let Err(refused) = self.inner.fat.read().fat.check(&command) {
+            return Try::Done(Err(ProposeError::Refused(refused)));
+        }
         let write = self.inner.raft.client_write(command);
         match tokio::time::timeout_at(deadline, write).await {
             Err(_) => Try::Done(Err(self.out_of_time("the leader could not commit").into())),
@@ -330,8 +341,40 @@ impl RaftStore {
     }
 }
 
+/// Refuses a command whose log entry would exceed [`MAX_COMMAND_BYTES`]:
+/// followers must receive every entry within a heartbeat.
+pub(super) fn check_command_size(command: &Command) -> Result<(), ProposeError> {
+    let bytes = encode(command)
+        .map_err(|e| StoreError::Stopped(format!("cannot encode a command: {e}")))?
+        .len();
+    if bytes <= MAX_COMMAND_BYTES {
+        return Ok(());
+    }
+    let fix = match command {
+        Command::Commit(c) if c.portions.len() <= MAX_PORTIONS_PER_COMMIT => format!(
+            "the snapshot record names {} portions and {} paths or tags; a snapshot record \
+             this large cannot be recorded (a limit of this coordinator version)",
+            c.snapshot.as_ref().map_or(0, |s| s.portions.len()),
+            c.snapshot
+                .as_ref()
+                .map_or(0, |s| s.paths.len() + s.tags.len()),
+        ),
+        Command::Commit(_) => format!(
+            "commit at most {MAX_PORTIONS_PER_COMMIT} portions per reservation (take several \
+             reservations), and keep the snapshot record's paths and tags short"
+        ),
+        _ => "send the items in several smaller calls".to_string(),
+    };
+    Err(ProposeError::Refused(FatError::Invalid(format!(
+        "this {} command is {bytes} bytes encoded, more than the {MAX_COMMAND_BYTES} bytes \
+         one entry of the coordinators' log may hold; {fix}",
+        command.kind()
+    ))))
+}
+
 impl FatStore for RaftStore {
     async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        check_command_size(&command)?;
         // A spawned task runs to the end even if the caller gives up.
         let store = self.clone();
         let task = tokio::spawn(async move {
@@ -396,7 +439,92 @@ impl FatStore for RaftStore {
 
 #[cfg(test)]
 mod tests {
+    use offsite_proto::limits::MAX_REPLICATION;
+
     use super::*;
+
+    /// A commit of `portions` portions, each with `receipts` receipts whose
+    /// vendor and tenant ids have `id_len` characters and 64-byte signatures.
+    fn commit_of(portions: usize, receipts: usize, id_len: usize) -> Command {
+        use offsite_proto::{
+            Hash, PortionId, PortionPlacement, Receipt, RequestId, ReservationId, TenantId,
+            VendorId,
+        };
+        let tenant = TenantId::new("t".repeat(id_len)).unwrap();
+        let placement = |_| {
+            let portion = PortionId::random();
+            let hash = Hash::of(portion.as_bytes());
+            PortionPlacement {
+                portion,
+                hash,
+                size: 5 << 20,
+                receipts: (0..receipts)
+                    .map(|i| Receipt {
+                        vendor: VendorId::new(format!("{i:0>id_len$}")).unwrap(),
+                        tenant: tenant.clone(),
+                        portion,
+                        hash,
+                        size: 5 << 20,
+                        signature: vec![0xab; 64],
+                    })
+                    .collect(),
+            }
+        };
+        Command::Commit(crate::fat::Commit {
+            tenant: tenant.clone(),
+            request: RequestId::new("r".repeat(id_len)).unwrap(),
+            reservation: ReservationId::random(),
+            portions: (0..portions).map(placement).collect(),
+            snapshot: None,
+            now_unix_ms: u64::MAX,
+        })
+    }
+
+    #[test]
+    fn a_commit_the_client_makes_fits_one_log_entry_and_a_larger_one_is_refused_naming_the_limit() {
+        // What the client sends at most: MAX_PORTIONS_PER_COMMIT portions at
+        // the highest replication, with 32-character ids, in under 80% of an
+        // entry (the rest is room for the snapshot record).
+        let largest = commit_of(MAX_PORTIONS_PER_COMMIT, MAX_REPLICATION as usize, 32);
+        let bytes = encode(&largest).unwrap().len();
+        assert!(bytes <= MAX_COMMAND_BYTES * 8 / 10, "{bytes} bytes");
+        check_command_size(&largest).unwrap();
+        // Twenty times as many portions do not fit.
+        let err = check_command_size(&commit_of(20 * MAX_PORTIONS_PER_COMMIT, 16, 32))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&MAX_COMMAND_BYTES.to_string()), "{err}");
+        assert!(
+            err.contains(&format!("at most {MAX_PORTIONS_PER_COMMIT} portions")),
+            "{err}"
+        );
+        // A snapshot record of 40 000 portions is named as what does not fit.
+        let Command::Commit(mut with_snapshot) = commit_of(1, 3, 32) else {
+            unreachable!()
+        };
+        let ids: Vec<_> = (0..40_000)
+            .map(|_| offsite_proto::PortionId::random())
+            .collect();
+        with_snapshot.snapshot = Some(offsite_proto::SnapshotRecord {
+            id: offsite_proto::SnapshotId::random(),
+            host: "h".into(),
+            time_unix_ms: 0,
+            paths: vec![],
+            tags: vec![],
+            manifest: offsite_proto::BlobLocation {
+                portion: ids[0],
+                offset: 0,
+                length: 1,
+            },
+            portions: ids,
+            logical_bytes: 0,
+            file_count: 0,
+        });
+        let err = check_command_size(&Command::Commit(with_snapshot))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names 40000 portions"), "{err}");
+    }
 
     #[test]
     fn opening_waits_for_a_lock_released_meanwhile() {

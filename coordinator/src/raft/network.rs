@@ -25,7 +25,8 @@ use offsite_proto::pb::admin::{GroupStatusRequest, MemberRequest};
 use offsite_proto::pb::raft::raft_client::RaftClient;
 use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
 use openraft::error::{
-    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -63,6 +64,11 @@ pub(super) enum Forwarded {
 /// Largest Raft message a coordinator sends or accepts (a batch of log
 /// entries, a snapshot chunk, a forwarded command).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Largest batch of log entries sent in one `AppendEntries` call: it must
+/// arrive within a heartbeat. A larger batch is split (openraft is told to
+/// send fewer entries); one entry is at most `limits::MAX_COMMAND_BYTES`.
+pub const MAX_APPEND_BYTES: usize = 4 * offsite_proto::limits::MAX_COMMAND_BYTES;
 
 /// Channels to the other coordinators, by address (mutual TLS, expecting a
 /// coordinator certificate), and who answered lately.
@@ -294,11 +300,26 @@ impl PeerLink {
         F: FnOnce(RaftClient<Channel>, RaftBytes) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftBytes>, tonic::Status>>,
     {
+        let data = encode(request).map_err(|e| self.network(e))?;
+        self.send(data, option, call).await
+    }
+
+    /// Sends an encoded openraft message with openraft's deadline.
+    async fn send<E, F, Fut>(
+        &mut self,
+        data: Vec<u8>,
+        option: &RPCOption,
+        call: F,
+    ) -> RpcResult<Vec<u8>, E>
+    where
+        E: std::error::Error,
+        F: FnOnce(RaftClient<Channel>, RaftBytes) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftBytes>, tonic::Status>>,
+    {
         let client = match &self.client {
             Ok(client) => client.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&self.error(e)))),
         };
-        let data = encode(request).map_err(|e| self.network(e))?;
         let reply = tokio::time::timeout(option.hard_ttl(), call(client, RaftBytes { data })).await;
         match reply {
             Err(_) => {
@@ -339,8 +360,24 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, Infallible> {
+        let data = encode(&rpc).map_err(|e| self.network(e))?;
+        if data.len() > MAX_APPEND_BYTES {
+            let entries = rpc.entries.len() as u64;
+            if entries > 1 {
+                // openraft sends fewer entries next time, at once.
+                let hint = entries.saturating_mul(MAX_APPEND_BYTES as u64) / data.len() as u64;
+                return Err(PayloadTooLarge::new_entries_hint(hint.max(1)).into());
+            }
+            if data.len() > MAX_RAFT_MESSAGE_BYTES {
+                return Err(self.network(format!(
+                    "one log entry of {} bytes is more than the {MAX_RAFT_MESSAGE_BYTES} bytes \
+                     a Raft message may hold; it cannot be replicated",
+                    data.len()
+                )));
+            }
+        }
         let bytes = self
-            .call(&rpc, &option, |mut c, r| async move {
+            .send(data, &option, |mut c, r| async move {
                 c.append_entries(r).await
             })
             .await?;
@@ -373,5 +410,60 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             .call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
             .await?;
         self.plain(&bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::fat::StoreTenantKey;
+
+    /// A link whose channel never opened: what it sends fails as unreachable.
+    fn link() -> PeerLink {
+        PeerLink {
+            target: 2,
+            address: "127.0.0.1:1".into(),
+            client: Err("no channel in this test".into()),
+            health: Arc::default(),
+        }
+    }
+
+    /// `count` entries of about 900 KB each (just under one log entry's cap).
+    fn append(count: u64) -> AppendEntriesRequest<TypeConfig> {
+        let entry = |index| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::StoreTenantKey(StoreTenantKey {
+                tenant: offsite_proto::TenantId::new("acme").unwrap(),
+                key_file: vec![7; 900 * 1024],
+                now_unix_ms: 0,
+            })),
+        };
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=count).map(entry).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_an_append_asks_openraft_for_fewer_entries() {
+        let option = RPCOption::new(Duration::from_secs(1));
+        match link().append_entries(append(8), option.clone()).await {
+            Err(RPCError::PayloadTooLarge(too_large)) => {
+                let hint = too_large.entries_hint();
+                assert!((1..=4).contains(&hint), "hint {hint}");
+                let fits = append(hint);
+                assert!(encode(&fits).unwrap().len() <= MAX_APPEND_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+        // One entry is sent whatever its size (it is within the entry cap).
+        match link().append_entries(append(1), option).await {
+            Err(RPCError::Unreachable(_)) => {}
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! `TryFrom` impls and `limits`.
 
 use offsite_proto::limits::{
-    MAX_GRANT_BYTES, MAX_PORTIONS_PER_CALL, MAX_RELEASE_PER_CALL, MAX_SNAPSHOT_REWRITES,
+    MAX_GRANT_BYTES, MAX_LOCATE_PER_CALL, MAX_PORTIONS_PER_CALL, MAX_RELEASE_PER_CALL,
+    MAX_SNAPSHOT_REWRITES,
 };
 use offsite_proto::pb::admin as pba;
 use offsite_proto::pb::common as pbc;
@@ -94,6 +95,28 @@ pub(super) fn rewrite_snapshots_command(
     })
 }
 
+/// The ids of a locate call, each once, in the order first named: a
+/// repeated id is looked up and granted once.
+pub(super) fn locate_ids(ids: &[String]) -> Result<Vec<PortionId>, WireError> {
+    if ids.len() > MAX_LOCATE_PER_CALL {
+        return Err(WireError::new(
+            "portion_ids",
+            format!(
+                "{} portions, more than {MAX_LOCATE_PER_CALL}; locate them in several calls",
+                ids.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut unique = Vec::new();
+    for id in parse_portion_ids("portion_ids", ids)? {
+        if seen.insert(id) {
+            unique.push(id);
+        }
+    }
+    Ok(unique)
+}
+
 /// The start of a portion list page: empty means from the first portion.
 pub(super) fn list_after(r: &pb::ListPortionsRequest) -> Result<Option<PortionId>, WireError> {
     if r.after_portion_id.is_empty() {
@@ -170,5 +193,26 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         used_bytes: v.used_bytes,
         stored_bytes: v.stored_bytes,
         last_report_unix_ms: v.last_report_unix_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_ids_are_named_once_in_order_and_capped() {
+        let (a, b) = (PortionId::random(), PortionId::random());
+        let mut named = vec![a.to_string(); MAX_LOCATE_PER_CALL - 2];
+        named.push(b.to_string());
+        named.push(a.to_string());
+        let unique = locate_ids(&named).unwrap();
+        assert!(unique == [a, b], "{} ids, not 2", unique.len());
+        named.push(b.to_string());
+        let refused = locate_ids(&named).unwrap_err().to_string();
+        assert!(
+            refused.contains(&MAX_LOCATE_PER_CALL.to_string()),
+            "{refused}"
+        );
     }
 }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_server::Fat as FatApi;
 use offsite_proto::signing::GrantOp;
-use offsite_proto::{
-    parse_portion_ids, PortionLocation, RequestId, ReservationId, SnapshotId, TenantId,
-};
+use offsite_proto::{PortionLocation, RequestId, ReservationId, SnapshotId, TenantId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tonic::{Request, Response, Status};
@@ -230,7 +228,7 @@ impl<S: FatStore> FatApi for FatService<S> {
         request: Request<pb::LocatePortionsRequest>,
     ) -> Result<Response<pb::LocatePortionsResponse>, Status> {
         let tenant = require_tenant(&request)?;
-        let ids = parse_portion_ids("portion_ids", &request.into_inner().portion_ids)?;
+        let ids = convert::locate_ids(&request.into_inner().portion_ids)?;
         let owner = tenant.clone();
         let mut portions = self
             .store

@@ -12,7 +12,8 @@ use crate::fat::{Command, Fat, FatError, Outcome};
 /// A durable, replicated home for the FAT.
 pub trait FatStore: Send + Sync + 'static {
     /// Applies `command` and returns its outcome once it is committed. A
-    /// refused command changed nothing.
+    /// refused command changed nothing; one the leader's check refuses
+    /// (`Fat::check`) makes no log entry.
     fn propose(
         &self,
         command: Command,

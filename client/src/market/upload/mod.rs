@@ -15,6 +15,7 @@ mod copies;
 mod ledger;
 
 use offsite_proto::clock::now_unix_ms;
+use offsite_proto::limits::MAX_PORTIONS_PER_COMMIT;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -102,6 +103,9 @@ struct Round {
     used: bool,
     /// Bytes of the portions started in this round.
     started: u64,
+    /// Portions started in this round: its commit names at most
+    /// `MAX_PORTIONS_PER_COMMIT`.
+    portions: usize,
 }
 
 /// A portion not yet held by R vendors.
@@ -180,6 +184,7 @@ impl Uploader {
             let expiring = self.round.as_ref().is_some_and(|r| {
                 now_unix_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms
                     || r.started >= checkpoint
+                    || r.portions >= MAX_PORTIONS_PER_COMMIT
             });
             if expiring {
                 self.close_round(None).await?;
@@ -194,6 +199,7 @@ impl Uploader {
             if let Some(route) = round.ledger.route(size, self.settings.replication, &no_one) {
                 round.used = true;
                 round.started += size;
+                round.portions += 1;
                 self.start(portion, route);
                 return Ok(());
             }
@@ -297,6 +303,7 @@ impl Uploader {
             ledger: Ledger::new(ranked, room),
             used: false,
             started: 0,
+            portions: 0,
         });
         Ok(())
     }
