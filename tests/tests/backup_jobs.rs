@@ -483,3 +483,48 @@ fn an_interrupted_backup_resumes_without_resending_committed_portions() {
         .restore_latest_matches(&src, &tmp.path().join("restore"))
         .unwrap();
 }
+
+/// A backup asking for more copies than there are vendors is refused with
+/// the documented exit code, naming how many vendors are needed and how
+/// many there are, and saying each cause once.
+#[test]
+fn too_few_vendors_is_exit_5_with_the_counts_said_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"some bytes to back up").unwrap();
+    let devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+
+    // Replication 5 on a marketplace of 4 vendors.
+    let text = std::fs::read_to_string(devnet.client_config()).unwrap();
+    let mut config: toml::Table = text.parse().unwrap();
+    config.insert("replication".into(), 5.into());
+    let five = tmp.path().join("client-r5.toml");
+    std::fs::write(&five, toml::to_string(&config).unwrap()).unwrap();
+    let mut command = devnet.client_command(["--json", "backup"]).unwrap();
+    // The devnet's --config comes first; a second --config would be refused,
+    // so point the client at the copy through its own command line instead.
+    command = {
+        let mut c = std::process::Command::new(command.get_program());
+        c.arg("--config")
+            .arg(&five)
+            .args(["--json", "backup"])
+            .arg(&src);
+        c
+    };
+    let out = offsite_tests::run_bounded(command, offsite_tests::CLIENT_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    let report = json_stdout(&out).unwrap();
+    let message = report["error"].as_str().unwrap().to_string();
+    assert_eq!(report["exit_code"], 5, "{report}");
+    assert!(message.contains('5') && message.contains('4'), "{message}");
+    // No part of the message is said twice.
+    let parts: Vec<&str> = message.split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            part.len() < 12 || !parts[i + 1..].contains(part),
+            "{part:?} is said twice in: {message}"
+        );
+    }
+}

@@ -13,12 +13,10 @@ pub enum FatError {
     /// The reservation's lease ran out or it was released.
     #[error("{0}; ask for a new reservation")]
     Expired(String),
-    /// There is not enough free room on up vendors for the request.
-    #[error(
-        "not enough capacity: asked for {asked_bytes} bytes at replication {replication} \
-         ({needed_bytes} bytes over at least {replication} vendors), but {free_bytes} bytes \
-         are free on {vendors} vendors; ask for less, or retry later"
-    )]
+    /// There is not enough free room on up vendors for the request: too
+    /// little room, or fewer vendors with room than the replication needs
+    /// ([`FatError::is_too_few_vendors`]; asking for less does not help then).
+    #[error("{}", not_enough_message(*asked_bytes, *replication, *needed_bytes, *free_bytes, *vendors))]
     NotEnoughCapacity {
         asked_bytes: u64,
         replication: u32,
@@ -38,7 +36,35 @@ pub enum FatError {
     Forbidden(String),
 }
 
+fn not_enough_message(
+    asked_bytes: u64,
+    replication: u32,
+    needed_bytes: u64,
+    free_bytes: u64,
+    vendors: u64,
+) -> String {
+    if vendors < u64::from(replication) {
+        format!(
+            "too few vendors: replication {replication} needs at least {replication} vendors with free \
+             room, but {vendors} are up with room; add vendors (or wait for those down to come \
+             back), or lower `replication`"
+        )
+    } else {
+        format!(
+            "not enough capacity: asked for {asked_bytes} bytes at replication {replication} \
+             ({needed_bytes} bytes over at least {replication} vendors), but {free_bytes} bytes \
+             are free on {vendors} vendors; ask for less, or retry later"
+        )
+    }
+}
+
 impl FatError {
+    /// Fewer vendors have room than the replication needs.
+    pub fn is_too_few_vendors(&self) -> bool {
+        matches!(self, FatError::NotEnoughCapacity { replication, vendors, .. }
+            if *vendors < u64::from(*replication))
+    }
+
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::Invalid(message.into())
     }

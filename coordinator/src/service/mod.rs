@@ -34,6 +34,16 @@ fn refused_status(err: FatError) -> Status {
     match err {
         FatError::NotFound(_) => Status::not_found(message),
         FatError::Expired(_) | FatError::Conflict(_) => Status::failed_precondition(message),
+        FatError::NotEnoughCapacity { .. } if err.is_too_few_vendors() => {
+            let mut status = Status::resource_exhausted(message);
+            status.metadata_mut().insert(
+                offsite_proto::refusal::REFUSAL_KEY,
+                tonic::metadata::MetadataValue::from_static(
+                    offsite_proto::refusal::TOO_FEW_VENDORS,
+                ),
+            );
+            status
+        }
         FatError::NotEnoughCapacity { .. } => Status::resource_exhausted(message),
         FatError::Invalid(_) => Status::invalid_argument(message),
         FatError::Forbidden(_) => Status::permission_denied(message),
@@ -95,6 +105,48 @@ mod tests {
             assert_eq!(status.code(), code, "{err}");
             assert_eq!(status.message(), err.to_string());
         }
+        // Room enough in sum but too few vendors: marked, and said so.
+        let few = FatError::NotEnoughCapacity {
+            asked_bytes: 160,
+            replication: 5,
+            needed_bytes: 800,
+            free_bytes: 1 << 40,
+            vendors: 4,
+        };
+        let status = status_of(few.into());
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get(offsite_proto::refusal::REFUSAL_KEY)
+                .unwrap(),
+            offsite_proto::refusal::TOO_FEW_VENDORS
+        );
+        assert!(
+            status.message().contains("needs at least 5 vendors")
+                && status.message().contains("4 are up"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("ask for less"),
+            "{}",
+            status.message()
+        );
+        let room = status_of(
+            FatError::NotEnoughCapacity {
+                asked_bytes: 160,
+                replication: 2,
+                needed_bytes: 320,
+                free_bytes: 10,
+                vendors: 4,
+            }
+            .into(),
+        );
+        assert!(room
+            .metadata()
+            .get(offsite_proto::refusal::REFUSAL_KEY)
+            .is_none());
         let stopped = status_of(StoreError::Stopped("x".into()).into());
         assert_eq!(stopped.code(), Code::Unavailable);
         let lost = status_of(
