@@ -131,6 +131,12 @@ fn encode(body: &GrantBody) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// How far past its expiry, by the checker's clock, a grant is still
+/// accepted: the coordinators' and a vendor's clocks (each kept by NTP) may
+/// differ by this much, and a grant handed out just before its lease ends
+/// must not be refused for it. A leaked grant gains at most this long.
+pub const GRANT_CLOCK_SKEW_MS: u64 = 30_000;
+
 /// The group's public keys as a vendor knows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantVerifier {
@@ -173,7 +179,7 @@ impl GrantVerifier {
             )));
         }
         let body = versioned.body;
-        if body.expires_unix_ms < now_unix_ms {
+        if body.expires_unix_ms.saturating_add(GRANT_CLOCK_SKEW_MS) < now_unix_ms {
             return Err(SignatureError::Expired {
                 expired_unix_ms: body.expires_unix_ms,
                 now_unix_ms,
@@ -388,8 +394,11 @@ mod tests {
             let err = verifier.check(&grant, &e, 4_000).unwrap_err();
             assert!(err.to_string().contains(why), "{err} lacks {why}");
         }
+        // Expired, allowing the documented clock skew and not a millisecond more.
+        let last = 5_000 + GRANT_CLOCK_SKEW_MS;
+        assert!(verifier.check(&grant, &expected(&b), last).is_ok());
         assert!(matches!(
-            verifier.check(&grant, &expected(&b), 5_001),
+            verifier.check(&grant, &expected(&b), last + 1),
             Err(SignatureError::Expired { .. })
         ));
     }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
 use offsite_proto::signing::{
-    Expected, GrantBody, GrantOp, GrantSubject, GrantVerifier, SignatureError,
+    Expected, GrantBody, GrantOp, GrantSubject, GrantVerifier, SignatureError, GRANT_CLOCK_SKEW_MS,
 };
 use offsite_proto::{Grant, PortionId, ReservationId, TenantId, VendorId};
 
@@ -103,7 +103,10 @@ impl Grants {
             .stored
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        stored.retain(|_, s| s.expires_unix_ms >= now);
+        // A grant is accepted until GRANT_CLOCK_SKEW_MS past its expiry, so
+        // what it stored is remembered as long: forgotten earlier, the
+        // grant could store its allowance again.
+        stored.retain(|_, s| s.expires_unix_ms.saturating_add(GRANT_CLOCK_SKEW_MS) >= now);
         let key = (body.tenant.clone(), reservation);
         let spent = stored.entry(key.clone()).or_insert(Spent {
             bytes: 0,
@@ -217,6 +220,17 @@ mod tests {
             "{err}"
         );
         grants.charge(&body, reservation, 40).unwrap().keep();
+        assert!(grants.charge(&body, reservation, 1).is_err());
+    }
+
+    /// A grant just past its expiry is still accepted (clock skew), so what
+    /// it stored must still count: it cannot store its allowance twice.
+    #[test]
+    fn a_grant_within_the_clock_skew_still_counts_what_it_stored() {
+        let (grants, _, mut body) = setup();
+        body.expires_unix_ms = now_unix_ms() - GRANT_CLOCK_SKEW_MS / 2;
+        let reservation = ReservationId::from_bytes([2; 16]);
+        grants.charge(&body, reservation, 100).unwrap().keep();
         assert!(grants.charge(&body, reservation, 1).is_err());
     }
 }
