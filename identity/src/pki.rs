@@ -15,7 +15,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::role::{check_name, PeerIdentity};
+use crate::role::{check_name, PeerIdentity, DNS_SUFFIX};
 use crate::tls::Credentials;
 use crate::TlsConfig;
 
@@ -155,6 +155,9 @@ impl CertificateAuthority {
                 "validity of {days} days; use 1 to {CA_VALIDITY_DAYS}"
             )));
         }
+        for san in extra_sans {
+            check_extra_san(san)?;
+        }
         let mut sans = vec![who.dns_name(), who.role.dns_name()];
         sans.extend(extra_sans.iter().cloned());
         let mut params = CertificateParams::new(sans)?;
@@ -246,6 +249,23 @@ impl Issued {
 }
 
 /// Creates `path` (never replacing a file) with `text`; a secret gets mode 0600.
+/// An extra subject alternative name must be a host name or address of the
+/// holder's own, never a name of the marketplace's namespace
+/// (`NAME.ROLE.offsite`, `ROLE.offsite`): callers check those names, so a
+/// tenant certificate carrying `vendor-1.vendor.offsite` could pass for
+/// vendor-1 at a client that checks only the name.
+fn check_extra_san(san: &str) -> Result<(), PkiError> {
+    let lower = san.trim_end_matches('.').to_ascii_lowercase();
+    let suffix = format!(".{DNS_SUFFIX}");
+    if lower == DNS_SUFFIX || lower.ends_with(&suffix) {
+        return Err(PkiError::Invalid(format!(
+            "--san {san}: names under .{DNS_SUFFIX} are the marketplace's own (NAME.ROLE.{DNS_SUFFIX}); \
+             the certificate already carries its own; give a host name or IP address of this machine"
+        )));
+    }
+    Ok(())
+}
+
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -293,6 +313,27 @@ mod tests {
         let err = CertificateAuthority::init(dir).err().unwrap();
         assert!(err.to_string().contains("already exists"), "{err}");
         CertificateAuthority::load(dir).unwrap();
+    }
+
+    #[test]
+    fn a_san_in_the_marketplaces_namespace_is_refused() {
+        let ca = CertificateAuthority::generate().unwrap();
+        let tenant = PeerIdentity::new(Role::Tenant, "acme").unwrap();
+        for mimic in [
+            "vendor-1.vendor.offsite",
+            "coordinator.offsite",
+            "X.Admin.Offsite.",
+            "offsite",
+        ] {
+            let err = ca.issue(&tenant, &[mimic.to_string()], 1).err().unwrap();
+            assert!(
+                err.to_string().contains("marketplace's own"),
+                "{mimic}: {err}"
+            );
+        }
+        for own in ["backup-host.example.com", "10.0.0.7", "offsite.example.com"] {
+            ca.issue(&tenant, &[own.to_string()], 1).unwrap();
+        }
     }
 
     #[test]
