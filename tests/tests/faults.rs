@@ -30,6 +30,19 @@ fn spec(seed: u64, big_files: Vec<u64>, small_files: usize) -> TreeSpec {
     }
 }
 
+/// A default devnet under `tmp` that has backed up a tree of `spec`; the
+/// tree's path.
+fn backed_up(tmp: &Path, spec: &TreeSpec) -> (std::path::PathBuf, Devnet) {
+    let source = tmp.join("source");
+    tree::generate(&source, spec).unwrap();
+    let devnet = Devnet::start(&tmp.join("devnet"), DevnetOptions::default()).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+        .client_ok([OsString::from("backup"), source.clone().into()])
+        .unwrap();
+    (source, devnet)
+}
+
 fn restore_and_compare(devnet: &Devnet, source: &Path, target: &Path) {
     devnet.restore_latest_matches(source, target).unwrap();
 }
@@ -114,13 +127,7 @@ fn a_vendor_killed_mid_upload_does_not_fail_the_backup() {
 #[test]
 fn restore_works_with_one_vendor_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("source");
-    tree::generate(&source, &spec(5, vec![20 * 1024 * 1024], 200)).unwrap();
-    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
-    devnet.client_ok(["init"]).unwrap();
-    devnet
-        .client_ok([OsString::from("backup"), source.clone().into()])
-        .unwrap();
+    let (source, mut devnet) = backed_up(tmp.path(), &spec(5, vec![20 * 1024 * 1024], 200));
 
     // Take down the vendor holding the most, so the restore must do without it.
     let status = devnet.status().unwrap();
@@ -176,13 +183,7 @@ fn holders_of_latest(devnet: &Devnet) -> Vec<Vec<String>> {
 #[test]
 fn restore_works_with_r_minus_1_holders_of_a_portion_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("source");
-    tree::generate(&source, &spec(6, vec![40 * 1024 * 1024], 100)).unwrap();
-    let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
-    devnet.client_ok(["init"]).unwrap();
-    devnet
-        .client_ok([OsString::from("backup"), source.clone().into()])
-        .unwrap();
+    let (source, mut devnet) = backed_up(tmp.path(), &spec(6, vec![40 * 1024 * 1024], 100));
 
     // Two vendors that hold some portion together: with R = 3, that portion
     // keeps one holder, and every other portion at least one.
