@@ -21,17 +21,22 @@ pub struct Exposed {
     pub mode: u32,
 }
 
-/// Refuses `path` if its group or others have any access to it.
-pub fn check_private_file(path: &Path) -> io::Result<Result<(), Exposed>> {
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-    Ok(if mode & 0o077 == 0 {
+/// Refuses `path` if its group or others have any access to it. Callers
+/// have just read the file, so a file that cannot be stat'ed has already
+/// been reported; it is not refused here.
+pub fn check_private_file(path: &Path) -> Result<(), Exposed> {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
         Ok(())
     } else {
         Err(Exposed {
             path: path.to_path_buf(),
             mode,
         })
-    })
+    }
 }
 
 /// Creates `dir` and any missing parents with mode 0700. A `dir` that
@@ -141,10 +146,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("vendor.key");
         write_private(&path, b"secret").unwrap();
-        assert_eq!(check_private_file(&path).unwrap(), Ok(()));
+        assert_eq!(check_private_file(&path), Ok(()));
         for open in [0o640, 0o604, 0o644] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(open)).unwrap();
-            let exposed = check_private_file(&path).unwrap().unwrap_err();
+            let exposed = check_private_file(&path).unwrap_err();
             assert_eq!(exposed.mode, open);
             let text = exposed.to_string();
             assert!(

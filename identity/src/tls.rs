@@ -110,9 +110,7 @@ impl Credentials {
         let ca = read(&config.ca, "CA certificate", "ca", "init")?;
         let cert = read(&config.cert, "certificate", "cert", "issue")?;
         let key = read(&config.key, "private key", "key", "issue")?;
-        if let Ok(Err(exposed)) = crate::private::check_private_file(&config.key) {
-            return Err(exposed.into());
-        }
+        crate::private::check_private_file(&config.key)?;
         Self::check(&ca, &cert, &key).map_err(|(field, what, problem)| TlsError::Bad {
             what,
             field,

@@ -38,9 +38,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<VendorKey, IdentityKeyError> {
     let path = data_dir.join(IDENTITY_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            if let Ok(Err(exposed)) = check_private_file(&path) {
-                return Err(exposed.into());
-            }
+            check_private_file(&path)?;
             parse(&bytes).ok_or(IdentityKeyError::Malformed(path))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path),
