@@ -32,14 +32,42 @@ impl Devnet {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut command = Command::new(bins::binary(bins::CLIENT)?);
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command.arg("--config").arg(self.client_config()).args(args);
-        Ok(command)
+        client_command_with(self.client_config(), args)
     }
 
+    /// A copy of the devnet's client config at `path` with `fields` replaced
+    /// (another host, cache or replication for the same tenant).
+    pub fn client_config_with(
+        &self,
+        path: &Path,
+        fields: &[(&str, toml::Value)],
+    ) -> Result<std::path::PathBuf> {
+        let text = std::fs::read_to_string(self.client_config())?;
+        let mut config: toml::Table = text.parse()?;
+        for (name, value) in fields {
+            config.insert((*name).to_string(), value.clone());
+        }
+        std::fs::write(path, toml::to_string(&config)?)?;
+        Ok(path.to_path_buf())
+    }
+}
+
+/// `offsite --config CONFIG ARGS...`, not started yet, with none of the
+/// caller's client environment.
+pub fn client_command_with<I, S>(config: &Path, args: I) -> Result<Command>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = Command::new(bins::binary(bins::CLIENT)?);
+    for var in CLIENT_ENV {
+        command.env_remove(var);
+    }
+    command.arg("--config").arg(config).args(args);
+    Ok(command)
+}
+
+impl Devnet {
     /// Runs the client to completion (at most [`CLIENT_TIMEOUT`]).
     pub fn run_client<I, S>(&self, args: I) -> Result<Output>
     where

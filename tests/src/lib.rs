@@ -30,7 +30,7 @@ pub mod tree;
 use std::time::{Duration, Instant};
 
 pub use bins::{binary, CLIENT, COORDINATOR, DEVNET, NAS, VENDOR};
-pub use client::{describe, run_bounded, KillOnDrop, CLIENT_TIMEOUT};
+pub use client::{client_command_with, describe, run_bounded, KillOnDrop, CLIENT_TIMEOUT};
 pub use configs::{
     write_toml, ClientConfig, CoordinatorConfig, MemberConfig, NasConfig, StoreConfig, VendorConfig,
 };

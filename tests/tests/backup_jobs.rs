@@ -497,22 +497,14 @@ fn too_few_vendors_is_exit_5_with_the_counts_said_once() {
     devnet.client_ok(["init"]).unwrap();
 
     // Replication 5 on a marketplace of 4 vendors.
-    let text = std::fs::read_to_string(devnet.client_config()).unwrap();
-    let mut config: toml::Table = text.parse().unwrap();
-    config.insert("replication".into(), 5.into());
-    let five = tmp.path().join("client-r5.toml");
-    std::fs::write(&five, toml::to_string(&config).unwrap()).unwrap();
-    let mut command = devnet.client_command(["--json", "backup"]).unwrap();
-    // The devnet's --config comes first; a second --config would be refused,
-    // so point the client at the copy through its own command line instead.
-    command = {
-        let mut c = std::process::Command::new(command.get_program());
-        c.arg("--config")
-            .arg(&five)
-            .args(["--json", "backup"])
-            .arg(&src);
-        c
-    };
+    let five = devnet
+        .client_config_with(
+            &tmp.path().join("client-r5.toml"),
+            &[("replication", 5.into())],
+        )
+        .unwrap();
+    let mut command = offsite_tests::client_command_with(&five, ["--json", "backup"]).unwrap();
+    command.arg(&src);
     let out = offsite_tests::run_bounded(command, offsite_tests::CLIENT_TIMEOUT).unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     let report = json_stdout(&out).unwrap();

@@ -7,35 +7,30 @@ use std::process::Command;
 
 use offsite_tests::checks::json_stdout;
 use offsite_tests::tree::{self, TreeSpec};
-use offsite_tests::{binary, run_bounded, Devnet, DevnetOptions, CLIENT, CLIENT_TIMEOUT};
+use offsite_tests::{client_command_with, run_bounded, Devnet, DevnetOptions, CLIENT_TIMEOUT};
 
 const CLIENTS: usize = 8;
 
 /// The devnet's client config with another `host` and `cache_dir`.
 fn config_for(devnet: &Devnet, dir: &Path, n: usize) -> PathBuf {
-    let text = std::fs::read_to_string(devnet.client_config()).unwrap();
-    let mut config: toml::Table = text.parse().unwrap();
-    config.insert("host".into(), format!("host-{n}").into());
-    let cache = dir.join(format!("cache-{n}"));
-    config.insert(
-        "cache_dir".into(),
-        cache.to_string_lossy().into_owned().into(),
-    );
-    let path = dir.join(format!("client-{n}.toml"));
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    path
+    let cache = dir
+        .join(format!("cache-{n}"))
+        .to_string_lossy()
+        .into_owned();
+    devnet
+        .client_config_with(
+            &dir.join(format!("client-{n}.toml")),
+            &[
+                ("host", format!("host-{n}").into()),
+                ("cache_dir", cache.into()),
+            ],
+        )
+        .unwrap()
 }
 
 fn client(config: &Path, args: &[&std::ffi::OsStr]) -> Command {
-    let mut command = Command::new(binary(CLIENT).unwrap());
-    for var in [
-        "OFFSITE_PASSWORD",
-        "OFFSITE_PASSWORD_FILE",
-        "OFFSITE_CONFIG",
-    ] {
-        command.env_remove(var);
-    }
-    command.arg("--config").arg(config).arg("--json").args(args);
+    let mut command = client_command_with(config, ["--json"]).unwrap();
+    command.args(args);
     command
 }
 

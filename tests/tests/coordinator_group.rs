@@ -81,6 +81,19 @@ fn assert_never_overbooked(
     }
 }
 
+/// Kills all three coordinators at once (SIGKILL), starts them again from
+/// their disks, and waits for a leader and converged replicas.
+fn restart_every_coordinator(devnet: &mut Devnet) -> GroupStatusResponse {
+    for i in 0..3 {
+        devnet.kill_coordinator(i).unwrap();
+    }
+    for i in 0..3 {
+        devnet.restart_coordinator(i).unwrap();
+    }
+    leader(devnet, &[0, 1, 2]);
+    converged(devnet, &[0, 1, 2])
+}
+
 async fn reserve(addr: SocketAddr, request: String, bytes: u64) -> Result<String, tonic::Status> {
     let mut fat = rpc::fat(addr)
         .await
@@ -184,14 +197,7 @@ fn a_replica_that_missed_500_operations_catches_up_and_sigkill_keeps_the_fat() {
     let caught_up = converged(&devnet, &[0, 1, 2]);
     assert!(caught_up.last_applied_index >= 500, "{caught_up:?}");
 
-    for i in 0..3 {
-        devnet.kill_coordinator(i).unwrap();
-    }
-    for i in 0..3 {
-        devnet.restart_coordinator(i).unwrap();
-    }
-    leader(&devnet, &[0, 1, 2]);
-    let after = converged(&devnet, &[0, 1, 2]);
+    let after = restart_every_coordinator(&mut devnet);
     assert!(after.last_applied_index >= caught_up.last_applied_index);
     let status = devnet.status().unwrap();
     assert_eq!(status.open_reservations, 0, "{status:?}");
@@ -277,14 +283,7 @@ fn with_every_coordinator_restarted_a_committed_snapshot_still_restores() {
     converged(&devnet, &[0, 1, 2]);
 
     // All three stop at once (SIGKILL) and start again from their disks.
-    for i in 0..3 {
-        devnet.kill_coordinator(i).unwrap();
-    }
-    for i in 0..3 {
-        devnet.restart_coordinator(i).unwrap();
-    }
-    leader(&devnet, &[0, 1, 2]);
-    let after = converged(&devnet, &[0, 1, 2]);
+    let after = restart_every_coordinator(&mut devnet);
     assert_eq!(after.members.len(), 3, "{after:?}");
 
     // The snapshot's final FAT is there, and the fetch grants the restarted

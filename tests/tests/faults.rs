@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use offsite_proto::pb::coordinator::{GetSnapshotRequest, PortionLocation};
+use offsite_proto::pb::coordinator::{GetSnapshotRequest, GetSnapshotResponse, PortionLocation};
 use offsite_proto::pb::vendor::FetchRequest;
 use offsite_tests::checks::{json_stdout, snapshot_ids};
 use offsite_tests::tree::{self, files_under, TreeSpec};
@@ -156,28 +156,28 @@ fn restore_works_with_one_vendor_down() {
     assert_eq!(probe.vendor_id, busiest.vendor_id);
 }
 
-/// The portions of the latest snapshot with the vendor ids holding each.
-fn holders_of_latest(devnet: &Devnet) -> Vec<Vec<String>> {
-    let snapshots = json_stdout(&devnet.client_ok(["--json", "snapshots"]).unwrap()).unwrap();
-    let snapshot_id = snapshot_ids(&snapshots).pop().unwrap();
+/// The latest snapshot's final FAT, as the coordinator answers it.
+fn latest_snapshot(devnet: &Devnet) -> anyhow::Result<GetSnapshotResponse> {
+    let snapshots = json_stdout(&devnet.client_ok(["--json", "snapshots"])?)?;
+    let snapshot_id = snapshot_ids(&snapshots)
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no snapshot: {snapshots}"))?;
     let coordinator = devnet.coordinator_addr();
     rpc::block_on(async move {
         let request = rpc::as_tenant(GetSnapshotRequest { snapshot_id }, rpc::DEVNET_TENANT)?;
-        let snapshot = rpc::fat(coordinator)
-            .await?
-            .get_snapshot(request)
-            .await?
-            .into_inner();
-        anyhow::Ok(
-            snapshot
-                .portions
-                .iter()
-                .map(|p| p.vendors.iter().map(|v| v.vendor_id.clone()).collect())
-                .collect(),
-        )
-    })
-    .unwrap()
-    .unwrap()
+        let mut fat = rpc::fat(coordinator).await?;
+        anyhow::Ok(fat.get_snapshot(request).await?.into_inner())
+    })?
+}
+
+/// The portions of the latest snapshot with the vendor ids holding each.
+fn holders_of_latest(devnet: &Devnet) -> Vec<Vec<String>> {
+    latest_snapshot(devnet)
+        .unwrap()
+        .portions
+        .iter()
+        .map(|p| p.vendors.iter().map(|v| v.vendor_id.clone()).collect())
+        .collect()
 }
 
 #[test]
@@ -229,13 +229,7 @@ fn corrupt(piece: &Path) {
 #[test]
 fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = tmp.path().join("source");
-    tree::generate(&source, &spec(6, vec![24 * 1024 * 1024], 100)).unwrap();
-    let devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
-    devnet.client_ok(["init"]).unwrap();
-    devnet
-        .client_ok([OsString::from("backup"), source.clone().into()])
-        .unwrap();
+    let (source, devnet) = backed_up(tmp.path(), &spec(6, vec![24 * 1024 * 1024], 100));
 
     // Every piece of two of the four vendors: with three copies of each portion,
     // at least one copy of each stays sound, and the restore must find it.
@@ -253,17 +247,9 @@ fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
 
     // The damage is real: vendor-1 refuses to serve a portion it holds, which
     // a vendor with untouched pieces serves whole.
-    let snapshots = json_stdout(&devnet.client_ok(["--json", "snapshots"]).unwrap()).unwrap();
-    let snapshot_id = snapshot_ids(&snapshots).pop().unwrap();
-    let coordinator = devnet.coordinator_addr();
+    let snapshot = latest_snapshot(&devnet).unwrap();
     let addresses: Vec<_> = (0..4).map(|i| devnet.vendor_addr(i)).collect();
     let (corrupt_fetch, sound_fetch, size) = rpc::block_on(async move {
-        let request = rpc::as_tenant(GetSnapshotRequest { snapshot_id }, rpc::DEVNET_TENANT)?;
-        let snapshot = rpc::fat(coordinator)
-            .await?
-            .get_snapshot(request)
-            .await?
-            .into_inner();
         let holds = |p: &PortionLocation, id: &str| p.vendors.iter().any(|v| v.vendor_id == id);
         let Some(held) = snapshot.portions.iter().find(|p| holds(p, "vendor-1")) else {
             anyhow::bail!("vendor-1 holds no portion of the snapshot");
