@@ -257,11 +257,9 @@ impl RaftStore {
 
     /// Proposes `command` on this coordinator, which should lead the group.
     /// What `apply` would refuse on this replica is refused here, without
-    /// a log entry (`apply` checks again when the entry's turn comes).
+    /// a log entry (`apply` checks again when the entry's turn comes). The
+    /// caller has checked the command's size ([`check_command_size`]), once.
     pub(super) async fn propose_here(&self, command: Command, deadline: Instant) -> Try<Outcome> {
-        if let Err(refused) = check_command_size(&command) {
-            return Try::Done(Err(refused));
-        }
         if let Err(refused) = self.inner.fat.read().fat.check(&command) {
             return Try::Done(Err(ProposeError::Refused(refused)));
         }

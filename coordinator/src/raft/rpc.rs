@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::codec::{decode, encode};
-use super::group::{RaftStore, Try};
+use super::group::{check_command_size, RaftStore, Try};
 use super::network::Forwarded;
 use super::{NodeId, TypeConfig};
 use crate::fat::Command;
@@ -111,6 +111,11 @@ impl RaftApi for RaftService {
         let deadline = Instant::now() + self.store.inner.write_timeout;
         let answer = if !self.store_is_leader() {
             Forwarded::NotLeader
+        } else if let Err(err) = check_command_size(&command) {
+            match err {
+                ProposeError::Refused(refused) => Forwarded::Outcome(Err(refused)),
+                ProposeError::Store(e) => Forwarded::Failed(e.to_string()),
+            }
         } else {
             match self.store.propose_here(command, deadline).await {
                 Try::Done(Ok(outcome)) => Forwarded::Outcome(Ok(outcome)),
