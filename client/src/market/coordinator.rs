@@ -141,6 +141,26 @@ pub struct Reservation {
     pub id: ReservationId,
     pub candidates: Vec<Candidate>,
     pub lease_expires_unix_ms: u64,
+    /// How long the lease lasts from the answer (0 from a coordinator too old
+    /// to say).
+    pub lease_ms: u64,
+}
+
+fn reservation_of(
+    reply: pb::ReserveResponse,
+    what: &'static str,
+) -> Result<Reservation, CoordinatorError> {
+    Ok(Reservation {
+        id: ReservationId::parse(&reply.reservation_id).map_err(malformed(what))?,
+        candidates: reply
+            .candidates
+            .into_iter()
+            .map(Candidate::try_from)
+            .collect::<Result<_, _>>()
+            .map_err(malformed(what))?,
+        lease_expires_unix_ms: reply.lease_expires_unix_ms,
+        lease_ms: reply.lease_ms,
+    })
 }
 
 /// The coordinator group, with failover.
@@ -248,17 +268,25 @@ impl Coordinator {
                 async move { c.reserve(m).await }
             })
             .await?;
-        let what = "reserve";
-        Ok(Reservation {
-            id: ReservationId::parse(&reply.reservation_id).map_err(malformed(what))?,
-            candidates: reply
-                .candidates
-                .into_iter()
-                .map(Candidate::try_from)
-                .collect::<Result<_, _>>()
-                .map_err(malformed(what))?,
-            lease_expires_unix_ms: reply.lease_expires_unix_ms,
-        })
+        reservation_of(reply, "reserve")
+    }
+
+    /// Extends an open reservation's lease while its portions are on their
+    /// way; the reservation with store grants that last as long.
+    pub async fn renew_lease(
+        &self,
+        reservation: ReservationId,
+    ) -> Result<Reservation, CoordinatorError> {
+        let message = pb::RenewLeaseRequest {
+            reservation_id: reservation.to_string(),
+        };
+        let reply = self
+            .call("renew lease", |mut c| {
+                let m = message.clone();
+                async move { c.renew_lease(m).await }
+            })
+            .await?;
+        reservation_of(reply, "renew lease")
     }
 
     /// Commits placed portions (the final FAT), with the snapshot at the end of a backup.

@@ -164,6 +164,23 @@ impl Fat {
         Ok(charges)
     }
 
+    /// A late commit (its lease ran out) takes room no reservation holds:
+    /// each vendor must still have it free.
+    fn check_late_room(&self, id: ReservationId, charges: &Charges) -> Result<(), FatError> {
+        for (vendor, bytes) in charges {
+            let free = self.vendors.get(vendor).map_or(0, |v| v.free());
+            if *bytes > free {
+                return Err(FatError::Expired(format!(
+                    "the lease of reservation {id} ran out and vendor {vendor} has {free} bytes \
+                     free, less than the {bytes} bytes committed there; store these portions \
+                     again under a new reservation (a longer lease_secs on the coordinators \
+                     avoids this)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The snapshot is new and every portion it needs (manifest included) is
     /// the tenant's: committed before or in this commit.
     fn check_snapshot(&self, c: &Commit, s: &SnapshotRecord) -> Result<(), FatError> {
@@ -209,27 +226,28 @@ impl Fat {
     /// commit answers, or the bytes each vendor takes on.
     pub(super) fn check_commit(&self, c: &Commit) -> Result<CommitPlan, FatError> {
         let reservation = self.tenant_reservation(&c.tenant, c.reservation)?;
-        match &reservation.state {
-            ReservationState::Open if reservation.lease_expires_unix_ms <= c.now_unix_ms => {
-                return Err(FatError::Expired(format!(
-                    "the lease of reservation {} ran out",
-                    c.reservation
-                )))
-            }
-            ReservationState::Open => {}
+        // A lease that ran out took the reservation's hold away, not the
+        // copies its grants stored: they are committed late while their
+        // vendors still have the room.
+        let late = match &reservation.state {
+            ReservationState::Open => false,
+            ReservationState::Expired { .. } => true,
             ReservationState::Committed {
                 request,
                 committed_bytes,
                 ..
             } => return repeated_commit(c, request, *committed_bytes).map(CommitPlan::Repeated),
-            ReservationState::Released { .. } | ReservationState::Expired { .. } => {
+            ReservationState::Released { .. } => {
                 return Err(FatError::Expired(format!(
                     "reservation {} was released",
                     c.reservation
                 )))
             }
-        }
+        };
         let charges = self.check_placements(reservation, c)?;
+        if late {
+            self.check_late_room(c.reservation, &charges)?;
+        }
         if let Some(snapshot) = &c.snapshot {
             self.check_snapshot(c, snapshot)?;
         }

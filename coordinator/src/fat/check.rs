@@ -23,6 +23,7 @@ impl Fat {
             Command::Reserve(r) => self.check_reserve(r).map(drop),
             Command::Commit(c) => self.check_commit(c).map(drop),
             Command::Release(r) => self.check_release_reservation(r),
+            Command::RenewLease(r) => self.check_renew_lease(r),
             Command::Forget(f) => self.check_forget(f),
             Command::ReleasePortions(r) => self.check_release(r).map(drop),
             Command::RewriteSnapshots(r) => self.check_rewrite(r),

@@ -38,6 +38,10 @@ pub enum Command {
     PlanRepairs(PlanRepairs),
     /// A source vendor reports how the copies it was asked for ended.
     FinishRepairs(FinishRepairs),
+    /// A tenant extends the lease of an open reservation whose portions are
+    /// still on their way. Added after the others: the log names a command
+    /// by its place in this list.
+    RenewLease(RenewLease),
 }
 
 impl Command {
@@ -58,6 +62,7 @@ impl Command {
             Command::StoreTenantKey(_) => "store-tenant-key",
             Command::PlanRepairs(_) => "plan-repairs",
             Command::FinishRepairs(_) => "finish-repairs",
+            Command::RenewLease(_) => "renew-lease",
         }
     }
 
@@ -83,6 +88,11 @@ impl Command {
             Command::StoreTenantKey(c) => c.now_unix_ms = now_unix_ms,
             Command::PlanRepairs(c) => c.now_unix_ms = now_unix_ms,
             Command::FinishRepairs(_) => {}
+            Command::RenewLease(c) => {
+                let lease = c.lease_expires_unix_ms.saturating_sub(c.now_unix_ms);
+                c.now_unix_ms = now_unix_ms;
+                c.lease_expires_unix_ms = now_unix_ms.saturating_add(lease);
+            }
         }
     }
 }
@@ -153,6 +163,16 @@ pub struct Release {
     pub tenant: TenantId,
     pub reservation: ReservationId,
     pub now_unix_ms: u64,
+}
+
+/// Extends an open reservation's lease to `lease_expires_unix_ms` (a lease
+/// never gets shorter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewLease {
+    pub tenant: TenantId,
+    pub reservation: ReservationId,
+    pub now_unix_ms: u64,
+    pub lease_expires_unix_ms: u64,
 }
 
 /// Removes a snapshot record; its portions stay until pruned.

@@ -48,6 +48,7 @@ enum Op {
     Reserve(usize, u64, u32, Option<Vec<(usize, u64)>>, u64, u64),
     Commit(usize, usize, Vec<(u64, usize)>, Option<(u64, u64)>, u64),
     Release(usize, usize, u64),
+    Renew(usize, usize, u64, u64),
     Expire(u64),
     Liveness(usize, usize, u64, u64),
     ReleasePortions(usize, Vec<usize>),
@@ -85,6 +86,8 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(t, r, p, s, now)| Op::Commit(t, r, p, s, now)),
         1 => (t.clone(), any::<usize>(), extreme()).prop_map(|(t, r, now)| Op::Release(t, r, now)),
+        2 => (t.clone(), any::<usize>(), extreme(), extreme())
+            .prop_map(|(t, r, now, until)| Op::Renew(t, r, now, until)),
         1 => extreme().prop_map(Op::Expire),
         1 => (v.clone(), 0usize..3, extreme(), extreme())
             .prop_map(|(v, l, seen, now)| Op::Liveness(v, l, seen, now)),
@@ -202,6 +205,12 @@ impl Harness {
                 tenant: tid(TENANTS[t]),
                 reservation: pick(&self.reservations, r)?.1,
                 now_unix_ms: now,
+            }),
+            Op::Renew(t, r, now, until) => Command::RenewLease(RenewLease {
+                tenant: tid(TENANTS[t]),
+                reservation: pick(&self.reservations, r)?.1,
+                now_unix_ms: now,
+                lease_expires_unix_ms: until,
             }),
             Op::Expire(now) => Command::ExpireLeases { now_unix_ms: now },
             Op::Liveness(v, l, seen, now) => Command::UpdateLiveness(UpdateLiveness {

@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{
     Command, Commit, Forget, Hold, InstallGrantKey, LivenessChange, Outcome, RegisterVendor,
-    Release, ReleasePortions, ReportCapacity, ReservationView, Reserve, RewriteSnapshots,
-    StoreTenantKey, UpdateLiveness,
+    Release, ReleasePortions, RenewLease, ReportCapacity, ReservationView, Reserve,
+    RewriteSnapshots, StoreTenantKey, UpdateLiveness,
 };
 pub use error::FatError;
 pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
@@ -124,6 +124,7 @@ impl Fat {
             Command::StoreTenantKey(c) => self.store_tenant_key(c),
             Command::PlanRepairs(c) => self.plan_repairs(c),
             Command::FinishRepairs(c) => self.finish_repairs(c),
+            Command::RenewLease(c) => self.renew_lease(c),
         }
     }
 

@@ -7,7 +7,7 @@ use offsite_proto::limits::MAX_REPLICATION;
 use offsite_proto::{Candidate, Grant, RequestId, ReservationId, TenantId};
 use serde::{Deserialize, Serialize};
 
-use super::command::{Hold, Release, ReservationView, Reserve};
+use super::command::{Hold, Release, RenewLease, ReservationView, Reserve};
 use super::{Fat, FatError, Liveness, Outcome};
 
 /// Largest reservation, in bytes before replication (1 PiB).
@@ -235,6 +235,43 @@ impl Fat {
         Ok(Outcome::Released)
     }
 
+    /// Checks a renewal: the tenant's reservation is open and its lease has
+    /// not run out by the renewal's time.
+    pub(super) fn check_renew_lease(&self, r: &RenewLease) -> Result<(), FatError> {
+        let reservation = self.tenant_reservation(&r.tenant, r.reservation)?;
+        match reservation.state {
+            ReservationState::Open if reservation.lease_expires_unix_ms > r.now_unix_ms => Ok(()),
+            ReservationState::Open | ReservationState::Expired { .. } => {
+                Err(FatError::Expired(format!(
+                    "the lease of reservation {} ran out before it was renewed, so its room \
+                     is no longer held; commit what it stored (accepted while the vendors \
+                     have room) and reserve again for the rest",
+                    r.reservation
+                )))
+            }
+            ReservationState::Released { .. } => Err(FatError::Expired(format!(
+                "reservation {} was released; reserve again",
+                r.reservation
+            ))),
+            ReservationState::Committed { .. } => Err(FatError::Conflict(format!(
+                "reservation {} was committed, so there is no lease to renew; reserve again \
+                 for more",
+                r.reservation
+            ))),
+        }
+    }
+
+    /// Extends an open lease; a renewal never shortens one.
+    pub(super) fn renew_lease(&mut self, r: RenewLease) -> Result<Outcome, FatError> {
+        self.check_renew_lease(&r)?;
+        if let Some(reservation) = self.reservations.get_mut(&r.reservation) {
+            reservation.lease_expires_unix_ms = reservation
+                .lease_expires_unix_ms
+                .max(r.lease_expires_unix_ms);
+        }
+        Ok(Outcome::Reserved(self.reservation_view(r.reservation)))
+    }
+
     pub(super) fn expire_leases(&mut self, now_unix_ms: u64) -> Result<Outcome, FatError> {
         let expired: Vec<ReservationId> = self
             .reservations
@@ -287,11 +324,17 @@ impl Fat {
         }
     }
 
-    /// Gives back every byte an open reservation holds and marks it closed.
+    /// Gives back every byte an open reservation holds and marks it closed
+    /// (a closed one, committed late after its lease ran out, holds nothing
+    /// to give back).
     pub(super) fn close(&mut self, id: ReservationId, state: ReservationState) {
         let Some(reservation) = self.reservations.get_mut(&id) else {
             return;
         };
+        if reservation.state != ReservationState::Open {
+            reservation.state = state;
+            return;
+        }
         for hold in &reservation.holds {
             if let Some(vendor) = self.vendors.get_mut(&hold.vendor) {
                 debug_assert!(vendor.reserved >= hold.bytes);

@@ -510,11 +510,6 @@ fn leases_expire_and_closed_reservations_are_forgotten_later() {
     );
     assert_eq!(held(&fat, "a"), (0, 0, 1000));
     assert_eq!(held(&fat, "b"), (0, 100, 1000));
-    let mut too_late = commit("acme", old, vec![placement("acme", 1, &["a"])], None);
-    if let Command::Commit(c) = &mut too_late {
-        c.now_unix_ms = expiry;
-    }
-    assert!(matches!(refused(&mut fat, too_late), FatError::Expired(_)));
     assert!(fat.reservations.contains_key(&young));
 
     let much_later = expiry + CLOSED_RETENTION_MS;
@@ -527,6 +522,136 @@ fn leases_expire_and_closed_reservations_are_forgotten_later() {
         .reservation_for_request(&tid("acme"), &RequestId::new("r1").unwrap())
         .is_none());
     assert!(!fat.has_expired_leases(much_later));
+}
+
+fn renew(tenant: &str, id: ReservationId, now: u64, until: u64) -> Command {
+    Command::RenewLease(RenewLease {
+        tenant: tid(tenant),
+        reservation: id,
+        now_unix_ms: now,
+        lease_expires_unix_ms: until,
+    })
+}
+
+fn expire(fat: &mut Fat, now: u64) -> Vec<ReservationId> {
+    match fat.apply(Command::ExpireLeases { now_unix_ms: now }) {
+        Ok(Outcome::LeasesExpired { released }) => released,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_renewed_lease_outlives_its_first_end_and_never_shortens() {
+    let mut fat = market();
+    let id = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    let err = refused(&mut fat, renew("globex", id, T0 + 1, T0 + 3 * LEASE));
+    assert!(matches!(err, FatError::NotFound(_)), "{err}");
+
+    let view = match fat
+        .apply(renew("acme", id, T0 + 1, T0 + 2 * LEASE))
+        .unwrap()
+    {
+        Outcome::Reserved(view) => view,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(view.lease_expires_unix_ms, T0 + 2 * LEASE);
+    assert_eq!(view.candidates.len(), 1);
+    // An older renewal arriving late does not shorten the lease.
+    fat.apply(renew("acme", id, T0 + 2, T0 + LEASE)).unwrap();
+    assert_eq!(fat.reservations[&id].lease_expires_unix_ms, T0 + 2 * LEASE);
+
+    assert!(expire(&mut fat, T0 + LEASE).is_empty());
+    assert_eq!(held(&fat, "a"), (0, 100, 1000));
+    assert_eq!(expire(&mut fat, T0 + 2 * LEASE), vec![id]);
+    assert_eq!(held(&fat, "a"), (0, 0, 1000));
+    let err = refused(&mut fat, renew("acme", id, T0 + 2 * LEASE, T0 + 3 * LEASE));
+    assert!(matches!(err, FatError::Expired(_)), "{err}");
+}
+
+#[test]
+fn a_lease_that_ran_out_is_not_renewed_even_before_the_sweep() {
+    let mut fat = market();
+    let id = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    let err = refused(&mut fat, renew("acme", id, T0 + LEASE, T0 + 2 * LEASE));
+    assert!(matches!(err, FatError::Expired(_)), "{err}");
+}
+
+#[test]
+fn renewing_a_committed_or_released_reservation_is_refused() {
+    let mut fat = market();
+    let id = reserved(&mut fat, reserve("acme", "r1", 100, 1, &[("a", 100)]));
+    fat.apply(commit(
+        "acme",
+        id,
+        vec![placement("acme", 10, &["a"])],
+        None,
+    ))
+    .unwrap();
+    let err = refused(&mut fat, renew("acme", id, T0 + 2, T0 + LEASE));
+    assert!(matches!(err, FatError::Conflict(_)), "{err}");
+    let other = reserved(&mut fat, reserve("acme", "r2", 100, 1, &[("b", 100)]));
+    fat.apply(Command::Release(Release {
+        tenant: tid("acme"),
+        reservation: other,
+        now_unix_ms: T0,
+    }))
+    .unwrap();
+    let err = refused(&mut fat, renew("acme", other, T0 + 2, T0 + LEASE));
+    assert!(matches!(err, FatError::Expired(_)), "{err}");
+}
+
+#[test]
+fn a_commit_after_the_lease_ran_out_takes_room_that_is_still_free() {
+    let mut fat = market();
+    let id = reserved(
+        &mut fat,
+        reserve("acme", "r1", 300, 2, &[("a", 300), ("b", 300)]),
+    );
+    assert_eq!(expire(&mut fat, T0 + LEASE), vec![id]);
+    assert_eq!(held(&fat, "a"), (0, 0, 1000));
+    let p = placement("acme", 200, &["a", "b"]);
+    let mut late = commit("acme", id, vec![p.clone()], Some(snapshot_of(&[p.portion])));
+    if let Command::Commit(c) = &mut late {
+        c.now_unix_ms = T0 + LEASE + 1;
+    }
+    assert_eq!(
+        fat.apply(late.clone()).unwrap(),
+        Outcome::Committed {
+            committed_bytes: 400
+        }
+    );
+    // The holds were given back once, at expiry; the commit takes only the
+    // bytes it stored.
+    assert_eq!(held(&fat, "a"), (200, 0, 1000));
+    assert_eq!(held(&fat, "b"), (200, 0, 1000));
+    assert_eq!(fat.status().open_reservations, 0);
+    // Repeated, it answers as the first time and charges nothing more.
+    assert_eq!(
+        fat.apply(late).unwrap(),
+        Outcome::Committed {
+            committed_bytes: 400
+        }
+    );
+    assert_eq!(held(&fat, "a"), (200, 0, 1000));
+}
+
+#[test]
+fn a_late_commit_is_refused_where_the_room_was_taken_meanwhile() {
+    let mut fat = market();
+    let id = reserved(&mut fat, reserve("acme", "r1", 300, 1, &[("a", 300)]));
+    expire(&mut fat, T0 + LEASE);
+    // Another tenant takes all but 100 bytes of vendor a.
+    let mut other = reserve("globex", "r2", 900, 1, &[("a", 900)]);
+    other.now_unix_ms = T0 + LEASE;
+    other.lease_expires_unix_ms = T0 + 3 * LEASE;
+    reserved(&mut fat, other);
+    let mut late = commit("acme", id, vec![placement("acme", 200, &["a"])], None);
+    if let Command::Commit(c) = &mut late {
+        c.now_unix_ms = T0 + LEASE + 1;
+    }
+    let err = refused(&mut fat, late);
+    assert!(matches!(err, FatError::Expired(_)), "{err}");
+    assert!(err.to_string().contains("100 bytes free"), "{err}");
 }
 
 #[test]

@@ -154,11 +154,13 @@ pub(super) fn commit_command(
     })
 }
 
-pub(super) fn reserve_response(view: ReservationView) -> pb::ReserveResponse {
+/// A reservation as granted or renewed; a lease lasts `lease_ms` from now.
+pub(super) fn reserve_response(view: ReservationView, lease_ms: u64) -> pb::ReserveResponse {
     pb::ReserveResponse {
         reservation_id: view.id.to_string(),
         candidates: view.candidates.into_iter().map(Into::into).collect(),
         lease_expires_unix_ms: view.lease_expires_unix_ms,
+        lease_ms,
     }
 }
 

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, grants, status_of, store_status};
 use crate::fat::{
-    check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, Reserve,
+    check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, RenewLease, Reserve,
     StoreTenantKey,
 };
 use crate::placement::{self, PlacementPolicy};
@@ -121,7 +121,8 @@ impl<S: FatStore> FatApi for FatService<S> {
                     let key = grants::signing_key(&*self.store).await?;
                     grants::sign_store_grants(&key, &tenant, &mut view);
                     tracing::info!(%tenant, reservation = %view.id, bytes = r.bytes, candidates = view.candidates.len(), "reserved");
-                    return Ok(Response::new(convert::reserve_response(view)));
+                    let response = convert::reserve_response(view, self.config.lease_ms);
+                    return Ok(Response::new(response));
                 }
                 Ok(other) => return Err(unexpected(other)),
                 Err(ProposeError::Refused(FatError::NotEnoughCapacity { .. }))
@@ -169,6 +170,31 @@ impl<S: FatStore> FatApi for FatService<S> {
         });
         self.store.propose(command).await.map_err(status_of)?;
         Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let tenant = require_tenant(&request)?;
+        let reservation = ReservationId::parse(&request.into_inner().reservation_id)?;
+        let now = now_unix_ms();
+        let command = Command::RenewLease(RenewLease {
+            tenant: tenant.clone(),
+            reservation,
+            now_unix_ms: now,
+            lease_expires_unix_ms: now.saturating_add(self.config.lease_ms),
+        });
+        match self.store.propose(command).await.map_err(status_of)? {
+            Outcome::Reserved(mut view) => {
+                let key = grants::signing_key(&*self.store).await?;
+                grants::sign_store_grants(&key, &tenant, &mut view);
+                tracing::debug!(%tenant, %reservation, lease_expires_unix_ms = view.lease_expires_unix_ms, "lease renewed");
+                let response = convert::reserve_response(view, self.config.lease_ms);
+                Ok(Response::new(response))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn list_snapshots(

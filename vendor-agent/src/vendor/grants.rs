@@ -112,6 +112,9 @@ impl Grants {
             bytes: 0,
             expires_unix_ms: body.expires_unix_ms,
         });
+        // A renewed lease comes with a grant that lasts longer: the sum is
+        // kept as long as the latest grant of the reservation.
+        spent.expires_unix_ms = spent.expires_unix_ms.max(body.expires_unix_ms);
         let total = spent.bytes.saturating_add(bytes);
         if total > body.max_bytes {
             return Err(VendorError::Grant {
@@ -232,5 +235,24 @@ mod tests {
         let reservation = ReservationId::from_bytes([2; 16]);
         grants.charge(&body, reservation, 100).unwrap().keep();
         assert!(grants.charge(&body, reservation, 1).is_err());
+    }
+
+    /// A renewed lease brings a grant that lasts longer: what the first
+    /// grant stored still counts after the first grant would be forgotten.
+    #[test]
+    fn a_renewed_grant_keeps_counting_what_the_first_one_stored() {
+        let (grants, _, mut first) = setup();
+        first.expires_unix_ms = now_unix_ms() + 20 - GRANT_CLOCK_SKEW_MS;
+        let reservation = ReservationId::from_bytes([2; 16]);
+        grants.charge(&first, reservation, 60).unwrap().keep();
+        let mut renewed = first.clone();
+        renewed.expires_unix_ms = now_unix_ms() + 60_000;
+        grants.charge(&renewed, reservation, 30).unwrap().keep();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let err = grants.charge(&renewed, reservation, 20).err();
+        assert!(
+            err.is_some(),
+            "the renewed grant stored its allowance a second time"
+        );
     }
 }

@@ -10,18 +10,24 @@
 //! committed once it holds `checkpoint_bytes`, and the blob index of its
 //! portions appended to the resume journal, so an interrupted backup resumes
 //! without sending them again.
+//!
+//! While a round is open a task renews its lease (see [`lease`]), whatever
+//! the backup is busy with. If a renewal is refused because the lease
+//! already ran out (the machine slept, say), no new portion starts in the
+//! round; the coordinators still commit what it stored while the vendors
+//! have room for it.
 
 mod copies;
+mod lease;
 mod ledger;
 
-use offsite_proto::clock::now_unix_ms;
 use offsite_proto::limits::MAX_PORTIONS_PER_COMMIT;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use offsite_proto::{
-    Grant, PortionId, PortionPlacement, Receipt, RequestId, ReservationId, RoutingHeader,
-    SnapshotRecord, TenantId, VendorId, VendorRef,
+    PortionId, PortionPlacement, Receipt, RequestId, ReservationId, RoutingHeader, SnapshotRecord,
+    TenantId, VendorId, VendorRef,
 };
 use tokio::task::JoinSet;
 
@@ -31,6 +37,7 @@ use crate::local::resume::{Committed, Journal};
 use crate::market::coordinator::{Coordinator, CoordinatorError};
 use crate::market::probe::{probe_all, rank};
 use crate::market::vendor::{StoreOutcome, VendorError, VendorPool};
+use lease::Lease;
 use ledger::Ledger;
 
 /// Portions being uploaded at once.
@@ -41,8 +48,6 @@ const ROUND_MAX_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 const EXTRA_SENDS: usize = 4;
 /// Times a round is re-reserved larger when it cannot route one portion.
 const GROW_ATTEMPTS: u32 = 4;
-/// Commit a round this long before its lease runs out.
-const LEASE_MARGIN_MS: u64 = 60_000;
 /// How long a round waits for the backup's size estimate before sizing
 /// itself on a guess (a round that turns out too small is committed and
 /// another reserved).
@@ -97,8 +102,8 @@ pub struct UploadStats {
 /// One open reservation.
 struct Round {
     id: ReservationId,
-    lease_expires_unix_ms: u64,
-    grants: HashMap<VendorId, Grant>,
+    /// Renews the lease until the round is dropped; holds its store grants.
+    lease: Lease,
     ledger: Ledger,
     used: bool,
     /// Bytes of the portions started in this round.
@@ -181,12 +186,10 @@ impl Uploader {
                 self.wait_one().await?;
             }
             let checkpoint = self.settings.checkpoint_bytes;
-            let expiring = self.round.as_ref().is_some_and(|r| {
-                now_unix_ms() + LEASE_MARGIN_MS >= r.lease_expires_unix_ms
-                    || r.started >= checkpoint
-                    || r.portions >= MAX_PORTIONS_PER_COMMIT
+            let full = self.round.as_ref().is_some_and(|r| {
+                r.lease.lapsed() || r.started >= checkpoint || r.portions >= MAX_PORTIONS_PER_COMMIT
             });
-            if expiring {
+            if full {
                 self.close_round(None).await?;
             }
             if self.round.is_none() {
@@ -291,15 +294,9 @@ impl Uploader {
             .iter()
             .map(|c| (c.vendor.id.clone(), c.reserved_bytes))
             .collect();
-        let grants = reservation
-            .candidates
-            .into_iter()
-            .map(|c| (c.vendor.id, c.store_grant))
-            .collect();
         self.round = Some(Round {
             id: reservation.id,
-            lease_expires_unix_ms: reservation.lease_expires_unix_ms,
-            grants,
+            lease: Lease::keep(Arc::clone(&self.coordinator), &reservation),
             ledger: Ledger::new(ranked, room),
             used: false,
             started: 0,
@@ -373,10 +370,7 @@ impl Uploader {
             portion: id,
             hash: pending.portion.hash,
             size: pending.portion.bytes.len() as u64,
-            grants: route
-                .iter()
-                .map(|v| round.grants.get(&v.id).cloned().unwrap_or_default())
-                .collect(),
+            grants: route.iter().map(|v| round.lease.grant(&v.id)).collect(),
             route: route.clone(),
             piece_size: self.settings.piece_bytes,
             reservation: round.id,
