@@ -22,7 +22,9 @@ use crate::{Grant, Hash, PortionId, Receipt, ReservationId, TenantId, VendorId};
 
 const GRANT_CONTEXT: &[u8] = b"offsite grant v1\0";
 const RECEIPT_CONTEXT: &[u8] = b"offsite receipt v1\0";
-const GRANT_BODY_VERSION: u8 = 1;
+/// Version 2 added the vendor's address; version 1 bodies are still read
+/// (with no address).
+const GRANT_BODY_VERSION: u8 = 2;
 
 /// The operation a grant permits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +54,52 @@ pub struct GrantBody {
     pub max_bytes: u64,
     /// Unix milliseconds after which the grant is void.
     pub expires_unix_ms: u64,
+    /// A store grant's vendor at its registered host:port: the vendor before
+    /// it on a route dials this address, never one the sender chose. Empty
+    /// in other grants.
+    pub address: String,
+}
+
+/// A grant body as version 1 wrote it, before `address`.
+#[derive(Deserialize)]
+struct GrantBodyV1 {
+    op: GrantOp,
+    tenant: TenantId,
+    vendor: VendorId,
+    subject: GrantSubject,
+    max_bytes: u64,
+    expires_unix_ms: u64,
+}
+
+impl From<GrantBodyV1> for GrantBody {
+    fn from(v1: GrantBodyV1) -> Self {
+        Self {
+            op: v1.op,
+            tenant: v1.tenant,
+            vendor: v1.vendor,
+            subject: v1.subject,
+            max_bytes: v1.max_bytes,
+            expires_unix_ms: v1.expires_unix_ms,
+            address: String::new(),
+        }
+    }
+}
+
+/// The body of a signed grant, of this version or the one before.
+fn decode_body(bytes: &[u8]) -> Result<GrantBody, SignatureError> {
+    let malformed = |e: postcard::Error| SignatureError::MalformedGrant(e.to_string());
+    match bytes.first() {
+        Some(&GRANT_BODY_VERSION) => postcard::from_bytes::<Versioned<GrantBody>>(bytes)
+            .map(|v| v.body)
+            .map_err(malformed),
+        Some(1) => postcard::from_bytes::<Versioned<GrantBodyV1>>(bytes)
+            .map(|v| v.body.into())
+            .map_err(malformed),
+        Some(version) => Err(SignatureError::MalformedGrant(format!(
+            "version {version} is not {GRANT_BODY_VERSION}"
+        ))),
+        None => Err(SignatureError::MalformedGrant("empty body".into())),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -170,15 +218,7 @@ impl GrantVerifier {
             .map_err(|_| SignatureError::BadGrantSignature)?;
         key.verify(&[GRANT_CONTEXT, &grant.body].concat(), &signature)
             .map_err(|_| SignatureError::BadGrantSignature)?;
-        let versioned: Versioned<GrantBody> = postcard::from_bytes(&grant.body)
-            .map_err(|e| SignatureError::MalformedGrant(e.to_string()))?;
-        if versioned.version != GRANT_BODY_VERSION {
-            return Err(SignatureError::MalformedGrant(format!(
-                "version {} is not {GRANT_BODY_VERSION}",
-                versioned.version
-            )));
-        }
-        let body = versioned.body;
+        let body = decode_body(&grant.body)?;
         if body.expires_unix_ms.saturating_add(GRANT_CLOCK_SKEW_MS) < now_unix_ms {
             return Err(SignatureError::Expired {
                 expired_unix_ms: body.expires_unix_ms,
@@ -325,6 +365,7 @@ mod tests {
             subject: GrantSubject::Reservation(ReservationId::from_bytes([1; 16])),
             max_bytes: 1000,
             expires_unix_ms: 5_000,
+            address: String::new(),
         }
     }
 
@@ -342,6 +383,56 @@ mod tests {
         let key = GroupKey::from_secret(7, &[3; 32]);
         let verifier = GrantVerifier::new(&[(7, key.public_key().to_vec())]).unwrap();
         (key, verifier)
+    }
+
+    /// A grant signed before bodies carried an address still opens, with
+    /// no address.
+    #[test]
+    fn a_version_1_grant_opens_without_an_address() {
+        #[derive(Serialize)]
+        struct V1 {
+            op: GrantOp,
+            tenant: TenantId,
+            vendor: VendorId,
+            subject: GrantSubject,
+            max_bytes: u64,
+            expires_unix_ms: u64,
+        }
+        let (key, verifier) = group();
+        let b = body();
+        let v1 = Versioned {
+            version: 1,
+            body: V1 {
+                op: b.op,
+                tenant: b.tenant.clone(),
+                vendor: b.vendor.clone(),
+                subject: b.subject,
+                max_bytes: b.max_bytes,
+                expires_unix_ms: b.expires_unix_ms,
+            },
+        };
+        let bytes = postcard::to_stdvec(&v1).unwrap();
+        let signature = key.signing.sign(&[GRANT_CONTEXT, &bytes].concat());
+        let grant = Grant {
+            body: bytes,
+            signature: signature.to_bytes().to_vec(),
+            key_id: key.key_id,
+        };
+        let opened = verifier.open(&grant, 4_000).unwrap();
+        assert_eq!(
+            opened,
+            GrantBody {
+                address: String::new(),
+                ..b.clone()
+            }
+        );
+        // The current version carries the address through.
+        let with_address = GrantBody {
+            address: "10.0.0.7:7100".into(),
+            ..b
+        };
+        let opened = verifier.open(&key.grant(&with_address), 4_000).unwrap();
+        assert_eq!(opened.address, "10.0.0.7:7100");
     }
 
     #[test]

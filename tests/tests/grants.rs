@@ -19,7 +19,9 @@ use offsite_proto::pb::coordinator::{
     ReserveResponse,
 };
 use offsite_proto::pb::vendor::vendor_client::VendorClient;
-use offsite_proto::pb::vendor::{store_frame, FetchRequest, RoutingHeader, StoreFrame};
+use offsite_proto::pb::vendor::{
+    store_frame, FetchRequest, RoutingHeader, StoreFrame, StoreResponse,
+};
 use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey, VendorKey};
 use offsite_proto::{Hash, PortionId, ReservationId, TenantId, VendorId};
 use offsite_tests::rpc::{self, channel_as, Rpc};
@@ -95,6 +97,25 @@ async fn store(
         .map(|r| r.into_inner().receipts)
 }
 
+/// The whole answer of a store: receipts and the route's failures.
+async fn store_answer(
+    client: &mut VendorClient<Channel>,
+    header: RoutingHeader,
+    data: &[u8],
+) -> StoreResponse {
+    let mut frames = vec![StoreFrame {
+        frame: Some(store_frame::Frame::Header(header)),
+    }];
+    frames.extend(data.chunks(FRAME_BYTES).map(|c| StoreFrame {
+        frame: Some(store_frame::Frame::Data(c.to_vec().into())),
+    }));
+    client
+        .store(tokio_stream::iter(frames))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn vendor_as(rpc: &Rpc, tenant: &str, address: &str) -> VendorClient<Channel> {
     let credentials = rpc.credentials(Role::Tenant, tenant).unwrap();
     let addr: SocketAddr = address.parse().unwrap();
@@ -122,6 +143,7 @@ fn store_body(tenant: &str, reservation: &ReserveResponse, c: &Candidate) -> Gra
         ),
         max_bytes: c.reserved_bytes,
         expires_unix_ms: reservation.lease_expires_unix_ms,
+        address: vendor_of(c).address,
     }
 }
 
@@ -441,4 +463,72 @@ fn a_grant_key_rotation_keeps_backups_restores_and_earlier_grants_working() {
         "{}",
         describe(&output)
     );
+}
+
+/// A tenant cannot make a vendor dial an address of the tenant's choosing:
+/// the next hop is dialled at the address its store grant names (the one it
+/// registered), and a next hop without a valid grant is not dialled at all.
+/// A listener the test owns stands in for what a scan would probe; it must
+/// never be reached.
+#[test]
+fn a_route_cannot_aim_a_vendor_at_an_address_the_sender_chose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devnet = devnet(&tmp.path().join("devnet"), 20);
+    let rpc = devnet.rpc();
+    let coordinator = devnet.coordinator_addr();
+    let tenant = rpc::DEVNET_TENANT;
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let bait_addr = bait.local_addr().unwrap().to_string();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let bait_for_route = bait_addr.clone();
+    let (aimed, ungranted) = rpc::block_on(async move {
+        let mut fat = rpc.fat(coordinator).await.unwrap();
+        let r = reserve(&mut fat, "aim-1", 1_000_000).await;
+        let (c1, c2) = (&r.candidates[0], &r.candidates[1]);
+        let mut at_c1 = vendor_as(&rpc, tenant, &vendor_of(c1).address).await;
+        let route = |grants: Vec<Grant>| {
+            let mut h = header(tenant, &r.reservation_id, c1, &data, None);
+            let mut aimed = vendor_of(c2);
+            aimed.address = bait_for_route.clone();
+            h.route.push(aimed);
+            h.grants = grants;
+            h
+        };
+        let g1 = c1.store_grant.clone().unwrap();
+        let g2 = c2.store_grant.clone().unwrap();
+        let aimed = store_answer(&mut at_c1, route(vec![g1.clone(), g2]), &data).await;
+        // The second hop's grant is the first vendor's own: not valid there.
+        let ungranted = store_answer(&mut at_c1, route(vec![g1.clone(), g1]), &data).await;
+        (aimed, ungranted)
+    })
+    .unwrap();
+    let holders: Vec<&str> = aimed
+        .receipts
+        .iter()
+        .map(|r| r.vendor_id.as_str())
+        .collect();
+    assert_eq!(
+        holders.len(),
+        2,
+        "both vendors store when the second is dialled at its registered address: {aimed:?}"
+    );
+    assert_eq!(ungranted.receipts.len(), 1, "{ungranted:?}");
+    let failure = &ungranted.failures[0];
+    assert!(
+        failure.error.contains("not forwarded") && failure.error.contains("does not check"),
+        "{failure:?}"
+    );
+    for answer in [&aimed, &ungranted] {
+        for f in &answer.failures {
+            assert!(
+                !f.error.contains(&bait_addr),
+                "the caller's address leaks: {f:?}"
+            );
+        }
+    }
+    match bait.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the vendor dialled the address the route named: {other:?}"),
+    }
 }

@@ -20,6 +20,7 @@ fn body(h: &RoutingHeader, vendor: &TestVendor) -> GrantBody {
         subject: GrantSubject::Reservation(h.reservation),
         max_bytes: h.size,
         expires_unix_ms: u64::MAX,
+        address: String::new(),
     }
 }
 
@@ -194,6 +195,7 @@ async fn fetches_and_deletes_need_a_grant_for_their_portion() {
         subject: GrantSubject::Portion(h.portion),
         max_bytes: 10,
         expires_unix_ms: u64::MAX,
+        address: String::new(),
     });
     let err = fetch_with(&vendor, &acme, &h.portion, 0, 0, Some(small.clone()))
         .await

@@ -154,6 +154,7 @@ mod tests {
             subject: GrantSubject::Reservation(ReservationId::from_bytes([1; 16])),
             max_bytes: 10,
             expires_unix_ms: 100,
+            address: String::new(),
         }
     }
 

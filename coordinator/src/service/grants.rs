@@ -93,7 +93,8 @@ pub(crate) fn public_keys_of(fat: &Fat) -> Vec<pbc::GroupKey> {
 }
 
 /// Signs a store grant for every candidate of the reservation: its tenant,
-/// the candidate, the bytes held there, until the lease runs out.
+/// the candidate at its registered address, the bytes held there, until the
+/// lease runs out.
 pub(crate) fn sign_store_grants(key: &GroupKey, tenant: &TenantId, view: &mut ReservationView) {
     for c in &mut view.candidates {
         c.store_grant = key.grant(&GrantBody {
@@ -103,6 +104,7 @@ pub(crate) fn sign_store_grants(key: &GroupKey, tenant: &TenantId, view: &mut Re
             subject: GrantSubject::Reservation(view.id),
             max_bytes: c.reserved_bytes,
             expires_unix_ms: view.lease_expires_unix_ms,
+            address: c.vendor.address.clone(),
         });
     }
 }
@@ -119,6 +121,7 @@ pub(crate) fn copy_task(key: &GroupKey, order: CopyOrder) -> CopyTask {
         subject: GrantSubject::Reservation(order.id),
         max_bytes: repair.size,
         expires_unix_ms: repair.expires_unix_ms,
+        address: order.target.address.clone(),
     });
     CopyTask {
         repair: order.id,
@@ -154,6 +157,7 @@ pub(crate) fn sign_portion_grants(
                         subject: GrantSubject::Portion(l.portion),
                         max_bytes: l.size,
                         expires_unix_ms,
+                        address: String::new(),
                     })
                 })
                 .collect()

@@ -201,6 +201,7 @@ mod tests {
                 subject: GrantSubject::Reservation(ReservationId::random()),
                 max_bytes: size,
                 expires_unix_ms: u64::MAX,
+                address: String::new(),
             }),
         }
     }

@@ -4,6 +4,10 @@
 //! vendor answers becomes receipts and failures for our response; a downstream
 //! failure never fails this vendor's own store. A next vendor that stops
 //! reading for the idle timeout is cut off, so it cannot stall the upload.
+//! The next vendor is dialled only at the address its store grant names
+//! (the address it registered; see `Vendor::forwarder`), never at one the
+//! sender wrote into the route, so a route cannot aim this vendor at an
+//! address of the sender's choosing.
 //! This is the core's transport edge to the next vendor: the generated
 //! client and frames stay inside this module.
 
@@ -72,6 +76,21 @@ impl Forwarder {
             sender,
             task,
             idle,
+            stalled: false,
+        }
+    }
+
+    /// A forward refused before anything is dialled (the next vendor's
+    /// grant does not check): the next vendor and every vendor after it get
+    /// `why` as their failure, and the chunks are dropped.
+    pub fn refused(mut next: RoutingHeader, why: String) -> Self {
+        // The address is the sender's, not dialled: it is not echoed back.
+        next.route[0].address.clear();
+        Self {
+            header: next,
+            sender: None,
+            task: tokio::spawn(async move { Err(Status::permission_denied(why)) }),
+            idle: Duration::ZERO,
             stalled: false,
         }
     }
@@ -199,12 +218,15 @@ fn checked(header: &RoutingHeader, response: StoreResponse) -> Downstream {
 fn unreached(header: &RoutingHeader, status: &Status) -> Downstream {
     let next: &VendorRef = &header.route[0];
     tracing::warn!(next = %next.id, address = %next.address, code = ?status.code(), message = status.message(), "next vendor of the route failed");
+    let at = match next.address.as_str() {
+        "" => String::new(),
+        address => format!(" at {address}"),
+    };
     let mut failures = vec![RouteFailure {
         vendor: next.id.clone(),
         error: truncate(&format!(
-            "vendor {} at {}: {:?}: {}",
+            "vendor {}{at}: {:?}: {}",
             next.id,
-            next.address,
             status.code(),
             status.message()
         )),

@@ -184,6 +184,7 @@ mod tests {
             subject: GrantSubject::Reservation(ReservationId::from_bytes([2; 16])),
             max_bytes: 100,
             expires_unix_ms: now_unix_ms() + 60_000,
+            address: String::new(),
         };
         (grants, key, body)
     }

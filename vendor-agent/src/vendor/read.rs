@@ -243,6 +243,7 @@ mod tests {
             subject: GrantSubject::Portion(damaged.portion),
             max_bytes: damaged.size,
             expires_unix_ms: u64::MAX,
+            address: String::new(),
         });
         let request = ReadRequest {
             tenant: damaged.tenant.clone(),

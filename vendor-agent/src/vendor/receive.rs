@@ -81,9 +81,7 @@ impl Vendor {
             ),
         };
         let idle = self.idle_timeout();
-        let forwarder = header
-            .forwarded()
-            .map(|next| Forwarder::start(next, idle, self.credentials.clone()));
+        let forwarder = header.forwarded().map(|next| self.forwarder(next, idle));
         let mut upload = Upload {
             header,
             writer,
@@ -96,6 +94,41 @@ impl Vendor {
             charge.keep();
         }
         result
+    }
+
+    /// The forward to the next vendor of the route, checked before anything
+    /// is dialled: the next vendor's store grant must be valid for it, and
+    /// its address is the one that grant names (the coordinators signed the
+    /// address the vendor registered), whatever the route says.
+    fn forwarder(&self, mut next: RoutingHeader, idle: Duration) -> Forwarder {
+        let to = next.route[0].id.clone();
+        let checked = self.grants.check(
+            next.grants.first(),
+            &Expected {
+                op: GrantOp::Store,
+                tenant: &next.tenant,
+                vendor: &to,
+                subject: GrantSubject::Reservation(next.reservation),
+                bytes: next.size,
+            },
+        );
+        match checked {
+            Ok(grant) if !grant.address.is_empty() => {
+                next.route[0].address = grant.address;
+                Forwarder::start(next, idle, self.credentials.clone())
+            }
+            Ok(_) => Forwarder::refused(
+                next,
+                format!(
+                    "not forwarded to vendor {to}: its store grant names no address (a \
+                     coordinator of an older release signed it); upgrade the coordinators"
+                ),
+            ),
+            Err(e) => Forwarder::refused(
+                next,
+                format!("not forwarded to vendor {to}: its store grant does not check: {e}"),
+            ),
+        }
     }
 
     /// Whether the portion is already held with this hash (an idempotent repeat).

@@ -47,6 +47,20 @@ pub fn grant(op: GrantOp, tenant: &TenantId, vendor: &VendorId, subject: GrantSu
         subject,
         max_bytes: 1 << 40,
         expires_unix_ms: u64::MAX,
+        address: String::new(),
+    })
+}
+
+/// A store grant for `vendor` at its address, as the coordinators sign one.
+pub fn store_grant(tenant: &TenantId, vendor: &VendorRef, reservation: ReservationId) -> Grant {
+    group_key().grant(&GrantBody {
+        op: GrantOp::Store,
+        tenant: tenant.clone(),
+        vendor: vendor.id.clone(),
+        subject: GrantSubject::Reservation(reservation),
+        max_bytes: 1 << 40,
+        expires_unix_ms: u64::MAX,
+        address: vendor.address.clone(),
     })
 }
 
@@ -198,14 +212,7 @@ pub fn header(
     let reservation = ReservationId::random();
     let grants = route
         .iter()
-        .map(|v| {
-            grant(
-                GrantOp::Store,
-                tenant,
-                &v.id,
-                GrantSubject::Reservation(reservation),
-            )
-        })
+        .map(|v| store_grant(tenant, v, reservation))
         .collect();
     RoutingHeader {
         tenant: tenant.clone(),
