@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use offsite_tests::tree::{self, TreeSpec};
 use offsite_tests::{Devnet, DevnetOptions};
 
-/// Every path under `dir` (symlinks not followed) with its bytes, its link
-/// target, or `<dir>`.
-fn listing(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+/// Every path under `dir` (symlinks not followed) with the length and hash
+/// of its bytes, its link target, or `<dir>`.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut all = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(at) = stack.pop() {
@@ -29,7 +29,11 @@ fn listing(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             } else {
                 std::fs::read(&path).unwrap()
             };
-            all.insert(path, content);
+            let hash = blake3::hash(&content).to_hex();
+            all.insert(
+                path,
+                format!("{} bytes, blake3 {}", content.len(), &hash[..16]),
+            );
         }
     }
     all

@@ -73,16 +73,25 @@ impl Beneath {
         } else {
             Mode::empty()
         };
+        let root = self.root.as_fd();
+        let mut opened = None;
         if self.openat2.load(Ordering::Relaxed) {
-            match open_resolved(self.root.as_fd(), rel, flags, mode) {
+            match open_resolved(root, rel, flags, mode) {
                 Err(Errno::NOSYS) => self.openat2.store(false, Ordering::Relaxed),
                 // Refused by a filter, a path longer than PATH_MAX, or a
                 // rename racing the lookup: the walk answers for itself.
                 Err(Errno::PERM | Errno::NAMETOOLONG | Errno::AGAIN) => {}
-                other => return Ok(other?),
+                other => opened = Some(other.map_err(io::Error::from)),
             }
         }
-        open_walked(self.root.as_fd(), rel, flags, mode)
+        let opened = opened.unwrap_or_else(|| open_walked(root, rel, flags, mode));
+        // `O_DIRECTORY | O_NOFOLLOW` on a symlink fails with `ENOTDIR`.
+        opened.map_err(|error| match error.raw_os_error() {
+            Some(code) if code == Errno::NOTDIR.raw_os_error() && is_link(root, rel) => {
+                Errno::LOOP.into()
+            }
+            _ => error,
+        })
     }
 
     /// The directory holding `rel`, and `rel`'s last name.
@@ -141,16 +150,21 @@ fn open_walked(root: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> i
 }
 
 /// `O_DIRECTORY | O_NOFOLLOW` on a symlink fails with `ENOTDIR`; say
-/// `ELOOP` then, as `openat2` does, so callers see one refusal.
+/// `ELOOP` then, as `openat2` does for a symlink on the way, so callers see
+/// one refusal.
 fn symlink_as_loop(at: BorrowedFd<'_>, name: &OsStr, error: Errno) -> Errno {
-    let is_link = |stat: rustix::fs::Stat| {
-        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
-    };
-    let nofollow = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
     match error {
-        Errno::NOTDIR if rustix::fs::statat(at, name, nofollow).is_ok_and(is_link) => Errno::LOOP,
+        Errno::NOTDIR if is_link(at, Path::new(name)) => Errno::LOOP,
         other => other,
     }
+}
+
+/// Whether the last name of `rel` is a symlink (only to explain a refusal:
+/// nothing is opened or written by this look).
+fn is_link(at: BorrowedFd<'_>, rel: &Path) -> bool {
+    rustix::fs::statat(at, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
+    })
 }
 
 fn not_beneath(rel: &Path) -> io::Error {
@@ -211,6 +225,11 @@ mod tests {
                 "{rel}"
             );
         }
+        let as_dir = beneath.open_at(Path::new("dir"), DIR, Mode::empty());
+        let error = as_dir
+            .err()
+            .unwrap_or_else(|| panic!("the symlink was opened as a directory"));
+        assert!(is_symlink_refusal(&error), "dir: {error}");
         assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
         // A real directory on the way is fine both ways.
