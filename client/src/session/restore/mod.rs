@@ -82,6 +82,11 @@ pub enum RestoreError {
          directory that only you can write"
     )]
     NotOurFile(PathBuf),
+    #[error(
+        "{0} is a directory where the snapshot has a file or symlink; move it away (the \
+         restore does not delete directories) or restore into a new directory"
+    )]
+    DirInTheWay(PathBuf),
     #[error("cannot {what} {path}: {source}")]
     Io {
         path: PathBuf,

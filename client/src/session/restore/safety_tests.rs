@@ -110,6 +110,19 @@ async fn planted_symlinks_and_hard_links_in_the_target_are_replaced_not_written_
         "something outside the target changed"
     );
     assert_same(&top, &restored);
+
+    // A directory where the snapshot has a file is refused, not emptied.
+    std::fs::remove_file(restored.join("a.txt")).unwrap();
+    std::fs::create_dir(restored.join("a.txt")).unwrap();
+    std::fs::write(restored.join("a.txt/keep"), b"mine").unwrap();
+    let err = restore_into(&memory, &locations, &keys, &packed.manifest, &target)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RestoreError::DirInTheWay(path) if path == &restored.join("a.txt")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(restored.join("a.txt/keep")).unwrap(), b"mine");
 }
 
 /// Serves portions from memory; once the restore has made `data/sub` in

@@ -137,8 +137,9 @@ fn make_dir(target: &Beneath, rel: &Path) -> Result<(), RestoreError> {
     mkdirat(&parent, name, Mode::RWXU).map_err(err("create directory"))
 }
 
-/// Removes whatever is at `name` unless it is a directory (then the
-/// creation that follows names the problem).
+/// Removes whatever is at `name`, where a file or symlink of the snapshot
+/// goes; a directory there is refused (its contents are not the restore's
+/// to delete).
 fn remove_non_dir(
     target: &Beneath,
     parent: &Parent<'_>,
@@ -146,7 +147,8 @@ fn remove_non_dir(
     rel: &Path,
 ) -> Result<(), RestoreError> {
     match unlinkat(parent, name, AtFlags::empty()) {
-        Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::ISDIR) => Ok(()),
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(rustix::io::Errno::ISDIR) => Err(RestoreError::DirInTheWay(target.display(rel))),
         Err(e) => Err(io_err(target, rel, "remove the existing entry")(e.into())),
     }
 }
