@@ -225,11 +225,18 @@ mod tests {
                 "{rel}"
             );
         }
-        let as_dir = beneath.open_at(Path::new("dir"), DIR, Mode::empty());
-        let error = as_dir
-            .err()
-            .unwrap_or_else(|| panic!("the symlink was opened as a directory"));
-        assert!(is_symlink_refusal(&error), "dir: {error}");
+        // A symlink opened as a directory, with and without openat2.
+        let walking = Beneath::open(&target).unwrap();
+        walking.openat2.store(false, Ordering::Relaxed);
+        for handle in [&beneath, &walking] {
+            for rel in ["dir", "dir/sub", "file"] {
+                let as_dir = handle.open_at(Path::new(rel), DIR, Mode::empty());
+                let error = as_dir
+                    .err()
+                    .unwrap_or_else(|| panic!("{rel} was opened as a directory"));
+                assert!(is_symlink_refusal(&error), "{rel}: {error}");
+            }
+        }
         assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
         // A real directory on the way is fine both ways.
