@@ -58,16 +58,16 @@ pub enum RestoreError {
     NoLocation(PortionId),
     #[error("chunk {0} does not have the length its tree records; the snapshot is damaged")]
     ChunkLength(BlobId),
-    #[error("the snapshot's trees nest deeper than {0} levels; the snapshot is damaged or hostile and is not restored")]
+    #[error("the snapshot's trees nest deeper than {0} levels; the snapshot is damaged or hostile and is refused")]
     TooDeep(usize),
     #[error(
         "the snapshot's tree {tree} at {path} contains itself (a directory that is its own \
-         ancestor); the snapshot is damaged or hostile and is not restored"
+         ancestor); the snapshot is damaged or hostile and is refused"
     )]
     TreeCycle { path: PathBuf, tree: BlobId },
     #[error(
         "the snapshot's trees name more than {0} entries (a subtree repeated over and over?); \
-         the snapshot is damaged or hostile and is not restored"
+         the snapshot is damaged or hostile and is refused"
     )]
     TooManyEntries(u64),
     #[error(
