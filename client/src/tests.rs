@@ -21,8 +21,8 @@ use crate::session::restore::{self, RestoreError};
 
 /// Portions kept in memory: the sink of a backup and the source of a restore.
 #[derive(Default)]
-struct Memory {
-    portions: HashMap<PortionId, Portion>,
+pub(crate) struct Memory {
+    pub(crate) portions: HashMap<PortionId, Portion>,
     puts: usize,
     /// Whole-portion fetches served.
     fetches: std::sync::atomic::AtomicUsize,
@@ -41,7 +41,7 @@ impl PortionSink for Memory {
 }
 
 impl Memory {
-    fn locations(&self) -> HashMap<PortionId, PortionLocation> {
+    pub(crate) fn locations(&self) -> HashMap<PortionId, PortionLocation> {
         self.portions
             .values()
             .map(|p| {
@@ -118,7 +118,7 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 
 /// A tree with a large file, duplicates, an empty file, a non-UTF-8 name,
 /// symlinks (one dangling), odd modes and a socket (skipped).
-fn make_tree(root: &Path) -> PathBuf {
+pub(crate) fn make_tree(root: &Path) -> PathBuf {
     let top = root.join("data");
     let sub = top.join("sub");
     std::fs::create_dir_all(sub.join("deeper")).unwrap();
@@ -140,7 +140,12 @@ fn make_tree(root: &Path) -> PathBuf {
     top
 }
 
-async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut Memory) -> Packed {
+pub(crate) async fn backup(
+    keys: &Arc<Keys>,
+    paths: Vec<PathBuf>,
+    known: Index,
+    sink: &mut Memory,
+) -> Packed {
     let plan = BackupPlan {
         paths,
         keys: keys.clone(),
@@ -159,7 +164,7 @@ async fn backup(keys: &Arc<Keys>, paths: Vec<PathBuf>, known: Index, sink: &mut 
 }
 
 /// Compares two trees entry by entry: kind, content, mode, mtime, link target.
-fn assert_same(a: &Path, b: &Path) {
+pub(crate) fn assert_same(a: &Path, b: &Path) {
     let (ma, mb) = (a.symlink_metadata().unwrap(), b.symlink_metadata().unwrap());
     assert_eq!(ma.file_type(), mb.file_type(), "{}", b.display());
     if ma.file_type().is_symlink() {

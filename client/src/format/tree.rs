@@ -216,7 +216,8 @@ mod tests {
 
     #[test]
     fn escaping_or_unsorted_names_are_refused() {
-        for bad in [&b".."[..], b"a/b", b"", b"."] {
+        let long = vec![b'x'; MAX_NAME_BYTES + 1];
+        for bad in [&b".."[..], b"a/b", b"", b".", b"a\0b", b"/", b"/etc", &long] {
             let tree = Tree {
                 entries: vec![entry(
                     bad,
@@ -244,6 +245,22 @@ mod tests {
             ],
         };
         assert!(Tree::decode(&unsorted.encode()).is_err());
+        // A symlink and a directory of one name: `a -> /etc` and `a/passwd`.
+        let twice = Tree::new(vec![
+            entry(
+                b"a",
+                EntryKind::Symlink {
+                    target: b"/etc".to_vec(),
+                },
+            ),
+            entry(
+                b"a",
+                EntryKind::Dir {
+                    subtree: BlobId([2; 32]),
+                },
+            ),
+        ]);
+        assert!(Tree::decode(&twice.encode()).is_err());
         let lying = Tree::new(vec![entry(
             b"f",
             EntryKind::File {

@@ -2,11 +2,17 @@
 //! portions a few at a time, the most work first (best replica first,
 //! falling back) while the directories are made, write each blob at its
 //! offsets (a file gets its permissions and mtime with its last write), then
-//! symlinks and directories. Memory holds a few portions at a time: each
+//! symlinks and directories. Nothing is written through a symlink: every
+//! entry is reached from the target's handle without following one (see
+//! `beneath`), and a snapshot whose trees contain themselves, nest too deep
+//! or name too many entries is refused before anything is written. Memory holds a few portions at a time: each
 //! portion job fetches into, and decrypts within, buffers the job before it
 //! left behind.
 
+mod beneath;
 pub(crate) mod plan;
+#[cfg(test)]
+mod safety_tests;
 mod write;
 
 use std::collections::HashMap;
@@ -52,8 +58,35 @@ pub enum RestoreError {
     NoLocation(PortionId),
     #[error("chunk {0} does not have the length its tree records; the snapshot is damaged")]
     ChunkLength(BlobId),
-    #[error("the snapshot's trees nest deeper than {0} levels; the snapshot is damaged")]
+    #[error("the snapshot's trees nest deeper than {0} levels; the snapshot is damaged or hostile and is refused")]
     TooDeep(usize),
+    #[error(
+        "the snapshot's tree {tree} at {path} contains itself (a directory that is its own \
+         ancestor); the snapshot is damaged or hostile and is refused"
+    )]
+    TreeCycle { path: PathBuf, tree: BlobId },
+    #[error(
+        "the snapshot's trees name more than {0} entries (a subtree repeated over and over?); \
+         the snapshot is damaged or hostile and is refused"
+    )]
+    TooManyEntries(u64),
+    #[error(
+        "cannot {what} {path}: a symlink is in the way and was not followed (nothing outside \
+         the target is written); something changed the target during the restore: restore \
+         into a new directory that only you can write"
+    )]
+    SymlinkInTheWay { path: PathBuf, what: &'static str },
+    #[error(
+        "{0} is not the file this restore created (no longer a regular file, or it has another \
+         hard link); something changed the target during the restore: restore into a new \
+         directory that only you can write"
+    )]
+    NotOurFile(PathBuf),
+    #[error(
+        "{0} is a directory where the snapshot has a file or symlink; move it away (the \
+         restore does not delete directories) or restore into a new directory"
+    )]
+    DirInTheWay(PathBuf),
     #[error("cannot {what} {path}: {source}")]
     Io {
         path: PathBuf,
@@ -72,6 +105,8 @@ pub struct RestoreStats {
     pub symlinks: u64,
     pub bytes_written: u64,
     pub portions_fetched: u64,
+    /// Files and directories whose setuid, setgid or sticky bit was dropped.
+    pub special_bits_dropped: u64,
 }
 
 /// Refuses a target that exists and is not a directory.
@@ -119,17 +154,22 @@ pub async fn restore<S: PortionSource>(
 ) -> Result<RestoreStats, RestoreError> {
     check_target(target)?;
     let plan = plan(source, &keys, manifest, locations).await?;
+    let special_bits_dropped = warn_of_special_bits(&plan);
     progress.set_total(plan.bytes);
     let remaining = Arc::new(write::Remaining::new(&plan));
     let plan = Arc::new(plan);
-    let target: Arc<PathBuf> = Arc::new(target.to_path_buf());
+    let (target, fresh) = {
+        let target = target.to_path_buf();
+        blocking(move || write::open_target(&target)).await?
+    };
+    let target = Arc::new(target);
     // The directories are made while the first portions are fetched; no
     // portion is written before they are.
     let (prepared, ready) = tokio::sync::watch::channel(false);
     let prepare = {
         let (plan, target) = (plan.clone(), target.clone());
         async move {
-            blocking(move || write::prepare(&target, &plan)).await?;
+            blocking(move || write::prepare(&target, &plan, fresh)).await?;
             prepared.send_replace(true);
             Ok::<(), RestoreError>(())
         }
@@ -191,7 +231,27 @@ pub async fn restore<S: PortionSource>(
         symlinks: plan.links.len() as u64,
         bytes_written: written.iter().sum(),
         portions_fetched: written.len() as u64,
+        special_bits_dropped,
     })
+}
+
+/// Counts the entries whose setuid, setgid or sticky bit the restore drops
+/// (it does not restore owners) and says so once.
+fn warn_of_special_bits(plan: &Plan) -> u64 {
+    let modes = plan.files.iter().map(|f| f.mode);
+    let dropped = modes
+        .chain(plan.dirs.iter().map(|d| d.mode))
+        .filter(|&mode| write::loses_special_bits(mode))
+        .count() as u64;
+    if dropped > 0 {
+        tracing::warn!(
+            entries = dropped,
+            "{dropped} files and directories are restored without their setuid, setgid or \
+             sticky bits: this client does not restore owners, and those bits without the \
+             owner would grant the restoring user's rights"
+        );
+    }
+    dropped
 }
 
 /// Bytes-equivalent of writing one blob into one file, beyond its bytes:

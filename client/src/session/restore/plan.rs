@@ -1,9 +1,17 @@
 //! Restore planning: walk a snapshot's trees from the root, list the
 //! directories, files and symlinks to create, and for each portion which
 //! blobs go to which (file, offset).
+//!
+//! Trees are content-addressed, so the same subtree may appear in many
+//! places (every empty directory shares one); a tree that is its own
+//! ancestor, though, would expand forever, and one repeated under itself
+//! level after level would expand beyond any memory. Both are refused while
+//! walking: a subtree met among its own ancestors, a nesting deeper than
+//! [`Limits::depth`], more entries in all than [`Limits::entries`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,8 +29,22 @@ use crate::format::tree::{EntryKind, Tree};
 use crate::market::fetch::PortionSource;
 use crate::session::restore::RestoreError;
 
-/// Deepest directory nesting a restore follows (a guard against tree cycles).
-const MAX_DEPTH: usize = 2048;
+/// How far a restore expands a snapshot's trees before refusing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest directory nesting.
+    pub depth: usize,
+    /// Most entries (files, directories, symlinks) in the whole snapshot.
+    /// The plan holds each in memory (about 200 bytes with its path).
+    pub entries: u64,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        depth: 2048,
+        entries: 20_000_000,
+    };
+}
 
 /// A directory to create; metadata applied last, deepest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +120,18 @@ struct PortionCache {
     order: VecDeque<PortionId>,
 }
 
+/// Where a walk gets each tree: a snapshot's portions, or a test's map.
+pub(crate) trait TreeSource: Sync {
+    /// The tree whose blob is `id`, opened and checked.
+    fn tree(&self, id: BlobId) -> impl Future<Output = Result<Tree, RestoreError>> + Send;
+}
+
+impl<S: PortionSource> TreeSource for TreeReader<'_, S> {
+    async fn tree(&self, id: BlobId) -> Result<Tree, RestoreError> {
+        self.fetch(id).await
+    }
+}
+
 impl<S: PortionSource> TreeReader<'_, S> {
     /// The cell of `portion`, added (and the oldest dropped) when new.
     fn cell(&self, portion: PortionId) -> SharedPortion {
@@ -120,7 +154,7 @@ impl<S: PortionSource> TreeReader<'_, S> {
     }
 
     /// Fetches and opens one tree blob.
-    async fn tree(&self, id: BlobId) -> Result<Tree, RestoreError> {
+    async fn fetch(&self, id: BlobId) -> Result<Tree, RestoreError> {
         let at = self
             .manifest
             .index
@@ -162,37 +196,107 @@ pub async fn plan<S: PortionSource>(
         locations,
         portions: Mutex::default(),
     };
+    walk(&reader, manifest, Limits::DEFAULT).await
+}
+
+/// A tree on the way from the root, with its ancestors: a subtree found
+/// among them is a cycle.
+struct Ancestry {
+    tree: BlobId,
+    parent: Option<Arc<Ancestry>>,
+}
+
+impl Ancestry {
+    fn contains(&self, id: BlobId) -> bool {
+        let mut at = Some(self);
+        while let Some(ancestry) = at {
+            if ancestry.tree == id {
+                return true;
+            }
+            at = ancestry.parent.as_deref();
+        }
+        false
+    }
+}
+
+/// A directory whose tree is still to be read.
+struct Pending {
+    dir: PathBuf,
+    depth: usize,
+    ancestry: Arc<Ancestry>,
+}
+
+/// [`plan`] from any [`TreeSource`], within `limits`.
+pub(crate) async fn walk<T: TreeSource>(
+    trees: &T,
+    manifest: &Manifest,
+    limits: Limits,
+) -> Result<Plan, RestoreError> {
     let mut plan = Plan::default();
     let mut slots: HashMap<(PortionId, BlobId), usize> = HashMap::new();
-    let mut waiting = VecDeque::from([(manifest.root, PathBuf::new(), 0usize)]);
+    let root = Ancestry {
+        tree: manifest.root,
+        parent: None,
+    };
+    let mut waiting = VecDeque::from([Pending {
+        dir: PathBuf::new(),
+        depth: 0,
+        ancestry: Arc::new(root),
+    }]);
     let mut fetching = FuturesOrdered::new();
+    let mut entries = 0u64;
     loop {
         while fetching.len() < PARALLEL_TREES {
-            let Some((tree_id, dir, depth)) = waiting.pop_front() else {
+            let Some(pending) = waiting.pop_front() else {
                 break;
             };
-            if depth > MAX_DEPTH {
-                return Err(RestoreError::TooDeep(MAX_DEPTH));
-            }
-            let reader = &reader;
-            fetching.push_back(async move { (reader.tree(tree_id).await, dir, depth) });
+            fetching.push_back(async move { (trees.tree(pending.ancestry.tree).await, pending) });
         }
-        let Some((tree, dir, depth)) = fetching.next().await else {
+        let Some((
+            tree,
+            Pending {
+                dir,
+                depth,
+                ancestry,
+            },
+        )) = fetching.next().await
+        else {
             break;
         };
         let tree = tree?;
+        entries = entries.saturating_add(tree.entries().len() as u64);
+        if entries > limits.entries {
+            return Err(RestoreError::TooManyEntries(limits.entries));
+        }
         for entry in tree.entries() {
             let path = dir.join(OsStr::from_bytes(&entry.name));
             let mtime = (entry.mtime_secs, entry.mtime_nanos);
             match &entry.kind {
                 EntryKind::Dir { subtree } => {
+                    if depth + 1 > limits.depth {
+                        return Err(RestoreError::TooDeep(limits.depth));
+                    }
+                    if ancestry.contains(*subtree) {
+                        return Err(RestoreError::TreeCycle {
+                            path,
+                            tree: *subtree,
+                        });
+                    }
                     plan.dirs.push(DirPlan {
                         path: path.clone(),
                         mode: entry.mode,
                         mtime,
                         depth: depth + 1,
                     });
-                    waiting.push_back((*subtree, path, depth + 1));
+                    let ancestry = Arc::new(Ancestry {
+                        tree: *subtree,
+                        parent: Some(ancestry.clone()),
+                    });
+                    waiting.push_back(Pending {
+                        dir: path,
+                        depth: depth + 1,
+                        ancestry,
+                    });
                 }
                 EntryKind::Symlink { target } => plan.links.push(LinkPlan {
                     path,
@@ -212,7 +316,7 @@ pub async fn plan<S: PortionSource>(
                         mtime,
                         digest: *digest.finalize().as_bytes(),
                     });
-                    plan.bytes += size;
+                    plan.bytes = plan.bytes.saturating_add(*size);
                     let mut offset = 0u64;
                     for chunk in content {
                         let at = manifest

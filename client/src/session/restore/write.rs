@@ -5,10 +5,18 @@
 //! directories (deepest first).
 //!
 //! Into a new or empty target nothing needs clearing, so no file is touched
-//! before its data arrives; into a non-empty one every file is first
-//! truncated, and anything not a directory where one goes is removed.
+//! before its data arrives; into a non-empty one anything not a directory
+//! where a directory goes, and anything at all where a file goes, is removed
+//! and the file is created anew (so neither a planted symlink nor a hard link
+//! to a file outside is written through). Every entry is reached from the
+//! target's handle without following symlinks (see [`Beneath`]); a file is
+//! written only while it is a regular file with no other link.
+//!
+//! Permissions lose their setuid, setgid and sticky bits: this client does
+//! not restore owners, and those bits on a file the restoring user now owns
+//! would grant that user's rights instead of the owner's.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
@@ -16,30 +24,148 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
 use offsite_proto::PortionId;
+use rustix::fs::{
+    mkdirat, statat, symlinkat, unlinkat, utimensat, AtFlags, FileType, Mode, OFlags,
+};
+use rustix::fs::{Timespec, Timestamps};
 
 use crate::format::blob::{open_in_place, BlobKind};
 use crate::format::keys::Keys;
 use crate::format::portion::{blob_at_mut, check_header};
+use crate::session::restore::beneath::{is_symlink_refusal, Beneath, Parent};
 use crate::session::restore::plan::{BlobWrite, FilePlan, Plan};
 use crate::session::restore::RestoreError;
 
-fn io_err<'a>(path: &'a Path, what: &'static str) -> impl Fn(std::io::Error) -> RestoreError + 'a {
-    move |source| RestoreError::Io {
-        path: path.to_path_buf(),
-        what,
-        source,
+fn io_err<'a>(
+    target: &'a Beneath,
+    rel: &'a Path,
+    what: &'static str,
+) -> impl Fn(std::io::Error) -> RestoreError + 'a {
+    move |source| {
+        let path = target.display(rel);
+        if is_symlink_refusal(&source) {
+            RestoreError::SymlinkInTheWay { path, what }
+        } else {
+            RestoreError::Io { path, what, source }
+        }
     }
 }
 
-/// Removes a symlink or file where a directory or file is to be created, so
-/// writes never follow a link out of the target.
-fn clear_non_dir(path: &Path) -> Result<(), RestoreError> {
-    if let Ok(meta) = path.symlink_metadata() {
-        if !meta.is_dir() {
-            std::fs::remove_file(path).map_err(io_err(path, "remove the existing entry"))?;
+/// The permission bits a restore gives an entry of `mode`: without its
+/// owner restored, never setuid, setgid or sticky.
+pub fn restored_mode(mode: u32) -> u32 {
+    mode & 0o777
+}
+
+/// Whether restoring `mode` drops setuid, setgid or sticky bits.
+pub fn loses_special_bits(mode: u32) -> bool {
+    mode & 0o7000 != 0
+}
+
+/// Whether `target` is missing or an empty directory.
+fn is_fresh(target: &Path) -> bool {
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Creates the target directory if need be and opens it; true with it when
+/// it was missing or empty.
+pub fn open_target(target: &Path) -> Result<(Beneath, bool), RestoreError> {
+    let fresh = is_fresh(target);
+    let err = |what: &'static str| {
+        move |source| RestoreError::Io {
+            path: target.to_path_buf(),
+            what,
+            source,
         }
+    };
+    std::fs::create_dir_all(target).map_err(err("create the target directory"))?;
+    let beneath = Beneath::open(target).map_err(err("open the target directory"))?;
+    Ok((beneath, fresh))
+}
+
+/// Creates every directory; in a target that held something, also creates
+/// every file anew. Into a fresh one, only the empty files are made here.
+pub fn prepare(target: &Beneath, plan: &Plan, fresh: bool) -> Result<(), RestoreError> {
+    for dir in &plan.dirs {
+        make_dir(target, &dir.path)?;
+    }
+    for file in &plan.files {
+        if fresh && file.size > 0 {
+            continue;
+        }
+        let (parent, name) = target.parent(&file.path).map_err(io_err(
+            target,
+            &file.path,
+            "open the directory of",
+        ))?;
+        if !fresh {
+            remove_non_dir(target, &parent, name, &file.path)?;
+        }
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| io_err(target, &file.path, "create file")(e.into()))?;
     }
     Ok(())
+}
+
+/// Makes a directory (owner-only until [`finish`] gives it its mode); an
+/// existing directory is kept, anything else there (a symlink, a file) is
+/// replaced, never followed.
+fn make_dir(target: &Beneath, rel: &Path) -> Result<(), RestoreError> {
+    let (parent, name) =
+        target
+            .parent(rel)
+            .map_err(io_err(target, rel, "open the directory of"))?;
+    let err = |what| move |e: rustix::io::Errno| io_err(target, rel, what)(e.into());
+    match mkdirat(&parent, name, Mode::RWXU) {
+        Err(rustix::io::Errno::EXIST) => {}
+        other => return other.map_err(err("create directory")),
+    }
+    let existing = statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err("inspect"))?;
+    if FileType::from_raw_mode(existing.st_mode) == FileType::Directory {
+        return Ok(());
+    }
+    tracing::info!(
+        path = %target.display(rel).display(),
+        "replacing a non-directory in the target with the snapshot's directory"
+    );
+    unlinkat(&parent, name, AtFlags::empty()).map_err(err("remove the existing entry"))?;
+    mkdirat(&parent, name, Mode::RWXU).map_err(err("create directory"))
+}
+
+/// Removes whatever is at `name`, where a file or symlink of the snapshot
+/// goes; a directory there is refused (its contents are not the restore's
+/// to delete).
+fn remove_non_dir(
+    target: &Beneath,
+    parent: &Parent<'_>,
+    name: &std::ffi::OsStr,
+    rel: &Path,
+) -> Result<(), RestoreError> {
+    match unlinkat(parent, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(rustix::io::Errno::ISDIR) => Err(RestoreError::DirInTheWay(target.display(rel))),
+        Err(e) => Err(io_err(target, rel, "remove the existing entry")(e.into())),
+    }
+}
+
+/// Opens a file of the plan, creating it on its first write, and refuses it
+/// unless it is a regular file with no other link (something changed the
+/// target during the restore, or planted a hard link to a file elsewhere).
+fn open_file(target: &Beneath, rel: &Path, flags: OFlags) -> Result<File, RestoreError> {
+    let flags = flags | OFlags::NONBLOCK;
+    let fd = target
+        .open_at(rel, flags, Mode::from_raw_mode(0o600))
+        .map_err(io_err(target, rel, "open file"))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io_err(target, rel, "inspect")(e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_nlink != 1 {
+        return Err(RestoreError::NotOurFile(target.display(rel)));
+    }
+    Ok(File::from(fd))
 }
 
 /// Bytes each file of the plan still waits for.
@@ -64,39 +190,6 @@ impl Remaining {
     }
 }
 
-/// Whether `target` is missing or an empty directory.
-fn is_fresh(target: &Path) -> bool {
-    match std::fs::read_dir(target) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
-}
-
-/// Creates every directory; in a target that held something, also clears
-/// the way for and truncates every file.
-pub fn prepare(target: &Path, plan: &Plan) -> Result<(), RestoreError> {
-    let fresh = is_fresh(target);
-    std::fs::create_dir_all(target).map_err(io_err(target, "create the target directory"))?;
-    for dir in &plan.dirs {
-        let path = target.join(&dir.path);
-        if !fresh {
-            clear_non_dir(&path)?;
-        }
-        std::fs::create_dir_all(&path).map_err(io_err(&path, "create directory"))?;
-    }
-    for file in &plan.files {
-        if fresh && file.size > 0 {
-            continue;
-        }
-        let path = target.join(&file.path);
-        if !fresh {
-            clear_non_dir(&path)?;
-        }
-        File::create(&path).map_err(io_err(&path, "create file"))?;
-    }
-    Ok(())
-}
-
 /// The memory one portion job works in, reused from portion to portion so a
 /// restore does not fault in fresh pages for every portion and blob.
 #[derive(Default)]
@@ -110,7 +203,7 @@ pub struct Scratch {
 /// Writes every planned blob of the portion in `scratch` into its files,
 /// finishing each file whose last bytes these were.
 pub fn apply_portion(
-    target: &Path,
+    target: &Beneath,
     keys: &Keys,
     files: &[FilePlan],
     remaining: &Remaining,
@@ -134,25 +227,35 @@ pub fn apply_portion(
             let Some(file) = files.get(index) else {
                 continue;
             };
-            let path = target.join(&file.path);
-            let out = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err(&path, "open file"))?;
+            let rel = file.path.as_path();
+            let out = open_file(target, rel, OFlags::WRONLY | OFlags::CREATE)?;
             out.write_all_at(plain, offset)
-                .map_err(io_err(&path, "write file"))?;
+                .map_err(io_err(target, rel, "write file"))?;
             written += plain.len() as u64;
             if remaining.written(index, plain.len() as u64) {
-                out.set_permissions(std::fs::Permissions::from_mode(file.mode & 0o7777))
-                    .map_err(io_err(&path, "set permissions"))?;
-                filetime::set_file_handle_times(&out, None, Some(mtime(file.mtime)))
-                    .map_err(io_err(&path, "set mtime"))?;
+                finish_file(target, file, &out, false)?;
             }
         }
     }
     Ok(written)
+}
+
+/// Gives a file its permissions and mtime (and its atime too, when `atime`).
+fn finish_file(
+    target: &Beneath,
+    file: &FilePlan,
+    out: &File,
+    atime: bool,
+) -> Result<(), RestoreError> {
+    let rel = file.path.as_path();
+    out.set_permissions(std::fs::Permissions::from_mode(restored_mode(file.mode)))
+        .map_err(io_err(target, rel, "set permissions"))?;
+    let atime = atime.then(|| mtime(file.mtime));
+    filetime::set_file_handle_times(out, atime, Some(mtime(file.mtime))).map_err(io_err(
+        target,
+        rel,
+        "set mtime",
+    ))
 }
 
 fn mtime(pair: (i64, u32)) -> FileTime {
@@ -161,33 +264,53 @@ fn mtime(pair: (i64, u32)) -> FileTime {
 
 /// Symlinks, then the permissions and mtimes of files no write finished
 /// and of directories.
-pub fn finish(target: &Path, plan: &Plan, remaining: &Remaining) -> Result<(), RestoreError> {
+pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<(), RestoreError> {
     for link in &plan.links {
-        let path = target.join(&link.path);
-        clear_non_dir(&path)?;
+        let rel = link.path.as_path();
+        let (parent, name) =
+            target
+                .parent(rel)
+                .map_err(io_err(target, rel, "open the directory of"))?;
+        let err = |what| move |e: rustix::io::Errno| io_err(target, rel, what)(e.into());
+        remove_non_dir(target, &parent, name, rel)?;
         let to = std::ffi::OsStr::from_bytes(&link.target);
-        std::os::unix::fs::symlink(to, &path).map_err(io_err(&path, "create symlink"))?;
-        filetime::set_symlink_file_times(&path, mtime(link.mtime), mtime(link.mtime))
-            .map_err(io_err(&path, "set symlink mtime"))?;
+        symlinkat(to, &parent, name).map_err(err("create symlink"))?;
+        let (secs, nanos) = link.mtime;
+        let at = Timespec {
+            tv_sec: secs,
+            tv_nsec: nanos.into(),
+        };
+        let times = Timestamps {
+            last_access: at,
+            last_modification: at,
+        };
+        utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("set symlink mtime"))?;
     }
     for (index, file) in plan.files.iter().enumerate() {
         if file.size > 0 && remaining.done(index) {
             continue;
         }
-        let path = target.join(&file.path);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode & 0o7777))
-            .map_err(io_err(&path, "set permissions"))?;
-        filetime::set_file_times(&path, mtime(file.mtime), mtime(file.mtime))
-            .map_err(io_err(&path, "set mtime"))?;
+        let out = open_file(target, &file.path, OFlags::RDONLY)?;
+        finish_file(target, file, &out, true)?;
     }
     let mut dirs: Vec<_> = plan.dirs.iter().collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
     for dir in dirs {
-        let path = target.join(&dir.path);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode & 0o7777))
-            .map_err(io_err(&path, "set permissions"))?;
-        filetime::set_file_times(&path, mtime(dir.mtime), mtime(dir.mtime))
-            .map_err(io_err(&path, "set mtime"))?;
+        let rel = dir.path.as_path();
+        let handle = target
+            .open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map(File::from)
+            .map_err(io_err(target, rel, "open directory"))?;
+        handle
+            .set_permissions(std::fs::Permissions::from_mode(restored_mode(dir.mode)))
+            .map_err(io_err(target, rel, "set permissions"))?;
+        let at = mtime(dir.mtime);
+        filetime::set_file_handle_times(&handle, Some(at), Some(at)).map_err(io_err(
+            target,
+            rel,
+            "set mtime",
+        ))?;
     }
     Ok(())
 }
