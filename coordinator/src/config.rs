@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::fat::{LivenessPolicy, RepairPolicy};
 use crate::placement::PlacementPolicy;
-use crate::raft::GroupSettings;
+use crate::raft::{check_member_name, GroupSettings, MemberAddr};
 
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -74,6 +74,12 @@ pub struct CoordinatorConfig {
 pub struct MemberConfig {
     pub id: u64,
     pub address: String,
+    /// The name its certificate carries (`pki issue --name`): only members'
+    /// names may make Raft, forwarding and membership calls. Without it
+    /// (groups made before names were bound) any coordinator certificate
+    /// may, for the whole group.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -186,6 +192,14 @@ impl CoordinatorConfig {
                 ));
             }
             check_address("initial_members", &member.address)?;
+            if let Some(name) = &member.name {
+                check_member_name(name).map_err(|problem| {
+                    invalid(
+                        "initial_members",
+                        format!("member {}: {problem}", member.id),
+                    )
+                })?;
+            }
             if seen.insert(member.id, ()).is_some() {
                 return Err(invalid(
                     "initial_members",
@@ -238,7 +252,12 @@ impl CoordinatorConfig {
         }
         self.initial_members
             .iter()
-            .map(|m| (m.id, m.address.clone()))
+            .map(|m| {
+                (
+                    m.id,
+                    MemberAddr::new(m.name.clone(), &m.address).node().addr,
+                )
+            })
             .collect()
     }
 
@@ -339,10 +358,12 @@ initial_members = [
                 MemberConfig {
                     id: 1,
                     address: "a:1".into(),
+                    name: None,
                 },
                 MemberConfig {
                     id: 1,
                     address: "b:1".into(),
+                    name: None,
                 },
             ],
             ..CoordinatorConfig::default()
@@ -352,6 +373,19 @@ initial_members = [
             .unwrap_err()
             .to_string()
             .contains("listed twice"));
+        let misnamed = CoordinatorConfig {
+            initial_members: vec![MemberConfig {
+                id: 1,
+                address: "a:1".into(),
+                name: Some("bad name".into()),
+            }],
+            ..CoordinatorConfig::default()
+        };
+        let err = misnamed.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("initial_members") && err.contains("' '"),
+            "{err}"
+        );
         let fast = CoordinatorConfig {
             election_timeout_min_ms: 100,
             ..CoordinatorConfig::default()

@@ -99,6 +99,10 @@ enum MembersCommand {
         /// host:port the other coordinators reach it at.
         #[arg(long)]
         address: String,
+        /// The name its certificate carries (`pki issue --name`); once every
+        /// member has one, only members' certificates take part.
+        #[arg(long, value_parser = member_name)]
+        name: Option<String>,
     },
     /// Make a learner a voter.
     Promote {
@@ -143,7 +147,10 @@ async fn main() -> ExitCode {
             change,
         } => {
             let change = match change {
-                MembersCommand::AddLearner { id, address } => {
+                MembersCommand::AddLearner { id, address, name } => {
+                    let address = offsite_coordinator::raft::MemberAddr::new(name, address)
+                        .node()
+                        .addr;
                     cli_status::Change::AddLearner { id, address }
                 }
                 MembersCommand::Promote { id } => cli_status::Change::Promote { id },
@@ -164,6 +171,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--name` of `members add-learner`: a certificate name.
+fn member_name(name: &str) -> Result<String, String> {
+    offsite_coordinator::raft::check_member_name(name).map(|()| name.to_string())
 }
 
 /// The error and its causes on one line, each cause said once (our error

@@ -56,6 +56,7 @@ impl Group {
             .map(|n| MemberConfig {
                 id: n.id,
                 address: n.address.clone(),
+                name: Some(format!("c{}", n.id)),
             })
             .collect();
         let mut group = Group {

@@ -32,6 +32,8 @@ pub struct CoordinatorConfig {
 pub struct MemberConfig {
     pub id: u64,
     pub address: SocketAddr,
+    /// The name its certificate carries.
+    pub name: String,
 }
 
 /// `offsite-nas run --config nas.toml`.

@@ -174,6 +174,7 @@ impl Devnet {
             members.push(configs::MemberConfig {
                 id,
                 address: free_addr()?,
+                name: format!("coordinator-{id}"),
             });
         }
         let coordinator_addrs: Vec<SocketAddr> = members.iter().map(|m| m.address).collect();

@@ -68,6 +68,7 @@ struct Config<'a> {
 struct Member {
     id: u64,
     address: String,
+    name: String,
 }
 
 /// Three coordinators in three network namespaces.
@@ -221,6 +222,7 @@ impl NetnsGroup {
                 .map(|m| Member {
                     id: m as u64 + 1,
                     address: self.addrs[m].to_string(),
+                    name: format!("c{}", m + 1),
                 })
                 .collect(),
             // Peers check the name coordinator.offsite, not the 10.x address.

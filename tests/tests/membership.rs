@@ -75,6 +75,56 @@ fn new_coordinator(
     daemon
 }
 
+/// What the leader answers to a proposal and a read index, and what
+/// `address` answers to adding a learner, from coordinator certificate
+/// `name`: (call, code, message), `Ok` as code `Ok`.
+fn refusals_to(
+    harness: &Rpc,
+    name: &str,
+    leader: SocketAddr,
+    address: SocketAddr,
+) -> Vec<(&'static str, tonic::Code, String)> {
+    use offsite_proto::pb::admin::admin_client::AdminClient;
+    use offsite_proto::pb::admin::MemberRequest;
+    use offsite_proto::pb::raft::raft_client::RaftClient;
+    use offsite_proto::pb::raft::{RaftBytes, ReadIndexRequest};
+
+    let credentials = harness.credentials(Role::Coordinator, name).unwrap();
+    let answer = |r: Result<(), tonic::Status>| match r {
+        Ok(()) => (tonic::Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    };
+    rpc::block_on(async move {
+        let to_leader = rpc::channel_as(&credentials, leader, Role::Coordinator)
+            .await
+            .unwrap();
+        let mut raft = RaftClient::new(to_leader);
+        let propose = raft.propose(RaftBytes { data: vec![] }).await.map(drop);
+        let read = raft.read_index(ReadIndexRequest {}).await.map(drop);
+        let to_other = rpc::channel_as(&credentials, address, Role::Coordinator)
+            .await
+            .unwrap();
+        let add = AdminClient::new(to_other)
+            .add_learner(MemberRequest {
+                id: 9,
+                address: format!("{name}@127.0.0.1:1"),
+            })
+            .await
+            .map(drop);
+        let mut out = Vec::new();
+        for (call, result) in [
+            ("propose", propose),
+            ("read index", read),
+            ("add learner", add),
+        ] {
+            let (code, message) = answer(result);
+            out.push((call, code, message));
+        }
+        out
+    })
+    .unwrap()
+}
+
 #[test]
 fn a_replica_that_lost_its_disk_is_replaced_by_a_new_one_that_catches_up() {
     let tmp = tempfile::tempdir().unwrap();
@@ -92,6 +142,7 @@ fn a_replica_that_lost_its_disk_is_replaced_by_a_new_one_that_catches_up() {
         .map(|(i, address)| MemberConfig {
             id: i as u64 + 1,
             address: *address,
+            name: format!("coordinator-{}", i + 1),
         })
         .collect();
 
@@ -118,6 +169,8 @@ fn a_replica_that_lost_its_disk_is_replaced_by_a_new_one_that_catches_up() {
             "4",
             "--address",
             &address.to_string(),
+            "--name",
+            "coordinator-4",
         ],
     );
     wait_for("the learner to catch up", Duration::from_secs(60), || {
@@ -152,6 +205,26 @@ fn a_replica_that_lost_its_disk_is_replaced_by_a_new_one_that_catches_up() {
     let mut ids: Vec<(u64, bool)> = view.members.iter().map(|m| (m.id, m.voter)).collect();
     ids.sort_unstable();
     assert_eq!(ids, vec![(1, true), (2, true), (4, true)], "{view:?}");
+    let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+    assert!(names.contains(&"coordinator-4"), "{view:?}");
+
+    // Coordinator 3's certificate is still valid, but it is no member now:
+    // the leader takes no proposal or read from it, and no coordinator lets
+    // it add itself back. A member's certificate gets past the same check.
+    let leader = running
+        .iter()
+        .copied()
+        .find(|a| group(&harness, *a).is_ok_and(|g| g.node_id == view.leader_id))
+        .unwrap();
+    let removed = refusals_to(&harness, "coordinator-3", leader, address);
+    for (call, code, message) in &removed {
+        assert_eq!(*code, tonic::Code::PermissionDenied, "{call}: {message}");
+        assert!(message.contains("not a member"), "{call}: {message}");
+    }
+    let member = refusals_to(&harness, "coordinator-2", leader, address);
+    for (call, code, message) in &member {
+        assert_ne!(*code, tonic::Code::PermissionDenied, "{call}: {message}");
+    }
 
     // The new replica votes: with coordinator 1 gone too, 2 and 4 keep a
     // majority, and a backup and its restore still work.

@@ -88,6 +88,7 @@ async fn start_group(
             Ok(MemberConfig {
                 id: i as u64 + 1,
                 address: l.local_addr()?.to_string(),
+                name: Some(format!("c{i}")),
             })
         })
         .collect::<anyhow::Result<_>>()?;

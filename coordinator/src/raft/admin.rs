@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::group::RaftStore;
+use super::member::MemberAddr;
 use super::NodeId;
 use crate::store::StoreError;
 
@@ -20,6 +21,8 @@ use crate::store::StoreError;
 pub struct MemberStatus {
     pub id: NodeId,
     pub address: String,
+    /// The name its certificate must carry; empty when none is on record.
+    pub name: String,
     pub voter: bool,
 }
 
@@ -42,9 +45,18 @@ pub struct GroupStatus {
 /// A membership change, one coordinator at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
-    AddLearner { id: NodeId, address: String },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    /// `address` is `NAME@HOST:PORT` (see [`MemberAddr`]), or a plain
+    /// `HOST:PORT` for a member whose certificate name is not bound.
+    AddLearner {
+        id: NodeId,
+        address: String,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 /// How many log entries a learner may trail the leader by and still be promoted.
@@ -85,10 +97,14 @@ impl RaftStore {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, node)| MemberStatus {
-                id: *id,
-                address: node.addr.clone(),
-                voter: voters.contains(id),
+            .map(|(id, node)| {
+                let member = MemberAddr::of(node);
+                MemberStatus {
+                    id: *id,
+                    address: member.address,
+                    name: member.name.unwrap_or_default(),
+                    voter: voters.contains(id),
+                }
             })
             .collect();
         let (fat_digest, snapshot_index, last_applied_index) = {
@@ -140,7 +156,8 @@ impl RaftStore {
             None => return Ok(()),
         }
         for (id, address) in members {
-            if *id != self.inner.id && self.inner.peers.initialized(address).await {
+            let reach = MemberAddr::parse(address).address;
+            if *id != self.inner.id && self.inner.peers.initialized(&reach).await {
                 tracing::info!(
                     peer = id,
                     "the group already exists; waiting for its leader to reach this coordinator"

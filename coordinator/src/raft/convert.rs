@@ -25,6 +25,7 @@ impl From<GroupStatus> for pb::GroupStatusResponse {
                 .map(|m| pb::GroupMember {
                     id: m.id,
                     address: m.address,
+                    name: m.name,
                     voter: m.voter,
                 })
                 .collect(),
@@ -55,6 +56,7 @@ impl TryFrom<pb::GroupStatusResponse> for GroupStatus {
                 .map(|m| MemberStatus {
                     id: m.id,
                     address: m.address,
+                    name: m.name,
                     voter: m.voter,
                 })
                 .collect(),
@@ -94,6 +96,7 @@ mod tests {
             members: vec![MemberStatus {
                 id: 1,
                 address: "10.0.0.1:7000".into(),
+                name: "coord1".into(),
                 voter: true,
             }],
             fat_digest: [7; 32],

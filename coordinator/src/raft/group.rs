@@ -20,6 +20,7 @@ use offsite_proto::limits::{MAX_COMMAND_BYTES, MAX_PORTIONS_PER_COMMIT};
 
 use super::codec::encode;
 use super::log_store::LogStore;
+use super::member::{Callers, MemberAddr};
 use super::network::Peers;
 use super::state_machine::{SharedFat, StateMachine};
 use super::{NodeId, TypeConfig};
@@ -180,12 +181,33 @@ impl RaftStore {
         self.inner.raft.metrics().borrow().clone()
     }
 
+    /// Whether the current membership admits a coordinator certificate
+    /// named `name` (see [`Callers`]).
+    pub(crate) fn admits_member(&self, name: &str) -> bool {
+        let metrics = self.metrics();
+        let callers = Callers::of(
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(_, n)| n),
+        );
+        if callers == Callers::Unbound {
+            tracing::debug!(
+                caller = name,
+                "a member has no certificate name on record, so every coordinator certificate is \
+                 admitted; re-add members with `members add-learner --name` to bind them"
+            );
+        }
+        callers.admits(name)
+    }
+
     /// The leader as this coordinator knows it: id and address.
     pub(super) fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.metrics();
         let id = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&id)?;
-        Some((id, node.addr.clone()))
+        Some((id, MemberAddr::of(node).address))
     }
 
     /// Waits a little for the group's view to change (a leader elected, an
@@ -207,7 +229,9 @@ impl RaftStore {
         let mut unreachable = Vec::new();
         for id in &voters {
             if *id != self.inner.id && !health.recent(*id, self.inner.reach_window) {
-                let address = membership.get_node(id).map_or("?", |n| n.addr.as_str());
+                let address = membership
+                    .get_node(id)
+                    .map_or_else(|| "?".to_string(), |n| MemberAddr::of(n).address);
                 unreachable.push(format!("{id} at {address}"));
             }
         }

@@ -11,6 +11,8 @@
 //! - [`rpc`]: the server side of the `Raft` service (peer traffic only).
 //! - [`admin`]: initialising the group, membership changes, its status
 //!   (served to operators by the `Admin` service).
+//! - [`member`]: a member's address and certificate name, and which
+//!   certificates the membership admits.
 //! - [`group`]: [`RaftStore`], the [`FatStore`](crate::store::FatStore) that
 //!   proposes through the leader and reads linearizably.
 //!
@@ -28,6 +30,7 @@ mod health;
 // openraft's error types are large, and its traits return them.
 #[allow(clippy::result_large_err)]
 mod log_store;
+mod member;
 // openraft's error types are large, and its traits return them.
 #[allow(clippy::result_large_err)]
 mod network;
@@ -44,6 +47,7 @@ pub use admin::{GroupStatus, MemberStatus, MembershipChange};
 #[cfg(test)]
 pub(crate) use group::{open_db, LOCK_WAIT};
 pub use group::{GroupSettings, RaftStore};
+pub use member::{check_member_name, MemberAddr};
 pub(crate) use network::FORWARDED_KEY;
 pub use network::MAX_RAFT_MESSAGE_BYTES;
 pub(crate) use rpc::RaftService;

@@ -34,6 +34,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+
+use super::member::MemberAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -252,8 +254,8 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
         PeerLink {
             target,
-            address: node.addr.clone(),
-            client: self.client(&node.addr),
+            address: MemberAddr::of(node).address.clone(),
+            client: self.client(&MemberAddr::of(node).address),
             health: Arc::clone(&self.health),
         }
     }

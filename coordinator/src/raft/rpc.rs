@@ -43,6 +43,27 @@ fn from_coordinator<T>(request: &Request<T>) -> Result<(), Status> {
     require_role(request, &[Role::Coordinator]).map(drop)
 }
 
+impl RaftService {
+    /// A forwarded proposal or read index comes from a current member: a
+    /// removed coordinator's certificate is refused. (openraft's own
+    /// messages are checked by role only: a replica's view of the
+    /// membership may lag the group's, and its term and log checks keep a
+    /// removed member from winning an election.)
+    fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = require_role(request, &[Role::Coordinator])?;
+        if self.store.admits_member(&caller.name) {
+            return Ok(());
+        }
+        tracing::warn!(caller = %caller.name, "refused a call from a coordinator certificate that is not a member");
+        Err(Status::permission_denied(format!(
+            "coordinator certificate {} is not a member of the group; a removed coordinator \
+             cannot propose or read; add it again with `offsite-coordinator members \
+             add-learner --name {}`",
+            caller.name, caller.name
+        )))
+    }
+}
+
 fn decode_request<T: DeserializeOwned>(request: Request<pb::RaftBytes>) -> Result<T, Status> {
     from_coordinator(&request)?;
     decode(&request.into_inner().data).map_err(|e| {
@@ -105,6 +126,7 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::RaftBytes>,
     ) -> Result<Response<pb::RaftBytes>, Status> {
+        self.check_member(&request)?;
         let mut command: Command = decode_request(request)?;
         // Every time in the log is the leader's: the follower's clock may be off.
         command.restamp((self.clock)());
@@ -131,7 +153,7 @@ impl RaftApi for RaftService {
         &self,
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        from_coordinator(&request)?;
+        self.check_member(&request)?;
         if !self.store_is_leader() {
             return Err(Status::failed_precondition(
                 "this coordinator is not the leader",

@@ -35,19 +35,31 @@ fn from_admin<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
     require_role(request, &[Role::Admin, Role::Coordinator])
 }
 
-/// The request of a membership change, and whether another coordinator
-/// forwarded it (only a coordinator forwards; an operator's call is never
-/// taken as one).
-fn member_request(
-    request: Request<pb::MemberRequest>,
-) -> Result<(pb::MemberRequest, bool), Status> {
-    let caller = from_admin(&request)?;
-    let forwarded =
-        caller.role == Role::Coordinator && request.metadata().get(FORWARDED_KEY).is_some();
-    Ok((request.into_inner(), forwarded))
-}
-
 impl AdminService {
+    /// The request of a membership change, and whether another coordinator
+    /// forwarded it (only a coordinator forwards; an operator's call is
+    /// never taken as one). A coordinator certificate must be a current
+    /// member's: a removed coordinator cannot change the membership, nor
+    /// join again on its own.
+    fn member_request(
+        &self,
+        request: Request<pb::MemberRequest>,
+    ) -> Result<(pb::MemberRequest, bool), Status> {
+        let caller = from_admin(&request)?;
+        if caller.role == Role::Coordinator && !self.store.admits_member(&caller.name) {
+            tracing::warn!(caller = %caller.name, "refused a membership change from a coordinator certificate that is not a member");
+            return Err(Status::permission_denied(format!(
+                "coordinator certificate {} is not a member of the group, so it cannot change \
+                 the membership; an operator adds it with an admin certificate \
+                 (`offsite-coordinator members add-learner --name {}`)",
+                caller.name, caller.name
+            )));
+        }
+        let forwarded =
+            caller.role == Role::Coordinator && request.metadata().get(FORWARDED_KEY).is_some();
+        Ok((request.into_inner(), forwarded))
+    }
+
     async fn membership(
         &self,
         change: MembershipChange,
@@ -61,6 +73,9 @@ impl AdminService {
                 return Err(Status::invalid_argument(
                     "name the new coordinator's host:port",
                 ));
+            }
+            if let Some((name, _)) = address.split_once('@') {
+                crate::raft::check_member_name(name).map_err(Status::invalid_argument)?;
             }
         }
         let status = self
@@ -86,7 +101,7 @@ impl AdminApi for AdminService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
-        let (r, forwarded) = member_request(request)?;
+        let (r, forwarded) = self.member_request(request)?;
         let change = MembershipChange::AddLearner {
             id: r.id,
             address: r.address,
@@ -98,7 +113,7 @@ impl AdminApi for AdminService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
-        let (r, forwarded) = member_request(request)?;
+        let (r, forwarded) = self.member_request(request)?;
         self.membership(MembershipChange::Promote { id: r.id }, forwarded)
             .await
     }
@@ -107,7 +122,7 @@ impl AdminApi for AdminService {
         &self,
         request: Request<pb::MemberRequest>,
     ) -> Result<Response<pb::GroupStatusResponse>, Status> {
-        let (r, forwarded) = member_request(request)?;
+        let (r, forwarded) = self.member_request(request)?;
         self.membership(MembershipChange::Remove { id: r.id }, forwarded)
             .await
     }
