@@ -13,7 +13,7 @@ use offsite_proto::pb::nas::{
     PieceRequest, PutFrame, PutResponse, StatResponse,
 };
 use offsite_proto::{Hash, PieceId};
-use offsite_vendor::{NasStore, PieceStore, StoreError};
+use offsite_vendor::{NasStore, NasTimeouts, PieceStore, StoreError};
 use tonic::{Request, Response, Status, Streaming};
 
 #[derive(Clone)]
@@ -126,8 +126,13 @@ async fn nas_store_passes_the_piece_store_suite() {
                 },
             ),
     );
-    let store = NasStore::connect_lazy(&address, "nas-1", &common::credentials(Role::Vendor, "v1"))
-        .unwrap();
+    let store = NasStore::connect_lazy(
+        &address,
+        "nas-1",
+        &common::credentials(Role::Vendor, "v1"),
+        NasTimeouts::default(),
+    )
+    .unwrap();
     offsite_vendor::testing::piece_store_suite(&store).await;
     drop(store);
     let _ = stop.send(());
@@ -139,8 +144,13 @@ async fn an_unreachable_nas_is_unavailable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     drop(listener);
-    let store = NasStore::connect_lazy(&address, "nas-1", &common::credentials(Role::Vendor, "v1"))
-        .unwrap();
+    let store = NasStore::connect_lazy(
+        &address,
+        "nas-1",
+        &common::credentials(Role::Vendor, "v1"),
+        NasTimeouts::default(),
+    )
+    .unwrap();
     let err = store.capacity().await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
 }

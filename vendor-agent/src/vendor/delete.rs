@@ -9,6 +9,7 @@ use std::sync::Arc;
 use offsite_proto::signing::GrantOp;
 use offsite_proto::{Grant, PortionId, TenantId};
 
+use super::claim::ClaimKind;
 use super::error::VendorError;
 use super::grants::portion_grant;
 use super::Vendor;
@@ -50,7 +51,10 @@ impl Vendor {
         portion: &PortionId,
     ) -> Result<bool, VendorError> {
         let (tenant, portion) = (tenant.clone(), *portion);
-        let _claim = self.claim(&tenant, &portion)?;
+        let wait = self.limits().claim_wait();
+        let _claim = self
+            .claim(&tenant, &portion, ClaimKind::Other, wait)
+            .await?;
         let Some(record) = self.fat.get(&tenant, &portion)? else {
             return Ok(false);
         };

@@ -115,21 +115,26 @@ impl PieceWriter {
             .ok_or_else(|| VendorError::Internal("a piece put never completed".into()))
     }
 
-    /// Deletes every piece this upload wrote or may have written.
+    /// Deletes every piece this upload wrote or may have written, all at
+    /// once (each store call is bounded, so a hung store delays the clean-up
+    /// by one call, not one per piece).
     pub async fn clean_up(mut self) {
         while self.in_flight.join_next().await.is_some() {}
-        for (store, piece) in self.attempted {
-            let Some(store) = self.vendor.stores.get(store as usize) else {
-                continue;
-            };
-            match store.delete(&piece).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(err) => tracing::warn!(
-                    store = store.name(), %piece, portion = %self.portion, %err,
-                    "could not delete a piece of a failed upload; it is orphaned"
-                ),
-            }
-        }
+        let vendor = &self.vendor;
+        let portion = self.portion;
+        let deletes = self.attempted.iter().filter_map(|(store, piece)| {
+            let store = vendor.stores.get(*store as usize)?;
+            Some(async move {
+                match store.delete(piece).await {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(err) => tracing::warn!(
+                        store = store.name(), %piece, %portion, %err,
+                        "could not delete a piece of a failed upload; it is orphaned"
+                    ),
+                }
+            })
+        });
+        futures::future::join_all(deletes).await;
     }
 
     async fn launch(&mut self, piece: Bytes) -> Result<(), VendorError> {
