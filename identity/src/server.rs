@@ -60,21 +60,24 @@ fn limited(
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));
     let permits = Arc::new(Semaphore::new(max));
-    futures::stream::unfold((accepted, permits), move |(mut accepted, permits)| async move {
-        if permits.available_permits() == 0 {
-            tracing::warn!(
-                max,
-                "at the connection limit; new connections wait until one closes"
-            );
-        }
-        let permit = Arc::clone(&permits).acquire_owned().await.ok()?;
-        let next = accepted.next().await?;
-        let connection = next.map(|stream| LimitedConnection {
-            stream,
-            _permit: permit,
-        });
-        Some((connection, (accepted, permits)))
-    })
+    futures::stream::unfold(
+        (accepted, permits),
+        move |(mut accepted, permits)| async move {
+            if permits.available_permits() == 0 {
+                tracing::warn!(
+                    max,
+                    "at the connection limit; new connections wait until one closes"
+                );
+            }
+            let permit = Arc::clone(&permits).acquire_owned().await.ok()?;
+            let next = accepted.next().await?;
+            let connection = next.map(|stream| LimitedConnection {
+                stream,
+                _permit: permit,
+            });
+            Some((connection, (accepted, permits)))
+        },
+    )
 }
 
 /// An accepted connection holding its place under [`MAX_CONNECTIONS`].

@@ -161,7 +161,8 @@ async fn a_resend_supersedes_a_store_stuck_on_the_same_portion() {
         sender.send(frame).await.unwrap();
     }
     let mut stuck_client = v1.client().await;
-    let stuck = tokio::spawn(async move { stuck_client.store(ReceiverStream::new(receiver)).await });
+    let stuck =
+        tokio::spawn(async move { stuck_client.store(ReceiverStream::new(receiver)).await });
     // The stuck store has its header and first frame in before the resend.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while v1.used_bytes().await == 0 && tokio::time::Instant::now() < deadline {
