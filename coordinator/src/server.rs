@@ -30,7 +30,7 @@ use crate::config::{ConfigError, CoordinatorConfig};
 
 /// The longest one call to a coordinator may take (a forwarded proposal, a
 /// Raft snapshot); see `offsite_identity::server` for the other limits.
-const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};
