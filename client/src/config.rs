@@ -54,6 +54,13 @@ pub struct ClientConfig {
     /// A file holding the passphrase; `OFFSITE_PASSWORD_FILE` and `OFFSITE_PASSWORD` win.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Seconds a vendor may take no frame of a store (or not answer it after
+    /// the last frame), or send no frame of a fetch, before the client cuts
+    /// it off as hung and goes to another vendor. Keep it above what the
+    /// vendors wait on a hung vendor after them on a route, or the vendor
+    /// before the hung one is cut off instead. Default 75.
+    #[serde(default = "default_vendor_stall_timeout")]
+    pub vendor_stall_timeout_secs: u64,
     /// Mutual TLS: the marketplace CA, and the tenant's certificate (role
     /// tenant, name = `tenant`) and key. The coordinator and the vendors take
     /// the tenant from this certificate.
@@ -70,6 +77,10 @@ fn default_portion_bytes() -> u64 {
 
 fn default_checkpoint_bytes() -> u64 {
     1024 * 1024 * 1024
+}
+
+fn default_vendor_stall_timeout() -> u64 {
+    crate::market::vendor::DEFAULT_STALL_TIMEOUT.as_secs()
 }
 
 fn default_piece_bytes() -> u64 {
@@ -152,6 +163,15 @@ impl Config for ClientConfig {
             return Err(Invalid::new(
                 "checkpoint_bytes",
                 format!("is {}; use at least portion_bytes", self.checkpoint_bytes),
+            ));
+        }
+        if !(1..=3600).contains(&self.vendor_stall_timeout_secs) {
+            return Err(Invalid::new(
+                "vendor_stall_timeout_secs",
+                format!(
+                    "is {}; use 1 to 3600 seconds (default 75)",
+                    self.vendor_stall_timeout_secs
+                ),
             ));
         }
         if let Some(host) = &self.host {

@@ -21,13 +21,16 @@ use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistryServer
 use offsite_proto::pb::raft::raft_server::RaftServer;
 use offsite_proto::ReservationId;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use offsite_identity::config::Invalid;
 
 use offsite_proto::clock::now_unix_ms;
 
 use crate::config::{ConfigError, CoordinatorConfig};
+
+/// The longest one call to a coordinator may take (a forwarded proposal, a
+/// Raft snapshot); see `offsite_identity::server` for the other limits.
+const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};
@@ -166,7 +169,7 @@ impl Coordinator {
         let address = self.address;
         let name = &self.credentials.identity().name;
         tracing::info!(%address, node_id = self.config.node_id, %name, data_dir = %self.config.data_dir.display(), "coordinator serving over mutual TLS");
-        let result = Server::builder()
+        let result = offsite_identity::server::server(COORDINATOR_CALL_TIMEOUT)
             .tls_config(self.credentials.server_tls())?
             .add_service(registry)
             .add_service(fat)

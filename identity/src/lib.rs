@@ -22,13 +22,15 @@ pub mod config;
 pub mod pki;
 pub mod private;
 mod role;
+pub mod server;
 mod tls;
 
 pub use caller::{require_tenant, require_vendor};
 pub use role::{check_name, PeerIdentity, Role, DNS_SUFFIX, MAX_NAME_LEN};
+pub use server::incoming;
 pub use tls::{
-    check_role, first_certificate_der, incoming, parse_certificate, peer_identity, require_role,
-    Credentials, TlsConfig, TlsError, HANDSHAKE_TIMEOUT,
+    check_role, first_certificate_der, parse_certificate, peer_identity, require_role, Credentials,
+    TlsConfig, TlsError, HANDSHAKE_TIMEOUT,
 };
 
 /// An error and its sources on one line: tonic's own text is terse, and the

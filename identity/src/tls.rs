@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -249,14 +248,6 @@ impl Credentials {
     }
 }
 
-/// The connections a server accepts on `listener`, with TCP_NODELAY set on
-/// each. tonic's own `tcp_nodelay` setting does not reach connections from
-/// a listener we bound ourselves; without it a reply written in more than
-/// one segment waits for the caller's delayed ACK (40 ms on Linux).
-pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// Every certificate in a PEM buffer, as DER.
 fn certificates_der(pem: &[u8]) -> Vec<Vec<u8>> {
     x509_parser::pem::Pem::iter_from_buffer(pem)
@@ -343,19 +334,6 @@ pub fn check_role(peer: PeerIdentity, allowed: &[Role]) -> Result<PeerIdentity, 
 mod tests {
     use super::*;
     use crate::pki::CertificateAuthority;
-
-    /// Every accepted connection has Nagle's algorithm off, so a reply
-    /// written in several segments goes out at once.
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay() {
-        use tokio_stream::StreamExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
-        let stream = accepted.next().await.unwrap().unwrap();
-        assert!(stream.nodelay().unwrap());
-    }
 
     #[test]
     fn roles_are_checked_with_a_clear_refusal() {

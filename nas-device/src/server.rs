@@ -2,6 +2,7 @@
 //! the `Nas` gRPC service on a bound listener until shutdown.
 
 use std::future::Future;
+use std::time::Duration;
 
 use offsite_identity::{require_role, Credentials, PeerIdentity, Role, TlsError};
 use offsite_piece_store::{PieceDir, PieceError};
@@ -13,6 +14,11 @@ use tonic::{Request, Status};
 
 use crate::service::NasService;
 use crate::NasConfig;
+
+/// The longest one call to a NAS device may take (a put of the largest
+/// piece from a slow vendor; its frames are bounded by the idle timeout
+/// too); see `offsite_identity::server` for the other limits.
+const NAS_CALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// Why the device could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +73,7 @@ pub async fn serve(
     let address = listener.local_addr().ok();
     let name = &credentials.identity().name;
     tracing::info!(?address, %name, vendor = %config.allowed_vendor, data_dir = %config.data_dir.display(), "NAS device serving its vendor over mutual TLS");
-    tonic::transport::Server::builder()
+    offsite_identity::server::server(NAS_CALL_TIMEOUT)
         .tls_config(credentials.server_tls())?
         .add_service(service)
         .serve_with_incoming_shutdown(offsite_identity::incoming(listener), shutdown)

@@ -74,6 +74,13 @@ pub struct VendorConfig {
     pub report_interval_secs: u64,
     pub network_bytes_per_sec: u64,
     pub keep_free_share: f64,
+    /// Left out: the vendor's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_idle_timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop_timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_idle_timeout_secs: Option<u64>,
     pub tls: TlsConfig,
     pub stores: Vec<StoreConfig>,
 }
@@ -90,6 +97,9 @@ pub struct ClientConfig {
     pub portion_bytes: u64,
     pub piece_bytes: u64,
     pub password_file: PathBuf,
+    /// Left out: the client's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_stall_timeout_secs: Option<u64>,
     /// Written as an inline table (`tls = { ... }`) by [`write_client_toml`],
     /// so the file ends with top-level keys and a test may append more.
     #[serde(skip)]
@@ -137,6 +147,9 @@ mod tests {
             report_interval_secs: 1,
             network_bytes_per_sec: 0,
             keep_free_share: 0.1,
+            store_idle_timeout_secs: None,
+            hop_timeout_secs: Some(2),
+            fetch_idle_timeout_secs: None,
             tls: TlsConfig::default(),
             stores: vec![StoreConfig::Nas {
                 address: "127.0.0.1:7201".parse().unwrap(),
@@ -145,6 +158,8 @@ mod tests {
         };
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("[[stores]]"), "{text}");
+        assert!(text.contains("hop_timeout_secs = 2"), "{text}");
+        assert!(!text.contains("store_idle_timeout_secs"), "{text}");
         assert!(text.contains("[tls]"), "{text}");
         assert!(text.contains("name = \"nas-1\""), "{text}");
         assert!(text.contains("kind = \"nas\""), "{text}");
@@ -169,6 +184,7 @@ mod tests {
             portion_bytes: 1,
             piece_bytes: 1,
             password_file: "/p".into(),
+            vendor_stall_timeout_secs: None,
             tls: TlsConfig::default(),
         };
         write_client_toml(&path, &config).unwrap();

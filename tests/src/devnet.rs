@@ -24,7 +24,7 @@ use crate::bins;
 use crate::configs::{self, ClientConfig, CoordinatorConfig, NasConfig, StoreConfig, VendorConfig};
 use crate::permit::Permit;
 use crate::ports::free_addr;
-use crate::process::{Daemon, STOP_GRACE};
+use crate::process::{Daemon, Paused, STOP_GRACE};
 use crate::rpc::{self, Rpc};
 use crate::state::{DevnetState, ProcessState, VendorState};
 
@@ -48,6 +48,11 @@ pub struct DevnetOptions {
     pub replication: u32,
     pub portion_bytes: u64,
     pub piece_bytes: u64,
+    /// The vendors' waits on a hung peer (`store_idle_timeout_secs`,
+    /// `hop_timeout_secs`, `fetch_idle_timeout_secs`); None: their defaults.
+    pub vendor_waits: VendorWaits,
+    /// The client's `vendor_stall_timeout_secs`; None: its default.
+    pub client_stall_secs: Option<u64>,
     /// How long the start may take before it is given up.
     pub ready_timeout: Duration,
     /// Start every process in its own session so it outlives the launcher.
@@ -69,11 +74,43 @@ impl Default for DevnetOptions {
             replication: 3,
             portion_bytes: 16 * 1024 * 1024,
             piece_bytes: 5 * 1024 * 1024,
+            vendor_waits: VendorWaits::default(),
+            client_stall_secs: None,
             ready_timeout: Duration::from_secs(60),
             detach: false,
         }
     }
 }
+
+/// How long the vendors of a devnet wait on a hung peer, in seconds (see
+/// the vendor config in the README); None: the vendor's default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VendorWaits {
+    pub store_idle: Option<u64>,
+    pub hop: Option<u64>,
+    pub fetch_idle: Option<u64>,
+}
+
+impl VendorWaits {
+    /// Short waits, for tests that hang a process on purpose: a hung hop is
+    /// cut off within seconds, and a client (see [`HUNG_CLIENT_STALL_SECS`])
+    /// still waits longer than any vendor of a route of 3. The idle timeout
+    /// of a store's sender stays at its default (a minute), longer than the
+    /// client takes to resend around a hung vendor: a store stuck behind the
+    /// hung vendor still holds its lock when the resend arrives.
+    pub fn short() -> Self {
+        Self {
+            store_idle: None,
+            hop: Some(2),
+            fetch_idle: Some(5),
+        }
+    }
+}
+
+/// The client's stall timeout that goes with [`VendorWaits::short`]: above
+/// the 16 s the first vendor of a route of 3 may stall (3 hops per vendor
+/// after it, plus a NAS answer).
+pub const HUNG_CLIENT_STALL_SECS: u64 = 20;
 
 /// A daemon with the address it serves and its data directory.
 #[derive(Debug)]
@@ -243,6 +280,9 @@ impl Devnet {
                 report_interval_secs: options.report_interval_secs,
                 network_bytes_per_sec: 0,
                 keep_free_share: 0.10,
+                store_idle_timeout_secs: options.vendor_waits.store_idle,
+                hop_timeout_secs: options.vendor_waits.hop,
+                fetch_idle_timeout_secs: options.vendor_waits.fetch_idle,
                 tls: rpc.tls(Role::Vendor, &id)?,
                 stores: nas
                     .iter()
@@ -280,6 +320,7 @@ impl Devnet {
             portion_bytes: options.portion_bytes,
             piece_bytes: options.piece_bytes,
             password_file,
+            vendor_stall_timeout_secs: options.client_stall_secs,
             tls: rpc.tls(Role::Tenant, rpc::DEVNET_TENANT)?,
         };
         let client_config = dir.join("client.toml");
@@ -522,6 +563,21 @@ impl Devnet {
         self.vendors[index].agent.daemon.start()?;
         self.save_state()?;
         self.wait_ready(self.options.ready_timeout)
+    }
+
+    /// SIGSTOPs vendor `index`'s agent: it hangs until the guard is dropped.
+    pub fn pause_vendor(&self, index: usize) -> Result<Paused> {
+        self.vendors[index].agent.daemon.pause()
+    }
+
+    /// SIGSTOPs NAS device `nas` of vendor `vendor` until the guard is dropped.
+    pub fn pause_nas(&self, vendor: usize, nas: usize) -> Result<Paused> {
+        self.vendors[vendor].nas[nas].daemon.pause()
+    }
+
+    /// The pid of vendor `index`'s agent, while it runs.
+    pub fn vendor_pid(&self, index: usize) -> Option<u32> {
+        self.vendors[index].agent.daemon.pid()
     }
 
     /// SIGKILLs NAS device `nas` of vendor `vendor`.

@@ -34,10 +34,10 @@ pub use client::{client_command_with, describe, run_bounded, KillOnDrop, CLIENT_
 pub use configs::{
     write_toml, ClientConfig, CoordinatorConfig, MemberConfig, NasConfig, StoreConfig, VendorConfig,
 };
-pub use devnet::{Devnet, DevnetOptions};
+pub use devnet::{Devnet, DevnetOptions, VendorWaits, HUNG_CLIENT_STALL_SECS};
 pub use nas::{NasDevice, NAS_NAME, NAS_VENDOR};
 pub use ports::free_addr;
-pub use process::{log_tail, pid_is_ours, stop_pids, Daemon, STOP_GRACE};
+pub use process::{log_tail, pid_is_ours, stop_pids, Daemon, Paused, STOP_GRACE};
 pub use state::{DevnetState, ProcessState, VendorState, STATE_FILE};
 
 /// Polls `check` every 100 ms until it yields a value, for at most `timeout`.

@@ -144,6 +144,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// SIGSTOPs the process: it hangs (its sockets stay open, it answers
+    /// nothing) until the guard is dropped or resumed, which SIGCONTs it,
+    /// also when a test panics.
+    pub fn pause(&self) -> Result<Paused> {
+        let pid = self
+            .pid()
+            .with_context(|| format!("{} is not running, so it cannot be paused", self.name))?;
+        signal(pid, Signal::SIGSTOP).with_context(|| format!("cannot SIGSTOP {}", self.name))?;
+        Ok(Paused {
+            name: self.name.clone(),
+            pid,
+        })
+    }
+
     /// Lets the process run on without this handle (a detached devnet).
     pub fn release(&mut self) {
         self.child = None;
@@ -152,6 +166,30 @@ impl Daemon {
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
+    }
+}
+
+/// A process stopped with SIGSTOP; continued (SIGCONT) when dropped.
+#[derive(Debug)]
+#[must_use = "the process is continued as soon as the guard is dropped"]
+pub struct Paused {
+    name: String,
+    pid: u32,
+}
+
+impl Paused {
+    /// The paused process's name, e.g. `vendor-2` or `vendor-2/nas-1`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Continues the process now.
+    pub fn resume(self) {}
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = signal(self.pid, Signal::SIGCONT);
     }
 }
 

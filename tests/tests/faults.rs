@@ -1,7 +1,8 @@
 //! Faults injected on purpose into a running devnet: a vendor killed in the
-//! middle of an upload, a vendor down during a restore, and piece files
-//! corrupted on NAS devices' disks. Each time the backup or restore must still
-//! succeed and the restored tree be identical.
+//! middle of an upload, a vendor down during a restore, a vendor and a NAS
+//! device that hang (SIGSTOP) during a backup and during a restore, and piece
+//! files corrupted on NAS devices' disks. Each time the backup or restore
+//! must still succeed and the restored tree be identical.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -15,7 +16,9 @@ use offsite_proto::pb::coordinator::{GetSnapshotRequest, GetSnapshotResponse, Po
 use offsite_proto::pb::vendor::FetchRequest;
 use offsite_tests::checks::{json_stdout, snapshot_ids};
 use offsite_tests::tree::{self, files_under, TreeSpec};
-use offsite_tests::{rpc, wait_for, Devnet, DevnetOptions, KillOnDrop};
+use offsite_tests::{
+    rpc, wait_for, Devnet, DevnetOptions, KillOnDrop, Paused, VendorWaits, HUNG_CLIENT_STALL_SECS,
+};
 
 /// Size of a piece file's header: magic and version, hash, length.
 const PIECE_HEADER: u64 = 8 + 32 + 8;
@@ -55,6 +58,77 @@ fn pieces_of_vendor(devnet: &Devnet, vendor: usize) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A client command running in the background, its output in
+/// `dir/NAME.out` and `dir/NAME.err`; killed if the test ends first.
+struct Background {
+    child: KillOnDrop,
+    dir: std::path::PathBuf,
+    name: &'static str,
+}
+
+impl Background {
+    fn spawn(devnet: &Devnet, dir: &Path, name: &'static str, args: Vec<OsString>) -> Self {
+        let mut command = devnet.client_command(args).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(File::create(dir.join(format!("{name}.err"))).unwrap());
+        Self {
+            child: KillOnDrop(command.spawn().unwrap()),
+            dir: dir.to_path_buf(),
+            name,
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn log(&self) -> String {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.join(format!("{}.{ext}", self.name)))
+                .unwrap_or_default()
+        };
+        format!("stdout:\n{}\nstderr:\n{}", read("out"), read("err"))
+    }
+
+    /// Waits for the command to end and fails, with its output, unless it
+    /// succeeded; the output.
+    fn succeeds(&mut self, within: Duration, after: &str) -> String {
+        let what = format!("the {} to finish", self.name);
+        let status = wait_for(&what, within, || self.child.try_wait()).unwrap();
+        let log = self.log();
+        assert!(
+            status.success(),
+            "the {} failed ({status}) after {after}:\n{log}",
+            self.name
+        );
+        log
+    }
+}
+
+/// Starts a backup of `source` in the background and returns once the
+/// first vendor holds pieces of it (a vendor the upload is going through),
+/// with that vendor's index.
+fn backup_under_way(devnet: &Devnet, tmp: &Path, source: &Path) -> (Background, usize) {
+    let args = vec![OsString::from("backup"), source.into()];
+    let mut backup = Background::spawn(devnet, tmp, "backup", args);
+    let first = wait_for("a vendor to hold pieces", Duration::from_secs(120), || {
+        anyhow::ensure!(
+            backup.running(),
+            "the backup ended before any vendor held a piece:\n{}",
+            backup.log()
+        );
+        Ok((0..devnet.vendor_ids().len()).find(|v| !pieces_of_vendor(devnet, *v).is_empty()))
+    })
+    .unwrap();
+    assert!(
+        backup.running(),
+        "the backup finished before a fault could be injected; the tree is too small"
+    );
+    (backup, first)
+}
+
 #[test]
 fn a_vendor_killed_mid_upload_does_not_fail_the_backup() {
     const MIB: u64 = 1024 * 1024;
@@ -64,64 +138,169 @@ fn a_vendor_killed_mid_upload_does_not_fail_the_backup() {
     let mut devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::default()).unwrap();
     devnet.client_ok(["init"]).unwrap();
 
-    let out_path = tmp.path().join("backup.out");
-    let mut command = devnet
-        .client_command([OsString::from("backup"), source.clone().into()])
-        .unwrap();
-    command
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(tmp.path().join("backup.err")).unwrap());
-    let mut backup = KillOnDrop(command.spawn().unwrap());
-    let backup_log = |tmp: &Path| {
-        let read = |name: &str| std::fs::read_to_string(tmp.join(name)).unwrap_or_default();
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            read("backup.out"),
-            read("backup.err")
-        )
-    };
-
-    // The first vendor seen holding pieces is one the upload is going through.
-    let victim = wait_for("a vendor to hold pieces", Duration::from_secs(120), || {
-        if let Some(status) = backup.try_wait()? {
-            anyhow::bail!("the backup ended ({status}) before any vendor held a piece");
-        }
-        Ok((0..devnet.vendor_ids().len()).find(|v| !pieces_of_vendor(&devnet, *v).is_empty()))
-    })
-    .unwrap();
-    assert!(
-        backup.try_wait().unwrap().is_none(),
-        "the backup finished before a vendor could be killed; the tree is too small"
-    );
+    let (mut backup, victim) = backup_under_way(&devnet, tmp.path(), &source);
     devnet.kill_vendor(victim).unwrap();
-
-    let status = wait_for("the backup to finish", Duration::from_secs(400), || {
-        backup.try_wait()
-    })
-    .unwrap();
-    assert!(
-        status.success(),
-        "the backup failed ({status}) after vendor-{} was killed:\n{}",
-        victim + 1,
-        backup_log(tmp.path())
-    );
+    let killed = format!("vendor-{} was killed", victim + 1);
+    let log = backup.succeeds(Duration::from_secs(400), &killed);
     // A copy was under way on the victim when it died: the client saw a
     // stream fail and sent that copy elsewhere.
-    let log = backup_log(tmp.path());
     assert!(
         log.contains("did not store the portion") || log.contains("store failed"),
         "no copy failed when vendor-{} was killed, so no live stream was cut:\n{log}",
         victim + 1
     );
-    // Every portion was committed with R copies on distinct vendors.
+    assert_every_portion_has_its_copies(&devnet);
+    restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
+}
+
+/// Every portion was committed with R copies on distinct vendors.
+fn assert_every_portion_has_its_copies(devnet: &Devnet) {
     let out = devnet.run_client(["--json", "check"]).unwrap();
     let report = json_stdout(&out).unwrap();
     assert!(
         out.status.success() && report["ok"] == true && report["portions"].as_u64() > Some(0),
         "check after the backup: {report}"
     );
-    restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
+}
+
+/// What went wrong on the way (which stores were cut off, which resent).
+fn print_warnings(log: &str) {
+    for line in log.lines().filter(|l| l.contains("WARN")) {
+        println!("{line}");
+    }
+}
+
+/// A devnet whose vendors and client cut a hung peer off within seconds.
+fn hang_devnet(tmp: &Path) -> Devnet {
+    let options = DevnetOptions {
+        vendor_waits: VendorWaits::short(),
+        client_stall_secs: Some(HUNG_CLIENT_STALL_SECS),
+        ..DevnetOptions::default()
+    };
+    let devnet = Devnet::start(&tmp.join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    devnet
+}
+
+/// About six portions: enough that the upload is still going through the
+/// first vendor when it is hung, and that the restore is still fetching
+/// when a process is hung under it.
+fn hang_tree(tmp: &Path, seed: u64) -> std::path::PathBuf {
+    const MIB: u64 = 1024 * 1024;
+    let source = tmp.join("source");
+    tree::generate(
+        &source,
+        &spec(seed, vec![40 * MIB, 32 * MIB, 24 * MIB], 100),
+    )
+    .unwrap();
+    source
+}
+
+/// The vendor holding the most bytes.
+fn busiest_vendor(devnet: &Devnet) -> usize {
+    let status = devnet.status().unwrap();
+    let busiest = status.vendors.iter().max_by_key(|v| v.used_bytes).unwrap();
+    devnet
+        .vendor_ids()
+        .iter()
+        .position(|id| *id == busiest.vendor_id)
+        .unwrap()
+}
+
+/// Restores the latest snapshot while `hang` hangs a process as soon as the
+/// restore has begun writing; the restore must succeed and match `source`.
+fn restore_while_hung(devnet: &Devnet, tmp: &Path, source: &Path, hang: impl FnOnce() -> Paused) {
+    let target = tmp.join("restore");
+    let args = ["restore", "latest", "--target"].map(OsString::from);
+    let args = args.into_iter().chain([target.clone().into()]).collect();
+    let mut restore = Background::spawn(devnet, tmp, "restore", args);
+    wait_for(
+        "the restore to begin writing",
+        Duration::from_secs(120),
+        || {
+            anyhow::ensure!(
+                restore.running(),
+                "the restore ended at once:\n{}",
+                restore.log()
+            );
+            Ok((!files_under(&target).is_empty()).then_some(()))
+        },
+    )
+    .unwrap();
+    let paused = hang();
+    assert!(
+        restore.running(),
+        "the restore finished before {} could be hung; the tree is too small",
+        paused.name()
+    );
+    let hung = format!("{} was hung", paused.name());
+    restore.succeeds(Duration::from_secs(300), &hung);
+    drop(paused);
+    tree::compare(source, &tree::restored_root(&target, source)).unwrap();
+}
+
+#[test]
+fn a_vendor_that_hangs_during_a_backup_and_a_restore_is_cut_off_and_routed_around() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = hang_tree(tmp.path(), 7);
+    let devnet = hang_devnet(tmp.path());
+
+    let (mut backup, victim) = backup_under_way(&devnet, tmp.path(), &source);
+    let paused = devnet.pause_vendor(victim).unwrap();
+    let log = backup.succeeds(Duration::from_secs(300), &format!("{} hung", paused.name()));
+    print_warnings(&log);
+    // A store was under way through the hung vendor: it was cut off as hung
+    // (by the client, or by the vendor before it on the route) and the copy
+    // went elsewhere, past the stores stuck behind it.
+    assert!(
+        log.contains("hung"),
+        "no store was cut off when {} hung, so no live stream was stuck:\n{log}",
+        paused.name()
+    );
+    drop(paused);
+    assert_every_portion_has_its_copies(&devnet);
+
+    let busiest = busiest_vendor(&devnet);
+    restore_while_hung(&devnet, tmp.path(), &source, || {
+        devnet.pause_vendor(busiest).unwrap()
+    });
+}
+
+#[test]
+fn a_nas_device_that_hangs_during_a_backup_and_a_restore_is_cut_off_and_routed_around() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = hang_tree(tmp.path(), 8);
+    let devnet = hang_devnet(tmp.path());
+
+    // Pieces go round-robin over a vendor's devices: its first device gets
+    // some of every portion it stores.
+    let (mut backup, victim) = backup_under_way(&devnet, tmp.path(), &source);
+    let paused = devnet.pause_nas(victim, 0).unwrap();
+    let log = backup.succeeds(Duration::from_secs(300), &format!("{} hung", paused.name()));
+    print_warnings(&log);
+    // A put was under way to the hung device: its vendor cut it off (and put
+    // the piece on its other device, or failed the copy for the client to
+    // store elsewhere).
+    let vendor_log = std::fs::read_to_string(
+        devnet
+            .dir()
+            .join(format!("vendor-{}", victim + 1))
+            .join("log"),
+    )
+    .unwrap();
+    assert!(
+        vendor_log.contains("NAS device hung; cutting the call off"),
+        "vendor-{} cut no call to {} off, so no live put was stuck:\n{log}",
+        victim + 1,
+        paused.name()
+    );
+    drop(paused);
+    assert_every_portion_has_its_copies(&devnet);
+
+    let busiest = busiest_vendor(&devnet);
+    restore_while_hung(&devnet, tmp.path(), &source, || {
+        devnet.pause_nas(busiest, 0).unwrap()
+    });
 }
 
 #[test]
@@ -136,11 +315,7 @@ fn restore_works_with_one_vendor_down() {
         busiest.used_bytes > 0,
         "no vendor holds anything: {status:?}"
     );
-    let index = devnet
-        .vendor_ids()
-        .iter()
-        .position(|id| *id == busiest.vendor_id)
-        .unwrap();
+    let index = busiest_vendor(&devnet);
     devnet.kill_vendor(index).unwrap();
     assert!(rpc::block_on(rpc::probe(devnet.vendor_addr(index)))
         .unwrap()

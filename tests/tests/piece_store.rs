@@ -5,7 +5,7 @@ use offsite_identity::Role;
 use offsite_tests::tree::files_under;
 use offsite_tests::{rpc, NasDevice};
 use offsite_vendor::testing::piece_store_suite;
-use offsite_vendor::NasStore;
+use offsite_vendor::{NasStore, NasTimeouts};
 
 #[test]
 fn nas_store_passes_the_piece_store_suite_against_a_real_device() {
@@ -17,7 +17,13 @@ fn nas_store_passes_the_piece_store_suite_against_a_real_device() {
         .credentials(Role::Vendor, offsite_tests::NAS_VENDOR)
         .unwrap();
     rpc::block_on(async move {
-        let store = NasStore::connect_lazy(&address, offsite_tests::NAS_NAME, &vendor).unwrap();
+        let store = NasStore::connect_lazy(
+            &address,
+            offsite_tests::NAS_NAME,
+            &vendor,
+            NasTimeouts::default(),
+        )
+        .unwrap();
         piece_store_suite(&store).await;
     })
     .unwrap();

@@ -20,7 +20,12 @@ use crate::local_fat::{LocalFat, LocalFatError};
 use crate::registration::{self, Registration};
 use crate::service::VendorService;
 use crate::store::{open_stores, PieceStore, StoreError};
-use crate::vendor::Vendor;
+use crate::vendor::{Limits, Vendor};
+
+/// The longest one call to a vendor may take: a store of the largest
+/// portion from a slow sender (its frames are bounded by the idle timeout
+/// too); see `offsite_identity::server` for the other limits.
+const VENDOR_CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Why the vendor agent cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +77,7 @@ impl VendorAgent {
         }
         let stores = open_stores(config, &credentials)?;
         let agent = Self::new(config.vendor()?, stores, &config.data_dir, credentials)?;
-        Ok(agent.with_store_idle_timeout(config.store_idle_timeout()))
+        Ok(agent.with_limits(config.limits()))
     }
 
     /// Assembles an agent from stores already opened (their order is the
@@ -104,7 +109,16 @@ impl VendorAgent {
     /// or into the next vendor of the route, before it is aborted (default 60 s;
     /// `store_idle_timeout_secs` in the config).
     pub fn with_store_idle_timeout(self, timeout: Duration) -> Self {
-        self.vendor.set_idle_timeout(timeout);
+        let limits = Limits {
+            store_idle: timeout,
+            ..self.vendor.limits()
+        };
+        self.with_limits(limits)
+    }
+
+    /// Sets every wait and the read buffers (`VendorConfig::limits`).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        self.vendor.set_limits(limits);
         self
     }
 
@@ -118,7 +132,7 @@ impl VendorAgent {
             .max_decoding_message_size(MAX_STREAM_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         tracing::info!(vendor = %self.vendor.id(), address = ?listener.local_addr().ok(), "vendor agent serving over mutual TLS");
-        tonic::transport::Server::builder()
+        offsite_identity::server::server(VENDOR_CALL_TIMEOUT)
             .tls_config(self.vendor.credentials().server_tls())?
             .add_service(service)
             .serve_with_incoming_shutdown(offsite_identity::incoming(listener), shutdown)

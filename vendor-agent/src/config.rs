@@ -14,6 +14,8 @@ use offsite_proto::limits::MAX_ADDRESS_LEN;
 use offsite_proto::VendorId;
 use serde::Deserialize;
 
+use crate::vendor::Limits;
+
 /// Everything `offsite-vendor run` needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +53,24 @@ pub struct VendorConfig {
     /// deleted. Default 60.
     #[serde(default = "default_store_idle_timeout")]
     pub store_idle_timeout_secs: u64,
+    /// Seconds this vendor waits on one hop: a NAS device taking (or
+    /// sending) one frame, and twice that for it to answer a call. The next
+    /// vendor of a route gets 3 hops per vendor from it to the route's end
+    /// to take each frame and to answer. A hop that does not keep up (a hung
+    /// process) is cut off: a NAS device counts as full, a next vendor as
+    /// not having stored the portion. Default 5.
+    #[serde(default = "default_hop_timeout")]
+    pub hop_timeout_secs: u64,
+    /// Seconds a fetch waits for its reader to take a frame before it cuts
+    /// the fetch off and frees its buffers. Default 30.
+    #[serde(default = "default_fetch_idle_timeout")]
+    pub fetch_idle_timeout_secs: u64,
+    /// Bytes of piece data all fetches and repair copies may hold in memory
+    /// at once; one tenant's at most a quarter of it (a read waits up to
+    /// `fetch_idle_timeout_secs` for room, then is refused with
+    /// RESOURCE_EXHAUSTED). Default 268435456 (256 MiB).
+    #[serde(default = "default_fetch_buffer_bytes")]
+    pub fetch_buffer_bytes: u64,
     /// Mutual TLS: the marketplace CA, and this vendor's certificate (role
     /// vendor, name = `vendor_id`) and key, for its server and every call
     /// it makes (coordinators, the next vendor, its NAS devices).
@@ -99,6 +119,22 @@ fn default_keep_free_share() -> f64 {
 fn default_store_idle_timeout() -> u64 {
     60
 }
+
+fn default_hop_timeout() -> u64 {
+    5
+}
+
+fn default_fetch_idle_timeout() -> u64 {
+    30
+}
+
+fn default_fetch_buffer_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+/// The smallest `fetch_buffer_bytes`: a tenant's quarter holds one piece of
+/// the default size.
+const MIN_FETCH_BUFFER_BYTES: u64 = 32 * 1024 * 1024;
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
     Invalid::new(field, problem)
@@ -155,12 +191,50 @@ impl VendorConfig {
                 ),
             ));
         }
+        if !(1..=600).contains(&self.hop_timeout_secs) {
+            return Err(invalid(
+                "hop_timeout_secs",
+                format!(
+                    "is {}, outside 1 to 600 seconds (default 5)",
+                    self.hop_timeout_secs
+                ),
+            ));
+        }
+        if !(1..=3600).contains(&self.fetch_idle_timeout_secs) {
+            return Err(invalid(
+                "fetch_idle_timeout_secs",
+                format!(
+                    "is {}, outside 1 to 3600 seconds (default 30)",
+                    self.fetch_idle_timeout_secs
+                ),
+            ));
+        }
+        if self.fetch_buffer_bytes < MIN_FETCH_BUFFER_BYTES {
+            return Err(invalid(
+                "fetch_buffer_bytes",
+                format!(
+                    "is {}, below the {MIN_FETCH_BUFFER_BYTES} bytes a tenant's quarter needs \
+                     for one piece (default 268435456)",
+                    self.fetch_buffer_bytes
+                ),
+            ));
+        }
         self.validate_stores()
     }
 
     /// How long a `Store` stream may stay silent.
     pub fn store_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.store_idle_timeout_secs)
+    }
+
+    /// The vendor's waits and read buffers.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            store_idle: self.store_idle_timeout(),
+            hop: Duration::from_secs(self.hop_timeout_secs),
+            fetch_idle: Duration::from_secs(self.fetch_idle_timeout_secs),
+            fetch_buffer_bytes: self.fetch_buffer_bytes,
+        }
     }
 
     fn validate_stores(&self) -> Result<(), Invalid> {
@@ -303,6 +377,7 @@ path = "/p"
         assert_eq!(config.keep_free_share, 0.10);
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.store_idle_timeout_secs, 60);
+        assert_eq!(config.limits(), Limits::default());
     }
 
     #[test]
@@ -327,6 +402,15 @@ path = "/p"
         let mut config = parse(EXAMPLE);
         config.store_idle_timeout_secs = 0;
         assert_eq!(field_of(config), "store_idle_timeout_secs");
+        let mut config = parse(EXAMPLE);
+        config.hop_timeout_secs = 0;
+        assert_eq!(field_of(config), "hop_timeout_secs");
+        let mut config = parse(EXAMPLE);
+        config.fetch_idle_timeout_secs = 0;
+        assert_eq!(field_of(config), "fetch_idle_timeout_secs");
+        let mut config = parse(EXAMPLE);
+        config.fetch_buffer_bytes = 1024;
+        assert_eq!(field_of(config), "fetch_buffer_bytes");
         let mut config = parse(EXAMPLE);
         config.stores.clear();
         assert_eq!(field_of(config), "stores");

@@ -33,4 +33,5 @@ mod vendor;
 pub use agent::{AgentError, VendorAgent};
 pub use config::{ConfigError, StoreConfig, VendorConfig};
 pub use local_fat::{LocalFat, LocalFatError, PieceRecord, PortionRecord};
-pub use store::{LocalStore, NasStore, PieceStore, StoreCapacity, StoreError};
+pub use store::{LocalStore, NasStore, NasTimeouts, PieceStore, StoreCapacity, StoreError};
+pub use vendor::Limits;

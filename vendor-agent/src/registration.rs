@@ -227,7 +227,9 @@ async fn report(
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        match vendor.delete_portion(&d.tenant, &d.portion).await {
+        // A portion busy with a store is waited for only within the budget.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match vendor.delete_portion(&d.tenant, &d.portion, left).await {
             Ok(held) => {
                 tracing::info!(tenant = %d.tenant, portion = %d.portion, held, "released portion deleted");
                 deleted.push(d);

@@ -1,6 +1,7 @@
 //! Streams that go quiet: a sender that stops sending, and a next vendor of
-//! the route that stops reading. Either is cut off after the idle timeout and
-//! leaves no pieces behind.
+//! the route that stops reading. Either is cut off (after the idle timeout,
+//! after the wait on the next vendor) and leaves no pieces behind; a resend
+//! of a portion whose store is still stuck supersedes the stuck one.
 
 mod common;
 
@@ -21,6 +22,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 const SMALL_PIECE: u64 = 64 * 1024;
 const IDLE: Duration = Duration::from_millis(500);
+/// The hop unit of the vendor before a stuck one: it waits 3 hops for it.
+const HOP: Duration = Duration::from_millis(200);
 /// Far more than any idle timeout here, far less than a hung call.
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -107,7 +110,12 @@ async fn a_next_vendor_that_stops_reading_is_a_failure_not_a_stall() {
             .add_service(VendorServer::new(StuckVendor))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let v1 = TestVendor::start_with_idle_timeout("v1", 1, IDLE).await;
+    let limits = offsite_vendor::Limits {
+        store_idle: IDLE,
+        hop: HOP,
+        ..offsite_vendor::Limits::default()
+    };
+    let v1 = TestVendor::start_with_limits("v1", 1, limits).await;
     let acme = tenant("acme");
     // More than the HTTP/2 windows and the forward window can hold.
     let data = test_bytes(24 * 1024 * 1024, 23);
@@ -127,11 +135,52 @@ async fn a_next_vendor_that_stops_reading_is_a_failure_not_a_stall() {
     assert!(
         response.failures[0]
             .error
-            .contains("took no data for 0.5 s"),
+            .contains("took no frame for 0.6 s"),
         "{}",
         response.failures[0].error
     );
     assert_eq!(fetch(&v1, &acme, &h.portion, 0, 0).await.unwrap(), data);
     v1.stop().await;
     server.abort();
+}
+
+/// A store stuck behind a silent sender holds the portion's lock; a resend
+/// of the same portion (the client going around a hung vendor) aborts it and
+/// is stored at once, instead of being refused as busy until the stuck
+/// store's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resend_supersedes_a_store_stuck_on_the_same_portion() {
+    // The stuck store would hold its lock for a minute.
+    let v1 = TestVendor::start("v1", 1).await;
+    let acme = tenant("acme");
+    let data = test_bytes(1_000_000, 24);
+    let h = header(&acme, vec![v1.vref()], &data, SMALL_PIECE);
+    let mut all = frames(h.clone(), &data).into_iter();
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    for frame in all.by_ref().take(2) {
+        sender.send(frame).await.unwrap();
+    }
+    let mut stuck_client = v1.client().await;
+    let stuck =
+        tokio::spawn(async move { stuck_client.store(ReceiverStream::new(receiver)).await });
+    // The stuck store has its header and first frame in before the resend.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while v1.used_bytes().await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = tokio::time::timeout(DEADLINE, store(&v1, h.clone(), &data))
+        .await
+        .expect("the resend waited for the stuck store")
+        .unwrap();
+    assert_eq!(response.receipts.len(), 1);
+    let err = tokio::time::timeout(DEADLINE, stuck)
+        .await
+        .expect("the stuck store was not aborted")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(err.message().contains("a newer store"), "{}", err.message());
+    drop(sender);
+    assert_eq!(fetch(&v1, &acme, &h.portion, 0, 0).await.unwrap(), data);
+    v1.stop().await;
 }

@@ -1,7 +1,8 @@
 //! `NasStore` passes the shared piece-store suite against a minimal NAS device
 //! served from a piece directory in this test (the end-to-end tests run the
 //! same suite against the real `offsite-nas`), and reports an unreachable
-//! device as unavailable.
+//! device, and one that hangs, as unavailable, the hung one within its
+//! timeouts.
 
 mod common;
 
@@ -13,7 +14,7 @@ use offsite_proto::pb::nas::{
     PieceRequest, PutFrame, PutResponse, StatResponse,
 };
 use offsite_proto::{Hash, PieceId};
-use offsite_vendor::{NasStore, PieceStore, StoreError};
+use offsite_vendor::{NasStore, NasTimeouts, PieceStore, StoreError};
 use tonic::{Request, Response, Status, Streaming};
 
 #[derive(Clone)]
@@ -126,8 +127,13 @@ async fn nas_store_passes_the_piece_store_suite() {
                 },
             ),
     );
-    let store = NasStore::connect_lazy(&address, "nas-1", &common::credentials(Role::Vendor, "v1"))
-        .unwrap();
+    let store = NasStore::connect_lazy(
+        &address,
+        "nas-1",
+        &common::credentials(Role::Vendor, "v1"),
+        NasTimeouts::default(),
+    )
+    .unwrap();
     offsite_vendor::testing::piece_store_suite(&store).await;
     drop(store);
     let _ = stop.send(());
@@ -139,8 +145,97 @@ async fn an_unreachable_nas_is_unavailable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     drop(listener);
-    let store = NasStore::connect_lazy(&address, "nas-1", &common::credentials(Role::Vendor, "v1"))
-        .unwrap();
+    let store = NasStore::connect_lazy(
+        &address,
+        "nas-1",
+        &common::credentials(Role::Vendor, "v1"),
+        NasTimeouts::default(),
+    )
+    .unwrap();
     let err = store.capacity().await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+}
+
+/// A device that accepts every call and then hangs: it reads no frame of a
+/// put and answers nothing.
+struct HungNas;
+
+#[tonic::async_trait]
+impl Nas for HungNas {
+    async fn put(
+        &self,
+        request: Request<Streaming<PutFrame>>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let _unread = request.into_inner();
+        std::future::pending().await
+    }
+
+    type GetStream = tokio_stream::Iter<std::vec::IntoIter<Result<GetFrame, Status>>>;
+
+    async fn get(&self, _: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        std::future::pending().await
+    }
+
+    async fn delete(&self, _: Request<PieceRequest>) -> Result<Response<DeleteResponse>, Status> {
+        std::future::pending().await
+    }
+
+    async fn stat(&self, _: Request<PieceRequest>) -> Result<Response<StatResponse>, Status> {
+        std::future::pending().await
+    }
+
+    async fn capacity(
+        &self,
+        _: Request<CapacityRequest>,
+    ) -> Result<Response<CapacityResponse>, Status> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_nas_is_cut_off_within_its_timeouts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(common::credentials(Role::Nas, "nas-1").server_tls())
+            .unwrap()
+            .add_service(NasServer::new(HungNas))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let timeouts = NasTimeouts {
+        frame: std::time::Duration::from_millis(300),
+        answer: std::time::Duration::from_millis(600),
+    };
+    let store = NasStore::connect_lazy(
+        &address,
+        "nas-1",
+        &common::credentials(Role::Vendor, "v1"),
+        timeouts,
+    )
+    .unwrap();
+    // Far more than the timeouts above, far less than the channel's own.
+    let bound = std::time::Duration::from_secs(10);
+    // More than the HTTP/2 windows hold, so the put's frames stop being taken.
+    let data = offsite_vendor::testing::test_bytes(8 * 1024 * 1024, 31);
+    let (id, hash) = (PieceId::new("ab".repeat(16)).unwrap(), Hash::of(&data));
+    let put = tokio::time::timeout(bound, store.put(&id, data, &hash)).await;
+    let get = tokio::time::timeout(bound, store.get(&id, &hash)).await;
+    let delete = tokio::time::timeout(bound, store.delete(&id)).await;
+    let capacity = tokio::time::timeout(bound, store.capacity()).await;
+    let put = put.expect("a put to a hung device hung").unwrap_err();
+    assert!(matches!(put, StoreError::Unavailable { .. }), "{put}");
+    assert!(put.to_string().contains("a hung device"), "{put}");
+    let get = get.expect("a get from a hung device hung").unwrap_err();
+    assert!(matches!(get, StoreError::Unavailable { .. }), "{get}");
+    let delete = delete.expect("a delete at a hung device hung").unwrap_err();
+    assert!(matches!(delete, StoreError::Unavailable { .. }), "{delete}");
+    let capacity = capacity
+        .expect("a capacity call to a hung device hung")
+        .unwrap_err();
+    assert!(
+        matches!(capacity, StoreError::Unavailable { .. }),
+        "{capacity}"
+    );
+    server.abort();
 }

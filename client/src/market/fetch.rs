@@ -1,16 +1,19 @@
 //! Where a restore gets portions from: the `PortionSource` seam, and its
 //! network implementation that fetches from the best replica by probe and
 //! falls back to the next on error, corruption (DataLoss) or a hash mismatch.
+//! A vendor that hangs or cannot be reached during the restore is tried
+//! last from then on, so one hung vendor costs one stall, not one per portion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Mutex;
 
 use offsite_proto::limits::MAX_PORTION_BYTES;
 use offsite_proto::{Hash, PortionId, PortionLocation, TenantId, VendorId, VendorRef};
 
 use crate::format::portion::check_header;
 use crate::market::probe::{probe_all, rank};
-use crate::market::vendor::{FetchRange, VendorPool};
+use crate::market::vendor::{FetchRange, VendorError, VendorPool};
 
 /// No replica of a portion could be read.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ pub struct VendorSource {
     pool: VendorPool,
     tenant: TenantId,
     rank: HashMap<VendorId, usize>,
+    /// Vendors that hung or could not be reached during this restore.
+    set_aside: Mutex<HashSet<VendorId>>,
 }
 
 impl VendorSource {
@@ -76,19 +81,32 @@ impl VendorSource {
             .enumerate()
             .map(|(i, p)| (p.vendor.id, i))
             .collect();
-        Self { pool, tenant, rank }
+        Self {
+            pool,
+            tenant,
+            rank,
+            set_aside: Mutex::default(),
+        }
+    }
+
+    fn set_aside(&self) -> std::sync::MutexGuard<'_, HashSet<VendorId>> {
+        self.set_aside
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// The location's vendors (with their grants): those that answered the
-    /// probe first, rotated by portion so parallel fetches spread over the
-    /// vendors, then the rest.
+    /// probe and have not hung since first, rotated by portion so parallel
+    /// fetches spread over the vendors, then the rest.
     fn order<'a>(&self, location: &'a PortionLocation) -> Vec<(usize, &'a VendorRef)> {
+        let set_aside = self.set_aside().clone();
+        let rank = |v: &VendorRef| match set_aside.contains(&v.id) {
+            true => None,
+            false => self.rank.get(&v.id).copied(),
+        };
         let mut order: Vec<(usize, &VendorRef)> = location.vendors.iter().enumerate().collect();
-        order.sort_by_key(|(_, v)| self.rank.get(&v.id).copied().unwrap_or(usize::MAX));
-        let answered = order
-            .iter()
-            .filter(|(_, v)| self.rank.contains_key(&v.id))
-            .count();
+        order.sort_by_key(|(_, v)| rank(v).unwrap_or(usize::MAX));
+        let answered = order.iter().filter(|(_, v)| rank(v).is_some()).count();
         if answered > 1 {
             let turn = usize::from(location.portion.as_bytes()[0]) % answered;
             order[..answered].rotate_left(turn);
@@ -116,6 +134,14 @@ impl VendorSource {
                 grant: location.fetch_grants.get(*index),
             };
             let result = self.pool.fetch_into(range, &mut buffer).await;
+            if let Err(
+                VendorError::Stalled { .. }
+                | VendorError::Timeout { .. }
+                | VendorError::Unreachable { .. },
+            ) = &result
+            {
+                self.set_aside().insert(vendor.id.clone());
+            }
             match result
                 .map_err(|e| e.to_string())
                 .and_then(|()| check(&buffer))

@@ -1,6 +1,10 @@
 //! Calls to vendor agents: probe, store (a routing header frame, then data
 //! frames of `offsite_proto::limits::FRAME_BYTES`) and fetch (a stream gathered into memory bounded by
-//! the expected size), each under a timeout. Channels are kept per address.
+//! the expected size), each under a timeout. A vendor that stops taking the
+//! frames of a store, or answering it after the last one, or sending the
+//! frames of a fetch, for the stall timeout is cut off as hung
+//! ([`VendorError::Stalled`]), so the caller goes to another vendor long
+//! before the whole call's timeout. Channels are kept per address.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +13,7 @@ use std::time::Duration;
 use offsite_proto::limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
 use offsite_proto::pb::vendor as pb;
 use offsite_proto::pb::vendor::vendor_client::VendorClient;
+use offsite_proto::stream::watched;
 use offsite_proto::{Grant, PortionId, Receipt, RoutingHeader, TenantId, VendorId, VendorRef};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -19,6 +24,11 @@ use offsite_identity::{Credentials, PeerIdentity, Role};
 /// Time allowed for a store: a base plus the portion at this slow a rate.
 const STORE_BASE: Duration = Duration::from_secs(30);
 const SLOWEST_BYTES_PER_SEC: u64 = 256 * 1024;
+/// Default of `vendor_stall_timeout_secs`: longer than a vendor's default
+/// wait on a hung vendor after it on a route of up to 5 (3 hops of 5 s per
+/// vendor after it, plus its NAS device's answer), so the vendor that hangs,
+/// not one before it, is the one cut off.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// What went wrong with one vendor; the caller tries another replica or vendor.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +44,12 @@ pub enum VendorError {
         vendor: VendorId,
         what: &'static str,
         after: Duration,
+    },
+    #[error("vendor {vendor} {detail} in a {what}, so it was cut off as hung (vendor_stall_timeout_secs)")]
+    Stalled {
+        vendor: VendorId,
+        what: &'static str,
+        detail: String,
     },
     #[error("vendor {vendor} holds a corrupt copy of portion {portion}: {message}")]
     Corrupt {
@@ -78,6 +94,8 @@ pub struct StoreOutcome {
 pub struct VendorPool {
     channels: Arc<Mutex<HashMap<(VendorId, String), Channel>>>,
     credentials: Credentials,
+    /// How long a vendor may stall a store or fetch before it is cut off.
+    stall: Duration,
 }
 
 impl VendorPool {
@@ -85,7 +103,15 @@ impl VendorPool {
         Self {
             channels: Arc::default(),
             credentials,
+            stall: DEFAULT_STALL_TIMEOUT,
         }
+    }
+
+    /// Sets how long a vendor may take no frame of a store (or not answer
+    /// it after the last frame), or send no frame of a fetch.
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     async fn client(&self, vendor: &VendorRef) -> Result<VendorClient<Channel>, VendorError> {
@@ -166,13 +192,21 @@ impl VendorPool {
             frame: Some(pb::store_frame::Frame::Data(data)),
         });
         let stream = futures::stream::iter(std::iter::once(head).chain(frames));
+        let stall = self.stall;
         let call = async {
             let mut client = self.client(&first).await?;
-            client
-                .store(stream)
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|s| status_err(&first, what, Some(portion), s))
+            // Watched from the first frame taken: connecting has its own timeout.
+            let (stream, progress) = watched(stream);
+            tokio::select! {
+                reply = client.store(stream) => reply
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| status_err(&first, what, Some(portion), s)),
+                stall = progress.stalled(stall, stall) => Err(VendorError::Stalled {
+                    vendor: first.id.clone(),
+                    what,
+                    detail: stall.to_string(),
+                }),
+            }
         };
         let reply = with_timeout(&first, what, timeout, call).await?;
         let mut outcome = StoreOutcome::default();
@@ -222,13 +256,27 @@ impl VendorPool {
         };
         let timeout = STORE_BASE + Duration::from_secs(request.length / SLOWEST_BYTES_PER_SEC);
         let portion = request.portion;
+        let stall = self.stall;
+        let stalled = |after: Duration| VendorError::Stalled {
+            vendor: vendor.id.clone(),
+            what,
+            detail: format!("sent nothing for {:.1} s", after.as_secs_f64()),
+        };
         let call = async {
             let mut client = self.client(vendor).await?;
             let status = |s| status_err(vendor, what, Some(portion), s);
-            let mut stream = client.fetch(message).await.map_err(status)?.into_inner();
+            let answer = tokio::time::timeout(stall, client.fetch(message));
+            let mut stream = answer
+                .await
+                .map_err(|_| stalled(stall))?
+                .map_err(status)?
+                .into_inner();
             out.clear();
             out.reserve_exact(expected);
-            while let Some(frame) = stream.message().await.map_err(status)? {
+            loop {
+                let next = tokio::time::timeout(stall, stream.message());
+                let next = next.await.map_err(|_| stalled(stall))?.map_err(status)?;
+                let Some(frame) = next else { break };
                 if frame.data.len() > MAX_FRAME_BYTES || out.len() + frame.data.len() > expected {
                     return Err(VendorError::Malformed {
                         vendor: vendor.id.clone(),

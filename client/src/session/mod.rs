@@ -149,7 +149,9 @@ impl Session {
         Ok(Self {
             cached: CachedCoordinator::new(coordinator.clone(), cache.clone()),
             coordinator,
-            pool: VendorPool::new(credentials),
+            pool: VendorPool::new(credentials).with_stall_timeout(std::time::Duration::from_secs(
+                config.vendor_stall_timeout_secs,
+            )),
             cache,
             config,
             show_progress: true,

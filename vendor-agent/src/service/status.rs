@@ -29,7 +29,11 @@ impl From<VendorError> for Status {
                 Status::permission_denied(message)
             }
             VendorError::NotRegistered => Status::unavailable(message),
-            VendorError::Idle { .. } => Status::deadline_exceeded(message),
+            VendorError::Idle { .. } | VendorError::ReaderIdle { .. } => {
+                Status::deadline_exceeded(message)
+            }
+            VendorError::Superseded { .. } => Status::aborted(message),
+            VendorError::ReadsBusy { .. } => Status::resource_exhausted(message),
             VendorError::HeldWithOtherHash { .. } => Status::already_exists(message),
             VendorError::Busy { .. } => Status::aborted(message),
             VendorError::NoRoom { .. } => Status::resource_exhausted(message),

@@ -16,7 +16,7 @@ use offsite_proto::{Hash, PieceId};
 use crate::config::{StoreConfig, VendorConfig};
 
 pub use local::LocalStore;
-pub use nas::NasStore;
+pub use nas::{NasStore, NasTimeouts};
 
 /// Room in one store, as the vendor counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,7 +128,13 @@ pub fn open_stores(
                     Arc::new(LocalStore::open(path, *cap_bytes, config.keep_free_share)?)
                 }
                 StoreConfig::Nas { address, name } => {
-                    Arc::new(NasStore::connect_lazy(address, name, credentials)?)
+                    let timeouts = config.limits().nas();
+                    Arc::new(NasStore::connect_lazy(
+                        address,
+                        name,
+                        credentials,
+                        timeouts,
+                    )?)
                 }
             })
         })

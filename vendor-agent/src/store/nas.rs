@@ -1,8 +1,12 @@
 //! A store of pieces on an `offsite-nas` device, reached over gRPC. The vendor
 //! does not take the device's word for it: the validation hash a put returns
 //! must equal the expected one, and bytes from a get must hash to what the
-//! local FAT recorded.
+//! local FAT recorded. Nor does it wait on the device for long: a device
+//! that takes no frame of a put, sends no frame of a get, or does not answer
+//! a call within its [`NasTimeouts`] is cut off and counts as unavailable
+//! (a hung device cannot hold a store, and the locks it holds, forever).
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +16,7 @@ use offsite_proto::pb::nas::{
     nas_client::NasClient, put_frame, CapacityRequest, GetRequest, PieceHeader, PieceRequest,
     PutFrame,
 };
+use offsite_proto::stream::watched;
 use offsite_proto::{Hash, PieceId};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -22,11 +27,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Long enough for the largest piece over a slow local network.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How long a vendor waits on a NAS device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NasTimeouts {
+    /// For the device to take one frame of a put, or send one of a get.
+    pub frame: Duration,
+    /// For the device to answer a call (a put once it has every frame).
+    pub answer: Duration,
+}
+
+impl Default for NasTimeouts {
+    /// What a vendor with the default `hop_timeout_secs` waits.
+    fn default() -> Self {
+        crate::vendor::Limits::default().nas()
+    }
+}
+
 /// Pieces on one NAS device.
 #[derive(Clone)]
 pub struct NasStore {
     name: String,
     client: NasClient<Channel>,
+    timeouts: NasTimeouts,
 }
 
 impl NasStore {
@@ -37,6 +59,7 @@ impl NasStore {
         address: &str,
         device: &str,
         credentials: &Credentials,
+        timeouts: NasTimeouts,
     ) -> Result<Self, StoreError> {
         let name = format!("nas:{address}");
         let expected =
@@ -55,7 +78,38 @@ impl NasStore {
         let client = NasClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Self { name, client })
+        Ok(Self {
+            name,
+            client,
+            timeouts,
+        })
+    }
+
+    /// The device did not keep up: it counts as unavailable.
+    fn hung(&self, what: &str, after: impl std::fmt::Display) -> StoreError {
+        tracing::warn!(store = %self.name, what, %after, "NAS device hung; cutting the call off");
+        StoreError::Unavailable {
+            store: self.name.clone(),
+            detail: format!(
+                "the device {after} during a {what}, so the vendor cut the call off \
+                 (a hung device; hop_timeout_secs)"
+            ),
+        }
+    }
+
+    /// `call`, unless the device takes longer than its answer timeout.
+    async fn answered<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let within = self.timeouts.answer;
+        tokio::time::timeout(within, call).await.map_err(|_| {
+            self.hung(
+                what,
+                format_args!("did not answer for {:.1} s", within.as_secs_f64()),
+            )
+        })?
     }
 
     fn error(&self, status: Status, piece: Option<&PieceId>) -> StoreError {
@@ -108,11 +162,13 @@ impl PieceStore for NasStore {
 
     async fn put(&self, id: &PieceId, data: Bytes, expected: &Hash) -> Result<Hash, StoreError> {
         let mut client = self.client.clone();
-        let response = client
-            .put(put_frames(id, data, expected))
-            .await
-            .map_err(|s| self.error(s, Some(id)))?
-            .into_inner();
+        let (frames, progress) = watched(put_frames(id, data, expected));
+        let NasTimeouts { frame, answer } = self.timeouts;
+        let response = tokio::select! {
+            response = client.put(frames) => response.map_err(|s| self.error(s, Some(id)))?,
+            stall = progress.stalled(frame, answer) => return Err(self.hung("put", stall)),
+        }
+        .into_inner();
         let validated =
             Hash::from_wire("hash", &response.hash).map_err(|e| StoreError::Failed {
                 store: self.name.clone(),
@@ -133,19 +189,28 @@ impl PieceStore for NasStore {
         let request = GetRequest {
             piece_id: id.to_string(),
         };
-        let mut stream = client
-            .get(request)
-            .await
-            .map_err(|s| self.error(s, Some(id)))?
-            .into_inner();
+        let call = async {
+            client
+                .get(request)
+                .await
+                .map_err(|s| self.error(s, Some(id)))
+        };
+        let mut stream = self.answered("get", call).await?.into_inner();
+        let frame = self.timeouts.frame;
         // The frames are kept as they come and joined once at the end: a
         // buffer grown frame by frame would copy the piece again and again.
         let (mut frames, mut len) = (Vec::new(), 0usize);
-        while let Some(frame) = stream
-            .message()
-            .await
-            .map_err(|s| self.error(s, Some(id)))?
-        {
+        loop {
+            let next = tokio::time::timeout(frame, stream.message())
+                .await
+                .map_err(|_| {
+                    self.hung(
+                        "get",
+                        format_args!("sent no frame for {:.1} s", frame.as_secs_f64()),
+                    )
+                })?
+                .map_err(|s| self.error(s, Some(id)))?;
+            let Some(frame) = next else { break };
             len += frame.data.len();
             if len as u64 > MAX_PIECE_BYTES {
                 return Err(StoreError::Corrupt {
@@ -168,20 +233,24 @@ impl PieceStore for NasStore {
         let request = PieceRequest {
             piece_id: id.to_string(),
         };
-        let response = client
-            .delete(request)
-            .await
-            .map_err(|s| self.error(s, Some(id)))?;
-        Ok(response.into_inner().existed)
+        let call = async {
+            client
+                .delete(request)
+                .await
+                .map_err(|s| self.error(s, Some(id)))
+        };
+        Ok(self.answered("delete", call).await?.into_inner().existed)
     }
 
     async fn capacity(&self) -> Result<StoreCapacity, StoreError> {
         let mut client = self.client.clone();
-        let response = client
-            .capacity(CapacityRequest {})
-            .await
-            .map_err(|s| self.error(s, None))?
-            .into_inner();
+        let call = async {
+            client
+                .capacity(CapacityRequest {})
+                .await
+                .map_err(|s| self.error(s, None))
+        };
+        let response = self.answered("capacity call", call).await?.into_inner();
         Ok(StoreCapacity {
             offered_bytes: response.capacity_bytes,
             used_bytes: response.used_bytes,

@@ -9,14 +9,15 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use offsite_proto::limits::{
     DEFAULT_PIECE_BYTES, MAX_COPIES_PER_REPORT, MAX_PIECE_BYTES, MIN_PIECE_BYTES,
 };
 use offsite_proto::{CopyResult, CopyTask, Receipt, ReservationId, RoutingHeader};
-use tokio::sync::mpsc;
 
+use super::claim::ClaimKind;
 use super::forward::Forwarder;
-use super::read::stream_range;
+use super::read::{chunk_channel, stream_range};
 use super::Vendor;
 
 /// Copies sent at the same time.
@@ -107,8 +108,10 @@ impl Drop for Running {
 /// Sends this vendor's copy of the task's portion to its target; the
 /// target's receipt.
 async fn send_copy(vendor: &Arc<Vendor>, task: CopyTask) -> Result<Receipt, String> {
+    let wait = vendor.limits().claim_wait();
     let _claim = vendor
-        .claim(&task.tenant, &task.portion)
+        .claim(&task.tenant, &task.portion, ClaimKind::Other, wait)
+        .await
         .map_err(|e| e.to_string())?;
     let record = vendor
         .fat
@@ -134,13 +137,14 @@ async fn send_copy(vendor: &Arc<Vendor>, task: CopyTask) -> Result<Receipt, Stri
         grants: vec![task.grant],
         reservation: task.repair,
     };
-    let mut forwarder = Forwarder::start(header, vendor.idle_timeout(), vendor.credentials.clone());
-    let (sender, mut chunks) = mpsc::channel(4);
+    let limits = vendor.limits();
+    let mut forwarder = Forwarder::start(header, limits.next_vendor(0), vendor.credentials.clone());
+    let (sink, mut chunks) = chunk_channel(4, limits.fetch_idle);
     let reader = {
         let (vendor, record) = (Arc::clone(vendor), record.clone());
-        tokio::spawn(async move { stream_range(&vendor, &record, 0, record.size, &sender).await })
+        tokio::spawn(async move { stream_range(&vendor, &record, 0, record.size, &sink).await })
     };
-    while let Some(chunk) = chunks.recv().await {
+    while let Some(chunk) = chunks.next().await {
         let Ok(chunk) = chunk else { break };
         forwarder.send(chunk).await;
     }

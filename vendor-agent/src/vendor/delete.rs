@@ -9,6 +9,7 @@ use std::sync::Arc;
 use offsite_proto::signing::GrantOp;
 use offsite_proto::{Grant, PortionId, TenantId};
 
+use super::claim::ClaimKind;
 use super::error::VendorError;
 use super::grants::portion_grant;
 use super::Vendor;
@@ -36,21 +37,27 @@ impl Vendor {
             grant.as_ref(),
             &portion_grant(GrantOp::Delete, &tenant, &self.id, portion),
         )?;
-        self.delete_portion(&tenant, &portion).await
+        let wait = self.limits().claim_wait();
+        self.delete_portion(&tenant, &portion, wait).await
     }
 
     /// Removes a portion's pieces and then its local FAT entry, without a
     /// grant (the path of [`Vendor::delete`] and of the coordinator's
     /// deletion queue); `false` when this vendor does not hold the portion
     /// for this tenant, so a repeated deletion is a success. A piece already
-    /// gone counts as deleted.
+    /// gone counts as deleted. A store, delete or copy of the portion under
+    /// way is waited for at most `wait`, then the delete is
+    /// [`VendorError::Busy`].
     pub async fn delete_portion(
         self: &Arc<Self>,
         tenant: &TenantId,
         portion: &PortionId,
+        wait: std::time::Duration,
     ) -> Result<bool, VendorError> {
         let (tenant, portion) = (tenant.clone(), *portion);
-        let _claim = self.claim(&tenant, &portion)?;
+        let _claim = self
+            .claim(&tenant, &portion, ClaimKind::Other, wait)
+            .await?;
         let Some(record) = self.fat.get(&tenant, &portion)? else {
             return Ok(false);
         };
@@ -80,6 +87,7 @@ impl Vendor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The deletion the coordinator asks for after a prune: pieces and local
     /// FAT entry go, stored bytes shrink, and deleting again (or deleting a
@@ -92,7 +100,7 @@ mod tests {
         assert_eq!(vendor.fat.stored_bytes(), 70_000);
 
         assert!(vendor
-            .delete_portion(&held.tenant, &held.portion)
+            .delete_portion(&held.tenant, &held.portion, Duration::ZERO)
             .await
             .unwrap());
         assert!(vendor
@@ -106,12 +114,12 @@ mod tests {
             "the piece is gone"
         );
         assert!(!vendor
-            .delete_portion(&held.tenant, &held.portion)
+            .delete_portion(&held.tenant, &held.portion, Duration::ZERO)
             .await
             .unwrap());
         let other = TenantId::new("someone-else").unwrap();
         assert!(!vendor
-            .delete_portion(&other, &PortionId::random())
+            .delete_portion(&other, &PortionId::random(), Duration::ZERO)
             .await
             .unwrap());
     }

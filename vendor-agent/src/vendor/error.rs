@@ -64,11 +64,18 @@ pub enum VendorError {
         portion: PortionId,
         held: Hash,
     },
-    #[error("portion {portion} of tenant {tenant} is being stored or deleted by another call; retry when it finishes")]
+    #[error("portion {portion} of tenant {tenant} is being stored, deleted or copied by another call that did not end within {waited} s; retry later")]
     Busy {
         tenant: TenantId,
         portion: PortionId,
+        waited: f64,
     },
+    #[error("this store of portion {portion} was aborted: a newer store of the same portion arrived (a resend); the newer one stands")]
+    Superseded { portion: PortionId },
+    #[error("tenant {tenant}'s reads hold all the read buffers this vendor gives one tenant, and none came free within {waited} s; read the streams already open, or fetch from another replica")]
+    ReadsBusy { tenant: TenantId, waited: f64 },
+    #[error("the reader of portion {portion} took no frame for {secs} s, so this vendor cut the fetch off (fetch_idle_timeout_secs); read fetch streams as they arrive")]
+    ReaderIdle { portion: PortionId, secs: f64 },
     #[error("vendor {vendor} has no room for {needed} more bytes ({free} free); store the portion at another vendor")]
     NoRoom {
         vendor: VendorId,

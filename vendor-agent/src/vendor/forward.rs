@@ -2,8 +2,11 @@
 //! stores it: chunks pass through a bounded channel (a window of frames, never
 //! the whole portion) into a `Store` stream to `route[1]`. Whatever the next
 //! vendor answers becomes receipts and failures for our response; a downstream
-//! failure never fails this vendor's own store. A next vendor that stops
-//! reading for the idle timeout is cut off, so it cannot stall the upload.
+//! failure never fails this vendor's own store. A next vendor that takes no
+//! frame, or does not answer after the last one, within this vendor's wait
+//! for it ([`super::Limits::next_vendor`]) is cut off, so a hung hop cannot
+//! stall the upload; dropping the forwarder cuts the call off too, so the
+//! rest of the route aborts its store and releases its lock.
 //! The next vendor is dialled only at the address its store grant names
 //! (the address it registered; see `Vendor::forwarder`), never at one the
 //! sender wrote into the route, so a route cannot aim this vendor at an
@@ -52,17 +55,26 @@ pub(super) struct Forwarder {
     header: RoutingHeader,
     sender: Option<mpsc::Sender<StoreFrame>>,
     task: JoinHandle<Result<StoreResponse, Status>>,
-    /// How long a frame may wait for the next vendor to take it.
-    idle: Duration,
+    /// How long a frame may wait for the next vendor to take it, and how
+    /// long its answer may take after the last frame.
+    wait: Duration,
     /// Set once the next vendor stopped reading and its call was aborted.
     stalled: bool,
 }
 
+impl Drop for Forwarder {
+    /// A forward given up (the store aborted, the task dropped) resets the
+    /// call, so the next vendor ends its store at once.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Forwarder {
-    /// Starts the call to `next.route[0]` with `next` as its header.
-    /// The call presents `credentials` and expects the next vendor's own
-    /// certificate (`ID.vendor.offsite`).
-    pub fn start(next: RoutingHeader, idle: Duration, credentials: Credentials) -> Self {
+    /// Starts the call to `next.route[0]` with `next` as its header; `wait`
+    /// bounds each frame and the answer. The call presents `credentials`
+    /// and expects the next vendor's own certificate (`ID.vendor.offsite`).
+    pub fn start(next: RoutingHeader, wait: Duration, credentials: Credentials) -> Self {
         let (sender, receiver) = mpsc::channel(FORWARD_WINDOW);
         let header_frame = StoreFrame {
             frame: Some(store_frame::Frame::Header(next.clone().into())),
@@ -75,7 +87,7 @@ impl Forwarder {
             header: next,
             sender,
             task,
-            idle,
+            wait,
             stalled: false,
         }
     }
@@ -90,14 +102,14 @@ impl Forwarder {
             header: next,
             sender: None,
             task: tokio::spawn(async move { Err(Status::permission_denied(why)) }),
-            idle: Duration::ZERO,
+            wait: Duration::ZERO,
             stalled: false,
         }
     }
 
     /// Passes a data chunk on as one frame; once the next vendor has gone
-    /// away, or took no frame for the idle timeout (its call is then
-    /// aborted), chunks are dropped (its error is collected by
+    /// away, or took no frame within the wait (its call is then aborted),
+    /// chunks are dropped (its error is collected by
     /// [`Forwarder::finish`]).
     pub async fn send(&mut self, data: Bytes) {
         self.send_frame(StoreFrame {
@@ -119,14 +131,14 @@ impl Forwarder {
         let Some(sender) = &self.sender else {
             return;
         };
-        match tokio::time::timeout(self.idle, sender.send(frame)).await {
+        match tokio::time::timeout(self.wait, sender.send(frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 tracing::debug!(next = %self.header.route[0].id, "next vendor stopped reading");
                 self.sender = None;
             }
             Err(_) => {
-                tracing::warn!(next = %self.header.route[0].id, idle = ?self.idle, "next vendor took no frame; aborting the forward");
+                tracing::warn!(next = %self.header.route[0].id, wait = ?self.wait, "next vendor took no frame; cutting it off");
                 self.task.abort();
                 self.stalled = true;
                 self.sender = None;
@@ -134,22 +146,51 @@ impl Forwarder {
         }
     }
 
-    /// Ends the stream and waits for the next vendor's answer.
+    /// Ends the stream and waits for the next vendor's answer, at most the
+    /// wait (then the call is cut off).
     pub async fn finish(mut self) -> Downstream {
         drop(self.sender.take());
-        let result = match (&mut self.task).await {
-            Ok(result) => result,
-            Err(_) if self.stalled => Err(Status::deadline_exceeded(format!(
-                "took no data for {} s, so the forward was aborted (store_idle_timeout_secs); \
-                 store this copy at another vendor",
-                self.idle.as_secs_f64()
+        let secs = self.wait.as_secs_f64();
+        let result = match tokio::time::timeout(self.wait, &mut self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) if self.stalled => Err(Status::deadline_exceeded(format!(
+                "took no frame for {secs} s, so the forward was cut off (a hung vendor; \
+                 hop_timeout_secs); store this copy at another vendor"
             ))),
-            Err(join) => Err(Status::internal(format!("forwarding task failed: {join}"))),
+            Ok(Err(join)) => Err(Status::internal(format!("forwarding task failed: {join}"))),
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!(next = %self.header.route[0].id, wait = ?self.wait, "next vendor did not answer after the last frame; cutting it off");
+                Err(Status::deadline_exceeded(format!(
+                    "did not answer within {secs} s of the last frame, so the forward was cut \
+                     off (a hung vendor; hop_timeout_secs); store this copy at another vendor"
+                )))
+            }
         };
         match result {
             Ok(response) => checked(&self.header, response),
             Err(status) => unreached(&self.header, &status),
         }
+    }
+}
+
+impl Forwarder {
+    /// [`Forwarder::finish`], unless `abort` completes first: then the call
+    /// is cut off and the rest of the route counts as not reached.
+    pub async fn finish_unless(self, abort: impl std::future::Future<Output = ()>) -> Downstream {
+        let header = self.header.clone();
+        tokio::select! {
+            answer = self.finish() => answer,
+            // Dropping the finish future drops the forwarder, which resets the call.
+            () = abort => unreached(&header, &Status::aborted("the store was aborted by a newer store of the same portion")),
+        }
+    }
+
+    /// Cuts the call off at once (this store was aborted): the next vendor
+    /// sees its stream reset, aborts its own store and releases its lock.
+    pub fn abort(self, why: &str) -> Downstream {
+        self.task.abort();
+        unreached(&self.header, &Status::aborted(why.to_string()))
     }
 }
 

@@ -8,37 +8,38 @@
 //! types; forwarding and the NAS stores keep their own generated clients,
 //! their transport edge.
 
+mod budget;
+mod claim;
 mod copy;
 mod delete;
 mod error;
 mod forward;
 mod grants;
+mod limits;
 mod place;
 mod read;
 mod receive;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use offsite_identity::Credentials;
 use offsite_proto::signing::{SignatureError, VendorKey};
-use offsite_proto::{PortionId, TenantId, VendorId};
+use offsite_proto::VendorId;
 
 use crate::local_fat::LocalFat;
 use crate::store::{PieceStore, StoreCapacity};
+use budget::FetchBudget;
+use claim::Claims;
 use grants::Grants;
 
 pub(crate) use copy::Copies;
 pub(crate) use delete::DeleteRequest;
 pub(crate) use error::VendorError;
 pub(crate) use forward::RouteFailure;
+pub use limits::Limits;
 pub(crate) use read::ReadRequest;
 pub(crate) use receive::{next_within_idle, Stored};
-
-/// Default of `store_idle_timeout_secs`.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One vendor: its stores, its local FAT, its keys, and the portions it is
 /// busy with. Shared by every call (behind an `Arc`).
@@ -49,11 +50,14 @@ pub(crate) struct Vendor {
     fat: LocalFat,
     /// Where the next upload starts its round-robin over the stores.
     next_store: AtomicUsize,
-    /// Portions with a store or delete under way, so two never interleave.
-    busy: Mutex<HashSet<(TenantId, PortionId)>>,
-    /// Milliseconds a store stream may go without a frame, inbound or
-    /// into the next vendor.
-    idle_timeout_ms: AtomicU64,
+    /// Portions with a store, delete or copy under way, so two never
+    /// interleave.
+    claims: Claims,
+    /// How long this vendor waits on its peers.
+    limits: RwLock<Limits>,
+    /// The memory reads may hold (replaced with the limits; a read keeps
+    /// the budget it started under).
+    fetch_budget: RwLock<Arc<FetchBudget>>,
     /// This vendor's certificate: its server, and its calls to the next
     /// vendor of a route, its NAS devices and the coordinators.
     credentials: Credentials,
@@ -79,8 +83,11 @@ impl Vendor {
             identity,
             grants: Grants::default(),
             next_store: AtomicUsize::new(0),
-            busy: Mutex::new(HashSet::new()),
-            idle_timeout_ms: AtomicU64::new(DEFAULT_IDLE_TIMEOUT.as_millis() as u64),
+            claims: Claims::default(),
+            limits: RwLock::new(Limits::default()),
+            fetch_budget: RwLock::new(Arc::new(FetchBudget::new(
+                Limits::default().fetch_buffer_bytes,
+            ))),
         }
     }
 
@@ -110,16 +117,40 @@ impl Vendor {
         self.fat.stored_bytes()
     }
 
-    /// How long a store stream may go without a frame.
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    /// How long this vendor waits on its peers, and its read buffers.
+    pub fn limits(&self) -> Limits {
+        *self
+            .limits
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    pub fn set_idle_timeout(&self, timeout: Duration) {
-        let ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.idle_timeout_ms.store(ms, Ordering::Relaxed);
+    /// Replaces the limits; calls under way keep those they started with.
+    pub fn set_limits(&self, limits: Limits) {
+        let budget = Arc::new(FetchBudget::new(limits.fetch_buffer_bytes));
+        *self
+            .fetch_budget
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = budget;
+        *self
+            .limits
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = limits;
+    }
+
+    /// The budget a read starting now takes its buffers from.
+    fn fetch_budget(&self) -> Arc<FetchBudget> {
+        Arc::clone(
+            &self
+                .fetch_budget
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
+    }
+
+    /// How long a store stream may go without a frame from its sender.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        self.limits().store_idle
     }
 
     /// The store index an upload's round-robin starts from.
@@ -127,37 +158,25 @@ impl Vendor {
         self.next_store.fetch_add(1, Ordering::Relaxed) % self.stores.len().max(1)
     }
 
-    /// Claims a portion for one store or delete at a time.
-    fn claim(
-        self: &Arc<Self>,
-        tenant: &TenantId,
-        portion: &PortionId,
-    ) -> Result<BusyGuard, VendorError> {
-        let key = (tenant.clone(), *portion);
-        let mut busy = self
-            .busy
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if !busy.insert(key.clone()) {
-            return Err(VendorError::Busy {
-                tenant: tenant.clone(),
-                portion: *portion,
-            });
-        }
-        Ok(BusyGuard {
-            vendor: Arc::clone(self),
-            key,
-        })
-    }
-
     /// Capacity of every store, in order; a store that cannot answer counts as
     /// having no room (and is logged).
+    /// A store that does not answer within [`Limits::capacity_answer`]
+    /// (a hung NAS device) counts as full too, so no piece is put to it.
     pub async fn capacities(&self) -> Vec<StoreCapacity> {
+        let within = self.limits().capacity_answer();
         let asks = self.stores.iter().map(|store| async move {
-            store.capacity().await.unwrap_or_else(|err| {
-                tracing::warn!(store = store.name(), %err, "store capacity unavailable; counting it as full");
-                StoreCapacity::default()
-            })
+            let answer = tokio::time::timeout(within, store.capacity()).await;
+            match answer {
+                Ok(Ok(capacity)) => capacity,
+                Ok(Err(err)) => {
+                    tracing::warn!(store = store.name(), %err, "store capacity unavailable; counting it as full");
+                    StoreCapacity::default()
+                }
+                Err(_) => {
+                    tracing::warn!(store = store.name(), within = ?within, "store did not answer a capacity call in time; counting it as full");
+                    StoreCapacity::default()
+                }
+            }
         });
         futures::future::join_all(asks).await
     }
@@ -169,23 +188,6 @@ impl Vendor {
             .iter()
             .map(|c| c.free_bytes)
             .fold(0u64, u64::saturating_add)
-    }
-}
-
-/// Releases a claimed portion when the call ends, however it ends.
-struct BusyGuard {
-    vendor: Arc<Vendor>,
-    key: (TenantId, PortionId),
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        let mut busy = self
-            .vendor
-            .busy
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        busy.remove(&self.key);
     }
 }
 
@@ -201,7 +203,7 @@ pub(crate) async fn vendor_holding(
 ) {
     use crate::local_fat::{PieceRecord, PortionRecord};
     use crate::store::{random_piece_id, LocalStore};
-    use offsite_proto::Hash;
+    use offsite_proto::{Hash, PortionId, TenantId};
 
     let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let store = LocalStore::open(store_dir.path(), None, 0.0).unwrap();

@@ -1,7 +1,9 @@
 //! Re-chunking a portion into pieces as its bytes arrive and putting them to
 //! the vendor's stores round-robin over those with room. A bounded number of
-//! puts overlap with receiving; if anything fails, every piece written (or
-//! possibly written) is deleted again.
+//! puts overlap with receiving. A put to a store that is unavailable (down,
+//! or hung and cut off) is put again on another store with room, and that
+//! store gets no more pieces of this upload; if anything else fails, every
+//! piece written (or possibly written) is deleted again.
 
 use std::sync::Arc;
 
@@ -17,7 +19,14 @@ use crate::store::{random_piece_id, StoreError};
 /// Piece puts in flight at once, besides the piece being filled.
 const PUTS_IN_FLIGHT: usize = 2;
 
-type PutResult = Result<(usize, PieceRecord), StoreError>;
+/// A finished put: the piece's place in the portion, the store it went to,
+/// the piece (for a put again elsewhere) and what the store answered.
+struct PutResult {
+    sequence: usize,
+    store: usize,
+    piece: Bytes,
+    stored: Result<PieceRecord, StoreError>,
+}
 
 /// Turns a stream of bytes into stored pieces.
 pub(super) struct PieceWriter {
@@ -115,46 +124,63 @@ impl PieceWriter {
             .ok_or_else(|| VendorError::Internal("a piece put never completed".into()))
     }
 
-    /// Deletes every piece this upload wrote or may have written.
+    /// Deletes every piece this upload wrote or may have written, all at
+    /// once (each store call is bounded, so a hung store delays the clean-up
+    /// by one call, not one per piece).
     pub async fn clean_up(mut self) {
         while self.in_flight.join_next().await.is_some() {}
-        for (store, piece) in self.attempted {
-            let Some(store) = self.vendor.stores.get(store as usize) else {
-                continue;
-            };
-            match store.delete(&piece).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(err) => tracing::warn!(
-                    store = store.name(), %piece, portion = %self.portion, %err,
-                    "could not delete a piece of a failed upload; it is orphaned"
-                ),
-            }
-        }
+        let vendor = &self.vendor;
+        let portion = self.portion;
+        let deletes = self.attempted.iter().filter_map(|(store, piece)| {
+            let store = vendor.stores.get(*store as usize)?;
+            Some(async move {
+                match store.delete(piece).await {
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                    Err(err) => tracing::warn!(
+                        store = store.name(), %piece, %portion, %err,
+                        "could not delete a piece of a failed upload; it is orphaned"
+                    ),
+                }
+            })
+        });
+        futures::future::join_all(deletes).await;
     }
 
     async fn launch(&mut self, piece: Bytes) -> Result<(), VendorError> {
         while self.in_flight.len() >= PUTS_IN_FLIGHT {
             self.complete_one().await?;
         }
+        let sequence = self.done.len();
+        self.done.push(None);
+        self.put(sequence, piece)
+    }
+
+    /// Starts the put of the piece at `sequence` on the next store with room.
+    fn put(&mut self, sequence: usize, piece: Bytes) -> Result<(), VendorError> {
         let store_index = self.choose(piece.len() as u64)?;
         let store = Arc::clone(&self.vendor.stores[store_index]);
         let id = random_piece_id();
-        let sequence = self.done.len();
-        self.done.push(None);
         let store_number = u32::try_from(store_index)
             .map_err(|_| VendorError::Internal("more than u32::MAX stores".into()))?;
         self.attempted.push((store_number, id.clone()));
         self.in_flight.spawn(async move {
             let hash = Hash::of(&piece);
             let size = piece.len() as u64;
-            store.put(&id, piece, &hash).await?;
-            let record = PieceRecord {
-                id,
-                store: store_number,
-                size,
-                hash,
-            };
-            Ok((sequence, record))
+            let stored = store
+                .put(&id, piece.clone(), &hash)
+                .await
+                .map(|_| PieceRecord {
+                    id,
+                    store: store_number,
+                    size,
+                    hash,
+                });
+            PutResult {
+                sequence,
+                store: store_index,
+                piece,
+                stored,
+            }
         });
         Ok(())
     }
@@ -163,14 +189,32 @@ impl PieceWriter {
         let Some(joined) = self.in_flight.join_next().await else {
             return Ok(());
         };
-        let result = joined
+        let put = joined
             .map_err(|join| VendorError::Internal(format!("piece put task failed: {join}")))?;
-        let (sequence, record) = result.map_err(|source| VendorError::PieceStore {
-            portion: self.portion,
-            source,
-        })?;
-        self.done[sequence] = Some(record);
-        Ok(())
+        match put.stored {
+            Ok(record) => {
+                self.done[put.sequence] = Some(record);
+                Ok(())
+            }
+            Err(source @ StoreError::Unavailable { .. }) => {
+                // No more pieces of this upload to that store; the piece goes
+                // to another one, or the upload fails with the store's error.
+                self.free[put.store] = 0;
+                let store = self.vendor.stores[put.store].name();
+                tracing::warn!(store, portion = %self.portion, %source, "store unavailable; putting the piece on another store");
+                if self.free.iter().all(|free| *free < put.piece.len() as u64) {
+                    return Err(VendorError::PieceStore {
+                        portion: self.portion,
+                        source,
+                    });
+                }
+                self.put(put.sequence, put.piece)
+            }
+            Err(source) => Err(VendorError::PieceStore {
+                portion: self.portion,
+                source,
+            }),
+        }
     }
 
     /// The next store, round-robin, with room for `len` bytes.
@@ -189,5 +233,76 @@ impl PieceWriter {
             needed: len,
             free: self.free.iter().copied().max().unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local_fat::LocalFat;
+    use crate::store::{LocalStore, PieceStore, StoreCapacity};
+    use offsite_proto::signing::VendorKey;
+    use offsite_proto::VendorId;
+
+    /// A store that has room but whose every put fails as unavailable (a
+    /// NAS device that hung and was cut off).
+    struct Unavailable;
+
+    #[tonic::async_trait]
+    impl PieceStore for Unavailable {
+        fn name(&self) -> &str {
+            "nas:hung"
+        }
+
+        async fn put(&self, _: &PieceId, _: Bytes, _: &Hash) -> Result<Hash, StoreError> {
+            Err(StoreError::Unavailable {
+                store: "nas:hung".into(),
+                detail: "cut off".into(),
+            })
+        }
+
+        async fn get(&self, id: &PieceId, _: &Hash) -> Result<Bytes, StoreError> {
+            Err(StoreError::NotFound {
+                store: "nas:hung".into(),
+                piece: id.clone(),
+            })
+        }
+
+        async fn delete(&self, _: &PieceId) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+
+        async fn capacity(&self) -> Result<StoreCapacity, StoreError> {
+            Ok(StoreCapacity {
+                offered_bytes: 1 << 30,
+                used_bytes: 0,
+                free_bytes: 1 << 30,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_bound_for_an_unavailable_store_go_to_another() {
+        let (store_dir, fat_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let local = LocalStore::open(store_dir.path(), Some(1 << 30), 0.0).unwrap();
+        let stores: Vec<Arc<dyn PieceStore>> = vec![Arc::new(Unavailable), Arc::new(local)];
+        let vendor = Arc::new(Vendor::new(
+            VendorId::new("v1").unwrap(),
+            stores,
+            LocalFat::open(fat_dir.path()).unwrap(),
+            crate::testing::throwaway_credentials("v1"),
+            VendorKey::from_secret(&[1; 32]),
+        ));
+        let data = crate::testing::test_bytes(1_000_000, 3);
+        let portion = PortionId::random();
+        let mut writer = PieceWriter::new(vendor, portion, data.len() as u64, 65_536)
+            .await
+            .unwrap();
+        writer.push(&data).await.unwrap();
+        let pieces = writer.finish().await.unwrap();
+        assert_eq!(pieces.len(), data.len().div_ceil(65_536));
+        assert!(pieces.iter().all(|p| p.store == 1), "{pieces:?}");
+        let total: u64 = pieces.iter().map(|p| p.size).sum();
+        assert_eq!(total, data.len() as u64);
     }
 }

@@ -2,17 +2,26 @@
 //! of it) from its pieces, each checked against the hash the local FAT
 //! recorded, under a fetch grant; a damaged or missing piece ends the stream
 //! with [`VendorError::PieceLost`] so the client falls back to another replica.
+//! Each piece read holds its size of the read budget ([`super::budget`])
+//! until its last frame is dropped; a reader that takes no frame for the
+//! fetch idle timeout is cut off and the frames waiting for it are dropped,
+//! so a stream nobody reads holds no memory.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
 
 use offsite_proto::signing::{GrantOp, SignatureError};
 use offsite_proto::stream::frames;
 use offsite_proto::{Grant, PortionId, TenantId};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc::error::SendTimeoutError;
 
+use super::budget::budgeted;
 use super::error::VendorError;
 use super::grants::portion_grant;
 use super::Vendor;
@@ -22,11 +31,84 @@ use crate::store::StoreError;
 /// Chunks read ahead of the caller.
 const FETCH_WINDOW: usize = 4;
 
+type Chunk = Result<Bytes, VendorError>;
+
+/// Where the chunks of a read wait for their reader, until it is cut off.
+enum Slot {
+    Open(mpsc::Receiver<Chunk>),
+    /// The reader was cut off: what is left to tell it.
+    Cut(Option<VendorError>),
+}
+
 /// The chunks of a read: at most `FRAME_BYTES` each, ended by an error if
 /// the portion cannot be read to the end of the range.
-pub(crate) type Chunks = ReceiverStream<Result<Bytes, VendorError>>;
+pub(crate) struct Chunks {
+    slot: Arc<Mutex<Slot>>,
+}
 
-type ChunkSender = mpsc::Sender<Result<Bytes, VendorError>>;
+/// The sending end of [`Chunks`]: a send waits at most `idle` for the
+/// reader, then cuts it off.
+pub(crate) struct ChunkSink {
+    sender: mpsc::Sender<Chunk>,
+    slot: Arc<Mutex<Slot>>,
+    idle: Duration,
+}
+
+/// The reader is gone or was cut off: stop reading.
+#[derive(Debug)]
+pub(crate) struct ReaderGone;
+
+/// A window of `window` chunks between a read and its reader.
+pub(crate) fn chunk_channel(window: usize, idle: Duration) -> (ChunkSink, Chunks) {
+    let (sender, receiver) = mpsc::channel(window);
+    let slot = Arc::new(Mutex::new(Slot::Open(receiver)));
+    let sink = ChunkSink {
+        sender,
+        slot: Arc::clone(&slot),
+        idle,
+    };
+    (sink, Chunks { slot })
+}
+
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Stream for Chunks {
+    type Item = Chunk;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        match &mut *lock(&self.slot) {
+            Slot::Open(receiver) => receiver.poll_recv(cx),
+            Slot::Cut(left) => Poll::Ready(left.take().map(Err)),
+        }
+    }
+}
+
+impl ChunkSink {
+    /// Hands a chunk to the reader; a reader that takes none within the idle
+    /// timeout is cut off: the chunks waiting for it are dropped (and the
+    /// budget they hold released) and it is told why when it next reads.
+    pub async fn send(&self, chunk: Chunk, portion: PortionId) -> Result<(), ReaderGone> {
+        match self.sender.send_timeout(chunk, self.idle).await {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Closed(_)) => Err(ReaderGone),
+            Err(SendTimeoutError::Timeout(_)) => {
+                tracing::warn!(%portion, idle = ?self.idle, "the reader took no frame; cutting the fetch off");
+                let cut = VendorError::ReaderIdle {
+                    portion,
+                    secs: self.idle.as_secs_f64(),
+                };
+                // The old slot, with its waiting chunks, is dropped here.
+                drop(std::mem::replace(
+                    &mut *lock(&self.slot),
+                    Slot::Cut(Some(cut)),
+                ));
+                Err(ReaderGone)
+            }
+        }
+    }
+}
 
 /// A read of `length` bytes from `offset` of a tenant's portion (a length
 /// of 0 means to the end), under a fetch grant.
@@ -68,16 +150,16 @@ impl Vendor {
                 )),
             });
         }
-        let (sender, receiver) = mpsc::channel(FETCH_WINDOW);
+        let (sink, chunks) = chunk_channel(FETCH_WINDOW, self.limits().fetch_idle);
         let vendor = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(err) = stream_range(&vendor, &record, start, end, &sender).await {
+            if let Err(err) = stream_range(&vendor, &record, start, end, &sink).await {
                 tracing::warn!(portion = %record.portion, %err, "fetch failed");
                 // The caller may have gone; nothing more to do then.
-                let _ = sender.send(Err(err)).await;
+                let _ = sink.send(Err(err), record.portion).await;
             }
         });
-        Ok(ReceiverStream::new(receiver))
+        Ok(chunks)
     }
 }
 
@@ -103,7 +185,7 @@ pub(super) async fn stream_range(
     record: &PortionRecord,
     start: u64,
     end: u64,
-    sender: &ChunkSender,
+    sink: &ChunkSink,
 ) -> Result<(), VendorError> {
     let lost = |detail: String| VendorError::PieceLost {
         portion: record.portion,
@@ -112,17 +194,20 @@ pub(super) async fn stream_range(
             detail,
         },
     };
+    let budget = vendor.fetch_budget();
+    let wait = vendor.limits().fetch_idle;
     let mut piece_start = 0u64;
     let mut sent = 0u64;
     for piece in &record.pieces {
         let piece_end = piece_start.saturating_add(piece.size);
         if piece_end > start && piece_start < end {
-            let data = read_piece(vendor, record, piece).await?;
+            let held = budget.take(&record.tenant, piece.size, wait).await?;
+            let data = budgeted(read_piece(vendor, record, piece).await?, held);
             let from = start.saturating_sub(piece_start) as usize;
             let to = (end.min(piece_end) - piece_start) as usize;
             for chunk in frames(data.slice(from..to)) {
-                if sender.send(Ok(chunk)).await.is_err() {
-                    return Ok(()); // the caller hung up
+                if sink.send(Ok(chunk), record.portion).await.is_err() {
+                    return Ok(()); // the caller hung up or was cut off
                 }
             }
             sent += (to - from) as u64;

@@ -5,7 +5,9 @@
 //! FAT and answers with this vendor's signed receipt plus every downstream
 //! one. On any failure the pieces written here are deleted and no local FAT
 //! entry is left. A stream that sends nothing for the idle timeout is such a
-//! failure.
+//! failure, and so is a newer store of the same portion (a resend): it
+//! aborts this one, which cuts its forward off so the rest of the route
+//! aborts too and every lock on the route is released.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use offsite_proto::signing::{Expected, GrantOp, GrantSubject};
 use offsite_proto::stream::{next_within, Idle};
 use offsite_proto::{Hash, PortionId, Receipt, RoutingHeader};
 
+use super::claim::{Claim, ClaimKind};
 use super::error::VendorError;
 use super::forward::{Downstream, Forwarder, RouteFailure};
 use super::place::PieceWriter;
@@ -58,7 +61,15 @@ impl Vendor {
                 bytes: header.size,
             },
         )?;
-        let _claim = self.claim(&header.tenant, &header.portion)?;
+        let limits = self.limits();
+        let claim = self
+            .claim(
+                &header.tenant,
+                &header.portion,
+                ClaimKind::Store,
+                limits.claim_wait(),
+            )
+            .await?;
         let already_held = self.held(&header)?;
         // A repeat of a stored portion takes no more room.
         let charge = match already_held {
@@ -80,16 +91,22 @@ impl Vendor {
                 .await?,
             ),
         };
-        let idle = self.idle_timeout();
-        let forwarder = header.forwarded().map(|next| self.forwarder(next, idle));
+        let forwarder = header.forwarded().map(|next| {
+            let wait = limits.next_vendor(next.route.len().saturating_sub(1));
+            self.forwarder(next, wait)
+        });
+        let portion = header.portion;
         let mut upload = Upload {
             header,
             writer,
             forwarder,
         };
         let chunks = std::pin::pin!(chunks);
-        let received = upload.receive(chunks, idle).await;
-        let result = upload.conclude(self, received).await;
+        let received = tokio::select! {
+            received = upload.receive(chunks, limits.store_idle) => received,
+            () = claim.aborted() => Err(VendorError::Superseded { portion }),
+        };
+        let result = upload.conclude(self, received, &claim).await;
         if let (Ok(_), Some(charge)) = (&result, charge) {
             charge.keep();
         }
@@ -100,7 +117,7 @@ impl Vendor {
     /// is dialled: the next vendor's store grant must be valid for it, and
     /// its address is the one that grant names (the coordinators signed the
     /// address the vendor registered), whatever the route says.
-    fn forwarder(&self, mut next: RoutingHeader, idle: Duration) -> Forwarder {
+    fn forwarder(&self, mut next: RoutingHeader, wait: Duration) -> Forwarder {
         let to = next.route[0].id.clone();
         let checked = self.grants.check(
             next.grants.first(),
@@ -115,7 +132,7 @@ impl Vendor {
         match checked {
             Ok(grant) if !grant.address.is_empty() => {
                 next.route[0].address = grant.address;
-                Forwarder::start(next, idle, self.credentials.clone())
+                Forwarder::start(next, wait, self.credentials.clone())
             }
             Ok(_) => Forwarder::refused(
                 next,
@@ -238,10 +255,13 @@ impl Upload {
     }
 
     /// Finishes locally and downstream at once, or cleans up after a failure.
+    /// A newer store of the portion (`claim` aborted) cuts the wait for
+    /// the rest of the route short.
     async fn conclude(
         mut self,
         vendor: &Vendor,
         received: Result<(), VendorError>,
+        claim: &Claim,
     ) -> Result<Stored, VendorError> {
         if let Err(err) = received {
             return Err(self.fail(err).await);
@@ -251,7 +271,7 @@ impl Upload {
         let mut writer = self.writer.take();
         let downstream = async move {
             match forwarder {
-                Some(forwarder) => forwarder.finish().await,
+                Some(forwarder) => forwarder.finish_unless(claim.aborted()).await,
                 None => Downstream::default(),
             }
         };
@@ -280,12 +300,19 @@ impl Upload {
     async fn fail(mut self, err: VendorError) -> VendorError {
         tracing::warn!(portion = %self.header.portion, %err, "store failed; cleaning up");
         // The next vendor saw the same bytes (a bad stream is bad there too);
-        // waiting for its answer means that when this call fails, the rest of
-        // the route has already cleaned up as well.
+        // waiting for its answer (bounded) means that when this call fails,
+        // the rest of the route has already cleaned up as well. An aborted
+        // store cuts the route off at once instead.
         let (forwarder, writer) = (self.forwarder.take(), self.writer.take());
+        let superseded = matches!(err, VendorError::Superseded { .. });
         let downstream = async move {
             if let Some(forwarder) = forwarder {
-                let answer = forwarder.finish().await;
+                let answer = match superseded {
+                    true => forwarder.abort(
+                        "the store upstream was aborted by a newer store of the same portion",
+                    ),
+                    false => forwarder.finish().await,
+                };
                 tracing::debug!(
                     receipts = answer.receipts.len(),
                     failures = answer.failures.len(),

@@ -106,6 +106,19 @@ impl TestVendor {
         store_count: usize,
         idle: std::time::Duration,
     ) -> Self {
+        let limits = offsite_vendor::Limits {
+            store_idle: idle,
+            ..offsite_vendor::Limits::default()
+        };
+        Self::start_with_limits(id, store_count, limits).await
+    }
+
+    /// A vendor with these waits and read buffers.
+    pub async fn start_with_limits(
+        id: &str,
+        store_count: usize,
+        limits: offsite_vendor::Limits,
+    ) -> Self {
         let store_dirs: Vec<TempDir> = (0..store_count)
             .map(|_| tempfile::tempdir().unwrap())
             .collect();
@@ -126,7 +139,7 @@ impl TestVendor {
             credentials(Role::Vendor, id),
         )
         .unwrap()
-        .with_store_idle_timeout(idle);
+        .with_limits(limits);
         agent
             .set_grant_keys(&[(1, group_key().public_key().to_vec())])
             .unwrap();
