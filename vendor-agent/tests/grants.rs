@@ -239,3 +239,40 @@ async fn fetches_and_deletes_need_a_grant_for_their_portion() {
     assert!(delete(&vendor, &acme, &h.portion).await.unwrap());
     vendor.stop().await;
 }
+
+/// A grant valid when the stream starts but expired by its end: the vendor
+/// checks it again before it signs the receipt, refuses the store and
+/// keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_runs_out_during_the_stream_gets_no_receipt() {
+    use offsite_proto::clock::now_unix_ms;
+    use offsite_proto::signing::GRANT_CLOCK_SKEW_MS;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let vendor = TestVendor::start("v1", 1).await;
+    let acme = tenant("acme");
+    let data = test_bytes(300_000, 5);
+    let mut h = header(&acme, vec![vendor.vref()], &data, PIECE);
+    let short = GrantBody {
+        expires_unix_ms: now_unix_ms() + 1_000 - GRANT_CLOCK_SKEW_MS,
+        ..body(&h, &vendor)
+    };
+    h.grants = vec![group_key().grant(&short)];
+    let mut frames = frames(h, &data).into_iter();
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    // The header and a first frame while the grant is valid.
+    for frame in frames.by_ref().take(2) {
+        sender.send(frame).await.unwrap();
+    }
+    let mut client = vendor.client().await;
+    let call = tokio::spawn(async move { client.store(ReceiverStream::new(receiver)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    for frame in frames {
+        sender.send(frame).await.unwrap();
+    }
+    drop(sender);
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("expired"), "{}", err.message());
+    assert_eq!(vendor.used_bytes().await, 0, "the expired store kept bytes");
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use offsite_proto::limits::MAX_FRAME_BYTES;
-use offsite_proto::signing::{Expected, GrantOp, GrantSubject};
+use offsite_proto::signing::{Expected, GrantBody, GrantOp, GrantSubject};
 use offsite_proto::stream::{next_within, Idle};
 use offsite_proto::{Hash, PortionId, Receipt, RoutingHeader};
 
@@ -51,16 +51,7 @@ impl Vendor {
                 me: self.id.clone(),
             });
         }
-        let grant = self.grants.check(
-            header.grants.first(),
-            &Expected {
-                op: GrantOp::Store,
-                tenant: &header.tenant,
-                vendor: &self.id,
-                subject: GrantSubject::Reservation(header.reservation),
-                bytes: header.size,
-            },
-        )?;
+        let grant = self.check_store_grant(&header)?;
         let limits = self.limits();
         let claim = self
             .claim(
@@ -111,6 +102,23 @@ impl Vendor {
             charge.keep();
         }
         result
+    }
+
+    /// The store grant of `header` for this vendor, checked now: when the
+    /// stream starts, and again when it has ended, before the receipt is
+    /// signed (a long stream's grant may run out, or its key be rotated
+    /// away, while it lasts).
+    fn check_store_grant(&self, header: &RoutingHeader) -> Result<GrantBody, VendorError> {
+        self.grants.check(
+            header.grants.first(),
+            &Expected {
+                op: GrantOp::Store,
+                tenant: &header.tenant,
+                vendor: &self.id,
+                subject: GrantSubject::Reservation(header.reservation),
+                bytes: header.size,
+            },
+        )
     }
 
     /// The forward to the next vendor of the route, checked before anything
@@ -263,6 +271,7 @@ impl Upload {
         received: Result<(), VendorError>,
         claim: &Claim,
     ) -> Result<Stored, VendorError> {
+        let received = received.and_then(|()| vendor.check_store_grant(&self.header).map(drop));
         if let Err(err) = received {
             return Err(self.fail(err).await);
         }
