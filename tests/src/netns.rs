@@ -2,7 +2,8 @@
 //! a few namespaces on one bridge, each with its own address, whose links a
 //! test can cut (a partition) while still reaching every namespace itself;
 //! and [`NetnsGroup`], a coordinator group of three in them. A devnet can
-//! also run its coordinators in namespaces (`DevnetOptions::coordinator_namespaces`).
+//! also run its coordinators in namespaces
+//! (`DevnetOptions::coordinator_namespaces`).
 //!
 //! Layout, in a private subnet `10.231.N.0/24` that only these namespaces use:
 //! a hub namespace holds a bridge; one veth pair joins the test's (root)
@@ -11,10 +12,10 @@
 //! frames meet that namespace's empty firewall, not the host's (a host with
 //! `br_netfilter` and a `FORWARD DROP` policy, as Docker sets up, would drop
 //! them). A partition is a set of blackhole routes inside the members'
-//! namespaces; the test's namespace never gets one, so everything in it
-//! (the test, and a devnet's vendors and clients) reaches a cut-off member
-//! only while that member's routes back to `.1` stay. Everything is removed
-//! on drop, also when the test panics.
+//! namespaces, never in the test's: a member cut off from the test's
+//! namespace gets a route to `.1` that goes nowhere, so nothing there (the
+//! test, a devnet's vendors and clients) gets an answer from it. Everything
+//! is removed on drop, also when the test panics.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

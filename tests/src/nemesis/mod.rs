@@ -19,6 +19,7 @@
 //! panics, so the devnet's own drop can stop them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -181,9 +182,10 @@ impl Nemesis {
         }
     }
 
-    /// Runs episodes until `until`, then heals everything.
-    pub fn run(&mut self, devnet: &mut Devnet, until: Instant) -> Result<()> {
-        while Instant::now() < until {
+    /// Runs episodes until `until` (or until `stop` is set, as when a
+    /// client fails), then heals everything.
+    pub fn run(&mut self, devnet: &mut Devnet, until: Instant, stop: &AtomicBool) -> Result<()> {
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             self.episode(devnet, until)?;
             let quiet = self.pick(self.timings.quiet);
             sleep_until(until.min(Instant::now() + quiet));

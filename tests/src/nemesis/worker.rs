@@ -32,6 +32,9 @@ use crate::tree::{self, files_under, TreeSpec};
 /// of tag T.
 const NO_TAG: &str = "nemesis-keep-none";
 
+/// Snapshots a client keeps before it forgets more often than it backs up.
+const MAX_LIVE: usize = 6;
+
 /// Whether a saved snapshot was forgotten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forgotten {
@@ -184,20 +187,28 @@ impl Worker {
     }
 
     /// One operation, chosen at random: mostly backups, then restores,
-    /// forgets and prunes.
+    /// forgets and prunes; forgets first once more than [`MAX_LIVE`]
+    /// snapshots are kept.
     pub fn step(&mut self, tally: &Mutex<Tally>) -> Result<()> {
         let live: Vec<usize> = (0..self.saved.len())
             .filter(|i| self.saved[*i].forgotten == Forgotten::No)
             .collect();
         let roll = self.rng.gen_range(0..100);
-        if roll < 50 || live.is_empty() {
+        // Never the newest, so a parent stays for the next backup.
+        let older = |rng: &mut StdRng| live[rng.gen_range(0..live.len() - 1)];
+        if live.is_empty() {
+            self.backup(tally)
+        } else if live.len() > MAX_LIVE && roll < 40 {
+            // Keeps what the tenant stores bounded however long the run.
+            let pick = older(&mut self.rng);
+            self.forget(tally, pick)
+        } else if roll < 50 {
             self.backup(tally)
         } else if roll < 70 {
             let pick = *live.choose(&mut self.rng).unwrap_or(&0);
             self.restore(tally, pick)
         } else if roll < 85 && live.len() >= 3 {
-            // Never the newest, so a parent stays for the next backup.
-            let pick = live[self.rng.gen_range(0..live.len() - 1)];
+            let pick = older(&mut self.rng);
             self.forget(tally, pick)
         } else {
             self.prune(tally)
@@ -310,11 +321,13 @@ impl Worker {
     /// Changes the source tree a little: rewrites, grows, adds and removes
     /// files.
     fn change_tree(&mut self) -> Result<()> {
-        let files = files_under(&self.source);
+        let mut files = files_under(&self.source);
         for _ in 0..self.rng.gen_range(1..=4) {
-            let Some(file) = files.choose(&mut self.rng).cloned() else {
+            if files.is_empty() {
                 break;
-            };
+            }
+            let pick = self.rng.gen_range(0..files.len());
+            let file = files[pick].clone();
             match self.rng.gen_range(0..4) {
                 0 => {
                     let len = self.rng.gen_range(0..8192);
@@ -338,7 +351,8 @@ impl Worker {
                 }
                 _ => {
                     if files.len() > 10 {
-                        let _ = std::fs::remove_file(&file);
+                        std::fs::remove_file(&file)?;
+                        files.swap_remove(pick);
                     }
                 }
             }
