@@ -11,8 +11,9 @@
 //!   byte for byte, during the run and at the end, with every process back;
 //! - at the end, once repairs, deletions and reservations have settled,
 //!   `check --read-data` is clean for every tenant;
-//! - for every vendor, used + reserved never exceeded the offer it reported,
-//!   as sampled from the coordinators about once a second.
+//! - no vendor was overbooked: used + reserved never exceeded the offer it
+//!   reported, as sampled from the coordinators about once a second (see
+//!   `sample_status` for a vendor whose offer a NAS device out lowered).
 //!
 //! It prints the seed first, then a summary: operations by kind and outcome,
 //! the errors they failed with, faults injected by kind, and the longest any
