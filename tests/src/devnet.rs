@@ -22,6 +22,7 @@ use offsite_proto::pb::admin::MarketplaceStatusResponse;
 
 use crate::bins;
 use crate::configs::{self, ClientConfig, CoordinatorConfig, NasConfig, StoreConfig, VendorConfig};
+use crate::netns::Namespaces;
 use crate::permit::Permit;
 use crate::ports::free_addr;
 use crate::process::{Daemon, Paused, STOP_GRACE};
@@ -57,6 +58,10 @@ pub struct DevnetOptions {
     pub ready_timeout: Duration,
     /// Start every process in its own session so it outlives the launcher.
     pub detach: bool,
+    /// Run each coordinator in its own network namespace (see
+    /// [`crate::netns`]; needs root and `ip netns`), so a test can
+    /// partition it; the rest stays on 127.0.0.1.
+    pub coordinator_namespaces: bool,
 }
 
 impl Default for DevnetOptions {
@@ -78,6 +83,7 @@ impl Default for DevnetOptions {
             client_stall_secs: None,
             ready_timeout: Duration::from_secs(60),
             detach: false,
+            coordinator_namespaces: false,
         }
     }
 }
@@ -153,7 +159,13 @@ pub struct Devnet {
     detached: bool,
     rpc: Rpc,
     _permit: Option<Permit>,
+    /// The coordinators' namespaces, with `coordinator_namespaces`; dropped
+    /// after every process has stopped.
+    net: Option<Namespaces>,
 }
+
+/// The port every coordinator listens on inside its own namespace.
+const NAMESPACE_PORT: u16 = 7000;
 
 const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];
 
@@ -205,12 +217,20 @@ impl Devnet {
         let nas_bin = bins::binary(bins::NAS)?;
         bins::binary(bins::CLIENT)?;
         let rpc = Rpc::open(&rpc::pki_dir(dir))?;
+        let net = match options.coordinator_namespaces {
+            true => Some(Namespaces::create(options.coordinators)?),
+            false => None,
+        };
 
         let mut members = Vec::with_capacity(options.coordinators);
         for id in 1..=options.coordinators as u64 {
+            let address = match &net {
+                Some(net) => SocketAddr::from((net.ip(id as usize - 1), NAMESPACE_PORT)),
+                None => free_addr()?,
+            };
             members.push(configs::MemberConfig {
                 id,
-                address: free_addr()?,
+                address,
                 name: format!("coordinator-{id}"),
             });
         }
@@ -233,7 +253,7 @@ impl Devnet {
                 initial_members: members.clone(),
                 tls: rpc.tls(Role::Coordinator, &name)?,
             };
-            coordinators.push(node(
+            let mut coordinator = node(
                 &name,
                 &coordinator_bin,
                 &coordinator_dir,
@@ -241,7 +261,11 @@ impl Devnet {
                 options.detach,
                 member.address,
                 &config,
-            )?);
+            )?;
+            if let Some(net) = &net {
+                coordinator.daemon.wrapper = net.exec_prefix(member.id as usize - 1);
+            }
+            coordinators.push(coordinator);
         }
 
         let mut vendors = Vec::with_capacity(options.vendors);
@@ -342,6 +366,7 @@ impl Devnet {
             detached: false,
             rpc,
             _permit: None,
+            net,
         })
     }
 
@@ -595,6 +620,48 @@ impl Devnet {
         self.vendors[vendor].nas[nas].daemon.start()?;
         self.save_state()?;
         self.wait_ready(self.options.ready_timeout)
+    }
+
+    /// Starts again every process that is not running (killed or stopped
+    /// by a test), with the same config and data, and waits until ready:
+    /// one call that heals several faults at once, which restarting them one
+    /// by one (each waiting for every other to be ready) cannot.
+    pub fn restart_stopped(&mut self) -> Result<()> {
+        for node in self.nodes_mut() {
+            node.daemon.start()?;
+        }
+        self.save_state()?;
+        self.wait_ready(self.options.ready_timeout)
+    }
+
+    /// Cuts coordinator `index` off from the other coordinators, both ways;
+    /// vendors, clients and the harness still reach it. Needs
+    /// `coordinator_namespaces`.
+    pub fn partition_coordinator(&mut self, index: usize) -> Result<()> {
+        self.namespaces()?.isolate(index)
+    }
+
+    /// Cuts coordinator `index` off from everything else: the other
+    /// coordinators, vendors, clients and the harness.
+    pub fn isolate_coordinator(&mut self, index: usize) -> Result<()> {
+        let net = self.namespaces()?;
+        net.isolate(index)?;
+        net.isolate_from_root(index)
+    }
+
+    /// Heals every partition.
+    pub fn heal_partitions(&mut self) -> Result<()> {
+        match &mut self.net {
+            Some(net) => net.heal(),
+            None => Ok(()),
+        }
+    }
+
+    fn namespaces(&mut self) -> Result<&mut Namespaces> {
+        self.net.as_mut().context(
+            "this devnet's coordinators share the test's network; \
+             start it with coordinator_namespaces to partition them",
+        )
     }
 
     // ---- life ----

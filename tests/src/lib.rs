@@ -19,6 +19,7 @@ mod client;
 mod configs;
 mod devnet;
 mod nas;
+pub mod nemesis;
 pub mod netns;
 mod permit;
 mod ports;

@@ -1,16 +1,21 @@
-//! A coordinator group of three real processes, each in its own network
-//! namespace with its own address, so a test can cut the links between
-//! replicas (a partition) while still reaching every replica itself.
+//! Network namespaces for partitions, with real processes: [`Namespaces`],
+//! a few namespaces on one bridge, each with its own address, whose links a
+//! test can cut (a partition) while still reaching every namespace itself;
+//! and [`NetnsGroup`], a coordinator group of three in them. A devnet can
+//! also run its coordinators in namespaces
+//! (`DevnetOptions::coordinator_namespaces`).
 //!
 //! Layout, in a private subnet `10.231.N.0/24` that only these namespaces use:
 //! a hub namespace holds a bridge; one veth pair joins the test's (root)
-//! namespace to it (`.1`) and one joins each replica's namespace (`.11`,
-//! `.12`, `.13`). The bridge lives in its own namespace so that bridged
+//! namespace to it (`.1`) and one joins each member namespace (`.11`,
+//! `.12`, ...). The bridge lives in its own namespace so that bridged
 //! frames meet that namespace's empty firewall, not the host's (a host with
 //! `br_netfilter` and a `FORWARD DROP` policy, as Docker sets up, would drop
-//! them). A partition is a set of blackhole routes inside the replicas'
-//! namespaces; the test's namespace never gets one. Everything is removed on
-//! drop, also when the test panics.
+//! them). A partition is a set of blackhole routes inside the members'
+//! namespaces, never in the test's: a member cut off from the test's
+//! namespace gets a route to `.1` that goes nowhere, so nothing there (the
+//! test, a devnet's vendors and clients) gets an answer from it. Everything
+//! is removed on drop, also when the test panics.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -71,18 +76,154 @@ struct Member {
     name: String,
 }
 
-/// Three coordinators in three network namespaces.
-pub struct NetnsGroup {
+/// Namespaces on one bridge, reachable from the test's namespace; see the
+/// module doc.
+#[derive(Debug)]
+pub struct Namespaces {
     hub: String,
     root_veth: String,
-    namespaces: Vec<String>,
-    addrs: Vec<SocketAddr>,
-    dir: PathBuf,
+    names: Vec<String>,
+    subnet: u8,
     /// Blackhole routes in place, as (namespace index, address).
     blackholes: Vec<(usize, Ipv4Addr)>,
+}
+
+impl Namespaces {
+    /// Creates `count` namespaces, named after this process so concurrent
+    /// tests do not meet. Fails with the missing capability named when
+    /// `ip netns` cannot be used.
+    pub fn create(count: usize) -> Result<Namespaces> {
+        check_capability()?;
+        let pid = std::process::id();
+        let tag = format!("os{}", pid % 1_000_000);
+        let mut net = Namespaces {
+            hub: format!("{tag}hub"),
+            root_veth: format!("{tag}r"),
+            names: (1..=count).map(|i| format!("{tag}c{i}")).collect(),
+            subnet: free_subnet(pid)?,
+            blackholes: Vec::new(),
+        };
+        net.build()?;
+        Ok(net)
+    }
+
+    /// The name of namespace `i` (for `ip netns exec`).
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// The address of namespace `i`.
+    pub fn ip(&self, i: usize) -> Ipv4Addr {
+        member_ip(self.subnet, i + 1)
+    }
+
+    /// The test's own address on the bridge, from which every process of
+    /// the test's namespace reaches the members.
+    fn root_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.subnet, 1)
+    }
+
+    /// `ip netns exec NAME`: the command line that runs a program in
+    /// namespace `i` (ip execs the program, so its pid is the program's).
+    pub fn exec_prefix(&self, i: usize) -> Vec<String> {
+        ["ip", "netns", "exec", self.name(i)]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Cuts member `isolated` off from the other members, both ways:
+    /// blackhole routes in its namespace to them and in theirs to it.
+    pub fn isolate(&mut self, isolated: usize) -> Result<()> {
+        for other in (0..self.names.len()).filter(|o| *o != isolated) {
+            self.blackhole(isolated, self.ip(other))?;
+            self.blackhole(other, self.ip(isolated))?;
+        }
+        Ok(())
+    }
+
+    /// Cuts member `i` off from the test's namespace, both ways (its
+    /// answers to `.1` go nowhere, so nothing there reaches it).
+    pub fn isolate_from_root(&mut self, i: usize) -> Result<()> {
+        self.blackhole(i, self.root_ip())
+    }
+
+    /// Removes every blackhole route: the partition heals.
+    pub fn heal(&mut self) -> Result<()> {
+        while let Some((ns, ip)) = self.blackholes.pop() {
+            ip_cmd(&[
+                "-n",
+                &self.names[ns],
+                "route",
+                "del",
+                "blackhole",
+                &format!("{ip}/32"),
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn blackhole(&mut self, ns: usize, ip: Ipv4Addr) -> Result<()> {
+        ip_cmd(&[
+            "-n",
+            &self.names[ns],
+            "route",
+            "add",
+            "blackhole",
+            &format!("{ip}/32"),
+        ])?;
+        self.blackholes.push((ns, ip));
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let hub = self.hub.clone();
+        ip_cmd(&["netns", "add", &hub])?;
+        ip_cmd(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip_cmd(&["-n", &hub, "link", "set", "br0", "up"])?;
+        let root = self.root_veth.clone();
+        ip_cmd(&[
+            "link", "add", &root, "type", "veth", "peer", "name", "up0", "netns", &hub,
+        ])?;
+        ip_cmd(&["-n", &hub, "link", "set", "up0", "master", "br0", "up"])?;
+        let gateway = format!("{}/24", self.root_ip());
+        ip_cmd(&["addr", "add", &gateway, "dev", &root])?;
+        ip_cmd(&["link", "set", &root, "up"])?;
+        for (i, ns) in self.names.clone().iter().enumerate() {
+            let port = format!("p{}", i + 1);
+            ip_cmd(&["netns", "add", ns])?;
+            ip_cmd(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ])?;
+            ip_cmd(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            let address = format!("{}/24", self.ip(i));
+            ip_cmd(&["-n", ns, "addr", "add", &address, "dev", "eth0"])?;
+            ip_cmd(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip_cmd(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Errors are ignored so one leftover does not keep the rest.
+        let _ = ip_cmd(&["link", "del", &self.root_veth]);
+        for ns in self.names.iter().chain([&self.hub]) {
+            let _ = ip_cmd(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// Three coordinators in three network namespaces.
+pub struct NetnsGroup {
+    addrs: Vec<SocketAddr>,
+    dir: PathBuf,
     processes: Vec<Option<KillOnDrop>>,
     /// The group's CA and the harness's certificates (in `dir/pki`).
     rpc: Rpc,
+    /// Dropped after the processes (fields drop after `Drop::drop`).
+    net: Namespaces,
 }
 
 impl NetnsGroup {
@@ -90,25 +231,18 @@ impl NetnsGroup {
     /// `dir/cN.log`. Fails with the missing capability named when `ip netns`
     /// cannot be used.
     pub fn start(dir: &Path, timings: GroupTimings) -> Result<NetnsGroup> {
-        check_capability()?;
         let coordinator = binary(COORDINATOR)?;
-        let pid = std::process::id();
-        let tag = format!("os{}", pid % 1_000_000);
-        let subnet = free_subnet(pid)?;
+        let net = Namespaces::create(REPLICAS)?;
         let mut group = NetnsGroup {
-            hub: format!("{tag}hub"),
-            root_veth: format!("{tag}r"),
-            namespaces: (1..=REPLICAS).map(|i| format!("{tag}c{i}")).collect(),
-            addrs: (1..=REPLICAS)
-                .map(|i| SocketAddr::from((replica_ip(subnet, i), PORT)))
+            addrs: (0..REPLICAS)
+                .map(|i| SocketAddr::from((net.ip(i), PORT)))
                 .collect(),
             dir: dir.to_path_buf(),
-            blackholes: Vec::new(),
             processes: Vec::new(),
             rpc: Rpc::open(&crate::rpc::pki_dir(dir))?,
+            net,
         };
         rpc::register(&group.rpc, group.addrs.clone());
-        group.build_network(subnet)?;
         for i in 0..REPLICAS {
             let process = group.spawn(i, &coordinator, timings)?;
             group.processes.push(Some(process));
@@ -130,26 +264,12 @@ impl NetnsGroup {
     /// Cuts replica `isolated` off from the others, both ways: blackhole
     /// routes in its namespace to them and in theirs to it.
     pub fn isolate(&mut self, isolated: usize) -> Result<()> {
-        for other in (0..REPLICAS).filter(|o| *o != isolated) {
-            self.blackhole(isolated, other)?;
-            self.blackhole(other, isolated)?;
-        }
-        Ok(())
+        self.net.isolate(isolated)
     }
 
     /// Removes every blackhole route: the partition heals.
     pub fn heal(&mut self) -> Result<()> {
-        while let Some((ns, ip)) = self.blackholes.pop() {
-            ip_cmd(&[
-                "-n",
-                &self.namespaces[ns],
-                "route",
-                "del",
-                "blackhole",
-                &format!("{ip}/32"),
-            ])?;
-        }
-        Ok(())
+        self.net.heal()
     }
 
     /// The last lines of replica `i`'s log, for assertion messages.
@@ -157,54 +277,8 @@ impl NetnsGroup {
         crate::log_tail(&self.log(i), lines)
     }
 
-    fn blackhole(&mut self, ns: usize, to: usize) -> Result<()> {
-        let SocketAddr::V4(addr) = self.addrs[to] else {
-            bail!("replica addresses are IPv4");
-        };
-        let ip = *addr.ip();
-        ip_cmd(&[
-            "-n",
-            &self.namespaces[ns],
-            "route",
-            "add",
-            "blackhole",
-            &format!("{ip}/32"),
-        ])?;
-        self.blackholes.push((ns, ip));
-        Ok(())
-    }
-
     fn log(&self, i: usize) -> PathBuf {
         self.dir.join(format!("c{}.log", i + 1))
-    }
-
-    fn build_network(&mut self, subnet: u8) -> Result<()> {
-        let hub = self.hub.clone();
-        ip_cmd(&["netns", "add", &hub])?;
-        ip_cmd(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        ip_cmd(&["-n", &hub, "link", "set", "br0", "up"])?;
-        let root = self.root_veth.clone();
-        ip_cmd(&[
-            "link", "add", &root, "type", "veth", "peer", "name", "up0", "netns", &hub,
-        ])?;
-        ip_cmd(&["-n", &hub, "link", "set", "up0", "master", "br0", "up"])?;
-        let gateway = format!("{}/24", Ipv4Addr::new(10, 231, subnet, 1));
-        ip_cmd(&["addr", "add", &gateway, "dev", &root])?;
-        ip_cmd(&["link", "set", &root, "up"])?;
-        for (i, ns) in self.namespaces.clone().iter().enumerate() {
-            let port = format!("p{}", i + 1);
-            ip_cmd(&["netns", "add", ns])?;
-            ip_cmd(&[
-                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                ns,
-            ])?;
-            ip_cmd(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
-            let address = format!("{}/24", replica_ip(subnet, i + 1));
-            ip_cmd(&["-n", ns, "addr", "add", &address, "dev", "eth0"])?;
-            ip_cmd(&["-n", ns, "link", "set", "eth0", "up"])?;
-            ip_cmd(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(())
     }
 
     fn spawn(&self, i: usize, binary: &Path, timings: GroupTimings) -> Result<KillOnDrop> {
@@ -234,7 +308,7 @@ impl NetnsGroup {
             .with_context(|| format!("cannot create {}", self.log(i).display()))?;
         // `ip netns exec` execs the binary, so the child is the coordinator.
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.namespaces[i]])
+            .args(["netns", "exec", self.net.name(i)])
             .arg(binary)
             .args(["run", "--config"])
             .arg(&path)
@@ -243,11 +317,7 @@ impl NetnsGroup {
             .stderr(log)
             .spawn()
             .with_context(|| {
-                format!(
-                    "cannot start {} in {}",
-                    binary.display(),
-                    self.namespaces[i]
-                )
+                format!("cannot start {} in {}", binary.display(), self.net.name(i))
             })?;
         Ok(KillOnDrop(child))
     }
@@ -255,20 +325,15 @@ impl NetnsGroup {
 
 impl Drop for NetnsGroup {
     fn drop(&mut self) {
-        // Processes first (they hold the namespaces open), then the links and
-        // namespaces; errors are ignored so one leftover does not keep the
-        // rest.
+        // Processes first (they hold the namespaces open); the namespaces
+        // go when `net` drops, after this.
         for process in &mut self.processes {
             process.take();
-        }
-        let _ = ip_cmd(&["link", "del", &self.root_veth]);
-        for ns in self.namespaces.iter().chain([&self.hub]) {
-            let _ = ip_cmd(&["netns", "del", ns]);
         }
     }
 }
 
-fn replica_ip(subnet: u8, i: usize) -> Ipv4Addr {
+fn member_ip(subnet: u8, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 231, subnet, 10 + i as u8)
 }
 

@@ -28,6 +28,9 @@ pub struct Daemon {
     pub log: PathBuf,
     /// In its own session, so it outlives the launcher (`up --detach`).
     pub detach: bool,
+    /// A command line the binary runs under, e.g. `ip netns exec NS`
+    /// (which execs it); empty: the binary itself.
+    pub wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -39,6 +42,7 @@ impl Daemon {
             config,
             log,
             detach,
+            wrapper: Vec::new(),
             child: None,
         }
     }
@@ -55,7 +59,14 @@ impl Daemon {
             .with_context(|| format!("cannot open log {}", self.log.display()))?;
         writeln!(log, "--- devnet: starting {} ---", self.name)?;
         let err_log = log.try_clone()?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("run")
             .arg("--config")

@@ -115,7 +115,10 @@ pub struct VendorStatus {
     pub vendor: VendorRef,
     pub region: String,
     pub liveness: Liveness,
+    /// The reported offer, never below what the vendor holds.
     pub offered_bytes: u64,
+    /// What the vendor last said it offers.
+    pub reported_offered_bytes: u64,
     pub reserved_bytes: u64,
     pub used_bytes: u64,
     pub stored_bytes: u64,
@@ -272,6 +275,7 @@ impl Fat {
                 region: v.region.clone(),
                 liveness: v.liveness,
                 offered_bytes: v.offered(),
+                reported_offered_bytes: v.reported_offered,
                 reserved_bytes: v.reserved,
                 used_bytes: v.used,
                 stored_bytes: v.stored,

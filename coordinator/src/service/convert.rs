@@ -195,6 +195,7 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         used_bytes: v.used_bytes,
         stored_bytes: v.stored_bytes,
         last_report_unix_ms: v.last_report_unix_ms,
+        reported_offered_bytes: v.reported_offered_bytes,
     }
 }
 
