@@ -62,6 +62,7 @@ pub struct GrantBody {
 
 /// A grant body as version 1 wrote it, before `address`.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct GrantBodyV1 {
     op: GrantOp,
     tenant: TenantId,
@@ -389,20 +390,11 @@ mod tests {
     /// no address.
     #[test]
     fn a_version_1_grant_opens_without_an_address() {
-        #[derive(Serialize)]
-        struct V1 {
-            op: GrantOp,
-            tenant: TenantId,
-            vendor: VendorId,
-            subject: GrantSubject,
-            max_bytes: u64,
-            expires_unix_ms: u64,
-        }
         let (key, verifier) = group();
         let b = body();
         let v1 = Versioned {
             version: 1,
-            body: V1 {
+            body: GrantBodyV1 {
                 op: b.op,
                 tenant: b.tenant.clone(),
                 vendor: b.vendor.clone(),

@@ -80,29 +80,12 @@ fn header(
     }
 }
 
-async fn store(
-    client: &mut VendorClient<Channel>,
-    header: RoutingHeader,
-    data: &[u8],
-) -> Result<Vec<Receipt>, tonic::Status> {
-    let mut frames = vec![StoreFrame {
-        frame: Some(store_frame::Frame::Header(header)),
-    }];
-    frames.extend(data.chunks(FRAME_BYTES).map(|c| StoreFrame {
-        frame: Some(store_frame::Frame::Data(c.to_vec().into())),
-    }));
-    client
-        .store(tokio_stream::iter(frames))
-        .await
-        .map(|r| r.into_inner().receipts)
-}
-
 /// The whole answer of a store: receipts and the route's failures.
 async fn store_answer(
     client: &mut VendorClient<Channel>,
     header: RoutingHeader,
     data: &[u8],
-) -> StoreResponse {
+) -> Result<StoreResponse, tonic::Status> {
     let mut frames = vec![StoreFrame {
         frame: Some(store_frame::Frame::Header(header)),
     }];
@@ -112,8 +95,15 @@ async fn store_answer(
     client
         .store(tokio_stream::iter(frames))
         .await
-        .unwrap()
-        .into_inner()
+        .map(tonic::Response::into_inner)
+}
+
+async fn store(
+    client: &mut VendorClient<Channel>,
+    header: RoutingHeader,
+    data: &[u8],
+) -> Result<Vec<Receipt>, tonic::Status> {
+    store_answer(client, header, data).await.map(|r| r.receipts)
 }
 
 async fn vendor_as(rpc: &Rpc, tenant: &str, address: &str) -> VendorClient<Channel> {
@@ -497,9 +487,13 @@ fn a_route_cannot_aim_a_vendor_at_an_address_the_sender_chose() {
         };
         let g1 = c1.store_grant.clone().unwrap();
         let g2 = c2.store_grant.clone().unwrap();
-        let aimed = store_answer(&mut at_c1, route(vec![g1.clone(), g2]), &data).await;
+        let aimed = store_answer(&mut at_c1, route(vec![g1.clone(), g2]), &data)
+            .await
+            .unwrap();
         // The second hop's grant is the first vendor's own: not valid there.
-        let ungranted = store_answer(&mut at_c1, route(vec![g1.clone(), g1]), &data).await;
+        let ungranted = store_answer(&mut at_c1, route(vec![g1.clone(), g1]), &data)
+            .await
+            .unwrap();
         (aimed, ungranted)
     })
     .unwrap();

@@ -503,16 +503,38 @@ impl Coordinator {
 }
 
 /// Statuses that mean "this coordinator cannot answer; ask another".
+/// Whether a failed call goes to the next coordinator: the coordinator is
+/// unreachable, slow or stopping, or the connection broke under the call
+/// (tonic reports that as `Unknown` with the transport error as its
+/// source; a status a coordinator sent never has a source). Reserves and
+/// commits carry request ids, so repeating them is safe; a repeated forget
+/// or release whose first attempt went through is refused as not found.
 fn is_failover(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-    )
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broken connection fails over; an unknown error a coordinator sent
+    /// does not.
+    #[test]
+    fn a_transport_error_fails_over_and_a_sent_status_does_not() {
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(is_failover(&broken), "{broken:?}");
+        assert!(!is_failover(&Status::unknown("a coordinator bug")));
+        assert!(is_failover(&Status::unavailable("stopping")));
+        assert!(!is_failover(&Status::not_found("no snapshot")));
+    }
 
     fn refused(code: Code, message: &str) -> CoordinatorError {
         CoordinatorError::Refused {
