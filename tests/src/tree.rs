@@ -233,6 +233,30 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) -> Result<()> {
     Ok(())
 }
 
+/// Every path under `dir` (symlinks not followed) with the length and hash
+/// of its bytes, its link target, or `<dir>`: what a test checks did not
+/// change.
+pub fn listing(dir: &Path) -> Result<std::collections::BTreeMap<PathBuf, String>> {
+    let mut entries = Vec::new();
+    walk(dir, &mut entries)?;
+    let mut all = std::collections::BTreeMap::new();
+    for (path, meta) in entries {
+        let content = if meta.is_dir() {
+            b"<dir>".to_vec()
+        } else if meta.file_type().is_symlink() {
+            std::fs::read_link(&path)?
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+        };
+        let hash = blake3::hash(&content).to_hex();
+        let line = format!("{} bytes, blake3 {}", content.len(), &hash[..16]);
+        all.insert(path, line);
+    }
+    Ok(all)
+}
+
 /// Compares the tree at `actual` with `expected`: the same entries, kinds,
 /// bytes, permission bits, mtimes (seconds) and symlink targets. The error
 /// lists the first differences.

@@ -3,41 +3,12 @@
 //! outside writes nothing outside, replaces what was planted, and restores
 //! the snapshot byte for byte.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use offsite_tests::tree::{self, TreeSpec};
 use offsite_tests::{Devnet, DevnetOptions};
-
-/// Every path under `dir` (symlinks not followed) with the length and hash
-/// of its bytes, its link target, or `<dir>`.
-fn listing(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut all = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = path.symlink_metadata().unwrap();
-            let content = if meta.is_dir() {
-                stack.push(path.clone());
-                b"<dir>".to_vec()
-            } else if meta.file_type().is_symlink() {
-                let to = std::fs::read_link(&path).unwrap();
-                to.into_os_string().into_encoded_bytes()
-            } else {
-                std::fs::read(&path).unwrap()
-            };
-            let hash = blake3::hash(&content).to_hex();
-            all.insert(
-                path,
-                format!("{} bytes, blake3 {}", content.len(), &hash[..16]),
-            );
-        }
-    }
-    all
-}
 
 fn restore(devnet: &Devnet, target: &Path) {
     let args = ["restore", "latest", "--target"].map(OsStr::new);
@@ -63,7 +34,7 @@ fn a_restore_never_writes_through_symlinks_planted_in_its_target() {
     std::fs::write(outside.join("victim"), b"must stay").unwrap();
     std::fs::write(outside.join("perms/script.sh"), b"must stay too").unwrap();
     std::fs::write(outside.join("hard"), b"hard-linked from a target").unwrap();
-    let before = listing(&outside);
+    let before = tree::listing(&outside).unwrap();
 
     // The snapshot's top directory itself is a symlink out.
     let whole = tmp.path().join("target-whole");
@@ -71,7 +42,7 @@ fn a_restore_never_writes_through_symlinks_planted_in_its_target() {
     symlink(&outside, whole.join("source")).unwrap();
     restore(&devnet, &whole);
     assert_eq!(
-        listing(&outside),
+        tree::listing(&outside).unwrap(),
         before,
         "the restore wrote outside its target"
     );
@@ -90,7 +61,7 @@ fn a_restore_never_writes_through_symlinks_planted_in_its_target() {
     std::fs::hard_link(outside.join("hard"), top.join("small/a0/b0/file-00000.dat")).unwrap();
     restore(&devnet, &deeper);
     assert_eq!(
-        listing(&outside),
+        tree::listing(&outside).unwrap(),
         before,
         "the restore wrote outside its target"
     );

@@ -105,17 +105,6 @@ impl VendorAgent {
         })
     }
 
-    /// Sets how long a `Store` stream may go without a frame, from its sender
-    /// or into the next vendor of the route, before it is aborted (default 60 s;
-    /// `store_idle_timeout_secs` in the config).
-    pub fn with_store_idle_timeout(self, timeout: Duration) -> Self {
-        let limits = Limits {
-            store_idle: timeout,
-            ..self.vendor.limits()
-        };
-        self.with_limits(limits)
-    }
-
     /// Sets every wait and the read buffers (`VendorConfig::limits`).
     pub fn with_limits(self, limits: Limits) -> Self {
         self.vendor.set_limits(limits);

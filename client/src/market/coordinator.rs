@@ -502,7 +502,6 @@ impl Coordinator {
     }
 }
 
-/// Statuses that mean "this coordinator cannot answer; ask another".
 /// Whether a failed call goes to the next coordinator: the coordinator is
 /// unreachable, slow or stopping, or the connection broke under the call
 /// (tonic reports that as `Unknown` with the transport error as its

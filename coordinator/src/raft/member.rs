@@ -4,12 +4,13 @@
 //! `NAME@HOST:PORT`, so memberships stored before (plain `HOST:PORT`) still
 //! decode; such a member has no name on record.
 //!
-//! Raft, forwarding and membership calls are accepted only from a
-//! certificate whose name belongs to the current membership ([`Callers`]): a
-//! removed coordinator's still-valid certificate gets nowhere. While any
-//! member has no name on record (a group made before the binding), every
-//! coordinator certificate is accepted, as before, and a warning says how to
-//! bind the names.
+//! Forwarded proposals, read indexes and membership changes are accepted
+//! only from a certificate whose name belongs to the current membership
+//! ([`Callers`]): a removed coordinator's still-valid certificate can no
+//! longer propose, read through the leader or rejoin on its own. openraft's
+//! own messages are checked by role only (see `RaftService::check_member`).
+//! While any member has no name on record (a group made before the
+//! binding), every coordinator certificate is accepted, as before.
 
 use std::collections::BTreeSet;
 

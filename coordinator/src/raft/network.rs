@@ -252,10 +252,11 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerLink {
+        let address = MemberAddr::of(node).address;
         PeerLink {
             target,
-            address: MemberAddr::of(node).address.clone(),
-            client: self.client(&MemberAddr::of(node).address),
+            client: self.client(&address),
+            address,
             health: Arc::clone(&self.health),
         }
     }

@@ -104,17 +104,19 @@ impl Vendor {
         result
     }
 
-    /// The store grant of `header` for this vendor, checked now: when the
-    /// stream starts, and again when it has ended, before the receipt is
-    /// signed (a long stream's grant may run out, or its key be rotated
-    /// away, while it lasts).
+    /// The store grant of the first vendor of `header`'s route, checked
+    /// now. For this vendor's own header it is checked when the stream
+    /// starts and again when it has ended, before the receipt is signed (a
+    /// long stream's grant may run out, or its key be rotated away, while
+    /// it lasts); for the header forwarded to the next vendor, before that
+    /// vendor is dialled.
     fn check_store_grant(&self, header: &RoutingHeader) -> Result<GrantBody, VendorError> {
         self.grants.check(
             header.grants.first(),
             &Expected {
                 op: GrantOp::Store,
                 tenant: &header.tenant,
-                vendor: &self.id,
+                vendor: &header.route[0].id,
                 subject: GrantSubject::Reservation(header.reservation),
                 bytes: header.size,
             },
@@ -127,17 +129,7 @@ impl Vendor {
     /// address the vendor registered), whatever the route says.
     fn forwarder(&self, mut next: RoutingHeader, wait: Duration) -> Forwarder {
         let to = next.route[0].id.clone();
-        let checked = self.grants.check(
-            next.grants.first(),
-            &Expected {
-                op: GrantOp::Store,
-                tenant: &next.tenant,
-                vendor: &to,
-                subject: GrantSubject::Reservation(next.reservation),
-                bytes: next.size,
-            },
-        );
-        match checked {
+        match self.check_store_grant(&next) {
             Ok(grant) if !grant.address.is_empty() => {
                 next.route[0].address = grant.address;
                 Forwarder::start(next, wait, self.credentials.clone())

@@ -6,7 +6,7 @@
 //! a clock that is off does not matter.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use offsite_proto::clock::now_unix_ms;
@@ -61,11 +61,15 @@ impl Lease {
         self.lock().lapsed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        lock(&self.held)
     }
+}
+
+/// The held state, locked (a panic while it was held left it whole: each
+/// change is one assignment).
+fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl Drop for Lease {
@@ -117,16 +121,12 @@ async fn renew_while_open(
                 length = length_of(&renewed);
                 wait = renew_wait(length);
                 let grants = grants_of(&renewed);
-                held.lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .grants = grants;
+                lock(&held).grants = grants;
                 tracing::debug!(reservation = %id, lease_expires_unix_ms = renewed.lease_expires_unix_ms, "lease renewed");
             }
             Err(e) if e.refusal().is_some() => {
                 tracing::warn!(reservation = %id, error = %e, "the lease could not be renewed; committing what the round stored and reserving again");
-                held.lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .lapsed = true;
+                lock(&held).lapsed = true;
                 return;
             }
             Err(e) => {
