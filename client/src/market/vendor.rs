@@ -13,7 +13,7 @@ use std::time::Duration;
 use offsite_proto::limits::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
 use offsite_proto::pb::vendor as pb;
 use offsite_proto::pb::vendor::vendor_client::VendorClient;
-use offsite_proto::stream::watched;
+use offsite_proto::stream::{next_within, watched};
 use offsite_proto::{Grant, PortionId, Receipt, RoutingHeader, TenantId, VendorId, VendorRef};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -274,8 +274,11 @@ impl VendorPool {
             out.clear();
             out.reserve_exact(expected);
             loop {
-                let next = tokio::time::timeout(stall, stream.message());
-                let next = next.await.map_err(|_| stalled(stall))?.map_err(status)?;
+                let next = next_within(&mut stream, stall).await;
+                let next = next
+                    .map_err(|_| stalled(stall))?
+                    .transpose()
+                    .map_err(status)?;
                 let Some(frame) = next else { break };
                 if frame.data.len() > MAX_FRAME_BYTES || out.len() + frame.data.len() > expected {
                     return Err(VendorError::Malformed {

@@ -16,7 +16,7 @@ use offsite_proto::pb::nas::{
     nas_client::NasClient, put_frame, CapacityRequest, GetRequest, PieceHeader, PieceRequest,
     PutFrame,
 };
-use offsite_proto::stream::watched;
+use offsite_proto::stream::{next_within, watched, Idle};
 use offsite_proto::{Hash, PieceId};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -201,14 +201,15 @@ impl PieceStore for NasStore {
         // buffer grown frame by frame would copy the piece again and again.
         let (mut frames, mut len) = (Vec::new(), 0usize);
         loop {
-            let next = tokio::time::timeout(frame, stream.message())
+            let next = next_within(&mut stream, frame)
                 .await
-                .map_err(|_| {
+                .map_err(|Idle(frame)| {
                     self.hung(
                         "get",
                         format_args!("sent no frame for {:.1} s", frame.as_secs_f64()),
                     )
                 })?
+                .transpose()
                 .map_err(|s| self.error(s, Some(id)))?;
             let Some(frame) = next else { break };
             len += frame.data.len();
