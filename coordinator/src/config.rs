@@ -63,6 +63,10 @@ pub struct CoordinatorConfig {
     /// How many log entries go between two snapshots of the FAT (the log
     /// before a snapshot is then removed, keeping this many entries).
     pub snapshot_every: u64,
+    /// The marketplace's share of every charge, in parts per million
+    /// (50000 is 5%). The leader writes it into the FAT; the fee in force
+    /// when a period closes applies to the whole period.
+    pub fee_ppm: u32,
     /// Mutual TLS: the marketplace CA, and this coordinator's certificate
     /// (role coordinator) and key. Every connection, in and out, uses it.
     pub tls: TlsConfig,
@@ -102,6 +106,7 @@ impl Default for CoordinatorConfig {
             extra_vendors: 2,
             sweep_interval_secs: 2,
             snapshot_every: 1000,
+            fee_ppm: 0,
             tls: TlsConfig::default(),
         }
     }
@@ -166,6 +171,12 @@ impl CoordinatorConfig {
         }
         if self.extra_vendors > 16 {
             return Err(invalid("extra_vendors", "must be 0 to 16"));
+        }
+        if u64::from(self.fee_ppm) > crate::fat::PPM {
+            return Err(invalid(
+                "fee_ppm",
+                "must be 0 to 1000000 parts per million (50000 is 5%)",
+            ));
         }
         if !(1..=3600).contains(&self.sweep_interval_secs) {
             return Err(invalid("sweep_interval_secs", "must be 1 to 3600 seconds"));

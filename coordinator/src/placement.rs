@@ -5,12 +5,86 @@
 //! `min(bytes, free, ceil(overprovision * bytes * R / k))` for k candidates;
 //! the choice succeeds only if the holds sum to `bytes * R` over at least R
 //! vendors.
+//!
+//! Prices: vendors above the tenant's most it pays are never chosen, and a
+//! vendor's weight is its free room times `(cheapest + 1) / (price + 1)`
+//! (storage prices), so of two vendors with equal room one at half the
+//! price is drawn about twice as often. A reputation score would multiply
+//! the weight the same way.
 
 use std::collections::BTreeMap;
 
 use rand::Rng;
 
 use crate::fat::{FatError, Hold, VendorRoom, MAX_CANDIDATES};
+
+/// The most a tenant pays; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriceLimits {
+    pub max_storage_price: Option<u64>,
+    pub max_egress_price: Option<u64>,
+}
+
+impl PriceLimits {
+    fn admits(&self, room: &VendorRoom) -> bool {
+        self.max_storage_price
+            .is_none_or(|max| room.prices.storage_micros_per_tib_month <= max)
+            && self
+                .max_egress_price
+                .is_none_or(|max| room.prices.egress_micros_per_tib <= max)
+    }
+
+    fn describe(&self) -> String {
+        let show = |v: Option<u64>| v.map_or("any".to_string(), |v| v.to_string());
+        format!(
+            "max_storage_price {} and max_egress_price {}",
+            show(self.max_storage_price),
+            show(self.max_egress_price)
+        )
+    }
+}
+
+/// Chooses among the vendors within `limits`; when they cannot place the
+/// reservation but all vendors could, the refusal says how many are within
+/// the limits and what the vendors charge.
+pub fn choose_within<R: Rng + ?Sized>(
+    rooms: &[VendorRoom],
+    limits: &PriceLimits,
+    bytes: u64,
+    replication: u32,
+    policy: &PlacementPolicy,
+    rng: &mut R,
+) -> Result<Vec<Hold>, FatError> {
+    let within: Vec<VendorRoom> = rooms.iter().filter(|r| limits.admits(r)).cloned().collect();
+    if within.len() == rooms.len() {
+        return choose(rooms, bytes, replication, policy, rng);
+    }
+    choose(&within, bytes, replication, policy, rng).map_err(|err| {
+        if choose(rooms, bytes, replication, policy, rng).is_err() {
+            return err;
+        }
+        let mut charges: Vec<String> = rooms
+            .iter()
+            .take(16)
+            .map(|r| {
+                format!(
+                    "{} {}/{}",
+                    r.vendor, r.prices.storage_micros_per_tib_month, r.prices.egress_micros_per_tib
+                )
+            })
+            .collect();
+        if rooms.len() > charges.len() {
+            charges.push(format!("and {} more", rooms.len() - charges.len()));
+        }
+        FatError::LimitReached(format!(
+            "too few vendors within your price limits ({}): {} of the {} up vendors with              room are within them, and they cannot hold {bytes} bytes at replication              {replication}; vendors charge (storage per TiB-month / egress per TiB,              micro-units): {}; raise the limits in client.toml or with --max-storage-price",
+            limits.describe(),
+            within.len(),
+            rooms.len(),
+            charges.join(", ")
+        ))
+    })
+}
 
 /// How generously to reserve.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,12 +171,24 @@ fn spread_order<'a, R: Rng + ?Sized>(rooms: &'a [VendorRoom], rng: &mut R) -> Ve
     order
 }
 
-/// An index from `pool`, drawn with probability proportional to free room.
+/// A vendor's weight: free room, times `(cheapest + 1) / (price + 1)`.
+fn weight(room: &VendorRoom, cheapest: u64) -> u128 {
+    let price = u128::from(room.prices.storage_micros_per_tib_month) + 1;
+    u128::from(room.free_bytes) * (u128::from(cheapest) + 1) / price
+}
+
+/// An index from `pool`, drawn with probability proportional to its
+/// weight.
 fn weighted_pick<R: Rng + ?Sized>(pool: &[usize], rooms: &[&VendorRoom], rng: &mut R) -> usize {
-    let total: u128 = pool.iter().map(|i| u128::from(rooms[*i].free_bytes)).sum();
+    let cheapest = pool
+        .iter()
+        .map(|i| rooms[*i].prices.storage_micros_per_tib_month)
+        .min()
+        .unwrap_or(0);
+    let total: u128 = pool.iter().map(|i| weight(rooms[*i], cheapest)).sum();
     let mut ticket = rng.gen_range(0..total.max(1));
     for i in pool {
-        let weight = u128::from(rooms[*i].free_bytes);
+        let weight = weight(rooms[*i], cheapest);
         if ticket < weight {
             return *i;
         }
@@ -119,11 +205,53 @@ mod tests {
     use rand::SeedableRng;
 
     fn room(id: &str, region: &str, free: u64) -> VendorRoom {
+        priced(id, region, free, 0)
+    }
+
+    fn priced(id: &str, region: &str, free: u64, storage_price: u64) -> VendorRoom {
         VendorRoom {
             vendor: VendorId::new(id).unwrap(),
             region: region.into(),
             free_bytes: free,
+            prices: crate::fat::Prices {
+                storage_micros_per_tib_month: storage_price,
+                egress_micros_per_tib: 0,
+            },
         }
+    }
+
+    #[test]
+    fn vendors_above_the_limit_are_never_chosen_and_cheaper_ones_more_often() {
+        let rooms: Vec<_> = [1, 2, 4, 8]
+            .iter()
+            .map(|p| priced(&format!("p{p}"), "eu", 1 << 30, p * 1_000_000))
+            .collect();
+        let limits = PriceLimits {
+            max_storage_price: Some(4_000_000),
+            max_egress_price: None,
+        };
+        let policy = PlacementPolicy {
+            overprovision: 1.0,
+            extra_vendors: 0,
+        };
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut counts = BTreeMap::new();
+        for _ in 0..600 {
+            let holds = choose_within(&rooms, &limits, 10, 1, &policy, &mut rng).unwrap();
+            *counts
+                .entry(holds[0].vendor.as_str().to_string())
+                .or_insert(0) += 1;
+        }
+        assert!(!counts.contains_key("p8"), "{counts:?}");
+        assert!(
+            counts["p1"] > counts["p2"] && counts["p2"] > counts["p4"],
+            "{counts:?}"
+        );
+
+        let err = choose_within(&rooms, &limits, 10, 4, &policy, &mut rng).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("3 of the 4 up vendors"), "{message}");
+        assert!(message.contains("p8 8000000/0"), "{message}");
     }
 
     const POLICY: PlacementPolicy = PlacementPolicy {

@@ -31,7 +31,9 @@ use crate::config::{ConfigError, CoordinatorConfig};
 /// The longest one call to a coordinator may take (a forwarded proposal, a
 /// Raft snapshot); see `offsite_identity::server` for the other limits.
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
-use crate::fat::{Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, UpdateLiveness};
+use crate::fat::{
+    Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee, UpdateLiveness,
+};
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};
 use crate::store::{FatStore, StoreError};
@@ -140,6 +142,7 @@ impl Coordinator {
             sweep_every,
             self.config.liveness(),
             self.config.repair(),
+            self.config.fee_ppm,
         ));
         let members = self.config.members(&self.config.advertised(self.address));
         let init_store = Arc::clone(&self.store);
@@ -203,6 +206,7 @@ async fn sweep<S: FatStore>(
     every: Duration,
     liveness: LivenessPolicy,
     repair: RepairPolicy,
+    fee_ppm: u32,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,6 +221,27 @@ async fn sweep<S: FatStore>(
         expire_leases(&*store).await;
         update_liveness(&*store, liveness).await;
         plan_repairs(&*store, repair).await;
+        set_market_fee(&*store, fee_ppm).await;
+    }
+}
+
+/// Writes the leader's configured fee into the FAT when it differs.
+async fn set_market_fee<S: FatStore>(store: &S, fee_ppm: u32) {
+    if store.read_local(|fat| fat.market_fee_ppm()) == fee_ppm {
+        return;
+    }
+    let command = Command::SetMarketFee(SetMarketFee {
+        fee_ppm,
+        now_unix_ms: now_unix_ms(),
+    });
+    match store.propose(command).await {
+        Ok(_) => tracing::info!(
+            fee_ppm,
+            "the marketplace's fee is set from this leader's config"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not set the marketplace's fee; trying again at the next sweep")
+        }
     }
 }
 

@@ -214,6 +214,7 @@ async fn register(registry: &mut Registry, n: usize) -> Result<(), tonic::Status
                 identity_key: common::vendor_key(&format!("vendor-{i}"))
                     .public_key()
                     .to_vec(),
+                ..Default::default()
             })
             .await?;
     }
@@ -228,6 +229,7 @@ async fn reserve(
         request_id: request.into(),
         bytes: 1000,
         replication: 2,
+        ..Default::default()
     }))
     .await
     .map(|r| r.into_inner())
@@ -349,6 +351,7 @@ async fn grant_keys(registry: &mut Registry) -> Vec<(u32, Vec<u8>)> {
             offered_bytes: 1 << 30,
             network_bytes_per_sec: 0,
             identity_key: common::vendor_key("vendor-0").public_key().to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()

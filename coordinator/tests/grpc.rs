@@ -95,6 +95,7 @@ async fn vendors(running: &Running, count: usize, offered: u64) {
                 identity_key: common::vendor_key(&format!("vendor-{i}"))
                     .public_key()
                     .to_vec(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -120,6 +121,7 @@ async fn reserve(
         request_id: request.into(),
         bytes,
         replication: r,
+        ..Default::default()
     }))
     .await
     .map(|r| r.into_inner())
@@ -415,6 +417,7 @@ async fn grant_verifier(running: &Running) -> offsite_proto::signing::GrantVerif
             offered_bytes: 1 << 20,
             network_bytes_per_sec: 0,
             identity_key: common::vendor_key("vendor-0").public_key().to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -72,6 +72,7 @@ async fn reserve(
         request_id: request.into(),
         bytes: 1000,
         replication,
+        ..Default::default()
     };
     let response = fat.reserve(Request::new(message)).await?.into_inner();
     Ok(response
@@ -111,6 +112,7 @@ async fn a_silent_vendor_goes_suspect_then_down_and_comes_back_when_it_reports()
             identity_key: common::vendor_key(&format!("vendor-{i}"))
                 .public_key()
                 .to_vec(),
+            ..Default::default()
         };
         registry.register(request).await.unwrap();
     }

@@ -32,6 +32,14 @@ pub const MAX_LISTED_PORTIONS: usize = 10_000;
 pub const MAX_DELETIONS_PER_REPORT: usize = 1_000;
 /// Most copies asked of (or reported by) a vendor in one capacity report.
 pub const MAX_COPIES_PER_REPORT: usize = 64;
+/// Most served fetches a vendor reports in one capacity report; the rest
+/// wait for the next.
+pub const MAX_SERVED_PER_REPORT: usize = 1024;
+/// Largest fetch grant in a served-fetch report (the coordinator's fetch
+/// grants are about 250 bytes).
+pub const MAX_SERVED_GRANT_BYTES: usize = 1024;
+/// Highest price a vendor may set (micro-units per TiB-month or per TiB).
+pub const MAX_PRICE_MICROS: u64 = 1_000_000_000_000_000;
 /// Longest error text a vendor reports for a failed copy.
 pub const MAX_COPY_ERROR_LEN: usize = 1024;
 /// Most snapshot records rewritten in one call (after a repack).
@@ -63,12 +71,14 @@ pub const MAX_TENANT_REQUEST_BYTES: usize = 4 * MAX_COMMAND_BYTES;
 /// decode: a capacity report with [`MAX_DELETIONS_PER_REPORT`] deletions
 /// (about 300 bytes each) and [`MAX_COPIES_PER_REPORT`] copy results (a
 /// receipt with a signature of at most [`MAX_GRANT_BYTES`] and an error of
-/// [`MAX_COPY_ERROR_LEN`]), or a registration, with room to spare.
-pub const MAX_CONTROL_REQUEST_BYTES: usize = 1024 * 1024;
+/// [`MAX_COPY_ERROR_LEN`]) and [`MAX_SERVED_PER_REPORT`] served fetches, or
+/// a registration, with room to spare.
+pub const MAX_CONTROL_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
 const _: () = assert!(
     MAX_DELETIONS_PER_REPORT * (2 * MAX_ID_LEN + 64)
         + MAX_COPIES_PER_REPORT * (3 * MAX_ID_LEN + MAX_GRANT_BYTES + MAX_COPY_ERROR_LEN + 128)
+        + MAX_SERVED_PER_REPORT * (MAX_SERVED_GRANT_BYTES + 32)
         + 64 * 1024
         <= MAX_CONTROL_REQUEST_BYTES
 );

@@ -200,6 +200,7 @@ fn a_vendor_refuses_malformed_uploads_and_keeps_nothing() {
             request_id: "malformed-uploads".into(),
             bytes: 2 * 1024 * 1024,
             replication: 1,
+            ..Default::default()
         };
         let mut fat = rpc::fat(coordinator).await?;
         anyhow::Ok(

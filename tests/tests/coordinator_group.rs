@@ -102,6 +102,7 @@ async fn reserve(addr: SocketAddr, request: String, bytes: u64) -> Result<String
         request_id: request,
         bytes,
         replication: 2,
+        ..Default::default()
     };
     let request = rpc::as_tenant(message, DEVNET_TENANT)
         .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;

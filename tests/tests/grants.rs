@@ -50,6 +50,7 @@ async fn reserve(fat: &mut FatClient<Channel>, request: &str, bytes: u64) -> Res
         request_id: request.into(),
         bytes,
         replication: 1,
+        ..Default::default()
     })
     .await
     .unwrap()

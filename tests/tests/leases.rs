@@ -29,6 +29,7 @@ fn an_uncommitted_reservation_is_released_after_its_lease() {
             request_id: "lease-test-1".into(),
             bytes: asked,
             replication: 2,
+            ..Default::default()
         };
         let mut fat = rpc::fat(coordinator).await?;
         anyhow::Ok(

@@ -30,6 +30,7 @@ fn register(addr: SocketAddr, id: &str) -> Result<(), tonic::Status> {
         identity_key: offsite_proto::signing::VendorKey::from_secret(&[5; 32])
             .public_key()
             .to_vec(),
+        ..Default::default()
     };
     let vendor = rpc::marketplace_of(addr)
         .and_then(|rpc| rpc.credentials(Role::Vendor, id))

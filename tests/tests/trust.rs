@@ -234,6 +234,7 @@ fn each_certificate_may_make_only_the_calls_of_its_role() {
         offered_bytes: 1 << 20,
         network_bytes_per_sec: 0,
         identity_key: vec![],
+        ..Default::default()
     };
     rpc::block_on(async move {
         let as_role = |credentials: Credentials, server: Role, addr: SocketAddr| async move {
@@ -249,6 +250,7 @@ fn each_certificate_may_make_only_the_calls_of_its_role() {
             request_id: "r-1".into(),
             bytes: 1000,
             replication: 1,
+            ..Default::default()
         };
         assert_eq!(code(fat.reserve(reserve).await), Code::PermissionDenied);
 
@@ -436,6 +438,7 @@ fn tenant_b_cannot_list_get_locate_forget_commit_fetch_or_delete_tenant_a_data()
                 request_id: "a-open".into(),
                 bytes: 1000,
                 replication: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -479,6 +482,7 @@ fn tenant_b_cannot_list_get_locate_forget_commit_fetch_or_delete_tenant_a_data()
                 request_id: "b-own".into(),
                 bytes: 1000,
                 replication: 1,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -135,6 +135,10 @@ impl VendorAgent {
             address: config.advertised_address(),
             region: config.region.clone(),
             network_bytes_per_sec: config.network_bytes_per_sec,
+            prices: offsite_proto::pb::coordinator::Prices {
+                storage_micros_per_tib_month: config.storage_price_micros_per_tib_month,
+                egress_micros_per_tib: config.egress_price_micros_per_tib,
+            },
             coordinators: config.coordinators.clone(),
             report_interval: Duration::from_secs(config.report_interval_secs),
         };

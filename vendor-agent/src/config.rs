@@ -42,6 +42,16 @@ pub struct VendorConfig {
     /// Network capacity offered, bytes per second; 0 = unknown. Default 0.
     #[serde(default)]
     pub network_bytes_per_sec: u64,
+    /// What this vendor charges for storage, in micro-units of the
+    /// marketplace's currency per TiB-month (at most 10^15). A change
+    /// applies to new placements; data already placed keeps its price until
+    /// the billing period ends. Default 0.
+    #[serde(default)]
+    pub storage_price_micros_per_tib_month: u64,
+    /// What this vendor charges for egress (data fetched from it), in
+    /// micro-units per TiB (at most 10^15). Default 0.
+    #[serde(default)]
+    pub egress_price_micros_per_tib: u64,
     /// Share of each local directory's filesystem kept for the vendor's own use,
     /// in [0, 1). Default 0.10.
     #[serde(default = "default_keep_free_share")]
@@ -169,6 +179,27 @@ impl VendorConfig {
                 "data_dir",
                 "is empty; name a directory for the local FAT",
             ));
+        }
+        for (field, price) in [
+            (
+                "storage_price_micros_per_tib_month",
+                self.storage_price_micros_per_tib_month,
+            ),
+            (
+                "egress_price_micros_per_tib",
+                self.egress_price_micros_per_tib,
+            ),
+        ] {
+            if price > offsite_proto::limits::MAX_PRICE_MICROS {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "is {price}, above the highest price, {}; prices are micro-units \
+                         (1000000 = one unit of the currency)",
+                        offsite_proto::limits::MAX_PRICE_MICROS
+                    ),
+                ));
+            }
         }
         if self.report_interval_secs == 0 || self.report_interval_secs > 3600 {
             return Err(invalid("report_interval_secs", "must be 1 to 3600 seconds"));

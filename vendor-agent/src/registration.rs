@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_identity::Role;
-use offsite_proto::limits::{MAX_COPIES_PER_REPORT, MAX_MESSAGE_BYTES};
+use offsite_proto::limits::{MAX_COPIES_PER_REPORT, MAX_MESSAGE_BYTES, MAX_SERVED_PER_REPORT};
 use offsite_proto::pb::common::GroupKey;
 use offsite_proto::pb::coordinator::{
-    vendor_registry_client::VendorRegistryClient, CapacityReport, RegisterVendorRequest,
+    vendor_registry_client::VendorRegistryClient, CapacityReport, Prices, RegisterVendorRequest,
+    ServedFetch,
 };
 use offsite_proto::{parse_copies, parse_deletions, CopyResult, CopyTask, PortionDeletion};
 use tonic::transport::Channel;
@@ -35,6 +36,8 @@ pub(crate) struct Registration {
     pub address: String,
     pub region: String,
     pub network_bytes_per_sec: u64,
+    /// Storage per TiB-month and egress per TiB, in micro-units.
+    pub prices: Prices,
     pub coordinators: Vec<String>,
     pub report_interval: Duration,
 }
@@ -58,8 +61,9 @@ pub(crate) async fn run(vendor: Arc<Vendor>, registration: Registration) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let budget = registration.report_interval;
-            if let Err(status) = report(&vendor, &mut client, &mut done, &copies, budget).await {
+            if let Err(status) =
+                report(&vendor, &mut client, &mut done, &copies, &registration).await
+            {
                 tracing::warn!(
                     %coordinator, code = ?status.code(), message = status.message(),
                     "capacity report failed; registering again"
@@ -128,6 +132,7 @@ async fn register_at(
             offered_bytes,
             network_bytes_per_sec: registration.network_bytes_per_sec,
             identity_key: vendor.identity_public_key().to_vec(),
+            prices: Some(registration.prices),
         })
         .await?
         .into_inner();
@@ -181,11 +186,13 @@ async fn report(
     client: &mut Client,
     done: &mut Done,
     copies: &Copies,
-    budget: Duration,
+    registration: &Registration,
 ) -> Result<(), Status> {
+    let (budget, prices) = (registration.report_interval, registration.prices);
     let room = MAX_COPIES_PER_REPORT.saturating_sub(done.copied.len());
     done.copied.extend(copies.take_ended(room));
     let (offered_bytes, stored_bytes) = capacity(vendor).await;
+    let served = vendor.egress().pending(MAX_SERVED_PER_REPORT);
     let response = client
         .report_capacity(CapacityReport {
             vendor_id: vendor.id().to_string(),
@@ -193,9 +200,18 @@ async fn report(
             stored_bytes,
             deleted: done.deleted.iter().cloned().map(Into::into).collect(),
             copied: done.copied.iter().cloned().map(Into::into).collect(),
+            prices: Some(prices),
+            served: served
+                .iter()
+                .map(|(grant, bytes)| ServedFetch {
+                    grant: Some(grant.clone().into()),
+                    bytes: *bytes,
+                })
+                .collect(),
         })
         .await?
         .into_inner();
+    vendor.egress().reported(&served);
     tracing::debug!(
         offered_bytes,
         stored_bytes,

@@ -52,6 +52,13 @@ impl VendorRegistry for Recorder {
         calls.reports.push(request.into_inner());
         Ok(Response::new(CapacityReportResponse::default()))
     }
+
+    async fn earnings(
+        &self,
+        _request: Request<offsite_proto::pb::coordinator::EarningsRequest>,
+    ) -> Result<Response<offsite_proto::pb::coordinator::EarningsResponse>, Status> {
+        Err(Status::unimplemented("this recorder keeps no ledger"))
+    }
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {

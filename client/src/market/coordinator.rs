@@ -261,6 +261,7 @@ impl Coordinator {
             request_id: request.to_string(),
             bytes,
             replication,
+            ..Default::default()
         };
         let reply = self
             .call("reserve", |mut c| {

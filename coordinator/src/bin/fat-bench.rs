@@ -132,6 +132,7 @@ async fn start_group(
                     identity_key: bench_vendor_key(&format!("vendor-{v}"))
                         .public_key()
                         .to_vec(),
+                    ..Default::default()
                 })
                 .await;
             match call {
@@ -201,6 +202,7 @@ async fn pair(fat: &mut FatClient<Channel>, n: u64) -> anyhow::Result<()> {
             request_id: format!("r-{n}"),
             bytes: 1000,
             replication: 1,
+            ..Default::default()
         }))
         .await?
         .into_inner();

@@ -272,6 +272,10 @@ impl Fat {
         if !c.portions.is_empty() {
             let held = self.portions.entry(c.tenant.clone()).or_default();
             for p in c.portions {
+                for r in &p.receipts {
+                    self.ledger
+                        .add_copy(r.vendor.clone(), c.tenant.clone(), p.portion, p.size);
+                }
                 held.insert(
                     p.portion,
                     PortionRecord {

@@ -5,6 +5,7 @@
 //! again: the state may move between the check and the entry's turn.
 
 use super::command::Command;
+use super::ledger::{check_fee, check_served};
 use super::tenant_keys::check_tenant_key;
 use super::vendors::{check_identity_key, check_region};
 use super::{Fat, FatError};
@@ -28,6 +29,11 @@ impl Fat {
             Command::ReleasePortions(r) => self.check_release(r).map(drop),
             Command::RewriteSnapshots(r) => self.check_rewrite(r),
             Command::StoreTenantKey(c) => check_tenant_key(c),
+            Command::SetVendorPrices(c) => self.check_vendor_prices(c),
+            Command::SetMarketFee(c) => check_fee(c.fee_ppm),
+            Command::ClosePeriod(c) => self.check_close_period(c),
+            Command::BookEgress(c) => check_served(c),
+            Command::SetTenantLimits(_) => Ok(()),
             Command::ExpireLeases { .. }
             | Command::UpdateLiveness(_)
             | Command::InstallGrantKey(_)

@@ -9,7 +9,7 @@ use offsite_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{FinishRepairs, GrantSecret, Liveness, PlanRepairs};
+use super::{FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices, TenantLimits};
 
 /// One change to the FAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +42,16 @@ pub enum Command {
     /// still on their way. Added after the others: the log names a command
     /// by its place in this list.
     RenewLease(RenewLease),
+    /// A vendor's prices for new placements.
+    SetVendorPrices(SetVendorPrices),
+    /// The marketplace's fee, from the leader's config.
+    SetMarketFee(SetMarketFee),
+    /// The operator's limits on a tenant.
+    SetTenantLimits(SetTenantLimits),
+    /// The operator closes the open billing period.
+    ClosePeriod(ClosePeriod),
+    /// Fetches a vendor served, booked as egress.
+    BookEgress(BookEgress),
 }
 
 impl Command {
@@ -63,6 +73,11 @@ impl Command {
             Command::PlanRepairs(_) => "plan-repairs",
             Command::FinishRepairs(_) => "finish-repairs",
             Command::RenewLease(_) => "renew-lease",
+            Command::SetVendorPrices(_) => "set-vendor-prices",
+            Command::SetMarketFee(_) => "set-market-fee",
+            Command::SetTenantLimits(_) => "set-tenant-limits",
+            Command::ClosePeriod(_) => "close-period",
+            Command::BookEgress(_) => "book-egress",
         }
     }
 
@@ -93,6 +108,38 @@ impl Command {
                 c.now_unix_ms = now_unix_ms;
                 c.lease_expires_unix_ms = now_unix_ms.saturating_add(lease);
             }
+            Command::SetVendorPrices(c) => c.now_unix_ms = now_unix_ms,
+            Command::SetMarketFee(c) => c.now_unix_ms = now_unix_ms,
+            Command::SetTenantLimits(c) => c.now_unix_ms = now_unix_ms,
+            Command::ClosePeriod(c) => c.now_unix_ms = now_unix_ms,
+            Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
+        }
+    }
+
+    /// The time the command carries, if it carries one: the ledger meters by
+    /// it.
+    pub fn time_unix_ms(&self) -> Option<u64> {
+        match self {
+            Command::RegisterVendor(c) => Some(c.now_unix_ms),
+            Command::ReportCapacity(c) => Some(c.now_unix_ms),
+            Command::Reserve(c) => Some(c.now_unix_ms),
+            Command::Commit(c) => Some(c.now_unix_ms),
+            Command::Release(c) => Some(c.now_unix_ms),
+            Command::ExpireLeases { now_unix_ms } => Some(*now_unix_ms),
+            Command::UpdateLiveness(c) => Some(c.now_unix_ms),
+            Command::InstallGrantKey(c) => Some(c.now_unix_ms),
+            Command::StoreTenantKey(c) => Some(c.now_unix_ms),
+            Command::PlanRepairs(c) => Some(c.now_unix_ms),
+            Command::RenewLease(c) => Some(c.now_unix_ms),
+            Command::SetVendorPrices(c) => Some(c.now_unix_ms),
+            Command::SetMarketFee(c) => Some(c.now_unix_ms),
+            Command::SetTenantLimits(c) => Some(c.now_unix_ms),
+            Command::ClosePeriod(c) => Some(c.now_unix_ms),
+            Command::BookEgress(c) => Some(c.now_unix_ms),
+            Command::Forget(_)
+            | Command::ReleasePortions(_)
+            | Command::RewriteSnapshots(_)
+            | Command::FinishRepairs(_) => None,
         }
     }
 }
@@ -235,6 +282,57 @@ pub struct LivenessChange {
     pub seen_report_unix_ms: u64,
 }
 
+/// A vendor's prices from now on (new placements).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetVendorPrices {
+    pub vendor: VendorId,
+    pub prices: Prices,
+    pub now_unix_ms: u64,
+}
+
+/// The marketplace's share of every charge, in parts per million.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMarketFee {
+    pub fee_ppm: u32,
+    pub now_unix_ms: u64,
+}
+
+/// Replaces a tenant's limits (all `None`: no limits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTenantLimits {
+    pub tenant: TenantId,
+    pub limits: TenantLimits,
+    pub now_unix_ms: u64,
+}
+
+/// Closes billing period `period`, which must be the open one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosePeriod {
+    pub period: u32,
+    pub now_unix_ms: u64,
+}
+
+/// Fetches `vendor` served, each under a fetch grant the proposer verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookEgress {
+    pub vendor: VendorId,
+    pub served: Vec<ServedFetch>,
+    pub now_unix_ms: u64,
+}
+
+/// Bytes served under one fetch grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedFetch {
+    /// blake3 of the signed grant: a grant is booked once.
+    pub digest: [u8; 32],
+    pub tenant: TenantId,
+    pub portion: PortionId,
+    /// The grant's byte limit: more is never booked.
+    pub max_bytes: u64,
+    pub expires_unix_ms: u64,
+    pub bytes: u64,
+}
+
 /// What an applied command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -280,6 +378,16 @@ pub enum Outcome {
     RepairsFinished {
         placed: u64,
         failed: Vec<(ReservationId, String)>,
+    },
+    /// Prices, the fee or a tenant's limits were set.
+    MarketSet,
+    PeriodClosed {
+        period: u32,
+    },
+    /// Grants booked (repeats are skipped) and their bytes.
+    EgressBooked {
+        grants: u64,
+        bytes: u64,
     },
 }
 

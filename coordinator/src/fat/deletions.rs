@@ -121,6 +121,7 @@ impl Fat {
         for d in deleted {
             if let Some(size) = queue.remove(d) {
                 freed = freed.saturating_add(size);
+                self.ledger.remove_copy(vendor, &d.tenant, d.portion);
             }
         }
         if queue.is_empty() {

@@ -34,6 +34,11 @@ pub enum FatError {
     /// The caller may not do this to this record.
     #[error("{0}")]
     Forbidden(String),
+    /// A limit the operator set on the tenant (quota, spending cap, open
+    /// reservations) would be passed; the message names it, what is used and
+    /// who can raise it.
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 fn not_enough_message(

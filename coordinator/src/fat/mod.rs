@@ -18,6 +18,8 @@ mod command;
 mod deletions;
 mod error;
 mod grant_keys;
+mod ledger;
+mod migrate;
 mod repairs;
 mod reservations;
 mod rewrite;
@@ -49,12 +51,18 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Command, Commit, Forget, Hold, InstallGrantKey, LivenessChange, Outcome, RegisterVendor,
-    Release, ReleasePortions, RenewLease, ReportCapacity, ReservationView, Reserve,
-    RewriteSnapshots, StoreTenantKey, UpdateLiveness,
+    BookEgress, ClosePeriod, Command, Commit, Forget, Hold, InstallGrantKey, LivenessChange,
+    Outcome, RegisterVendor, Release, ReleasePortions, RenewLease, ReportCapacity, ReservationView,
+    Reserve, RewriteSnapshots, ServedFetch, SetMarketFee, SetTenantLimits, SetVendorPrices,
+    StoreTenantKey, UpdateLiveness,
 };
 pub use error::FatError;
 pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
+pub use ledger::{
+    Line, LineKind, Prices, Statement, TenantLimits, DEFAULT_MAX_OPEN_RESERVATIONS,
+    EGRESS_REPORT_WINDOW_MS, MONTH_MS, PPM, TIB,
+};
+pub use migrate::decode_snapshot;
 pub use repairs::{
     CopyOrder, FinishRepairs, PlanRepairs, PlannedRepair, Repair, RepairPolicy, MAX_OPEN_REPAIRS,
     REPAIR_LEASE_MS,
@@ -91,6 +99,8 @@ pub struct Fat {
     /// Failed or expired repairs of a portion since its last placed copy; the
     /// next plan rotates its source and target by this count.
     repair_failures: BTreeMap<(TenantId, PortionId), u32>,
+    /// Prices, limits and the ledger (format version 7).
+    ledger: ledger::Ledger,
 }
 
 /// Counts for the marketplace status.
@@ -109,6 +119,18 @@ pub struct FatStatus {
 impl Fat {
     /// Applies one command. On error nothing changed.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, FatError> {
+        let clock = self.ledger.now();
+        if let Some(now) = command.time_unix_ms() {
+            self.ledger.tick(now);
+        }
+        let result = self.dispatch(command);
+        if result.is_err() {
+            self.ledger.rewind(clock);
+        }
+        result
+    }
+
+    fn dispatch(&mut self, command: Command) -> Result<Outcome, FatError> {
         match command {
             Command::RegisterVendor(c) => self.register_vendor(c),
             Command::ReportCapacity(c) => self.report_capacity(c),
@@ -125,6 +147,11 @@ impl Fat {
             Command::PlanRepairs(c) => self.plan_repairs(c),
             Command::FinishRepairs(c) => self.finish_repairs(c),
             Command::RenewLease(c) => self.renew_lease(c),
+            Command::SetVendorPrices(c) => self.set_vendor_prices(c),
+            Command::SetMarketFee(c) => self.set_market_fee(c),
+            Command::SetTenantLimits(c) => self.set_tenant_limits(c),
+            Command::ClosePeriod(c) => self.close_period(c),
+            Command::BookEgress(c) => self.book_egress(c),
         }
     }
 

@@ -441,6 +441,12 @@ impl Fat {
             return;
         };
         record.vendors.push(repair.target.clone());
+        self.ledger.add_copy(
+            repair.target.clone(),
+            repair.tenant.clone(),
+            repair.portion,
+            repair.size,
+        );
         let before = record.vendors.len();
         record.vendors.retain(|v| *v != repair.replaces);
         let replaced = record.vendors.len() < before;

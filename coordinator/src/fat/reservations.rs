@@ -124,6 +124,7 @@ impl Fat {
             )));
         }
         check_shape(r)?;
+        self.check_tenant_limits(r)?;
         self.check_room(r)?;
         Ok(None)
     }

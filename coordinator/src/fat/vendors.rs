@@ -132,6 +132,8 @@ pub struct VendorRoom {
     pub vendor: VendorId,
     pub region: String,
     pub free_bytes: u64,
+    /// What it charges for new placements.
+    pub prices: super::Prices,
 }
 
 pub(super) fn check_region(region: &str) -> Result<(), FatError> {
@@ -294,6 +296,7 @@ impl Fat {
                 vendor: id.clone(),
                 region: v.region.clone(),
                 free_bytes: v.free(),
+                prices: self.ledger.prices_of(id),
             })
             .collect()
     }

@@ -6,7 +6,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version byte in front of every log entry, vote, snapshot and message.
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
+/// The version before ours. Its log entries, votes, log ids and stored
+/// snapshot records have our layout (7 only appended commands and outcomes),
+/// so [`decode_stored`] reads them as they are; the FAT inside a snapshot
+/// gained the ledger and is migrated by `fat::decode_snapshot`.
+pub const PREVIOUS_FORMAT_VERSION: u8 = 6;
 
 /// Encodes `value` behind the format version byte.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
@@ -27,6 +32,26 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     }
 }
 
+/// Decodes a stored record whose layout is the same in our version and the
+/// one before (log entries, votes, log ids, the snapshot record around the
+/// FAT).
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&PREVIOUS_FORMAT_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| e.to_string())
+        }
+        _ => decode(bytes),
+    }
+}
+
+/// The version byte and the body after it.
+pub fn split_version(bytes: &[u8]) -> Result<(u8, &[u8]), String> {
+    bytes
+        .split_first()
+        .map(|(v, body)| (*v, body))
+        .ok_or_else(|| "empty record".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +65,22 @@ mod tests {
         let err = decode::<(u64, String)>(&other).unwrap_err();
         assert!(err.contains("format version 9"), "{err}");
         assert!(decode::<u64>(&[]).is_err());
+    }
+
+    #[test]
+    fn a_stored_record_of_the_previous_version_is_read_and_an_older_one_is_named() {
+        let mut bytes = encode(&(7u64, "x".to_string())).unwrap();
+        bytes[0] = PREVIOUS_FORMAT_VERSION;
+        assert_eq!(
+            decode_stored::<(u64, String)>(&bytes).unwrap(),
+            (7, "x".into())
+        );
+        assert!(decode::<(u64, String)>(&bytes).is_err());
+        bytes[0] = PREVIOUS_FORMAT_VERSION - 1;
+        let err = decode_stored::<(u64, String)>(&bytes).unwrap_err();
+        assert!(
+            err.contains(&format!("format version {}", PREVIOUS_FORMAT_VERSION - 1)),
+            "{err}"
+        );
     }
 }

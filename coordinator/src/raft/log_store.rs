@@ -15,7 +15,7 @@ use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
 
-use super::codec::{decode, encode};
+use super::codec::{decode_stored, encode};
 use super::{NodeId, TypeConfig};
 
 const LOG_TREE: &str = "raft-log";
@@ -54,7 +54,9 @@ impl LogStore {
             .get(key)
             .map_err(|e| StorageIOError::read(io_err(e)))?;
         bytes
-            .map(|b| decode(&b).map_err(|e| StorageIOError::read(io_err(format!("{key}: {e}")))))
+            .map(|b| {
+                decode_stored(&b).map_err(|e| StorageIOError::read(io_err(format!("{key}: {e}"))))
+            })
             .transpose()
             .map_err(Into::into)
     }
@@ -83,7 +85,7 @@ impl LogStore {
         {
             Some((_, value)) => {
                 let entry: Entry<TypeConfig> =
-                    decode(&value).map_err(|e| StorageIOError::read_logs(io_err(e)))?;
+                    decode_stored(&value).map_err(|e| StorageIOError::read_logs(io_err(e)))?;
                 Ok(Some(entry.log_id))
             }
             None => Ok(None),
@@ -108,7 +110,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for item in self.log.range(keys) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(io_err(e)))?;
-            let entry: Entry<TypeConfig> = decode(&value).map_err(|e| {
+            let entry: Entry<TypeConfig> = decode_stored(&value).map_err(|e| {
                 StorageIOError::read_logs(io_err(format!("log entry {key:?}: {e}")))
             })?;
             entries.push(entry);

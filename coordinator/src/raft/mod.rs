@@ -21,7 +21,7 @@
 //! *leader* is the one voter that appends to the log.
 
 mod admin;
-mod codec;
+pub(crate) mod codec;
 #[cfg(test)]
 mod conformance;
 mod convert;

@@ -18,8 +18,9 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode};
+use super::codec::{decode_stored, encode};
 use super::{Applied, NodeId, TypeConfig};
+use crate::fat::decode_snapshot;
 use crate::fat::Fat;
 
 const SNAPSHOT_TREE: &str = "raft-snapshot";
@@ -84,7 +85,7 @@ impl StateMachine {
             state: SharedFat::default(),
         };
         if let Some(stored) = machine.stored().map_err(|e| e.to_string())? {
-            let fat: Fat = decode(&stored.data).map_err(|e| format!("snapshot: {e}"))?;
+            let fat: Fat = decode_snapshot(&stored.data).map_err(|e| format!("snapshot: {e}"))?;
             let mut state = machine.state.write();
             state.snapshot_index = stored.meta.last_log_id.map_or(0, |id| id.index);
             state.last_applied = stored.meta.last_log_id;
@@ -107,7 +108,8 @@ impl StateMachine {
         else {
             return Ok(None);
         };
-        let stored = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
+        let stored =
+            decode_stored(&bytes).map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
         Ok(Some(stored))
     }
 }
@@ -215,7 +217,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
         let data = snapshot.into_inner();
-        let fat: Fat = decode(&data)
+        let fat: Fat = decode_snapshot(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),

@@ -3,17 +3,21 @@
 //! change to the leader), grant-key rotation (admin certificates only) and
 //! the marketplace status (any certificate of the marketplace, as the
 //! former `Fat.Status`). A thin adapter over [`RaftStore`]; the ledger,
-//! tenant limits, vendor exits and the dashboard belong here too.
+//! vendor exits and the dashboard belong here too; the ledger and tenant
+//! limits are here (admin certificates only).
 
 use std::sync::Arc;
 
 use offsite_identity::{require_role, PeerIdentity, Role};
+use offsite_proto::clock::now_unix_ms;
 use offsite_proto::pb::admin as pb;
 use offsite_proto::pb::admin::admin_server::Admin as AdminApi;
+use offsite_proto::pb::common as pbc;
+use offsite_proto::TenantId;
 use tonic::{Request, Response, Status};
 
-use super::{convert, grants, status_of, store_status};
-use crate::fat::Outcome;
+use super::{convert, grants, market, status_of, store_status};
+use crate::fat::{ClosePeriod, Command, Outcome, SetTenantLimits};
 use crate::raft::{MembershipChange, RaftStore, FORWARDED_KEY};
 use crate::store::FatStore;
 
@@ -166,5 +170,80 @@ impl AdminApi for AdminService {
             status,
             applied_index,
         )))
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        request: Request<pb::TenantLimitsRequest>,
+    ) -> Result<Response<pb::TenantLimits>, Status> {
+        let caller = require_role(&request, &[Role::Admin])?;
+        let r = request.into_inner();
+        let tenant = TenantId::new(r.tenant_id)?;
+        let lookup = tenant.clone();
+        let mut limits = self
+            .store
+            .read(move |fat| fat.tenant_limits(&lookup))
+            .await
+            .map_err(store_status)?;
+        let or_none = |v: u64| (v > 0).then_some(v);
+        if let Some(quota) = r.quota_bytes {
+            limits.quota_bytes = or_none(quota);
+        }
+        if let Some(cap) = r.monthly_cap_micros {
+            limits.monthly_cap_micros = or_none(cap);
+        }
+        if let Some(open) = r.max_open_reservations {
+            limits.max_open_reservations = (open > 0).then_some(open);
+        }
+        let command = Command::SetTenantLimits(SetTenantLimits {
+            tenant: tenant.clone(),
+            limits: limits.clone(),
+            now_unix_ms: now_unix_ms(),
+        });
+        self.store.propose(command).await.map_err(status_of)?;
+        tracing::info!(admin = %caller.name, %tenant, ?limits, "tenant limits set");
+        Ok(Response::new(pb::TenantLimits {
+            tenant_id: tenant.into(),
+            quota_bytes: limits.quota_bytes.unwrap_or(0),
+            monthly_cap_micros: limits.monthly_cap_micros.unwrap_or(0),
+            max_open_reservations: limits.max_open_reservations.unwrap_or(0),
+        }))
+    }
+
+    async fn ledger_show(
+        &self,
+        request: Request<pb::LedgerShowRequest>,
+    ) -> Result<Response<pbc::Statement>, Status> {
+        require_role(&request, &[Role::Admin])?;
+        let period = request.into_inner().period;
+        let now = now_unix_ms();
+        let statement = self
+            .store
+            .read(move |fat| fat.statement(period, now))
+            .await
+            .map_err(store_status)?
+            .map_err(|e| status_of(e.into()))?;
+        Ok(Response::new(market::statement(statement)))
+    }
+
+    async fn ledger_close(
+        &self,
+        request: Request<pb::LedgerCloseRequest>,
+    ) -> Result<Response<pbc::Statement>, Status> {
+        let caller = require_role(&request, &[Role::Admin])?;
+        let period = request.into_inner().period;
+        let command = Command::ClosePeriod(ClosePeriod {
+            period,
+            now_unix_ms: now_unix_ms(),
+        });
+        self.store.propose(command).await.map_err(status_of)?;
+        tracing::info!(admin = %caller.name, period, "billing period closed");
+        let statement = self
+            .store
+            .read(move |fat| fat.statement(Some(period), 0))
+            .await
+            .map_err(store_status)?
+            .map_err(|e| status_of(e.into()))?;
+        Ok(Response::new(market::statement(statement)))
     }
 }

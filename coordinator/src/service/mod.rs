@@ -8,6 +8,7 @@
 mod admin;
 mod convert;
 pub(crate) mod grants;
+mod market;
 mod registry;
 mod tenant_api;
 
@@ -47,6 +48,7 @@ fn refused_status(err: FatError) -> Status {
         FatError::NotEnoughCapacity { .. } => Status::resource_exhausted(message),
         FatError::Invalid(_) => Status::invalid_argument(message),
         FatError::Forbidden(_) => Status::permission_denied(message),
+        FatError::LimitReached(_) => Status::resource_exhausted(message),
     }
 }
 

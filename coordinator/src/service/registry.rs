@@ -9,7 +9,7 @@ use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
 use offsite_proto::{CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
-use super::{check_same_vendor, convert, grants, status_of};
+use super::{check_same_vendor, convert, grants, market, status_of};
 use crate::fat::{Command, FinishRepairs, Outcome};
 use crate::store::FatStore;
 use offsite_identity::require_vendor;
@@ -103,7 +103,14 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         request: Request<pb::RegisterVendorRequest>,
     ) -> Result<Response<pb::RegisterVendorResponse>, Status> {
         let caller = require_vendor(&request)?;
-        let command = convert::register_command(request.into_inner(), now_unix_ms())?;
+        let mut wire = request.into_inner();
+        let prices = wire
+            .prices
+            .take()
+            .as_ref()
+            .map(market::prices)
+            .transpose()?;
+        let command = convert::register_command(wire, now_unix_ms())?;
         check_same_vendor(&caller, &command.vendor.id)?;
         let (vendor, address) = (command.vendor.id.clone(), command.vendor.address.clone());
         let key = command.identity_key.clone();
@@ -124,6 +131,9 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
             _ => {}
         }
         tracing::info!(%vendor, %address, "vendor registered");
+        if let Some(prices) = prices {
+            market::set_prices(&*self.store, &vendor, prices, now_unix_ms()).await?;
+        }
         // Without a key yet the vendor learns it from a later report answer.
         if let Err(e) = grants::ensure_key(&*self.store).await {
             tracing::warn!(error = %e, "could not install the first grant key yet");
@@ -140,6 +150,13 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         let caller = require_vendor(&request)?;
         let mut report = request.into_inner();
         let copied = copy_results(std::mem::take(&mut report.copied))?;
+        let served = std::mem::take(&mut report.served);
+        let prices = report
+            .prices
+            .take()
+            .as_ref()
+            .map(market::prices)
+            .transpose()?;
         let command = convert::report_command(report, now_unix_ms())?;
         check_same_vendor(&caller, &command.vendor)?;
         let (vendor, deleted) = (command.vendor.clone(), command.deleted.len());
@@ -165,10 +182,29 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         if !copied.is_empty() {
             self.finish_repairs(&vendor, copied).await?;
         }
+        if let Some(prices) = prices {
+            market::set_prices(&*self.store, &vendor, prices, now_unix_ms()).await?;
+        }
+        market::book_egress(&*self.store, &vendor, served, now_unix_ms()).await?;
         Ok(Response::new(pb::CapacityReportResponse {
             delete: delete.into_iter().map(Into::into).collect(),
             copy: self.copy_tasks(&vendor).await,
             grant_keys: grants::public_keys(&*self.store),
+        }))
+    }
+
+    async fn earnings(
+        &self,
+        request: Request<pb::EarningsRequest>,
+    ) -> Result<Response<pb::EarningsResponse>, Status> {
+        let vendor = require_vendor(&request)?;
+        let now = now_unix_ms();
+        let statements = market::read(&*self.store, move |fat| fat.statements(now)).await?;
+        Ok(Response::new(pb::EarningsResponse {
+            statements: statements
+                .into_iter()
+                .map(|s| market::statement(s.only(|l| l.vendor == vendor)))
+                .collect(),
         }))
     }
 }

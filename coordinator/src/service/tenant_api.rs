@@ -16,7 +16,7 @@ use crate::fat::{
     check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, RenewLease, Reserve,
     StoreTenantKey,
 };
-use crate::placement::{self, PlacementPolicy};
+use crate::placement::{self, PlacementPolicy, PriceLimits};
 use crate::store::{FatStore, ProposeError};
 use offsite_identity::require_tenant;
 use offsite_proto::clock::now_unix_ms;
@@ -47,7 +47,11 @@ impl<S: FatStore> FatService<S> {
 
     /// Candidates for a new reservation; none when the request was seen
     /// before, since `apply` then answers with the first reservation.
-    async fn choose(&self, reserve: &Reserve) -> Result<Vec<Hold>, ProposeError> {
+    async fn choose(
+        &self,
+        reserve: &Reserve,
+        limits: PriceLimits,
+    ) -> Result<Vec<Hold>, ProposeError> {
         let policy = self.config;
         let (tenant, request) = (reserve.tenant.clone(), reserve.request.clone());
         let (bytes, replication) = (reserve.bytes, reserve.replication);
@@ -58,7 +62,14 @@ impl<S: FatStore> FatService<S> {
                 }
                 let rooms = fat.vendors_with_room();
                 let mut rng = StdRng::from_entropy();
-                placement::choose(&rooms, bytes, replication, &policy.placement, &mut rng)
+                placement::choose_within(
+                    &rooms,
+                    &limits,
+                    bytes,
+                    replication,
+                    &policy.placement,
+                    &mut rng,
+                )
             })
             .await?
             .map_err(ProposeError::Refused)
@@ -102,6 +113,10 @@ impl<S: FatStore> FatApi for FatService<S> {
         let r = request.into_inner();
         let request_id = RequestId::new(r.request_id)?;
         check_reserve_request(r.bytes, r.replication).map_err(|e| status_of(e.into()))?;
+        let limits = PriceLimits {
+            max_storage_price: r.max_storage_price,
+            max_egress_price: r.max_egress_price,
+        };
         let mut attempt = 1;
         loop {
             let now = now_unix_ms();
@@ -115,7 +130,7 @@ impl<S: FatStore> FatApi for FatService<S> {
                 now_unix_ms: now,
                 lease_expires_unix_ms: now.saturating_add(self.config.lease_ms),
             };
-            reserve.holds = self.choose(&reserve).await.map_err(status_of)?;
+            reserve.holds = self.choose(&reserve, limits).await.map_err(status_of)?;
             match self.store.propose(Command::Reserve(reserve)).await {
                 Ok(Outcome::Reserved(mut view)) => {
                     let key = grants::signing_key(&*self.store).await?;
@@ -365,5 +380,32 @@ impl<S: FatStore> FatApi for FatService<S> {
                 ))
             })?;
         Ok(Response::new(pb::GetKeyFileResponse { key_file }))
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        let tenant = require_tenant(&request)?;
+        let now = now_unix_ms();
+        let usage = self
+            .store
+            .read(move |fat| fat.usage(&tenant, now))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::UsageResponse {
+            statement: Some(super::market::statement(usage.statement)),
+            estimate_micros: usage.estimate_micros,
+            stored_bytes_one_copy: usage.stored_bytes_one_copy,
+            hosts: usage
+                .hosts
+                .into_iter()
+                .map(|(host, stored_bytes, snapshots)| pb::HostUsage {
+                    host,
+                    stored_bytes,
+                    snapshots,
+                })
+                .collect(),
+        }))
     }
 }

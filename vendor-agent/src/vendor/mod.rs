@@ -12,6 +12,7 @@ mod budget;
 mod claim;
 mod copy;
 mod delete;
+mod egress;
 mod error;
 mod forward;
 mod grants;
@@ -31,6 +32,7 @@ use crate::local_fat::LocalFat;
 use crate::store::{PieceStore, StoreCapacity};
 use budget::FetchBudget;
 use claim::Claims;
+use egress::EgressJournal;
 use grants::Grants;
 
 pub(crate) use copy::Copies;
@@ -65,6 +67,8 @@ pub(crate) struct Vendor {
     identity: VendorKey,
     /// The group's grant keys and what each store grant has stored.
     grants: Grants,
+    /// Fetches served and not yet reported (egress).
+    egress: EgressJournal,
 }
 
 impl Vendor {
@@ -82,6 +86,7 @@ impl Vendor {
             credentials,
             identity,
             grants: Grants::default(),
+            egress: EgressJournal::default(),
             next_store: AtomicUsize::new(0),
             claims: Claims::default(),
             limits: RwLock::new(Limits::default()),
@@ -89,6 +94,11 @@ impl Vendor {
                 Limits::default().fetch_buffer_bytes,
             ))),
         }
+    }
+
+    /// Fetches served and not yet reported to the coordinator group.
+    pub(crate) fn egress(&self) -> &EgressJournal {
+        &self.egress
     }
 
     /// This vendor's id.

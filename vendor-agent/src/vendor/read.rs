@@ -152,11 +152,16 @@ impl Vendor {
         }
         let (sink, chunks) = chunk_channel(FETCH_WINDOW, self.limits().fetch_idle);
         let vendor = Arc::clone(self);
+        // Checked above: a fetch always carries its grant.
+        let grant = grant.unwrap_or_default();
         tokio::spawn(async move {
-            if let Err(err) = stream_range(&vendor, &record, start, end, &sink).await {
-                tracing::warn!(portion = %record.portion, %err, "fetch failed");
-                // The caller may have gone; nothing more to do then.
-                let _ = sink.send(Err(err), record.portion).await;
+            match stream_range(&vendor, &record, start, end, &sink).await {
+                Ok(sent) => vendor.egress().record(&grant, sent),
+                Err(err) => {
+                    tracing::warn!(portion = %record.portion, %err, "fetch failed");
+                    // The caller may have gone; nothing more to do then.
+                    let _ = sink.send(Err(err), record.portion).await;
+                }
             }
         });
         Ok(chunks)
@@ -186,7 +191,7 @@ pub(super) async fn stream_range(
     start: u64,
     end: u64,
     sink: &ChunkSink,
-) -> Result<(), VendorError> {
+) -> Result<u64, VendorError> {
     let lost = |detail: String| VendorError::PieceLost {
         portion: record.portion,
         source: StoreError::Failed {
@@ -206,11 +211,12 @@ pub(super) async fn stream_range(
             let from = start.saturating_sub(piece_start) as usize;
             let to = (end.min(piece_end) - piece_start) as usize;
             for chunk in frames(data.slice(from..to)) {
+                let len = chunk.len() as u64;
                 if sink.send(Ok(chunk), record.portion).await.is_err() {
-                    return Ok(()); // the caller hung up or was cut off
+                    return Ok(sent); // the caller hung up or was cut off
                 }
+                sent += len;
             }
-            sent += (to - from) as u64;
         }
         piece_start = piece_end;
         if piece_start >= end {
@@ -224,7 +230,7 @@ pub(super) async fn stream_range(
             end - start
         )));
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// One piece from its store, checked against the local FAT's hash and size.
