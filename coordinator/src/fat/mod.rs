@@ -31,6 +31,8 @@ mod deletion_tests;
 #[cfg(test)]
 mod extreme_proptests;
 #[cfg(test)]
+mod ledger_tests;
+#[cfg(test)]
 mod liveness_tests;
 #[cfg(test)]
 mod proptests;
