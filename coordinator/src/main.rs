@@ -6,6 +6,7 @@
 //! `grant-key rotate` gives the group a new grant-signing key.
 
 mod cli_grant_key;
+mod cli_market;
 mod cli_pki;
 mod cli_status;
 
@@ -76,10 +77,81 @@ enum CliCommand {
         #[command(subcommand)]
         action: GrantKeyCommand,
     },
+    /// A tenant's limits (admin certificate): `set` its storage quota,
+    /// spending cap per period and open reservations.
+    Tenant {
+        /// host:port of any coordinator of the group.
+        #[arg(long)]
+        coordinator: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tls: cli_pki::TlsArgs,
+        #[command(subcommand)]
+        action: TenantCommand,
+    },
+    /// The ledger (admin certificate): `show` a period's statement, `close`
+    /// the open period (its figures are frozen and a new one starts).
+    Ledger {
+        /// host:port of any coordinator of the group.
+        #[arg(long)]
+        coordinator: String,
+        #[command(flatten)]
+        tls: cli_pki::TlsArgs,
+        #[command(subcommand)]
+        action: LedgerCommand,
+    },
     /// The marketplace's certificate authority: create it, issue certificates.
     Pki {
         #[command(subcommand)]
         command: cli_pki::PkiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Set limits; an unnamed limit keeps its value, 0 removes one.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        /// Bytes of all copies, committed or held in open reservations.
+        #[arg(long)]
+        quota_bytes: Option<u64>,
+        /// Most the tenant's charge may reach in one period (micro-units);
+        /// new reservations are refused once it has.
+        #[arg(long = "monthly-cap")]
+        monthly_cap_micros: Option<u64>,
+        /// Most open reservations at once (default 256).
+        #[arg(long)]
+        max_open_reservations: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// A period's statement: every tenant's charge, every vendor's payout,
+    /// the marketplace's fee and every line.
+    Show {
+        /// Default: the open period.
+        #[arg(long)]
+        period: Option<u32>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: cli_market::Format,
+        /// Same as --format json.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close the open period and print its frozen statement.
+    Close {
+        /// The period to close; refused unless it is the open one (default:
+        /// the open one).
+        #[arg(long)]
+        period: Option<u32>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: cli_market::Format,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -131,6 +203,62 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         CliCommand::Pki { command } => cli_pki::run(command),
+        CliCommand::Tenant {
+            coordinator,
+            json,
+            tls,
+            action,
+        } => match tls.admin_credentials() {
+            Ok(credentials) => {
+                let TenantCommand::Set {
+                    tenant,
+                    quota_bytes,
+                    monthly_cap_micros,
+                    max_open_reservations,
+                } = action;
+                let args = cli_market::LimitsArgs {
+                    tenant,
+                    quota_bytes,
+                    monthly_cap_micros,
+                    max_open_reservations,
+                };
+                cli_market::set_limits(&coordinator, &credentials, args, json).await
+            }
+            Err(e) => Err(e),
+        },
+        CliCommand::Ledger {
+            coordinator,
+            tls,
+            action,
+        } => match tls.admin_credentials() {
+            Ok(credentials) => match action {
+                LedgerCommand::Show {
+                    period,
+                    format,
+                    json,
+                } => {
+                    let format = if json {
+                        cli_market::Format::Json
+                    } else {
+                        format
+                    };
+                    cli_market::show(&coordinator, &credentials, period, format).await
+                }
+                LedgerCommand::Close {
+                    period,
+                    format,
+                    json,
+                } => {
+                    let format = if json {
+                        cli_market::Format::Json
+                    } else {
+                        format
+                    };
+                    cli_market::close(&coordinator, &credentials, period, format).await
+                }
+            },
+            Err(e) => Err(e),
+        },
         CliCommand::GrantKey {
             coordinator,
             json,

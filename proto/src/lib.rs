@@ -23,6 +23,7 @@ pub mod refusal;
 mod repair;
 mod routing;
 pub mod signing;
+pub mod statement;
 pub mod stream;
 mod wire_error;
 

@@ -22,6 +22,7 @@
 
 mod agent;
 mod config;
+pub mod earnings;
 pub mod identity_key;
 mod local_fat;
 mod registration;

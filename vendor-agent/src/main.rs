@@ -24,6 +24,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// What this vendor earned: the open billing period and the closed
+    /// ones, as the coordinator group's ledger says.
+    Earnings {
+        /// The vendor config (TOML): its certificate and coordinators.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -39,6 +49,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Run { config } => run(config).await,
+        Command::Earnings { config, json } => {
+            let config = VendorConfig::load(&config)?;
+            let earnings = offsite_vendor::earnings::earnings(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&earnings)?);
+            } else {
+                offsite_vendor::earnings::print_table(&earnings);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -12,11 +12,6 @@ use super::*;
 
 const MIB: u64 = 1 << 20;
 
-fn at(mut command: Command, now: u64) -> Command {
-    command.restamp(now);
-    command
-}
-
 /// Vendors a, b, c in three regions with room to spare, priced
 /// (storage, egress) as given.
 fn priced_market(prices: [(u64, u64); 3]) -> Fat {
