@@ -58,6 +58,11 @@ enum Op {
     GrantKey(u32, u64),
     PlanRepairs(u64, u64),
     FinishRepairs(usize),
+    Prices(usize, u64, u64, u64),
+    Fee(u32, u64),
+    Limits(usize, Option<u64>, Option<u64>, Option<u32>, u64),
+    Close(u32, u64),
+    Egress(usize, usize, u64, u64, u64, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -96,11 +101,25 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (t.clone(), any::<usize>(), extreme(), extreme())
             .prop_map(|(t, s, o, l)| Op::Rewrite(t, s, o, l)),
         1 => (t.clone(), any::<usize>()).prop_map(|(t, s)| Op::Forget(t, s)),
-        1 => (t, prop_oneof![Just(0usize), Just(1), Just(16 * 1024 + 1)], extreme())
+        1 => (t.clone(), prop_oneof![Just(0usize), Just(1), Just(16 * 1024 + 1)], extreme())
             .prop_map(|(t, len, now)| Op::TenantKey(t, len, now)),
         1 => (extreme_u32(), extreme()).prop_map(|(id, now)| Op::GrantKey(id, now)),
         1 => (extreme(), extreme()).prop_map(|(now, after)| Op::PlanRepairs(now, after)),
-        1 => v.prop_map(Op::FinishRepairs),
+        1 => v.clone().prop_map(Op::FinishRepairs),
+        2 => (v.clone(), extreme(), extreme(), extreme())
+            .prop_map(|(v, s, e, now)| Op::Prices(v, s, e, now)),
+        1 => (extreme_u32(), extreme()).prop_map(|(f, now)| Op::Fee(f, now)),
+        2 => (
+            t.clone(),
+            prop::option::of(extreme()),
+            prop::option::of(extreme()),
+            prop::option::of(extreme_u32()),
+            extreme()
+        )
+            .prop_map(|(t, q, c, o, now)| Op::Limits(t, q, c, o, now)),
+        1 => (extreme_u32(), extreme()).prop_map(|(p, now)| Op::Close(p, now)),
+        2 => (v, any::<usize>(), extreme(), extreme(), extreme(), extreme())
+            .prop_map(|(v, p, max, bytes, expires, now)| Op::Egress(v, p, max, bytes, expires, now)),
     ]
 }
 
@@ -273,6 +292,46 @@ impl Harness {
                         })
                         .collect(),
                     source,
+                })
+            }
+            Op::Prices(v, storage, egress, now) => Command::SetVendorPrices(SetVendorPrices {
+                vendor: vid(VENDORS[v]),
+                prices: Prices {
+                    storage_micros_per_tib_month: storage,
+                    egress_micros_per_tib: egress,
+                },
+                now_unix_ms: now,
+            }),
+            Op::Fee(fee_ppm, now) => Command::SetMarketFee(SetMarketFee {
+                fee_ppm,
+                now_unix_ms: now,
+            }),
+            Op::Limits(t, quota, cap, open, now) => Command::SetTenantLimits(SetTenantLimits {
+                tenant: tid(TENANTS[t]),
+                limits: TenantLimits {
+                    quota_bytes: quota,
+                    monthly_cap_micros: cap,
+                    max_open_reservations: open,
+                },
+                now_unix_ms: now,
+            }),
+            Op::Close(period, now) => Command::ClosePeriod(ClosePeriod {
+                period: period.min(self.fat.open_period().saturating_add(1)),
+                now_unix_ms: now,
+            }),
+            Op::Egress(v, p, max_bytes, bytes, expires, now) => {
+                let (t, portion) = pick(&self.portions, p)?;
+                Command::BookEgress(BookEgress {
+                    vendor: vid(VENDORS[v]),
+                    served: vec![ServedFetch {
+                        digest: *blake3::hash(&bytes.to_le_bytes()).as_bytes(),
+                        tenant: tid(TENANTS[t]),
+                        portion,
+                        max_bytes,
+                        expires_unix_ms: expires,
+                        bytes,
+                    }],
+                    now_unix_ms: now,
                 })
             }
         })
