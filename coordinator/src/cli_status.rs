@@ -25,6 +25,9 @@ struct VendorRow<'a> {
     used_bytes: u64,
     stored_bytes: u64,
     last_report_unix_ms: u64,
+    reported_offered_bytes: u64,
+    storage_price_micros: u64,
+    egress_price_micros: u64,
 }
 
 impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
@@ -39,6 +42,9 @@ impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
             used_bytes: v.used_bytes,
             stored_bytes: v.stored_bytes,
             last_report_unix_ms: v.last_report_unix_ms,
+            reported_offered_bytes: v.reported_offered_bytes,
+            storage_price_micros: v.storage_price_micros,
+            egress_price_micros: v.egress_price_micros,
         }
     }
 }

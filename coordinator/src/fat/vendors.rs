@@ -124,6 +124,7 @@ pub struct VendorStatus {
     pub stored_bytes: u64,
     pub last_report_unix_ms: u64,
     pub liveness_since_unix_ms: u64,
+    pub prices: super::Prices,
 }
 
 /// An up vendor with free room, as placement sees it.
@@ -283,6 +284,7 @@ impl Fat {
                 stored_bytes: v.stored,
                 last_report_unix_ms: v.last_report_unix_ms,
                 liveness_since_unix_ms: v.liveness_since_unix_ms,
+                prices: self.ledger.prices_of(id),
             })
             .collect()
     }

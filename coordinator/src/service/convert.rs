@@ -196,6 +196,8 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         stored_bytes: v.stored_bytes,
         last_report_unix_ms: v.last_report_unix_ms,
         reported_offered_bytes: v.reported_offered_bytes,
+        storage_price_micros: v.prices.storage_micros_per_tib_month,
+        egress_price_micros: v.prices.egress_micros_per_tib,
     }
 }
 
