@@ -263,6 +263,7 @@ impl Fat {
 
     /// Applies a fully checked commit.
     fn record_commit(&mut self, c: Commit, charges: Charges) -> Outcome {
+        self.ledger.tick(c.now_unix_ms);
         let committed_bytes = charges.values().fold(0u64, |sum, b| sum.saturating_add(*b));
         for (vendor, bytes) in &charges {
             if let Some(v) = self.vendors.get_mut(vendor) {

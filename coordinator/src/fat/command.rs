@@ -115,33 +115,6 @@ impl Command {
             Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
         }
     }
-
-    /// The time the command carries, if it carries one: the ledger meters by
-    /// it.
-    pub fn time_unix_ms(&self) -> Option<u64> {
-        match self {
-            Command::RegisterVendor(c) => Some(c.now_unix_ms),
-            Command::ReportCapacity(c) => Some(c.now_unix_ms),
-            Command::Reserve(c) => Some(c.now_unix_ms),
-            Command::Commit(c) => Some(c.now_unix_ms),
-            Command::Release(c) => Some(c.now_unix_ms),
-            Command::ExpireLeases { now_unix_ms } => Some(*now_unix_ms),
-            Command::UpdateLiveness(c) => Some(c.now_unix_ms),
-            Command::InstallGrantKey(c) => Some(c.now_unix_ms),
-            Command::StoreTenantKey(c) => Some(c.now_unix_ms),
-            Command::PlanRepairs(c) => Some(c.now_unix_ms),
-            Command::RenewLease(c) => Some(c.now_unix_ms),
-            Command::SetVendorPrices(c) => Some(c.now_unix_ms),
-            Command::SetMarketFee(c) => Some(c.now_unix_ms),
-            Command::SetTenantLimits(c) => Some(c.now_unix_ms),
-            Command::ClosePeriod(c) => Some(c.now_unix_ms),
-            Command::BookEgress(c) => Some(c.now_unix_ms),
-            Command::Forget(_)
-            | Command::ReleasePortions(_)
-            | Command::RewriteSnapshots(_)
-            | Command::FinishRepairs(_) => None,
-        }
-    }
 }
 
 /// A vendor logs on, or re-registers with a new address or offer.

@@ -162,8 +162,9 @@ type LineKey = (TenantId, VendorId, u64);
 pub(crate) struct Ledger {
     period: u32,
     period_started_unix_ms: u64,
-    /// The latest time any command carried: commands without a time (a
-    /// repair's new copy) accrue from it.
+    /// The latest time a metering command (commit, capacity report, close,
+    /// egress) carried: a repair's new copy, placed by a command without a
+    /// time right after its source's report, accrues from it.
     clock_unix_ms: u64,
     fee_ppm: u32,
     prices: BTreeMap<VendorId, Prices>,
@@ -260,11 +261,6 @@ impl Ledger {
     /// Moves the ledger's clock to `now` (never back).
     pub fn tick(&mut self, now_unix_ms: u64) {
         self.clock_unix_ms = self.clock_unix_ms.max(now_unix_ms);
-    }
-
-    /// Puts the clock back where it was before a refused command.
-    pub fn rewind(&mut self, clock_unix_ms: u64) {
-        self.clock_unix_ms = clock_unix_ms;
     }
 
     pub fn now(&self) -> u64 {
@@ -506,6 +502,7 @@ impl Fat {
     pub(super) fn close_period(&mut self, c: ClosePeriod) -> Result<Outcome, FatError> {
         self.check_close_period(&c)?;
         let ledger = &mut self.ledger;
+        ledger.tick(c.now_unix_ms);
         let now = ledger.clock_unix_ms;
         let mut statement = ledger.open_statement(now);
         statement.closed_unix_ms = Some(now);
@@ -524,6 +521,7 @@ impl Fat {
     pub(super) fn book_egress(&mut self, c: BookEgress) -> Result<Outcome, FatError> {
         check_served(&c)?;
         let ledger = &mut self.ledger;
+        ledger.tick(c.now_unix_ms);
         let now = ledger.clock_unix_ms;
         ledger
             .booked

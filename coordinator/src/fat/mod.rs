@@ -121,18 +121,6 @@ pub struct FatStatus {
 impl Fat {
     /// Applies one command. On error nothing changed.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, FatError> {
-        let clock = self.ledger.now();
-        if let Some(now) = command.time_unix_ms() {
-            self.ledger.tick(now);
-        }
-        let result = self.dispatch(command);
-        if result.is_err() {
-            self.ledger.rewind(clock);
-        }
-        result
-    }
-
-    fn dispatch(&mut self, command: Command) -> Result<Outcome, FatError> {
         match command {
             Command::RegisterVendor(c) => self.register_vendor(c),
             Command::ReportCapacity(c) => self.report_capacity(c),

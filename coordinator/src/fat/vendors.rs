@@ -217,6 +217,9 @@ impl Fat {
         record.stored = r.stored_bytes;
         record.last_report_unix_ms = record.last_report_unix_ms.max(r.now_unix_ms);
         record.mark_up(r.now_unix_ms);
+        // Deletions stop their copies' metering now; the copies a repair
+        // places right after this report start from it.
+        self.ledger.tick(r.now_unix_ms);
         self.acknowledge_deletions(&r.vendor, &r.deleted);
         Ok(Outcome::CapacityReported {
             delete: self.deletions_for(&r.vendor),
