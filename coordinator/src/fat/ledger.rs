@@ -263,6 +263,7 @@ impl Ledger {
         self.clock_unix_ms = self.clock_unix_ms.max(now_unix_ms);
     }
 
+    #[cfg(test)]
     pub fn now(&self) -> u64 {
         self.clock_unix_ms
     }
