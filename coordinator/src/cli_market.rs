@@ -17,6 +17,29 @@ pub enum Format {
     Csv,
 }
 
+/// Which period, and how to print it.
+#[derive(Debug, clap::Args)]
+pub struct StatementArgs {
+    /// Default: the open period.
+    #[arg(long)]
+    pub period: Option<u32>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Same as --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StatementArgs {
+    fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.format
+        }
+    }
+}
+
 /// A tenant's limits to set; `None` keeps the one it has, 0 removes it.
 pub struct LimitsArgs {
     pub tenant: String,
@@ -96,9 +119,9 @@ pub async fn set_limits(
 pub async fn show(
     coordinator: &str,
     credentials: &Credentials,
-    period: Option<u32>,
-    format: Format,
+    args: StatementArgs,
 ) -> anyhow::Result<()> {
+    let period = args.period;
     let statement = admin_client(coordinator, credentials)
         .await?
         .ledger_show(LedgerShowRequest { period })
@@ -106,17 +129,16 @@ pub async fn show(
         .map_err(|status| anyhow::anyhow!("{}", status.message()))
         .with_context(|| format!("the coordinator at {coordinator} did not show the ledger"))?
         .into_inner();
-    print(&StatementView::from(&statement), format)
+    print(&StatementView::from(&statement), args.format())
 }
 
 pub async fn close(
     coordinator: &str,
     credentials: &Credentials,
-    period: Option<u32>,
-    format: Format,
+    args: StatementArgs,
 ) -> anyhow::Result<()> {
     let mut client = admin_client(coordinator, credentials).await?;
-    let period = match period {
+    let period = match args.period {
         Some(p) => p,
         None => {
             client
@@ -136,7 +158,7 @@ pub async fn close(
         .map_err(|status| anyhow::anyhow!("{}", status.message()))
         .with_context(|| format!("the coordinator at {coordinator} did not close period {period}"))?
         .into_inner();
-    print(&StatementView::from(&statement), format)
+    print(&StatementView::from(&statement), args.format())
 }
 
 fn print(view: &StatementView, format: Format) -> anyhow::Result<()> {
@@ -157,24 +179,30 @@ fn print_table(view: &StatementView) {
         "period {} ({state}); fee {} ppm; charges {} = payouts {} + fee {} (micro-units)",
         view.period, view.fee_ppm, view.charge_micros, view.payout_micros, view.fee_micros
     );
-    println!(
-        "{:<24} {:>16} {:>16} {:>14}",
-        "TENANT", "CHARGE", "STORED BYTES", "EGRESS BYTES"
-    );
+    let row = |name: &str,
+               money: &dyn std::fmt::Display,
+               stored: &dyn std::fmt::Display,
+               egress: &dyn std::fmt::Display| {
+        println!("{name:<24} {money:>16} {stored:>16} {egress:>14}");
+    };
+    row("TENANT", &"CHARGE", &"STORED BYTES", &"EGRESS BYTES");
     for t in &view.tenants {
-        println!(
-            "{:<24} {:>16} {:>16} {:>14}",
-            t.tenant_id, t.totals.charge_micros, t.totals.stored_bytes, t.totals.egress_bytes
+        let totals = &t.totals;
+        row(
+            &t.tenant_id,
+            &totals.charge_micros,
+            &totals.stored_bytes,
+            &totals.egress_bytes,
         );
     }
-    println!(
-        "{:<24} {:>16} {:>16} {:>14}",
-        "VENDOR", "PAYOUT", "STORED BYTES", "EGRESS BYTES"
-    );
+    row("VENDOR", &"PAYOUT", &"STORED BYTES", &"EGRESS BYTES");
     for v in &view.vendors {
-        println!(
-            "{:<24} {:>16} {:>16} {:>14}",
-            v.vendor_id, v.totals.payout_micros, v.totals.stored_bytes, v.totals.egress_bytes
+        let totals = &v.totals;
+        row(
+            &v.vendor_id,
+            &totals.payout_micros,
+            &totals.stored_bytes,
+            &totals.egress_bytes,
         );
     }
 }

@@ -133,25 +133,14 @@ enum LedgerCommand {
     /// A period's statement: every tenant's charge, every vendor's payout,
     /// the marketplace's fee and every line.
     Show {
-        /// Default: the open period.
-        #[arg(long)]
-        period: Option<u32>,
-        #[arg(long, value_enum, default_value = "table")]
-        format: cli_market::Format,
-        /// Same as --format json.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: cli_market::StatementArgs,
     },
-    /// Close the open period and print its frozen statement.
+    /// Close the open period (refused unless `--period`, when given, is the
+    /// open one) and print its frozen statement.
     Close {
-        /// The period to close; refused unless it is the open one (default:
-        /// the open one).
-        #[arg(long)]
-        period: Option<u32>,
-        #[arg(long, value_enum, default_value = "table")]
-        format: cli_market::Format,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: cli_market::StatementArgs,
     },
 }
 
@@ -232,29 +221,11 @@ async fn main() -> ExitCode {
             action,
         } => match tls.admin_credentials() {
             Ok(credentials) => match action {
-                LedgerCommand::Show {
-                    period,
-                    format,
-                    json,
-                } => {
-                    let format = if json {
-                        cli_market::Format::Json
-                    } else {
-                        format
-                    };
-                    cli_market::show(&coordinator, &credentials, period, format).await
+                LedgerCommand::Show { args } => {
+                    cli_market::show(&coordinator, &credentials, args).await
                 }
-                LedgerCommand::Close {
-                    period,
-                    format,
-                    json,
-                } => {
-                    let format = if json {
-                        cli_market::Format::Json
-                    } else {
-                        format
-                    };
-                    cli_market::close(&coordinator, &credentials, period, format).await
+                LedgerCommand::Close { args } => {
+                    cli_market::close(&coordinator, &credentials, args).await
                 }
             },
             Err(e) => Err(e),

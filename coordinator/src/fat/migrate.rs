@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn a_version_6_snapshot_is_read_and_its_copies_are_metered_from_their_commit() {
-        let fat = crate::fat::tests::committed_fat();
+        let mut fat = crate::fat::tests::market();
+        crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
         let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
         postcard::to_io(&as_v6(&fat), &mut bytes).unwrap();
         let read = decode_snapshot(&bytes).unwrap();

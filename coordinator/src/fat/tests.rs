@@ -143,22 +143,6 @@ pub(super) fn market() -> Fat {
     fat
 }
 
-/// The market with one commit of tenant acme: 100 bytes on a and b, 50 on
-/// b and c, and a snapshot that needs both.
-pub(super) fn committed_fat() -> Fat {
-    let mut fat = market();
-    let id = reserved(
-        &mut fat,
-        reserve("acme", "r1", 300, 2, &[("a", 300), ("b", 300), ("c", 300)]),
-    );
-    let p1 = placement("acme", 100, &["a", "b"]);
-    let p2 = placement("acme", 50, &["b", "c"]);
-    let snap = snapshot_of(&[p1.portion, p2.portion]);
-    fat.apply(commit("acme", id, vec![p1, p2], Some(snap)))
-        .unwrap();
-    fat
-}
-
 pub(super) fn reserved(fat: &mut Fat, r: Reserve) -> ReservationId {
     match fat.apply(Command::Reserve(r)).unwrap() {
         Outcome::Reserved(view) => view.id,
