@@ -77,7 +77,10 @@ pub fn choose_within<R: Rng + ?Sized>(
             charges.push(format!("and {} more", rooms.len() - charges.len()));
         }
         FatError::LimitReached(format!(
-            "too few vendors within your price limits ({}): {} of the {} up vendors with              room are within them, and they cannot hold {bytes} bytes at replication              {replication}; vendors charge (storage per TiB-month / egress per TiB,              micro-units): {}; raise the limits in client.toml or with --max-storage-price",
+            "too few vendors within your price limits ({}): {} of the {} up vendors with \
+             room are within them, and they cannot hold {bytes} bytes at replication \
+             {replication}; vendors charge (storage per TiB-month / egress per TiB, \
+             micro-units): {}; raise the limits in client.toml or with --max-storage-price",
             limits.describe(),
             within.len(),
             rooms.len(),
@@ -252,6 +255,7 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("3 of the 4 up vendors"), "{message}");
         assert!(message.contains("p8 8000000/0"), "{message}");
+        assert!(!message.contains("  "), "{message}");
     }
 
     const POLICY: PlacementPolicy = PlacementPolicy {

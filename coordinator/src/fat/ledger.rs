@@ -261,6 +261,10 @@ impl Ledger {
     /// Moves the ledger's clock to `now` (never back).
     pub fn tick(&mut self, now_unix_ms: u64) {
         self.clock_unix_ms = self.clock_unix_ms.max(now_unix_ms);
+        // The first period starts with the marketplace's first metering.
+        if self.period == 1 && self.period_started_unix_ms == 0 {
+            self.period_started_unix_ms = now_unix_ms;
+        }
     }
 
     #[cfg(test)]

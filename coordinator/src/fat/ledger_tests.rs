@@ -138,6 +138,11 @@ fn a_copy_accrues_from_its_commit_to_its_acknowledged_deletion_at_the_price_it_w
     let q = put(&mut fat, "acme", &["a"], MIB, T0 + 10);
 
     let s = fat.statement(None, T0 + month).unwrap();
+    assert_eq!(s.started_unix_ms, T0);
+    // Halfway, the estimate is what the month will have cost by its end.
+    let halfway = fat.usage(&tid("acme"), T0 + month / 2);
+    assert_eq!(halfway.estimate_micros, s.charge_micros());
+    assert!(halfway.statement.charge_micros() < s.charge_micros());
     assert_eq!(stored(&s, "a", price), u128::from(MIB * month));
     assert_eq!(stored(&s, "a", 2 * price), u128::from(MIB * (month - 10)));
     assert_eq!(stored(&s, "b", price), u128::from(MIB * month));
