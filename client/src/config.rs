@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 pub use offsite_identity::config::ConfigError;
 use offsite_identity::config::{self, Config, Invalid};
 use offsite_identity::TlsConfig;
-use offsite_proto::limits::{MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_REPLICATION, MIN_PIECE_BYTES};
+use offsite_proto::limits::{
+    MAX_PIECE_BYTES, MAX_PORTION_BYTES, MAX_PRICE_MICROS, MAX_REPLICATION, MIN_PIECE_BYTES,
+};
 use offsite_proto::TenantId;
 use serde::Deserialize;
 
@@ -61,6 +63,17 @@ pub struct ClientConfig {
     /// before the hung one is cut off instead. Default 75.
     #[serde(default = "default_vendor_stall_timeout")]
     pub vendor_stall_timeout_secs: u64,
+    /// The most this tenant pays for storage, in micro-units of the
+    /// marketplace's currency per TiB-month (at most 10^15): vendors that
+    /// charge more are never chosen. Unset: no limit. `backup
+    /// --max-storage-price` wins.
+    #[serde(default)]
+    pub max_storage_price: Option<u64>,
+    /// The most this tenant pays for egress (data fetched back), in
+    /// micro-units per TiB (at most 10^15). Unset: no limit. `backup
+    /// --max-egress-price` wins.
+    #[serde(default)]
+    pub max_egress_price: Option<u64>,
     /// Mutual TLS: the marketplace CA, and the tenant's certificate (role
     /// tenant, name = `tenant`) and key. The coordinator and the vendors take
     /// the tenant from this certificate.
@@ -114,6 +127,34 @@ impl ClientConfig {
     /// The tenant's cache directory.
     pub fn tenant_cache_dir(&self) -> PathBuf {
         self.cache_dir.join(self.tenant.as_str())
+    }
+
+    /// The most the tenant pays, as the config says.
+    pub fn price_limits(&self) -> PriceLimits {
+        PriceLimits {
+            storage: self.max_storage_price,
+            egress: self.max_egress_price,
+        }
+    }
+}
+
+/// The most a tenant pays, in micro-units per TiB-month of storage and per
+/// TiB of egress; `None`: no limit. Every reservation carries them, so
+/// the coordinators choose only vendors within them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriceLimits {
+    pub storage: Option<u64>,
+    pub egress: Option<u64>,
+}
+
+impl PriceLimits {
+    /// These limits with each limit of `overrides` that is set in its place
+    /// (a backup's flags over the config).
+    pub fn overridden_by(self, overrides: PriceLimits) -> PriceLimits {
+        PriceLimits {
+            storage: overrides.storage.or(self.storage),
+            egress: overrides.egress.or(self.egress),
+        }
     }
 }
 
@@ -177,6 +218,21 @@ impl Config for ClientConfig {
         if let Some(host) = &self.host {
             if host.is_empty() || host.len() > 255 {
                 return Err(Invalid::new("host", "must be 1 to 255 characters"));
+            }
+        }
+        for (field, limit) in [
+            ("max_storage_price", self.max_storage_price),
+            ("max_egress_price", self.max_egress_price),
+        ] {
+            if let Some(price) = limit.filter(|p| *p > MAX_PRICE_MICROS) {
+                return Err(Invalid::new(
+                    field,
+                    format!(
+                        "is {price}, above the highest price a vendor may set, \
+                         {MAX_PRICE_MICROS}; use at most that, or leave it out for no limit \
+                         (prices are micro-units: 1000000 = one unit of the currency)"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -257,5 +313,46 @@ tls = { ca = "/tmp/ca.pem", cert = "/tmp/acme.pem", key = "/tmp/acme.key" }
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/client.toml"), "{err}");
+    }
+
+    #[test]
+    fn price_limits_are_optional_and_bounded() {
+        let (_dir, path) = write(GOOD);
+        let config = ClientConfig::load(&path).unwrap();
+        assert_eq!(config.price_limits(), PriceLimits::default());
+
+        let (_dir, path) = write(&format!(
+            "{GOOD}\nmax_storage_price = 1000000000000000\nmax_egress_price = 0\n"
+        ));
+        let limits = ClientConfig::load(&path).unwrap().price_limits();
+        assert_eq!(limits.storage, Some(MAX_PRICE_MICROS));
+        assert_eq!(limits.egress, Some(0));
+
+        for field in ["max_storage_price", "max_egress_price"] {
+            let (_dir, path) = write(&format!("{GOOD}\n{field} = 1000000000000001\n"));
+            let err = ClientConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.contains("1000000000000000"),
+                "the error names the field and the highest price: {err}"
+            );
+        }
+        let (_dir, path) = write(&format!("{GOOD}\nmax_storage_price = -1\n"));
+        let err = ClientConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("max_storage_price"), "{err}");
+    }
+
+    #[test]
+    fn a_backup_flag_overrides_only_the_limit_it_sets() {
+        let config = PriceLimits {
+            storage: Some(10),
+            egress: Some(20),
+        };
+        let flags = PriceLimits {
+            storage: Some(5),
+            egress: None,
+        };
+        let both = config.overridden_by(flags);
+        assert_eq!((both.storage, both.egress), (Some(5), Some(20)));
+        assert_eq!(config.overridden_by(PriceLimits::default()), config);
     }
 }

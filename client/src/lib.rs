@@ -10,7 +10,8 @@
 //! machine), `market` (the coordinator group and the vendors: connecting,
 //! uploading, fetching), and `session` (the commands, one [`Session`] per
 //! invocation, with the backup pipeline and the restore). `config`,
-//! `filter`, `progress` and `estimate` serve them all. Only what the `offsite`
+//! `filter`, `progress`, `estimate` and `usage` (what the tenant pays) serve
+//! them all. Only what the `offsite`
 //! CLI needs is exported.
 //!
 //! ```
@@ -29,6 +30,7 @@ mod local;
 mod market;
 mod progress;
 mod session;
+mod usage;
 
 #[cfg(test)]
 mod hostile_tests;
@@ -48,7 +50,7 @@ pub mod keys {
     };
 }
 
-pub use config::ClientConfig;
+pub use config::{ClientConfig, PriceLimits};
 pub use filter::ExcludeOptions;
 pub use format::keys::{KeyError, Keys};
 pub use session::forget::{parse_duration, Decision, Policy};
@@ -56,3 +58,4 @@ pub use session::{
     entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, CheckOptions, PruneOptions,
     Session, SessionError, DEFAULT_REPACK_BELOW,
 };
+pub use usage::{HostUsage, UsageReport, VendorUsage};

@@ -11,7 +11,10 @@
 //!   "unreadable", "unreadable_paths": ["PATH: why"], "excluded",
 //!   "unchanged_files", "bytes_total", "bytes_read", "new_blobs",
 //!   "resumed_blobs", "new_portions", "bytes_uploaded" (every copy),
-//!   "would_upload_bytes" (one copy; --dry-run), "portions", "reservations"}`
+//!   "would_upload_bytes" (one copy; --dry-run), "portions", "reservations",
+//!   "estimated_monthly_cost_micros": N|null (--dry-run: what storing
+//!   would_upload_bytes at R copies costs a month; null when no vendor price
+//!   is known, and for a real backup)}`
 //! - `snapshots`: `{"from_cache": bool, "snapshots": [{"snapshot_id", "host",
 //!   "time_unix_ms", "paths", "tags", "logical_bytes", "file_count", "portions"}]}`
 //! - `ls`: `{"snapshot_id", "from_cache", "entries": [{"path", "kind":
@@ -36,6 +39,12 @@
 //!   "bytes_repacked", "new_portions", "snapshots_rewritten"}` (bytes are
 //!   before replication; with `--dry-run`, what would be released and
 //!   repacked; without, the released portions include the repacked ones)
+//! - `usage`: `{"period", "started_unix_ms", "as_of_unix_ms",
+//!   "charge_micros", "estimate_micros", "stored_bytes" (all copies),
+//!   "stored_bytes_one_copy", "egress_bytes", "fee_ppm", "vendors":
+//!   [{"vendor_id", "stored_bytes", "stored_byte_ms" (a decimal string),
+//!   "egress_bytes", "charge_micros"}], "hosts": [{"host", "stored_bytes",
+//!   "snapshots"}]}`
 //! - `key passwd`: `{"key_file", "changed": true, "uploaded"}`
 //! - `key upload`: `{"key_file", "uploaded": true}`
 //! - any command that fails: `{"error": MESSAGE, "exit_code": N}`
@@ -59,6 +68,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use offsite_client::blob::Compression;
 use offsite_client::{ClientConfig, KeyError, SessionError};
+use offsite_proto::limits::MAX_PRICE_MICROS;
 
 /// The process exit codes (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +141,10 @@ pub enum Command {
     },
     /// Show what changed between two snapshots.
     Diff { from: String, to: String },
+    /// What the tenant has stored, fetched and been charged in the open
+    /// billing period, and the estimate for the whole period, per vendor and
+    /// per host.
+    Usage,
     /// Find entries by name (a glob; with `/`, matched against the whole path).
     Find {
         pattern: String,
@@ -183,6 +197,16 @@ pub struct BackupArgs {
     /// How hard to compress (default: the config's `compression`, else auto).
     #[arg(long, value_enum)]
     compression: Option<Compression>,
+    /// The most this backup pays for storage, micro-units per TiB-month
+    /// (default: the config's `max_storage_price`, else no limit).
+    #[arg(long, value_name = "MICROS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_PRICE_MICROS))]
+    max_storage_price: Option<u64>,
+    /// The most this backup pays for egress, micro-units per TiB (default:
+    /// the config's `max_egress_price`, else no limit).
+    #[arg(long, value_name = "MICROS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_PRICE_MICROS))]
+    max_egress_price: Option<u64>,
 }
 
 #[derive(Args)]

@@ -22,6 +22,8 @@ pub struct CoordinatorConfig {
     pub overprovision: f64,
     pub extra_vendors: u32,
     pub sweep_interval_secs: u64,
+    /// The marketplace's share of every charge, parts per million.
+    pub fee_ppm: u32,
     /// Every member of the coordinator group, the same list on each.
     pub initial_members: Vec<MemberConfig>,
     pub tls: TlsConfig,
@@ -74,6 +76,10 @@ pub struct VendorConfig {
     pub report_interval_secs: u64,
     pub network_bytes_per_sec: u64,
     pub keep_free_share: f64,
+    /// Micro-units per TiB-month.
+    pub storage_price_micros_per_tib_month: u64,
+    /// Micro-units per TiB.
+    pub egress_price_micros_per_tib: u64,
     /// Left out: the vendor's default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_idle_timeout_secs: Option<u64>,
@@ -100,6 +106,9 @@ pub struct ClientConfig {
     /// Left out: the client's default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vendor_stall_timeout_secs: Option<u64>,
+    /// Left out: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_storage_price: Option<u64>,
     /// Written as an inline table (`tls = { ... }`) by [`write_client_toml`],
     /// so the file ends with top-level keys and a test may append more.
     #[serde(skip)]
@@ -147,6 +156,8 @@ mod tests {
             report_interval_secs: 1,
             network_bytes_per_sec: 0,
             keep_free_share: 0.1,
+            storage_price_micros_per_tib_month: 7,
+            egress_price_micros_per_tib: 0,
             store_idle_timeout_secs: None,
             hop_timeout_secs: Some(2),
             fetch_idle_timeout_secs: None,
@@ -159,6 +170,10 @@ mod tests {
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("[[stores]]"), "{text}");
         assert!(text.contains("hop_timeout_secs = 2"), "{text}");
+        assert!(
+            text.contains("storage_price_micros_per_tib_month = 7"),
+            "{text}"
+        );
         assert!(!text.contains("store_idle_timeout_secs"), "{text}");
         assert!(text.contains("[tls]"), "{text}");
         assert!(text.contains("name = \"nas-1\""), "{text}");
@@ -185,6 +200,7 @@ mod tests {
             piece_bytes: 1,
             password_file: "/p".into(),
             vendor_stall_timeout_secs: None,
+            max_storage_price: Some(9),
             tls: TlsConfig::default(),
         };
         write_client_toml(&path, &config).unwrap();
@@ -193,5 +209,6 @@ mod tests {
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["tls"]["ca"].as_str(), Some("/etc/offsite/tls/ca.pem"));
         assert_eq!(value["checkpoint_bytes"].as_integer(), Some(4));
+        assert_eq!(value["max_storage_price"].as_integer(), Some(9));
     }
 }

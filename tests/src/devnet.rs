@@ -58,6 +58,15 @@ pub struct DevnetOptions {
     pub ready_timeout: Duration,
     /// Start every process in its own session so it outlives the launcher.
     pub detach: bool,
+    /// Each vendor's storage price (micro-units per TiB-month), in vendor
+    /// order; empty: every vendor charges 0. Otherwise one per vendor.
+    pub vendor_prices: Vec<u64>,
+    /// Each vendor's egress price (micro-units per TiB), likewise.
+    pub vendor_egress_prices: Vec<u64>,
+    /// The coordinators' `fee_ppm` (the marketplace's share of every charge).
+    pub fee_ppm: u32,
+    /// The client's `max_storage_price`; None: no limit.
+    pub max_storage_price: Option<u64>,
     /// Run each coordinator in its own network namespace (see
     /// [`crate::netns`]; needs root and `ip netns`), so a test can
     /// partition it; the rest stays on 127.0.0.1.
@@ -83,6 +92,10 @@ impl Default for DevnetOptions {
             client_stall_secs: None,
             ready_timeout: Duration::from_secs(60),
             detach: false,
+            vendor_prices: Vec::new(),
+            vendor_egress_prices: Vec::new(),
+            fee_ppm: 0,
+            max_storage_price: None,
             coordinator_namespaces: false,
         }
     }
@@ -167,6 +180,21 @@ pub struct Devnet {
 /// The port every coordinator listens on inside its own namespace.
 const NAMESPACE_PORT: u16 = 7000;
 
+/// The price of vendor `v` (counted from 1) in `prices`: 0 when the list is
+/// empty, else its entry, which a list of another length than `vendors`
+/// does not give.
+fn vendor_price(prices: &[u64], field: &str, vendors: usize, v: usize) -> Result<u64> {
+    if prices.is_empty() {
+        return Ok(0);
+    }
+    anyhow::ensure!(
+        prices.len() == vendors,
+        "{field} lists {} prices for {vendors} vendors; give one per vendor (or none: all 0)",
+        prices.len()
+    );
+    Ok(prices[v - 1])
+}
+
 const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];
 
 impl Devnet {
@@ -182,6 +210,13 @@ impl Devnet {
             options.nas_per_vendor > 0,
             "a vendor needs at least one NAS device"
         );
+        vendor_price(&options.vendor_prices, "vendor_prices", options.vendors, 1)?;
+        vendor_price(
+            &options.vendor_egress_prices,
+            "vendor_egress_prices",
+            options.vendors,
+            1,
+        )?;
         let dir = prepare_dir(dir)?;
         let permit = Permit::acquire();
         let mut last = None;
@@ -250,6 +285,7 @@ impl Devnet {
                 overprovision: 1.5,
                 extra_vendors: 2,
                 sweep_interval_secs: 1,
+                fee_ppm: options.fee_ppm,
                 initial_members: members.clone(),
                 tls: rpc.tls(Role::Coordinator, &name)?,
             };
@@ -304,6 +340,18 @@ impl Devnet {
                 report_interval_secs: options.report_interval_secs,
                 network_bytes_per_sec: 0,
                 keep_free_share: 0.10,
+                storage_price_micros_per_tib_month: vendor_price(
+                    &options.vendor_prices,
+                    "vendor_prices",
+                    options.vendors,
+                    v,
+                )?,
+                egress_price_micros_per_tib: vendor_price(
+                    &options.vendor_egress_prices,
+                    "vendor_egress_prices",
+                    options.vendors,
+                    v,
+                )?,
                 store_idle_timeout_secs: options.vendor_waits.store_idle,
                 hop_timeout_secs: options.vendor_waits.hop,
                 fetch_idle_timeout_secs: options.vendor_waits.fetch_idle,
@@ -345,6 +393,7 @@ impl Devnet {
             piece_bytes: options.piece_bytes,
             password_file,
             vendor_stall_timeout_secs: options.client_stall_secs,
+            max_storage_price: options.max_storage_price,
             tls: rpc.tls(Role::Tenant, rpc::DEVNET_TENANT)?,
         };
         let client_config = dir.join("client.toml");
@@ -858,4 +907,23 @@ fn ensure_password(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     write!(file, "{password}").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_prices_are_none_or_one_per_vendor() {
+        assert_eq!(vendor_price(&[], "vendor_prices", 4, 3).unwrap(), 0);
+        assert_eq!(vendor_price(&[5, 6, 7], "vendor_prices", 3, 2).unwrap(), 6);
+        let err = vendor_price(&[5, 6], "vendor_egress_prices", 4, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vendor_egress_prices") && err.contains("2 prices for 4 vendors"),
+            "the error names the list and both numbers: {err}"
+        );
+        assert!(vendor_price(&[1, 2, 3], "vendor_prices", 2, 1).is_err());
+    }
 }

@@ -1,10 +1,12 @@
 //! `offsite-devnet`: a local Offsite marketplace of real processes.
 //!
-//! `up` starts a coordinator group (three by default), vendors and their NAS devices under one
-//! directory (`--detach` leaves them running on their own, recorded in
-//! `DIR/devnet.json`), `status` shows each process and the coordinator's vendor
-//! table, `down` stops a detached devnet, and `demo` runs a backup and a
-//! restore end to end and checks the restored tree byte for byte.
+//! `up` starts a coordinator group (three by default), vendors and their NAS
+//! devices under one directory (`--detach` leaves them running on their own,
+//! recorded in `DIR/devnet.json`; `--vendor-prices`, `--vendor-egress-prices`,
+//! `--fee-ppm` and `--max-storage-price` price the market), `status` shows
+//! each process and the coordinator's vendor table, `down` stops a detached
+//! devnet, and `demo` runs a backup and a restore end to end, checks the
+//! restored tree byte for byte and shows the tenant's usage.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,6 +80,20 @@ struct Shape {
     /// NAS devices per vendor.
     #[arg(long, default_value_t = 2)]
     nas_per_vendor: usize,
+    /// Each vendor's storage price, micro-units per TiB-month, one per
+    /// vendor in order (default: all 0).
+    #[arg(long, value_delimiter = ',', value_name = "P1,P2,...")]
+    vendor_prices: Vec<u64>,
+    /// Each vendor's egress price, micro-units per TiB, one per vendor
+    /// (default: all 0).
+    #[arg(long, value_delimiter = ',', value_name = "P1,P2,...")]
+    vendor_egress_prices: Vec<u64>,
+    /// The marketplace's fee, parts per million of every charge (50000 = 5%).
+    #[arg(long, default_value_t = 0, value_name = "PPM")]
+    fee_ppm: u32,
+    /// The client config's `max_storage_price` (default: no limit).
+    #[arg(long, value_name = "MICROS")]
+    max_storage_price: Option<u64>,
 }
 
 impl Shape {
@@ -86,6 +102,10 @@ impl Shape {
             coordinators: self.coordinators,
             vendors: self.vendors,
             nas_per_vendor: self.nas_per_vendor,
+            vendor_prices: self.vendor_prices.clone(),
+            vendor_egress_prices: self.vendor_egress_prices.clone(),
+            fee_ppm: self.fee_ppm,
+            max_storage_price: self.max_storage_price,
             detach,
             ..DevnetOptions::default()
         }
@@ -324,7 +344,7 @@ fn run_demo(dir: &Path, source: Option<PathBuf>, keep: bool, shape: &Shape) -> R
     let devnet = Devnet::start(dir, shape.options(true))?;
     print_summary(&devnet.state());
     let target = devnet.dir().join("restore");
-    let steps: [Vec<std::ffi::OsString>; 4] = [
+    let steps: [Vec<std::ffi::OsString>; 5] = [
         vec!["init".into()],
         vec!["backup".into(), source.clone().into()],
         vec!["snapshots".into()],
@@ -334,6 +354,7 @@ fn run_demo(dir: &Path, source: Option<PathBuf>, keep: bool, shape: &Shape) -> R
             "--target".into(),
             target.clone().into(),
         ],
+        vec!["usage".into()],
     ];
     for args in steps {
         let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();

@@ -123,10 +123,26 @@ fn demo_backs_up_restores_and_compares() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let _guard = DownOnDrop(dir.clone());
-    let demo = devnet(&["demo", "--vendors", "3", "--nas-per-vendor", "1"], &dir);
+    let priced = [
+        "demo",
+        "--vendors",
+        "3",
+        "--nas-per-vendor",
+        "1",
+        "--vendor-prices",
+        "1000000,2000000,3000000",
+        "--fee-ppm",
+        "50000",
+    ];
+    let demo = devnet(&priced, &dir);
     assert!(demo.status.success(), "{}", describe(&demo));
     let stdout = String::from_utf8_lossy(&demo.stdout);
     assert!(stdout.contains("byte for byte"), "{stdout}");
+    assert!(
+        stdout.contains("==> offsite usage") && stdout.contains("charge so far"),
+        "demo shows the usage: {stdout}"
+    );
+    assert!(stdout.contains("fee 50000 ppm"), "{stdout}");
     assert!(
         !dir.join("devnet.json").exists(),
         "demo without --keep must stop the devnet"

@@ -59,6 +59,7 @@ fn new_coordinator(
         overprovision: 1.5,
         extra_vendors: 2,
         sweep_interval_secs: 1,
+        fee_ppm: options.fee_ppm,
         initial_members: members,
         tls: devnet.rpc().tls(Role::Coordinator, &name).unwrap(),
     };

@@ -2,6 +2,7 @@
 //! both as human text and as the JSON shape documented in `main.rs`.
 
 mod report;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -9,9 +10,9 @@ use anyhow::Context;
 use offsite_client::keys::{
     change_passphrase, init_key_file, new_passphrase, passphrase, KdfParams,
 };
-use offsite_client::ExcludeOptions;
 use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, PruneOptions, Session};
 use offsite_client::{parse_duration, Decision, Policy};
+use offsite_client::{ExcludeOptions, PriceLimits};
 use serde_json::{json, Value};
 
 use crate::{BackupArgs, CheckArgs, Command, Exit, ForgetArgs, KeyAction};
@@ -83,6 +84,7 @@ pub async fn dispatch(
                 json!({ "key_file": path, "uploaded": true }),
             )
         }
+        Command::Usage => usage::usage(&session).await?,
         Command::Diff { from, to } => report::diff(&session, &from, &to).await?,
         Command::Find {
             pattern,
@@ -108,6 +110,10 @@ fn args_to_options(args: BackupArgs) -> BackupOptions {
         },
         dry_run: args.dry_run,
         compression: args.compression,
+        limits: PriceLimits {
+            storage: args.max_storage_price,
+            egress: args.max_egress_price,
+        },
     }
 }
 

@@ -27,8 +27,10 @@ pub async fn backup(session: &Session, options: BackupOptions) -> anyhow::Result
     ));
     if dry_run {
         human.push_str(&format!(
-            "; would upload {} bytes in {} portions\n",
-            s.upload.bytes_uploaded, s.new_portions
+            "; would upload {} bytes in {} portions; {}\n",
+            s.upload.bytes_uploaded,
+            s.new_portions,
+            monthly_cost(s.estimated_monthly_cost_micros)
         ));
     } else {
         human.push_str(&format!(
@@ -63,6 +65,7 @@ pub async fn backup(session: &Session, options: BackupOptions) -> anyhow::Result
         "would_upload_bytes": would,
         "portions": s.upload.portions,
         "reservations": s.upload.reservations,
+        "estimated_monthly_cost_micros": s.estimated_monthly_cost_micros,
     });
     let (note, exit) = if s.unreadable > 0 {
         let mut note = format!(
@@ -82,6 +85,17 @@ pub async fn backup(session: &Session, options: BackupOptions) -> anyhow::Result
         note,
         exit,
     })
+}
+
+/// A dry run's monthly cost estimate, as a person reads it.
+fn monthly_cost(micros: Option<u64>) -> String {
+    match micros {
+        Some(micros) => format!(
+            "storing it would cost about {} a month",
+            super::usage::money(micros)
+        ),
+        None => "monthly cost unknown (no vendor prices known yet)".to_string(),
+    }
 }
 
 pub async fn check(session: &Session, options: CheckOptions) -> anyhow::Result<Output> {

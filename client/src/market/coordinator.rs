@@ -18,7 +18,9 @@ use offsite_proto::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::config::PriceLimits;
 use crate::market::connect::connect;
+use crate::usage::Usage;
 
 /// How long one coordinator call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -250,18 +252,20 @@ impl Coordinator {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reserves room for `bytes` at `replication`.
+    /// Reserves room for `bytes` at `replication` on vendors within `limits`.
     pub async fn reserve(
         &self,
         request: &RequestId,
         bytes: u64,
         replication: u32,
+        limits: PriceLimits,
     ) -> Result<Reservation, CoordinatorError> {
         let message = pb::ReserveRequest {
             request_id: request.to_string(),
             bytes,
             replication,
-            ..Default::default()
+            max_storage_price: limits.storage,
+            max_egress_price: limits.egress,
         };
         let reply = self
             .call("reserve", |mut c| {
@@ -311,6 +315,17 @@ impl Coordinator {
             })
             .await?;
         Ok(reply.committed_bytes)
+    }
+
+    /// The tenant's lines of the open billing period, its estimate and its
+    /// stored bytes per host.
+    pub async fn usage(&self) -> Result<Usage, CoordinatorError> {
+        let reply = self
+            .call("usage", |mut c| async move {
+                c.usage(pb::UsageRequest {}).await
+            })
+            .await?;
+        Usage::try_from(reply).map_err(malformed("usage"))
     }
 
     /// Gives back a reservation that will not be committed.

@@ -230,6 +230,12 @@ impl Session {
         Ok(())
     }
 
+    /// What the tenant has stored, fetched and been charged in the open
+    /// billing period, per vendor and per host.
+    pub async fn usage(&self) -> Result<crate::usage::UsageReport, SessionError> {
+        Ok(self.coordinator.usage().await?.into())
+    }
+
     /// The tenant's snapshots, oldest first; cached, and the cached list is
     /// used when no coordinator answers.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotRecord>, SessionError> {

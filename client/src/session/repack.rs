@@ -74,6 +74,7 @@ impl Session {
             replication: self.config.replication as usize,
             piece_bytes: self.config.piece_bytes,
             checkpoint_bytes: self.config.checkpoint_bytes,
+            limits: self.config.price_limits(),
             journal: None,
         };
         let remaining = Remaining::known(bytes);

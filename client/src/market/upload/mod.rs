@@ -31,6 +31,7 @@ use offsite_proto::{
 };
 use tokio::task::JoinSet;
 
+use crate::config::PriceLimits;
 use crate::estimate::Remaining;
 use crate::format::portion::Portion;
 use crate::local::resume::{Committed, Journal};
@@ -86,6 +87,8 @@ pub struct UploadSettings {
     pub piece_bytes: u64,
     /// Commit the round once its portions hold this many bytes.
     pub checkpoint_bytes: u64,
+    /// The most the tenant pays; every round's reservation carries it.
+    pub limits: PriceLimits,
     /// Where committed portions are recorded until the snapshot is committed.
     pub journal: Option<Journal>,
 }
@@ -253,7 +256,7 @@ impl Uploader {
         let reservation = loop {
             match self
                 .coordinator
-                .reserve(&request_id(), bytes, replication)
+                .reserve(&request_id(), bytes, replication, self.settings.limits)
                 .await
             {
                 Ok(reservation) => break reservation,

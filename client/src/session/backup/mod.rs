@@ -14,6 +14,7 @@ pub(crate) mod pipeline;
 mod walk;
 
 use super::{Session, SessionError, Unlocking};
+use crate::config::PriceLimits;
 use crate::estimate::Remaining;
 use crate::filter::{ExcludeOptions, Filter};
 use crate::format::blob::Compression;
@@ -25,6 +26,7 @@ use crate::local::index_cache::{self, Union};
 use crate::local::resume::{self, Journal};
 use crate::market::upload::{UploadError, UploadSettings, UploadStats, Uploader};
 use crate::progress::Progress;
+use crate::usage;
 use pipeline::{pack, BackupError, BackupPlan, Packed, PortionSink};
 
 /// What to back up and how.
@@ -37,6 +39,9 @@ pub struct BackupOptions {
     pub dry_run: bool,
     /// Overrides the config's `compression`.
     pub compression: Option<Compression>,
+    /// Each limit set here overrides the config's `max_storage_price` /
+    /// `max_egress_price`.
+    pub limits: PriceLimits,
 }
 
 /// What a backup did.
@@ -63,6 +68,10 @@ pub struct BackupSummary {
     /// Portions a dry run would upload, and their bytes (one copy).
     pub new_portions: u64,
     pub upload: UploadStats,
+    /// A dry run's estimate of what storing its portions costs a month, in
+    /// micro-units (see [`crate::usage::monthly_cost_micros`]); `None` when
+    /// no vendor price is known (and always for a real backup).
+    pub estimated_monthly_cost_micros: Option<u64>,
 }
 
 /// What a backup gathers before it needs the key ([`Session::groundwork`]).
@@ -332,8 +341,10 @@ impl Session {
                 resumed_blobs,
                 new_portions: packed.new_portions,
                 upload,
+                estimated_monthly_cost_micros: None,
             }
         };
+        let limits = self.config.price_limits().overridden_by(options.limits);
         if options.dry_run {
             let mut sink = Discard::default();
             let packed = pack(plan, &mut sink).await;
@@ -343,13 +354,16 @@ impl Session {
                 bytes_uploaded: sink.bytes,
                 ..UploadStats::default()
             };
-            return Ok(summary(&packed, upload, None));
+            let mut dry = summary(&packed, upload, None);
+            dry.estimated_monthly_cost_micros = self.monthly_cost(sink.bytes, limits).await;
+            return Ok(dry);
         }
         let settings = UploadSettings {
             tenant: self.config.tenant.clone(),
             replication: self.config.replication as usize,
             piece_bytes: self.config.piece_bytes,
             checkpoint_bytes: self.config.checkpoint_bytes,
+            limits,
             journal: Some(journal.clone()),
         };
         let mut uploader = Uploader::new(
@@ -382,6 +396,25 @@ impl Session {
         journal.clear();
         self.after_commit(&mut packed, record, parent_id).await;
         Ok(summary(&packed, upload, Some(snapshot)))
+    }
+
+    /// What storing `bytes` (one copy) at the config's replication costs a
+    /// month at the prices of the vendors the tenant's data is on and that
+    /// are within `limits`; `None` when none is known (no data stored yet,
+    /// or no coordinator answered).
+    async fn monthly_cost(&self, bytes: u64, limits: PriceLimits) -> Option<u64> {
+        match self.coordinator.usage().await {
+            Ok(usage) => usage::monthly_cost_micros(
+                &usage.lines,
+                bytes,
+                self.config.replication,
+                limits.storage,
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "no vendor prices for the dry run's cost estimate");
+                None
+            }
+        }
     }
 
     /// Caches what a committed snapshot's next commands need.
