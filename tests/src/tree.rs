@@ -416,6 +416,17 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `len` pseudo-random bytes from `seed` (incompressible, so every change
+/// makes new chunks and new portions).
+pub fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use offsite_identity::Role;
 use offsite_proto::pb::coordinator::{ListPortionsRequest, LocatePortionsRequest};
 use offsite_tests::checks::json_stdout;
 use offsite_tests::rpc;
+use offsite_tests::tree::noise;
 use offsite_tests::{binary, describe, run_bounded, Devnet, DevnetOptions, COORDINATOR};
 use serde_json::Value;
 
@@ -32,15 +33,6 @@ const EGRESS_PRICE: u64 = 1_000_000_000_000_000;
 const FEE_PPM: u32 = 100_000;
 /// Long enough for a few capacity reports (one a second on a devnet).
 const REPORTS: Duration = Duration::from_secs(30);
-
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut bytes);
-    bytes
-}
 
 /// `offsite-coordinator ARGS... --coordinator ADDR` with the admin's
 /// certificate, the subcommand first.

@@ -16,7 +16,7 @@ use offsite_proto::pb::admin::MarketplaceStatusResponse;
 use offsite_proto::pb::coordinator::{GetSnapshotRequest, ListPortionsRequest};
 use offsite_tests::checks::{json_stdout, used_bytes};
 use offsite_tests::rpc;
-use offsite_tests::tree;
+use offsite_tests::tree::{self, noise};
 use offsite_tests::{describe, run_bounded, Devnet, DevnetOptions, CLIENT_TIMEOUT};
 use serde_json::Value;
 
@@ -27,17 +27,6 @@ fn json_ok(devnet: &Devnet, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     json_stdout(&devnet.client_ok(&all).unwrap()).unwrap()
-}
-
-/// `len` pseudo-random bytes from `seed` (incompressible, so every change
-/// makes new chunks and new portions).
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut bytes);
-    bytes
 }
 
 /// A tree with a part every snapshot shares and a part that changes with `round`.
