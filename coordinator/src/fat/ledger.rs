@@ -351,9 +351,24 @@ impl Ledger {
 
     /// The open period's statement as of `now`.
     pub fn open_statement(&self, now_unix_ms: u64) -> Statement {
+        self.open_statement_where(now_unix_ms, |_| true)
+    }
+
+    /// One tenant's lines of the open period as of `now`.
+    pub fn tenant_statement(&self, tenant: &TenantId, now_unix_ms: u64) -> Statement {
+        self.open_statement_where(now_unix_ms, |t| t == tenant)
+    }
+
+    /// The open period's lines of the tenants `keep` admits, as of `now`.
+    fn open_statement_where(
+        &self,
+        now_unix_ms: u64,
+        keep: impl Fn(&TenantId) -> bool,
+    ) -> Statement {
         let now = now_unix_ms.max(self.clock_unix_ms);
-        let mut lines = Vec::with_capacity(self.storage.len() + self.egress.len());
-        for ((tenant, vendor, price), accrual) in &self.storage {
+        let mut lines = Vec::new();
+        let storage = self.storage.iter().filter(|((t, _, _), _)| keep(t));
+        for ((tenant, vendor, price), accrual) in storage {
             let mut accrual = accrual.clone();
             accrual.accrue(now);
             if accrual.byte_ms == 0 && accrual.bytes == 0 {
@@ -370,7 +385,8 @@ impl Ledger {
                 charge_micros,
             ));
         }
-        for ((tenant, vendor, price), bytes) in &self.egress {
+        let egress = self.egress.iter().filter(|((t, _, _), _)| keep(t));
+        for ((tenant, vendor, price), bytes) in egress {
             let charge_micros = charge(u128::from(*bytes), *price, TIB);
             lines.push(self.line(
                 tenant,
@@ -437,12 +453,10 @@ impl Ledger {
         self.closed.values().rev()
     }
 
-    /// The charge so far plus what the tenant's stored bytes accrue until
-    /// the period's nominal end at the prices they hold.
-    pub fn estimate_micros(&self, tenant: &TenantId, now_unix_ms: u64) -> u64 {
-        let statement = self
-            .open_statement(now_unix_ms)
-            .only(|l| &l.tenant == tenant);
+    /// A tenant's charge so far (`statement`, its open lines) plus what its
+    /// stored bytes accrue until the period's nominal end at the prices
+    /// they hold.
+    pub fn estimate_micros(&self, statement: &Statement) -> u64 {
         let end = self.period_started_unix_ms.saturating_add(MONTH_MS);
         let remaining = u128::from(end.saturating_sub(statement.as_of_unix_ms));
         statement.lines.iter().fold(0u64, |sum, l| {
@@ -603,8 +617,7 @@ impl Fat {
         if let Some(cap) = limits.monthly_cap_micros {
             let charge = self
                 .ledger
-                .open_statement(r.now_unix_ms)
-                .only(|l| l.tenant == r.tenant)
+                .tenant_statement(&r.tenant, r.now_unix_ms)
                 .charge_micros();
             if charge >= cap {
                 return Err(FatError::LimitReached(format!(
@@ -691,12 +704,10 @@ impl Fat {
             portions.extend(s.portions.iter().chain([&s.manifest.portion]).copied());
             *count += 1;
         }
+        let statement = self.ledger.tenant_statement(tenant, now_unix_ms);
         Usage {
-            statement: self
-                .ledger
-                .open_statement(now_unix_ms)
-                .only(|l| &l.tenant == tenant),
-            estimate_micros: self.ledger.estimate_micros(tenant, now_unix_ms),
+            estimate_micros: self.ledger.estimate_micros(&statement),
+            statement,
             stored_bytes_one_copy,
             hosts: hosts
                 .into_iter()
