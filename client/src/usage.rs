@@ -8,36 +8,13 @@
 //! bytes served. Money is integer micro-units of the marketplace's
 //! currency; storage prices are per TiB-month, egress prices per TiB.
 
-use std::collections::BTreeMap;
-
-use offsite_proto::pb::common as pbc;
 use offsite_proto::pb::coordinator as pb;
-use offsite_proto::{VendorId, WireError};
-use serde::{Serialize, Serializer};
+use offsite_proto::statement::{LineView, StatementView, STORAGE};
+use offsite_proto::WireError;
+use serde::Serialize;
 
 /// Bytes in the TiB that prices are per.
 const TIB: u128 = 1 << 40;
-
-/// What a line meters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineKind {
-    Storage,
-    Egress,
-}
-
-/// One line of the tenant's statement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    pub vendor: VendorId,
-    pub kind: LineKind,
-    /// Per TiB-month (storage) or per TiB (egress).
-    pub price_micros: u64,
-    /// Byte-milliseconds (storage) or bytes (egress).
-    pub quantity: u128,
-    /// Storage: bytes held now at this price (all copies at this vendor).
-    pub stored_bytes: u64,
-    pub charge_micros: u64,
-}
 
 /// One host's snapshots: the bytes of the portions they need (one copy
 /// each) and how many there are.
@@ -51,48 +28,14 @@ pub struct HostUsage {
 /// The tenant's usage in the open period, as the coordinator group answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
-    pub period: u32,
-    pub started_unix_ms: u64,
-    pub as_of_unix_ms: u64,
-    /// The marketplace's share of every charge, parts per million.
-    pub fee_ppm: u32,
-    pub lines: Vec<Line>,
+    /// The tenant's lines, checked and summed (`offsite_proto::statement`).
+    pub statement: StatementView,
     /// The charge so far plus what the stored bytes accrue until the
     /// period's nominal end at today's prices.
     pub estimate_micros: u64,
     /// Bytes of the committed portions, one copy each.
     pub stored_bytes_one_copy: u64,
     pub hosts: Vec<HostUsage>,
-}
-
-impl TryFrom<pbc::LedgerLine> for Line {
-    type Error = WireError;
-    fn try_from(l: pbc::LedgerLine) -> Result<Self, WireError> {
-        let kind = match l.kind.as_str() {
-            "storage" => LineKind::Storage,
-            "egress" => LineKind::Egress,
-            other => {
-                return Err(WireError::new(
-                    "kind",
-                    format!("{other:?} is neither \"storage\" nor \"egress\""),
-                ))
-            }
-        };
-        let quantity = l.quantity.parse().map_err(|_| {
-            WireError::new(
-                "quantity",
-                format!("{:?} is not a decimal number", l.quantity),
-            )
-        })?;
-        Ok(Line {
-            vendor: VendorId::new(l.vendor_id)?,
-            kind,
-            price_micros: l.price_micros,
-            quantity,
-            stored_bytes: l.stored_bytes,
-            charge_micros: l.charge_micros,
-        })
-    }
 }
 
 impl TryFrom<pb::UsageResponse> for Usage {
@@ -102,15 +45,7 @@ impl TryFrom<pb::UsageResponse> for Usage {
             .statement
             .ok_or_else(|| WireError::missing("statement"))?;
         Ok(Usage {
-            period: statement.period,
-            started_unix_ms: statement.started_unix_ms,
-            as_of_unix_ms: statement.as_of_unix_ms,
-            fee_ppm: statement.fee_ppm,
-            lines: statement
-                .lines
-                .into_iter()
-                .map(Line::try_from)
-                .collect::<Result<_, _>>()?,
+            statement: StatementView::try_from(&statement)?,
             estimate_micros: reply.estimate_micros,
             stored_bytes_one_copy: reply.stored_bytes_one_copy,
             hosts: reply
@@ -129,13 +64,12 @@ impl TryFrom<pb::UsageResponse> for Usage {
 /// The tenant's figures at one vendor: its lines there summed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VendorUsage {
-    pub vendor_id: VendorId,
+    pub vendor_id: String,
     /// Bytes held there now (every copy there).
     pub stored_bytes: u64,
-    /// Byte-milliseconds stored there this period; a decimal string in
-    /// JSON, since it can exceed what a JSON number holds exactly.
-    #[serde(serialize_with = "decimal")]
-    pub stored_byte_ms: u128,
+    /// Byte-milliseconds stored there this period, as a decimal string:
+    /// it can exceed what a JSON number holds exactly.
+    pub stored_byte_ms: String,
     pub egress_bytes: u64,
     pub charge_micros: u64,
 }
@@ -161,53 +95,37 @@ pub struct UsageReport {
 
 impl From<Usage> for UsageReport {
     fn from(usage: Usage) -> Self {
-        let mut vendors: BTreeMap<VendorId, VendorUsage> = BTreeMap::new();
-        for l in &usage.lines {
-            let v = vendors
-                .entry(l.vendor.clone())
-                .or_insert_with(|| VendorUsage {
-                    vendor_id: l.vendor.clone(),
-                    stored_bytes: 0,
-                    stored_byte_ms: 0,
-                    egress_bytes: 0,
-                    charge_micros: 0,
-                });
-            v.charge_micros = v.charge_micros.saturating_add(l.charge_micros);
-            match l.kind {
-                LineKind::Storage => {
-                    v.stored_bytes = v.stored_bytes.saturating_add(l.stored_bytes);
-                    v.stored_byte_ms = v.stored_byte_ms.saturating_add(l.quantity);
-                }
-                LineKind::Egress => {
-                    let bytes = u64::try_from(l.quantity).unwrap_or(u64::MAX);
-                    v.egress_bytes = v.egress_bytes.saturating_add(bytes);
-                }
-            }
-        }
-        let vendors: Vec<VendorUsage> = vendors.into_values().collect();
+        let view = usage.statement;
+        let vendors: Vec<VendorUsage> = view
+            .vendors
+            .into_iter()
+            .map(|v| VendorUsage {
+                vendor_id: v.vendor_id,
+                stored_bytes: v.totals.stored_bytes,
+                stored_byte_ms: v.totals.stored_byte_ms,
+                egress_bytes: v.totals.egress_bytes,
+                charge_micros: v.totals.charge_micros,
+            })
+            .collect();
         let sum = |f: fn(&VendorUsage) -> u64| {
             vendors
                 .iter()
                 .fold(0u64, |total, v| total.saturating_add(f(v)))
         };
         UsageReport {
-            period: usage.period,
-            started_unix_ms: usage.started_unix_ms,
-            as_of_unix_ms: usage.as_of_unix_ms,
-            charge_micros: sum(|v| v.charge_micros),
+            period: view.period,
+            started_unix_ms: view.started_unix_ms,
+            as_of_unix_ms: view.as_of_unix_ms,
+            charge_micros: view.charge_micros,
             estimate_micros: usage.estimate_micros,
             stored_bytes: sum(|v| v.stored_bytes),
             stored_bytes_one_copy: usage.stored_bytes_one_copy,
             egress_bytes: sum(|v| v.egress_bytes),
-            fee_ppm: usage.fee_ppm,
+            fee_ppm: view.fee_ppm,
             vendors,
             hosts: usage.hosts,
         }
     }
-}
-
-fn decimal<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
 }
 
 /// What storing `bytes` (one copy) at `replication` costs a month, in
@@ -217,14 +135,14 @@ fn decimal<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error
 /// within `max_storage_price`: the prices placement is likely to choose
 /// from. `None` when no such line exists: no vendor price is known yet.
 pub fn monthly_cost_micros(
-    lines: &[Line],
+    lines: &[LineView],
     bytes: u64,
     replication: u32,
     max_storage_price: Option<u64>,
 ) -> Option<u64> {
     let prices: Vec<u128> = lines
         .iter()
-        .filter(|l| l.kind == LineKind::Storage)
+        .filter(|l| l.kind == STORAGE)
         .filter(|l| max_storage_price.is_none_or(|max| l.price_micros <= max))
         .map(|l| u128::from(l.price_micros))
         .collect();
@@ -240,43 +158,52 @@ pub fn monthly_cost_micros(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use offsite_proto::pb::common as pbc;
 
-    fn line(vendor: &str, kind: LineKind, price: u64, quantity: u128, stored: u64) -> Line {
-        Line {
-            vendor: VendorId::new(vendor).unwrap(),
-            kind,
+    fn line(vendor: &str, kind: &str, price: u64, quantity: u128, stored: u64) -> pbc::LedgerLine {
+        let charge = price / 2 + (quantity % 7) as u64;
+        pbc::LedgerLine {
+            tenant_id: "acme".into(),
+            vendor_id: vendor.into(),
+            kind: kind.into(),
             price_micros: price,
-            quantity,
+            quantity: quantity.to_string(),
             stored_bytes: stored,
-            charge_micros: price / 2 + quantity as u64 % 7,
+            charge_micros: charge,
+            fee_micros: 0,
+            payout_micros: charge,
         }
     }
 
-    fn usage(lines: Vec<Line>) -> Usage {
-        Usage {
-            period: 2,
-            started_unix_ms: 1_000,
-            as_of_unix_ms: 5_000,
-            fee_ppm: 50_000,
-            lines,
+    fn usage(lines: Vec<pbc::LedgerLine>) -> Usage {
+        Usage::try_from(pb::UsageResponse {
+            statement: Some(pbc::Statement {
+                period: 2,
+                started_unix_ms: 1_000,
+                as_of_unix_ms: 5_000,
+                fee_ppm: 50_000,
+                lines,
+                ..Default::default()
+            }),
             estimate_micros: 999,
             stored_bytes_one_copy: 300,
-            hosts: vec![HostUsage {
+            hosts: vec![pb::HostUsage {
                 host: "laptop".into(),
                 stored_bytes: 300,
                 snapshots: 2,
             }],
-        }
+        })
+        .unwrap()
     }
 
     #[test]
     fn lines_sum_per_vendor_and_the_charge_is_the_sum_of_the_lines() {
         let lines = vec![
-            line("v-2", LineKind::Storage, 100, u128::MAX - 5, 300),
-            line("v-1", LineKind::Storage, 40, 1_000, 300),
-            line("v-1", LineKind::Storage, 60, 500, 0),
-            line("v-1", LineKind::Egress, 7, 4_096, 0),
-            line("v-3", LineKind::Egress, 9, 100, 0),
+            line("v-2", STORAGE, 100, u128::MAX - 5, 300),
+            line("v-1", STORAGE, 40, 1_000, 300),
+            line("v-1", STORAGE, 60, 500, 0),
+            line("v-1", "egress", 7, 4_096, 0),
+            line("v-3", "egress", 9, 100, 0),
         ];
         let charges: u64 = lines.iter().map(|l| l.charge_micros).sum();
         let report = UsageReport::from(usage(lines));
@@ -293,8 +220,8 @@ mod tests {
         assert_eq!(ids, ["v-1", "v-2", "v-3"]);
         let v1 = &report.vendors[0];
         assert_eq!(
-            (v1.stored_bytes, v1.stored_byte_ms, v1.egress_bytes),
-            (300, 1_500, 4_096)
+            (v1.stored_bytes, v1.stored_byte_ms.as_str(), v1.egress_bytes),
+            (300, "1500", 4_096)
         );
         assert_eq!(report.stored_bytes, 600);
         assert_eq!(report.stored_bytes_one_copy, 300);
@@ -331,12 +258,14 @@ mod tests {
     #[test]
     fn the_monthly_cost_is_bytes_times_copies_at_the_average_price_within_the_limit() {
         let tib = 1u64 << 40;
-        let lines = vec![
-            line("v-1", LineKind::Storage, 1_000_000, 0, 0),
-            line("v-2", LineKind::Storage, 3_000_000, 0, 0),
-            line("v-3", LineKind::Storage, 50_000_000, 0, 0),
-            line("v-3", LineKind::Egress, 1, 0, 0),
-        ];
+        let lines = usage(vec![
+            line("v-1", STORAGE, 1_000_000, 0, 0),
+            line("v-2", STORAGE, 3_000_000, 0, 0),
+            line("v-3", STORAGE, 50_000_000, 0, 0),
+            line("v-3", "egress", 1, 0, 0),
+        ])
+        .statement
+        .lines;
         // One TiB at R = 3 at the average of 1 and 3 units.
         assert_eq!(
             monthly_cost_micros(&lines, tib, 3, Some(3_000_000)),
@@ -356,29 +285,26 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_line_is_refused_naming_its_field() {
-        let good = pbc::LedgerLine {
-            tenant_id: "acme".into(),
-            vendor_id: "v-1".into(),
-            kind: "storage".into(),
-            price_micros: 5,
-            quantity: u128::MAX.to_string(),
-            stored_bytes: 1,
-            charge_micros: 2,
-            fee_micros: 0,
-            payout_micros: 2,
+    fn a_malformed_answer_is_refused_naming_its_field() {
+        let bad_kind = pbc::Statement {
+            lines: vec![line("v-1", "rent", 5, 1, 1)],
+            ..Default::default()
         };
-        assert_eq!(Line::try_from(good.clone()).unwrap().quantity, u128::MAX);
-        let bad_kind = pbc::LedgerLine {
-            kind: "rent".into(),
-            ..good.clone()
+        let answer = |statement| pb::UsageResponse {
+            statement: Some(statement),
+            ..Default::default()
         };
-        assert_eq!(Line::try_from(bad_kind).unwrap_err().field, "kind");
-        let bad_quantity = pbc::LedgerLine {
-            quantity: "-3".into(),
-            ..good
+        assert_eq!(Usage::try_from(answer(bad_kind)).unwrap_err().field, "kind");
+        let mut bad_quantity = line("v-1", STORAGE, 5, 1, 1);
+        bad_quantity.quantity = "-3".into();
+        let bad_quantity = pbc::Statement {
+            lines: vec![bad_quantity],
+            ..Default::default()
         };
-        assert_eq!(Line::try_from(bad_quantity).unwrap_err().field, "quantity");
+        assert_eq!(
+            Usage::try_from(answer(bad_quantity)).unwrap_err().field,
+            "quantity"
+        );
         let no_statement = pb::UsageResponse::default();
         assert_eq!(
             Usage::try_from(no_statement).unwrap_err().field,

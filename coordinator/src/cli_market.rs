@@ -129,7 +129,7 @@ pub async fn show(
         .map_err(|status| anyhow::anyhow!("{}", status.message()))
         .with_context(|| format!("the coordinator at {coordinator} did not show the ledger"))?
         .into_inner();
-    print(&StatementView::from(&statement), args.format())
+    print(&StatementView::try_from(&statement)?, args.format())
 }
 
 pub async fn close(
@@ -158,7 +158,7 @@ pub async fn close(
         .map_err(|status| anyhow::anyhow!("{}", status.message()))
         .with_context(|| format!("the coordinator at {coordinator} did not close period {period}"))?
         .into_inner();
-    print(&StatementView::from(&statement), args.format())
+    print(&StatementView::try_from(&statement)?, args.format())
 }
 
 fn print(view: &StatementView, format: Format) -> anyhow::Result<()> {

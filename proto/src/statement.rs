@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::pb::common::{LedgerLine, Statement};
+use crate::WireError;
 
 /// One tenant's or one vendor's figures in a period.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -34,13 +35,36 @@ struct Sum {
     egress: u64,
 }
 
+/// A line's quantity, checked: byte-ms of a storage line, bytes of an
+/// egress line (which fit 64 bits).
+fn quantity(l: &LedgerLine) -> Result<u128, WireError> {
+    let quantity: u128 = l.quantity.parse().map_err(|_| {
+        WireError::new(
+            "quantity",
+            format!("{:?} is not a decimal number", l.quantity),
+        )
+    })?;
+    match l.kind.as_str() {
+        STORAGE => Ok(quantity),
+        EGRESS if quantity <= u128::from(u64::MAX) => Ok(quantity),
+        EGRESS => Err(WireError::new("quantity", "egress bytes above 2^64")),
+        other => Err(WireError::new(
+            "kind",
+            format!("{other:?} is neither {STORAGE:?} nor {EGRESS:?}"),
+        )),
+    }
+}
+
+/// The kinds of line.
+pub const STORAGE: &str = "storage";
+pub const EGRESS: &str = "egress";
+
 impl Sum {
-    fn add(&mut self, l: &LedgerLine) {
+    fn add(&mut self, l: &LedgerLine, quantity: u128) {
         self.charge = self.charge.saturating_add(l.charge_micros);
         self.fee = self.fee.saturating_add(l.fee_micros);
         self.payout = self.payout.saturating_add(l.payout_micros);
-        let quantity: u128 = l.quantity.parse().unwrap_or(0);
-        if l.kind == "egress" {
+        if l.kind == EGRESS {
             self.egress = self
                 .egress
                 .saturating_add(u64::try_from(quantity).unwrap_or(u64::MAX));
@@ -107,19 +131,24 @@ pub struct StatementView {
     pub lines: Vec<LineView>,
 }
 
-impl From<&Statement> for StatementView {
-    fn from(s: &Statement) -> Self {
+/// A statement from the coordinator group, its lines checked (a kind and a
+/// decimal quantity each).
+impl TryFrom<&Statement> for StatementView {
+    type Error = WireError;
+
+    fn try_from(s: &Statement) -> Result<Self, WireError> {
         let (mut all, mut tenants, mut vendors) = (
             Sum::default(),
             BTreeMap::<&str, Sum>::new(),
             BTreeMap::<&str, Sum>::new(),
         );
         for l in &s.lines {
-            all.add(l);
-            tenants.entry(&l.tenant_id).or_default().add(l);
-            vendors.entry(&l.vendor_id).or_default().add(l);
+            let quantity = quantity(l)?;
+            all.add(l, quantity);
+            tenants.entry(&l.tenant_id).or_default().add(l, quantity);
+            vendors.entry(&l.vendor_id).or_default().add(l, quantity);
         }
-        Self {
+        Ok(Self {
             period: s.period,
             started_unix_ms: s.started_unix_ms,
             closed_unix_ms: (s.closed_unix_ms > 0).then_some(s.closed_unix_ms),
@@ -157,7 +186,7 @@ impl From<&Statement> for StatementView {
                     payout_micros: l.payout_micros,
                 })
                 .collect(),
-        }
+        })
     }
 }
 
@@ -233,7 +262,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let view = StatementView::from(&statement);
+        let view = StatementView::try_from(&statement).unwrap();
         assert_eq!(view.charge_micros, 147);
         assert_eq!(view.charge_micros, view.payout_micros + view.fee_micros);
         assert_eq!(view.closed_unix_ms, None);
@@ -253,5 +282,12 @@ mod tests {
         assert_eq!(json["tenants"][0]["tenant_id"], "acme");
         assert_eq!(json["vendors"][1]["payout_micros"], 38);
         assert_eq!(json["fee_micros"], 7);
+
+        let mut bad = statement.clone();
+        bad.lines[0].kind = "rent".into();
+        assert_eq!(StatementView::try_from(&bad).unwrap_err().field, "kind");
+        let mut bad = statement;
+        bad.lines[1].quantity = "-3".into();
+        assert_eq!(StatementView::try_from(&bad).unwrap_err().field, "quantity");
     }
 }

@@ -74,15 +74,19 @@ pub async fn earnings(config: &VendorConfig) -> anyhow::Result<Earnings> {
     for coordinator in &config.coordinators {
         match ask(&credentials, coordinator).await {
             Ok(statements) => {
-                let mut views = statements.iter().map(StatementView::from);
+                let mut views = statements
+                    .iter()
+                    .map(|s| StatementView::try_from(s).map(|v| period(&v)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("the coordinator sent a malformed statement")?
+                    .into_iter();
                 let current = views
                     .next()
-                    .map(|v| period(&v))
                     .context("the coordinator sent no open period")?;
                 return Ok(Earnings {
                     vendor_id: config.vendor_id.clone(),
                     current,
-                    closed: views.map(|v| period(&v)).collect(),
+                    closed: views.collect(),
                 });
             }
             Err(err) => {

@@ -405,7 +405,7 @@ impl Session {
     async fn monthly_cost(&self, bytes: u64, limits: PriceLimits) -> Option<u64> {
         match self.coordinator.usage().await {
             Ok(usage) => usage::monthly_cost_micros(
-                &usage.lines,
+                &usage.statement.lines,
                 bytes,
                 self.config.replication,
                 limits.storage,
