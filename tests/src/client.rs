@@ -89,6 +89,30 @@ impl Devnet {
         crate::tree::compare(source, &crate::tree::restored_root(target, source))
     }
 
+    /// `offsite-coordinator SUBCOMMAND --coordinator ADDR` presenting the
+    /// certificate of `role`/`name`; the caller adds the rest of the
+    /// arguments.
+    pub fn coordinator_cli(
+        &self,
+        subcommand: &str,
+        role: offsite_identity::Role,
+        name: &str,
+    ) -> Result<Command> {
+        let tls = self.rpc().tls(role, name)?;
+        let mut command = Command::new(bins::binary(bins::COORDINATOR)?);
+        command
+            .arg(subcommand)
+            .arg("--coordinator")
+            .arg(self.coordinator_addr().to_string())
+            .arg("--ca")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key);
+        Ok(command)
+    }
+
     /// Runs the client and fails, with its output, unless it exits 0.
     pub fn client_ok<I, S>(&self, args: I) -> Result<Output>
     where

@@ -26,7 +26,7 @@ use offsite_proto::signing::{GrantBody, GrantOp, GrantSubject, GroupKey, VendorK
 use offsite_proto::{Hash, PortionId, ReservationId, TenantId, VendorId};
 use offsite_tests::rpc::{self, channel_as, Rpc};
 use offsite_tests::tree::{self, TreeSpec};
-use offsite_tests::{binary, describe, run_bounded, wait_for, Devnet, DevnetOptions, COORDINATOR};
+use offsite_tests::{describe, run_bounded, wait_for, Devnet, DevnetOptions};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -321,18 +321,8 @@ fn real_vendors_check_grants_and_the_coordinator_checks_receipts() {
 
 /// `offsite-coordinator grant-key rotate` with the certificate of `role`/`name`.
 fn rotate_as(devnet: &Devnet, role: Role, name: &str) -> std::process::Output {
-    let tls = devnet.rpc().tls(role, name).unwrap();
-    let mut command = std::process::Command::new(binary(COORDINATOR).unwrap());
-    command
-        .args(["grant-key", "--coordinator"])
-        .arg(devnet.coordinator_addr().to_string())
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .arg("rotate");
+    let mut command = devnet.coordinator_cli("grant-key", role, name).unwrap();
+    command.arg("rotate");
     run_bounded(command, Duration::from_secs(60)).unwrap()
 }
 

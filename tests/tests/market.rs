@@ -18,7 +18,7 @@ use offsite_proto::pb::coordinator::{ListPortionsRequest, LocatePortionsRequest}
 use offsite_tests::checks::json_stdout;
 use offsite_tests::rpc;
 use offsite_tests::tree::noise;
-use offsite_tests::{binary, describe, run_bounded, Devnet, DevnetOptions, COORDINATOR};
+use offsite_tests::{describe, run_bounded, Devnet, DevnetOptions};
 use serde_json::Value;
 
 /// Micro-units per TiB-month, up to the highest price: a few MB held for
@@ -37,18 +37,10 @@ const REPORTS: Duration = Duration::from_secs(30);
 /// `offsite-coordinator ARGS... --coordinator ADDR` with the admin's
 /// certificate, the subcommand first.
 fn admin_cli(devnet: &Devnet, command: &str, args: &[&str]) -> Output {
-    let tls = devnet.rpc().tls(Role::Admin, rpc::HARNESS_ADMIN).unwrap();
-    let mut cli = std::process::Command::new(binary(COORDINATOR).unwrap());
-    cli.arg(command)
-        .arg("--coordinator")
-        .arg(devnet.coordinator_addr().to_string())
-        .arg("--ca")
-        .arg(&tls.ca)
-        .arg("--cert")
-        .arg(&tls.cert)
-        .arg("--key")
-        .arg(&tls.key)
-        .args(args);
+    let mut cli = devnet
+        .coordinator_cli(command, Role::Admin, rpc::HARNESS_ADMIN)
+        .unwrap();
+    cli.args(args);
     run_bounded(cli, Duration::from_secs(60)).unwrap()
 }
 
