@@ -36,7 +36,8 @@
 //! - `prune`: `{"dry_run", "snapshots", "portions_total", "bytes_total",
 //!   "portions_needed", "bytes_needed", "portions_kept_recent",
 //!   "portions_released", "bytes_released", "portions_repacked",
-//!   "bytes_repacked", "new_portions", "snapshots_rewritten"}` (bytes are
+//!   "bytes_repacked", "new_portions", "snapshots_rewritten",
+//!   "repack_skipped"}` (bytes are
 //!   before replication; with `--dry-run`, what would be released and
 //!   repacked; without, the released portions include the repacked ones)
 //! - `usage`: `{"period", "started_unix_ms", "as_of_unix_ms",

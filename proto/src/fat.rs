@@ -17,6 +17,9 @@ pub struct Candidate {
     pub reserved_bytes: u64,
     pub region: String,
     pub store_grant: Grant,
+    /// Micro-units per TiB-month; 0 from a coordinator without prices.
+    #[serde(default)]
+    pub storage_price_micros_per_tib_month: u64,
 }
 
 impl TryFrom<pb::Candidate> for Candidate {
@@ -30,6 +33,7 @@ impl TryFrom<pb::Candidate> for Candidate {
             reserved_bytes: c.reserved_bytes,
             region: bounded_string("candidate.region", c.region)?,
             store_grant: c.store_grant.unwrap_or_default().try_into()?,
+            storage_price_micros_per_tib_month: c.storage_price_micros_per_tib_month,
         })
     }
 }
@@ -41,6 +45,7 @@ impl From<Candidate> for pb::Candidate {
             reserved_bytes: c.reserved_bytes,
             region: c.region,
             store_grant: Some(c.store_grant.into()),
+            storage_price_micros_per_tib_month: c.storage_price_micros_per_tib_month,
         }
     }
 }

@@ -80,7 +80,10 @@ impl Default for DevnetOptions {
             vendors: 4,
             nas_per_vendor: 2,
             lease_secs: 120,
-            suspect_after_secs: 5,
+            // Longer than a report that meets an isolated coordinator takes
+            // to fail over (its 5 s write timeout, then the next), so a
+            // partition of one coordinator makes no vendor suspect.
+            suspect_after_secs: 10,
             down_after_secs: 15,
             repair_after_secs: 3600,
             report_interval_secs: 1,

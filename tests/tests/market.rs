@@ -1,6 +1,6 @@
 //! The market end to end, with real processes: vendors at four prices, a
 //! tenant whose client pays at most the third. Its data lands only on the
-//! vendors within its limit; the ledger's stored byte-time per vendor equals
+//! vendors within its limit, more of it on the cheaper ones; the ledger's stored byte-time per vendor equals
 //! the sum over the vendor's copies of size times time held, recomputed
 //! from the FAT's commit times; the charges equal the payouts plus the fee;
 //! a restore books its egress once per fetched copy; a tenant over its quota
@@ -170,6 +170,15 @@ fn placement_metering_limits_and_periods_follow_the_market() {
             "the vendor above the limit got a copy: {holders:?}"
         );
     }
+    // More of it on the cheaper ones: the copies fall with the price.
+    let held_by: Vec<usize> = vendors[..3]
+        .iter()
+        .map(|v| held.iter().filter(|(_, _, h)| h.contains(v)).count())
+        .collect();
+    assert!(
+        held_by[0] >= held_by[1] && held_by[1] >= held_by[2] && held_by[0] > held_by[2],
+        "copies per vendor, cheapest first: {held_by:?}"
+    );
 
     // Stored byte-time per vendor is size times time held, from the commit.
     std::thread::sleep(Duration::from_secs(3));

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use offsite_identity::Role;
 use offsite_proto::pb::admin::MarketplaceStatusResponse;
 use offsite_proto::pb::coordinator::{GetSnapshotRequest, ListPortionsRequest};
 use offsite_tests::checks::{json_stdout, used_bytes};
@@ -120,6 +121,22 @@ fn wait_deleted(devnet: &Devnet, used: u64, stored: u64) -> MarketplaceStatusRes
                 stored_bytes(&now)
             )
         })
+}
+
+/// Sets the devnet tenant's storage quota (0: none) with the admin's certificate.
+fn set_quota(devnet: &Devnet, bytes: u64) {
+    let mut cli = devnet
+        .coordinator_cli("tenant", Role::Admin, rpc::HARNESS_ADMIN)
+        .unwrap();
+    cli.args([
+        "set",
+        "--tenant",
+        "devnet",
+        "--quota-bytes",
+        &bytes.to_string(),
+    ]);
+    let output = run_bounded(cli, Duration::from_secs(60)).unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
 }
 
 fn restores_byte_for_byte(devnet: &Devnet, src: &Path, target: &Path) {
@@ -285,7 +302,8 @@ fn forget_then_prune_releases_and_repacks_what_no_snapshot_needs() {
 }
 
 /// A repacked portion shared by two remaining snapshots: both are rewritten
-/// in one step, and both still restore byte for byte; without a coordinator
+/// in one step, and both still restore byte for byte; a tenant at its quota
+/// still gets its unneeded portions released, the repack skipped; without a coordinator
 /// quorum a prune exits with the no-quorum code.
 #[test]
 fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
@@ -305,6 +323,27 @@ fn a_repack_rewrites_every_snapshot_that_shares_the_portion() {
         snapshots.push(backup["snapshot_id"].as_str().unwrap().to_string());
     }
     json_ok(&devnet, &["forget", "--keep-last", "2"]);
+
+    // A tenant at its quota (a full marketplace answers a reserve the same
+    // way) cannot repack, but what no snapshot needs is still released.
+    set_quota(&devnet, 1000);
+    let all_before = fat_portions(&devnet);
+    let full = json_ok(&devnet, &["prune"]);
+    assert_eq!(full["repack_skipped"], true, "{full:#}");
+    assert_eq!(full["portions_repacked"], 0, "{full:#}");
+    assert_eq!(full["snapshots_rewritten"], 0, "{full:#}");
+    let released = full["portions_released"].as_u64().unwrap();
+    assert!(
+        released >= 1,
+        "the forgotten round's own portions: {full:#}"
+    );
+    assert_eq!(
+        fat_portions(&devnet).len() as u64,
+        all_before.len() as u64 - released,
+        "{full:#}"
+    );
+    set_quota(&devnet, 0);
+
     let before: Vec<BTreeSet<String>> = snapshots[1..]
         .iter()
         .map(|id| snapshot_portions(&devnet, id))

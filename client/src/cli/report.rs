@@ -242,6 +242,8 @@ pub async fn prune(session: &Session, options: PruneOptions) -> anyhow::Result<O
             "repacked {} portions ({} live bytes) into {} new ones, rewriting {} snapshots; ",
             s.portions_repacked, s.bytes_repacked, s.new_portions, s.snapshots_rewritten
         )
+    } else if let Some(why) = &s.repack_skipped {
+        format!("did not repack ({why}); ")
     } else {
         String::new()
     };
@@ -286,6 +288,7 @@ pub async fn prune(session: &Session, options: PruneOptions) -> anyhow::Result<O
             "bytes_repacked": s.bytes_repacked,
             "new_portions": s.new_portions,
             "snapshots_rewritten": s.snapshots_rewritten,
+            "repack_skipped": s.repack_skipped.is_some(),
         }),
     ))
 }

@@ -45,6 +45,10 @@ pub enum CoordinatorError {
         what: &'static str,
         refusal: Refusal,
         message: String,
+        /// An earlier attempt of this call failed after it may have reached
+        /// the group, so the refusal may answer a repeat of a call that
+        /// went through.
+        after_failover: bool,
     },
     #[error("the coordinator answered {what} with a malformed message: {source}; check that client and coordinator run the same release")]
     Malformed {
@@ -199,6 +203,7 @@ impl Coordinator {
         let known = self.current().clone();
         let start = known.as_ref().map_or(0, |(i, _)| *i);
         let mut last = String::from("no coordinator configured");
+        let mut after_failover = false;
         for step in 0..self.addresses.len() {
             let index = (start + step) % self.addresses.len();
             let address = &self.addresses[index];
@@ -227,11 +232,13 @@ impl Coordinator {
                         what,
                         refusal: Refusal::of_status(&status),
                         message: status.message().to_string(),
+                        after_failover,
                     });
                 }
                 Ok(Err(status)) => last = format!("{address}: {}", status.message()),
                 Err(_) => last = format!("{address}: no answer in {CALL_TIMEOUT:?}"),
             }
+            after_failover = true;
             tracing::warn!(%address, error = %last, "coordinator failed; trying the next");
             // Forget it, unless another call has moved on meanwhile.
             let mut current = self.current();
@@ -390,12 +397,20 @@ impl Coordinator {
         let message = pb::ForgetRequest {
             snapshot_id: id.to_string(),
         };
-        self.call("forget", |mut c| {
-            let m = message.clone();
-            async move { c.forget(m).await }
-        })
-        .await?;
-        Ok(())
+        let forgotten = self
+            .call("forget", |mut c| {
+                let m = message.clone();
+                async move { c.forget(m).await }
+            })
+            .await;
+        match forgotten {
+            Ok(_) => Ok(()),
+            Err(e) if went_through_before(&e) => {
+                tracing::info!(snapshot = %id, "an earlier attempt of the forget went through");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Keeps `key_file` at the coordinator group as the tenant's key file.
@@ -518,12 +533,28 @@ impl Coordinator {
     }
 }
 
+/// True when a forget (or another call that removes what it names) is
+/// refused as not found only because an earlier attempt, whose answer was
+/// lost to a failover, already removed it.
+fn went_through_before(error: &CoordinatorError) -> bool {
+    matches!(
+        error,
+        CoordinatorError::Refused {
+            refusal: Refusal::NotFound,
+            after_failover: true,
+            ..
+        }
+    )
+}
+
 /// Whether a failed call goes to the next coordinator: the coordinator is
 /// unreachable, slow or stopping, or the connection broke under the call
 /// (tonic reports that as `Unknown` with the transport error as its
 /// source; a status a coordinator sent never has a source). Reserves and
-/// commits carry request ids, so repeating them is safe; a repeated forget
-/// or release whose first attempt went through is refused as not found.
+/// commits carry request ids, so repeating them is safe; a release is
+/// idempotent while the deletion is pending; a repeated forget whose first
+/// attempt went through is refused as not found, which `forget` then takes
+/// as done ([`went_through_before`]).
 fn is_failover(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
@@ -556,7 +587,27 @@ mod tests {
             what: "reserve",
             refusal: Refusal::of(code),
             message: message.into(),
+            after_failover: false,
         }
+    }
+
+    fn after_failover(mut e: CoordinatorError) -> CoordinatorError {
+        if let CoordinatorError::Refused { after_failover, .. } = &mut e {
+            *after_failover = true;
+        }
+        e
+    }
+
+    /// A forget's "not found" after a lost answer means the first attempt
+    /// removed it; the same answer on a first attempt stays an error, and
+    /// so does any other refusal after a failover.
+    #[test]
+    fn not_found_after_a_failover_means_the_first_attempt_went_through() {
+        let missing = refused(Code::NotFound, "no snapshot");
+        assert!(!went_through_before(&missing));
+        assert!(went_through_before(&after_failover(missing)));
+        let conflict = after_failover(refused(Code::FailedPrecondition, "locked"));
+        assert!(!went_through_before(&conflict));
     }
 
     /// The kind comes from the code alone; the message keeps its code.
@@ -599,6 +650,7 @@ mod tests {
             what: "reserve",
             refusal: Refusal::of_status(&status),
             message: status.message().into(),
+            after_failover: false,
         };
         assert!(refused.is_too_few_vendors() && !refused.is_capacity());
     }

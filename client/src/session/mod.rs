@@ -95,6 +95,23 @@ impl From<CachedError> for SessionError {
     }
 }
 
+impl SessionError {
+    /// True when the marketplace has no room for new copies: too little free
+    /// space, too few vendors with room, or a limit of the tenant's reached.
+    pub fn is_out_of_room(&self) -> bool {
+        let refused = |e: &CoordinatorError| e.is_capacity() || e.is_too_few_vendors();
+        match self {
+            SessionError::Coordinator(e) | SessionError::Upload(UploadError::Coordinator(e)) => {
+                refused(e)
+            }
+            SessionError::Upload(
+                UploadError::TooFewVendors { .. } | UploadError::NoRoom { .. },
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
 /// No coordinator answered, or too few vendors to place R copies (the
 /// "no quorum" exit code covers both).
 fn is_unreachable(e: &CoordinatorError) -> bool {

@@ -84,6 +84,8 @@ pub struct PruneSummary {
     /// New portions the repack wrote, and the snapshots moved onto them.
     pub new_portions: u64,
     pub snapshots_rewritten: u64,
+    /// Why the repack was skipped (no room for its copies), if it was.
+    pub repack_skipped: Option<String>,
 }
 
 /// The tenant's portions sorted by what a prune does with them (id -> size).
@@ -209,12 +211,27 @@ impl Session {
         if options.dry_run {
             return Ok(summary);
         }
-        let moved: BTreeSet<PortionId> = plan.repack.keys().copied().collect();
+        let mut moved: BTreeSet<PortionId> = plan.repack.keys().copied().collect();
         if !moved.is_empty() {
-            let repacked = self.repack(keys, &snapshots, &moved).await?;
-            summary.new_portions = repacked.new_portions;
-            summary.snapshots_rewritten = repacked.snapshots;
-            // The snapshots changed: what is needed now, without repacking again.
+            match self.repack(keys, &snapshots, &moved).await {
+                Ok(repacked) => {
+                    summary.new_portions = repacked.new_portions;
+                    summary.snapshots_rewritten = repacked.snapshots;
+                }
+                // A full marketplace (or a tenant at its quota) has no room
+                // for the repacked copies; what no snapshot needs is still
+                // released, which is what frees the room.
+                Err(e) if e.is_out_of_room() => {
+                    tracing::warn!(error = %e, "no room to repack; releasing only the portions no snapshot needs");
+                    summary.repack_skipped = Some(e.to_string());
+                    summary.portions_repacked = 0;
+                    summary.bytes_repacked = 0;
+                    moved.clear();
+                }
+                Err(e) => return Err(e),
+            }
+            // The snapshots may have changed (or a failed repack left new,
+            // unneeded portions): what is needed now, without repacking again.
             plan = self.prune_plan(keys, 0).await?.2.releasing(&moved);
         }
         let (mut released, mut bytes) = (0u64, 0u64);

@@ -372,6 +372,10 @@ impl Fat {
                     .map(|v| v.region.clone())
                     .unwrap_or_default(),
                 store_grant: Grant::default(),
+                storage_price_micros_per_tib_month: self
+                    .ledger
+                    .prices_of(&hold.vendor)
+                    .storage_micros_per_tib_month,
             })
             .collect();
         ReservationView {

@@ -1,10 +1,26 @@
 //! The room a reservation holds at each candidate vendor, and route
-//! selection over it: R distinct vendors with room, best-probed first, with
-//! the starting vendor rotated so consecutive portions go to different vendors.
+//! selection over it: R distinct vendors with room, chosen by a smooth
+//! weighted round-robin in which a candidate's weight falls with its storage
+//! price (`(cheapest + 1) / (price + 1)`), so of two candidates one at half
+//! the price gets about twice the copies, while consecutive portions still go
+//! to different vendors. Ties go to the best-probed; a route lists its vendors
+//! best-probed first.
 
 use std::collections::{HashMap, HashSet};
 
 use offsite_proto::{VendorId, VendorRef};
+
+/// The weight of the cheapest candidate; others get a share of it.
+const FULL_WEIGHT: u128 = 1 << 16;
+
+/// What the ledger knows of one candidate.
+#[derive(Debug)]
+pub struct Offer {
+    /// Bytes the reservation holds there.
+    pub room: u64,
+    /// Micro-units per TiB-month.
+    pub storage_price: u64,
+}
 
 /// Bytes left per candidate in the current reservation.
 #[derive(Debug)]
@@ -12,18 +28,32 @@ pub struct Ledger {
     /// Candidates that passed the probe, best first.
     order: Vec<VendorRef>,
     room: HashMap<VendorId, u64>,
+    weight: HashMap<VendorId, i128>,
+    /// How far each candidate is owed a copy: raised by its weight on every
+    /// route it could take, lowered by the weights of all when it takes one.
+    credit: HashMap<VendorId, i128>,
     bad: HashSet<VendorId>,
-    next: usize,
 }
 
 impl Ledger {
-    /// `ranked` in probe order; `room` what the reservation holds at each.
-    pub fn new(ranked: Vec<VendorRef>, room: HashMap<VendorId, u64>) -> Self {
+    /// `ranked` in probe order; `offers` what the reservation holds at each
+    /// candidate and what it charges.
+    pub fn new(ranked: Vec<VendorRef>, offers: HashMap<VendorId, Offer>) -> Self {
+        let cheapest = offers.values().map(|o| o.storage_price).min().unwrap_or(0);
+        let weight = offers
+            .iter()
+            .map(|(id, offer)| {
+                let share = FULL_WEIGHT * (u128::from(cheapest) + 1)
+                    / (u128::from(offer.storage_price) + 1);
+                (id.clone(), share.max(1) as i128)
+            })
+            .collect();
         Self {
             order: ranked,
-            room,
+            room: offers.into_iter().map(|(id, o)| (id, o.room)).collect(),
+            weight,
+            credit: HashMap::new(),
             bad: HashSet::new(),
-            next: 0,
         }
     }
 
@@ -35,27 +65,44 @@ impl Ledger {
         count: usize,
         exclude: &HashSet<VendorId>,
     ) -> Option<Vec<VendorRef>> {
-        let n = self.order.len();
-        if n == 0 || count == 0 {
+        if count == 0 {
             return None;
         }
-        let start = self.next % n;
-        let route: Vec<VendorRef> = (0..n)
-            .map(|i| &self.order[(start + i) % n])
-            .filter(|v| !self.bad.contains(&v.id) && !exclude.contains(&v.id))
-            .filter(|v| self.room.get(&v.id).is_some_and(|room| *room >= size))
-            .take(count)
-            .cloned()
+        let eligible: Vec<usize> = (0..self.order.len())
+            .filter(|i| {
+                let id = &self.order[*i].id;
+                !self.bad.contains(id)
+                    && !exclude.contains(id)
+                    && self.room.get(id).is_some_and(|room| *room >= size)
+            })
             .collect();
-        if route.len() < count {
+        if eligible.len() < count {
             return None;
         }
+        let weight = |id: &VendorId| self.weight.get(id).copied().unwrap_or(1);
+        let total: i128 = eligible.iter().map(|i| weight(&self.order[*i].id)).sum();
+        for i in &eligible {
+            let id = &self.order[*i].id;
+            let raise = weight(id) * count as i128;
+            let credit = self.credit.entry(id.clone()).or_default();
+            // Bounded, so a candidate that waited long does not then take
+            // every route.
+            *credit = (*credit + raise).min(total * count as i128);
+        }
+        let mut chosen = eligible;
+        // Stable: among equal credits the best-probed comes first.
+        chosen.sort_by_key(|i| std::cmp::Reverse(self.credit[&self.order[*i].id]));
+        chosen.truncate(count);
+        chosen.sort_unstable();
+        let route: Vec<VendorRef> = chosen.iter().map(|i| self.order[*i].clone()).collect();
         for vendor in &route {
             if let Some(room) = self.room.get_mut(&vendor.id) {
                 *room -= size;
             }
+            if let Some(credit) = self.credit.get_mut(&vendor.id) {
+                *credit -= total;
+            }
         }
-        self.next = self.next.wrapping_add(1);
         Some(route)
     }
 
@@ -85,10 +132,24 @@ mod tests {
             .collect()
     }
 
+    fn priced(room: u64, prices: &[u64]) -> Ledger {
+        let order = vendors(prices.len());
+        let offers = order
+            .iter()
+            .zip(prices)
+            .map(|(v, price)| {
+                let offer = Offer {
+                    room,
+                    storage_price: *price,
+                };
+                (v.id.clone(), offer)
+            })
+            .collect();
+        Ledger::new(order, offers)
+    }
+
     fn ledger(n: usize, room: u64) -> Ledger {
-        let order = vendors(n);
-        let rooms = order.iter().map(|v| (v.id.clone(), room)).collect();
-        Ledger::new(order, rooms)
+        priced(room, &vec![0; n])
     }
 
     fn ids(route: &[VendorRef]) -> Vec<&str> {
@@ -102,12 +163,64 @@ mod tests {
         let a = ledger.route(40, 3, &none).unwrap();
         let b = ledger.route(40, 3, &none).unwrap();
         assert_eq!(ids(&a), vec!["v0", "v1", "v2"]);
-        assert_eq!(ids(&b), vec!["v1", "v2", "v3"]);
-        // v1 and v2 have 20 left; only v0 and v3 fit another 40.
+        // v3 waited, so it is in the next route.
+        assert_eq!(ids(&b), vec!["v0", "v1", "v3"]);
+        // v0 and v1 have 20 left; only v2 and v3 fit another 40.
         assert!(ledger.route(40, 3, &none).is_none());
-        assert_eq!(ids(&ledger.route(40, 2, &none).unwrap()), vec!["v3", "v0"]);
+        assert_eq!(ids(&ledger.route(40, 2, &none).unwrap()), vec!["v2", "v3"]);
         ledger.refund(&VendorId::new("v1").unwrap(), 40);
         assert_eq!(ids(&ledger.route(40, 1, &none).unwrap()), vec!["v1"]);
+    }
+
+    #[test]
+    fn equal_prices_share_the_copies_evenly() {
+        let mut ledger = ledger(3, u64::MAX);
+        let none = HashSet::new();
+        let mut copies: HashMap<String, usize> = HashMap::new();
+        for _ in 0..300 {
+            for v in ledger.route(1, 2, &none).unwrap() {
+                *copies.entry(v.id.to_string()).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            copies.values().copied().collect::<HashSet<_>>(),
+            [200].into()
+        );
+    }
+
+    #[test]
+    fn cheaper_candidates_get_more_copies_in_proportion() {
+        // Weights 4 : 2 : 1 (prices 0, 1, 3); R = 1 over 700 portions.
+        let mut ledger = priced(u64::MAX, &[0, 1, 3]);
+        let none = HashSet::new();
+        let mut copies = [0usize; 3];
+        for _ in 0..700 {
+            let route = ledger.route(1, 1, &none).unwrap();
+            copies[ids(&route)[0][1..].parse::<usize>().unwrap()] += 1;
+        }
+        assert_eq!(copies, [400, 200, 100]);
+        // With R = 2 the cheapest is on nearly every route, never twice.
+        let mut ledger = priced(u64::MAX, &[0, 1, 3]);
+        let mut copies = [0usize; 3];
+        for _ in 0..700 {
+            let route = ledger.route(1, 2, &none).unwrap();
+            assert_ne!(route[0].id, route[1].id);
+            for v in ids(&route) {
+                copies[v[1..].parse::<usize>().unwrap()] += 1;
+            }
+        }
+        assert!(copies[0] > copies[1] && copies[1] > copies[2], "{copies:?}");
+    }
+
+    #[test]
+    fn a_full_candidate_leaves_its_share_to_the_others() {
+        let mut ledger = priced(2, &[0, 100]);
+        let none = HashSet::new();
+        let routes: Vec<String> = (0..4)
+            .map(|_| ids(&ledger.route(1, 1, &none).unwrap())[0].to_string())
+            .collect();
+        assert_eq!(routes, vec!["v0", "v0", "v1", "v1"]);
+        assert!(ledger.route(1, 1, &none).is_none());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::market::coordinator::{Coordinator, CoordinatorError};
 use crate::market::probe::{probe_all, rank};
 use crate::market::vendor::{StoreOutcome, VendorError, VendorPool};
 use lease::Lease;
-use ledger::Ledger;
+use ledger::{Ledger, Offer};
 
 /// Portions being uploaded at once.
 const MAX_IN_FLIGHT: usize = 2;
@@ -292,15 +292,21 @@ impl Uploader {
                 needed: self.settings.replication,
             });
         }
-        let room = reservation
+        let offers = reservation
             .candidates
             .iter()
-            .map(|c| (c.vendor.id.clone(), c.reserved_bytes))
+            .map(|c| {
+                let offer = Offer {
+                    room: c.reserved_bytes,
+                    storage_price: c.storage_price_micros_per_tib_month,
+                };
+                (c.vendor.id.clone(), offer)
+            })
             .collect();
         self.round = Some(Round {
             id: reservation.id,
             lease: Lease::keep(Arc::clone(&self.coordinator), &reservation),
-            ledger: Ledger::new(ranked, room),
+            ledger: Ledger::new(ranked, offers),
             used: false,
             started: 0,
             portions: 0,
