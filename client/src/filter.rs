@@ -112,6 +112,12 @@ impl Filter {
 
     /// True when `path` (absolute) matches an exclude pattern.
     pub fn excludes(&self, path: &Path) -> bool {
+        self.matches(path)
+    }
+
+    /// True when `path` (absolute) matches one of the patterns (a restore's
+    /// `--include` uses the same rules).
+    pub fn matches(&self, path: &Path) -> bool {
         if let Some(name) = path.file_name() {
             if self.names.is_match(Path::new(name)) {
                 return true;

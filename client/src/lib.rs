@@ -54,8 +54,10 @@ pub use config::{ClientConfig, PriceLimits};
 pub use filter::ExcludeOptions;
 pub use format::keys::{KeyError, Keys};
 pub use session::forget::{parse_duration, Decision, Policy};
+pub use session::restore::dump::{Archive, DumpStats};
+pub use session::restore::Overwrite;
 pub use session::{
-    entries as snapshot_entries, has_tags, is_no_quorum, BackupOptions, CheckOptions, PruneOptions,
-    Session, SessionError, DEFAULT_REPACK_BELOW,
+    entries as snapshot_entries, has_tags, is_no_quorum, split_spec, BackupOptions, CheckOptions,
+    PruneOptions, RestoreRequest, Session, SessionError, DEFAULT_REPACK_BELOW,
 };
 pub use usage::{HostUsage, UsageReport, VendorUsage};

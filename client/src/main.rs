@@ -20,8 +20,9 @@
 //! - `ls`: `{"snapshot_id", "from_cache", "entries": [{"path", "kind":
 //!   "dir"|"file"|"symlink", "size", "mode", "mtime_unix"}]}` (paths that are
 //!   not UTF-8 are shown lossily)
-//! - `restore`: `{"snapshot_id", "target", "files", "dirs", "symlinks",
-//!   "bytes_written", "portions_fetched"}`
+//! - `restore`: `{"snapshot_id", "path", "target", "files", "dirs",
+//!   "symlinks", "bytes_written", "portions_fetched", "skipped", "deleted"}`
+//! - `dump`: the data on stdout, a summary on stderr
 //! - `forget`: `{"dry_run", "keep": [SNAP], "remove": [SNAP]}`, each SNAP
 //!   `{"snapshot_id", "host", "time_unix_ms", "paths", "tags", "reasons": [..]}`
 //!   (reasons: last, hourly, daily, weekly, monthly, yearly, within, tag)
@@ -113,11 +114,42 @@ pub enum Command {
     },
     /// List what a snapshot holds.
     Ls { snapshot: String },
-    /// Restore a snapshot (an id, a unique prefix, or `latest`) into a directory.
+    /// Restore a snapshot (an id, a unique prefix, or `latest`), or the part
+    /// of it at `SNAPSHOT:PATH` (PATH as `ls` shows it, or the absolute path
+    /// that was backed up), into a directory.
     Restore {
+        /// SNAPSHOT or SNAPSHOT:PATH.
         snapshot: String,
         #[arg(long)]
         target: PathBuf,
+        /// Restore only entries matching this pattern (or under a directory
+        /// that does); repeatable. Patterns as for `backup --exclude`,
+        /// matched against the path from the snapshot's root.
+        #[arg(long)]
+        include: Vec<String>,
+        /// Leave out entries matching this pattern (a directory with all it
+        /// holds); repeatable.
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// What to do with a file already in the target: always (replace),
+        /// if-changed (leave one of the same size and mtime), never.
+        #[arg(long, default_value = "always", value_parser = clap::value_parser!(offsite_client::Overwrite))]
+        overwrite: offsite_client::Overwrite,
+        /// Remove what the target holds and the snapshot (within the
+        /// selection) does not, so the target matches it.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Write one file of a snapshot to stdout, or a directory as a tar (or
+    /// zip) stream: `dump SNAPSHOT:PATH [--archive tar|zip]`.
+    Dump {
+        /// SNAPSHOT:PATH (PATH as `ls` shows it, or the absolute path that
+        /// was backed up; none: the whole snapshot).
+        spec: String,
+        /// Write a tar or zip stream (a directory is always one; tar unless
+        /// zip is asked for).
+        #[arg(long, value_parser = clap::value_parser!(offsite_client::Archive))]
+        archive: Option<offsite_client::Archive>,
     },
     /// Forget snapshots by a retention policy (their portions stay until prune).
     Forget(ForgetArgs),
@@ -343,9 +375,10 @@ fn exit_for(error: &anyhow::Error) -> Exit {
 async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let config = ClientConfig::locate_and_load(cli.config.as_deref())?;
     let output = cli::dispatch(config, cli.command, cli.json).await?;
-    if cli.json {
+    // A dump's stdout is the data; it answers with nothing there.
+    if cli.json && !output.json.is_null() {
         println!("{}", output.json);
-    } else {
+    } else if !cli.json {
         print!("{}", output.human);
     }
     if let Some(note) = &output.note {

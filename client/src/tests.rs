@@ -235,6 +235,7 @@ async fn backup_then_restore_rebuilds_the_tree() {
         &packed.manifest,
         &locations,
         &target,
+        &restore::RestoreOptions::default(),
         &crate::progress::Progress::hidden(),
     )
     .await
@@ -257,6 +258,7 @@ async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
     let locations = memory.locations();
     let target = dir.path().join("restored");
     let hidden = crate::progress::Progress::hidden();
+    let options = restore::RestoreOptions::default();
     let restore_once = || {
         restore::restore(
             &memory,
@@ -264,6 +266,7 @@ async fn restore_finishes_read_only_files_and_rewrites_a_used_target() {
             &packed.manifest,
             &locations,
             &target,
+            &options,
             &hidden,
         )
     };
@@ -441,6 +444,7 @@ async fn a_file_target_and_a_damaged_portion_are_refused() {
         &packed.manifest,
         &locations,
         &file,
+        &restore::RestoreOptions::default(),
         &crate::progress::Progress::hidden(),
     )
     .await
@@ -467,6 +471,7 @@ async fn a_file_target_and_a_damaged_portion_are_refused() {
         &packed.manifest,
         &locations,
         &target,
+        &restore::RestoreOptions::default(),
         &crate::progress::Progress::hidden()
     )
     .await

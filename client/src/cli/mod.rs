@@ -12,7 +12,7 @@ use offsite_client::keys::{
 };
 use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, PruneOptions, Session};
 use offsite_client::{parse_duration, Decision, Policy};
-use offsite_client::{ExcludeOptions, PriceLimits};
+use offsite_client::{ExcludeOptions, PriceLimits, RestoreRequest};
 use serde_json::{json, Value};
 
 use crate::{BackupArgs, CheckArgs, Command, Exit, ForgetArgs, KeyAction};
@@ -58,7 +58,23 @@ pub async fn dispatch(
         Command::Backup(args) => report::backup(&session, args_to_options(args)).await?,
         Command::Snapshots { tags } => snapshots(&session, &tags).await?,
         Command::Ls { snapshot } => ls(&session, &snapshot).await?,
-        Command::Restore { snapshot, target } => restore(&session, &snapshot, target).await?,
+        Command::Restore {
+            snapshot,
+            target,
+            include,
+            exclude,
+            overwrite,
+            delete,
+        } => {
+            let how = RestoreRequest {
+                include,
+                exclude,
+                overwrite,
+                delete,
+            };
+            restore(&session, &snapshot, target, &how).await?
+        }
+        Command::Dump { spec, archive } => dump(&session, &spec, archive).await?,
         Command::Forget(args) => forget(&session, args).await?,
         Command::Check(args) => report::check(&session, check_options(args)).await?,
         Command::Prune {
@@ -246,28 +262,84 @@ async fn ls(session: &Session, spec: &str) -> anyhow::Result<Output> {
     ))
 }
 
-async fn restore(session: &Session, spec: &str, target: PathBuf) -> anyhow::Result<Output> {
+async fn restore(
+    session: &Session,
+    spec: &str,
+    target: PathBuf,
+    how: &RestoreRequest,
+) -> anyhow::Result<Output> {
     let keys = session.unlock_in_background()?;
     let (record, s) = session
-        .restore(keys, spec, &target)
+        .restore(keys, spec, &target, how)
         .await
         .context("restore failed")?;
     let target = target.display().to_string();
+    let (_, path) = offsite_client::split_spec(spec);
+    let mut human = format!(
+        "restored snapshot {}{} into {target}: {} files, {} dirs, {} symlinks, {} bytes from {} portions",
+        record.id,
+        if path.is_empty() { String::new() } else { format!(":{path}") },
+        s.files,
+        s.dirs,
+        s.symlinks,
+        s.bytes_written,
+        s.portions_fetched
+    );
+    if s.skipped > 0 {
+        human.push_str(&format!(
+            "; left {} unchanged or existing entries",
+            s.skipped
+        ));
+    }
+    if s.deleted > 0 {
+        human.push_str(&format!(
+            "; deleted {} entries the snapshot does not have",
+            s.deleted
+        ));
+    }
+    human.push('\n');
     Ok(Output::ok(
-        format!(
-            "restored snapshot {} into {target}: {} files, {} dirs, {} symlinks, {} bytes\n",
-            record.id, s.files, s.dirs, s.symlinks, s.bytes_written
-        ),
+        human,
         json!({
             "snapshot_id": record.id.to_string(),
+            "path": path,
             "target": target,
             "files": s.files,
             "dirs": s.dirs,
             "symlinks": s.symlinks,
             "bytes_written": s.bytes_written,
             "portions_fetched": s.portions_fetched,
+            "skipped": s.skipped,
+            "deleted": s.deleted,
         }),
     ))
+}
+
+/// `dump`: the data goes to stdout, the summary to stderr.
+async fn dump(
+    session: &Session,
+    spec: &str,
+    archive: Option<offsite_client::Archive>,
+) -> anyhow::Result<Output> {
+    let keys = session.unlock_in_background()?;
+    let out = Box::new(std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::io::stdout(),
+    ));
+    let (record, s) = session
+        .dump(keys, spec, archive, out)
+        .await
+        .context("dump failed")?;
+    let (_, path) = offsite_client::split_spec(spec);
+    Ok(Output {
+        json: Value::Null,
+        human: String::new(),
+        note: Some(format!(
+            "dumped {}:{path}: {} files, {} dirs, {} symlinks, {} bytes from {} portions",
+            record.id, s.files, s.dirs, s.symlinks, s.bytes, s.portions_fetched
+        )),
+        exit: Exit::Ok,
+    })
 }
 
 fn decision_json(d: &Decision) -> Value {

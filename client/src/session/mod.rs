@@ -34,7 +34,10 @@ use crate::market::upload::UploadError;
 use crate::market::vendor::VendorPool;
 use crate::progress::Progress;
 use backup::pipeline::BackupError;
-use restore::{fetch_manifest, open_manifest, Plan, RestoreError, RestoreStats};
+use restore::dump::{Archive, DumpStats};
+use restore::{
+    fetch_manifest, open_manifest, Plan, RestoreError, RestoreOptions, RestoreStats, Selection,
+};
 
 pub use backup::BackupOptions;
 pub use browse::entries;
@@ -424,28 +427,84 @@ impl Session {
         Ok((record, plan))
     }
 
-    /// Restores a snapshot into `target`.
+    /// Restores a snapshot, or the part of it `spec` (`SNAPSHOT[:PATH]`) and
+    /// `how` select, into `target`.
     pub async fn restore(
         &self,
         keys: Unlocking,
         spec: &str,
         target: &Path,
+        how: &RestoreRequest,
     ) -> Result<(SnapshotRecord, RestoreStats), SessionError> {
+        let (snapshot, path) = split_spec(spec);
         let located = async {
             restore::check_target(target)?;
-            let record = self.resolve(spec).await?;
+            let record = self.resolve(snapshot).await?;
+            let selection = Selection::new(path, &record.paths, &how.include, &how.exclude)
+                .map_err(RestoreError::from)?;
             let locations = self.locations(record.id).await?;
             let (locations, source) = self.probe_located(locations).await;
-            Ok((record, locations, source))
+            Ok((record, selection, locations, source))
         };
-        let (keys, (record, locations, source)) = keys.alongside(located).await?;
+        let (keys, (record, selection, locations, source)) = keys.alongside(located).await?;
         let manifest = self.manifest(&keys, &record, &locations, &source).await?;
         let progress = self.progress("restore", "portions", record.logical_bytes);
-        let result =
-            restore::restore(&source, keys, &manifest, &locations, target, &progress).await;
+        let options = RestoreOptions {
+            selection,
+            overwrite: how.overwrite,
+            delete: how.delete,
+        };
+        let result = restore::restore(
+            &source, keys, &manifest, &locations, target, &options, &progress,
+        )
+        .await;
         progress.finish();
         Ok((record, result?))
     }
+}
+
+impl Session {
+    /// Writes the part of a snapshot `spec` (`SNAPSHOT:PATH`) names to
+    /// `out`: one file as it is, or as a tar or zip stream with `archive`
+    /// (a directory is a tar stream unless another is asked for).
+    pub async fn dump(
+        &self,
+        keys: Unlocking,
+        spec: &str,
+        archive: Option<Archive>,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> Result<(SnapshotRecord, DumpStats), SessionError> {
+        let (snapshot, path) = split_spec(spec);
+        let located = async {
+            let record = self.resolve(snapshot).await?;
+            let selection =
+                Selection::new(path, &record.paths, &[], &[]).map_err(RestoreError::from)?;
+            let locations = self.locations(record.id).await?;
+            let (locations, source) = self.probe_located(locations).await;
+            Ok((record, selection, locations, source))
+        };
+        let (keys, (record, selection, locations, source)) = keys.alongside(located).await?;
+        let manifest = self.manifest(&keys, &record, &locations, &source).await?;
+        let plan =
+            restore::plan_selected(&source, &keys, &manifest, &locations, &selection).await?;
+        let archive = archive.or((!plan.single_entry).then_some(Archive::Tar));
+        let stats = restore::dump::dump(&source, keys, plan, &locations, archive, out).await?;
+        Ok((record, stats))
+    }
+}
+
+/// How a restore selects and overwrites, as the command line gives it.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub overwrite: restore::Overwrite,
+    pub delete: bool,
+}
+
+/// `SNAPSHOT[:PATH]` as the snapshot and the path (empty: all of it).
+pub fn split_spec(spec: &str) -> (&str, &str) {
+    spec.split_once(':').unwrap_or((spec, ""))
 }
 
 /// A key file being unlocked on a blocking thread

@@ -94,6 +94,14 @@ impl Beneath {
         })
     }
 
+    /// Opens the directory `rel` (the target itself when `rel` is empty).
+    pub fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return Ok(openat(self.root.as_fd(), ".", DIR, Mode::empty())?);
+        }
+        self.open_at(rel, DIR, Mode::empty())
+    }
+
     /// The directory holding `rel`, and `rel`'s last name.
     pub fn parent<'a>(&self, rel: &'a Path) -> io::Result<(Parent<'_>, &'a OsStr)> {
         let name = match rel.components().next_back() {

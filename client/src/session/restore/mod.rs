@@ -10,9 +10,13 @@
 //! left behind.
 
 mod beneath;
+pub mod dump;
 pub(crate) mod plan;
 #[cfg(test)]
 mod safety_tests;
+pub mod select;
+#[cfg(test)]
+mod select_tests;
 mod write;
 
 use std::collections::HashMap;
@@ -29,7 +33,8 @@ use crate::format::portion::PortionError;
 use crate::format::tree::TreeError;
 use crate::market::fetch::{FetchError, PortionSource};
 use crate::progress::Progress;
-pub use plan::{plan, Plan};
+pub use plan::{plan, plan_selected, Plan};
+pub use select::{SelectError, Selection};
 
 /// Portions fetched at once (spread over their vendors by the source). Each
 /// job keeps a portion buffer and a plaintext buffer; on the 2-core
@@ -93,6 +98,10 @@ pub enum RestoreError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("the snapshot has no {0}; run `offsite ls SNAPSHOT` to see its paths")]
+    NotInSnapshot(PathBuf),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     #[error("a restore worker failed: {0}")]
     Worker(String),
 }
@@ -107,6 +116,48 @@ pub struct RestoreStats {
     pub portions_fetched: u64,
     /// Files and directories whose setuid, setgid or sticky bit was dropped.
     pub special_bits_dropped: u64,
+    /// Files and symlinks left as they were (`--overwrite`).
+    pub skipped: u64,
+    /// Entries removed because the snapshot does not have them (`--delete`).
+    pub deleted: u64,
+}
+
+/// What a restore does with a file or symlink already in the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Replace it.
+    #[default]
+    Always,
+    /// Leave a regular file of the same size and mtime (or a symlink to the
+    /// same target); replace anything else.
+    IfChanged,
+    /// Leave anything there.
+    Never,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Overwrite::Always),
+            "if-changed" => Ok(Overwrite::IfChanged),
+            "never" => Ok(Overwrite::Never),
+            other => Err(format!(
+                "--overwrite {other:?} is not one of always, if-changed, never"
+            )),
+        }
+    }
+}
+
+/// What part of the snapshot to restore, and how to meet what the target
+/// already holds.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub selection: Selection,
+    pub overwrite: Overwrite,
+    /// Remove what the target holds and the selection does not (entries the
+    /// patterns leave out are kept).
+    pub delete: bool,
 }
 
 /// Refuses a target that exists and is not a directory.
@@ -143,25 +194,32 @@ pub fn open_manifest(
     Ok(Manifest::decode(&plain, record.id)?)
 }
 
-/// Restores `manifest` into `target` with portions from `source`.
+/// Restores `manifest` (the part `options` selects) into `target` with
+/// portions from `source`.
 pub async fn restore<S: PortionSource>(
     source: &S,
     keys: Arc<Keys>,
     manifest: &Manifest,
     locations: &HashMap<PortionId, PortionLocation>,
     target: &Path,
+    options: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreStats, RestoreError> {
     check_target(target)?;
-    let plan = plan(source, &keys, manifest, locations).await?;
-    let special_bits_dropped = warn_of_special_bits(&plan);
-    progress.set_total(plan.bytes);
-    let remaining = Arc::new(write::Remaining::new(&plan));
-    let plan = Arc::new(plan);
+    let mut plan = plan_selected(source, &keys, manifest, locations, &options.selection).await?;
     let (target, fresh) = {
         let target = target.to_path_buf();
         blocking(move || write::open_target(&target)).await?
     };
+    let skipped = if fresh {
+        Vec::new()
+    } else {
+        write::skip_existing(&target, &mut plan, options.overwrite)?
+    };
+    let special_bits_dropped = warn_of_special_bits(&plan);
+    progress.set_total(plan.bytes);
+    let remaining = Arc::new(write::Remaining::new(&plan));
+    let plan = Arc::new(plan);
     let target = Arc::new(target);
     // The directories are made while the first portions are fetched; no
     // portion is written before they are.
@@ -221,6 +279,24 @@ pub async fn restore<S: PortionSource>(
     let (prepared, written) = tokio::join!(prepare, apply);
     prepared?;
     let written = written?;
+    // Before the directories get their mtimes, which deleting would change.
+    let deleted = if options.delete && plan.single_entry {
+        tracing::warn!(
+            "--delete applies to a directory restored; one file was, so nothing is deleted"
+        );
+        0
+    } else if options.delete && !fresh {
+        let (plan, target) = (plan.clone(), target.clone());
+        let selection = options.selection.clone();
+        let skipped: std::collections::HashSet<PathBuf> = skipped.iter().cloned().collect();
+        blocking(move || {
+            let keep = |rel: &Path| skipped.contains(rel) || !selection.covers(rel);
+            write::delete_extra(&target, &plan, &keep)
+        })
+        .await?
+    } else {
+        0
+    };
     {
         let (plan, target) = (plan.clone(), target.clone());
         blocking(move || write::finish(&target, &plan, &remaining)).await?;
@@ -232,6 +308,8 @@ pub async fn restore<S: PortionSource>(
         bytes_written: written.iter().sum(),
         portions_fetched: written.len() as u64,
         special_bits_dropped,
+        skipped: skipped.len() as u64,
+        deleted,
     })
 }
 

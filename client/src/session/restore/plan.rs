@@ -9,11 +9,11 @@
 //! walking: a subtree met among its own ancestors, a nesting deeper than
 //! [`Limits::depth`], more entries in all than [`Limits::entries`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -27,6 +27,7 @@ use crate::format::manifest::Manifest;
 use crate::format::portion::blob_at;
 use crate::format::tree::{EntryKind, Tree};
 use crate::market::fetch::PortionSource;
+use crate::session::restore::select::Selection;
 use crate::session::restore::RestoreError;
 
 /// How far a restore expands a snapshot's trees before refusing it.
@@ -93,6 +94,45 @@ pub struct Plan {
     pub links: Vec<LinkPlan>,
     pub portions: BTreeMap<PortionId, Vec<BlobWrite>>,
     pub bytes: u64,
+    /// One file or symlink was selected, so the target is not a directory
+    /// of the snapshot.
+    pub single_entry: bool,
+}
+
+impl Plan {
+    /// Keeps the files `keep` answers true for, and only the portions and
+    /// blobs those files still need.
+    pub fn retain_files(&mut self, mut keep: impl FnMut(&FilePlan) -> bool) {
+        let mut renumbered = vec![None; self.files.len()];
+        let mut kept = Vec::with_capacity(self.files.len());
+        for (index, file) in std::mem::take(&mut self.files).into_iter().enumerate() {
+            if keep(&file) {
+                renumbered[index] = Some(kept.len());
+                kept.push(file);
+            }
+        }
+        self.files = kept;
+        self.bytes = self
+            .files
+            .iter()
+            .map(|f| f.size)
+            .fold(0, u64::saturating_add);
+        for writes in self.portions.values_mut() {
+            for write in writes.iter_mut() {
+                write.targets.retain_mut(|(file, _)| {
+                    match renumbered.get(*file).copied().flatten() {
+                        Some(new) => {
+                            *file = new;
+                            true
+                        }
+                        None => false,
+                    }
+                });
+            }
+            writes.retain(|w| !w.targets.is_empty());
+        }
+        self.portions.retain(|_, writes| !writes.is_empty());
+    }
 }
 
 /// Trees fetched at once while planning.
@@ -189,6 +229,19 @@ pub async fn plan<S: PortionSource>(
     manifest: &Manifest,
     locations: &HashMap<PortionId, PortionLocation>,
 ) -> Result<Plan, RestoreError> {
+    plan_selected(source, keys, manifest, locations, &Selection::default()).await
+}
+
+/// [`plan`] of the part of the snapshot `selection` takes: only the trees
+/// on the way to it and in it are read, and only the portions of the files
+/// it takes are in the plan.
+pub async fn plan_selected<S: PortionSource>(
+    source: &S,
+    keys: &Keys,
+    manifest: &Manifest,
+    locations: &HashMap<PortionId, PortionLocation>,
+    selection: &Selection,
+) -> Result<Plan, RestoreError> {
     let reader = TreeReader {
         source,
         keys,
@@ -196,7 +249,7 @@ pub async fn plan<S: PortionSource>(
         locations,
         portions: Mutex::default(),
     };
-    walk(&reader, manifest, Limits::DEFAULT).await
+    walk(&reader, manifest, Limits::DEFAULT, selection).await
 }
 
 /// A tree on the way from the root, with its ancestors: a subtree found
@@ -221,30 +274,59 @@ impl Ancestry {
 
 /// A directory whose tree is still to be read.
 struct Pending {
+    /// Where its entries go, relative to the target.
     dir: PathBuf,
+    /// Its path from the snapshot's root, as patterns see it.
+    full: PathBuf,
     depth: usize,
     ancestry: Arc<Ancestry>,
+    /// How many names of the selection's subtree lead here; fewer than all
+    /// while still on the way to it.
+    matched: usize,
+    /// An include matched it or a directory above it.
+    included: bool,
 }
 
-/// [`plan`] from any [`TreeSource`], within `limits`.
+/// One entry met by the walk, on its way into the plan.
+struct Met<'a> {
+    path: PathBuf,
+    full: PathBuf,
+    entry: &'a crate::format::tree::Entry,
+}
+
+/// The plan as it is built, with what the walk needs besides.
+#[derive(Default)]
+struct Building {
+    plan: Plan,
+    slots: HashMap<(PortionId, BlobId), usize>,
+    /// Per `plan.dirs`: whether an include took it itself.
+    dir_included: Vec<bool>,
+}
+
+/// [`plan`] from any [`TreeSource`], within `limits`, of what `selection`
+/// takes.
 pub(crate) async fn walk<T: TreeSource>(
     trees: &T,
     manifest: &Manifest,
     limits: Limits,
+    selection: &Selection,
 ) -> Result<Plan, RestoreError> {
-    let mut plan = Plan::default();
-    let mut slots: HashMap<(PortionId, BlobId), usize> = HashMap::new();
+    let mut building = Building::default();
     let root = Ancestry {
         tree: manifest.root,
         parent: None,
     };
     let mut waiting = VecDeque::from([Pending {
         dir: PathBuf::new(),
+        full: PathBuf::new(),
         depth: 0,
         ancestry: Arc::new(root),
+        matched: 0,
+        included: !selection.has_includes(),
     }]);
     let mut fetching = FuturesOrdered::new();
     let mut entries = 0u64;
+    let wanted = selection.subtree.len();
     loop {
         while fetching.len() < PARALLEL_TREES {
             let Some(pending) = waiting.pop_front() else {
@@ -252,15 +334,7 @@ pub(crate) async fn walk<T: TreeSource>(
             };
             fetching.push_back(async move { (trees.tree(pending.ancestry.tree).await, pending) });
         }
-        let Some((
-            tree,
-            Pending {
-                dir,
-                depth,
-                ancestry,
-            },
-        )) = fetching.next().await
-        else {
+        let Some((tree, pending)) = fetching.next().await else {
             break;
         };
         let tree = tree?;
@@ -268,78 +342,184 @@ pub(crate) async fn walk<T: TreeSource>(
         if entries > limits.entries {
             return Err(RestoreError::TooManyEntries(limits.entries));
         }
-        for entry in tree.entries() {
-            let path = dir.join(OsStr::from_bytes(&entry.name));
-            let mtime = (entry.mtime_secs, entry.mtime_nanos);
+        if pending.matched < wanted {
+            // On the way to the subtree: only the entry named next counts.
+            let name = &selection.subtree[pending.matched];
+            let not_there = || RestoreError::NotInSnapshot(selection.subtree_display());
+            let entry = tree
+                .entries()
+                .iter()
+                .find(|e| &e.name == name)
+                .ok_or_else(not_there)?;
+            let full = pending.full.join(OsStr::from_bytes(&entry.name));
+            let included = pending.included || selection.includes(&full);
+            let last = pending.matched + 1 == wanted;
             match &entry.kind {
                 EntryKind::Dir { subtree } => {
-                    if depth + 1 > limits.depth {
-                        return Err(RestoreError::TooDeep(limits.depth));
-                    }
-                    if ancestry.contains(*subtree) {
-                        return Err(RestoreError::TreeCycle {
-                            path,
-                            tree: *subtree,
-                        });
-                    }
-                    plan.dirs.push(DirPlan {
-                        path: path.clone(),
-                        mode: entry.mode,
-                        mtime,
-                        depth: depth + 1,
-                    });
-                    let ancestry = Arc::new(Ancestry {
-                        tree: *subtree,
-                        parent: Some(ancestry.clone()),
-                    });
+                    let next = step_into(*subtree, &pending, &full, limits)?;
                     waiting.push_back(Pending {
-                        dir: path,
-                        depth: depth + 1,
-                        ancestry,
+                        dir: PathBuf::new(),
+                        full,
+                        matched: pending.matched + 1,
+                        included,
+                        ..next
                     });
                 }
-                EntryKind::Symlink { target } => plan.links.push(LinkPlan {
-                    path,
-                    target: target.clone(),
-                    mtime,
-                }),
-                EntryKind::File { size, content } => {
-                    let file = plan.files.len();
-                    let mut digest = blake3::Hasher::new();
-                    for chunk in content {
-                        digest.update(&chunk.id.0);
-                    }
-                    plan.files.push(FilePlan {
-                        path,
-                        size: *size,
-                        mode: entry.mode,
-                        mtime,
-                        digest: *digest.finalize().as_bytes(),
-                    });
-                    plan.bytes = plan.bytes.saturating_add(*size);
-                    let mut offset = 0u64;
-                    for chunk in content {
-                        let at = manifest
-                            .index
-                            .get(&chunk.id)
-                            .ok_or(RestoreError::NotInManifest(chunk.id))?;
-                        let writes = plan.portions.entry(at.portion).or_default();
-                        let slot = *slots.entry((at.portion, chunk.id)).or_insert_with(|| {
-                            writes.push(BlobWrite {
-                                id: chunk.id,
-                                offset: at.offset,
-                                length: at.length,
-                                plain_len: chunk.len,
-                                targets: Vec::new(),
-                            });
-                            writes.len() - 1
-                        });
-                        writes[slot].targets.push((file, offset));
-                        offset += u64::from(chunk.len);
+                _ if last => {
+                    let path = PathBuf::from(OsStr::from_bytes(&entry.name));
+                    let met = Met { path, full, entry };
+                    building.plan.single_entry = true;
+                    if !selection.excludes(&met.full) && included {
+                        take(&mut building, manifest, met)?;
                     }
                 }
+                _ => return Err(not_there()),
+            }
+            continue;
+        }
+        for entry in tree.entries() {
+            let name = OsStr::from_bytes(&entry.name);
+            let full = pending.full.join(name);
+            if selection.excludes(&full) {
+                continue;
+            }
+            let included = pending.included || selection.includes(&full);
+            let path = pending.dir.join(name);
+            if let EntryKind::Dir { subtree } = &entry.kind {
+                let next = step_into(*subtree, &pending, &full, limits)?;
+                building.plan.dirs.push(DirPlan {
+                    path: path.clone(),
+                    mode: entry.mode,
+                    mtime: (entry.mtime_secs, entry.mtime_nanos),
+                    depth: next.depth,
+                });
+                building.dir_included.push(included);
+                waiting.push_back(Pending {
+                    dir: path,
+                    full,
+                    matched: wanted,
+                    included,
+                    ..next
+                });
+            } else if included {
+                let met = Met { path, full, entry };
+                take(&mut building, manifest, met)?;
             }
         }
     }
-    Ok(plan)
+    if selection.has_includes() {
+        keep_dirs_that_hold_something(&mut building);
+    }
+    Ok(building.plan)
+}
+
+/// The walk one level down into `subtree` (its `dir`, `full`, `matched` and
+/// `included` for the caller to set), refused when it nests too deep or is
+/// its own ancestor.
+fn step_into(
+    subtree: BlobId,
+    pending: &Pending,
+    full: &Path,
+    limits: Limits,
+) -> Result<Pending, RestoreError> {
+    if pending.depth + 1 > limits.depth {
+        return Err(RestoreError::TooDeep(limits.depth));
+    }
+    if pending.ancestry.contains(subtree) {
+        return Err(RestoreError::TreeCycle {
+            path: full.to_path_buf(),
+            tree: subtree,
+        });
+    }
+    Ok(Pending {
+        dir: PathBuf::new(),
+        full: PathBuf::new(),
+        depth: pending.depth + 1,
+        ancestry: Arc::new(Ancestry {
+            tree: subtree,
+            parent: Some(pending.ancestry.clone()),
+        }),
+        matched: 0,
+        included: false,
+    })
+}
+
+/// Adds a file or symlink to the plan (a directory is added by the walk).
+fn take(building: &mut Building, manifest: &Manifest, met: Met<'_>) -> Result<(), RestoreError> {
+    let Met { path, entry, .. } = met;
+    let plan = &mut building.plan;
+    let mtime = (entry.mtime_secs, entry.mtime_nanos);
+    match &entry.kind {
+        EntryKind::Dir { .. } => {}
+        EntryKind::Symlink { target } => plan.links.push(LinkPlan {
+            path,
+            target: target.clone(),
+            mtime,
+        }),
+        EntryKind::File { size, content } => {
+            let file = plan.files.len();
+            let mut digest = blake3::Hasher::new();
+            for chunk in content {
+                digest.update(&chunk.id.0);
+            }
+            plan.files.push(FilePlan {
+                path,
+                size: *size,
+                mode: entry.mode,
+                mtime,
+                digest: *digest.finalize().as_bytes(),
+            });
+            plan.bytes = plan.bytes.saturating_add(*size);
+            let mut offset = 0u64;
+            for chunk in content {
+                let at = manifest
+                    .index
+                    .get(&chunk.id)
+                    .ok_or(RestoreError::NotInManifest(chunk.id))?;
+                let writes = plan.portions.entry(at.portion).or_default();
+                let slot = *building
+                    .slots
+                    .entry((at.portion, chunk.id))
+                    .or_insert_with(|| {
+                        writes.push(BlobWrite {
+                            id: chunk.id,
+                            offset: at.offset,
+                            length: at.length,
+                            plain_len: chunk.len,
+                            targets: Vec::new(),
+                        });
+                        writes.len() - 1
+                    });
+                writes[slot].targets.push((file, offset));
+                offset += u64::from(chunk.len);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// With includes, a directory is made only when an include took it or it
+/// holds something taken.
+fn keep_dirs_that_hold_something(building: &mut Building) {
+    let plan = &mut building.plan;
+    let mut needed: HashSet<PathBuf> = HashSet::new();
+    let taken = plan.files.iter().map(|f| &f.path);
+    let taken = taken.chain(plan.links.iter().map(|l| &l.path));
+    let taken = taken.chain(
+        plan.dirs
+            .iter()
+            .zip(&building.dir_included)
+            .filter(|(_, included)| **included)
+            .map(|(d, _)| &d.path),
+    );
+    for path in taken {
+        let mut at = Some(path.as_path());
+        while let Some(dir) = at {
+            if !needed.insert(dir.to_path_buf()) {
+                break;
+            }
+            at = dir.parent();
+        }
+    }
+    plan.dirs.retain(|d| needed.contains(&d.path));
 }

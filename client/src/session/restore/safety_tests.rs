@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use offsite_proto::{BlobLocation, PortionLocation, SnapshotId};
 
 use super::plan::{walk, Limits, TreeSource};
+use super::select::Selection;
 use super::{restore, RestoreError, RestoreStats};
 use crate::format::blob::{seal, BlobId, BlobKind};
 use crate::format::keys::Keys;
@@ -32,7 +33,17 @@ async fn restore_into(
     target: &Path,
 ) -> Result<RestoreStats, RestoreError> {
     let hidden = Progress::hidden();
-    restore(memory, keys.clone(), manifest, locations, target, &hidden).await
+    let options = super::RestoreOptions::default();
+    restore(
+        memory,
+        keys.clone(),
+        manifest,
+        locations,
+        target,
+        &options,
+        &hidden,
+    )
+    .await
 }
 
 /// Every path under `dir` (not following symlinks) with the length and
@@ -366,9 +377,14 @@ async fn a_tree_that_contains_itself_is_refused() {
         (child, vec![entry(b"back", dir(root), 0o755)]),
     ]);
     for (source, at) in [(itself, "me"), (through_a_child, "child/back")] {
-        let err = walk(&source, &manifest_of(root), Limits::DEFAULT)
-            .await
-            .unwrap_err();
+        let err = walk(
+            &source,
+            &manifest_of(root),
+            Limits::DEFAULT,
+            &Selection::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(&err, RestoreError::TreeCycle { path, tree } if path == Path::new(at) && *tree == root),
             "{err}"
@@ -387,9 +403,14 @@ async fn a_tree_that_contains_itself_is_refused() {
         (child, vec![entry(b"z", dir(shared), 0o755)]),
         (shared, vec![entry(b"f", empty_file(), 0o644)]),
     ]);
-    let plan = walk(&shared_twice, &manifest_of(root), Limits::DEFAULT)
-        .await
-        .unwrap();
+    let plan = walk(
+        &shared_twice,
+        &manifest_of(root),
+        Limits::DEFAULT,
+        &Selection::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!((plan.dirs.len(), plan.files.len()), (3, 2));
 }
 
@@ -413,9 +434,14 @@ async fn trees_that_expand_past_the_bounds_are_refused() {
         depth: 2048,
         entries: 10_000,
     };
-    let err = walk(&Trees(fan), &manifest_of(ids[6]), limits)
-        .await
-        .unwrap_err();
+    let err = walk(
+        &Trees(fan),
+        &manifest_of(ids[6]),
+        limits,
+        &Selection::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RestoreError::TooManyEntries(10_000)), "{err}");
 
     let keys = Keys::from_data_key(&[24; 32]);

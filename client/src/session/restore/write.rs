@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
@@ -34,7 +34,7 @@ use crate::format::keys::Keys;
 use crate::format::portion::{blob_at_mut, check_header};
 use crate::session::restore::beneath::{is_symlink_refusal, Beneath, Parent};
 use crate::session::restore::plan::{BlobWrite, FilePlan, Plan};
-use crate::session::restore::RestoreError;
+use crate::session::restore::{Overwrite, RestoreError};
 
 fn io_err<'a>(
     target: &'a Beneath,
@@ -313,4 +313,176 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
         ))?;
     }
     Ok(())
+}
+
+/// Takes out of `plan` the files and symlinks `overwrite` leaves as they
+/// are in a target that already holds something: with `never` anything at
+/// their path, with `if-changed` a regular file of the same size and mtime
+/// (to the nanosecond) or a symlink to the same target. Returns their paths.
+pub fn skip_existing(
+    target: &Beneath,
+    plan: &mut Plan,
+    overwrite: Overwrite,
+) -> Result<Vec<PathBuf>, RestoreError> {
+    if overwrite == Overwrite::Always {
+        return Ok(Vec::new());
+    }
+    let existing = |rel: &Path| -> Result<Option<rustix::fs::Stat>, RestoreError> {
+        let (parent, name) = match target.parent(rel) {
+            Ok(found) => found,
+            // A missing directory: nothing is there yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(target, rel, "open the directory of")(e)),
+        };
+        match statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(stat)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_err(target, rel, "inspect")(e.into())),
+        }
+    };
+    let mut skipped = Vec::new();
+    let mut failed = None;
+    plan.retain_files(|file| {
+        let stat = match existing(&file.path) {
+            Ok(stat) => stat,
+            Err(e) => {
+                failed.get_or_insert(e);
+                return true;
+            }
+        };
+        let skip = match (overwrite, stat) {
+            (_, None) => false,
+            (Overwrite::Never, Some(_)) => true,
+            (_, Some(stat)) => {
+                FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+                    && stat.st_size as u64 == file.size
+                    && stat.st_mtime == file.mtime.0
+                    && stat.st_mtime_nsec as u32 == file.mtime.1
+            }
+        };
+        if skip {
+            skipped.push(file.path.clone());
+        }
+        !skip
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut links = Vec::with_capacity(plan.links.len());
+    for link in std::mem::take(&mut plan.links) {
+        let skip = match (overwrite, existing(&link.path)?) {
+            (_, None) => false,
+            (Overwrite::Never, Some(_)) => true,
+            (_, Some(stat)) => {
+                FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
+                    && read_link(target, &link.path).as_deref() == Some(link.target.as_slice())
+            }
+        };
+        if skip {
+            skipped.push(link.path);
+        } else {
+            links.push(link);
+        }
+    }
+    plan.links = links;
+    Ok(skipped)
+}
+
+/// Where a symlink in the target points, read without following it.
+fn read_link(target: &Beneath, rel: &Path) -> Option<Vec<u8>> {
+    let (parent, name) = target.parent(rel).ok()?;
+    let link = rustix::fs::readlinkat(&parent, name, Vec::new()).ok()?;
+    Some(link.into_bytes())
+}
+
+/// Removes from the target every entry the plan does not have, except those
+/// `keep` (their path relative to the target) answers true for; never
+/// follows a symlink (a symlink is removed, not what it points at). Returns
+/// how many entries were removed (a directory with its contents counts once
+/// per entry).
+pub fn delete_extra(
+    target: &Beneath,
+    plan: &Plan,
+    keep: &dyn Fn(&Path) -> bool,
+) -> Result<u64, RestoreError> {
+    let mut planned: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+    planned.extend(plan.files.iter().map(|f| f.path.as_path()));
+    planned.extend(plan.links.iter().map(|l| l.path.as_path()));
+    let dirs: std::collections::HashSet<&Path> =
+        plan.dirs.iter().map(|d| d.path.as_path()).collect();
+    let mut removed = 0u64;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir) = stack.pop() {
+        let fd = target
+            .open_dir(&dir)
+            .map_err(io_err(target, &dir, "open directory"))?;
+        for (name, kind) in list_dir(target, &dir, &fd)? {
+            let rel = dir.join(&name);
+            if keep(&rel) {
+                continue;
+            }
+            if kind == FileType::Directory && dirs.contains(rel.as_path()) {
+                stack.push(rel);
+                continue;
+            }
+            if planned.contains(rel.as_path()) && kind != FileType::Directory {
+                continue;
+            }
+            removed += remove_tree(target, &fd, &name, &rel, kind)?;
+        }
+    }
+    Ok(removed)
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY);
+
+/// The entries of an open directory (not `.` and `..`) with their types.
+fn list_dir(
+    target: &Beneath,
+    rel: &Path,
+    fd: &std::os::fd::OwnedFd,
+) -> Result<Vec<(std::ffi::OsString, FileType)>, RestoreError> {
+    let err = |e: rustix::io::Errno| io_err(target, rel, "list directory")(e.into());
+    let mut entries = Vec::new();
+    for entry in rustix::fs::Dir::read_from(fd).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes(name).to_os_string();
+        let kind = match entry.file_type() {
+            FileType::Unknown => {
+                let stat = statat(fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+                FileType::from_raw_mode(stat.st_mode)
+            }
+            kind => kind,
+        };
+        entries.push((name, kind));
+    }
+    Ok(entries)
+}
+
+/// Removes `name` in the directory `parent` (at `rel`), a directory with
+/// everything in it; returns how many entries went.
+fn remove_tree(
+    target: &Beneath,
+    parent: &std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    rel: &Path,
+    kind: FileType,
+) -> Result<u64, RestoreError> {
+    let err = |e: rustix::io::Errno| io_err(target, rel, "remove")(e.into());
+    if kind != FileType::Directory {
+        unlinkat(parent, name, AtFlags::empty()).map_err(err)?;
+        return Ok(1);
+    }
+    let flags = DIR_FLAGS | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(parent, name, flags, Mode::empty()).map_err(err)?;
+    let mut removed = 0;
+    for (child, kind) in list_dir(target, rel, &fd)? {
+        removed += remove_tree(target, &fd, &child, &rel.join(&child), kind)?;
+    }
+    unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(err)?;
+    Ok(removed + 1)
 }

@@ -1,0 +1,411 @@
+//! `dump`: one file of a snapshot to a writer as it is, or a directory (or
+//! a file) as a tar or zip stream, without writing anything to disk but a
+//! zip's spool. Only the portions that hold the selection are fetched, each
+//! hash-checked and each blob opened as in a restore; a few portions are
+//! kept at once, so memory stays bounded however large the selection.
+//!
+//! The fetching runs on the async side; the archive is written on a blocking
+//! thread that takes each file's bytes, in order, from a bounded channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::io::{Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use offsite_proto::{PortionId, PortionLocation};
+use tokio::sync::mpsc;
+
+use super::plan::Plan;
+use super::RestoreError;
+use crate::format::blob::{open, BlobId, BlobKind};
+use crate::format::keys::Keys;
+use crate::format::portion::blob_at;
+use crate::market::fetch::PortionSource;
+
+/// Portions kept while dumping: files are packed in the order they were
+/// walked, so consecutive chunks mostly share one.
+const KEPT_PORTIONS: usize = 4;
+/// Chunks on their way to the writer.
+const CHANNEL_CHUNKS: usize = 8;
+
+/// How a dump is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archive {
+    Tar,
+    Zip,
+}
+
+impl std::str::FromStr for Archive {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tar" => Ok(Archive::Tar),
+            "zip" => Ok(Archive::Zip),
+            other => Err(format!("--archive {other:?} is not one of tar, zip")),
+        }
+    }
+}
+
+/// What a dump wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub portions_fetched: u64,
+}
+
+/// One chunk of a file: where its sealed blob is and where it goes.
+struct Piece {
+    offset: u64,
+    portion: PortionId,
+    at: (u64, u64),
+    id: BlobId,
+    plain_len: u32,
+}
+
+/// Each file's chunks in file order.
+fn pieces_by_file(plan: &Plan) -> Vec<Vec<Piece>> {
+    let mut by_file: Vec<Vec<Piece>> = plan.files.iter().map(|_| Vec::new()).collect();
+    for (portion, writes) in &plan.portions {
+        for write in writes {
+            for &(file, offset) in &write.targets {
+                if let Some(pieces) = by_file.get_mut(file) {
+                    pieces.push(Piece {
+                        offset,
+                        portion: *portion,
+                        at: (write.offset, write.length),
+                        id: write.id,
+                        plain_len: write.plain_len,
+                    });
+                }
+            }
+        }
+    }
+    for pieces in &mut by_file {
+        pieces.sort_by_key(|p| p.offset);
+    }
+    by_file
+}
+
+/// Writes what `plan` selects to `out`: the one file as it is when `archive`
+/// is `None` (the plan must hold exactly one file), else a tar or zip
+/// stream.
+pub async fn dump<S: PortionSource>(
+    source: &S,
+    keys: Arc<Keys>,
+    plan: Plan,
+    locations: &HashMap<PortionId, PortionLocation>,
+    archive: Option<Archive>,
+    out: Box<dyn Write + Send>,
+) -> Result<DumpStats, RestoreError> {
+    let pieces = pieces_by_file(&plan);
+    let plan = Arc::new(plan);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
+    let writer = {
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || write_out(&plan, archive, rx, out))
+    };
+    let mut kept: VecDeque<(PortionId, Arc<Vec<u8>>)> = VecDeque::new();
+    let mut fetched = 0u64;
+    let mut bytes = 0u64;
+    let produced = async {
+        let in_order = files_in_order(&plan).into_iter().map(|i| &pieces[i]);
+        for piece in in_order.flatten() {
+            let portion = match kept.iter().find(|(id, _)| *id == piece.portion) {
+                Some((_, bytes)) => bytes.clone(),
+                None => {
+                    let location = locations
+                        .get(&piece.portion)
+                        .ok_or(RestoreError::NoLocation(piece.portion))?;
+                    let fresh = Arc::new(source.portion(location, Vec::new()).await?);
+                    fetched += 1;
+                    if kept.len() >= KEPT_PORTIONS {
+                        kept.pop_front();
+                    }
+                    kept.push_back((piece.portion, fresh.clone()));
+                    fresh
+                }
+            };
+            let sealed = blob_at(piece.portion, &portion, piece.at.0, piece.at.1)?;
+            let plain = open(&keys, BlobKind::Data, &piece.id, sealed)?;
+            if plain.len() != piece.plain_len as usize {
+                return Err(RestoreError::ChunkLength(piece.id));
+            }
+            bytes += plain.len() as u64;
+            if tx.send(plain).await.is_err() {
+                // The writer stopped; its error is the one reported.
+                break;
+            }
+        }
+        Ok::<(), RestoreError>(())
+    };
+    let produced = produced.await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| RestoreError::Worker(e.to_string()))?;
+    written?;
+    produced?;
+    Ok(DumpStats {
+        files: plan.files.len() as u64,
+        dirs: plan.dirs.len() as u64,
+        symlinks: plan.links.len() as u64,
+        bytes,
+        portions_fetched: fetched,
+    })
+}
+
+/// The indexes of the plan's files in path order: the order the writer
+/// takes them in.
+fn files_in_order(plan: &Plan) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..plan.files.len()).collect();
+    order.sort_by(|a, b| plan.files[*a].path.cmp(&plan.files[*b].path));
+    order
+}
+
+/// One entry of the archive.
+enum Item<'a> {
+    Dir(&'a super::plan::DirPlan),
+    File(&'a super::plan::FilePlan),
+    Link(&'a super::plan::LinkPlan),
+}
+
+/// Every entry in path order, so each directory is followed by what it
+/// holds (an extracting `tar` sets a directory's mtime once it has left it).
+fn items(plan: &Plan) -> Vec<Item<'_>> {
+    let mut items: Vec<(&std::path::Path, Item<'_>)> = Vec::new();
+    items.extend(plan.dirs.iter().map(|d| (d.path.as_path(), Item::Dir(d))));
+    items.extend(plan.files.iter().map(|f| (f.path.as_path(), Item::File(f))));
+    items.extend(plan.links.iter().map(|l| (l.path.as_path(), Item::Link(l))));
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    items.into_iter().map(|(_, item)| item).collect()
+}
+
+/// A file's bytes as they arrive from the fetching side.
+struct Incoming<'a> {
+    rx: &'a mut mpsc::Receiver<Vec<u8>>,
+    left: u64,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Incoming<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        if self.at == self.chunk.len() {
+            self.chunk = self.rx.blocking_recv().ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the fetching side stopped before the file's end",
+                )
+            })?;
+            self.at = 0;
+        }
+        let n = buf
+            .len()
+            .min(self.chunk.len() - self.at)
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn io(what: &'static str, path: PathBuf) -> impl Fn(std::io::Error) -> RestoreError {
+    move |source| RestoreError::Io {
+        path: path.clone(),
+        what,
+        source,
+    }
+}
+
+/// The blocking half: every entry of `plan`, each file's bytes from `rx`.
+fn write_out(
+    plan: &Plan,
+    archive: Option<Archive>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut out: Box<dyn Write + Send>,
+) -> Result<(), RestoreError> {
+    let stdout = || PathBuf::from("(output)");
+    match archive {
+        None => {
+            let file = plan.files.first();
+            if plan.files.len() != 1 || !plan.dirs.is_empty() || !plan.links.is_empty() {
+                return Err(RestoreError::Worker(
+                    "a dump without --archive writes one file; name a file, or add \
+                     --archive tar"
+                        .into(),
+                ));
+            }
+            let Some(file) = file else { return Ok(()) };
+            let mut reader = Incoming {
+                rx: &mut rx,
+                left: file.size,
+                chunk: Vec::new(),
+                at: 0,
+            };
+            std::io::copy(&mut reader, &mut out).map_err(io("write", stdout()))?;
+            out.flush().map_err(io("write", stdout()))
+        }
+        Some(Archive::Tar) => write_tar(plan, &mut rx, out),
+        Some(Archive::Zip) => write_zip(plan, &mut rx, out),
+    }
+}
+
+fn write_tar(
+    plan: &Plan,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    out: Box<dyn Write + Send>,
+) -> Result<(), RestoreError> {
+    let mut tar = tar::Builder::new(out);
+    let err = |path: &PathBuf| io("write to the tar stream", path.clone());
+    for item in items(plan) {
+        let mut header = tar::Header::new_gnu();
+        match item {
+            Item::Dir(dir) => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(dir.mode & 0o7777);
+                header.set_mtime(dir.mtime.0.max(0) as u64);
+                header.set_size(0);
+                tar.append_data(&mut header, &dir.path, std::io::empty())
+                    .map_err(err(&dir.path))?;
+            }
+            Item::File(file) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(file.mode & 0o7777);
+                header.set_mtime(file.mtime.0.max(0) as u64);
+                header.set_size(file.size);
+                let reader = Incoming {
+                    rx: &mut *rx,
+                    left: file.size,
+                    chunk: Vec::new(),
+                    at: 0,
+                };
+                tar.append_data(&mut header, &file.path, reader)
+                    .map_err(err(&file.path))?;
+            }
+            Item::Link(link) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_mtime(link.mtime.0.max(0) as u64);
+                header.set_size(0);
+                let target = PathBuf::from(OsStr::from_bytes(&link.target));
+                tar.append_link(&mut header, &link.path, &target)
+                    .map_err(err(&link.path))?;
+            }
+        }
+    }
+    let mut out = tar.into_inner().map_err(err(&PathBuf::from("(end)")))?;
+    out.flush().map_err(err(&PathBuf::from("(end)")))
+}
+
+fn write_zip(
+    plan: &Plan,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    mut out: Box<dyn Write + Send>,
+) -> Result<(), RestoreError> {
+    // A zip's directory goes at its end with every entry's offset: it is
+    // spooled to an unnamed temporary file, then copied out.
+    let spool_path = || PathBuf::from("(zip spool)");
+    let spool = tempfile::tempfile().map_err(io("create a temporary file for", spool_path()))?;
+    let mut zip = zip::ZipWriter::new(spool);
+    let zip_err = |path: &PathBuf| {
+        let path = path.clone();
+        move |e: zip::result::ZipError| RestoreError::Io {
+            path: path.clone(),
+            what: "write to the zip archive",
+            source: std::io::Error::other(e),
+        }
+    };
+    let name = |path: &PathBuf| path.to_string_lossy().into_owned();
+    let options = |mode: u32, mtime: (i64, u32)| {
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(mode & 0o7777)
+            .large_file(true);
+        match zip_time(mtime.0) {
+            Some(time) => options.last_modified_time(time),
+            None => options,
+        }
+    };
+    for item in items(plan) {
+        match item {
+            Item::Dir(dir) => zip
+                .add_directory(name(&dir.path), options(dir.mode, dir.mtime))
+                .map_err(zip_err(&dir.path))?,
+            Item::File(file) => {
+                zip.start_file(name(&file.path), options(file.mode, file.mtime))
+                    .map_err(zip_err(&file.path))?;
+                let mut reader = Incoming {
+                    rx: &mut *rx,
+                    left: file.size,
+                    chunk: Vec::new(),
+                    at: 0,
+                };
+                std::io::copy(&mut reader, &mut zip)
+                    .map_err(io("write to the zip archive", file.path.clone()))?;
+            }
+            Item::Link(link) => {
+                let target = String::from_utf8_lossy(&link.target).into_owned();
+                zip.add_symlink(name(&link.path), target, options(0o777, link.mtime))
+                    .map_err(zip_err(&link.path))?;
+            }
+        }
+    }
+    let mut spool = zip.finish().map_err(zip_err(&spool_path()))?;
+    spool.rewind().map_err(io("read back", spool_path()))?;
+    std::io::copy(&mut spool, &mut out).map_err(io("write", PathBuf::from("(output)")))?;
+    out.flush().map_err(io("write", PathBuf::from("(output)")))
+}
+
+/// A zip's local time from Unix seconds (zip stores no zone; UTC is used),
+/// when within the years a zip can hold (1980 to 2107).
+fn zip_time(secs: i64) -> Option<zip::DateTime> {
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    zip::DateTime::from_date_and_time(
+        u16::try_from(year).ok()?,
+        month,
+        day,
+        (of_day / 3600) as u8,
+        (of_day % 3600 / 60) as u8,
+        (of_day % 60) as u8,
+    )
+    .ok()
+}
+
+/// The proleptic Gregorian date of a count of days since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_right_on_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert!(zip_time(0).is_none(), "before 1980");
+        assert!(zip_time(1_700_000_000).is_some());
+    }
+}
