@@ -160,6 +160,11 @@ impl CertificateAuthority {
         }
         let mut sans = vec![who.dns_name(), who.role.dns_name()];
         sans.extend(extra_sans.iter().cloned());
+        self.sign(who, sans, days)
+    }
+
+    /// A certificate for `who` carrying exactly `sans`, valid `days` days.
+    fn sign(&self, who: &PeerIdentity, sans: Vec<String>, days: i64) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(sans)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, who.name.as_str());
@@ -188,6 +193,10 @@ impl CertificateAuthority {
     /// memory (tests and the devnet).
     pub fn credentials(&self, who: &PeerIdentity) -> Result<Credentials, PkiError> {
         let issued = self.issue(who, &[], DEFAULT_VALIDITY_DAYS)?;
+        self.as_credentials(&issued)
+    }
+
+    fn as_credentials(&self, issued: &Issued) -> Result<Credentials, PkiError> {
         Credentials::from_pem(
             self.cert_pem.as_bytes(),
             issued.cert_pem.as_bytes(),
