@@ -196,6 +196,20 @@ impl CertificateAuthority {
         self.as_credentials(&issued)
     }
 
+    /// Credentials for a certificate `pki issue` refuses to make: held by
+    /// `who` but carrying only `sans`, such as another role's DNS name
+    /// (tests of what a dialer accepts).
+    #[cfg(test)]
+    pub(crate) fn forged_credentials(
+        &self,
+        who: &PeerIdentity,
+        sans: &[&str],
+    ) -> Result<Credentials, PkiError> {
+        let sans = sans.iter().map(|san| san.to_string()).collect();
+        let issued = self.sign(who, sans, DEFAULT_VALIDITY_DAYS)?;
+        self.as_credentials(&issued)
+    }
+
     fn as_credentials(&self, issued: &Issued) -> Result<Credentials, PkiError> {
         Credentials::from_pem(
             self.cert_pem.as_bytes(),
