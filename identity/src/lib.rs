@@ -1,11 +1,13 @@
 //! Who is who in the marketplace: the certificate authority and the
 //! certificates it issues ([`pki`]), mutual TLS for every gRPC connection
-//! ([`Credentials`]: tonic server and client configs with our CA as the only
-//! root), and the verified role and name of the peer of a call
-//! ([`peer_identity`], [`require_role`], and the calling tenant or vendor:
-//! [`require_tenant`], [`require_vendor`]). Every binary uses this crate;
-//! nothing else in the workspace reads certificates. It also loads every
-//! binary's config file ([`config`]), whose `[tls]` section is a [`TlsConfig`].
+//! ([`Credentials`]: a tonic server config and client endpoints with our CA
+//! as the only root; a dialer also checks that the server's certificate is
+//! held by whom the name dialed stands for), and the verified role and name
+//! of the peer of a call ([`peer_identity`], [`require_role`], and the
+//! calling tenant or vendor: [`require_tenant`], [`require_vendor`]). Every
+//! binary uses this crate; nothing else in the workspace reads certificates.
+//! It also loads every binary's config file ([`config`]), whose `[tls]`
+//! section is a [`TlsConfig`].
 //!
 //! ```
 //! use offsite_identity::{pki::CertificateAuthority, PeerIdentity, Role};
@@ -24,6 +26,7 @@ pub mod private;
 mod role;
 pub mod server;
 mod tls;
+mod verify;
 
 pub use caller::{require_tenant, require_vendor};
 pub use role::{check_name, PeerIdentity, Role, DNS_SUFFIX, MAX_NAME_LEN};

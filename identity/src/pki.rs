@@ -160,6 +160,11 @@ impl CertificateAuthority {
         }
         let mut sans = vec![who.dns_name(), who.role.dns_name()];
         sans.extend(extra_sans.iter().cloned());
+        self.sign(who, sans, days)
+    }
+
+    /// A certificate for `who` carrying exactly `sans`, valid `days` days.
+    fn sign(&self, who: &PeerIdentity, sans: Vec<String>, days: i64) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(sans)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, who.name.as_str());
@@ -188,6 +193,24 @@ impl CertificateAuthority {
     /// memory (tests and the devnet).
     pub fn credentials(&self, who: &PeerIdentity) -> Result<Credentials, PkiError> {
         let issued = self.issue(who, &[], DEFAULT_VALIDITY_DAYS)?;
+        self.as_credentials(&issued)
+    }
+
+    /// Credentials for a certificate `pki issue` refuses to make: held by
+    /// `who` but carrying only `sans`, such as another role's DNS name
+    /// (tests of what a dialer accepts).
+    #[cfg(test)]
+    pub(crate) fn forged_credentials(
+        &self,
+        who: &PeerIdentity,
+        sans: &[&str],
+    ) -> Result<Credentials, PkiError> {
+        let sans = sans.iter().map(|san| san.to_string()).collect();
+        let issued = self.sign(who, sans, DEFAULT_VALIDITY_DAYS)?;
+        self.as_credentials(&issued)
+    }
+
+    fn as_credentials(&self, issued: &Issued) -> Result<Credentials, PkiError> {
         Credentials::from_pem(
             self.cert_pem.as_bytes(),
             issued.cert_pem.as_bytes(),

@@ -1,7 +1,7 @@
 //! Who a certificate speaks for: a [`Role`] in the marketplace and a name
 //! (a coordinator's, vendor's or NAS device's name, or a tenant id), and the
 //! DNS names that carry them in a certificate (`NAME.ROLE.offsite` and
-//! `ROLE.offsite`).
+//! `ROLE.offsite`), and whom such a name, dialed, stands for ([`Named`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -104,6 +104,70 @@ impl fmt::Display for PeerIdentity {
     }
 }
 
+/// Whom a dialer means by the DNS name it expects of a server: any holder
+/// of a role (`coordinator.offsite`), or one holder (`vendor-1.vendor.offsite`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    AnyOf(Role),
+    Exactly(PeerIdentity),
+}
+
+impl Named {
+    /// Reads one of our DNS names, `ROLE.offsite` or `NAME.ROLE.offsite`
+    /// (case-insensitive, as DNS names are).
+    pub fn parse(dns_name: &str) -> Result<Self, String> {
+        let not_ours = |why: &str| {
+            format!(
+                "{dns_name:?} is not a marketplace name ({why}); expect NAME.ROLE.{DNS_SUFFIX} \
+                 for one server or ROLE.{DNS_SUFFIX} for any server of a role"
+            )
+        };
+        let suffix = format!(".{DNS_SUFFIX}");
+        let whole = dns_name.trim_end_matches('.');
+        let rest = whole
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|at| Some((whole.get(..at)?, whole.get(at..)?)))
+            .filter(|(_, tail)| tail.eq_ignore_ascii_case(&suffix))
+            .map(|(rest, _)| rest)
+            .ok_or_else(|| not_ours(&format!("it does not end in {suffix}")))?;
+        let (name, role) = match rest.rsplit_once('.') {
+            Some((name, role)) => (Some(name), role),
+            None => (None, rest),
+        };
+        let role = role
+            .to_ascii_lowercase()
+            .parse::<Role>()
+            .map_err(|e| not_ours(&e))?;
+        match name {
+            None => Ok(Named::AnyOf(role)),
+            Some(name) => PeerIdentity::new(role, name)
+                .map(Named::Exactly)
+                .map_err(|e| not_ours(&e)),
+        }
+    }
+
+    /// Whether the holder of a certificate is whom this name stands for.
+    pub fn admits(&self, holder: &PeerIdentity) -> bool {
+        match self {
+            Named::AnyOf(role) => holder.role == *role,
+            // Case-insensitive, like the DNS name the dialer's name came from.
+            Named::Exactly(peer) => {
+                holder.role == peer.role && holder.name.eq_ignore_ascii_case(&peer.name)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Named {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Named::AnyOf(role) => write!(f, "any {role}"),
+            Named::Exactly(peer) => write!(f, "{peer}"),
+        }
+    }
+}
+
 /// A name fits in a DNS name: 1 to 64 characters of letters, digits, '-' and
 /// '.', no empty label, no label starting or ending with '-'. Every vendor
 /// id and tenant id that fits here is also a valid id of the wire contract.
@@ -149,5 +213,45 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         check_name("eu.vendor-7").unwrap();
+    }
+
+    #[test]
+    fn a_dns_name_of_ours_names_a_role_or_one_holder() {
+        let vendor = |name: &str| PeerIdentity::new(Role::Vendor, name).unwrap();
+        for role in Role::ALL {
+            assert_eq!(Named::parse(&role.dns_name()).unwrap(), Named::AnyOf(role));
+        }
+        assert_eq!(
+            Named::parse("vendor-1.vendor.offsite").unwrap(),
+            Named::Exactly(vendor("vendor-1"))
+        );
+        assert_eq!(
+            Named::parse("eu.vendor-7.Vendor.OFFSITE.").unwrap(),
+            Named::Exactly(vendor("eu.vendor-7"))
+        );
+        assert_eq!(
+            Named::parse("x.nas.offsite").unwrap(),
+            Named::Exactly(PeerIdentity::new(Role::Nas, "x").unwrap())
+        );
+        for bad in [
+            "offsite",
+            ".offsite",
+            "coordinator",
+            "root.offsite",
+            "vendor-1.vendor.example.com",
+            "a_b.vendor.offsite",
+            "é.offsite",
+        ] {
+            let err = Named::parse(bad).unwrap_err();
+            assert!(err.contains("NAME.ROLE.offsite"), "{bad}: {err}");
+        }
+
+        let any_vendor = Named::AnyOf(Role::Vendor);
+        assert!(any_vendor.admits(&vendor("vendor-2")));
+        assert!(!any_vendor.admits(&PeerIdentity::new(Role::Tenant, "vendor-2").unwrap()));
+        let one = Named::parse("Vendor-1.vendor.offsite").unwrap();
+        assert!(one.admits(&vendor("vendor-1")));
+        assert!(!one.admits(&vendor("vendor-2")));
+        assert!(!one.admits(&PeerIdentity::new(Role::Tenant, "vendor-1").unwrap()));
     }
 }

@@ -1,9 +1,11 @@
 //! Mutual TLS for every connection of the marketplace: the `[tls]` section
 //! of each binary's config, the credentials it names (our CA as the only
-//! root, this process's certificate and key), the tonic server and client
-//! configs built from them, and the verified identity of the peer of a call.
+//! root, this process's certificate and key), the tonic server config and
+//! client endpoints built from them, and the verified identity of the peer
+//! of a call.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +13,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::role::{PeerIdentity, Role};
+use crate::role::{Named, PeerIdentity, Role};
+use crate::verify::ServerVerifier;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +69,8 @@ pub enum TlsError {
     },
     #[error("{address:?} is not host:port: {problem}")]
     Address { address: String, problem: String },
+    #[error("cannot dial {address}: {problem}")]
+    ServerName { address: String, problem: String },
     #[error("the private key ([tls] key): {0}")]
     Exposed(#[from] crate::private::Exposed),
 }
@@ -78,6 +83,8 @@ pub struct Credentials {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     own: PeerIdentity,
+    /// How a dialer checks a server: our CA, the name dialed, the holder.
+    verifier: Arc<ServerVerifier>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -144,6 +151,8 @@ impl Credentials {
         if cas.is_empty() {
             return Err(("ca", "CA certificate", "holds no PEM certificate".into()));
         }
+        let verifier =
+            ServerVerifier::new(&cas).map_err(|problem| ("ca", "CA certificate", problem))?;
         let leaf = first_certificate_der(cert).ok_or((
             "cert",
             "certificate",
@@ -181,6 +190,7 @@ impl Credentials {
             cert_pem: cert.to_vec(),
             key_pem: key.to_vec(),
             own,
+            verifier: Arc::new(verifier),
         })
     }
 
@@ -222,29 +232,31 @@ impl Credentials {
             .timeout(HANDSHAKE_TIMEOUT)
     }
 
-    /// The client side: our certificate, our CA as the only root, and the
-    /// DNS name the server's certificate must carry (`vendor-1.vendor.offsite`,
-    /// or `coordinator.offsite` for any coordinator), so addresses need not
-    /// be in certificates.
-    pub fn client_tls(&self, server_name: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(self.ca())
-            .identity(self.tonic_identity())
-            .domain_name(server_name)
-            .timeout(HANDSHAKE_TIMEOUT)
-    }
-
-    /// An endpoint for `address` (host:port) over mutual TLS, expecting a
-    /// server certificate carrying `server_name`.
+    /// An endpoint for `address` (host:port) over mutual TLS, presenting
+    /// our certificate and expecting the server's to chain to our CA, to
+    /// carry `server_name` (`vendor-1.vendor.offsite`, or
+    /// `coordinator.offsite` for any coordinator, so addresses need not be in
+    /// certificates), and to be held by whom that name stands for: its role
+    /// (OU), and its name (CN) if the name gives one. Anyone else fails the
+    /// handshake, named in the error.
     pub fn endpoint(&self, address: &str, server_name: &str) -> Result<Endpoint, TlsError> {
+        Named::parse(server_name).map_err(|problem| TlsError::ServerName {
+            address: address.to_string(),
+            problem,
+        })?;
         let bad = |problem: String| TlsError::Address {
             address: address.to_string(),
             problem,
         };
+        // The verifier holds our CA; tonic refuses a root set beside it.
+        let tls = ClientTlsConfig::new()
+            .identity(self.tonic_identity())
+            .domain_name(server_name)
+            .timeout(HANDSHAKE_TIMEOUT);
         Endpoint::from_shared(format!("https://{address}"))
             .map_err(|e| bad(e.to_string()))?
-            .tls_config(self.client_tls(server_name))
-            .map_err(|e| bad(e.to_string()))
+            .tls_config_with_verifier(tls, self.verifier.clone())
+            .map_err(|e| bad(crate::error_chain(&e)))
     }
 }
 
