@@ -54,6 +54,7 @@ pub use config::{ClientConfig, PriceLimits};
 pub use filter::ExcludeOptions;
 pub use format::keys::{KeyError, Keys};
 pub use session::forget::{parse_duration, Decision, Policy};
+pub use session::hosts;
 pub use session::restore::dump::{Archive, DumpStats};
 pub use session::restore::Overwrite;
 pub use session::{

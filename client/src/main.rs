@@ -111,6 +111,22 @@ pub enum Command {
         /// Only snapshots carrying this tag (repeat for several: all must match).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Only snapshots of this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only snapshots that backed up this path (or a directory holding it).
+        #[arg(long)]
+        path: Option<String>,
+    },
+    /// Every host of the tenant with its latest snapshot and how long ago it was.
+    Hosts,
+    /// Every version of one file or folder across snapshots.
+    History {
+        /// The path as `ls` shows it, or the absolute path backed up.
+        path: String,
+        /// Only this host's snapshots.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// List what a snapshot holds.
     Ls { snapshot: String },
@@ -187,6 +203,18 @@ pub enum Command {
         /// Search only snapshots carrying this tag.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Search only this host's snapshots.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only entries modified after this (a duration back, 7d, or a date, 2026-11-30).
+        #[arg(long)]
+        newer: Option<String>,
+        /// Only entries modified before this (as --newer).
+        #[arg(long)]
+        older: Option<String>,
+        /// Only entries of this size: +10M (more), -4k (less), 100 (exactly).
+        #[arg(long)]
+        size: Option<String>,
     },
 }
 

@@ -4,7 +4,9 @@
 //! alone; a restore over a changed target with `--overwrite if-changed
 //! --delete` fetches only what changed and leaves the target equal to the
 //! snapshot; `dump` writes one file as it is and a directory as a tar stream
-//! that the system's `tar` extracts to the same tree.
+//! that the system's `tar` extracts to the same tree. Two hosts of one
+//! tenant: `hosts`, `snapshots --host/--path`, `history` and `find`'s
+//! filters see across them.
 //!
 //! `OFFSITE_PARTIAL_RESTORE_MB` sets the size of the snapshot (default 48;
 //! the 1 GB case is `OFFSITE_PARTIAL_RESTORE_MB=1024`).
@@ -162,4 +164,123 @@ fn untar(stream: &[u8], into: &Path) {
         .unwrap();
     tar.stdin.take().unwrap().write_all(stream).unwrap();
     assert!(tar.wait().unwrap().success(), "tar failed");
+}
+
+/// The view across hosts: two hosts of one tenant, `hosts`, `snapshots
+/// --host/--path`, `history` and `find`'s filters.
+#[test]
+fn hosts_history_and_find_see_across_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        vendors: 3,
+        nas_per_vendor: 1,
+        replication: 2,
+        portion_bytes: 4 * 1024 * 1024,
+        ..DevnetOptions::default()
+    };
+    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    devnet.client_ok(["init"]).unwrap();
+    let web = tmp.path().join("web");
+    std::fs::create_dir_all(web.join("etc")).unwrap();
+    std::fs::write(web.join("etc/stable.conf"), "same\n").unwrap();
+    std::fs::write(web.join("notes.txt"), "first\n").unwrap();
+    std::fs::write(web.join("big.bin"), noise("big", 2 << 20)).unwrap();
+    let web_arg = web.to_str().unwrap();
+    let first = json_ok(&devnet, &["backup", web_arg]);
+    std::fs::write(web.join("notes.txt"), "second, longer\n").unwrap();
+    let second = json_ok(&devnet, &["backup", web_arg]);
+
+    // Another host of the same tenant.
+    let db_config = devnet
+        .client_config_with(&tmp.path().join("db.toml"), &[("host", "db".into())])
+        .unwrap();
+    let db = tmp.path().join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::write(db.join("dump.txt"), "rows\n").unwrap();
+    let mut backup_db =
+        offsite_tests::client_command_with(&db_config, ["--json", "backup", db.to_str().unwrap()])
+            .unwrap();
+    backup_db.stdin(Stdio::null());
+    let done = offsite_tests::run_bounded(backup_db, offsite_tests::CLIENT_TIMEOUT).unwrap();
+    assert!(done.status.success(), "{}", describe(&done));
+
+    let hosts = json_ok(&devnet, &["hosts"]);
+    let listed: Vec<(String, u64)> = hosts["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["host"].as_str().unwrap().to_string(),
+                h["snapshots"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("db".to_string(), 1), ("devnet-host".to_string(), 2)],
+        "{hosts:#}"
+    );
+    assert_eq!(
+        hosts["hosts"][1]["latest_snapshot_id"],
+        second["snapshot_id"]
+    );
+    assert!(
+        hosts["hosts"][1]["since_last_backup_secs"]
+            .as_u64()
+            .unwrap()
+            < 600
+    );
+
+    let count = |v: &Value| v["snapshots"].as_array().unwrap().len();
+    assert_eq!(count(&json_ok(&devnet, &["snapshots", "--host", "db"])), 1);
+    let etc = web.join("etc").display().to_string();
+    assert_eq!(count(&json_ok(&devnet, &["snapshots", "--path", &etc])), 2);
+
+    // A changed file has two versions, an unchanged one one in both.
+    let changed = json_ok(
+        &devnet,
+        &["history", "web/notes.txt", "--host", "devnet-host"],
+    );
+    let versions = changed["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{changed:#}");
+    assert_eq!(versions[0]["snapshots"][0], first["snapshot_id"]);
+    assert_eq!(versions[1]["size"], 15);
+    let absolute = web.join("etc/stable.conf").display().to_string();
+    let same = json_ok(&devnet, &["history", &absolute]);
+    let versions = same["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{same:#}");
+    assert_eq!(versions[0]["snapshots"].as_array().unwrap().len(), 2);
+    let folder = json_ok(&devnet, &["history", "web"]);
+    assert_eq!(
+        folder["versions"].as_array().unwrap().len(),
+        2,
+        "{folder:#}"
+    );
+
+    // find by host, size and time.
+    let paths = |v: Value| -> Vec<String> {
+        let mut p: Vec<String> = v["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["path"].as_str().unwrap().to_string())
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    assert_eq!(
+        paths(json_ok(&devnet, &["find", "*.txt", "--host", "db"])),
+        ["db/dump.txt"]
+    );
+    assert_eq!(
+        paths(json_ok(&devnet, &["find", "*", "--size", "+1M"])),
+        ["web/big.bin"]
+    );
+    assert!(paths(json_ok(&devnet, &["find", "*", "--older", "1970-01-02"])).is_empty());
+    assert_eq!(
+        paths(json_ok(&devnet, &["find", "notes.txt", "--newer", "1d"])),
+        ["web/notes.txt"]
+    );
 }

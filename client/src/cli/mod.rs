@@ -7,11 +7,12 @@ mod usage;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use offsite_client::hosts::{parse_when, FindFilter, SizeTest, SnapshotFilter};
 use offsite_client::keys::{
     change_passphrase, init_key_file, new_passphrase, passphrase, KdfParams,
 };
-use offsite_client::{has_tags, BackupOptions, CheckOptions, ClientConfig, PruneOptions, Session};
 use offsite_client::{parse_duration, Decision, Policy};
+use offsite_client::{BackupOptions, CheckOptions, ClientConfig, PruneOptions, Session};
 use offsite_client::{ExcludeOptions, PriceLimits, RestoreRequest};
 use serde_json::{json, Value};
 
@@ -56,7 +57,18 @@ pub async fn dispatch(
     let mut output = match command {
         Command::Init => init(&session, &config).await?,
         Command::Backup(args) => report::backup(&session, args_to_options(args)).await?,
-        Command::Snapshots { tags } => snapshots(&session, &tags).await?,
+        Command::Snapshots { tags, host, path } => {
+            let filter = SnapshotFilter { tags, host, path };
+            snapshots(&session, &filter).await?
+        }
+        Command::Hosts => report::hosts(&session).await?,
+        Command::History { path, host } => {
+            let filter = SnapshotFilter {
+                host,
+                ..SnapshotFilter::default()
+            };
+            report::history(&session, &path, &filter).await?
+        }
         Command::Ls { snapshot } => ls(&session, &snapshot).await?,
         Command::Restore {
             snapshot,
@@ -106,7 +118,25 @@ pub async fn dispatch(
             pattern,
             snapshot,
             tags,
-        } => report::find(&session, &pattern, snapshot.as_deref(), &tags).await?,
+            host,
+            newer,
+            older,
+            size,
+        } => {
+            let now = report::now_unix_ms();
+            let when = |t: Option<String>| t.map(|t| parse_when(&t, now)).transpose();
+            let filter = FindFilter {
+                snapshots: SnapshotFilter {
+                    tags,
+                    host,
+                    path: None,
+                },
+                newer: when(newer)?,
+                older: when(older)?,
+                size: size.as_deref().map(SizeTest::parse).transpose()?,
+            };
+            report::find(&session, &pattern, snapshot.as_deref(), &filter).await?
+        }
     };
     if session.offline() {
         output.note = Some(OFFLINE_NOTE.into());
@@ -213,12 +243,12 @@ fn snapshot_json(s: &offsite_proto::SnapshotRecord) -> Value {
     })
 }
 
-async fn snapshots(session: &Session, tags: &[String]) -> anyhow::Result<Output> {
+async fn snapshots(session: &Session, filter: &SnapshotFilter) -> anyhow::Result<Output> {
     let list: Vec<_> = session
         .snapshots()
         .await?
         .into_iter()
-        .filter(|s| has_tags(s, tags))
+        .filter(|s| filter.matches(s))
         .collect();
     let human = list
         .iter()

@@ -195,14 +195,108 @@ pub async fn diff(session: &Session, from: &str, to: &str) -> anyhow::Result<Out
     ))
 }
 
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub async fn hosts(session: &Session) -> anyhow::Result<Output> {
+    let records = session.snapshots().await?;
+    let hosts = offsite_client::hosts::hosts(&records, now_unix_ms());
+    let human = hosts
+        .iter()
+        .map(|h| {
+            format!(
+                "{:20} {:>4} snapshots  latest {}  {} files  {} bytes  {} ago\n",
+                h.host,
+                h.snapshots,
+                h.latest,
+                h.file_count,
+                h.logical_bytes,
+                ago(h.since_ms)
+            )
+        })
+        .collect();
+    let list: Vec<Value> = hosts
+        .iter()
+        .map(|h| {
+            json!({
+                "host": h.host,
+                "snapshots": h.snapshots,
+                "latest_snapshot_id": h.latest.to_string(),
+                "latest_time_unix_ms": h.latest_unix_ms,
+                "logical_bytes": h.logical_bytes,
+                "file_count": h.file_count,
+                "since_last_backup_secs": h.since_ms / 1000,
+            })
+        })
+        .collect();
+    Ok(Output::ok(
+        human,
+        json!({ "from_cache": session.offline(), "hosts": list }),
+    ))
+}
+
+/// `3d 4h`, `5h 2m`, `40s`: how long ago, to two units.
+fn ago(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+pub async fn history(
+    session: &Session,
+    path: &str,
+    filter: &offsite_client::hosts::SnapshotFilter,
+) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let versions = session.history(&keys, path, filter).await?;
+    let human = versions
+        .iter()
+        .map(|v| {
+            format!(
+                "{}  {:7} {:>12}  {}  in {} snapshots\n",
+                v.first_seen_unix_ms,
+                v.kind,
+                v.size,
+                &v.content_id[..16],
+                v.snapshots.len()
+            )
+        })
+        .collect();
+    let list: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            json!({
+                "kind": v.kind,
+                "content_id": v.content_id,
+                "size": v.size,
+                "mtime_unix": v.mtime_unix,
+                "first_seen_unix_ms": v.first_seen_unix_ms,
+                "snapshots": v.snapshots.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Output::ok(
+        human,
+        json!({ "path": path, "from_cache": session.offline(), "versions": list }),
+    ))
+}
+
 pub async fn find(
     session: &Session,
     pattern: &str,
     snapshot: Option<&str>,
-    tags: &[String],
+    filter: &offsite_client::hosts::FindFilter,
 ) -> anyhow::Result<Output> {
     let keys = session.unlock()?;
-    let found = session.find(&keys, pattern, snapshot, tags).await?;
+    let found = session.find(&keys, pattern, snapshot, filter).await?;
     let human = found
         .iter()
         .map(|f| format!("{}  {:7} {:>12}  {}\n", f.snapshot, f.kind, f.size, f.path))

@@ -9,7 +9,8 @@ use std::path::Path;
 use globset::GlobBuilder;
 use offsite_proto::SnapshotRecord;
 
-use super::{has_tags, Session, SessionError};
+use super::hosts::FindFilter;
+use super::{Session, SessionError};
 use crate::filter::FilterError;
 use crate::format::keys::Keys;
 use crate::session::restore::Plan;
@@ -177,13 +178,14 @@ impl Session {
     }
 
     /// Entries whose name (or, for a pattern with `/`, path) matches
-    /// `pattern`, in every snapshot carrying `tags`, or only `snapshot`.
+    /// `pattern` and `filter` (host, tags, mtime, size), in every snapshot
+    /// the filter takes, or only `snapshot`.
     pub async fn find(
         &self,
         keys: &Keys,
         pattern: &str,
         snapshot: Option<&str>,
-        tags: &[String],
+        filter: &FindFilter,
     ) -> Result<Vec<Found>, SessionError> {
         let glob = GlobBuilder::new(pattern)
             .literal_separator(true)
@@ -200,7 +202,7 @@ impl Session {
                 .snapshots()
                 .await?
                 .into_iter()
-                .filter(|s| has_tags(s, tags))
+                .filter(|s| filter.snapshots.matches(s))
                 .collect(),
         };
         let mut found = Vec::new();
@@ -208,6 +210,9 @@ impl Session {
             let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
             let plan = crate::session::restore::plan(&source, keys, &manifest, &locations).await?;
             found.extend(entries(record.id, &plan).into_iter().filter(|e| {
+                if !filter.admits(e.size, e.mtime_unix) {
+                    return false;
+                }
                 let path = Path::new(&e.path);
                 if on_path {
                     glob.is_match(path) || glob.is_match(Path::new("/").join(path))

@@ -8,6 +8,7 @@ pub(crate) mod backup;
 mod browse;
 mod check;
 pub(crate) mod forget;
+pub mod hosts;
 mod prune;
 mod repack;
 pub(crate) mod restore;
