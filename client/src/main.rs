@@ -120,6 +120,12 @@ pub enum Command {
     },
     /// Every host of the tenant with its latest snapshot and how long ago it was.
     Hosts,
+    /// Contents stored under more than one host and path, the most saved first.
+    Dups {
+        /// Only these hosts' snapshots (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Every version of one file or folder across snapshots.
     History {
         /// The path as `ls` shows it, or the absolute path backed up.

@@ -5,8 +5,9 @@
 //! --delete` fetches only what changed and leaves the target equal to the
 //! snapshot; `dump` writes one file as it is and a directory as a tar stream
 //! that the system's `tar` extracts to the same tree. Two hosts of one
-//! tenant: `hosts`, `snapshots --host/--path`, `history` and `find`'s
-//! filters see across them.
+//! tenant: the same content from both is stored once, and `hosts`,
+//! `snapshots --host/--path`, `history`, `dups` and `find`'s filters see
+//! across them.
 //!
 //! `OFFSITE_PARTIAL_RESTORE_MB` sets the size of the snapshot (default 48;
 //! the 1 GB case is `OFFSITE_PARTIAL_RESTORE_MB=1024`).
@@ -167,7 +168,7 @@ fn untar(stream: &[u8], into: &Path) {
 }
 
 /// The view across hosts: two hosts of one tenant, `hosts`, `snapshots
-/// --host/--path`, `history` and `find`'s filters.
+/// --host/--path`, `history`, `dups` and `find`'s filters.
 #[test]
 fn hosts_history_and_find_see_across_hosts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -197,12 +198,42 @@ fn hosts_history_and_find_see_across_hosts() {
     let db = tmp.path().join("db");
     std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("dump.txt"), "rows\n").unwrap();
+    std::fs::write(db.join("copy.bin"), noise("big", 2 << 20)).unwrap();
     let mut backup_db =
         offsite_tests::client_command_with(&db_config, ["--json", "backup", db.to_str().unwrap()])
             .unwrap();
     backup_db.stdin(Stdio::null());
     let done = offsite_tests::run_bounded(backup_db, offsite_tests::CLIENT_TIMEOUT).unwrap();
     assert!(done.status.success(), "{}", describe(&done));
+    // The same content from another host is stored once.
+    let db_backup = json_stdout(&done).unwrap();
+    assert!(
+        db_backup["bytes_uploaded"].as_u64().unwrap() < 1 << 20,
+        "{db_backup:#}"
+    );
+
+    // dups sees it under both hosts.
+    let dups = json_ok(&devnet, &["dups"]);
+    let top = &dups["duplicates"][0];
+    assert_eq!(top["size"], 2 << 20, "{dups:#}");
+    let places: Vec<String> = top["places"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["host"].as_str().unwrap(),
+                p["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        ["db:db/copy.bin", "devnet-host:web/big.bin"],
+        "{dups:#}"
+    );
+    assert!(dups["bytes_saved"].as_u64().unwrap() >= 2 << 20);
 
     let hosts = json_ok(&devnet, &["hosts"]);
     let listed: Vec<(String, u64)> = hosts["hosts"]
@@ -276,7 +307,7 @@ fn hosts_history_and_find_see_across_hosts() {
     );
     assert_eq!(
         paths(json_ok(&devnet, &["find", "*", "--size", "+1M"])),
-        ["web/big.bin"]
+        ["db/copy.bin", "web/big.bin"]
     );
     assert!(paths(json_ok(&devnet, &["find", "*", "--older", "1970-01-02"])).is_empty());
     assert_eq!(

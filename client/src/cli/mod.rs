@@ -62,6 +62,7 @@ pub async fn dispatch(
             snapshots(&session, &filter).await?
         }
         Command::Hosts => report::hosts(&session).await?,
+        Command::Dups { hosts } => report::dups(&session, &hosts).await?,
         Command::History { path, host } => {
             let filter = SnapshotFilter {
                 host,

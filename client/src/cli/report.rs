@@ -250,6 +250,51 @@ fn ago(ms: u64) -> String {
     }
 }
 
+pub async fn dups(session: &Session, hosts: &[String]) -> anyhow::Result<Output> {
+    let keys = session.unlock()?;
+    let all = session
+        .dups(&keys, &offsite_client::hosts::SnapshotFilter::default())
+        .await?;
+    // With --host, a content counts when one of its places is on those hosts.
+    let dups: Vec<_> = all
+        .into_iter()
+        .filter(|d| hosts.is_empty() || d.places.iter().any(|(h, _)| hosts.contains(h)))
+        .collect();
+    let saved: u64 = dups.iter().map(|d| d.bytes_saved()).sum();
+    let mut human: String = dups
+        .iter()
+        .map(|d| {
+            let places: Vec<String> = d.places.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            format!(
+                "{:>12} bytes x{}  saved {}  {}\n",
+                d.size,
+                d.places.len(),
+                d.bytes_saved(),
+                places.join("  ")
+            )
+        })
+        .collect();
+    human.push_str(&format!(
+        "{} contents stored once for several places; {saved} bytes saved\n",
+        dups.len()
+    ));
+    let list: Vec<Value> = dups
+        .iter()
+        .map(|d| {
+            json!({
+                "content_id": d.content_id,
+                "size": d.size,
+                "bytes_saved": d.bytes_saved(),
+                "places": d.places.iter().map(|(h, p)| json!({"host": h, "path": p})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Output::ok(
+        human,
+        json!({ "from_cache": session.offline(), "bytes_saved": saved, "duplicates": list }),
+    ))
+}
+
 pub async fn history(
     session: &Session,
     path: &str,

@@ -1,7 +1,8 @@
 //! The view across hosts: which snapshots a host and a path have
 //! (`snapshots --host --path`), every host with its latest backup (`hosts`),
-//! `find`'s filters by host, time and size, and the versions of one file or
-//! folder across snapshots (`history`).
+//! `find`'s filters by host, time and size, the versions of one file or
+//! folder across snapshots (`history`), and contents stored under more than
+//! one host and path (`dups`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -294,6 +295,83 @@ fn version_of(plan: &super::restore::Plan, record: &SnapshotRecord) -> Version {
     }
 }
 
+/// One content stored under more than one (host, path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// blake3 over the file's chunk ids, hex.
+    pub content_id: String,
+    pub size: u64,
+    /// Every (host, path) that holds it, sorted.
+    pub places: Vec<(String, String)>,
+}
+
+impl Duplicate {
+    /// What deduplication saved: every copy but one.
+    pub fn bytes_saved(&self) -> u64 {
+        self.size
+            .saturating_mul(self.places.len().saturating_sub(1) as u64)
+    }
+}
+
+/// Files of `found` (host, path, size, digest) whose content is under
+/// more than one (host, path), the most bytes saved first.
+pub fn duplicates(
+    found: impl IntoIterator<Item = (String, String, u64, [u8; 32])>,
+) -> Vec<Duplicate> {
+    let mut by_content: BTreeMap<[u8; 32], (u64, std::collections::BTreeSet<(String, String)>)> =
+        BTreeMap::new();
+    for (host, path, size, digest) in found {
+        if size == 0 {
+            continue;
+        }
+        let entry = by_content.entry(digest).or_default();
+        entry.0 = size;
+        entry.1.insert((host, path));
+    }
+    let mut dups: Vec<Duplicate> = by_content
+        .into_iter()
+        .filter(|(_, (_, places))| places.len() > 1)
+        .map(|(digest, (size, places))| Duplicate {
+            content_id: hex::encode(digest),
+            size,
+            places: places.into_iter().collect(),
+        })
+        .collect();
+    dups.sort_by(|a, b| {
+        b.bytes_saved()
+            .cmp(&a.bytes_saved())
+            .then_with(|| a.content_id.cmp(&b.content_id))
+    });
+    dups
+}
+
+impl Session {
+    /// Contents stored under more than one host and path, over every
+    /// snapshot `filter` takes.
+    pub async fn dups(
+        &self,
+        keys: &Keys,
+        filter: &SnapshotFilter,
+    ) -> Result<Vec<Duplicate>, SessionError> {
+        let records: Vec<SnapshotRecord> = self
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|r| filter.matches(r))
+            .collect();
+        let mut found = Vec::new();
+        for record in records {
+            let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
+            let plan = super::restore::plan(&source, keys, &manifest, &locations).await?;
+            found.extend(plan.files.iter().map(|f| {
+                let path = f.path.to_string_lossy().into_owned();
+                (record.host.clone(), path, f.size, f.digest)
+            }));
+        }
+        Ok(duplicates(found))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +425,31 @@ mod tests {
         assert!(by(None, Some("/etc/nginx/site.conf")).matches(&web));
         assert!(!by(None, Some("/srv")).matches(&web));
         assert!(!by(None, Some("/etcetera")).matches(&web));
+    }
+
+    #[test]
+    fn duplicates_are_contents_under_several_places_largest_saving_first() {
+        let f = |host: &str, path: &str, size: u64, d: u8| {
+            (host.to_string(), path.to_string(), size, [d; 32])
+        };
+        let dups = duplicates([
+            f("web", "a", 10, 1),
+            f("web", "a", 10, 1),
+            f("db", "b", 10, 1),
+            f("web", "c", 100, 2),
+            f("web", "d", 100, 2),
+            f("web", "e", 100, 2),
+            f("web", "only", 1000, 3),
+            f("web", "x", 0, 4),
+            f("db", "y", 0, 4),
+        ]);
+        assert_eq!(dups.len(), 2, "{dups:?}");
+        assert_eq!((dups[0].size, dups[0].bytes_saved()), (100, 200));
+        assert_eq!(
+            dups[1].places,
+            [("db".into(), "b".into()), ("web".into(), "a".into())]
+        );
+        assert_eq!(dups[1].bytes_saved(), 10);
     }
 
     #[test]
