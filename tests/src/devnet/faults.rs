@@ -2,10 +2,10 @@
 //! again a coordinator, a vendor agent or a NAS device, and partitions of
 //! the processes that run in network namespaces (see [`crate::netns`]).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
+use super::network::Place;
 use super::Devnet;
-use crate::netns::Namespaces;
 use crate::process::{Paused, STOP_GRACE};
 
 impl Devnet {
@@ -82,33 +82,45 @@ impl Devnet {
         self.wait_ready(self.options.ready_timeout)
     }
 
+    // ---- partitions ----
+
     /// Cuts coordinator `index` off from the other coordinators, both ways;
     /// vendors, clients and the harness still reach it. Needs
     /// `coordinator_namespaces`.
     pub fn partition_coordinator(&mut self, index: usize) -> Result<()> {
-        self.namespaces()?.isolate(index)
+        let peers = self.net.peers(index);
+        self.net.cut(Place::Coordinator(index), &peers)
     }
 
     /// Cuts coordinator `index` off from everything else: the other
-    /// coordinators, vendors, clients and the harness.
+    /// coordinators, vendors, NAS devices, clients and the harness.
     pub fn isolate_coordinator(&mut self, index: usize) -> Result<()> {
-        let net = self.namespaces()?;
-        net.isolate(index)?;
-        net.isolate_from_root(index)
+        self.net.isolate(Place::Coordinator(index))
+    }
+
+    /// Cuts vendor `index`'s agent off from everything else: the
+    /// coordinators, the other vendors, its NAS devices, clients and the
+    /// harness. Needs `vendor_namespaces`.
+    pub fn isolate_vendor(&mut self, index: usize) -> Result<()> {
+        self.net.isolate(Place::Vendor(index))
+    }
+
+    /// Cuts vendor `index`'s agent off from its NAS devices only, both
+    /// ways. Needs `vendor_namespaces`.
+    pub fn partition_vendor_from_nas(&mut self, index: usize) -> Result<()> {
+        let nas = self.net.nas_of(index);
+        self.net.cut(Place::Vendor(index), &nas)
+    }
+
+    /// Cuts NAS device `nas` of vendor `vendor` off from its vendor agent,
+    /// both ways (the harness still reaches it). Needs `vendor_namespaces`.
+    pub fn partition_nas(&mut self, vendor: usize, nas: usize) -> Result<()> {
+        self.net
+            .cut(Place::Nas(vendor, nas), &[Place::Vendor(vendor)])
     }
 
     /// Heals every partition.
     pub fn heal_partitions(&mut self) -> Result<()> {
-        match &mut self.net {
-            Some(net) => net.heal(),
-            None => Ok(()),
-        }
-    }
-
-    fn namespaces(&mut self) -> Result<&mut Namespaces> {
-        self.net.as_mut().context(
-            "this devnet's coordinators share the test's network; \
-             start it with coordinator_namespaces to partition them",
-        )
+        self.net.heal()
     }
 }

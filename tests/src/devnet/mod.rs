@@ -13,6 +13,7 @@
 //! harness's admin (`admin-harness`).
 
 mod faults;
+mod network;
 mod options;
 mod start;
 
@@ -25,7 +26,6 @@ use offsite_proto::pb::admin::MarketplaceStatusResponse;
 
 pub use options::{DevnetOptions, VendorWaits, HUNG_CLIENT_STALL_SECS};
 
-use crate::netns::Namespaces;
 use crate::permit::Permit;
 use crate::process::{Daemon, STOP_GRACE};
 use crate::rpc::{self, Rpc};
@@ -72,9 +72,10 @@ pub struct Devnet {
     detached: bool,
     rpc: Rpc,
     _permit: Option<Permit>,
-    /// The coordinators' namespaces, with `coordinator_namespaces`; dropped
-    /// after every process has stopped.
-    net: Option<Namespaces>,
+    /// Where each process listens, and the namespaces that hold them (with
+    /// `coordinator_namespaces` or `vendor_namespaces`); dropped after every
+    /// process has stopped.
+    net: network::Network,
 }
 
 impl Devnet {

@@ -45,8 +45,13 @@ pub struct DevnetOptions {
     pub max_storage_price: Option<u64>,
     /// Run each coordinator in its own network namespace (see
     /// [`crate::netns`]; needs root and `ip netns`), so a test can
-    /// partition it; the rest stays on 127.0.0.1.
+    /// partition it.
     pub coordinator_namespaces: bool,
+    /// Run each vendor agent and each NAS device in its own network
+    /// namespace likewise, so a test can partition them. What stays in the
+    /// test's namespace listens on 127.0.0.1, or on the bridge when any
+    /// process runs in a namespace.
+    pub vendor_namespaces: bool,
 }
 
 impl Default for DevnetOptions {
@@ -76,6 +81,7 @@ impl Default for DevnetOptions {
             fee_ppm: 0,
             max_storage_price: None,
             coordinator_namespaces: false,
+            vendor_namespaces: false,
         }
     }
 }

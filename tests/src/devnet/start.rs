@@ -10,19 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use offsite_identity::Role;
 
+use super::network::{Network, Place};
 use super::options::vendor_price;
 use super::{Devnet, DevnetOptions, Node, VendorNode};
 use crate::bins;
 use crate::configs::{self, ClientConfig, CoordinatorConfig, NasConfig, StoreConfig, VendorConfig};
-use crate::netns::Namespaces;
 use crate::permit::Permit;
-use crate::ports::free_addr;
 use crate::process::Daemon;
 use crate::rpc::{self, Rpc};
 use crate::state::DevnetState;
-
-/// The port every coordinator listens on inside its own namespace.
-const NAMESPACE_PORT: u16 = 7000;
 
 const REGIONS: [&str; 4] = ["eu-west", "eu-central", "us-east", "ap-south"];
 
@@ -38,6 +34,10 @@ impl Devnet {
         anyhow::ensure!(
             options.nas_per_vendor > 0,
             "a vendor needs at least one NAS device"
+        );
+        anyhow::ensure!(
+            !(options.detach && (options.coordinator_namespaces || options.vendor_namespaces)),
+            "a devnet in network namespaces cannot be detached: its namespaces go when it stops"
         );
         vendor_price(&options.vendor_prices, "vendor_prices", options.vendors, 1)?;
         vendor_price(
@@ -81,20 +81,13 @@ impl Devnet {
         let nas_bin = bins::binary(bins::NAS)?;
         bins::binary(bins::CLIENT)?;
         let rpc = Rpc::open(&rpc::pki_dir(dir))?;
-        let net = match options.coordinator_namespaces {
-            true => Some(Namespaces::create(options.coordinators)?),
-            false => None,
-        };
+        let net = Network::create(options)?;
 
         let mut members = Vec::with_capacity(options.coordinators);
         for id in 1..=options.coordinators as u64 {
-            let address = match &net {
-                Some(net) => SocketAddr::from((net.ip(id as usize - 1), NAMESPACE_PORT)),
-                None => free_addr()?,
-            };
             members.push(configs::MemberConfig {
                 id,
-                address,
+                address: net.listen(Place::Coordinator(id as usize - 1))?,
                 name: format!("coordinator-{id}"),
             });
         }
@@ -127,9 +120,7 @@ impl Devnet {
                 member.address,
                 &config,
             )?;
-            if let Some(net) = &net {
-                coordinator.daemon.wrapper = net.exec_prefix(member.id as usize - 1);
-            }
+            coordinator.daemon.wrapper = net.wrapper(Place::Coordinator(member.id as usize - 1));
             coordinators.push(coordinator);
         }
 
@@ -141,14 +132,14 @@ impl Devnet {
             for m in 1..=options.nas_per_vendor {
                 let nas_dir = vendor_dir.join(format!("nas-{m}"));
                 let config = NasConfig {
-                    listen: free_addr()?,
+                    listen: net.listen(Place::Nas(v - 1, m - 1))?,
                     data_dir: nas_dir.join("data"),
                     cap_bytes: options.nas_cap_bytes,
                     allowed_vendor: id.clone(),
                     tls: rpc.tls(Role::Nas, &nas_name(&id, m))?,
                 };
                 let name = format!("{id}/nas-{m}");
-                nas.push(node(
+                let mut device = node(
                     &name,
                     &nas_bin,
                     &nas_dir,
@@ -156,9 +147,13 @@ impl Devnet {
                     options.detach,
                     config.listen,
                     &config,
-                )?);
+                )?;
+                device.daemon.wrapper = net.wrapper(Place::Nas(v - 1, m - 1));
+                nas.push(device);
             }
-            let listen = free_addr()?;
+            // Advertised as it listens: in its own namespace, its address
+            // there is the one every other process reaches it at.
+            let listen = net.listen(Place::Vendor(v - 1))?;
             let config = VendorConfig {
                 vendor_id: id.clone(),
                 listen,
@@ -194,7 +189,7 @@ impl Devnet {
                     })
                     .collect(),
             };
-            let agent = node(
+            let mut agent = node(
                 &id,
                 &vendor_bin,
                 &vendor_dir,
@@ -203,6 +198,7 @@ impl Devnet {
                 listen,
                 &config,
             )?;
+            agent.daemon.wrapper = net.wrapper(Place::Vendor(v - 1));
             vendors.push(VendorNode { id, agent, nas });
         }
 
