@@ -62,8 +62,9 @@ impl Default for DevnetOptions {
             nas_per_vendor: 2,
             lease_secs: 120,
             // Longer than a report that meets an isolated coordinator takes
-            // to fail over (its 5 s write timeout, then the next), so a
-            // partition of one coordinator makes no vendor suspect.
+            // to fail over (the vendor's 6 s wait, just past a coordinator's
+            // 5 s write timeout, then the next coordinator), so a partition
+            // of one coordinator makes no vendor suspect.
             suspect_after_secs: 10,
             down_after_secs: 15,
             repair_after_secs: 3600,
