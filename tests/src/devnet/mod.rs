@@ -2,6 +2,8 @@
 //! three by default, vendors, and the NAS devices of each vendor) started
 //! from configs written under one directory, plus the client config that
 //! backs up into it. The client and the vendors know every coordinator.
+//! Its processes may run in network namespaces of their own, so a test can
+//! partition them (see `network`).
 //!
 //! Layout of the directory:
 //! `coordinator-N/{coordinator.toml,data,log}`, `vendor-N/{vendor.toml,data,log}`,
