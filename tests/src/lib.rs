@@ -1,9 +1,10 @@
 //! The Offsite test harness: a [`Devnet`] (a local marketplace of the real
 //! binaries: coordinator, vendor agents and their NAS devices) started from
 //! configs it writes, the client run against it, fault injection (kill, stop,
-//! restart a vendor or NAS device), a coordinator group in network
-//! namespaces for partitions ([`netns`]), and a generator and comparer of
-//! source trees for backups and restores.
+//! restart, pause any process; partition those a devnet runs in network
+//! namespaces), a coordinator group in network namespaces for partitions
+//! ([`netns`]), the nemesis, and a generator and comparer of source trees
+//! for backups and restores.
 //!
 //! ```no_run
 //! use offsite_tests::{Devnet, DevnetOptions};

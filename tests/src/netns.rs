@@ -2,8 +2,9 @@
 //! a few namespaces on one bridge, each with its own address, whose links a
 //! test can cut (a partition) while still reaching every namespace itself;
 //! and [`NetnsGroup`], a coordinator group of three in them. A devnet can
-//! also run its coordinators in namespaces
-//! (`DevnetOptions::coordinator_namespaces`).
+//! also run its coordinators, and its vendor agents and NAS devices, one
+//! per namespace (`DevnetOptions::coordinator_namespaces`,
+//! `DevnetOptions::vendor_namespaces`).
 //!
 //! Layout, in a private subnet `10.231.N.0/24` that only these namespaces use:
 //! a hub namespace holds a bridge; one veth pair joins the test's (root)
@@ -17,9 +18,12 @@
 //! test, a devnet's vendors and clients) gets an answer from it. Everything
 //! is removed on drop, also when the test panics.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use offsite_identity::{Role, TlsConfig};
@@ -32,6 +36,13 @@ use crate::{binary, write_toml, KillOnDrop, COORDINATOR};
 const PORT: u16 = 7000;
 /// Replicas in the group.
 const REPLICAS: usize = 3;
+/// Members one bridge holds: addresses `.11` to `.254` of its subnet.
+const MAX_MEMBERS: usize = 244;
+
+/// Sets of namespaces this process created so far, and the lock their
+/// creation holds.
+static CREATED: AtomicU32 = AtomicU32::new(0);
+static CREATING: Mutex<()> = Mutex::new(());
 
 /// Timings of the group under test: short, so elections and "no quorum"
 /// answers come quickly.
@@ -84,8 +95,9 @@ pub struct Namespaces {
     root_veth: String,
     names: Vec<String>,
     subnet: u8,
-    /// Blackhole routes in place, as (namespace index, address).
-    blackholes: Vec<(usize, Ipv4Addr)>,
+    /// Blackhole routes in place, as (namespace index, address); two
+    /// partitions that overlap share a route.
+    blackholes: BTreeSet<(usize, Ipv4Addr)>,
 }
 
 impl Namespaces {
@@ -93,15 +105,32 @@ impl Namespaces {
     /// tests do not meet. Fails with the missing capability named when
     /// `ip netns` cannot be used.
     pub fn create(count: usize) -> Result<Namespaces> {
+        let labels: Vec<String> = (1..=count).map(|i| format!("c{i}")).collect();
+        Namespaces::create_labelled(&labels)
+    }
+
+    /// Creates one namespace per label (a few letters and digits each, such
+    /// as `v2n1`), in that order; `ip netns list` shows each label after a
+    /// tag of this process.
+    pub fn create_labelled(labels: &[String]) -> Result<Namespaces> {
+        anyhow::ensure!(
+            labels.len() <= MAX_MEMBERS,
+            "{} namespaces asked for; one bridge holds at most {MAX_MEMBERS}",
+            labels.len()
+        );
         check_capability()?;
+        // One at a time in this process, so two sets never pick the same
+        // free subnet; each has its own number, so their names differ.
+        let _one = CREATING.lock().unwrap_or_else(PoisonError::into_inner);
         let pid = std::process::id();
-        let tag = format!("os{}", pid % 1_000_000);
+        let seq = CREATED.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("os{}x{seq}", pid % 1_000_000);
         let mut net = Namespaces {
             hub: format!("{tag}hub"),
             root_veth: format!("{tag}r"),
-            names: (1..=count).map(|i| format!("{tag}c{i}")).collect(),
+            names: labels.iter().map(|l| format!("{tag}{l}")).collect(),
             subnet: free_subnet(pid)?,
-            blackholes: Vec::new(),
+            blackholes: BTreeSet::new(),
         };
         net.build()?;
         Ok(net)
@@ -118,8 +147,9 @@ impl Namespaces {
     }
 
     /// The test's own address on the bridge, from which every process of
-    /// the test's namespace reaches the members.
-    fn root_ip(&self) -> Ipv4Addr {
+    /// the test's namespace reaches the members (and on which it listens
+    /// for them).
+    pub fn root_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 231, self.subnet, 1)
     }
 
@@ -134,9 +164,15 @@ impl Namespaces {
     /// Cuts member `isolated` off from the other members, both ways:
     /// blackhole routes in its namespace to them and in theirs to it.
     pub fn isolate(&mut self, isolated: usize) -> Result<()> {
-        for other in (0..self.names.len()).filter(|o| *o != isolated) {
-            self.blackhole(isolated, self.ip(other))?;
-            self.blackhole(other, self.ip(isolated))?;
+        let others: Vec<usize> = (0..self.names.len()).filter(|o| *o != isolated).collect();
+        self.cut(isolated, &others)
+    }
+
+    /// Cuts member `a` off from each of `others`, both ways.
+    pub fn cut(&mut self, a: usize, others: &[usize]) -> Result<()> {
+        for &other in others.iter().filter(|o| **o != a) {
+            self.blackhole(a, self.ip(other))?;
+            self.blackhole(other, self.ip(a))?;
         }
         Ok(())
     }
@@ -149,7 +185,7 @@ impl Namespaces {
 
     /// Removes every blackhole route: the partition heals.
     pub fn heal(&mut self) -> Result<()> {
-        while let Some((ns, ip)) = self.blackholes.pop() {
+        while let Some((ns, ip)) = self.blackholes.pop_first() {
             ip_cmd(&[
                 "-n",
                 &self.names[ns],
@@ -163,6 +199,9 @@ impl Namespaces {
     }
 
     fn blackhole(&mut self, ns: usize, ip: Ipv4Addr) -> Result<()> {
+        if self.blackholes.contains(&(ns, ip)) {
+            return Ok(());
+        }
         ip_cmd(&[
             "-n",
             &self.names[ns],
@@ -171,7 +210,7 @@ impl Namespaces {
             "blackhole",
             &format!("{ip}/32"),
         ])?;
-        self.blackholes.push((ns, ip));
+        self.blackholes.insert((ns, ip));
         Ok(())
     }
 

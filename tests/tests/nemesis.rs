@@ -1,9 +1,9 @@
 //! The nemesis test: several clients, each its own tenant, back up, restore,
 //! forget and prune against a devnet (3 coordinators, 5 vendors with 2 NAS
-//! devices of 16 MiB each, R = 3) while a nemesis kills and restarts, or
-//! pauses (SIGSTOP) and continues, coordinators, vendor agents and NAS
-//! devices at random, at most one of each kind at a time (see
-//! `offsite_tests::nemesis`). Operations may fail while a fault lasts; they
+//! devices of 16 MiB each, R = 3) while a nemesis kills and restarts,
+//! pauses (SIGSTOP) and continues, or partitions and heals coordinators,
+//! vendor agents and NAS devices at random, at most one of each kind at a
+//! time (see `offsite_tests::nemesis`). Operations may fail while a fault lasts; they
 //! are counted, not asserted. What is asserted:
 //!
 //! - no client command hangs: each is bounded and a timeout fails the test;
@@ -25,11 +25,12 @@
 //! `OFFSITE_NEMESIS_PAUSE`, `OFFSITE_NEMESIS_PARTITION` (`0` leaves pauses,
 //! partitions out).
 //!
-//! Partitions: the coordinators run in network namespaces (root and `ip
-//! netns` needed, as for the partition test), and a coordinator is cut off
-//! from its peers, or from everything. Vendors and NAS devices share the
-//! test's network (127.0.0.1), so they are killed and paused but not
-//! partitioned.
+//! Partitions: every coordinator, vendor agent and NAS device runs in a
+//! network namespace of its own (root and `ip netns` needed, as for the
+//! partition test); a coordinator is cut off from its peers or from
+//! everything, a vendor agent from everything or from its NAS devices, a
+//! NAS device from its vendor. The clients and the harness stay in the
+//! test's namespace and reach them over the bridge.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -203,6 +204,7 @@ fn clients_keep_every_saved_snapshot_through_a_nemesis() {
         lease_secs: 30,
         nas_cap_bytes: Some(NAS_CAP_BYTES),
         coordinator_namespaces: kinds.partition,
+        vendor_namespaces: kinds.partition,
         ..DevnetOptions::default()
     };
     let mut devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
@@ -285,7 +287,7 @@ fn clients_keep_every_saved_snapshot_through_a_nemesis() {
         nemesis
             .injected
             .iter()
-            .map(|(kind, n)| format!("  {kind:<20} {n:>5}\n"))
+            .map(|(kind, n)| format!("  {kind:<34} {n:>5}\n"))
             .collect::<String>(),
         nemesis.longest_fault.as_secs_f64(),
         nemesis.longest_heal.as_secs_f64(),

@@ -2,7 +2,9 @@
 //! network namespaces: the leader is cut off from the other two. The old
 //! leader commits nothing more, the majority elects a new leader and keeps
 //! serving; after the partition heals, the old leader follows and holds the
-//! majority's FAT.
+//! majority's FAT. And in a devnet whose every process has a namespace of
+//! its own: a coordinator cut off from everything makes no vendor suspect,
+//! since the vendors that reported to it fail over to another in time.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use offsite_proto::pb::admin::GroupStatusResponse;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
 use offsite_proto::pb::coordinator::RegisterVendorRequest;
 use offsite_tests::netns::{GroupTimings, NetnsGroup};
-use offsite_tests::{rpc, wait_for};
+use offsite_tests::{rpc, wait_for, Devnet, DevnetOptions};
 
 fn group(addr: SocketAddr) -> anyhow::Result<GroupStatusResponse> {
     rpc::block_on(rpc::group_status(addr))?
@@ -155,4 +157,105 @@ fn a_partitioned_leader_commits_nothing_and_follows_after_healing() {
         !held.iter().any(|v| v == "vendor-lost"),
         "the uncommitted write survived: {held:?}"
     );
+}
+
+/// How long a coordinator stays isolated: past the devnet's
+/// `suspect_after_secs` (10 s) with room to spare.
+const ISOLATION: Duration = Duration::from_secs(15);
+
+/// Isolates coordinator `isolated` (0-based) for [`ISOLATION`] and asks
+/// coordinator `witness` for the marketplace status about once a second
+/// meanwhile, asserting that it shows every vendor up; and that no leader
+/// changed a vendor's liveness meanwhile (its log says so), which catches a
+/// vendor suspect for less than a second between two polls. Then heals.
+fn isolate_and_watch(devnet: &mut Devnet, isolated: usize, witness: usize) {
+    let rpc = devnet.rpc();
+    let runtime = rpc::runtime().unwrap();
+    let witness_addr = devnet.coordinator_addrs()[witness];
+    let leader = group(witness_addr).map(|g| g.leader_id).unwrap_or(0);
+    let (name, seen_by) = (
+        format!("coordinator-{}", isolated + 1),
+        format!("coordinator-{}", witness + 1),
+    );
+    let changes_before = liveness_changes(devnet).len();
+    devnet.isolate_coordinator(isolated).unwrap();
+    let begun = Instant::now();
+    let (mut asked, mut answered) = (0, 0);
+    while begun.elapsed() < ISOLATION {
+        asked += 1;
+        let status = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), rpc.status(witness_addr)).await
+        });
+        if let Ok(Ok(status)) = status {
+            answered += 1;
+            let not_up: Vec<String> = status
+                .vendors
+                .iter()
+                .filter(|v| v.liveness != "up")
+                .map(|v| format!("{} {}", v.vendor_id, v.liveness))
+                .collect();
+            assert!(
+                not_up.is_empty(),
+                "{:.1} s into {name}'s isolation (the leader before it: coordinator-{leader}), \
+                 {seen_by} shows {not_up:?} (suspect after {} s)",
+                begun.elapsed().as_secs_f64(),
+                devnet.options().suspect_after_secs
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "{seen_by} answered {answered} of {asked} status calls during {name}'s isolation \
+         (the leader before it: coordinator-{leader}); every vendor stayed up"
+    );
+    let changes = liveness_changes(devnet);
+    assert!(
+        changes.len() == changes_before,
+        "during {name}'s isolation (the leader before it: coordinator-{leader}) a leader \
+         changed vendors' liveness (suspect after {} s):\n{}",
+        devnet.options().suspect_after_secs,
+        changes[changes_before..].join("\n")
+    );
+    // A witness that never answered would prove nothing.
+    assert!(
+        answered * 2 > asked,
+        "{seen_by} answered {answered} of {asked} status calls during {name}'s isolation"
+    );
+    devnet.heal_partitions().unwrap();
+    devnet.wait_ready(Duration::from_secs(60)).unwrap();
+}
+
+/// Every liveness change the coordinators' leaders logged so far, oldest
+/// first per coordinator.
+fn liveness_changes(devnet: &Devnet) -> Vec<String> {
+    let state = devnet.state();
+    state
+        .coordinators
+        .iter()
+        .flat_map(|c| {
+            let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("liveness changed"))
+                .map(|l| format!("{}: {l}", c.name))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Each time the coordinator cut off is the one every vendor reports to:
+/// coordinator-1 first (first in every vendor's list, so every vendor
+/// registered with it), then coordinator-2 (where they went next). The
+/// leader is whichever won the elections; the first time it is usually
+/// coordinator-1 itself, the second time either.
+#[test]
+fn isolating_a_coordinator_makes_no_vendor_suspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = DevnetOptions {
+        coordinator_namespaces: true,
+        vendor_namespaces: true,
+        ..DevnetOptions::default()
+    };
+    let mut devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    isolate_and_watch(&mut devnet, 0, 1);
+    isolate_and_watch(&mut devnet, 1, 2);
 }

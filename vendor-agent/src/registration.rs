@@ -2,7 +2,9 @@
 //! coordinator address in turn, with capped backoff) and then reports its
 //! capacity every `report_interval_secs`; offered = the sum over its stores,
 //! stored = what its local FAT holds. A failed report sends it back to
-//! registering, which also finds another coordinator if this one went away.
+//! registering, with the next coordinator first, so a coordinator that went
+//! away (or lost its majority) is left within about one write timeout,
+//! before the group turns the vendor suspect.
 //! The answer to a report names released portions to delete; the vendor
 //! deletes them (pieces, then local FAT entry) and acknowledges them in its
 //! next report. It also names copies to send to other vendors
@@ -26,7 +28,11 @@ use tonic::Status;
 use crate::vendor::{Copies, Vendor};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A coordinator answers a registration or a report within its write
+/// timeout (5 s by default), with a refusal if it has no majority; one
+/// silent a little longer is cut off, and the vendor moves on while it is
+/// still up (suspect after 15 s by default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -50,8 +56,11 @@ pub(crate) async fn run(vendor: Arc<Vendor>, registration: Registration) {
     // failed reports.
     let mut done = Done::default();
     let copies = Copies::default();
+    let mut first = 0;
     loop {
-        let (mut client, coordinator) = register(&vendor, &registration).await;
+        let (mut client, at) = register(&vendor, &registration, first).await;
+        let coordinator = &registration.coordinators[at];
+        first = at + 1;
         // Reports keep their rhythm however long a report (and the deletions
         // it asks for) takes; a late tick is not followed by a burst.
         let mut ticks = tokio::time::interval_at(
@@ -85,14 +94,19 @@ async fn capacity(vendor: &Vendor) -> (u64, u64) {
     (offered, vendor.stored_bytes())
 }
 
-async fn register(vendor: &Vendor, registration: &Registration) -> (Client, String) {
+/// Registers with the first coordinator that accepts, trying them in turn
+/// from the one at `first` (wrapping around); returns the client and the
+/// index of that coordinator.
+async fn register(vendor: &Vendor, registration: &Registration, first: usize) -> (Client, usize) {
     let mut backoff = FIRST_BACKOFF;
+    let count = registration.coordinators.len();
     loop {
-        for coordinator in &registration.coordinators {
+        for at in (0..count).map(|k| (first + k) % count) {
+            let coordinator = &registration.coordinators[at];
             match register_at(vendor, registration, coordinator).await {
                 Ok(client) => {
                     tracing::info!(%coordinator, vendor = %vendor.id(), "registered with the coordinator");
-                    return (client, coordinator.clone());
+                    return (client, at);
                 }
                 Err(status) => tracing::warn!(
                     %coordinator, code = ?status.code(), message = status.message(),

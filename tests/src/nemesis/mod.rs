@@ -2,10 +2,13 @@
 //! clients work against it. A fault is a kill (SIGKILL, healed by starting
 //! the process again with its config and data) or a pause (SIGSTOP, healed
 //! by SIGCONT) of one coordinator, one vendor agent or one NAS device, or a
-//! partition of one coordinator (in its network namespace) from the other
-//! coordinators or from everything, healed by removing the blackhole routes.
-//! Vendors and NAS devices share the test's network, so they are not
-//! partitioned.
+//! partition, healed by removing the blackhole routes: a coordinator cut
+//! off from the other coordinators or from everything, a vendor agent cut
+//! off from everything (coordinators, other vendors, its NAS devices,
+//! clients) or from its NAS devices only, a NAS device cut off from its
+//! vendor. Partitions need the processes in network namespaces
+//! (`DevnetOptions::coordinator_namespaces`, `vendor_namespaces`); those of
+//! a process that shares the test's network are not picked.
 //!
 //! Faults come in episodes: one to three faults, at most one per slot
 //! (coordinator, vendor, NAS device on another vendor), so a quorum of
@@ -42,8 +45,8 @@ pub use worker::{Forgotten, Saved, Worker};
 pub struct FaultKinds {
     pub kill: bool,
     pub pause: bool,
-    /// Partitions of a coordinator (the devnet needs
-    /// `coordinator_namespaces`): cut off from its peers, or from everyone.
+    /// Partitions of the processes that run in network namespaces (see the
+    /// module doc).
     pub partition: bool,
 }
 
@@ -106,19 +109,26 @@ impl Target {
 enum Action {
     Kill,
     Pause,
-    /// A coordinator cut off from the other coordinators.
+    /// A coordinator cut off from the other coordinators, a vendor agent
+    /// from its NAS devices, a NAS device from its vendor agent.
     Partition,
-    /// A coordinator cut off from everything.
+    /// The process cut off from everything.
     Isolate,
 }
 
 impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Action::Kill => "kill",
-            Action::Pause => "pause",
-            Action::Partition => "partition from peers",
-            Action::Isolate => "isolate",
+    /// The kind of fault, as the summary counts it.
+    fn kind(self, target: Target) -> String {
+        let slot = target.slot();
+        match (self, target) {
+            (Action::Kill, _) => format!("kill {slot}"),
+            (Action::Pause, _) => format!("pause {slot}"),
+            (Action::Isolate, _) => format!("isolate {slot}"),
+            (Action::Partition, Target::Coordinator(_)) => {
+                "partition coordinator from peers".into()
+            }
+            (Action::Partition, Target::Vendor(_)) => "partition vendor from its nas".into(),
+            (Action::Partition, Target::Nas(..)) => "partition nas from its vendor".into(),
         }
     }
 }
@@ -240,8 +250,19 @@ impl Nemesis {
         if self.kinds.pause {
             actions.push(Action::Pause);
         }
-        if self.kinds.partition && matches!(target, Target::Coordinator(_)) {
-            actions.extend([Action::Partition, Action::Isolate]);
+        let options = devnet.options();
+        let namespaced = match target {
+            Target::Coordinator(_) => options.coordinator_namespaces,
+            Target::Vendor(_) => options.vendor_namespaces,
+            Target::Nas(..) => options.vendor_namespaces,
+        };
+        if self.kinds.partition && namespaced {
+            actions.push(Action::Partition);
+            // A NAS device answers only its vendor: cut off from it, it is
+            // cut off from everything that matters.
+            if !matches!(target, Target::Nas(..)) {
+                actions.push(Action::Isolate);
+            }
         }
         let Some(&action) = actions.choose(&mut self.rng) else {
             return Ok(());
@@ -259,12 +280,15 @@ impl Nemesis {
                 stopped = Some(Stopped { pid });
             }
             (Action::Partition, Target::Coordinator(i)) => devnet.partition_coordinator(i)?,
+            (Action::Partition, Target::Vendor(i)) => devnet.partition_vendor_from_nas(i)?,
+            (Action::Partition, Target::Nas(v, n)) => devnet.partition_nas(v, n)?,
             (Action::Isolate, Target::Coordinator(i)) => devnet.isolate_coordinator(i)?,
-            (Action::Partition | Action::Isolate, _) => {
-                anyhow::bail!("only coordinators are partitioned")
+            (Action::Isolate, Target::Vendor(i)) => devnet.isolate_vendor(i)?,
+            (Action::Isolate, Target::Nas(..)) => {
+                anyhow::bail!("a NAS device is partitioned from its vendor, not isolated")
             }
         }
-        let kind = format!("{} {}", action.name(), target.slot());
+        let kind = action.kind(target);
         self.note(format!("{kind}: {}", target.name()));
         *self.injected.entry(kind).or_default() += 1;
         self.active.push(Active {
