@@ -318,8 +318,8 @@ impl Duplicate {
 pub fn duplicates(
     found: impl IntoIterator<Item = (String, String, u64, [u8; 32])>,
 ) -> Vec<Duplicate> {
-    let mut by_content: BTreeMap<[u8; 32], (u64, std::collections::BTreeSet<(String, String)>)> =
-        BTreeMap::new();
+    type Places = std::collections::BTreeSet<(String, String)>;
+    let mut by_content: BTreeMap<[u8; 32], (u64, Places)> = BTreeMap::new();
     for (host, path, size, digest) in found {
         if size == 0 {
             continue;
