@@ -36,8 +36,9 @@ fn snapshot_mb() -> usize {
         .max(2 * FILE_MB)
 }
 
-#[test]
-fn one_file_or_one_folder_comes_back_alone() {
+/// Three vendors with one NAS device each, R = 2, 4 MiB portions; the
+/// tenant initialised.
+fn small_devnet() -> (tempfile::TempDir, Devnet) {
     let tmp = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
         vendors: 3,
@@ -48,6 +49,12 @@ fn one_file_or_one_folder_comes_back_alone() {
     };
     let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
     devnet.client_ok(["init"]).unwrap();
+    (tmp, devnet)
+}
+
+#[test]
+fn one_file_or_one_folder_comes_back_alone() {
+    let (tmp, devnet) = small_devnet();
     let src = tmp.path().join("src");
     let files = snapshot_mb() / FILE_MB;
     std::fs::create_dir_all(src.join("etc/nginx")).unwrap();
@@ -171,16 +178,7 @@ fn untar(stream: &[u8], into: &Path) {
 /// --host/--path`, `history`, `dups` and `find`'s filters.
 #[test]
 fn hosts_history_and_find_see_across_hosts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        vendors: 3,
-        nas_per_vendor: 1,
-        replication: 2,
-        portion_bytes: 4 * 1024 * 1024,
-        ..DevnetOptions::default()
-    };
-    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
-    devnet.client_ok(["init"]).unwrap();
+    let (tmp, devnet) = small_devnet();
     let web = tmp.path().join("web");
     std::fs::create_dir_all(web.join("etc")).unwrap();
     std::fs::write(web.join("etc/stable.conf"), "same\n").unwrap();

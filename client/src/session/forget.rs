@@ -128,16 +128,8 @@ impl Policy {
 
 /// Days since the epoch to (year, month 1-12), proleptic Gregorian, UTC.
 fn civil(days: i64) -> (i64, i64) {
-    // Howard Hinnant's days_from_civil, inverted.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m)
+    let (y, m, _) = crate::calendar::civil_from_days(days);
+    (y, i64::from(m))
 }
 
 /// (months since year 0, year) of a time.

@@ -146,7 +146,9 @@ pub fn parse_when(text: &str, now_unix_ms: u64) -> Result<i64, SessionError> {
     let date = match parts.as_slice() {
         [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
             match (y.parse::<i64>(), m.parse::<u32>(), d.parse::<u32>()) {
-                (Ok(y), Ok(m @ 1..=12), Ok(d @ 1..=31)) => Some(days_from_civil(y, m, d) * 86_400),
+                (Ok(y), Ok(m @ 1..=12), Ok(d @ 1..=31)) => {
+                    Some(crate::calendar::days_from_civil(y, m, d) * 86_400)
+                }
                 _ => None,
             }
         }
@@ -157,17 +159,6 @@ pub fn parse_when(text: &str, now_unix_ms: u64) -> Result<i64, SessionError> {
             "{text:?} is neither a duration (7d, 1y2m, 12h) nor a date (2026-11-30)"
         ))
     })
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Which entries `find` keeps besides its pattern.
