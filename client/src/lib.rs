@@ -56,6 +56,7 @@ pub use filter::ExcludeOptions;
 pub use format::keys::{KeyError, Keys};
 pub use session::forget::{parse_duration, Decision, Policy};
 pub use session::hosts;
+pub use session::mount;
 pub use session::restore::dump::{Archive, DumpStats};
 pub use session::restore::Overwrite;
 pub use session::{

@@ -120,6 +120,9 @@ pub enum Command {
     },
     /// Every host of the tenant with its latest snapshot and how long ago it was.
     Hosts,
+    /// Every snapshot as a read-only file system (FUSE) at MOUNTPOINT, by
+    /// host and time, tag, and latest; unmounted on Ctrl-C or SIGTERM.
+    Mount { mountpoint: PathBuf },
     /// Contents stored under more than one host and path, the most saved first.
     Dups {
         /// Only these hosts' snapshots (repeatable).

@@ -54,6 +54,9 @@ pub async fn dispatch(
     if !matches!(command, Command::Init) {
         session.fetch_key_file_if_missing().await?;
     }
+    if let Command::Mount { mountpoint } = command {
+        return mount(session, mountpoint).await;
+    }
     let mut output = match command {
         Command::Init => init(&session, &config).await?,
         Command::Backup(args) => report::backup(&session, args_to_options(args)).await?,
@@ -61,6 +64,7 @@ pub async fn dispatch(
             let filter = SnapshotFilter { tags, host, path };
             snapshots(&session, &filter).await?
         }
+        Command::Mount { .. } => unreachable!("handled above"),
         Command::Hosts => report::hosts(&session).await?,
         Command::Dups { hosts } => report::dups(&session, &hosts).await?,
         Command::History { path, host } => {
@@ -344,6 +348,54 @@ async fn restore(
             "deleted": s.deleted,
         }),
     ))
+}
+
+/// `mount`: serves the snapshots until Ctrl-C or SIGTERM, then unmounts.
+async fn mount(session: Session, mountpoint: PathBuf) -> anyhow::Result<Output> {
+    use offsite_client::mount::{fuse_unavailable, SnapshotFs};
+    if let Some(why) = fuse_unavailable() {
+        anyhow::bail!("cannot mount: {why}");
+    }
+    if !mountpoint.is_dir() {
+        anyhow::bail!(
+            "cannot mount at {}: it is not a directory; create an empty directory first",
+            mountpoint.display()
+        );
+    }
+    let keys = session.unlock()?;
+    let records = session.snapshots().await?;
+    let count = records.len();
+    let fs = SnapshotFs::new(std::sync::Arc::new(session), keys, records);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("offsite".into()),
+        fuser::MountOption::Subtype("offsite".into()),
+    ];
+    config.n_threads = Some(4);
+    let at = mountpoint.clone();
+    let mounted = tokio::task::spawn_blocking(move || fuser::spawn_mount(fs, &at, &config))
+        .await?
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), snapshots = count, "mounted; Ctrl-C unmounts");
+    eprintln!(
+        "offsite: {count} snapshots mounted at {}; Ctrl-C unmounts",
+        mountpoint.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tokio::task::spawn_blocking(move || mounted.umount_and_join())
+        .await?
+        .with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
+    Ok(Output {
+        json: json!({ "mountpoint": mountpoint.display().to_string(), "snapshots": count }),
+        human: format!("unmounted {}\n", mountpoint.display()),
+        note: None,
+        exit: Exit::Ok,
+    })
 }
 
 /// `dump`: the data goes to stdout, the summary to stderr.

@@ -9,6 +9,7 @@ mod browse;
 mod check;
 pub(crate) mod forget;
 pub mod hosts;
+pub mod mount;
 mod prune;
 mod repack;
 pub(crate) mod restore;

@@ -59,16 +59,17 @@ pub struct DumpStats {
 }
 
 /// One chunk of a file: where its sealed blob is and where it goes.
-struct Piece {
-    offset: u64,
-    portion: PortionId,
-    at: (u64, u64),
-    id: BlobId,
-    plain_len: u32,
+pub(crate) struct Piece {
+    pub offset: u64,
+    pub portion: PortionId,
+    /// Offset and length of the sealed blob in its portion.
+    pub at: (u64, u64),
+    pub id: BlobId,
+    pub plain_len: u32,
 }
 
 /// Each file's chunks in file order.
-fn pieces_by_file(plan: &Plan) -> Vec<Vec<Piece>> {
+pub(crate) fn pieces_by_file(plan: &Plan) -> Vec<Vec<Piece>> {
     let mut by_file: Vec<Vec<Piece>> = plan.files.iter().map(|_| Vec::new()).collect();
     for (portion, writes) in &plan.portions {
         for write in writes {
