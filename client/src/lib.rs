@@ -22,6 +22,7 @@
 //! assert_eq!(blob::open(&keys, blob::BlobKind::Data, &id, &sealed).unwrap(), b"chunk");
 //! ```
 
+mod accounts;
 mod calendar;
 mod config;
 mod estimate;

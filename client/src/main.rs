@@ -18,8 +18,9 @@
 //! - `snapshots`: `{"from_cache": bool, "snapshots": [{"snapshot_id", "host",
 //!   "time_unix_ms", "paths", "tags", "logical_bytes", "file_count", "portions"}]}`
 //! - `ls`: `{"snapshot_id", "from_cache", "entries": [{"path", "kind":
-//!   "dir"|"file"|"symlink", "size", "mode", "mtime_unix"}]}` (paths that are
-//!   not UTF-8 are shown lossily)
+//!   "dir"|"file"|"symlink", "size", "mode", "mtime_unix", "uid", "gid",
+//!   "user", "group"}]}` (paths that are not UTF-8 are shown lossily; owner
+//!   fields null in snapshots from before owners were kept)
 //! - `restore`: `{"snapshot_id", "path", "target", "files", "dirs",
 //!   "symlinks", "bytes_written", "portions_fetched", "skipped", "deleted"}`
 //! - `dump`: the data on stdout, a summary on stderr
@@ -31,7 +32,7 @@
 //!   "portion_id"|null, "vendor_id"|null, "problem"}]}`
 //! - `diff`: `{"from", "to", "added", "removed", "modified", "changes":
 //!   [{"path", "change": "added"|"removed"|"modified", "what": ["type"|"content"|
-//!   "target"|"mode"|"mtime"]}]}`
+//!   "target"|"mode"|"mtime"|"owner"]}]}`
 //! - `find`: `{"pattern", "matches": [{"snapshot_id", "path", "kind", "size",
 //!   "mode", "mtime_unix"}]}`
 //! - `prune`: `{"dry_run", "snapshots", "portions_total", "bytes_total",
@@ -164,6 +165,14 @@ pub enum Command {
         /// selection) does not, so the target matches it.
         #[arg(long)]
         delete: bool,
+        /// As root, give entries their recorded user and group ids rather
+        /// than the ids their names have on this host.
+        #[arg(long)]
+        numeric_owner: bool,
+        /// Leave files to the restoring user even as root (and drop setuid
+        /// and setgid bits, as any restore without owners does).
+        #[arg(long, conflicts_with = "numeric_owner")]
+        no_owner: bool,
     },
     /// Write one file of a snapshot to stdout, or a directory as a tar (or
     /// zip) stream: `dump SNAPSHOT:PATH [--archive tar|zip]`.

@@ -82,10 +82,14 @@ pub async fn dispatch(
             exclude,
             overwrite,
             delete,
+            numeric_owner,
+            no_owner,
         } => {
             let how = RestoreRequest {
                 include,
                 exclude,
+                numeric_owner,
+                no_owner,
                 overwrite,
                 delete,
             };
@@ -283,12 +287,28 @@ async fn ls(session: &Session, spec: &str) -> anyhow::Result<Output> {
     let rows = offsite_client::snapshot_entries(record.id, &plan);
     let human = rows
         .iter()
-        .map(|e| format!("{:7} {:o} {:>12} {}\n", e.kind, e.mode, e.size, e.path))
+        .map(|e| {
+            let owner = e.owner.as_ref().map_or("-".to_string(), |o| {
+                let user = o.user.clone().unwrap_or_else(|| o.uid.to_string());
+                let group = o.group.clone().unwrap_or_else(|| o.gid.to_string());
+                format!("{user}:{group}")
+            });
+            format!(
+                "{:7} {:o} {:16} {:>12} {}\n",
+                e.kind, e.mode, owner, e.size, e.path
+            )
+        })
         .collect();
     let entries: Vec<Value> = rows
         .iter()
         .map(|e| {
-            json!({ "path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode, "mtime_unix": e.mtime_unix })
+            let o = e.owner.as_ref();
+            json!({
+                "path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode,
+                "mtime_unix": e.mtime_unix,
+                "uid": o.map(|o| o.uid), "gid": o.map(|o| o.gid),
+                "user": o.and_then(|o| o.user.clone()), "group": o.and_then(|o| o.group.clone()),
+            })
         })
         .collect();
     Ok(Output::ok(

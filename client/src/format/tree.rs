@@ -1,13 +1,19 @@
 //! Directory trees: one tree blob per directory, listing its entries sorted by
 //! name. Names and link targets are raw bytes, so names that are not UTF-8
-//! survive a backup and restore. Serialized with postcard behind a version.
+//! survive a backup and restore. Serialized with postcard behind a version:
+//! version 2 adds each entry's owner and group; version 1 trees (without
+//! them) still decode, their entries with no owner.
 
 use serde::{Deserialize, Serialize};
 
 use crate::format::blob::BlobId;
 
 /// Version of the tree format.
-pub const TREE_VERSION: u32 = 1;
+pub const TREE_VERSION: u32 = 2;
+/// The version before owners; still decoded.
+const TREE_VERSION_1: u32 = 1;
+/// Longest user or group name kept.
+pub const MAX_OWNER_NAME: usize = 256;
 /// Most entries in one directory.
 pub const MAX_ENTRIES: usize = 4_000_000;
 /// Longest name or link target.
@@ -32,6 +38,16 @@ pub enum EntryKind {
     Symlink { target: Vec<u8> },
 }
 
+/// Who owned an entry: ids, and the names they had on the backed-up host
+/// (when it knew them), so a restore on another host can map by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
 /// One entry of a directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -42,17 +58,36 @@ pub struct Entry {
     pub mode: u32,
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
+    /// `None` in trees written before owners were kept (version 1).
+    pub owner: Option<Owner>,
+}
+
+/// An entry of a version 1 tree.
+#[derive(Deserialize)]
+struct EntryV1 {
+    name: Vec<u8>,
+    kind: EntryKind,
+    mode: u32,
+    mtime_secs: i64,
+    mtime_nanos: u32,
+}
+
+impl From<EntryV1> for Entry {
+    fn from(e: EntryV1) -> Self {
+        Entry {
+            name: e.name,
+            kind: e.kind,
+            mode: e.mode,
+            mtime_secs: e.mtime_secs,
+            mtime_nanos: e.mtime_nanos,
+            owner: None,
+        }
+    }
 }
 
 /// One directory's listing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tree {
-    entries: Vec<Entry>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredTree {
-    version: u32,
     entries: Vec<Entry>,
 }
 
@@ -99,22 +134,26 @@ impl Tree {
 
     /// Decodes and checks a tree: version, bounds, safe names, sorted and unique.
     pub fn decode(bytes: &[u8]) -> Result<Self, TreeError> {
-        let stored: StoredTree = postcard::from_bytes(bytes).map_err(TreeError::Decode)?;
-        if stored.version != TREE_VERSION {
-            return Err(TreeError::Version(stored.version));
+        let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(TreeError::Decode)?;
+        let entries: Vec<Entry> = match version {
+            TREE_VERSION => postcard::from_bytes(rest).map_err(TreeError::Decode)?,
+            TREE_VERSION_1 => postcard::from_bytes::<Vec<EntryV1>>(rest)
+                .map_err(TreeError::Decode)?
+                .into_iter()
+                .map(Entry::from)
+                .collect(),
+            other => return Err(TreeError::Version(other)),
+        };
+        if entries.len() > MAX_ENTRIES {
+            return Err(TreeError::TooMany(entries.len()));
         }
-        if stored.entries.len() > MAX_ENTRIES {
-            return Err(TreeError::TooMany(stored.entries.len()));
-        }
-        for (i, entry) in stored.entries.iter().enumerate() {
+        for (i, entry) in entries.iter().enumerate() {
             check_entry(entry)?;
-            if i > 0 && stored.entries[i - 1].name >= entry.name {
+            if i > 0 && entries[i - 1].name >= entry.name {
                 return Err(entry_error(entry, "entries are not sorted and unique"));
             }
         }
-        Ok(Self {
-            entries: stored.entries,
-        })
+        Ok(Self { entries })
     }
 }
 
@@ -136,6 +175,12 @@ fn check_entry(entry: &Entry) -> Result<(), TreeError> {
     }
     if entry.mtime_nanos >= 1_000_000_000 {
         return Err(entry_error(entry, "mtime nanoseconds out of range"));
+    }
+    if let Some(owner) = &entry.owner {
+        let too_long = |n: &Option<String>| n.as_ref().is_some_and(|n| n.len() > MAX_OWNER_NAME);
+        if too_long(&owner.user) || too_long(&owner.group) {
+            return Err(entry_error(entry, "owner or group name too long"));
+        }
     }
     if let EntryKind::File { size, content } = &entry.kind {
         let total: u64 = content.iter().map(|c| u64::from(c.len)).sum();
@@ -203,7 +248,44 @@ mod tests {
             mode: 0o644,
             mtime_secs: 1_700_000_000,
             mtime_nanos: 5,
+            owner: Some(Owner {
+                uid: 1000,
+                gid: 100,
+                user: Some("me".into()),
+                group: None,
+            }),
         }
+    }
+
+    /// A tree written by version 1 (no owners) still decodes, its entries
+    /// without an owner.
+    #[test]
+    fn version_1_trees_decode_without_owners() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            name: &'a [u8],
+            kind: EntryKind,
+            mode: u32,
+            mtime_secs: i64,
+            mtime_nanos: u32,
+        }
+        let old = V1 {
+            name: b"f",
+            kind: EntryKind::Symlink {
+                target: b"t".to_vec(),
+            },
+            mode: 0o777,
+            mtime_secs: 7,
+            mtime_nanos: 8,
+        };
+        let bytes = postcard::to_stdvec(&(1u32, vec![old])).unwrap();
+        let tree = Tree::decode(&bytes).unwrap();
+        let entry = &tree.entries()[0];
+        assert_eq!((entry.name.as_slice(), entry.mtime_secs), (&b"f"[..], 7));
+        assert_eq!(entry.owner, None);
+        // And version 2 keeps the owner.
+        let kept = Tree::decode(&sample_tree().encode()).unwrap();
+        assert_eq!(kept.entries()[0].owner.as_ref().unwrap().uid, 1000);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Found {
     pub size: u64,
     pub mode: u32,
     pub mtime_unix: i64,
+    /// The recorded owner (none in snapshots from before owners were kept).
+    pub owner: Option<crate::format::tree::Owner>,
 }
 
 /// What changed at one path between two snapshots.
@@ -51,6 +53,8 @@ struct Shape {
     content: Vec<u8>,
     mode: u32,
     mtime: (i64, u32),
+    /// (uid, gid), when recorded.
+    owner: Option<(u32, u32)>,
 }
 
 fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
@@ -62,6 +66,7 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
             content: Vec::new(),
             mode: d.mode & 0o7777,
             mtime: d.mtime,
+            owner: d.owner.as_ref().map(|o| (o.uid, o.gid)),
         };
         out.insert(name(&d.path), shape);
     }
@@ -71,6 +76,7 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
             content: f.digest.to_vec(),
             mode: f.mode & 0o7777,
             mtime: f.mtime,
+            owner: f.owner.as_ref().map(|o| (o.uid, o.gid)),
         };
         out.insert(name(&f.path), shape);
     }
@@ -80,6 +86,7 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
             content: l.target.clone(),
             mode: 0o777,
             mtime: l.mtime,
+            owner: l.owner.as_ref().map(|o| (o.uid, o.gid)),
         };
         out.insert(name(&l.path), shape);
     }
@@ -92,24 +99,25 @@ pub fn entries(snapshot: offsite_proto::SnapshotId, plan: &Plan) -> Vec<Found> {
     let mut out: Vec<Found> = plan
         .dirs
         .iter()
-        .map(|d| (name(&d.path), "dir", 0, d.mode, d.mtime.0))
+        .map(|d| (name(&d.path), "dir", 0, d.mode, d.mtime.0, &d.owner))
         .chain(
             plan.files
                 .iter()
-                .map(|f| (name(&f.path), "file", f.size, f.mode, f.mtime.0)),
+                .map(|f| (name(&f.path), "file", f.size, f.mode, f.mtime.0, &f.owner)),
         )
         .chain(
             plan.links
                 .iter()
-                .map(|l| (name(&l.path), "symlink", 0, 0o777, l.mtime.0)),
+                .map(|l| (name(&l.path), "symlink", 0, 0o777, l.mtime.0, &l.owner)),
         )
-        .map(|(path, kind, size, mode, mtime_unix)| Found {
+        .map(|(path, kind, size, mode, mtime_unix, owner)| Found {
             snapshot,
             path,
             kind,
             size,
             mode: mode & 0o7777,
             mtime_unix,
+            owner: owner.clone(),
         })
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -143,6 +151,9 @@ fn compare(from: &Plan, to: &Plan) -> Vec<Change> {
                 }
                 if old.kind == "file" && old.kind == new.kind && old.mtime != new.mtime {
                     what.push("mtime");
+                }
+                if old.owner.is_some() && new.owner.is_some() && old.owner != new.owner {
+                    what.push("owner");
                 }
                 if !what.is_empty() {
                     changes.push(Change {
@@ -238,6 +249,7 @@ mod tests {
             mode,
             mtime: (1, 0),
             digest: [digest; 32],
+            owner: None,
         }
     }
 
@@ -261,6 +273,7 @@ mod tests {
                 path: PathBuf::from("d"),
                 target: b"a".to_vec(),
                 mtime: (1, 0),
+                owner: None,
             }],
             ..Default::default()
         };

@@ -453,6 +453,8 @@ impl Session {
         let progress = self.progress("restore", "portions", record.logical_bytes);
         let options = RestoreOptions {
             selection,
+            numeric_owner: how.numeric_owner,
+            no_owner: how.no_owner,
             overwrite: how.overwrite,
             delete: how.delete,
         };
@@ -500,6 +502,10 @@ impl Session {
 pub struct RestoreRequest {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Restore owners by their recorded ids, not their names.
+    pub numeric_owner: bool,
+    /// Leave owners to the restoring user even as root.
+    pub no_owner: bool,
     pub overwrite: restore::Overwrite,
     pub delete: bool,
 }

@@ -19,7 +19,7 @@ use crate::format::blob::{BlobId, BlobKind, BlobSet};
 use crate::format::chunker::Chunker;
 use crate::format::keys::Keys;
 use crate::format::manifest::Index;
-use crate::format::tree::{ChunkRef, Entry, EntryKind, Tree};
+use crate::format::tree::{ChunkRef, Entry, EntryKind, Owner, Tree};
 use crate::local::filecache::{self, Parent, Stamp};
 use crate::progress::Progress;
 
@@ -248,12 +248,20 @@ impl State<'_> {
             EntryKind::Dir { .. } => self.stats.dirs += 1,
             EntryKind::Symlink { .. } => self.stats.symlinks += 1,
         }
+        let accounts = crate::accounts::Accounts::local();
+        let owner = Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            user: accounts.user_name(meta.uid()),
+            group: accounts.group_name(meta.gid()),
+        };
         Ok(Some(Entry {
             name,
             kind,
             mode: meta.mode(),
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            owner: Some(owner),
         }))
     }
 

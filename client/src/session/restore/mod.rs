@@ -154,6 +154,11 @@ impl std::str::FromStr for Overwrite {
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     pub selection: Selection,
+    /// Restore the recorded ids rather than map the names (`--numeric-owner`).
+    pub numeric_owner: bool,
+    /// Leave owners to the restoring user even as root, as a restore by
+    /// another user does (`--no-owner`).
+    pub no_owner: bool,
     pub overwrite: Overwrite,
     /// Remove what the target holds and the selection does not (entries the
     /// patterns leave out are kept).
@@ -216,6 +221,7 @@ pub async fn restore<S: PortionSource>(
     } else {
         write::skip_existing(&target, &mut plan, options.overwrite)?
     };
+    plan.resolve_owners(owners_to_restore(options));
     let special_bits_dropped = warn_of_special_bits(&plan);
     progress.set_total(plan.bytes);
     let remaining = Arc::new(write::Remaining::new(&plan));
@@ -313,20 +319,30 @@ pub async fn restore<S: PortionSource>(
     })
 }
 
+/// Owners are restored only by root (others cannot give files away).
+fn owners_to_restore(options: &RestoreOptions) -> plan::Owners {
+    let root = rustix::process::geteuid().is_root();
+    match (root && !options.no_owner, options.numeric_owner) {
+        (false, _) => plan::Owners::Skip,
+        (true, true) => plan::Owners::Numeric,
+        (true, false) => plan::Owners::ByName,
+    }
+}
+
 /// Counts the entries whose setuid, setgid or sticky bit the restore drops
-/// (it does not restore owners) and says so once.
+/// (their owner is not restored) and says so once.
 fn warn_of_special_bits(plan: &Plan) -> u64 {
-    let modes = plan.files.iter().map(|f| f.mode);
+    let modes = plan.files.iter().map(|f| (f.mode, f.owner.as_ref()));
     let dropped = modes
-        .chain(plan.dirs.iter().map(|d| d.mode))
-        .filter(|&mode| write::loses_special_bits(mode))
+        .chain(plan.dirs.iter().map(|d| (d.mode, d.owner.as_ref())))
+        .filter(|&(mode, owner)| write::loses_special_bits(mode, owner))
         .count() as u64;
     if dropped > 0 {
         tracing::warn!(
             entries = dropped,
             "{dropped} files and directories are restored without their setuid, setgid or \
-             sticky bits: this client does not restore owners, and those bits without the \
-             owner would grant the restoring user's rights"
+             sticky bits: their owners are not restored (run as root for that), and those bits \
+             without the owner would grant the restoring user's rights"
         );
     }
     dropped

@@ -25,7 +25,7 @@ use crate::format::blob::{open, BlobId, BlobKind};
 use crate::format::keys::Keys;
 use crate::format::manifest::Manifest;
 use crate::format::portion::blob_at;
-use crate::format::tree::{EntryKind, Tree};
+use crate::format::tree::{EntryKind, Owner, Tree};
 use crate::market::fetch::PortionSource;
 use crate::session::restore::select::Selection;
 use crate::session::restore::RestoreError;
@@ -54,6 +54,7 @@ pub struct DirPlan {
     pub mode: u32,
     pub mtime: (i64, u32),
     pub depth: usize,
+    pub owner: Option<Owner>,
 }
 
 /// A file to create at `size` and fill.
@@ -65,6 +66,7 @@ pub struct FilePlan {
     pub mtime: (i64, u32),
     /// blake3 over the file's chunk ids: equal digests, equal contents.
     pub digest: [u8; 32],
+    pub owner: Option<Owner>,
 }
 
 /// A symlink to create.
@@ -73,6 +75,7 @@ pub struct LinkPlan {
     pub path: PathBuf,
     pub target: Vec<u8>,
     pub mtime: (i64, u32),
+    pub owner: Option<Owner>,
 }
 
 /// One blob of a portion and where its plaintext goes.
@@ -99,7 +102,41 @@ pub struct Plan {
     pub single_entry: bool,
 }
 
+/// Whose ids a restore gives its entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Owners {
+    /// Leave them to the restoring user (not root, or asked not to).
+    #[default]
+    Skip,
+    /// The recorded user and group names mapped to this host's ids (the
+    /// recorded id where a name is unknown here).
+    ByName,
+    /// The recorded ids as they are (`--numeric-owner`).
+    Numeric,
+}
+
 impl Plan {
+    /// Turns every recorded owner into the ids to give it here, or drops it
+    /// with [`Owners::Skip`] (then no entry gets an owner, and setuid and
+    /// setgid bits are dropped).
+    pub fn resolve_owners(&mut self, owners: Owners) {
+        let accounts = crate::accounts::Accounts::local();
+        let resolve = |owner: &mut Option<Owner>| {
+            *owner = match (owners, owner.take()) {
+                (Owners::Skip, _) | (_, None) => None,
+                (Owners::Numeric, Some(o)) => Some(o),
+                (Owners::ByName, Some(o)) => Some(Owner {
+                    uid: accounts.uid_for(o.user.as_deref(), o.uid),
+                    gid: accounts.gid_for(o.group.as_deref(), o.gid),
+                    ..o
+                }),
+            }
+        };
+        self.dirs.iter_mut().for_each(|d| resolve(&mut d.owner));
+        self.files.iter_mut().for_each(|f| resolve(&mut f.owner));
+        self.links.iter_mut().for_each(|l| resolve(&mut l.owner));
+    }
+
     /// Keeps the files `keep` answers true for, and only the portions and
     /// blobs those files still need.
     pub fn retain_files(&mut self, mut keep: impl FnMut(&FilePlan) -> bool) {
@@ -392,6 +429,7 @@ pub(crate) async fn walk<T: TreeSource>(
                     mode: entry.mode,
                     mtime: (entry.mtime_secs, entry.mtime_nanos),
                     depth: next.depth,
+                    owner: entry.owner.clone(),
                 });
                 building.dir_included.push(included);
                 waiting.push_back(Pending {
@@ -455,6 +493,7 @@ fn take(building: &mut Building, manifest: &Manifest, met: Met<'_>) -> Result<()
             path,
             target: target.clone(),
             mtime,
+            owner: entry.owner.clone(),
         }),
         EntryKind::File { size, content } => {
             let file = plan.files.len();
@@ -468,6 +507,7 @@ fn take(building: &mut Building, manifest: &Manifest, met: Met<'_>) -> Result<()
                 mode: entry.mode,
                 mtime,
                 digest: *digest.finalize().as_bytes(),
+                owner: entry.owner.clone(),
             });
             plan.bytes = plan.bytes.saturating_add(*size);
             let mut offset = 0u64;

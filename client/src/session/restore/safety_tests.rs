@@ -224,6 +224,7 @@ fn entry(name: &[u8], kind: EntryKind, mode: u32) -> Entry {
         mode,
         mtime_secs: 1_700_000_000,
         mtime_nanos: 0,
+        owner: None,
     }
 }
 
@@ -510,12 +511,21 @@ async fn setuid_setgid_and_sticky_bits_are_dropped_without_owners() {
     let mut memory = Memory::default();
     let packed = backup(&keys, vec![top], Index::default(), &mut memory).await;
     let target = dir.path().join("restored");
-    let stats = restore_into(
+    // Without owners (a restore by another user than root does the same).
+    let options = super::RestoreOptions {
+        no_owner: true,
+        ..super::RestoreOptions::default()
+    };
+    let hidden = Progress::hidden();
+    let locations = memory.locations();
+    let stats = restore(
         &memory,
-        &memory.locations(),
-        &keys,
+        keys.clone(),
         &packed.manifest,
+        &locations,
         &target,
+        &options,
+        &hidden,
     )
     .await
     .unwrap();

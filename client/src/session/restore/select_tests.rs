@@ -287,3 +287,56 @@ async fn a_dump_is_the_file_or_an_archive_that_extracts_to_the_tree() {
     assert_eq!(copy, std::fs::read(b.top.join("sub/big-copy.bin")).unwrap());
     assert!(zip.by_name("deeper/").is_ok());
 }
+
+/// As root, owners and groups come back, and setuid with them; a snapshot
+/// restored by another user would drop the setuid bit instead.
+#[tokio::test]
+async fn owners_and_their_setuid_bits_come_back_as_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: restoring owners needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("owned");
+    std::fs::create_dir_all(top.join("d")).unwrap();
+    std::fs::write(top.join("tool"), b"#!/bin/true\n").unwrap();
+    std::os::unix::fs::symlink("tool", top.join("link")).unwrap();
+    for path in [top.join("tool"), top.join("d")] {
+        std::os::unix::fs::chown(&path, Some(1234), Some(2345)).unwrap();
+    }
+    std::os::unix::fs::lchown(top.join("link"), Some(1234), Some(2345)).unwrap();
+    std::fs::set_permissions(top.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let keys = Arc::new(Keys::from_data_key(&[4; 32]));
+    let mut memory = Memory::default();
+    let packed = backup(&keys, vec![top.clone()], Index::default(), &mut memory).await;
+    let target = dir.path().join("out");
+    let locations = memory.locations();
+    let hidden = Progress::hidden();
+    for numeric_owner in [false, true] {
+        let options = RestoreOptions {
+            numeric_owner,
+            ..RestoreOptions::default()
+        };
+        let into = target.join(numeric_owner.to_string());
+        let stats = restore(
+            &memory,
+            keys.clone(),
+            &packed.manifest,
+            &locations,
+            &into,
+            &options,
+            &hidden,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stats.special_bits_dropped, 0);
+        let restored = into.join("owned");
+        for name in ["tool", "d", "link"] {
+            let meta = std::fs::symlink_metadata(restored.join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1234, 2345), "{name}");
+        }
+        let mode = std::fs::metadata(restored.join("tool")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o4755);
+    }
+}

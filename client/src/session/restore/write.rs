@@ -12,9 +12,10 @@
 //! target's handle without following symlinks (see [`Beneath`]); a file is
 //! written only while it is a regular file with no other link.
 //!
-//! Permissions lose their setuid, setgid and sticky bits: this client does
-//! not restore owners, and those bits on a file the restoring user now owns
-//! would grant that user's rights instead of the owner's.
+//! Owners and groups are restored when the plan carries them (run as root;
+//! see [`Owners`](super::plan::Owners)); setuid, setgid and sticky bits only
+//! together with the owner, since on a file the restoring user now owns
+//! they would grant that user's rights instead of the owner's.
 
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -32,6 +33,7 @@ use rustix::fs::{Timespec, Timestamps};
 use crate::format::blob::{open_in_place, BlobKind};
 use crate::format::keys::Keys;
 use crate::format::portion::{blob_at_mut, check_header};
+use crate::format::tree::Owner;
 use crate::session::restore::beneath::{is_symlink_refusal, Beneath, Parent};
 use crate::session::restore::plan::{BlobWrite, FilePlan, Plan};
 use crate::session::restore::{Overwrite, RestoreError};
@@ -51,15 +53,34 @@ fn io_err<'a>(
     }
 }
 
-/// The permission bits a restore gives an entry of `mode`: without its
-/// owner restored, never setuid, setgid or sticky.
-pub fn restored_mode(mode: u32) -> u32 {
-    mode & 0o777
+/// The permission bits a restore gives an entry of `mode`: setuid, setgid
+/// and sticky only together with its owner.
+pub fn restored_mode(mode: u32, owner: Option<&Owner>) -> u32 {
+    if owner.is_some() {
+        mode & 0o7777
+    } else {
+        mode & 0o777
+    }
 }
 
-/// Whether restoring `mode` drops setuid, setgid or sticky bits.
-pub fn loses_special_bits(mode: u32) -> bool {
-    mode & 0o7000 != 0
+/// Whether restoring `mode` without `owner` drops setuid, setgid or sticky bits.
+pub fn loses_special_bits(mode: u32, owner: Option<&Owner>) -> bool {
+    owner.is_none() && mode & 0o7000 != 0
+}
+
+/// Gives an open entry its owner and group (before its mode: a chown
+/// clears setuid and setgid).
+fn give_owner(
+    target: &Beneath,
+    rel: &Path,
+    handle: &File,
+    owner: Option<&Owner>,
+) -> Result<(), RestoreError> {
+    let Some(owner) = owner else { return Ok(()) };
+    let uid = rustix::fs::Uid::from_raw(owner.uid);
+    let gid = rustix::fs::Gid::from_raw(owner.gid);
+    rustix::fs::fchown(handle, Some(uid), Some(gid))
+        .map_err(|e| io_err(target, rel, "set owner of")(e.into()))
 }
 
 /// Whether `target` is missing or an empty directory.
@@ -248,8 +269,12 @@ fn finish_file(
     atime: bool,
 ) -> Result<(), RestoreError> {
     let rel = file.path.as_path();
-    out.set_permissions(std::fs::Permissions::from_mode(restored_mode(file.mode)))
-        .map_err(io_err(target, rel, "set permissions"))?;
+    let owner = file.owner.as_ref();
+    give_owner(target, rel, out, owner)?;
+    out.set_permissions(std::fs::Permissions::from_mode(restored_mode(
+        file.mode, owner,
+    )))
+    .map_err(io_err(target, rel, "set permissions"))?;
     let atime = atime.then(|| mtime(file.mtime));
     filetime::set_file_handle_times(out, atime, Some(mtime(file.mtime))).map_err(io_err(
         target,
@@ -284,6 +309,18 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
             last_access: at,
             last_modification: at,
         };
+        if let Some(owner) = &link.owner {
+            let uid = rustix::fs::Uid::from_raw(owner.uid);
+            let gid = rustix::fs::Gid::from_raw(owner.gid);
+            rustix::fs::chownat(
+                &parent,
+                name,
+                Some(uid),
+                Some(gid),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(err("set owner of"))?;
+        }
         utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(err("set symlink mtime"))?;
     }
@@ -302,8 +339,12 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
             .open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
             .map(File::from)
             .map_err(io_err(target, rel, "open directory"))?;
+        let owner = dir.owner.as_ref();
+        give_owner(target, rel, &handle, owner)?;
         handle
-            .set_permissions(std::fs::Permissions::from_mode(restored_mode(dir.mode)))
+            .set_permissions(std::fs::Permissions::from_mode(restored_mode(
+                dir.mode, owner,
+            )))
             .map_err(io_err(target, rel, "set permissions"))?;
         let at = mtime(dir.mtime);
         filetime::set_file_handle_times(&handle, Some(at), Some(at)).map_err(io_err(
