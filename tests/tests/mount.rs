@@ -48,14 +48,7 @@ fn every_snapshot_is_browsable_with_ordinary_tools() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        vendors: 3,
-        nas_per_vendor: 1,
-        replication: 2,
-        portion_bytes: 4 * 1024 * 1024,
-        ..DevnetOptions::default()
-    };
-    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    let devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::small()).unwrap();
     devnet.client_ok(["init"]).unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("docs")).unwrap();

@@ -36,18 +36,10 @@ fn snapshot_mb() -> usize {
         .max(2 * FILE_MB)
 }
 
-/// Three vendors with one NAS device each, R = 2, 4 MiB portions; the
-/// tenant initialised.
+/// [`DevnetOptions::small`], the tenant initialised.
 fn small_devnet() -> (tempfile::TempDir, Devnet) {
     let tmp = tempfile::tempdir().unwrap();
-    let options = DevnetOptions {
-        vendors: 3,
-        nas_per_vendor: 1,
-        replication: 2,
-        portion_bytes: 4 * 1024 * 1024,
-        ..DevnetOptions::default()
-    };
-    let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
+    let devnet = Devnet::start(&tmp.path().join("devnet"), DevnetOptions::small()).unwrap();
     devnet.client_ok(["init"]).unwrap();
     (tmp, devnet)
 }

@@ -54,6 +54,20 @@ pub struct DevnetOptions {
     pub vendor_namespaces: bool,
 }
 
+impl DevnetOptions {
+    /// A small marketplace for client tests: three vendors with one NAS
+    /// device each, R = 2, 4 MiB portions.
+    pub fn small() -> Self {
+        Self {
+            vendors: 3,
+            nas_per_vendor: 1,
+            replication: 2,
+            portion_bytes: 4 * 1024 * 1024,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for DevnetOptions {
     fn default() -> Self {
         Self {
