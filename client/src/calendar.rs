@@ -16,6 +16,32 @@ pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     (year, month, day)
 }
 
+/// A UTC time of day and date, from Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateTime {
+    pub year: i64,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+}
+
+impl DateTime {
+    pub fn from_unix_secs(secs: i64) -> Self {
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let of_day = secs.rem_euclid(86_400);
+        Self {
+            year,
+            month,
+            day,
+            hour: (of_day / 3600) as u8,
+            minute: (of_day % 3600 / 60) as u8,
+            second: (of_day % 60) as u8,
+        }
+    }
+}
+
 /// Days since 1970-01-01 of a date (month 1-12).
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -40,5 +66,8 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m.into(), d.into()), days, "{days}");
         }
+        let t = DateTime::from_unix_secs(1_796_083_200 + 3_723);
+        assert_eq!((t.year, t.month, t.day), (2026, 12, 1));
+        assert_eq!((t.hour, t.minute, t.second), (1, 2, 3));
     }
 }

@@ -71,6 +71,16 @@ fn collect<'a>(value: &'a Value, visit: &mut dyn FnMut(Option<&'a str>, &'a Valu
 }
 
 /// Bytes the coordinator counts as used, over all vendors.
+/// Every vendor the status does not show up, as `vendor-1 suspect`.
+pub fn vendors_not_up(status: &MarketplaceStatusResponse) -> Vec<String> {
+    status
+        .vendors
+        .iter()
+        .filter(|v| v.liveness != "up")
+        .map(|v| format!("{} {}", v.vendor_id, v.liveness))
+        .collect()
+}
+
 pub fn used_bytes(status: &MarketplaceStatusResponse) -> u64 {
     status.vendors.iter().map(|v| v.used_bytes).sum()
 }

@@ -119,12 +119,7 @@ fn sample_status(rpc: &Rpc, coordinators: &[SocketAddr], stop: &AtomicBool) -> S
             continue;
         };
         samples.taken += 1;
-        let not_up: Vec<String> = status
-            .vendors
-            .iter()
-            .filter(|v| v.liveness != "up")
-            .map(|v| format!("{} {}", v.vendor_id, v.liveness))
-            .collect();
+        let not_up = offsite_tests::checks::vendors_not_up(&status);
         if not_up.len() > 1 {
             samples.not_up.push((begun.elapsed().as_secs_f64(), not_up));
         }

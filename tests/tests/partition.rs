@@ -188,12 +188,7 @@ fn isolate_and_watch(devnet: &mut Devnet, isolated: usize, witness: usize) {
         });
         if let Ok(Ok(status)) = status {
             answered += 1;
-            let not_up: Vec<String> = status
-                .vendors
-                .iter()
-                .filter(|v| v.liveness != "up")
-                .map(|v| format!("{} {}", v.vendor_id, v.liveness))
-                .collect();
+            let not_up = offsite_tests::checks::vendors_not_up(&status);
             assert!(
                 not_up.is_empty(),
                 "{:.1} s into {name}'s isolation (the leader before it: coordinator-{leader}), \

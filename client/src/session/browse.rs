@@ -218,8 +218,7 @@ impl Session {
         };
         let mut found = Vec::new();
         for record in records {
-            let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
-            let plan = crate::session::restore::plan(&source, keys, &manifest, &locations).await?;
+            let (plan, _, _) = self.open_plan(keys, &record).await?;
             found.extend(entries(record.id, &plan).into_iter().filter(|e| {
                 if !filter.admits(e.size, e.mtime_unix) {
                     return false;

@@ -352,8 +352,7 @@ impl Session {
             .collect();
         let mut found = Vec::new();
         for record in records {
-            let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
-            let plan = super::restore::plan(&source, keys, &manifest, &locations).await?;
+            let (plan, _, _) = self.open_plan(keys, &record).await?;
             found.extend(plan.files.iter().map(|f| {
                 let path = f.path.to_string_lossy().into_owned();
                 (record.host.clone(), path, f.size, f.digest)

@@ -424,9 +424,45 @@ impl Session {
         spec: &str,
     ) -> Result<(SnapshotRecord, Plan), SessionError> {
         let record = self.resolve(spec).await?;
-        let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
-        let plan = restore::plan(&source, keys, &manifest, &locations).await?;
+        let (plan, _, _) = self.open_plan(keys, &record).await?;
         Ok((record, plan))
+    }
+
+    /// A snapshot's whole plan, with what reading its files needs.
+    pub(crate) async fn open_plan(
+        &self,
+        keys: &Keys,
+        record: &SnapshotRecord,
+    ) -> Result<(Plan, HashMap<PortionId, PortionLocation>, VendorSource), SessionError> {
+        let (manifest, locations, source) = self.open_snapshot(keys, record).await?;
+        let plan = restore::plan(&source, keys, &manifest, &locations).await?;
+        Ok((plan, locations, source))
+    }
+
+    /// The snapshot `spec` (`SNAPSHOT[:PATH]`) names, the part of it that
+    /// PATH and the patterns select, its final FAT and the probed source:
+    /// what a restore and a dump start from.
+    async fn locate_selection(
+        &self,
+        spec: &str,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<
+        (
+            SnapshotRecord,
+            Selection,
+            HashMap<PortionId, PortionLocation>,
+            VendorSource,
+        ),
+        SessionError,
+    > {
+        let (snapshot, path) = split_spec(spec);
+        let record = self.resolve(snapshot).await?;
+        let selection =
+            Selection::new(path, &record.paths, include, exclude).map_err(RestoreError::from)?;
+        let locations = self.locations(record.id).await?;
+        let (locations, source) = self.probe_located(locations).await;
+        Ok((record, selection, locations, source))
     }
 
     /// Restores a snapshot, or the part of it `spec` (`SNAPSHOT[:PATH]`) and
@@ -438,15 +474,10 @@ impl Session {
         target: &Path,
         how: &RestoreRequest,
     ) -> Result<(SnapshotRecord, RestoreStats), SessionError> {
-        let (snapshot, path) = split_spec(spec);
         let located = async {
             restore::check_target(target)?;
-            let record = self.resolve(snapshot).await?;
-            let selection = Selection::new(path, &record.paths, &how.include, &how.exclude)
-                .map_err(RestoreError::from)?;
-            let locations = self.locations(record.id).await?;
-            let (locations, source) = self.probe_located(locations).await;
-            Ok((record, selection, locations, source))
+            self.locate_selection(spec, &how.include, &how.exclude)
+                .await
         };
         let (keys, (record, selection, locations, source)) = keys.alongside(located).await?;
         let manifest = self.manifest(&keys, &record, &locations, &source).await?;
@@ -478,15 +509,7 @@ impl Session {
         archive: Option<Archive>,
         out: Box<dyn std::io::Write + Send>,
     ) -> Result<(SnapshotRecord, DumpStats), SessionError> {
-        let (snapshot, path) = split_spec(spec);
-        let located = async {
-            let record = self.resolve(snapshot).await?;
-            let selection =
-                Selection::new(path, &record.paths, &[], &[]).map_err(RestoreError::from)?;
-            let locations = self.locations(record.id).await?;
-            let (locations, source) = self.probe_located(locations).await;
-            Ok((record, selection, locations, source))
-        };
+        let located = self.locate_selection(spec, &[], &[]);
         let (keys, (record, selection, locations, source)) = keys.alongside(located).await?;
         let manifest = self.manifest(&keys, &record, &locations, &source).await?;
         let plan =

@@ -9,10 +9,10 @@
 //! A snapshot's trees are read when its directory is first looked into, and
 //! kept while mounted; file data is fetched on demand, a portion at a time
 //! (hash-checked, each blob opened as in a restore), with at most
-//! [`KEPT_PORTIONS`] portions held. Times of the same second on one host get
+//! four portions held (`restore::pieces::KEPT_PORTIONS`). Times of the same second on one host get
 //! the snapshot id's first characters appended.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,29 +24,21 @@ use fuser::{
 };
 use offsite_proto::{PortionId, PortionLocation, SnapshotRecord};
 
-use super::restore::dump::{pieces_by_file, Piece};
+use super::restore::pieces::{pieces_by_file, HeldPortions, Piece};
 use super::restore::Plan;
-use super::{Session, SessionError};
-use crate::format::blob::{open, BlobKind};
+use super::Session;
 use crate::format::keys::Keys;
-use crate::format::portion::blob_at;
 use crate::market::fetch::{PortionSource, VendorSource};
 
-/// Portions held at once for reads.
-const KEPT_PORTIONS: usize = 4;
 /// How long the kernel may keep what it was told: nothing changes.
 const TTL: Duration = Duration::from_secs(60);
 
 /// The name of a snapshot's directory: its time, UTC, to the second.
 pub fn snapshot_dir_name(unix_ms: u64) -> String {
-    let secs = (unix_ms / 1000) as i64;
-    let (y, m, d) = crate::calendar::civil_from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
+    let t = crate::calendar::DateTime::from_unix_secs((unix_ms / 1000) as i64);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        t / 3600,
-        t % 3600 / 60,
-        t % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 
@@ -85,7 +77,10 @@ pub struct SnapshotFs {
     records: Vec<SnapshotRecord>,
     nodes: Mutex<Vec<Node>>,
     loaded: Mutex<HashMap<usize, Arc<Loaded>>>,
-    portions: Mutex<VecDeque<(PortionId, Arc<Vec<u8>>)>>,
+    portions: Mutex<HeldPortions>,
+    /// Who the files belong to: the user who mounted.
+    uid: u32,
+    gid: u32,
 }
 
 fn dir(entries: BTreeMap<OsString, u64>, mtime: i64) -> Node {
@@ -181,7 +176,9 @@ impl SnapshotFs {
             records,
             nodes: Mutex::new(nodes),
             loaded: Mutex::new(HashMap::new()),
-            portions: Mutex::new(VecDeque::new()),
+            portions: Mutex::default(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
         }
     }
 
@@ -307,8 +304,8 @@ impl SnapshotFs {
             kind,
             perm: (node.mode & 0o7777) as u16,
             nlink: 1,
-            uid: owner_uid(),
-            gid: owner_gid(),
+            uid: self.uid,
+            gid: self.gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -317,11 +314,14 @@ impl SnapshotFs {
 
     /// A portion's bytes, from those held or fetched.
     fn portion(&self, loaded: &Loaded, id: PortionId) -> Result<Arc<Vec<u8>>, Errno> {
-        let held = self.portions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, bytes)) = held.iter().find(|(p, _)| *p == id) {
-            return Ok(bytes.clone());
+        let held = self
+            .portions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id);
+        if let Some(bytes) = held {
+            return Ok(bytes);
         }
-        drop(held);
         let location = loaded.locations.get(&id).ok_or(Errno::EIO)?;
         let fetched = self
             .runtime
@@ -331,11 +331,10 @@ impl SnapshotFs {
                 Errno::EIO
             })?;
         let fetched = Arc::new(fetched);
-        let mut held = self.portions.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.len() >= KEPT_PORTIONS {
-            held.pop_front();
-        }
-        held.push_back((id, fetched.clone()));
+        self.portions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keep(id, fetched.clone());
         Ok(fetched)
     }
 
@@ -358,30 +357,20 @@ impl SnapshotFs {
         let end = offset.saturating_add(u64::from(size)).min(total);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         for piece in loaded.pieces.get(file).into_iter().flatten() {
-            let piece_end = piece.offset + u64::from(piece.plain_len);
-            if piece_end <= offset || piece.offset >= end {
+            if piece.end() <= offset || piece.offset >= end {
                 continue;
             }
             let bytes = self.portion(&loaded, piece.portion)?;
-            let sealed =
-                blob_at(piece.portion, &bytes, piece.at.0, piece.at.1).map_err(|_| Errno::EIO)?;
-            let plain =
-                open(&self.keys, BlobKind::Data, &piece.id, sealed).map_err(|_| Errno::EIO)?;
+            let plain = piece.open(&self.keys, &bytes).map_err(|e| {
+                tracing::warn!(portion = %piece.portion, error = %e, "a chunk for the mount does not open");
+                Errno::EIO
+            })?;
             let from = offset.max(piece.offset) - piece.offset;
-            let to = end.min(piece_end) - piece.offset;
+            let to = end.min(piece.end()) - piece.offset;
             out.extend_from_slice(plain.get(from as usize..to as usize).ok_or(Errno::EIO)?);
         }
         Ok(out)
     }
-}
-
-/// Files belong to the user who mounted them.
-fn owner_uid() -> u32 {
-    rustix::process::getuid().as_raw()
-}
-
-fn owner_gid() -> u32 {
-    rustix::process::getgid().as_raw()
 }
 
 impl Filesystem for SnapshotFs {
@@ -474,19 +463,6 @@ impl Filesystem for SnapshotFs {
             }
         }
         reply.ok();
-    }
-}
-
-impl Session {
-    /// A snapshot's plan with what reading its files needs.
-    pub(crate) async fn open_plan(
-        &self,
-        keys: &Keys,
-        record: &SnapshotRecord,
-    ) -> Result<(Plan, HashMap<PortionId, PortionLocation>, VendorSource), SessionError> {
-        let (manifest, locations, source) = self.open_snapshot(keys, record).await?;
-        let plan = super::restore::plan(&source, keys, &manifest, &locations).await?;
-        Ok((plan, locations, source))
     }
 }
 

@@ -7,7 +7,7 @@
 //! The fetching runs on the async side; the archive is written on a blocking
 //! thread that takes each file's bytes, in order, from a bounded channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -17,16 +17,12 @@ use std::sync::Arc;
 use offsite_proto::{PortionId, PortionLocation};
 use tokio::sync::mpsc;
 
+use super::pieces::{pieces_by_file, HeldPortions};
 use super::plan::Plan;
 use super::RestoreError;
-use crate::format::blob::{open, BlobId, BlobKind};
 use crate::format::keys::Keys;
-use crate::format::portion::blob_at;
 use crate::market::fetch::PortionSource;
 
-/// Portions kept while dumping: files are packed in the order they were
-/// walked, so consecutive chunks mostly share one.
-const KEPT_PORTIONS: usize = 4;
 /// Chunks on their way to the writer.
 const CHANNEL_CHUNKS: usize = 8;
 
@@ -58,40 +54,6 @@ pub struct DumpStats {
     pub portions_fetched: u64,
 }
 
-/// One chunk of a file: where its sealed blob is and where it goes.
-pub(crate) struct Piece {
-    pub offset: u64,
-    pub portion: PortionId,
-    /// Offset and length of the sealed blob in its portion.
-    pub at: (u64, u64),
-    pub id: BlobId,
-    pub plain_len: u32,
-}
-
-/// Each file's chunks in file order.
-pub(crate) fn pieces_by_file(plan: &Plan) -> Vec<Vec<Piece>> {
-    let mut by_file: Vec<Vec<Piece>> = plan.files.iter().map(|_| Vec::new()).collect();
-    for (portion, writes) in &plan.portions {
-        for write in writes {
-            for &(file, offset) in &write.targets {
-                if let Some(pieces) = by_file.get_mut(file) {
-                    pieces.push(Piece {
-                        offset,
-                        portion: *portion,
-                        at: (write.offset, write.length),
-                        id: write.id,
-                        plain_len: write.plain_len,
-                    });
-                }
-            }
-        }
-    }
-    for pieces in &mut by_file {
-        pieces.sort_by_key(|p| p.offset);
-    }
-    by_file
-}
-
 /// Writes what `plan` selects to `out`: the one file as it is when `archive`
 /// is `None` (the plan must hold exactly one file), else a tar or zip
 /// stream.
@@ -110,32 +72,25 @@ pub async fn dump<S: PortionSource>(
         let plan = plan.clone();
         tokio::task::spawn_blocking(move || write_out(&plan, archive, rx, out))
     };
-    let mut kept: VecDeque<(PortionId, Arc<Vec<u8>>)> = VecDeque::new();
+    let mut held = HeldPortions::default();
     let mut fetched = 0u64;
     let mut bytes = 0u64;
     let produced = async {
         let in_order = files_in_order(&plan).into_iter().map(|i| &pieces[i]);
         for piece in in_order.flatten() {
-            let portion = match kept.iter().find(|(id, _)| *id == piece.portion) {
-                Some((_, bytes)) => bytes.clone(),
+            let portion = match held.get(piece.portion) {
+                Some(bytes) => bytes,
                 None => {
                     let location = locations
                         .get(&piece.portion)
                         .ok_or(RestoreError::NoLocation(piece.portion))?;
                     let fresh = Arc::new(source.portion(location, Vec::new()).await?);
                     fetched += 1;
-                    if kept.len() >= KEPT_PORTIONS {
-                        kept.pop_front();
-                    }
-                    kept.push_back((piece.portion, fresh.clone()));
+                    held.keep(piece.portion, fresh.clone());
                     fresh
                 }
             };
-            let sealed = blob_at(piece.portion, &portion, piece.at.0, piece.at.1)?;
-            let plain = open(&keys, BlobKind::Data, &piece.id, sealed)?;
-            if plain.len() != piece.plain_len as usize {
-                return Err(RestoreError::ChunkLength(piece.id));
-            }
+            let plain = piece.open(&keys, &portion)?;
             bytes += plain.len() as u64;
             if tx.send(plain).await.is_err() {
                 // The writer stopped; its error is the one reported.
@@ -194,6 +149,18 @@ struct Incoming<'a> {
     at: usize,
 }
 
+impl<'a> Incoming<'a> {
+    /// The next `size` bytes the fetching side sends.
+    fn new(rx: &'a mut mpsc::Receiver<Vec<u8>>, size: u64) -> Self {
+        Self {
+            rx,
+            left: size,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
 impl Read for Incoming<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.left == 0 {
@@ -246,12 +213,7 @@ fn write_out(
                 ));
             }
             let Some(file) = file else { return Ok(()) };
-            let mut reader = Incoming {
-                rx: &mut rx,
-                left: file.size,
-                chunk: Vec::new(),
-                at: 0,
-            };
+            let mut reader = Incoming::new(&mut rx, file.size);
             std::io::copy(&mut reader, &mut out).map_err(io("write", stdout()))?;
             out.flush().map_err(io("write", stdout()))
         }
@@ -283,12 +245,7 @@ fn write_tar(
                 header.set_mode(file.mode & 0o7777);
                 header.set_mtime(file.mtime.0.max(0) as u64);
                 header.set_size(file.size);
-                let reader = Incoming {
-                    rx: &mut *rx,
-                    left: file.size,
-                    chunk: Vec::new(),
-                    at: 0,
-                };
+                let reader = Incoming::new(&mut *rx, file.size);
                 tar.append_data(&mut header, &file.path, reader)
                     .map_err(err(&file.path))?;
             }
@@ -344,12 +301,7 @@ fn write_zip(
             Item::File(file) => {
                 zip.start_file(name(&file.path), options(file.mode, file.mtime))
                     .map_err(zip_err(&file.path))?;
-                let mut reader = Incoming {
-                    rx: &mut *rx,
-                    left: file.size,
-                    chunk: Vec::new(),
-                    at: 0,
-                };
+                let mut reader = Incoming::new(&mut *rx, file.size);
                 std::io::copy(&mut reader, &mut zip)
                     .map_err(io("write to the zip archive", file.path.clone()))?;
             }
@@ -369,18 +321,9 @@ fn write_zip(
 /// A zip's local time from Unix seconds (zip stores no zone; UTC is used),
 /// when within the years a zip can hold (1980 to 2107).
 fn zip_time(secs: i64) -> Option<zip::DateTime> {
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = crate::calendar::civil_from_days(days);
-    zip::DateTime::from_date_and_time(
-        u16::try_from(year).ok()?,
-        month,
-        day,
-        (of_day / 3600) as u8,
-        (of_day % 3600 / 60) as u8,
-        (of_day % 60) as u8,
-    )
-    .ok()
+    let t = crate::calendar::DateTime::from_unix_secs(secs);
+    let year = u16::try_from(t.year).ok()?;
+    zip::DateTime::from_date_and_time(year, t.month, t.day, t.hour, t.minute, t.second).ok()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 mod beneath;
 pub mod dump;
+pub(crate) mod pieces;
 pub(crate) mod plan;
 #[cfg(test)]
 mod safety_tests;
