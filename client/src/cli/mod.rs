@@ -293,10 +293,25 @@ async fn ls(session: &Session, spec: &str) -> anyhow::Result<Output> {
                 let group = o.group.clone().unwrap_or_else(|| o.gid.to_string());
                 format!("{user}:{group}")
             });
-            format!(
-                "{:7} {:o} {:16} {:>12} {}\n",
+            let mut line = format!(
+                "{:7} {:o} {:16} {:>12} {}",
                 e.kind, e.mode, owner, e.size, e.path
-            )
+            );
+            if let Some(rdev) = e.rdev {
+                line.push_str(&format!(
+                    " (device {}:{})",
+                    libc::major(rdev),
+                    libc::minor(rdev)
+                ));
+            }
+            if let Some(to) = &e.hard_link_to {
+                line.push_str(&format!(" (hard link to {to})"));
+            }
+            if !e.xattrs.is_empty() {
+                line.push_str(&format!(" [{}]", e.xattrs.join(" ")));
+            }
+            line.push('\n');
+            line
         })
         .collect();
     let entries: Vec<Value> = rows
@@ -308,6 +323,8 @@ async fn ls(session: &Session, spec: &str) -> anyhow::Result<Output> {
                 "mtime_unix": e.mtime_unix,
                 "uid": o.map(|o| o.uid), "gid": o.map(|o| o.gid),
                 "user": o.and_then(|o| o.user.clone()), "group": o.and_then(|o| o.group.clone()),
+                "xattrs": e.xattrs, "hard_link_to": e.hard_link_to, "sparse": e.sparse,
+                "rdev": e.rdev,
             })
         })
         .collect();
@@ -352,6 +369,18 @@ async fn restore(
             s.deleted
         ));
     }
+    if s.specials_skipped > 0 {
+        human.push_str(&format!(
+            "; {} device nodes not made (only root may)",
+            s.specials_skipped
+        ));
+    }
+    if s.xattrs_skipped > 0 {
+        human.push_str(&format!(
+            "; {} extended attributes not set (not allowed, or the target's filesystem does not keep them)",
+            s.xattrs_skipped
+        ));
+    }
     human.push('\n');
     Ok(Output::ok(
         human,
@@ -362,10 +391,14 @@ async fn restore(
             "files": s.files,
             "dirs": s.dirs,
             "symlinks": s.symlinks,
+            "specials": s.specials,
+            "hard_links": s.hard_links,
             "bytes_written": s.bytes_written,
             "portions_fetched": s.portions_fetched,
             "skipped": s.skipped,
             "deleted": s.deleted,
+            "xattrs_skipped": s.xattrs_skipped,
+            "specials_skipped": s.specials_skipped,
         }),
     ))
 }

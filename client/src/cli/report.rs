@@ -51,6 +51,8 @@ pub async fn backup(session: &Session, options: BackupOptions) -> anyhow::Result
         "files": s.files,
         "dirs": s.dirs,
         "symlinks": s.symlinks,
+        "specials": s.specials,
+        "hard_links": s.hard_links,
         "skipped": s.skipped,
         "unreadable": s.unreadable,
         "unreadable_paths": s.unreadable_paths,

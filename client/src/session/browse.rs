@@ -3,7 +3,7 @@
 //! chunk ids, so no data is fetched); find matches a glob against the names
 //! (a pattern without `/`) or the paths of every entry of every snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use globset::GlobBuilder;
@@ -13,6 +13,7 @@ use super::hosts::FindFilter;
 use super::{Session, SessionError};
 use crate::filter::FilterError;
 use crate::format::keys::Keys;
+use crate::format::tree::{EntryKind, Owner, Xattr};
 use crate::session::restore::Plan;
 
 /// One entry of a snapshot, as `ls`, `diff` and `find` show it.
@@ -26,6 +27,14 @@ pub struct Found {
     pub mtime_unix: i64,
     /// The recorded owner (none in snapshots from before owners were kept).
     pub owner: Option<crate::format::tree::Owner>,
+    /// The names of its extended attributes (POSIX ACLs are
+    /// `system.posix_acl_access` and `system.posix_acl_default`).
+    pub xattrs: Vec<String>,
+    /// For a file that was a hard link: the path of the first of its links.
+    pub hard_link_to: Option<String>,
+    pub sparse: bool,
+    /// A device node's device number.
+    pub rdev: Option<u64>,
 }
 
 /// What changed at one path between two snapshots.
@@ -34,7 +43,8 @@ pub struct Change {
     pub path: String,
     /// `added`, `removed` or `modified`.
     pub change: &'static str,
-    /// For `modified`: which of `type`, `content`, `target`, `mode`, `mtime`.
+    /// For `modified`: which of `type`, `content`, `target`, `mode`,
+    /// `mtime`, `owner`, `xattrs`.
     pub what: Vec<&'static str>,
 }
 
@@ -55,10 +65,21 @@ struct Shape {
     mtime: (i64, u32),
     /// (uid, gid), when recorded.
     owner: Option<(u32, u32)>,
+    xattrs: Vec<Xattr>,
+}
+
+/// What `ls` calls a FIFO or device node.
+fn special_kind(kind: &EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Device { block: true, .. } => "blockdev",
+        EntryKind::Device { block: false, .. } => "chardev",
+        _ => "fifo",
+    }
 }
 
 fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
     let name = |p: &Path| p.to_string_lossy().into_owned();
+    let ids = |o: &Option<Owner>| o.as_ref().map(|o| (o.uid, o.gid));
     let mut out = BTreeMap::new();
     for d in &plan.dirs {
         let shape = Shape {
@@ -66,7 +87,8 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
             content: Vec::new(),
             mode: d.mode & 0o7777,
             mtime: d.mtime,
-            owner: d.owner.as_ref().map(|o| (o.uid, o.gid)),
+            owner: ids(&d.owner),
+            xattrs: d.xattrs.clone(),
         };
         out.insert(name(&d.path), shape);
     }
@@ -76,7 +98,8 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
             content: f.digest.to_vec(),
             mode: f.mode & 0o7777,
             mtime: f.mtime,
-            owner: f.owner.as_ref().map(|o| (o.uid, o.gid)),
+            owner: ids(&f.owner),
+            xattrs: f.xattrs.clone(),
         };
         out.insert(name(&f.path), shape);
     }
@@ -86,9 +109,25 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
             content: l.target.clone(),
             mode: 0o777,
             mtime: l.mtime,
-            owner: l.owner.as_ref().map(|o| (o.uid, o.gid)),
+            owner: ids(&l.owner),
+            xattrs: Vec::new(),
         };
         out.insert(name(&l.path), shape);
+    }
+    for s in &plan.specials {
+        let rdev = match s.kind {
+            EntryKind::Device { rdev, .. } => rdev,
+            _ => 0,
+        };
+        let shape = Shape {
+            kind: special_kind(&s.kind),
+            content: rdev.to_le_bytes().to_vec(),
+            mode: s.mode & 0o7777,
+            mtime: s.mtime,
+            owner: ids(&s.owner),
+            xattrs: s.xattrs.clone(),
+        };
+        out.insert(name(&s.path), shape);
     }
     out
 }
@@ -96,30 +135,66 @@ fn shapes(plan: &Plan) -> BTreeMap<String, Shape> {
 /// Every entry of a plan, sorted by path.
 pub fn entries(snapshot: offsite_proto::SnapshotId, plan: &Plan) -> Vec<Found> {
     let name = |p: &Path| p.to_string_lossy().into_owned();
-    let mut out: Vec<Found> = plan
-        .dirs
-        .iter()
-        .map(|d| (name(&d.path), "dir", 0, d.mode, d.mtime.0, &d.owner))
-        .chain(
-            plan.files
-                .iter()
-                .map(|f| (name(&f.path), "file", f.size, f.mode, f.mtime.0, &f.owner)),
-        )
-        .chain(
-            plan.links
-                .iter()
-                .map(|l| (name(&l.path), "symlink", 0, 0o777, l.mtime.0, &l.owner)),
-        )
-        .map(|(path, kind, size, mode, mtime_unix, owner)| Found {
-            snapshot,
-            path,
-            kind,
-            size,
-            mode: mode & 0o7777,
-            mtime_unix,
-            owner: owner.clone(),
-        })
-        .collect();
+    let names = |xattrs: &[Xattr]| -> Vec<String> {
+        xattrs
+            .iter()
+            .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+            .collect()
+    };
+    let found = |path: &Path, kind, mode: u32, mtime: (i64, u32), owner: &Option<Owner>| Found {
+        snapshot,
+        path: name(path),
+        kind,
+        size: 0,
+        mode: mode & 0o7777,
+        mtime_unix: mtime.0,
+        owner: owner.clone(),
+        xattrs: Vec::new(),
+        hard_link_to: None,
+        sparse: false,
+        rdev: None,
+    };
+    // The first link of each group by path is the one the others name.
+    let mut first_link: HashMap<u64, &Path> = HashMap::new();
+    for f in &plan.files {
+        if let Some(group) = f.link_group {
+            let first = first_link.entry(group).or_insert(&f.path);
+            if f.path < **first {
+                *first = &f.path;
+            }
+        }
+    }
+    let mut out: Vec<Found> = Vec::new();
+    for d in &plan.dirs {
+        out.push(Found {
+            xattrs: names(&d.xattrs),
+            ..found(&d.path, "dir", d.mode, d.mtime, &d.owner)
+        });
+    }
+    for f in &plan.files {
+        let first = f.link_group.and_then(|g| first_link.get(&g));
+        out.push(Found {
+            size: f.size,
+            xattrs: names(&f.xattrs),
+            hard_link_to: first.filter(|p| ***p != f.path).map(|p| name(p)),
+            sparse: f.sparse,
+            ..found(&f.path, "file", f.mode, f.mtime, &f.owner)
+        });
+    }
+    for l in &plan.links {
+        out.push(found(&l.path, "symlink", 0o777, l.mtime, &l.owner));
+    }
+    for s in &plan.specials {
+        let kind = special_kind(&s.kind);
+        out.push(Found {
+            xattrs: names(&s.xattrs),
+            rdev: match s.kind {
+                EntryKind::Device { rdev, .. } => Some(rdev),
+                _ => None,
+            },
+            ..found(&s.path, kind, s.mode, s.mtime, &s.owner)
+        });
+    }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
@@ -154,6 +229,9 @@ fn compare(from: &Plan, to: &Plan) -> Vec<Change> {
                 }
                 if old.owner.is_some() && new.owner.is_some() && old.owner != new.owner {
                     what.push("owner");
+                }
+                if old.kind == new.kind && old.xattrs != new.xattrs {
+                    what.push("xattrs");
                 }
                 if !what.is_empty() {
                     changes.push(Change {
@@ -249,6 +327,9 @@ mod tests {
             mtime: (1, 0),
             digest: [digest; 32],
             owner: None,
+            xattrs: Vec::new(),
+            sparse: false,
+            link_group: None,
         }
     }
 

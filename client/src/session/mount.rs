@@ -28,6 +28,7 @@ use super::restore::pieces::{pieces_by_file, HeldPortions, Piece};
 use super::restore::Plan;
 use super::Session;
 use crate::format::keys::Keys;
+use crate::format::tree::EntryKind;
 use crate::market::fetch::{PortionSource, VendorSource};
 
 /// How long the kernel may keep what it was told: nothing changes.
@@ -52,6 +53,22 @@ enum Kind {
         file: usize,
     },
     Link(Vec<u8>),
+    /// A FIFO or device node (the mount is `nodev`: no device opens).
+    Special {
+        kind: FileType,
+        rdev: u32,
+    },
+}
+
+impl Kind {
+    fn file_type(&self) -> FileType {
+        match self {
+            Kind::Dir(_) | Kind::Snapshot(_) => FileType::Directory,
+            Kind::File { .. } => FileType::RegularFile,
+            Kind::Link(_) => FileType::Symlink,
+            Kind::Special { kind, .. } => *kind,
+        }
+    }
 }
 
 struct Node {
@@ -254,6 +271,23 @@ impl SnapshotFs {
             };
             place(&mut nodes, &l.path, node);
         }
+        for special in &plan.specials {
+            let (kind, rdev) = match special.kind {
+                EntryKind::Device { block: true, rdev } => (FileType::BlockDevice, rdev),
+                EntryKind::Device { block: false, rdev } => (FileType::CharDevice, rdev),
+                _ => (FileType::NamedPipe, 0),
+            };
+            // FUSE carries the kernel's 32-bit encoding (`new_encode_dev`).
+            let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+            let rdev = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12);
+            let node = Node {
+                kind: Kind::Special { kind, rdev },
+                size: 0,
+                mode: special.mode & 0o555,
+                mtime: special.mtime,
+            };
+            place(&mut nodes, &special.path, node);
+        }
         drop(nodes);
         let loaded = Loaded {
             plan,
@@ -286,10 +320,10 @@ impl SnapshotFs {
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let nodes = self.nodes();
         let node = nodes.get(ino as usize).filter(|_| ino > 0)?;
-        let kind = match node.kind {
-            Kind::Dir(_) | Kind::Snapshot(_) => FileType::Directory,
-            Kind::File { .. } => FileType::RegularFile,
-            Kind::Link(_) => FileType::Symlink,
+        let kind = node.kind.file_type();
+        let rdev = match node.kind {
+            Kind::Special { rdev, .. } => rdev,
+            _ => 0,
         };
         let mtime =
             UNIX_EPOCH + Duration::new(node.mtime.0.max(0) as u64, node.mtime.1.min(999_999_999));
@@ -306,7 +340,7 @@ impl SnapshotFs {
             nlink: 1,
             uid: self.uid,
             gid: self.gid,
-            rdev: 0,
+            rdev,
             blksize: 4096,
             flags: 0,
         })
@@ -441,10 +475,10 @@ impl Filesystem for SnapshotFs {
         };
         let kinds: Vec<(u64, FileType, OsString)> = {
             let nodes = self.nodes();
-            let kind = |ino: u64| match nodes.get(ino as usize).map(|n| &n.kind) {
-                Some(Kind::File { .. }) => FileType::RegularFile,
-                Some(Kind::Link(_)) => FileType::Symlink,
-                _ => FileType::Directory,
+            let kind = |ino: u64| {
+                nodes
+                    .get(ino as usize)
+                    .map_or(FileType::Directory, |n| n.kind.file_type())
             };
             let mut all = vec![
                 (ino.0, FileType::Directory, OsString::from(".")),

@@ -54,6 +54,10 @@ pub struct BackupSummary {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// FIFOs and device nodes.
+    pub specials: u64,
+    /// Files met again through another hard link.
+    pub hard_links: u64,
     pub skipped: u64,
     pub unreadable: u64,
     /// The first unreadable paths, with why.
@@ -330,6 +334,8 @@ impl Session {
                 files: s.files,
                 dirs: s.dirs,
                 symlinks: s.symlinks,
+                specials: s.specials,
+                hard_links: s.hard_links,
                 skipped: s.skipped,
                 unreadable: s.unreadable,
                 unreadable_paths: packed.unreadable.clone(),

@@ -1,14 +1,18 @@
 //! Walking the paths of a backup: directories bottom-up into tree blobs,
 //! regular files chunked into data blobs, symlinks recorded (never followed),
-//! anything else skipped with a warning. Excluded paths are left out (see
+//! FIFOs and device nodes recorded, sockets skipped with a warning. Each
+//! entry keeps its owner and extended attributes (POSIX ACLs are among
+//! them); files linked more than once are read once and marked as one
+//! link group, and files with holes are marked sparse. Excluded paths are left out (see
 //! [`crate::filter`]); a file unchanged since the parent snapshot (its
 //! [`Stamp`] matches the parent's file metadata cache) is not read. Runs on
 //! its own thread; every blob not already in the dedup index or already sent
 //! in this run goes down the channel to be sealed, in batches.
 
+use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
@@ -19,7 +23,7 @@ use crate::format::blob::{BlobId, BlobKind, BlobSet};
 use crate::format::chunker::Chunker;
 use crate::format::keys::Keys;
 use crate::format::manifest::Index;
-use crate::format::tree::{ChunkRef, Entry, EntryKind, Owner, Tree};
+use crate::format::tree::{ChunkRef, Entry, EntryKind, Owner, Tree, Xattr, MAX_XATTRS};
 use crate::local::filecache::{self, Parent, Stamp};
 use crate::progress::Progress;
 
@@ -44,7 +48,11 @@ pub struct WalkStats {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
-    /// Entries that could not be read or are not files, dirs or symlinks.
+    /// FIFOs and device nodes.
+    pub specials: u64,
+    /// Files met again through another hard link (not read again).
+    pub hard_links: u64,
+    /// Entries that could not be read, and sockets.
     pub skipped: u64,
     /// Of the skipped, those that could not be read (a partial backup).
     pub unreadable: u64,
@@ -112,6 +120,7 @@ impl Walker<'_> {
             chunker: None,
             batch: Vec::new(),
             batch_bytes: 0,
+            linked: HashMap::new(),
         };
         let mut entries = Vec::with_capacity(paths.len());
         let mut names: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
@@ -167,6 +176,56 @@ struct State<'a> {
     /// New blobs not yet sent, and their plaintext bytes.
     batch: Vec<NewBlob>,
     batch_bytes: usize,
+    /// Files with more than one link met so far, by (device, inode): their
+    /// link group and content.
+    linked: HashMap<(u64, u64), Linked>,
+}
+
+/// A file met through one of its hard links.
+struct Linked {
+    group: u64,
+    size: u64,
+    content: Vec<ChunkRef>,
+}
+
+/// Whether a file occupies fewer blocks than its size needs: it has holes.
+fn is_sparse(meta: &Metadata) -> bool {
+    meta.blocks().saturating_mul(512) < meta.size()
+}
+
+/// The extended attributes of `path` (not following a symlink), sorted by
+/// name; none where the filesystem has none. One that cannot be read is
+/// left out with a warning: the file itself is still backed up.
+fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) => {
+            if e.raw_os_error() != Some(libc::ENOTSUP) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot list extended attributes; none kept");
+            }
+            return Vec::new();
+        }
+    };
+    let mut xattrs = Vec::new();
+    for name in names {
+        if xattrs.len() == MAX_XATTRS {
+            tracing::warn!(path = %path.display(), "more than {MAX_XATTRS} extended attributes; the rest left out");
+            break;
+        }
+        match xattr::get(path, &name) {
+            Ok(Some(value)) => xattrs.push(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            }),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), name = ?name, error = %e, "cannot read an extended attribute; left out")
+            }
+        }
+    }
+    xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+    xattrs.dedup_by(|a, b| a.name == b.name);
+    xattrs
 }
 
 impl State<'_> {
@@ -218,17 +277,27 @@ impl State<'_> {
         meta: &Metadata,
     ) -> Result<Option<Entry>, WalkError> {
         let kind = meta.file_type();
+        let mut link_group = None;
         let result = if kind.is_file() {
-            self.file(path, meta)
-                .map(|(size, content)| EntryKind::File { size, content })
+            self.file(path, meta).map(|(size, content, group)| {
+                link_group = group;
+                EntryKind::File { size, content }
+            })
         } else if kind.is_dir() {
             self.dir(path).map(|subtree| EntryKind::Dir { subtree })
         } else if kind.is_symlink() {
             std::fs::read_link(path).map(|target| EntryKind::Symlink {
                 target: target.as_os_str().as_bytes().to_vec(),
             })
+        } else if kind.is_fifo() {
+            Ok(EntryKind::Fifo)
+        } else if kind.is_char_device() || kind.is_block_device() {
+            Ok(EntryKind::Device {
+                block: kind.is_block_device(),
+                rdev: meta.rdev(),
+            })
         } else {
-            tracing::warn!(path = %path.display(), "not a file, directory or symlink; skipped");
+            tracing::warn!(path = %path.display(), "a socket; skipped");
             self.stats.skipped += 1;
             return Ok(None);
         };
@@ -247,7 +316,16 @@ impl State<'_> {
             EntryKind::File { .. } => self.stats.files += 1,
             EntryKind::Dir { .. } => self.stats.dirs += 1,
             EntryKind::Symlink { .. } => self.stats.symlinks += 1,
+            EntryKind::Fifo | EntryKind::Device { .. } => self.stats.specials += 1,
         }
+        // Linux keeps no user extended attributes on symlinks, and reading
+        // one's would read its target's.
+        let xattrs = if matches!(kind, EntryKind::Symlink { .. }) {
+            Vec::new()
+        } else {
+            read_xattrs(path)
+        };
+        let sparse = matches!(kind, EntryKind::File { .. }) && is_sparse(meta);
         let accounts = crate::accounts::Accounts::local();
         let owner = Owner {
             uid: meta.uid(),
@@ -262,6 +340,9 @@ impl State<'_> {
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
             owner: Some(owner),
+            xattrs,
+            link_group,
+            sparse,
         }))
     }
 
@@ -283,7 +364,43 @@ impl State<'_> {
             .then(|| content.to_vec())
     }
 
-    fn file(&mut self, path: &Path, meta: &Metadata) -> std::io::Result<(u64, Vec<ChunkRef>)> {
+    /// A file's size and chunks, and its link group when it has more than
+    /// one link; a file met before through another link is not read again.
+    fn file(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+    ) -> std::io::Result<(u64, Vec<ChunkRef>, Option<u64>)> {
+        if meta.nlink() < 2 {
+            let (size, content) = self.file_content(path, meta)?;
+            return Ok((size, content, None));
+        }
+        let inode = (meta.dev(), meta.ino());
+        if let Some(linked) = self.linked.get(&inode) {
+            self.stats.hard_links += 1;
+            self.stats.bytes_total += linked.size;
+            self.walker.progress.add_files(1);
+            self.done(linked.size);
+            return Ok((linked.size, linked.content.clone(), Some(linked.group)));
+        }
+        let (size, content) = self.file_content(path, meta)?;
+        let group = self.linked.len() as u64;
+        self.linked.insert(
+            inode,
+            Linked {
+                group,
+                size,
+                content: content.clone(),
+            },
+        );
+        Ok((size, content, Some(group)))
+    }
+
+    fn file_content(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+    ) -> std::io::Result<(u64, Vec<ChunkRef>)> {
         let stamp = Stamp::of(meta);
         let (size, content) = match self.unchanged(path, &stamp) {
             Some(content) => {

@@ -21,6 +21,7 @@ use super::pieces::{pieces_by_file, HeldPortions};
 use super::plan::Plan;
 use super::RestoreError;
 use crate::format::keys::Keys;
+use crate::format::tree::{EntryKind, Owner, Xattr};
 use crate::market::fetch::PortionSource;
 
 /// Chunks on their way to the writer.
@@ -65,6 +66,11 @@ pub async fn dump<S: PortionSource>(
     archive: Option<Archive>,
     out: Box<dyn Write + Send>,
 ) -> Result<DumpStats, RestoreError> {
+    let mut plan = plan;
+    if archive == Some(Archive::Tar) {
+        // A tar stream keeps hard links as links: one copy of the content.
+        plan.defer_hard_links();
+    }
     let pieces = pieces_by_file(&plan);
     let plan = Arc::new(plan);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
@@ -128,6 +134,7 @@ enum Item<'a> {
     Dir(&'a super::plan::DirPlan),
     File(&'a super::plan::FilePlan),
     Link(&'a super::plan::LinkPlan),
+    Special(&'a super::plan::SpecialPlan),
 }
 
 /// Every entry in path order, so each directory is followed by what it
@@ -137,6 +144,11 @@ fn items(plan: &Plan) -> Vec<Item<'_>> {
     items.extend(plan.dirs.iter().map(|d| (d.path.as_path(), Item::Dir(d))));
     items.extend(plan.files.iter().map(|f| (f.path.as_path(), Item::File(f))));
     items.extend(plan.links.iter().map(|l| (l.path.as_path(), Item::Link(l))));
+    items.extend(
+        plan.specials
+            .iter()
+            .map(|s| (s.path.as_path(), Item::Special(s))),
+    );
     items.sort_by(|a, b| a.0.cmp(b.0));
     items.into_iter().map(|(_, item)| item).collect()
 }
@@ -205,7 +217,8 @@ fn write_out(
     match archive {
         None => {
             let file = plan.files.first();
-            if plan.files.len() != 1 || !plan.dirs.is_empty() || !plan.links.is_empty() {
+            let others = plan.dirs.len() + plan.links.len() + plan.specials.len();
+            if plan.files.len() != 1 || others > 0 {
                 return Err(RestoreError::Worker(
                     "a dump without --archive writes one file; name a file, or add \
                      --archive tar"
@@ -222,6 +235,49 @@ fn write_out(
     }
 }
 
+/// A tar header of `kind` with an entry's mode, mtime and owner (ids and
+/// names, when recorded).
+fn tar_header(
+    kind: tar::EntryType,
+    mode: u32,
+    mtime: (i64, u32),
+    owner: Option<&Owner>,
+) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode & 0o7777);
+    header.set_mtime(mtime.0.max(0) as u64);
+    header.set_size(0);
+    if let Some(owner) = owner {
+        header.set_uid(owner.uid.into());
+        header.set_gid(owner.gid.into());
+        // A name that does not fit the header is left out; the ids stay.
+        if let Some(user) = &owner.user {
+            let _ = header.set_username(user);
+        }
+        if let Some(group) = &owner.group {
+            let _ = header.set_groupname(group);
+        }
+    }
+    header
+}
+
+/// Extended attributes as the PAX records GNU tar and bsdtar read
+/// (`SCHILY.xattr.NAME`), before the entry they belong to.
+fn append_xattrs<W: Write>(tar: &mut tar::Builder<W>, xattrs: &[Xattr]) -> std::io::Result<()> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<(String, &[u8])> = xattrs
+        .iter()
+        .map(|x| {
+            let name = String::from_utf8_lossy(&x.name);
+            (format!("SCHILY.xattr.{name}"), x.value.as_slice())
+        })
+        .collect();
+    tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+}
+
 fn write_tar(
     plan: &Plan,
     rx: &mut mpsc::Receiver<Vec<u8>>,
@@ -230,35 +286,65 @@ fn write_tar(
     let mut tar = tar::Builder::new(out);
     let err = |path: &PathBuf| io("write to the tar stream", path.clone());
     for item in items(plan) {
-        let mut header = tar::Header::new_gnu();
         match item {
             Item::Dir(dir) => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(dir.mode & 0o7777);
-                header.set_mtime(dir.mtime.0.max(0) as u64);
-                header.set_size(0);
+                let mut header = tar_header(
+                    tar::EntryType::Directory,
+                    dir.mode,
+                    dir.mtime,
+                    dir.owner.as_ref(),
+                );
+                append_xattrs(&mut tar, &dir.xattrs).map_err(err(&dir.path))?;
                 tar.append_data(&mut header, &dir.path, std::io::empty())
                     .map_err(err(&dir.path))?;
             }
             Item::File(file) => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(file.mode & 0o7777);
-                header.set_mtime(file.mtime.0.max(0) as u64);
+                let mut header = tar_header(
+                    tar::EntryType::Regular,
+                    file.mode,
+                    file.mtime,
+                    file.owner.as_ref(),
+                );
                 header.set_size(file.size);
+                append_xattrs(&mut tar, &file.xattrs).map_err(err(&file.path))?;
                 let reader = Incoming::new(&mut *rx, file.size);
                 tar.append_data(&mut header, &file.path, reader)
                     .map_err(err(&file.path))?;
             }
             Item::Link(link) => {
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_mode(0o777);
-                header.set_mtime(link.mtime.0.max(0) as u64);
-                header.set_size(0);
+                let mut header = tar_header(
+                    tar::EntryType::Symlink,
+                    0o777,
+                    link.mtime,
+                    link.owner.as_ref(),
+                );
                 let target = PathBuf::from(OsStr::from_bytes(&link.target));
                 tar.append_link(&mut header, &link.path, &target)
                     .map_err(err(&link.path))?;
             }
+            Item::Special(special) => {
+                let (kind, rdev) = match special.kind {
+                    EntryKind::Device { block: true, rdev } => (tar::EntryType::Block, rdev),
+                    EntryKind::Device { block: false, rdev } => (tar::EntryType::Char, rdev),
+                    _ => (tar::EntryType::Fifo, 0),
+                };
+                let mut header =
+                    tar_header(kind, special.mode, special.mtime, special.owner.as_ref());
+                header
+                    .set_device_major(libc::major(rdev))
+                    .and_then(|()| header.set_device_minor(libc::minor(rdev)))
+                    .map_err(err(&special.path))?;
+                append_xattrs(&mut tar, &special.xattrs).map_err(err(&special.path))?;
+                tar.append_data(&mut header, &special.path, std::io::empty())
+                    .map_err(err(&special.path))?;
+            }
         }
+    }
+    // After every file, so each link's target is already in the archive.
+    for link in &plan.hard_links {
+        let mut header = tar_header(tar::EntryType::Link, 0, (0, 0), None);
+        tar.append_link(&mut header, &link.path, &link.to)
+            .map_err(err(&link.path))?;
     }
     let mut out = tar.into_inner().map_err(err(&PathBuf::from("(end)")))?;
     out.flush().map_err(err(&PathBuf::from("(end)")))
@@ -310,6 +396,10 @@ fn write_zip(
                 zip.add_symlink(name(&link.path), target, options(0o777, link.mtime))
                     .map_err(zip_err(&link.path))?;
             }
+            Item::Special(special) => tracing::warn!(
+                path = %special.path.display(),
+                "a zip archive cannot hold a FIFO or device node; left out (use --archive tar)"
+            ),
         }
     }
     let mut spool = zip.finish().map_err(zip_err(&spool_path()))?;

@@ -22,6 +22,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -113,8 +114,17 @@ pub struct RestoreStats {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// FIFOs and device nodes made.
+    pub specials: u64,
+    /// Files made as hard links to another file of the restore.
+    pub hard_links: u64,
     pub bytes_written: u64,
     pub portions_fetched: u64,
+    /// Extended attributes the restoring user may not set or the target's
+    /// filesystem does not keep.
+    pub xattrs_skipped: u64,
+    /// Device nodes not made (not root).
+    pub specials_skipped: u64,
     /// Files and directories whose setuid, setgid or sticky bit was dropped.
     pub special_bits_dropped: u64,
     /// Files and symlinks left as they were (`--overwrite`).
@@ -213,6 +223,7 @@ pub async fn restore<S: PortionSource>(
 ) -> Result<RestoreStats, RestoreError> {
     check_target(target)?;
     let mut plan = plan_selected(source, &keys, manifest, locations, &options.selection).await?;
+    plan.defer_hard_links();
     let (target, fresh) = {
         let target = target.to_path_buf();
         blocking(move || write::open_target(&target)).await?
@@ -305,15 +316,19 @@ pub async fn restore<S: PortionSource>(
         0
     };
     {
-        let (plan, target) = (plan.clone(), target.clone());
+        let (plan, target, remaining) = (plan.clone(), target.clone(), remaining.clone());
         blocking(move || write::finish(&target, &plan, &remaining)).await?;
     }
     Ok(RestoreStats {
         files: plan.files.len() as u64,
         dirs: plan.dirs.len() as u64,
         symlinks: plan.links.len() as u64,
+        specials: plan.specials.len() as u64,
+        hard_links: plan.hard_links.len() as u64,
         bytes_written: written.iter().sum(),
         portions_fetched: written.len() as u64,
+        xattrs_skipped: remaining.xattrs_skipped.load(Ordering::Relaxed),
+        specials_skipped: remaining.specials_skipped.load(Ordering::Relaxed),
         special_bits_dropped,
         skipped: skipped.len() as u64,
         deleted,

@@ -1,6 +1,6 @@
 //! Restore planning: walk a snapshot's trees from the root, list the
-//! directories, files and symlinks to create, and for each portion which
-//! blobs go to which (file, offset).
+//! directories, files, symlinks and special files to create, and for each
+//! portion which blobs go to which (file, offset).
 //!
 //! Trees are content-addressed, so the same subtree may appear in many
 //! places (every empty directory shares one); a tree that is its own
@@ -25,7 +25,7 @@ use crate::format::blob::{open, BlobId, BlobKind};
 use crate::format::keys::Keys;
 use crate::format::manifest::Manifest;
 use crate::format::portion::blob_at;
-use crate::format::tree::{EntryKind, Owner, Tree};
+use crate::format::tree::{EntryKind, Owner, Tree, Xattr};
 use crate::market::fetch::PortionSource;
 use crate::session::restore::select::Selection;
 use crate::session::restore::RestoreError;
@@ -55,6 +55,7 @@ pub struct DirPlan {
     pub mtime: (i64, u32),
     pub depth: usize,
     pub owner: Option<Owner>,
+    pub xattrs: Vec<Xattr>,
 }
 
 /// A file to create at `size` and fill.
@@ -67,6 +68,31 @@ pub struct FilePlan {
     /// blake3 over the file's chunk ids: equal digests, equal contents.
     pub digest: [u8; 32],
     pub owner: Option<Owner>,
+    pub xattrs: Vec<Xattr>,
+    /// Leave zero blocks unwritten, as holes.
+    pub sparse: bool,
+    /// Shared by the files that were hard links to one another.
+    pub link_group: Option<u64>,
+}
+
+/// A FIFO or device node to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecialPlan {
+    pub path: PathBuf,
+    /// [`EntryKind::Fifo`] or [`EntryKind::Device`].
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub mtime: (i64, u32),
+    pub owner: Option<Owner>,
+    pub xattrs: Vec<Xattr>,
+}
+
+/// A file made as a hard link to a file the restore writes (or, with
+/// `--overwrite`, left as it was).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardLinkPlan {
+    pub path: PathBuf,
+    pub to: PathBuf,
 }
 
 /// A symlink to create.
@@ -95,6 +121,10 @@ pub struct Plan {
     pub dirs: Vec<DirPlan>,
     pub files: Vec<FilePlan>,
     pub links: Vec<LinkPlan>,
+    pub specials: Vec<SpecialPlan>,
+    /// Filled by [`Plan::defer_hard_links`]; until then every link of a
+    /// file is in `files`.
+    pub hard_links: Vec<HardLinkPlan>,
     pub portions: BTreeMap<PortionId, Vec<BlobWrite>>,
     pub bytes: u64,
     /// One file or symlink was selected, so the target is not a directory
@@ -135,6 +165,33 @@ impl Plan {
         self.dirs.iter_mut().for_each(|d| resolve(&mut d.owner));
         self.files.iter_mut().for_each(|f| resolve(&mut f.owner));
         self.links.iter_mut().for_each(|l| resolve(&mut l.owner));
+        self.specials.iter_mut().for_each(|s| resolve(&mut s.owner));
+    }
+
+    /// Keeps in `files` the first file of each link group and moves the
+    /// others to `hard_links`, to be linked to it rather than written.
+    pub fn defer_hard_links(&mut self) {
+        let mut first: HashMap<u64, PathBuf> = HashMap::new();
+        let mut links = Vec::new();
+        self.retain_files(|file| {
+            let Some(group) = file.link_group else {
+                return true;
+            };
+            match first.get(&group) {
+                Some(to) => {
+                    links.push(HardLinkPlan {
+                        path: file.path.clone(),
+                        to: to.clone(),
+                    });
+                    false
+                }
+                None => {
+                    first.insert(group, file.path.clone());
+                    true
+                }
+            }
+        });
+        self.hard_links = links;
     }
 
     /// Keeps the files `keep` answers true for, and only the portions and
@@ -430,6 +487,7 @@ pub(crate) async fn walk<T: TreeSource>(
                     mtime: (entry.mtime_secs, entry.mtime_nanos),
                     depth: next.depth,
                     owner: entry.owner.clone(),
+                    xattrs: entry.xattrs.clone(),
                 });
                 building.dir_included.push(included);
                 waiting.push_back(Pending {
@@ -495,6 +553,14 @@ fn take(building: &mut Building, manifest: &Manifest, met: Met<'_>) -> Result<()
             mtime,
             owner: entry.owner.clone(),
         }),
+        EntryKind::Fifo | EntryKind::Device { .. } => plan.specials.push(SpecialPlan {
+            path,
+            kind: entry.kind.clone(),
+            mode: entry.mode,
+            mtime,
+            owner: entry.owner.clone(),
+            xattrs: entry.xattrs.clone(),
+        }),
         EntryKind::File { size, content } => {
             let file = plan.files.len();
             let mut digest = blake3::Hasher::new();
@@ -508,6 +574,9 @@ fn take(building: &mut Building, manifest: &Manifest, met: Met<'_>) -> Result<()
                 mtime,
                 digest: *digest.finalize().as_bytes(),
                 owner: entry.owner.clone(),
+                xattrs: entry.xattrs.clone(),
+                sparse: entry.sparse,
+                link_group: entry.link_group,
             });
             plan.bytes = plan.bytes.saturating_add(*size);
             let mut offset = 0u64;
@@ -545,6 +614,7 @@ fn keep_dirs_that_hold_something(building: &mut Building) {
     let mut needed: HashSet<PathBuf> = HashSet::new();
     let taken = plan.files.iter().map(|f| &f.path);
     let taken = taken.chain(plan.links.iter().map(|l| &l.path));
+    let taken = taken.chain(plan.specials.iter().map(|s| &s.path));
     let taken = taken.chain(
         plan.dirs
             .iter()

@@ -218,14 +218,7 @@ async fn a_symlink_swapped_in_during_the_restore_is_never_followed() {
 }
 
 fn entry(name: &[u8], kind: EntryKind, mode: u32) -> Entry {
-    Entry {
-        name: name.to_vec(),
-        kind,
-        mode,
-        mtime_secs: 1_700_000_000,
-        mtime_nanos: 0,
-        owner: None,
-    }
+    Entry::plain(name.to_vec(), kind, mode, (1_700_000_000, 0))
 }
 
 fn empty_file() -> EntryKind {

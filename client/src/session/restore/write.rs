@@ -1,8 +1,9 @@
 //! The writing half of a restore: create directories, write each blob of a
 //! fetched portion at its offsets (a file is created by its first write), and
 //! give each file its permissions and mtime through the handle of its last
-//! write; then symlinks, the files no write finished (empty ones), and
-//! directories (deepest first).
+//! write; then symlinks, FIFOs and device nodes, the files no write
+//! finished (empty ones), hard links, and directories (deepest first).
+//! A sparse file's zero blocks are not written, so its holes stay holes.
 //!
 //! Into a new or empty target nothing needs clearing, so no file is touched
 //! before its data arrives; into a non-empty one anything not a directory
@@ -15,9 +16,14 @@
 //! Owners and groups are restored when the plan carries them (run as root;
 //! see [`Owners`](super::plan::Owners)); setuid, setgid and sticky bits only
 //! together with the owner, since on a file the restoring user now owns
-//! they would grant that user's rights instead of the owner's.
+//! they would grant that user's rights instead of the owner's. Extended
+//! attributes (POSIX ACLs among them) are set after the mode, which would
+//! otherwise rewrite an ACL's mask; one the restoring user may not set (a
+//! `trusted.` one when not root) or the target's filesystem does not
+//! support is counted and left out, as are device nodes when not root.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -33,9 +39,9 @@ use rustix::fs::{Timespec, Timestamps};
 use crate::format::blob::{open_in_place, BlobKind};
 use crate::format::keys::Keys;
 use crate::format::portion::{blob_at_mut, check_header};
-use crate::format::tree::Owner;
+use crate::format::tree::{EntryKind, Owner, Xattr};
 use crate::session::restore::beneath::{is_symlink_refusal, Beneath, Parent};
-use crate::session::restore::plan::{BlobWrite, FilePlan, Plan};
+use crate::session::restore::plan::{BlobWrite, FilePlan, Plan, SpecialPlan};
 use crate::session::restore::{Overwrite, RestoreError};
 
 fn io_err<'a>(
@@ -189,26 +195,99 @@ fn open_file(target: &Beneath, rel: &Path, flags: OFlags) -> Result<File, Restor
     Ok(File::from(fd))
 }
 
-/// Bytes each file of the plan still waits for.
-pub struct Remaining(Vec<AtomicU64>);
+/// Bytes each file of the plan still waits for, and what the restore left
+/// out so far.
+pub struct Remaining {
+    bytes: Vec<AtomicU64>,
+    /// Extended attributes that could not be set (see the module's doc).
+    pub xattrs_skipped: AtomicU64,
+    /// Device nodes not made (only root may).
+    pub specials_skipped: AtomicU64,
+}
 
 impl Remaining {
     pub fn new(plan: &Plan) -> Self {
-        Self(plan.files.iter().map(|f| AtomicU64::new(f.size)).collect())
+        Self {
+            bytes: plan.files.iter().map(|f| AtomicU64::new(f.size)).collect(),
+            xattrs_skipped: AtomicU64::new(0),
+            specials_skipped: AtomicU64::new(0),
+        }
     }
 
     /// Counts `len` bytes of `file` written; true when that was the last.
     fn written(&self, file: usize, len: u64) -> bool {
-        self.0
+        self.bytes
             .get(file)
             .is_some_and(|left| left.fetch_sub(len, Ordering::AcqRel) == len)
     }
 
     fn done(&self, file: usize) -> bool {
-        self.0
+        self.bytes
             .get(file)
             .is_some_and(|left| left.load(Ordering::Acquire) == 0)
     }
+}
+
+/// The block size holes are kept at: a sparse file's all-zero blocks of
+/// this size (aligned in the file) are left unwritten.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data` at `offset`, leaving out the aligned blocks that are all
+/// zero (the file was created empty, so they read as zeros).
+fn write_sparse(out: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut at = 0usize;
+    // The start of a run of non-zero blocks not yet written.
+    let mut run: Option<usize> = None;
+    while at < data.len() {
+        let to_boundary = HOLE_BLOCK - (offset + at as u64) % HOLE_BLOCK;
+        let end = (at + to_boundary as usize).min(data.len());
+        let zero = data[at..end].iter().all(|&b| b == 0);
+        match (zero, run) {
+            (true, Some(start)) => {
+                out.write_all_at(&data[start..at], offset + start as u64)?;
+                run = None;
+            }
+            (false, None) => run = Some(at),
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(start) = run {
+        out.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
+}
+
+/// Whether setting an extended attribute failed for a reason that leaves
+/// the rest of the restore sound: the user may not, or the filesystem
+/// cannot.
+fn xattr_not_allowed(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EACCES | libc::ENOTSUP | libc::ENOSPC | libc::E2BIG)
+    )
+}
+
+/// Sets each extended attribute with `set`, counting those not allowed.
+fn give_xattrs(
+    target: &Beneath,
+    rel: &Path,
+    xattrs: &[Xattr],
+    remaining: &Remaining,
+    mut set: impl FnMut(&std::ffi::OsStr, &[u8]) -> std::io::Result<()>,
+) -> Result<(), RestoreError> {
+    for x in xattrs {
+        let name = std::ffi::OsStr::from_bytes(&x.name);
+        match set(name, &x.value) {
+            Ok(()) => {}
+            Err(e) if xattr_not_allowed(&e) => {
+                tracing::debug!(path = %target.display(rel).display(), name = ?name, error = %e, "extended attribute not restored");
+                remaining.xattrs_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => return Err(io_err(target, rel, "set extended attributes of")(e)),
+        }
+    }
+    Ok(())
 }
 
 /// The memory one portion job works in, reused from portion to portion so a
@@ -250,31 +329,46 @@ pub fn apply_portion(
             };
             let rel = file.path.as_path();
             let out = open_file(target, rel, OFlags::WRONLY | OFlags::CREATE)?;
-            out.write_all_at(plain, offset)
-                .map_err(io_err(target, rel, "write file"))?;
+            if file.sparse {
+                write_sparse(&out, plain, offset)
+            } else {
+                out.write_all_at(plain, offset)
+            }
+            .map_err(io_err(target, rel, "write file"))?;
             written += plain.len() as u64;
             if remaining.written(index, plain.len() as u64) {
-                finish_file(target, file, &out, false)?;
+                finish_file(target, file, &out, false, remaining)?;
             }
         }
     }
     Ok(written)
 }
 
-/// Gives a file its permissions and mtime (and its atime too, when `atime`).
+/// Gives a file its length (a sparse file's last hole), owner,
+/// permissions, extended attributes and mtime (and its atime too, when
+/// `atime`).
 fn finish_file(
     target: &Beneath,
     file: &FilePlan,
     out: &File,
     atime: bool,
+    remaining: &Remaining,
 ) -> Result<(), RestoreError> {
+    use xattr::FileExt as _;
     let rel = file.path.as_path();
+    if file.sparse {
+        out.set_len(file.size)
+            .map_err(io_err(target, rel, "set the length of"))?;
+    }
     let owner = file.owner.as_ref();
     give_owner(target, rel, out, owner)?;
     out.set_permissions(std::fs::Permissions::from_mode(restored_mode(
         file.mode, owner,
     )))
     .map_err(io_err(target, rel, "set permissions"))?;
+    give_xattrs(target, rel, &file.xattrs, remaining, |name, value| {
+        out.set_xattr(name, value)
+    })?;
     let atime = atime.then(|| mtime(file.mtime));
     filetime::set_file_handle_times(out, atime, Some(mtime(file.mtime))).map_err(io_err(
         target,
@@ -324,12 +418,29 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
         utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(err("set symlink mtime"))?;
     }
+    for special in &plan.specials {
+        make_special(target, special, remaining)?;
+    }
     for (index, file) in plan.files.iter().enumerate() {
         if file.size > 0 && remaining.done(index) {
             continue;
         }
         let out = open_file(target, &file.path, OFlags::RDONLY)?;
-        finish_file(target, file, &out, true)?;
+        finish_file(target, file, &out, true, remaining)?;
+    }
+    for link in &plan.hard_links {
+        let rel = link.path.as_path();
+        let (from, from_name) =
+            target
+                .parent(&link.to)
+                .map_err(io_err(target, &link.to, "open the directory of"))?;
+        let (parent, name) =
+            target
+                .parent(rel)
+                .map_err(io_err(target, rel, "open the directory of"))?;
+        remove_non_dir(target, &parent, name, rel)?;
+        rustix::fs::linkat(&from, from_name, &parent, name, AtFlags::empty())
+            .map_err(|e| io_err(target, rel, "create hard link")(e.into()))?;
     }
     let mut dirs: Vec<_> = plan.dirs.iter().collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
@@ -346,6 +457,10 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
                 dir.mode, owner,
             )))
             .map_err(io_err(target, rel, "set permissions"))?;
+        give_xattrs(target, rel, &dir.xattrs, remaining, |name, value| {
+            use xattr::FileExt as _;
+            handle.set_xattr(name, value)
+        })?;
         let at = mtime(dir.mtime);
         filetime::set_file_handle_times(&handle, Some(at), Some(at)).map_err(io_err(
             target,
@@ -356,10 +471,89 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
     Ok(())
 }
 
-/// Takes out of `plan` the files and symlinks `overwrite` leaves as they
-/// are in a target that already holds something: with `never` anything at
-/// their path, with `if-changed` a regular file of the same size and mtime
-/// (to the nanosecond) or a symlink to the same target. Returns their paths.
+/// Makes a FIFO or device node with its owner, mode, extended attributes
+/// and mtime; a device node is counted and left out when the restoring
+/// user may not make one.
+fn make_special(
+    target: &Beneath,
+    special: &SpecialPlan,
+    remaining: &Remaining,
+) -> Result<(), RestoreError> {
+    let rel = special.path.as_path();
+    let (parent, name) =
+        target
+            .parent(rel)
+            .map_err(io_err(target, rel, "open the directory of"))?;
+    let err = |what| move |e: rustix::io::Errno| io_err(target, rel, what)(e.into());
+    remove_non_dir(target, &parent, name, rel)?;
+    let (kind, dev) = match special.kind {
+        EntryKind::Device { block: true, rdev } => (FileType::BlockDevice, rdev),
+        EntryKind::Device { block: false, rdev } => (FileType::CharacterDevice, rdev),
+        _ => (FileType::Fifo, 0),
+    };
+    match rustix::fs::mknodat(&parent, name, kind, Mode::RUSR | Mode::WUSR, dev) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::PERM) if kind != FileType::Fifo => {
+            tracing::warn!(path = %target.display(rel).display(), "device node not made: only root may make one");
+            remaining.specials_skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(e) => return Err(err("create")(e)),
+    }
+    // A handle that neither opens the pipe nor the device; its path under
+    // /proc reaches the node just made even if its name is swapped.
+    let node = rustix::fs::openat(
+        &parent,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err("open"))?;
+    let stat = rustix::fs::fstat(&node).map_err(err("inspect"))?;
+    if FileType::from_raw_mode(stat.st_mode) != kind {
+        return Err(RestoreError::NotOurFile(target.display(rel)));
+    }
+    let by_proc = PathBuf::from(format!("/proc/self/fd/{}", node.as_raw_fd()));
+    let owner = special.owner.as_ref();
+    if let Some(owner) = owner {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(owner.uid),
+            rustix::fs::Gid::from_raw(owner.gid),
+        );
+        rustix::fs::chownat(
+            &node,
+            "",
+            Some(uid),
+            Some(gid),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(err("set owner of"))?;
+    }
+    std::fs::set_permissions(
+        &by_proc,
+        std::fs::Permissions::from_mode(restored_mode(special.mode, owner)),
+    )
+    .map_err(io_err(target, rel, "set permissions"))?;
+    give_xattrs(target, rel, &special.xattrs, remaining, |name, value| {
+        xattr::set_deref(&by_proc, name, value)
+    })?;
+    let (secs, nanos) = special.mtime;
+    let at = Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos.into(),
+    };
+    let times = Timestamps {
+        last_access: at,
+        last_modification: at,
+    };
+    utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(err("set mtime of"))
+}
+
+/// Takes out of `plan` the entries `overwrite` leaves as they are in a
+/// target that already holds something: with `never` anything at their
+/// path, with `if-changed` a regular file of the same size and mtime (to
+/// the nanosecond), a symlink to the same target, a FIFO or the same device
+/// node, or a hard link already to its file. Returns their paths.
 pub fn skip_existing(
     target: &Beneath,
     plan: &mut Plan,
@@ -409,24 +603,83 @@ pub fn skip_existing(
     if let Some(e) = failed {
         return Err(e);
     }
-    let mut links = Vec::with_capacity(plan.links.len());
-    for link in std::mem::take(&mut plan.links) {
-        let skip = match (overwrite, existing(&link.path)?) {
-            (_, None) => false,
-            (Overwrite::Never, Some(_)) => true,
-            (_, Some(stat)) => {
-                FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
-                    && read_link(target, &link.path).as_deref() == Some(link.target.as_slice())
-            }
-        };
-        if skip {
-            skipped.push(link.path);
+    // The others: what `never` finds anything at, and what `if-changed`
+    // finds already as the snapshot has it.
+    let unchanged = |found: Option<rustix::fs::Stat>,
+                     same: &dyn Fn(&rustix::fs::Stat) -> Result<bool, RestoreError>|
+     -> Result<bool, RestoreError> {
+        match (overwrite, found) {
+            (_, None) => Ok(false),
+            (Overwrite::Never, Some(_)) => Ok(true),
+            (_, Some(stat)) => same(&stat),
+        }
+    };
+    let links = std::mem::take(&mut plan.links);
+    plan.links = keep_unless(
+        links,
+        &mut skipped,
+        |l| &l.path,
+        |link| {
+            unchanged(existing(&link.path)?, &|stat| {
+                Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
+                    && read_link(target, &link.path).as_deref() == Some(link.target.as_slice()))
+            })
+        },
+    )?;
+    let specials = std::mem::take(&mut plan.specials);
+    plan.specials = keep_unless(
+        specials,
+        &mut skipped,
+        |s| &s.path,
+        |special| {
+            unchanged(existing(&special.path)?, &|stat| {
+                let kind = FileType::from_raw_mode(stat.st_mode);
+                Ok(match special.kind {
+                    EntryKind::Device { block, rdev } => {
+                        let wanted = if block {
+                            FileType::BlockDevice
+                        } else {
+                            FileType::CharacterDevice
+                        };
+                        kind == wanted && stat.st_rdev == rdev
+                    }
+                    _ => kind == FileType::Fifo,
+                })
+            })
+        },
+    )?;
+    let hard_links = std::mem::take(&mut plan.hard_links);
+    plan.hard_links = keep_unless(
+        hard_links,
+        &mut skipped,
+        |h| &h.path,
+        |link| {
+            unchanged(existing(&link.path)?, &|stat| {
+                let to = existing(&link.to)?;
+                Ok(to.is_some_and(|to| (to.st_dev, to.st_ino) == (stat.st_dev, stat.st_ino)))
+            })
+        },
+    )?;
+    Ok(skipped)
+}
+
+/// The items `skip` answers false for; the paths of the others go to
+/// `skipped`.
+fn keep_unless<T>(
+    items: Vec<T>,
+    skipped: &mut Vec<PathBuf>,
+    path: impl Fn(&T) -> &Path,
+    mut skip: impl FnMut(&T) -> Result<bool, RestoreError>,
+) -> Result<Vec<T>, RestoreError> {
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if skip(&item)? {
+            skipped.push(path(&item).to_path_buf());
         } else {
-            links.push(link);
+            kept.push(item);
         }
     }
-    plan.links = links;
-    Ok(skipped)
+    Ok(kept)
 }
 
 /// Where a symlink in the target points, read without following it.
@@ -449,6 +702,8 @@ pub fn delete_extra(
     let mut planned: std::collections::HashSet<&Path> = std::collections::HashSet::new();
     planned.extend(plan.files.iter().map(|f| f.path.as_path()));
     planned.extend(plan.links.iter().map(|l| l.path.as_path()));
+    planned.extend(plan.specials.iter().map(|s| s.path.as_path()));
+    planned.extend(plan.hard_links.iter().map(|h| h.path.as_path()));
     let dirs: std::collections::HashSet<&Path> =
         plan.dirs.iter().map(|d| d.path.as_path()).collect();
     let mut removed = 0u64;
@@ -526,4 +781,32 @@ fn remove_tree(
     }
     unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(err)?;
     Ok(removed + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Zero blocks are left out at any offset, and what is read back is
+    /// what was given, zeros included.
+    #[test]
+    fn sparse_writes_leave_zero_blocks_out_and_keep_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let out = File::create(&path).unwrap();
+        let mut data = vec![0u8; 1 << 20];
+        data[100] = 1;
+        data[(512 << 10) + 7] = 2;
+        data[(1 << 20) - 1] = 3;
+        let offset = 4096 * 10 + 1234;
+        write_sparse(&out, &data, offset).unwrap();
+        let mut expected = vec![0u8; offset as usize];
+        expected.extend_from_slice(&data);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        // Three non-zero bytes touch at most four blocks (one may straddle
+        // the chunk's unaligned start).
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated <= 4 * HOLE_BLOCK, "{allocated} bytes allocated");
+    }
 }
