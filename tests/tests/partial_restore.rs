@@ -7,7 +7,7 @@
 //! that the system's `tar` extracts to the same tree. Two hosts of one
 //! tenant: the same content from both is stored once, and `hosts`,
 //! `snapshots --host/--path`, `history`, `dups` and `find`'s filters see
-//! across them.
+//! across them, and answer from the local cache with the marketplace down.
 //!
 //! `OFFSITE_PARTIAL_RESTORE_MB` sets the size of the snapshot (default 48;
 //! the 1 GB case is `OFFSITE_PARTIAL_RESTORE_MB=1024`).
@@ -170,7 +170,7 @@ fn untar(stream: &[u8], into: &Path) {
 /// --host/--path`, `history`, `dups` and `find`'s filters.
 #[test]
 fn hosts_history_and_find_see_across_hosts() {
-    let (tmp, devnet) = small_devnet();
+    let (tmp, mut devnet) = small_devnet();
     let web = tmp.path().join("web");
     std::fs::create_dir_all(web.join("etc")).unwrap();
     std::fs::write(web.join("etc/stable.conf"), "same\n").unwrap();
@@ -304,4 +304,28 @@ fn hosts_history_and_find_see_across_hosts() {
         paths(json_ok(&devnet, &["find", "notes.txt", "--newer", "1d"])),
         ["web/notes.txt"]
     );
+    let dups_online = json_ok(&devnet, &["dups"]);
+
+    // With the whole marketplace down, the same answers come from the
+    // local cache (snapshot list and listings), saying so.
+    devnet.stop_all();
+    let offline = |args: &[&str]| -> Value {
+        let answer = json_ok(&devnet, args);
+        assert_eq!(answer["from_cache"], true, "{args:?}: {answer:#}");
+        answer
+    };
+    assert_eq!(offline(&["hosts"])["hosts"].as_array().unwrap().len(), 2);
+    let changed = offline(&["history", "web/notes.txt", "--host", "devnet-host"]);
+    assert_eq!(changed["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        paths(offline(&["find", "*", "--size", "+1M"])),
+        ["db/copy.bin", "web/big.bin"]
+    );
+    let dups_offline = offline(&["dups"]);
+    assert_eq!(dups_offline["duplicates"], dups_online["duplicates"]);
+    let first_id = first["snapshot_id"].as_str().unwrap();
+    assert!(!offline(&["ls", first_id])["entries"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

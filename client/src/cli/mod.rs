@@ -422,6 +422,10 @@ async fn mount(session: Session, mountpoint: PathBuf) -> anyhow::Result<Output> 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
+        // Device nodes of a snapshot are listed, never opened as devices,
+        // and no program of a snapshot runs setuid.
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
         fuser::MountOption::FSName("offsite".into()),
         fuser::MountOption::Subtype("offsite".into()),
     ];

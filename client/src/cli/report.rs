@@ -189,6 +189,7 @@ pub async fn diff(session: &Session, from: &str, to: &str) -> anyhow::Result<Out
         json!({
             "from": d.from.id.to_string(),
             "to": d.to.id.to_string(),
+            "from_cache": session.offline(),
             "added": added,
             "removed": removed,
             "modified": modified,
@@ -363,7 +364,7 @@ pub async fn find(
         .collect();
     Ok(Output::ok(
         human,
-        json!({ "pattern": pattern, "matches": matches }),
+        json!({ "pattern": pattern, "from_cache": session.offline(), "matches": matches }),
     ))
 }
 

@@ -92,6 +92,16 @@ impl BlobId {
     pub fn index_cache(keys: &Keys) -> Self {
         Self(*blake3::keyed_hash(keys.blob_id_key(), b"offsite dedup index cache").as_bytes())
     }
+
+    /// The id a snapshot's cached listing is sealed under (see
+    /// `local::listing`): bound to the snapshot, so one snapshot's listing
+    /// does not open as another's.
+    pub fn listing(keys: &Keys, snapshot: &[u8; 16]) -> Self {
+        let mut hasher = blake3::Hasher::new_keyed(keys.blob_id_key());
+        hasher.update(b"offsite snapshot listing");
+        hasher.update(snapshot);
+        Self(*hasher.finalize().as_bytes())
+    }
 }
 
 impl fmt::Display for BlobId {

@@ -90,6 +90,7 @@ impl Cache {
     pub fn forget(&self, id: SnapshotId) {
         for path in [
             self.manifest_path(id),
+            self.listing_path(id),
             self.locations_path(id),
             crate::local::filecache::path_of(&self.dir, id),
         ] {
@@ -109,6 +110,20 @@ impl Cache {
     /// Keeps a snapshot's sealed manifest blob.
     pub fn put_manifest(&self, id: SnapshotId, sealed: &[u8]) -> Result<(), CacheError> {
         write_atomic(&self.manifest_path(id), sealed)
+    }
+
+    fn listing_path(&self, id: SnapshotId) -> PathBuf {
+        self.dir.join("listings").join(id.to_string())
+    }
+
+    /// The sealed listing of a snapshot ([`crate::local::listing`]), if cached.
+    pub fn listing(&self, id: SnapshotId) -> Option<Vec<u8>> {
+        read_bounded(&self.listing_path(id))
+    }
+
+    /// Keeps a snapshot's sealed listing.
+    pub fn put_listing(&self, id: SnapshotId, sealed: &[u8]) -> Result<(), CacheError> {
+        write_atomic(&self.listing_path(id), sealed)
     }
 
     fn index_path(&self) -> PathBuf {

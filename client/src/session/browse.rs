@@ -296,7 +296,7 @@ impl Session {
         };
         let mut found = Vec::new();
         for record in records {
-            let (plan, _, _) = self.open_plan(keys, &record).await?;
+            let plan = self.listing(keys, &record).await?;
             found.extend(entries(record.id, &plan).into_iter().filter(|e| {
                 if !filter.admits(e.size, e.mtime_unix) {
                     return false;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use offsite_proto::{SnapshotId, SnapshotRecord};
 
-use super::restore::{plan_selected, Selection};
+use super::restore::Selection;
 use super::{has_tags, Session, SessionError};
 use crate::format::keys::Keys;
 use crate::session::forget::parse_duration;
@@ -214,11 +214,9 @@ impl Session {
         for record in records {
             let selection = Selection::new(path, &record.paths, &[], &[])
                 .map_err(super::restore::RestoreError::from)?;
-            let (manifest, locations, source) = self.open_snapshot(keys, &record).await?;
-            let plan = match plan_selected(&source, keys, &manifest, &locations, &selection).await {
-                Ok(plan) => plan,
-                Err(super::restore::RestoreError::NotInSnapshot(_)) => continue,
-                Err(e) => return Err(e.into()),
+            let listing = self.listing(keys, &record).await?;
+            let Some(plan) = listing.subtree(&selection.subtree) else {
+                continue;
             };
             let seen = version_of(&plan, &record);
             match versions
@@ -352,7 +350,7 @@ impl Session {
             .collect();
         let mut found = Vec::new();
         for record in records {
-            let (plan, _, _) = self.open_plan(keys, &record).await?;
+            let plan = self.listing(keys, &record).await?;
             found.extend(plan.files.iter().map(|f| {
                 let path = f.path.to_string_lossy().into_owned();
                 (record.host.clone(), path, f.size, f.digest)

@@ -424,8 +424,36 @@ impl Session {
         spec: &str,
     ) -> Result<(SnapshotRecord, Plan), SessionError> {
         let record = self.resolve(spec).await?;
-        let (plan, _, _) = self.open_plan(keys, &record).await?;
+        let plan = self.listing(keys, &record).await?;
         Ok((record, plan))
+    }
+
+    /// A snapshot's listing (its plan without portions): cached, or else
+    /// read from its trees and cached (see [`crate::local::listing`]).
+    pub(crate) async fn listing(
+        &self,
+        keys: &Keys,
+        record: &SnapshotRecord,
+    ) -> Result<Plan, SessionError> {
+        use crate::local::listing::{open_listing, seal_listing};
+        if let Some(sealed) = self.cache.listing(record.id) {
+            match open_listing(keys, record.id, &sealed) {
+                Ok(plan) => return Ok(plan),
+                Err(e) => {
+                    tracing::warn!(snapshot = %record.id, error = %e, "cached listing unusable; reading the trees")
+                }
+            }
+        }
+        let (plan, _, _) = self.open_plan(keys, record).await?;
+        match seal_listing(keys, record.id, &plan) {
+            Some(sealed) => {
+                if let Err(e) = self.cache.put_listing(record.id, &sealed) {
+                    tracing::warn!(error = %e, "listing not cached");
+                }
+            }
+            None => tracing::info!(snapshot = %record.id, "listing too large to cache"),
+        }
+        Ok(plan)
     }
 
     /// A snapshot's whole plan, with what reading its files needs.

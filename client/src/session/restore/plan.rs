@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use offsite_proto::{PortionId, PortionLocation};
@@ -48,8 +49,9 @@ impl Limits {
 }
 
 /// A directory to create; metadata applied last, deepest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirPlan {
+    #[serde(with = "crate::local::listing::path_bytes")]
     pub path: PathBuf,
     pub mode: u32,
     pub mtime: (i64, u32),
@@ -59,8 +61,9 @@ pub struct DirPlan {
 }
 
 /// A file to create at `size` and fill.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilePlan {
+    #[serde(with = "crate::local::listing::path_bytes")]
     pub path: PathBuf,
     pub size: u64,
     pub mode: u32,
@@ -76,8 +79,9 @@ pub struct FilePlan {
 }
 
 /// A FIFO or device node to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecialPlan {
+    #[serde(with = "crate::local::listing::path_bytes")]
     pub path: PathBuf,
     /// [`EntryKind::Fifo`] or [`EntryKind::Device`].
     pub kind: EntryKind,
@@ -96,8 +100,9 @@ pub struct HardLinkPlan {
 }
 
 /// A symlink to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkPlan {
+    #[serde(with = "crate::local::listing::path_bytes")]
     pub path: PathBuf,
     pub target: Vec<u8>,
     pub mtime: (i64, u32),
@@ -166,6 +171,86 @@ impl Plan {
         self.files.iter_mut().for_each(|f| resolve(&mut f.owner));
         self.links.iter_mut().for_each(|l| resolve(&mut l.owner));
         self.specials.iter_mut().for_each(|s| resolve(&mut s.owner));
+    }
+
+    /// The part of a whole snapshot's plan (its listing: no portions) under
+    /// `components`, shaped as [`plan_selected`] shapes it: entries of a
+    /// directory relative to it, or one file, symlink or special file by
+    /// its name. `None` when the snapshot has nothing there.
+    pub fn subtree(&self, components: &[Vec<u8>]) -> Option<Plan> {
+        if components.is_empty() {
+            return Some(self.listed_copy());
+        }
+        let at: PathBuf = components.iter().map(|c| OsStr::from_bytes(c)).collect();
+        let name = PathBuf::from(at.file_name()?);
+        let mut out = Plan::default();
+        if let Some(f) = self.files.iter().find(|f| f.path == at) {
+            out.files.push(FilePlan {
+                path: name,
+                ..f.clone()
+            });
+        } else if let Some(l) = self.links.iter().find(|l| l.path == at) {
+            out.links.push(LinkPlan {
+                path: name,
+                ..l.clone()
+            });
+        } else if let Some(sp) = self.specials.iter().find(|sp| sp.path == at) {
+            out.specials.push(SpecialPlan {
+                path: name,
+                ..sp.clone()
+            });
+        }
+        if !(out.files.is_empty() && out.links.is_empty() && out.specials.is_empty()) {
+            out.single_entry = true;
+            out.bytes = out.files.iter().map(|f| f.size).sum();
+            return Some(out);
+        }
+        let inside = |path: &Path| -> Option<PathBuf> {
+            path.strip_prefix(&at)
+                .ok()
+                .filter(|rel| !rel.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+        };
+        let is_dir = self.dirs.iter().any(|d| d.path == at);
+        for d in &self.dirs {
+            if let Some(path) = inside(&d.path) {
+                out.dirs.push(DirPlan { path, ..d.clone() });
+            }
+        }
+        for f in &self.files {
+            if let Some(path) = inside(&f.path) {
+                out.files.push(FilePlan { path, ..f.clone() });
+            }
+        }
+        for l in &self.links {
+            if let Some(path) = inside(&l.path) {
+                out.links.push(LinkPlan { path, ..l.clone() });
+            }
+        }
+        for sp in &self.specials {
+            if let Some(path) = inside(&sp.path) {
+                out.specials.push(SpecialPlan { path, ..sp.clone() });
+            }
+        }
+        out.bytes = out
+            .files
+            .iter()
+            .map(|f| f.size)
+            .fold(0, u64::saturating_add);
+        is_dir.then_some(out)
+    }
+
+    /// A copy of the entries, without the portions.
+    fn listed_copy(&self) -> Plan {
+        Plan {
+            dirs: self.dirs.clone(),
+            files: self.files.clone(),
+            links: self.links.clone(),
+            specials: self.specials.clone(),
+            bytes: self.bytes,
+            single_entry: self.single_entry,
+            ..Plan::default()
+        }
     }
 
     /// Keeps in `files` the first file of each link group and moves the

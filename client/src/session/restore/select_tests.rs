@@ -340,3 +340,32 @@ async fn owners_and_their_setuid_bits_come_back_as_root() {
         assert_eq!(mode & 0o7777, 0o4755);
     }
 }
+
+/// A cached listing's subtree is what planning that subtree gives, so
+/// `history` finds the same versions with or without the cache.
+#[tokio::test]
+async fn a_listing_subtree_is_the_selected_plan() {
+    let b = backed_up().await;
+    let locations = b.memory.locations();
+    let (keys, manifest) = (&b.keys, &b.packed.manifest);
+    let whole = super::plan(&b.memory, keys, manifest, &locations)
+        .await
+        .unwrap();
+    for path in [
+        "data",
+        "data/sub",
+        "data/big.bin",
+        "data/link",
+        "data/sub/deeper",
+    ] {
+        let selection = b.selection(path, &[], &[]);
+        let mut selected = super::plan_selected(&b.memory, keys, manifest, &locations, &selection)
+            .await
+            .unwrap();
+        selected.portions.clear();
+        let from_listing = whole.subtree(&selection.subtree).unwrap();
+        assert_eq!(from_listing, selected, "{path}");
+    }
+    let missing = b.selection("data/nothing-here", &[], &[]);
+    assert!(whole.subtree(&missing.subtree).is_none());
+}
