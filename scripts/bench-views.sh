@@ -107,7 +107,7 @@ python3 - "$WORK" "$HOSTS" "$SNAPSHOTS" <<'EOF'
 import json, os, sys
 work, hosts, snapshots = sys.argv[1], sys.argv[2], sys.argv[3]
 print(f"{hosts} hosts, {snapshots} snapshots; seconds, best and median of 3")
-print(f"{'view':<12}{'marketplace up':>18}{'marketplace down':>20}{'answer':>26}")
+print(f"{'view':<12}{'marketplace up':>18}{'marketplace down':>20}  answer")
 for name in ("snapshots", "hosts", "find", "history", "dups"):
     cells = []
     for phase in ("up", "down"):
@@ -118,5 +118,5 @@ for name in ("snapshots", "hosts", "find", "history", "dups"):
     size = {"snapshots": "snapshots", "hosts": "hosts", "find": "matches",
             "history": "versions", "dups": "duplicates"}[name]
     answer = f"{len(out[size])} {size}, cache: {out['from_cache']}"
-    print(f"{name:<12}{cells[0]:>18}{cells[1]:>20}{answer:>26}")
+    print(f"{name:<12}{cells[0]:>18}{cells[1]:>20}  {answer}")
 EOF

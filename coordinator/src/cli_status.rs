@@ -28,6 +28,12 @@ struct VendorRow<'a> {
     reported_offered_bytes: u64,
     storage_price_micros: u64,
     egress_price_micros: u64,
+    audits_passed: u64,
+    audits_failed: u64,
+    audit_rounds_down: u64,
+    recent_audit_failures: u32,
+    standing: &'a str,
+    last_audit_failure: &'a str,
 }
 
 impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
@@ -45,6 +51,12 @@ impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
             reported_offered_bytes: v.reported_offered_bytes,
             storage_price_micros: v.storage_price_micros,
             egress_price_micros: v.egress_price_micros,
+            audits_passed: v.audits_passed,
+            audits_failed: v.audits_failed,
+            audit_rounds_down: v.audit_rounds_down,
+            recent_audit_failures: v.recent_audit_failures,
+            standing: &v.standing,
+            last_audit_failure: &v.last_audit_failure,
         }
     }
 }
@@ -258,12 +270,21 @@ fn as_json<'a>(
 
 fn table(status: &MarketplaceStatusResponse) -> String {
     let mut out = format!(
-        "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16}\n",
-        "VENDOR", "ADDRESS", "REGION", "LIVENESS", "OFFERED", "RESERVED", "USED", "STORED"
+        "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16} {:<12} {:>13}\n",
+        "VENDOR",
+        "ADDRESS",
+        "REGION",
+        "LIVENESS",
+        "OFFERED",
+        "RESERVED",
+        "USED",
+        "STORED",
+        "STANDING",
+        "AUDITS OK/BAD"
     );
     for v in &status.vendors {
         out.push_str(&format!(
-            "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16}\n",
+            "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16} {:<12} {:>13}\n",
             v.vendor_id,
             v.address,
             v.region,
@@ -271,7 +292,9 @@ fn table(status: &MarketplaceStatusResponse) -> String {
             v.offered_bytes,
             v.reserved_bytes,
             v.used_bytes,
-            v.stored_bytes
+            v.stored_bytes,
+            v.standing,
+            format!("{}/{}", v.audits_passed, v.audits_failed)
         ));
     }
     out.push_str(&format!(

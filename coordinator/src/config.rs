@@ -53,6 +53,12 @@ pub struct CoordinatorConfig {
     /// long, has its copies (the excess, for the latter) made again on other
     /// vendors, from the surviving copies (seconds).
     pub repair_after_secs: u64,
+    /// Audits of each vendor per hour (0 turns audits off); the leader
+    /// asks each vendor for one random slice per round.
+    pub audits_per_vendor_per_hour: u32,
+    /// How long a vendor has to answer an audit before it counts as failed
+    /// (seconds).
+    pub audit_timeout_secs: u64,
     /// Reserve this many times the bytes asked (at least 1.0).
     pub overprovision: f64,
     /// At least R + this many candidate vendors where they exist.
@@ -102,6 +108,8 @@ impl Default for CoordinatorConfig {
             suspect_after_secs: 15,
             down_after_secs: 60,
             repair_after_secs: 3600,
+            audits_per_vendor_per_hour: 12,
+            audit_timeout_secs: 10,
             overprovision: 1.5,
             extra_vendors: 2,
             sweep_interval_secs: 2,
@@ -165,6 +173,15 @@ impl CoordinatorConfig {
                 "repair_after_secs",
                 "must be 0 to 2592000 seconds (30 days); 0 repairs as soon as a vendor is down",
             ));
+        }
+        if self.audits_per_vendor_per_hour > 3600 {
+            return Err(invalid(
+                "audits_per_vendor_per_hour",
+                "must be 0 (no audits) to 3600 (one a second)",
+            ));
+        }
+        if !(1..=300).contains(&self.audit_timeout_secs) {
+            return Err(invalid("audit_timeout_secs", "must be 1 to 300 seconds"));
         }
         if !(self.overprovision.is_finite() && (1.0..=10.0).contains(&self.overprovision)) {
             return Err(invalid("overprovision", "must be 1.0 to 10.0"));
@@ -295,6 +312,17 @@ impl CoordinatorConfig {
         RepairPolicy {
             replace_after_ms: self.repair_after_secs.saturating_mul(1000),
         }
+    }
+
+    /// The audit rounds, or `None` when audits are off.
+    pub fn audit(&self) -> Option<crate::audit::AuditPolicy> {
+        (self.audits_per_vendor_per_hour > 0).then(|| crate::audit::AuditPolicy {
+            every: std::time::Duration::from_secs_f64(
+                3600.0 / f64::from(self.audits_per_vendor_per_hour),
+            ),
+            timeout: std::time::Duration::from_secs(self.audit_timeout_secs),
+            slice_bytes: 16 * 1024,
+        })
     }
 
     pub fn placement(&self) -> PlacementPolicy {

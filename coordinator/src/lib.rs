@@ -21,6 +21,7 @@
 //! assert_eq!(outcome, Ok(Outcome::VendorRegistered));
 //! ```
 
+mod audit;
 pub mod config;
 pub mod fat;
 pub mod placement;

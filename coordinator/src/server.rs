@@ -144,6 +144,13 @@ impl Coordinator {
             self.config.repair(),
             self.config.fee_ppm,
         ));
+        let auditor = self.config.audit().map(|policy| {
+            tokio::spawn(crate::audit::audit_loop(
+                Arc::clone(&self.store),
+                self.credentials.clone(),
+                policy,
+            ))
+        });
         let members = self.config.members(&self.config.advertised(self.address));
         let init_store = Arc::clone(&self.store);
         let init = tokio::spawn(async move {
@@ -180,7 +187,7 @@ impl Coordinator {
             .add_service(raft)
             .serve_with_incoming_shutdown(offsite_identity::incoming(self.listener), shutdown)
             .await;
-        for task in [sweeper, init] {
+        for task in [Some(sweeper), Some(init), auditor].into_iter().flatten() {
             task.abort();
             let _ = task.await;
         }

@@ -14,6 +14,7 @@
 //! assert!(VendorId::new("no spaces").is_err());
 //! ```
 
+pub mod audit;
 pub mod clock;
 mod fat;
 mod ids;

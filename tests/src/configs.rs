@@ -19,6 +19,7 @@ pub struct CoordinatorConfig {
     pub suspect_after_secs: u64,
     pub down_after_secs: u64,
     pub repair_after_secs: u64,
+    pub audits_per_vendor_per_hour: u32,
     pub overprovision: f64,
     pub extra_vendors: u32,
     pub sweep_interval_secs: u64,

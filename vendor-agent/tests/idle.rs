@@ -12,8 +12,8 @@ use offsite_identity::Role;
 use offsite_proto::pb::common::DataFrame;
 use offsite_proto::pb::vendor::vendor_server::{Vendor, VendorServer};
 use offsite_proto::pb::vendor::{
-    DeleteRequest, DeleteResponse, FetchRequest, ProbeRequest, ProbeResponse, StoreFrame,
-    StoreResponse,
+    AuditRequest, AuditResponse, DeleteRequest, DeleteResponse, FetchRequest, ProbeRequest,
+    ProbeResponse, StoreFrame, StoreResponse,
 };
 use offsite_proto::{VendorId, VendorRef};
 use offsite_vendor::testing::test_bytes;
@@ -92,6 +92,10 @@ impl Vendor for StuckVendor {
     }
 
     async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(Status::unimplemented("stuck"))
+    }
+
+    async fn audit(&self, _: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
         Err(Status::unimplemented("stuck"))
     }
 }

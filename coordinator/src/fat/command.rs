@@ -9,7 +9,9 @@ use offsite_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices, TenantLimits};
+use super::{
+    FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices, RecordAudits, TenantLimits,
+};
 
 /// One change to the FAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +54,8 @@ pub enum Command {
     ClosePeriod(ClosePeriod),
     /// Fetches a vendor served, booked as egress.
     BookEgress(BookEgress),
+    /// The leader's round of audits (format version 8).
+    RecordAudits(RecordAudits),
 }
 
 impl Command {
@@ -78,6 +82,7 @@ impl Command {
             Command::SetTenantLimits(_) => "set-tenant-limits",
             Command::ClosePeriod(_) => "close-period",
             Command::BookEgress(_) => "book-egress",
+            Command::RecordAudits(_) => "record-audits",
         }
     }
 
@@ -113,6 +118,7 @@ impl Command {
             Command::SetTenantLimits(c) => c.now_unix_ms = now_unix_ms,
             Command::ClosePeriod(c) => c.now_unix_ms = now_unix_ms,
             Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
+            Command::RecordAudits(c) => c.now_unix_ms = now_unix_ms,
         }
     }
 }
@@ -361,6 +367,10 @@ pub enum Outcome {
     EgressBooked {
         grants: u64,
         bytes: u64,
+    },
+    /// Audits recorded; the vendors they disqualified.
+    AuditsRecorded {
+        disqualified: Vec<VendorId>,
     },
 }
 

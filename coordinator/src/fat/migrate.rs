@@ -1,6 +1,7 @@
-//! Reading a FAT snapshot written by the format version before ours.
+//! Reading a FAT snapshot written by the format versions before ours.
 //!
-//! Version 6 had no ledger. Its FAT is read with the layout it was written
+//! Version 7 had no reputation: its FAT is read as [`FatV7`] and every
+//! vendor starts with an empty audit record. Version 6 had no ledger either. Its FAT is read with the layout it was written
 //! in ([`FatV6`], the same fields without `ledger`) and every copy it holds
 //! starts being metered at price 0 from its portion's commit time: nothing
 //! was priced then, so nothing is owed for it. A copy a repair added later
@@ -23,7 +24,9 @@ use super::repairs::Repair;
 use super::reservations::Reservation;
 use super::vendors::VendorRecord;
 use super::Fat;
-use crate::raft::codec::{split_version, FORMAT_VERSION, PREVIOUS_FORMAT_VERSION};
+use crate::raft::codec::{
+    split_version, FORMAT_VERSION, OLDEST_FORMAT_VERSION, PREVIOUS_FORMAT_VERSION,
+};
 
 /// The FAT as format version 6 stored it.
 #[derive(Deserialize)]
@@ -69,6 +72,43 @@ impl From<FatV6> for Fat {
             repairs: v6.repairs,
             repair_failures: v6.repair_failures,
             ledger,
+            reputation: BTreeMap::new(),
+        }
+    }
+}
+
+/// The FAT as format version 7 stored it: ours without the reputation.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct FatV7 {
+    vendors: BTreeMap<VendorId, VendorRecord>,
+    reservations: BTreeMap<ReservationId, Reservation>,
+    requests: BTreeMap<(TenantId, RequestId), ReservationId>,
+    portions: BTreeMap<TenantId, BTreeMap<PortionId, PortionRecord>>,
+    snapshots: BTreeMap<TenantId, BTreeMap<SnapshotId, SnapshotRecord>>,
+    deletions: BTreeMap<VendorId, DeletionQueue>,
+    grant_keys: GrantKeys,
+    tenant_keys: BTreeMap<TenantId, Vec<u8>>,
+    repairs: BTreeMap<ReservationId, Repair>,
+    repair_failures: BTreeMap<(TenantId, PortionId), u32>,
+    ledger: Ledger,
+}
+
+impl From<FatV7> for Fat {
+    fn from(v7: FatV7) -> Self {
+        Fat {
+            vendors: v7.vendors,
+            reservations: v7.reservations,
+            requests: v7.requests,
+            portions: v7.portions,
+            snapshots: v7.snapshots,
+            deletions: v7.deletions,
+            grant_keys: v7.grant_keys,
+            tenant_keys: v7.tenant_keys,
+            repairs: v7.repairs,
+            repair_failures: v7.repair_failures,
+            ledger: v7.ledger,
+            reputation: BTreeMap::new(),
         }
     }
 }
@@ -77,12 +117,15 @@ impl From<FatV6> for Fat {
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Fat, String> {
     match split_version(bytes)? {
         (FORMAT_VERSION, body) => postcard::from_bytes(body).map_err(|e| e.to_string()),
-        (PREVIOUS_FORMAT_VERSION, body) => postcard::from_bytes::<FatV6>(body)
+        (PREVIOUS_FORMAT_VERSION, body) => postcard::from_bytes::<FatV7>(body)
             .map(Fat::from)
             .map_err(|e| format!("a FAT of format version {PREVIOUS_FORMAT_VERSION}: {e}")),
+        (OLDEST_FORMAT_VERSION, body) => postcard::from_bytes::<FatV6>(body)
+            .map(Fat::from)
+            .map_err(|e| format!("a FAT of format version {OLDEST_FORMAT_VERSION}: {e}")),
         (version, _) => Err(format!(
-            "format version {version}, but this build reads versions {PREVIOUS_FORMAT_VERSION} \
-             and {FORMAT_VERSION}"
+            "format version {version}, but this build reads versions {OLDEST_FORMAT_VERSION} \
+             to {FORMAT_VERSION}"
         )),
     }
 }
@@ -111,7 +154,7 @@ mod tests {
     fn a_version_6_snapshot_is_read_and_its_copies_are_metered_from_their_commit() {
         let mut fat = crate::fat::tests::market();
         crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
-        let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
+        let mut bytes = vec![OLDEST_FORMAT_VERSION];
         postcard::to_io(&as_v6(&fat), &mut bytes).unwrap();
         let read = decode_snapshot(&bytes).unwrap();
         assert_eq!(as_v6(&read).portions, fat.portions);
@@ -132,9 +175,35 @@ mod tests {
         let current = crate::raft::codec::encode(&fat).unwrap();
         assert_eq!(decode_snapshot(&current).unwrap(), fat);
         let mut old = current.clone();
-        old[0] = PREVIOUS_FORMAT_VERSION - 1;
+        old[0] = OLDEST_FORMAT_VERSION - 1;
         assert!(decode_snapshot(&old)
             .unwrap_err()
             .contains("format version 5"));
+    }
+
+    /// A version 7 FAT (a ledger, no reputation) is read whole, every
+    /// vendor with an empty audit record.
+    #[test]
+    fn a_version_7_snapshot_is_read_with_empty_reputations() {
+        let mut fat = crate::fat::tests::market();
+        crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
+        let v7 = FatV7 {
+            vendors: fat.vendors.clone(),
+            reservations: fat.reservations.clone(),
+            requests: fat.requests.clone(),
+            portions: fat.portions.clone(),
+            snapshots: fat.snapshots.clone(),
+            deletions: fat.deletions.clone(),
+            grant_keys: fat.grant_keys.clone(),
+            tenant_keys: fat.tenant_keys.clone(),
+            repairs: fat.repairs.clone(),
+            repair_failures: fat.repair_failures.clone(),
+            ledger: fat.ledger.clone(),
+        };
+        let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
+        postcard::to_io(&v7, &mut bytes).unwrap();
+        let read = decode_snapshot(&bytes).unwrap();
+        assert_eq!(read, fat);
+        assert!(read.reputation.is_empty());
     }
 }

@@ -12,6 +12,7 @@
 //! A vendor's `used` counts its committed portions and the released ones it
 //! has not yet acknowledged deleting.
 
+mod audits;
 mod catalog;
 mod check;
 mod command;
@@ -52,6 +53,10 @@ use offsite_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use audits::{
+    Audit, AuditCandidate, AuditResult, RecordAudits, Reputation, Standing, AUDIT_WINDOW,
+    DISQUALIFY_FAILURES, MAX_AUDITS_PER_COMMAND, SUSPEND_FAILURES,
+};
 pub use command::{
     BookEgress, ClosePeriod, Command, Commit, Forget, Hold, InstallGrantKey, LivenessChange,
     Outcome, RegisterVendor, Release, ReleasePortions, RenewLease, ReportCapacity, ReservationView,
@@ -103,6 +108,8 @@ pub struct Fat {
     repair_failures: BTreeMap<(TenantId, PortionId), u32>,
     /// Prices, limits and the ledger (format version 7).
     ledger: ledger::Ledger,
+    /// Each audited vendor's audit and uptime record (format version 8).
+    reputation: BTreeMap<VendorId, audits::Reputation>,
 }
 
 /// Counts for the marketplace status.
@@ -142,6 +149,7 @@ impl Fat {
             Command::SetTenantLimits(c) => self.set_tenant_limits(c),
             Command::ClosePeriod(c) => self.close_period(c),
             Command::BookEgress(c) => self.book_egress(c),
+            Command::RecordAudits(c) => self.record_audits(c),
         }
     }
 

@@ -93,7 +93,11 @@ pub struct CopyOrder {
 
 impl Fat {
     /// Whether `vendor`'s copies should move elsewhere at `now_unix_ms`.
+    /// A disqualified vendor's copies all move, whatever its liveness.
     fn leaving(&self, vendor: &VendorId, now_unix_ms: u64, policy: &RepairPolicy) -> bool {
+        if self.disqualified(vendor) {
+            return true;
+        }
         self.vendors.get(vendor).is_none_or(|v| match v.liveness {
             Liveness::Down => {
                 now_unix_ms.saturating_sub(v.liveness_since_unix_ms) >= policy.replace_after_ms
@@ -164,12 +168,13 @@ impl Fat {
             .values()
             .map(|r| (&r.tenant, r.portion))
             .collect();
-        // A vendor that offers less than it holds sheds only the excess.
+        // A vendor that offers less than it holds sheds only the excess
+        // (a disqualified one sheds everything).
         let mut to_shed: BTreeMap<&VendorId, u64> = leaving
             .iter()
             .filter_map(|id| {
                 let v = self.vendors.get(*id)?;
-                (v.liveness == Liveness::Up).then(|| {
+                (v.liveness == Liveness::Up && !self.disqualified(id)).then(|| {
                     let moving: u64 = self
                         .repairs
                         .values()
@@ -183,7 +188,9 @@ impl Fat {
         let mut free: BTreeMap<&VendorId, u64> = self
             .vendors
             .iter()
-            .filter(|(id, v)| v.liveness == Liveness::Up && !leaving.contains(id))
+            .filter(|(id, v)| {
+                v.liveness == Liveness::Up && !leaving.contains(id) && self.in_good_standing(id)
+            })
             .map(|(id, v)| (id, v.free()))
             .collect();
         let mut planned = Vec::new();
@@ -315,6 +322,7 @@ impl Fat {
         }
         let target = self.vendors.get(&p.target).filter(|v| {
             v.liveness == Liveness::Up
+                && self.in_good_standing(&p.target)
                 && !record.vendors.contains(&p.target)
                 && !self.queued_for_deletion(&p.target, &p.tenant, p.portion)
         });
@@ -322,7 +330,7 @@ impl Fat {
         let taken = taken.get(&p.target).copied().unwrap_or(0);
         if target.is_none() || free.saturating_sub(taken) < record.size {
             return Err(FatError::Conflict(format!(
-                "repair target {} is not up, already holds portion {}, or lacks {} free bytes",
+                "repair target {} is not up and in good standing, already holds portion {}, or lacks {} free bytes",
                 p.target, p.portion, record.size
             )));
         }

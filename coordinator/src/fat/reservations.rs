@@ -178,7 +178,8 @@ impl Fat {
                     hold.vendor
                 ))
             })?;
-            if hold.bytes > vendor.free() || vendor.liveness != Liveness::Up {
+            let placeable = vendor.liveness == Liveness::Up && self.in_good_standing(&hold.vendor);
+            if hold.bytes > vendor.free() || !placeable {
                 return Err(self.not_enough(r));
             }
             total += u128::from(hold.bytes);

@@ -125,6 +125,7 @@ pub struct VendorStatus {
     pub last_report_unix_ms: u64,
     pub liveness_since_unix_ms: u64,
     pub prices: super::Prices,
+    pub reputation: super::Reputation,
 }
 
 /// An up vendor with free room, as placement sees it.
@@ -288,6 +289,7 @@ impl Fat {
                 last_report_unix_ms: v.last_report_unix_ms,
                 liveness_since_unix_ms: v.liveness_since_unix_ms,
                 prices: self.ledger.prices_of(id),
+                reputation: self.reputation(id),
             })
             .collect()
     }
@@ -296,7 +298,9 @@ impl Fat {
     pub fn vendors_with_room(&self) -> Vec<VendorRoom> {
         self.vendors
             .iter()
-            .filter(|(_, v)| v.liveness == Liveness::Up && v.free() > 0)
+            .filter(|(id, v)| {
+                v.liveness == Liveness::Up && v.free() > 0 && self.in_good_standing(id)
+            })
             .map(|(id, v)| VendorRoom {
                 vendor: id.clone(),
                 region: v.region.clone(),

@@ -6,12 +6,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version byte in front of every log entry, vote, snapshot and message.
-pub const FORMAT_VERSION: u8 = 7;
-/// The version before ours. Its log entries, votes, log ids and stored
-/// snapshot records have our layout (7 only appended commands and outcomes),
-/// so [`decode_stored`] reads them as they are; the FAT inside a snapshot
-/// gained the ledger and is migrated by `fat::decode_snapshot`.
-pub const PREVIOUS_FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 8;
+/// The version before ours, and the oldest one still read. Their log
+/// entries, votes, log ids and stored snapshot records have our layout (7
+/// and 8 only appended commands and outcomes), so [`decode_stored`] reads
+/// them as they are; the FAT inside a snapshot gained the ledger in 7 and
+/// the vendors' reputation in 8 and is migrated by `fat::decode_snapshot`.
+pub const PREVIOUS_FORMAT_VERSION: u8 = 7;
+pub const OLDEST_FORMAT_VERSION: u8 = 6;
 
 /// Encodes `value` behind the format version byte.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
@@ -37,7 +39,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 /// FAT).
 pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&PREVIOUS_FORMAT_VERSION, body)) => {
+        Some((&(OLDEST_FORMAT_VERSION..=PREVIOUS_FORMAT_VERSION), body)) => {
             postcard::from_bytes(body).map_err(|e| e.to_string())
         }
         _ => decode(bytes),
@@ -68,18 +70,20 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_record_of_the_previous_version_is_read_and_an_older_one_is_named() {
+    fn a_stored_record_of_the_previous_versions_is_read_and_an_older_one_is_named() {
         let mut bytes = encode(&(7u64, "x".to_string())).unwrap();
-        bytes[0] = PREVIOUS_FORMAT_VERSION;
-        assert_eq!(
-            decode_stored::<(u64, String)>(&bytes).unwrap(),
-            (7, "x".into())
-        );
-        assert!(decode::<(u64, String)>(&bytes).is_err());
-        bytes[0] = PREVIOUS_FORMAT_VERSION - 1;
+        for old in OLDEST_FORMAT_VERSION..=PREVIOUS_FORMAT_VERSION {
+            bytes[0] = old;
+            assert_eq!(
+                decode_stored::<(u64, String)>(&bytes).unwrap(),
+                (7, "x".into())
+            );
+            assert!(decode::<(u64, String)>(&bytes).is_err());
+        }
+        bytes[0] = OLDEST_FORMAT_VERSION - 1;
         let err = decode_stored::<(u64, String)>(&bytes).unwrap_err();
         assert!(
-            err.contains(&format!("format version {}", PREVIOUS_FORMAT_VERSION - 1)),
+            err.contains(&format!("format version {}", OLDEST_FORMAT_VERSION - 1)),
             "{err}"
         );
     }

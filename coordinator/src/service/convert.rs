@@ -198,6 +198,12 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         reported_offered_bytes: v.reported_offered_bytes,
         storage_price_micros: v.prices.storage_micros_per_tib_month,
         egress_price_micros: v.prices.egress_micros_per_tib,
+        audits_passed: v.reputation.audits_passed,
+        audits_failed: v.reputation.audits_failed,
+        audit_rounds_down: v.reputation.rounds_down,
+        recent_audit_failures: v.reputation.recent_failures(),
+        standing: v.reputation.standing().as_str().into(),
+        last_audit_failure: v.reputation.last_failure.clone().unwrap_or_default(),
     }
 }
 

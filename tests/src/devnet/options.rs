@@ -18,6 +18,9 @@ pub struct DevnetOptions {
     pub down_after_secs: u64,
     /// How long a vendor stays down before its copies are made elsewhere.
     pub repair_after_secs: u64,
+    /// The coordinators' audit rate (3600: one audit of each vendor a
+    /// second, for tests that wait for audits).
+    pub audits_per_vendor_per_hour: u32,
     pub report_interval_secs: u64,
     /// Cap of each NAS device; None: what its filesystem has.
     pub nas_cap_bytes: Option<u64>,
@@ -82,6 +85,7 @@ impl Default for DevnetOptions {
             suspect_after_secs: 10,
             down_after_secs: 15,
             repair_after_secs: 3600,
+            audits_per_vendor_per_hour: 12,
             report_interval_secs: 1,
             nas_cap_bytes: None,
             replication: 3,

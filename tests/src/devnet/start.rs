@@ -104,6 +104,7 @@ impl Devnet {
                 suspect_after_secs: options.suspect_after_secs,
                 down_after_secs: options.down_after_secs,
                 repair_after_secs: options.repair_after_secs,
+                audits_per_vendor_per_hour: options.audits_per_vendor_per_hour,
                 overprovision: 1.5,
                 extra_vendors: 2,
                 sweep_interval_secs: 1,

@@ -15,10 +15,10 @@ use offsite_identity::{require_role, Role};
 use offsite_proto::limits::MAX_PROBE_BYTES;
 use offsite_proto::pb::common::DataFrame;
 use offsite_proto::pb::vendor::{
-    vendor_server, DeleteRequest, DeleteResponse, FetchRequest, ProbeRequest, ProbeResponse,
-    StoreFrame, StoreResponse,
+    vendor_server, AuditRequest, AuditResponse, DeleteRequest, DeleteResponse, FetchRequest,
+    ProbeRequest, ProbeResponse, StoreFrame, StoreResponse,
 };
-use offsite_proto::TenantId;
+use offsite_proto::{PortionId, TenantId};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::vendor::{Vendor, VendorError};
@@ -117,6 +117,28 @@ impl vendor_server::Vendor for VendorService {
         let read = self.vendor.read(request.into_inner().try_into()?)?;
         let frames = read.map(|chunk| chunk.map(|data| DataFrame { data }).map_err(Status::from));
         Ok(Response::new(frames.boxed()))
+    }
+
+    async fn audit(
+        &self,
+        request: Request<AuditRequest>,
+    ) -> Result<Response<AuditResponse>, Status> {
+        require_role(&request, &[Role::Coordinator])?;
+        let req = request.into_inner();
+        if req.length > offsite_proto::audit::MAX_AUDIT_LENGTH {
+            return Err(Status::invalid_argument(format!(
+                "audit length {} is more than the {} bytes an audit asks for",
+                req.length,
+                offsite_proto::audit::MAX_AUDIT_LENGTH
+            )));
+        }
+        let tenant = TenantId::new(req.tenant_id).map_err(VendorError::from)?;
+        let portion = PortionId::parse(&req.portion_id).map_err(VendorError::from)?;
+        let proof = self
+            .vendor
+            .audit(tenant, portion, req.offset, req.length)
+            .await?;
+        Ok(Response::new(AuditResponse { proof }))
     }
 
     async fn delete(

@@ -8,6 +8,7 @@
 //! types; forwarding and the NAS stores keep their own generated clients,
 //! their transport edge.
 
+mod audit;
 mod budget;
 mod claim;
 mod copy;
