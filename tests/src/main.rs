@@ -94,11 +94,15 @@ struct Shape {
     /// The client config's `max_storage_price` (default: no limit).
     #[arg(long, value_name = "MICROS")]
     max_storage_price: Option<u64>,
+    /// See audits and repairs within seconds: one audit of each vendor a
+    /// second, repairs 10 s after a vendor is down, 30 s leases.
+    #[arg(long)]
+    fast: bool,
 }
 
 impl Shape {
     fn options(&self, detach: bool) -> DevnetOptions {
-        DevnetOptions {
+        let options = DevnetOptions {
             coordinators: self.coordinators,
             vendors: self.vendors,
             nas_per_vendor: self.nas_per_vendor,
@@ -108,6 +112,11 @@ impl Shape {
             max_storage_price: self.max_storage_price,
             detach,
             ..DevnetOptions::default()
+        };
+        if self.fast {
+            options.fast()
+        } else {
+            options
         }
     }
 }

@@ -47,12 +47,8 @@ fn vendor<'a>(status: &'a MarketplaceStatusResponse, id: &str) -> &'a VendorStat
 fn a_vendor_that_corrupts_its_data_is_found_disqualified_and_replaced() {
     let tmp = tempfile::tempdir().unwrap();
     let options = DevnetOptions {
-        audits_per_vendor_per_hour: 3600,
-        ..DevnetOptions::small()
-    };
-    let options = DevnetOptions {
         vendors: 4,
-        ..options
+        ..DevnetOptions::small().fast()
     };
     let devnet = Devnet::start(&tmp.path().join("devnet"), options).unwrap();
     devnet.client_ok(["init"]).unwrap();
