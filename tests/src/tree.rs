@@ -403,6 +403,32 @@ pub fn restored_root(target: &Path, source: &Path) -> PathBuf {
     target.to_path_buf()
 }
 
+/// Bytes in front of a piece's data in a NAS store (magic and version,
+/// blake3, length).
+pub const PIECE_HEADER: u64 = 8 + 32 + 8;
+
+/// Flips one byte in the middle of a piece file's data, past its header, as
+/// a failing disk would.
+pub fn corrupt_piece(piece: &Path) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(piece)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    assert!(
+        len > PIECE_HEADER,
+        "{} is only {len} bytes",
+        piece.display()
+    );
+    let at = PIECE_HEADER + (len - PIECE_HEADER) / 2;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
+    file.sync_all().unwrap();
+}
+
 /// Every regular file under `dir` (recursively), e.g. the pieces of a NAS device.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut entries = Vec::new();

@@ -5,39 +5,12 @@
 //! is clean afterwards; the honest vendors pass every audit of the run.
 
 use std::ffi::OsString;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use offsite_proto::pb::admin::{MarketplaceStatusResponse, VendorStatus};
 use offsite_tests::checks::json_stdout;
 use offsite_tests::tree::{self, files_under, TreeSpec};
 use offsite_tests::{Devnet, DevnetOptions};
-
-/// Bytes in front of a piece's data (magic and version, hash, length).
-const PIECE_HEADER: u64 = 8 + 32 + 8;
-
-/// Flips one byte in the middle of a piece's data.
-fn corrupt(piece: &Path) {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(piece)
-        .unwrap();
-    let len = file.metadata().unwrap().len();
-    assert!(
-        len > PIECE_HEADER,
-        "{} is only {len} bytes",
-        piece.display()
-    );
-    let at = PIECE_HEADER + (len - PIECE_HEADER) / 2;
-    let mut byte = [0u8; 1];
-    file.seek(SeekFrom::Start(at)).unwrap();
-    file.read_exact(&mut byte).unwrap();
-    file.seek(SeekFrom::Start(at)).unwrap();
-    file.write_all(&[byte[0] ^ 0xff]).unwrap();
-    file.sync_all().unwrap();
-}
 
 fn vendor<'a>(status: &'a MarketplaceStatusResponse, id: &str) -> &'a VendorStatus {
     status.vendors.iter().find(|v| v.vendor_id == id).unwrap()
@@ -93,7 +66,7 @@ fn a_vendor_that_corrupts_its_data_is_found_disqualified_and_replaced() {
     let mut pieces = 0;
     for dir in devnet.nas_data_dirs(index) {
         for piece in files_under(&dir.join("pieces")) {
-            corrupt(&piece);
+            tree::corrupt_piece(&piece);
             pieces += 1;
         }
     }

@@ -7,7 +7,6 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,9 +18,6 @@ use offsite_tests::tree::{self, files_under, TreeSpec};
 use offsite_tests::{
     rpc, wait_for, Devnet, DevnetOptions, KillOnDrop, Paused, VendorWaits, HUNG_CLIENT_STALL_SECS,
 };
-
-/// Size of a piece file's header: magic and version, hash, length.
-const PIECE_HEADER: u64 = 8 + 32 + 8;
 
 fn spec(seed: u64, big_files: Vec<u64>, small_files: usize) -> TreeSpec {
     TreeSpec {
@@ -381,26 +377,6 @@ fn restore_works_with_r_minus_1_holders_of_a_portion_down() {
     restore_and_compare(&devnet, &source, &tmp.path().join("restore"));
 }
 
-/// Flips one byte in the middle of the piece's data, past its header.
-fn corrupt(piece: &Path) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(piece)
-        .unwrap();
-    let len = file.metadata().unwrap().len();
-    assert!(
-        len > PIECE_HEADER,
-        "{} is only {len} bytes",
-        piece.display()
-    );
-    let at = PIECE_HEADER + (len - PIECE_HEADER) / 2;
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, at).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x5a], at).unwrap();
-    file.sync_all().unwrap();
-}
-
 #[test]
 fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
     let tmp = tempfile::tempdir().unwrap();
@@ -411,7 +387,7 @@ fn corrupted_pieces_on_disk_do_not_spoil_a_restore() {
     let mut corrupted = 0;
     for vendor in [0, 1] {
         for piece in pieces_of_vendor(&devnet, vendor) {
-            corrupt(&piece);
+            tree::corrupt_piece(&piece);
             corrupted += 1;
         }
     }

@@ -394,15 +394,6 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
         remove_non_dir(target, &parent, name, rel)?;
         let to = std::ffi::OsStr::from_bytes(&link.target);
         symlinkat(to, &parent, name).map_err(err("create symlink"))?;
-        let (secs, nanos) = link.mtime;
-        let at = Timespec {
-            tv_sec: secs,
-            tv_nsec: nanos.into(),
-        };
-        let times = Timestamps {
-            last_access: at,
-            last_modification: at,
-        };
         if let Some(owner) = &link.owner {
             let uid = rustix::fs::Uid::from_raw(owner.uid);
             let gid = rustix::fs::Gid::from_raw(owner.gid);
@@ -415,8 +406,13 @@ pub fn finish(target: &Beneath, plan: &Plan, remaining: &Remaining) -> Result<()
             )
             .map_err(err("set owner of"))?;
         }
-        utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(err("set symlink mtime"))?;
+        utimensat(
+            &parent,
+            name,
+            &timestamps(link.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(err("set symlink mtime"))?;
     }
     for special in &plan.specials {
         make_special(target, special, remaining)?;
@@ -537,16 +533,20 @@ fn make_special(
     give_xattrs(target, rel, &special.xattrs, remaining, |name, value| {
         xattr::set_deref(&by_proc, name, value)
     })?;
-    let (secs, nanos) = special.mtime;
+    let times = timestamps(special.mtime);
+    utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(err("set mtime of"))
+}
+
+/// Access and modification times both at `mtime` (seconds, nanoseconds).
+fn timestamps((secs, nanos): (i64, u32)) -> Timestamps {
     let at = Timespec {
         tv_sec: secs,
         tv_nsec: nanos.into(),
     };
-    let times = Timestamps {
+    Timestamps {
         last_access: at,
         last_modification: at,
-    };
-    utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(err("set mtime of"))
+    }
 }
 
 /// Takes out of `plan` the entries `overwrite` leaves as they are in a
