@@ -104,11 +104,15 @@ impl Nas for NasService {
         &self,
         _request: Request<CapacityRequest>,
     ) -> Result<Response<CapacityResponse>, Status> {
-        let capacity = self.blocking(|dir| dir.capacity()).await?;
+        let (capacity, fs) = self
+            .blocking(|dir| Ok((dir.capacity()?, dir.filesystem()?)))
+            .await?;
         Ok(Response::new(CapacityResponse {
             capacity_bytes: capacity.capacity_bytes,
             used_bytes: capacity.used_bytes,
             free_bytes: capacity.free_bytes,
+            filesystem_total_bytes: fs.total_bytes,
+            filesystem_available_bytes: fs.available_bytes,
         }))
     }
 }

@@ -22,6 +22,7 @@ fn nas_store_passes_the_piece_store_suite_against_a_real_device() {
             offsite_tests::NAS_NAME,
             &vendor,
             NasTimeouts::default(),
+            0.0,
         )
         .unwrap();
         piece_store_suite(&store).await;

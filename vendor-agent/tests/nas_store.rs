@@ -100,12 +100,20 @@ impl Nas for DirNas {
         _: Request<CapacityRequest>,
     ) -> Result<Response<CapacityResponse>, Status> {
         let c = self.0.capacity().map_err(status)?;
+        let fs = self.0.filesystem().map_err(status)?;
         Ok(Response::new(CapacityResponse {
             capacity_bytes: c.capacity_bytes,
             used_bytes: c.used_bytes,
             free_bytes: c.free_bytes,
+            filesystem_total_bytes: fs.total_bytes,
+            filesystem_available_bytes: fs.available_bytes,
         }))
     }
+}
+
+/// What the filesystem holding `dir` can still take.
+fn nas_dir_filesystem(dir: &std::path::Path) -> u64 {
+    fs4::statvfs(dir).unwrap().available_space()
 }
 
 #[tokio::test]
@@ -127,15 +135,26 @@ async fn nas_store_passes_the_piece_store_suite() {
                 },
             ),
     );
-    let store = NasStore::connect_lazy(
-        &address,
-        "nas-1",
-        &common::credentials(Role::Vendor, "v1"),
-        NasTimeouts::default(),
-    )
-    .unwrap();
-    offsite_vendor::testing::piece_store_suite(&store).await;
-    drop(store);
+    let store = |keep_free_share| {
+        NasStore::connect_lazy(
+            &address,
+            "nas-1",
+            &common::credentials(Role::Vendor, "v1"),
+            NasTimeouts::default(),
+            keep_free_share,
+        )
+        .unwrap()
+    };
+    offsite_vendor::testing::piece_store_suite(&store(0.0)).await;
+    // keep_free_share applies to the device's disk as to a local one: all
+    // but a sliver of it kept free leaves nothing to offer beyond what is
+    // held, where no share kept offers the device's whole capacity.
+    let all = store(0.0).capacity().await.unwrap();
+    let kept = store(0.9999).capacity().await.unwrap();
+    if nas_dir_filesystem(dir.path()) > 2 << 30 {
+        assert_eq!(all.offered_bytes, 1 << 30, "{all:?}");
+    }
+    assert_eq!(kept.offered_bytes, kept.used_bytes, "{kept:?}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
@@ -150,6 +169,7 @@ async fn an_unreachable_nas_is_unavailable() {
         "nas-1",
         &common::credentials(Role::Vendor, "v1"),
         NasTimeouts::default(),
+        0.0,
     )
     .unwrap();
     let err = store.capacity().await.unwrap_err();
@@ -212,6 +232,7 @@ async fn a_hung_nas_is_cut_off_within_its_timeouts() {
         "nas-1",
         &common::credentials(Role::Vendor, "v1"),
         timeouts,
+        0.0,
     )
     .unwrap();
     // Far more than the timeouts above, far less than the channel's own.

@@ -164,7 +164,10 @@ impl Devnet {
                 data_dir: vendor_dir.join("data"),
                 report_interval_secs: options.report_interval_secs,
                 network_bytes_per_sec: 0,
-                keep_free_share: 0.10,
+                // Every device of a devnet shares one disk with the test
+                // machine: keeping a tenth of it free for each would leave
+                // a nearly full CI disk with nothing to offer.
+                keep_free_share: 0.0,
                 storage_price_micros_per_tib_month: vendor_price(
                     &options.vendor_prices,
                     "vendor_prices",

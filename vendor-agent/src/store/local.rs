@@ -124,8 +124,9 @@ impl PieceStore for LocalStore {
 }
 
 /// `min(cap, used + available - share * total)`; `cap_or_fs` is the piece
-/// directory's own `min(cap, used + available)`.
-fn offered_capacity(
+/// directory's own `min(cap, used + available)` (a local store's, or what a
+/// NAS device reports).
+pub(super) fn offered_capacity(
     cap_or_fs: u64,
     used: u64,
     fs_total: u64,

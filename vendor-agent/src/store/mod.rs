@@ -134,6 +134,7 @@ pub fn open_stores(
                         name,
                         credentials,
                         timeouts,
+                        config.keep_free_share,
                     )?)
                 }
             })

@@ -21,6 +21,7 @@ use offsite_proto::{Hash, PieceId};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::local::offered_capacity;
 use super::{verify_piece, PieceStore, StoreCapacity, StoreError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +50,9 @@ pub struct NasStore {
     name: String,
     client: NasClient<Channel>,
     timeouts: NasTimeouts,
+    /// The share of the device's disk kept free (the vendor's
+    /// `keep_free_share`).
+    keep_free_share: f64,
 }
 
 impl NasStore {
@@ -60,6 +64,7 @@ impl NasStore {
         device: &str,
         credentials: &Credentials,
         timeouts: NasTimeouts,
+        keep_free_share: f64,
     ) -> Result<Self, StoreError> {
         let name = format!("nas:{address}");
         let expected =
@@ -82,6 +87,7 @@ impl NasStore {
             name,
             client,
             timeouts,
+            keep_free_share,
         })
     }
 
@@ -252,12 +258,22 @@ impl PieceStore for NasStore {
                 .map_err(|s| self.error(s, None))
         };
         let response = self.answered("capacity call", call).await?.into_inner();
-        Ok(StoreCapacity {
-            offered_bytes: response.capacity_bytes,
-            used_bytes: response.used_bytes,
-            free_bytes: response
-                .free_bytes
-                .min(response.capacity_bytes.saturating_sub(response.used_bytes)),
-        })
+        if response.filesystem_total_bytes == 0 {
+            // A device from before it reported its filesystem.
+            return Ok(StoreCapacity {
+                offered_bytes: response.capacity_bytes,
+                used_bytes: response.used_bytes,
+                free_bytes: response
+                    .free_bytes
+                    .min(response.capacity_bytes.saturating_sub(response.used_bytes)),
+            });
+        }
+        Ok(offered_capacity(
+            response.capacity_bytes,
+            response.used_bytes,
+            response.filesystem_total_bytes,
+            response.filesystem_available_bytes,
+            self.keep_free_share,
+        ))
     }
 }
