@@ -242,6 +242,26 @@ fn every_kind_of_entry_restores_identical() {
     assert_eq!(restored["specials"], 3, "{restored:#}");
     assert_eq!(restored["xattrs_skipped"], 0, "{restored:#}");
     compare(&src, &out.join("src"), "restore", true);
+    // Restored again over itself, everything is found as it is: nothing
+    // is fetched or remade, and the tree stays identical.
+    let again = json_ok(
+        &devnet,
+        &[
+            "restore",
+            &id,
+            "--target",
+            out.to_str().unwrap(),
+            "--overwrite",
+            "if-changed",
+        ],
+    );
+    assert_eq!(again["portions_fetched"], 0, "{again:#}");
+    assert_eq!(
+        (again["hard_links"].as_u64(), again["specials"].as_u64()),
+        (Some(0), Some(0)),
+        "{again:#}"
+    );
+    compare(&src, &out.join("src"), "restore over itself", true);
     // Holes stay holes: two islands of data in 64 MiB.
     let blocks = out
         .join("src/sparse.img")

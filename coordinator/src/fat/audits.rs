@@ -202,15 +202,6 @@ impl Fat {
         out
     }
 
-    /// The vendors an audit round finds down or suspect.
-    pub fn vendors_not_up(&self) -> Vec<VendorId> {
-        self.vendors
-            .iter()
-            .filter(|(id, v)| v.liveness != super::Liveness::Up && !self.disqualified(id))
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
     pub(super) fn record_audits(&mut self, c: RecordAudits) -> Result<Outcome, FatError> {
         if c.audits.len() > MAX_AUDITS_PER_COMMAND {
             return Err(FatError::Invalid(format!(

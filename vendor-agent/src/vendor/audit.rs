@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use offsite_proto::audit::{prove, AuditProofError};
+use offsite_proto::audit::prove;
 use offsite_proto::{PortionId, TenantId};
 
 use super::claim::ClaimKind;
@@ -61,11 +61,6 @@ impl Vendor {
         tokio::task::spawn_blocking(move || prove(&bytes, &hash, offset, length))
             .await
             .map_err(|e| VendorError::Internal(format!("the proving task failed: {e}")))?
-            .map_err(|e| match e {
-                AuditProofError::Damaged => {
-                    VendorError::Internal(format!("the copy of portion {portion} here is damaged"))
-                }
-                other => VendorError::Internal(other.to_string()),
-            })
+            .map_err(|e| VendorError::Internal(format!("portion {portion}: {e}")))
     }
 }

@@ -482,11 +482,7 @@ fn make_special(
             .map_err(io_err(target, rel, "open the directory of"))?;
     let err = |what| move |e: rustix::io::Errno| io_err(target, rel, what)(e.into());
     remove_non_dir(target, &parent, name, rel)?;
-    let (kind, dev) = match special.kind {
-        EntryKind::Device { block: true, rdev } => (FileType::BlockDevice, rdev),
-        EntryKind::Device { block: false, rdev } => (FileType::CharacterDevice, rdev),
-        _ => (FileType::Fifo, 0),
-    };
+    let (kind, dev) = node_type(&special.kind);
     match rustix::fs::mknodat(&parent, name, kind, Mode::RUSR | Mode::WUSR, dev) {
         Ok(()) => {}
         Err(rustix::io::Errno::PERM) if kind != FileType::Fifo => {
@@ -535,6 +531,16 @@ fn make_special(
     })?;
     let times = timestamps(special.mtime);
     utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(err("set mtime of"))
+}
+
+/// The file type and device number a FIFO or device node is made with (a
+/// FIFO's is 0, as `stat` shows it).
+fn node_type(kind: &EntryKind) -> (FileType, u64) {
+    match *kind {
+        EntryKind::Device { block: true, rdev } => (FileType::BlockDevice, rdev),
+        EntryKind::Device { block: false, rdev } => (FileType::CharacterDevice, rdev),
+        _ => (FileType::Fifo, 0),
+    }
 }
 
 /// Access and modification times both at `mtime` (seconds, nanoseconds).
@@ -633,18 +639,8 @@ pub fn skip_existing(
         |s| &s.path,
         |special| {
             unchanged(existing(&special.path)?, &|stat| {
-                let kind = FileType::from_raw_mode(stat.st_mode);
-                Ok(match special.kind {
-                    EntryKind::Device { block, rdev } => {
-                        let wanted = if block {
-                            FileType::BlockDevice
-                        } else {
-                            FileType::CharacterDevice
-                        };
-                        kind == wanted && stat.st_rdev == rdev
-                    }
-                    _ => kind == FileType::Fifo,
-                })
+                let (kind, rdev) = node_type(&special.kind);
+                Ok(FileType::from_raw_mode(stat.st_mode) == kind && stat.st_rdev == rdev)
             })
         },
     )?;
