@@ -53,6 +53,11 @@ pub struct CoordinatorConfig {
     /// long, has its copies (the excess, for the latter) made again on other
     /// vendors, from the surviving copies (seconds).
     pub repair_after_secs: u64,
+    /// How long after its lease ran out an uncommitted reservation may
+    /// still be committed late; then the leader collects it and vendors
+    /// delete what it stored (seconds, at most a day: closed reservations
+    /// are forgotten after one).
+    pub collect_expired_after_secs: u64,
     /// Audits of each vendor per hour (0 turns audits off); the leader
     /// asks each vendor for one random slice per round.
     pub audits_per_vendor_per_hour: u32,
@@ -108,6 +113,7 @@ impl Default for CoordinatorConfig {
             suspect_after_secs: 15,
             down_after_secs: 60,
             repair_after_secs: 3600,
+            collect_expired_after_secs: 3600,
             audits_per_vendor_per_hour: 12,
             audit_timeout_secs: 10,
             overprovision: 1.5,
@@ -172,6 +178,13 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "repair_after_secs",
                 "must be 0 to 2592000 seconds (30 days); 0 repairs as soon as a vendor is down",
+            ));
+        }
+        if self.collect_expired_after_secs > 24 * 3600 {
+            return Err(invalid(
+                "collect_expired_after_secs",
+                "must be 0 to 86400 seconds (a day, how long a closed reservation is \
+                 remembered); 0 collects as soon as a lease runs out",
             ));
         }
         if self.audits_per_vendor_per_hour > 3600 {
@@ -306,6 +319,11 @@ impl CoordinatorConfig {
             suspect_after_ms: self.suspect_after_secs.saturating_mul(1000),
             down_after_ms: self.down_after_secs.saturating_mul(1000),
         }
+    }
+
+    /// How long after its lease an expired reservation is collected (ms).
+    pub fn collect_expired_after_ms(&self) -> u64 {
+        self.collect_expired_after_secs.saturating_mul(1000)
     }
 
     pub fn repair(&self) -> RepairPolicy {

@@ -32,7 +32,8 @@ use crate::config::{ConfigError, CoordinatorConfig};
 /// Raft snapshot); see `offsite_identity::server` for the other limits.
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 use crate::fat::{
-    Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee, UpdateLiveness,
+    CollectReservations, Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee,
+    UpdateLiveness,
 };
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};
@@ -139,10 +140,13 @@ impl Coordinator {
         let sweep_every = Duration::from_secs(self.config.sweep_interval_secs);
         let sweeper = tokio::spawn(sweep(
             Arc::clone(&self.store),
-            sweep_every,
-            self.config.liveness(),
-            self.config.repair(),
-            self.config.fee_ppm,
+            Sweep {
+                every: sweep_every,
+                liveness: self.config.liveness(),
+                repair: self.config.repair(),
+                fee_ppm: self.config.fee_ppm,
+                collect_after_ms: self.config.collect_expired_after_ms(),
+            },
         ));
         let auditor = self.config.audit().map(|policy| {
             tokio::spawn(crate::audit::audit_loop(
@@ -205,16 +209,28 @@ pub async fn serve(
     Coordinator::start(config).await?.serve(shutdown).await
 }
 
-/// On the leader, every `every`: releases reservations whose lease ran out
-/// and proposes the liveness of vendors whose report age crossed a threshold,
-/// stamping the leader's time into both commands.
-async fn sweep<S: FatStore>(
-    store: Arc<S>,
+/// What the leader's sweep does, and how often.
+struct Sweep {
     every: Duration,
     liveness: LivenessPolicy,
     repair: RepairPolicy,
     fee_ppm: u32,
-) {
+    /// How long after its lease an expired reservation is collected.
+    collect_after_ms: u64,
+}
+
+/// On the leader, every `every`: releases reservations whose lease ran out
+/// and collects those that ran out long enough ago, proposes the liveness
+/// of vendors whose report age crossed a threshold, opens repairs and sets
+/// the fee, stamping the leader's time into each command.
+async fn sweep<S: FatStore>(store: Arc<S>, policy: Sweep) {
+    let Sweep {
+        every,
+        liveness,
+        repair,
+        fee_ppm,
+        collect_after_ms,
+    } = policy;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -226,6 +242,7 @@ async fn sweep<S: FatStore>(
             tracing::warn!(error = %e, "could not install the first grant key; trying again at the next sweep");
         }
         expire_leases(&*store).await;
+        collect_reservations(&*store, collect_after_ms).await;
         update_liveness(&*store, liveness).await;
         plan_repairs(&*store, repair).await;
         set_market_fee(&*store, fee_ppm).await;
@@ -296,6 +313,32 @@ async fn expire_leases<S: FatStore>(store: &S) {
         Ok(_) => {}
         Err(e) => {
             tracing::warn!(error = %e, "could not release expired leases; trying again at the next sweep")
+        }
+    }
+}
+
+/// Ends the late-commit chance of reservations that expired `after_ms` ago,
+/// so vendors may delete what they stored (`fat::gc`).
+async fn collect_reservations<S: FatStore>(store: &S, after_ms: u64) {
+    let now = now_unix_ms();
+    let ids = store.read_local(move |fat| fat.collectable(now, after_ms));
+    if ids.is_empty() {
+        return;
+    }
+    let command = Command::CollectReservations(CollectReservations {
+        ids,
+        now_unix_ms: now,
+    });
+    match store.propose(command).await {
+        Ok(Outcome::ReservationsCollected { collected }) if collected > 0 => {
+            tracing::info!(
+                collected,
+                "collected expired reservations: vendors delete what they stored"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not collect expired reservations; trying again at the next sweep")
         }
     }
 }

@@ -406,18 +406,21 @@ async fn with_two_of_three_down_writes_fail_with_no_quorum_in_bounded_time() {
 }
 
 /// A portion of `tenant` stored on `vendors`, with their signed receipts.
-fn signed_portion(tenant: &str, vendors: &[String]) -> pb::PortionPlacement {
+fn signed_portion(tenant: &str, vendors: &[String], reservation: &str) -> pb::PortionPlacement {
     let id = offsite_proto::PortionId::random();
     let hash = offsite_proto::Hash::of(id.as_bytes()).to_vec();
     let receipt = |vendor: &String| {
-        common::signed(offsite_proto::pb::common::Receipt {
-            vendor_id: vendor.clone(),
-            tenant_id: tenant.into(),
-            portion_id: id.to_string(),
-            hash: hash.clone(),
-            size: 100,
-            signature: vec![],
-        })
+        common::signed(
+            offsite_proto::pb::common::Receipt {
+                vendor_id: vendor.clone(),
+                tenant_id: tenant.into(),
+                portion_id: id.to_string(),
+                hash: hash.clone(),
+                size: 100,
+                signature: vec![],
+            },
+            reservation,
+        )
     };
     pb::PortionPlacement {
         portion_id: id.to_string(),
@@ -466,8 +469,12 @@ async fn backup_once(fat: &mut FatClient<Channel>, request: &str) {
         .collect();
     fat.commit(Request::new(pb::CommitRequest {
         request_id: format!("c-{request}"),
+        portions: vec![signed_portion(
+            "acme",
+            &vendors,
+            &reservation.reservation_id,
+        )],
         reservation_id: reservation.reservation_id,
-        portions: vec![signed_portion("acme", &vendors)],
         snapshot: None,
     }))
     .await

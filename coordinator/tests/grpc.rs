@@ -127,8 +127,8 @@ async fn reserve(
     .map(|r| r.into_inner())
 }
 
-/// A portion stored on `vendors`, with their receipts.
-fn portion(tenant: &str, size: u64, vendors: &[&str]) -> pb::PortionPlacement {
+/// A portion stored on `vendors` under `reservation`, with their receipts.
+fn portion(tenant: &str, size: u64, vendors: &[&str], reservation: &str) -> pb::PortionPlacement {
     let id = PortionId::random();
     let hash = Hash::of(id.as_bytes()).to_vec();
     pb::PortionPlacement {
@@ -138,14 +138,17 @@ fn portion(tenant: &str, size: u64, vendors: &[&str]) -> pb::PortionPlacement {
         receipts: vendors
             .iter()
             .map(|v| {
-                common::signed(pbc::Receipt {
-                    vendor_id: (*v).into(),
-                    tenant_id: tenant.into(),
-                    portion_id: id.to_string(),
-                    hash: hash.clone(),
-                    size,
-                    signature: vec![],
-                })
+                common::signed(
+                    pbc::Receipt {
+                        vendor_id: (*v).into(),
+                        tenant_id: tenant.into(),
+                        portion_id: id.to_string(),
+                        hash: hash.clone(),
+                        size,
+                        signature: vec![],
+                    },
+                    reservation,
+                )
             })
             .collect(),
     }
@@ -171,8 +174,18 @@ async fn a_backup_is_reserved_committed_listed_read_and_forgotten() {
     let again = reserve(&mut fat, "backup-1", 1000, 2).await.unwrap();
     assert_eq!(again.reservation_id, reservation.reservation_id);
 
-    let p1 = portion("acme", 600, &[&ids[0], &ids[1]]);
-    let p2 = portion("acme", 400, &[&ids[2], &ids[3]]);
+    let p1 = portion(
+        "acme",
+        600,
+        &[&ids[0], &ids[1]],
+        &reservation.reservation_id,
+    );
+    let p2 = portion(
+        "acme",
+        400,
+        &[&ids[2], &ids[3]],
+        &reservation.reservation_id,
+    );
     let snapshot_id = SnapshotId::random().to_string();
     let record = pb::SnapshotRecord {
         snapshot_id: snapshot_id.clone(),
@@ -301,7 +314,12 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
         .commit(Request::new(pb::CommitRequest {
             request_id: "c-1".into(),
             reservation_id: reservation.reservation_id.clone(),
-            portions: vec![portion("acme", 100, &[&outsider])],
+            portions: vec![portion(
+                "acme",
+                100,
+                &[&outsider],
+                &reservation.reservation_id,
+            )],
             snapshot: None,
         }))
         .await
@@ -322,8 +340,13 @@ async fn a_receipt_from_outside_the_reservation_is_refused_and_changes_nothing()
     let good = fat
         .commit(Request::new(pb::CommitRequest {
             request_id: "c-1".into(),
-            reservation_id: reservation.reservation_id,
-            portions: vec![portion("acme", 100, &[&ids[0]])],
+            reservation_id: reservation.reservation_id.clone(),
+            portions: vec![portion(
+                "acme",
+                100,
+                &[&ids[0]],
+                &reservation.reservation_id,
+            )],
             snapshot: None,
         }))
         .await
@@ -463,11 +486,11 @@ async fn reservations_and_locations_carry_grants_and_forged_receipts_are_refused
     // refused by name and changes nothing.
     let ids = candidate_ids(&reservation);
     let before = running.status().await;
-    let mut flipped = portion("acme", 100, &[&ids[0]]);
+    let mut flipped = portion("acme", 100, &[&ids[0]], &reservation.reservation_id);
     flipped.receipts[0].signature[0] ^= 1;
-    let mut resigned = portion("acme", 100, &[&ids[0]]);
+    let mut resigned = portion("acme", 100, &[&ids[0]], &reservation.reservation_id);
     let mut receipt = offsite_proto::Receipt::try_from(resigned.receipts[0].clone()).unwrap();
-    common::vendor_key("mallory").sign(&mut receipt);
+    common::vendor_key("mallory").sign(&mut receipt, &id);
     resigned.receipts[0] = receipt.into();
     for forged in [flipped, resigned] {
         let refused = fat
@@ -491,7 +514,7 @@ async fn reservations_and_locations_carry_grants_and_forged_receipts_are_refused
     }
 
     // A committed portion is located with one fetch grant per vendor.
-    let p = portion("acme", 100, &[&ids[0]]);
+    let p = portion("acme", 100, &[&ids[0]], &reservation.reservation_id);
     fat.commit(Request::new(pb::CommitRequest {
         request_id: "c-2".into(),
         reservation_id: reservation.reservation_id,

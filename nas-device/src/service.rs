@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use offsite_piece_store::{PieceDir, PieceError};
+use offsite_proto::limits::MAX_LISTED_PIECES;
 use offsite_proto::pb::nas::nas_server::Nas;
 use offsite_proto::pb::nas::{
-    CapacityRequest, CapacityResponse, DeleteResponse, GetFrame, GetRequest, PieceRequest,
-    PutFrame, PutResponse, StatResponse,
+    CapacityRequest, CapacityResponse, DeleteResponse, GetFrame, GetRequest, ListRequest,
+    ListResponse, PieceRequest, PutFrame, PutResponse, StatResponse,
 };
 use offsite_proto::PieceId;
 use tokio::sync::Semaphore;
@@ -113,6 +114,27 @@ impl Nas for NasService {
             free_bytes: capacity.free_bytes,
             filesystem_total_bytes: fs.total_bytes,
             filesystem_available_bytes: fs.available_bytes,
+        }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let request = request.into_inner();
+        let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+        if !(1..=MAX_LISTED_PIECES).contains(&limit) {
+            return Err(Status::invalid_argument(format!(
+                "limit {}: ask for 1 to {MAX_LISTED_PIECES} piece ids a page",
+                request.limit
+            )));
+        }
+        let after = match request.after.is_empty() {
+            true => None,
+            false => Some(PieceId::new(request.after)?),
+        };
+        let ids = self
+            .blocking(move |dir| dir.list(after.as_ref(), limit))
+            .await?;
+        Ok(Response::new(ListResponse {
+            piece_ids: ids.into_iter().map(|id| id.as_str().to_owned()).collect(),
         }))
     }
 }

@@ -178,6 +178,45 @@ impl PieceDir {
         }))
     }
 
+    /// Up to `limit` ids of the pieces held, in order, after `after` (from
+    /// the first when `None`): page through a store with the last id of
+    /// each page. Files that cannot name a piece are skipped.
+    pub fn list(&self, after: Option<&PieceId>, limit: usize) -> Result<Vec<PieceId>, PieceError> {
+        let pieces = &self.inner.pieces;
+        let mut shards: Vec<String> = fs::read_dir(pieces)
+            .map_err(PieceError::io(pieces))?
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect();
+        shards.sort();
+        let after = after.map(PieceId::as_str);
+        let first_shard = after.map_or("", |a| &a[..a.len().min(2)]);
+        let mut listed = Vec::new();
+        for shard in shards.iter().filter(|s| s.as_str() >= first_shard) {
+            let dir = pieces.join(shard);
+            let mut names: Vec<String> = fs::read_dir(&dir)
+                .map_err(PieceError::io(&dir))?
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                // A leading '.' never names a piece (see `piece_path`).
+                .filter(|name| !name.starts_with('.'))
+                .filter(|name| after.is_none_or(|a| name.as_str() > a))
+                .collect();
+            names.sort();
+            for name in names {
+                if listed.len() >= limit {
+                    return Ok(listed);
+                }
+                if let Ok(id) = PieceId::new(name) {
+                    listed.push(id);
+                }
+            }
+        }
+        Ok(listed)
+    }
+
     /// Capacity, used and free bytes (see [`Capacity`]).
     pub fn capacity(&self) -> Result<Capacity, PieceError> {
         let fs = self.filesystem()?;

@@ -226,3 +226,34 @@ fn the_root_is_private_to_the_device_user() {
     let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn listing_pages_through_every_piece_in_order() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = PieceDir::open(root.path(), None).unwrap();
+    let mut ids: Vec<String> = (0..40u32)
+        .map(|i| format!("{:02x}{i:04}", i * 37 % 256))
+        .collect();
+    ids.push("x".into());
+    for name in &ids {
+        dir.put(&id(name), name.as_bytes(), &Hash::of(name.as_bytes()))
+            .unwrap();
+    }
+    // A stray file of an interrupted copy, not a piece name, is skipped.
+    fs::write(root.path().join("pieces/x/.hidden"), b"junk").unwrap();
+    let mut listed = Vec::new();
+    let mut after: Option<PieceId> = None;
+    for _ in 0..100 {
+        let page = dir.list(after.as_ref(), 7).unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        listed.extend(page.into_iter().map(|p| p.as_str().to_string()));
+        after = Some(last);
+    }
+    ids.sort();
+    assert_eq!(listed, ids);
+    dir.delete(&id(&ids[0])).unwrap();
+    assert_eq!(dir.list(None, 1).unwrap(), vec![id(&ids[1])]);
+}

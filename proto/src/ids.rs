@@ -123,7 +123,7 @@ macro_rules! random_id {
                 Self(rand::random())
             }
 
-            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+            pub const fn from_bytes(bytes: [u8; 16]) -> Self {
                 Self(bytes)
             }
 

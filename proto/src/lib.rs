@@ -20,6 +20,7 @@ mod fat;
 mod ids;
 pub mod limits;
 mod prune;
+pub mod reconcile;
 pub mod refusal;
 mod repair;
 mod routing;

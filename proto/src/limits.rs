@@ -28,6 +28,10 @@ pub const MAX_PORTIONS_PER_CALL: usize = 100_000;
 pub const MAX_RELEASE_PER_CALL: usize = 10_000;
 /// Most portions in one page of a portion list.
 pub const MAX_LISTED_PORTIONS: usize = 10_000;
+/// Most held portions one reconciliation request lists.
+pub const MAX_RECONCILE_HELD: usize = 10_000;
+/// Most piece ids one `Nas.List` page returns.
+pub const MAX_LISTED_PIECES: usize = 10_000;
 /// Most deletions asked of (or acknowledged by) a vendor in one capacity report.
 pub const MAX_DELETIONS_PER_REPORT: usize = 1_000;
 /// Most copies asked of (or reported by) a vendor in one capacity report.
@@ -81,6 +85,12 @@ const _: () = assert!(
         + MAX_SERVED_PER_REPORT * (MAX_SERVED_GRANT_BYTES + 32)
         + 64 * 1024
         <= MAX_CONTROL_REQUEST_BYTES
+);
+
+// A reconciliation's second round: each held portion names a tenant and
+// two 32-digit ids; its first round's digests are far smaller.
+const _: () = assert!(
+    MAX_RECONCILE_HELD * (MAX_ID_LEN + 2 * 32 + 16) + 64 * 1024 <= MAX_CONTROL_REQUEST_BYTES
 );
 
 /// Largest gRPC message any Offsite service decodes.

@@ -7,8 +7,11 @@
 //! it against the group's public keys without calling the coordinator.
 //!
 //! A **receipt** is a vendor's signed statement that it holds a portion (its
-//! hash and size) for a tenant; the coordinator checks it against the identity
-//! key the vendor registered before it accepts a final FAT that names it.
+//! hash and size) for a tenant, stored under one reservation (or one repair,
+//! whose id names the repair's store grant); the coordinator checks it
+//! against the identity key the vendor registered, and against the
+//! reservation or repair it answers, before it accepts a final FAT that
+//! names it. A receipt of another reservation cannot be replayed.
 //!
 //! What is signed is a domain-separated, versioned postcard encoding, so a
 //! grant can never be replayed as a receipt or the other way round.
@@ -21,7 +24,11 @@ use serde::{Deserialize, Serialize};
 use crate::{Grant, Hash, PortionId, Receipt, ReservationId, TenantId, VendorId};
 
 const GRANT_CONTEXT: &[u8] = b"offsite grant v1\0";
-const RECEIPT_CONTEXT: &[u8] = b"offsite receipt v1\0";
+/// Version 2 signs the reservation (or repair) the receipt answers;
+/// version 1 did not, and is read only from log entries that predate it
+/// (see [`ReceiptRule`]).
+const RECEIPT_CONTEXT: &[u8] = b"offsite receipt v2\0";
+const RECEIPT_CONTEXT_V1: &[u8] = b"offsite receipt v1\0";
 /// Version 2 added the vendor's address; version 1 bodies are still read
 /// (with no address).
 const GRANT_BODY_VERSION: u8 = 2;
@@ -127,7 +134,7 @@ pub enum SignatureError {
     },
     #[error("the grant does not permit this: {0}")]
     Mismatch(String),
-    #[error("the receipt of vendor {0} carries no valid signature; the vendor must sign receipts with the identity key it registered")]
+    #[error("the receipt of vendor {0} carries no valid signature for the reservation or repair it answers; the vendor must sign receipts with the identity key it registered, naming the reservation (vendors older than the coordinators sign none: upgrade them)")]
     BadReceiptSignature(VendorId),
     #[error("{0} is not a valid ed25519 public key (32 bytes)")]
     BadPublicKey(&'static str),
@@ -306,9 +313,10 @@ impl VendorKey {
         self.signing.verifying_key().to_bytes()
     }
 
-    /// Fills in `receipt.signature`.
-    pub fn sign(&self, receipt: &mut Receipt) {
-        let message = receipt_message(receipt);
+    /// Fills in `receipt.signature`, naming the reservation (or repair)
+    /// the portion was stored under.
+    pub fn sign(&self, receipt: &mut Receipt, answers: &ReservationId) {
+        let message = receipt_message(receipt, answers);
         receipt.signature = self.signing.sign(&message).to_bytes().to_vec();
     }
 }
@@ -319,33 +327,82 @@ impl std::fmt::Debug for VendorKey {
     }
 }
 
-fn receipt_message(r: &Receipt) -> Vec<u8> {
+/// The portion a receipt vouches for, without the reservation (version 1).
+#[derive(Serialize)]
+struct SignedPortion<'a> {
+    vendor: &'a VendorId,
+    tenant: &'a TenantId,
+    portion: &'a PortionId,
+    hash: &'a Hash,
+    size: u64,
+}
+
+impl<'a> SignedPortion<'a> {
+    fn of(r: &'a Receipt) -> Self {
+        Self {
+            vendor: &r.vendor,
+            tenant: &r.tenant,
+            portion: &r.portion,
+            hash: &r.hash,
+            size: r.size,
+        }
+    }
+}
+
+fn receipt_message(r: &Receipt, answers: &ReservationId) -> Vec<u8> {
     #[derive(Serialize)]
     struct Signed<'a> {
-        vendor: &'a VendorId,
-        tenant: &'a TenantId,
-        portion: &'a PortionId,
-        hash: &'a Hash,
-        size: u64,
+        portion: SignedPortion<'a>,
+        reservation: &'a ReservationId,
     }
     let body = postcard::to_stdvec(&Signed {
-        vendor: &r.vendor,
-        tenant: &r.tenant,
-        portion: &r.portion,
-        hash: &r.hash,
-        size: r.size,
+        portion: SignedPortion::of(r),
+        reservation: answers,
     })
     .unwrap_or_default();
     [RECEIPT_CONTEXT, &body].concat()
 }
 
-/// Checks `receipt`'s signature against the public key its vendor registered.
-pub fn verify_receipt(receipt: &Receipt, vendor_public_key: &[u8]) -> Result<(), SignatureError> {
+fn receipt_message_v1(r: &Receipt) -> Vec<u8> {
+    let body = postcard::to_stdvec(&SignedPortion::of(r)).unwrap_or_default();
+    [RECEIPT_CONTEXT_V1, &body].concat()
+}
+
+/// Which receipts a check takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptRule {
+    /// Only receipts that name the reservation they answer: every new
+    /// commit and copy report.
+    Fresh,
+    /// Those, and version 1 receipts, which name none: for replaying log
+    /// entries written before version 2, which the group accepted then
+    /// (a replica that refused them now would hold another FAT).
+    AsLogged,
+}
+
+/// Checks `receipt`'s signature against the public key its vendor
+/// registered, and that it answers `answers` (a reservation or a repair).
+pub fn verify_receipt(
+    receipt: &Receipt,
+    answers: &ReservationId,
+    vendor_public_key: &[u8],
+    rule: ReceiptRule,
+) -> Result<(), SignatureError> {
     let bad = || SignatureError::BadReceiptSignature(receipt.vendor.clone());
     let key = verifying_key(vendor_public_key, "the vendor's identity key").map_err(|_| bad())?;
     let signature = Signature::from_slice(&receipt.signature).map_err(|_| bad())?;
-    key.verify(&receipt_message(receipt), &signature)
-        .map_err(|_| bad())
+    if key
+        .verify(&receipt_message(receipt, answers), &signature)
+        .is_ok()
+    {
+        return Ok(());
+    }
+    match rule {
+        ReceiptRule::AsLogged => key
+            .verify(&receipt_message_v1(receipt), &signature)
+            .map_err(|_| bad()),
+        ReceiptRule::Fresh => Err(bad()),
+    }
 }
 
 /// Checks that `bytes` is an ed25519 public key (for registration).
@@ -541,20 +598,57 @@ mod tests {
     #[test]
     fn receipts_verify_only_unchanged_and_under_their_vendors_key() {
         let key = VendorKey::from_secret(&[5; 32]);
+        let reservation = ReservationId::from_bytes([3; 16]);
+        let check = |r: &Receipt, public: &[u8]| {
+            verify_receipt(r, &reservation, public, ReceiptRule::Fresh)
+        };
         let mut r = receipt();
-        key.sign(&mut r);
-        assert_eq!(verify_receipt(&r, &key.public_key()), Ok(()));
+        key.sign(&mut r, &reservation);
+        assert_eq!(check(&r, &key.public_key()), Ok(()));
         let stranger = VendorKey::from_secret(&[6; 32]);
-        assert!(verify_receipt(&r, &stranger.public_key()).is_err());
+        assert!(check(&r, &stranger.public_key()).is_err());
         let mut other_portion = r.clone();
         other_portion.portion = PortionId::from_bytes([8; 16]);
-        assert!(verify_receipt(&other_portion, &key.public_key()).is_err());
+        assert!(check(&other_portion, &key.public_key()).is_err());
         let mut other_size = r.clone();
         other_size.size = 8;
-        assert!(verify_receipt(&other_size, &key.public_key()).is_err());
+        assert!(check(&other_size, &key.public_key()).is_err());
         let unsigned = receipt();
-        assert!(verify_receipt(&unsigned, &key.public_key()).is_err());
-        assert!(verify_receipt(&r, b"short").is_err());
+        assert!(check(&unsigned, &key.public_key()).is_err());
+        assert!(check(&r, b"short").is_err());
+    }
+
+    #[test]
+    fn a_receipt_answers_only_its_own_reservation() {
+        let key = VendorKey::from_secret(&[5; 32]);
+        let (first, second) = (
+            ReservationId::from_bytes([3; 16]),
+            ReservationId::from_bytes([4; 16]),
+        );
+        let mut r = receipt();
+        key.sign(&mut r, &first);
+        for rule in [ReceiptRule::Fresh, ReceiptRule::AsLogged] {
+            assert_eq!(verify_receipt(&r, &first, &key.public_key(), rule), Ok(()));
+            assert!(verify_receipt(&r, &second, &key.public_key(), rule).is_err());
+        }
+    }
+
+    #[test]
+    fn version_1_receipts_are_read_only_from_the_log() {
+        let key = VendorKey::from_secret(&[5; 32]);
+        let mut r = receipt();
+        r.signature = key
+            .signing
+            .sign(&receipt_message_v1(&r))
+            .to_bytes()
+            .to_vec();
+        let any = ReservationId::from_bytes([3; 16]);
+        let public = key.public_key();
+        assert_eq!(
+            verify_receipt(&r, &any, &public, ReceiptRule::AsLogged),
+            Ok(())
+        );
+        assert!(verify_receipt(&r, &any, &public, ReceiptRule::Fresh).is_err());
     }
 
     proptest! {

@@ -215,7 +215,8 @@ fn real_vendors_check_grants_and_the_coordinator_checks_receipts() {
         let mut flipped = receipts.clone();
         flipped[0].signature[5] ^= 0x10;
         let mut resigned = offsite_proto::Receipt::try_from(receipts[0].clone()).unwrap();
-        VendorKey::from_secret(&[9; 32]).sign(&mut resigned);
+        let r1_id = offsite_proto::ReservationId::parse(&r1.reservation_id).unwrap();
+        VendorKey::from_secret(&[9; 32]).sign(&mut resigned, &r1_id);
         let mut unsigned = receipts.clone();
         unsigned[0].signature.clear();
         for (why, forged, needle) in [
@@ -241,6 +242,30 @@ fn real_vendors_check_grants_and_the_coordinator_checks_receipts() {
             assert_eq!(after.vendors, status_before.vendors, "{why}");
             assert_eq!(after.portions, status_before.portions, "{why}");
         }
+        // The genuine receipts answer r1 only: sent in a commit of r2 (whose
+        // candidates include their vendor) they are refused.
+        assert!(
+            r2.candidates.iter().any(|c| vendor_of(c) == vendor_of(c1)),
+            "both devnet vendors are candidates of every reservation"
+        );
+        let replayed = fat
+            .commit(CommitRequest {
+                request_id: "commit-replayed".into(),
+                reservation_id: r2.reservation_id.clone(),
+                portions: vec![placement(&data, receipts.clone())],
+                snapshot: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(replayed.code(), Code::PermissionDenied, "{replayed:?}");
+        assert!(
+            replayed
+                .message()
+                .contains(&format!("does not answer {}", r2.reservation_id)),
+            "{}",
+            replayed.message()
+        );
+
         // The genuine receipts commit.
         fat.commit(CommitRequest {
             request_id: "commit-good".into(),

@@ -56,6 +56,7 @@ fn new_coordinator(
         suspect_after_secs: options.suspect_after_secs,
         down_after_secs: options.down_after_secs,
         repair_after_secs: options.repair_after_secs,
+        collect_expired_after_secs: options.collect_expired_after_secs,
         audits_per_vendor_per_hour: options.audits_per_vendor_per_hour,
         overprovision: 1.5,
         extra_vendors: 2,

@@ -145,6 +145,22 @@ impl VendorAgent {
         registration::run(Arc::clone(&self.vendor), registration)
     }
 
+    /// Reconciles with the coordinator group and collects garbage forever
+    /// (see `crate::reconcile`); `None` when `reconcile_interval_secs` is 0.
+    pub fn collection(
+        &self,
+        config: &VendorConfig,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        (config.reconcile_interval_secs > 0).then(|| {
+            let collection = crate::reconcile::Collection {
+                coordinators: config.coordinators.clone(),
+                every: Duration::from_secs(config.reconcile_interval_secs),
+                grace: Duration::from_secs(config.gc_grace_secs),
+            };
+            crate::reconcile::run(Arc::clone(&self.vendor), collection)
+        })
+    }
+
     /// Sets the coordinator group's grant keys `(key_id, public key)`, as
     /// the registration loop does from the group's answers (tests without a
     /// coordinator call it directly).

@@ -42,6 +42,16 @@ pub struct VendorConfig {
     /// Network capacity offered, bytes per second; 0 = unknown. Default 0.
     #[serde(default)]
     pub network_bytes_per_sec: u64,
+    /// Seconds between reconciliations with the coordinator group (garbage
+    /// collection: copies nothing needs, pieces nothing names); 0 turns
+    /// them off. Default 3600.
+    #[serde(default = "default_reconcile_interval")]
+    pub reconcile_interval_secs: u64,
+    /// A copy or a piece found to be garbage is deleted only when it is
+    /// found so again at least this long after it was first (seconds).
+    /// Default 3600.
+    #[serde(default = "default_gc_grace")]
+    pub gc_grace_secs: u64,
     /// What this vendor charges for storage, in micro-units of the
     /// marketplace's currency per TiB-month (at most 10^15). A change
     /// applies to new placements; data already placed keeps its price until
@@ -146,6 +156,14 @@ fn default_fetch_buffer_bytes() -> u64 {
 /// the default size.
 const MIN_FETCH_BUFFER_BYTES: u64 = 32 * 1024 * 1024;
 
+fn default_reconcile_interval() -> u64 {
+    3600
+}
+
+fn default_gc_grace() -> u64 {
+    3600
+}
+
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
     Invalid::new(field, problem)
 }
@@ -203,6 +221,18 @@ impl VendorConfig {
         }
         if self.report_interval_secs == 0 || self.report_interval_secs > 3600 {
             return Err(invalid("report_interval_secs", "must be 1 to 3600 seconds"));
+        }
+        if self.reconcile_interval_secs > 7 * 24 * 3600 {
+            return Err(invalid(
+                "reconcile_interval_secs",
+                "must be 0 (off) to 604800 seconds (a week)",
+            ));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.gc_grace_secs) {
+            return Err(invalid(
+                "gc_grace_secs",
+                "must be 1 to 604800 seconds (a week)",
+            ));
         }
         if !(0.0..1.0).contains(&self.keep_free_share) {
             return Err(invalid(

@@ -1,16 +1,20 @@
 //! The vendor's local FAT: for every portion it holds, which pieces it was
-//! re-chunked into, on which store, with each piece's size and hash. Kept in
-//! sled, keyed by (tenant, portion), each record versioned; a write is flushed
-//! before a receipt is given for it.
+//! re-chunked into, on which store, with each piece's size and hash, and the
+//! reservation (or repair) it was last stored under, which garbage
+//! collection asks the coordinator group about. Kept in sled, keyed by
+//! (tenant, portion), each record versioned; a write is flushed before a
+//! receipt is given for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use offsite_proto::{Hash, PieceId, PortionId, TenantId};
+use offsite_proto::{Hash, PieceId, PortionId, ReservationId, TenantId};
 use serde::{Deserialize, Serialize};
 
-/// Version byte in front of every stored record.
-const RECORD_VERSION: u8 = 1;
+/// Version byte in front of every stored record. Version 2 added the
+/// reservation; version 1 records are read with none.
+const RECORD_VERSION: u8 = 2;
+const RECORD_VERSION_1: u8 = 1;
 const PORTIONS_TREE: &str = "portions";
 
 /// Where one piece of a portion lives.
@@ -32,6 +36,34 @@ pub struct PortionRecord {
     pub size: u64,
     pub piece_size: u64,
     pub pieces: Vec<PieceRecord>,
+    /// The reservation, or the repair, the portion was last stored under
+    /// (`None` in records written before version 2).
+    pub reservation: Option<ReservationId>,
+}
+
+/// A record of version 1, before the reservation.
+#[derive(Deserialize)]
+struct PortionRecordV1 {
+    tenant: TenantId,
+    portion: PortionId,
+    hash: Hash,
+    size: u64,
+    piece_size: u64,
+    pieces: Vec<PieceRecord>,
+}
+
+impl From<PortionRecordV1> for PortionRecord {
+    fn from(r: PortionRecordV1) -> Self {
+        Self {
+            tenant: r.tenant,
+            portion: r.portion,
+            hash: r.hash,
+            size: r.size,
+            piece_size: r.piece_size,
+            pieces: r.pieces,
+            reservation: None,
+        }
+    }
 }
 
 /// The local FAT cannot be read or written; an operator should check the disk.
@@ -132,6 +164,16 @@ impl LocalFat {
         Ok(old)
     }
 
+    /// Every record, in key order (tenant, then portion), read as the
+    /// iteration reaches it: records written meanwhile may or may not be
+    /// seen. An unreadable record ends the iteration with its error.
+    pub fn records(&self) -> impl Iterator<Item = Result<PortionRecord, LocalFatError>> + '_ {
+        self.tree.iter().map(|entry| {
+            let (key, value) = entry.map_err(|e| self.db_error(e))?;
+            decode(&key, &value)
+        })
+    }
+
     /// Bytes of portions held, over all tenants.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)
@@ -176,6 +218,9 @@ fn decode(key: &[u8], value: &[u8]) -> Result<PortionRecord, LocalFatError> {
         Some((&RECORD_VERSION, body)) => {
             postcard::from_bytes(body).map_err(|e| corrupt(format!("cannot decode: {e}")))
         }
+        Some((&RECORD_VERSION_1, body)) => postcard::from_bytes::<PortionRecordV1>(body)
+            .map(PortionRecord::from)
+            .map_err(|e| corrupt(format!("cannot decode a version 1 record: {e}"))),
         Some((version, _)) => Err(corrupt(format!(
             "record version {version}, this vendor reads version {RECORD_VERSION}; upgrade offsite-vendor"
         ))),
@@ -200,6 +245,7 @@ mod tests {
                 size,
                 hash: Hash::of(b"piece"),
             }],
+            reservation: Some(ReservationId::random()),
         }
     }
 
@@ -226,6 +272,49 @@ mod tests {
         );
         assert_eq!(fat.stored_bytes(), 30);
         assert_eq!(fat.remove(&a.tenant, &a.portion).await.unwrap(), None);
+    }
+
+    /// A record as version 1 wrote it: the same fields without the
+    /// reservation.
+    #[derive(Serialize)]
+    struct WrittenByVersion1<'a> {
+        tenant: &'a TenantId,
+        portion: &'a PortionId,
+        hash: &'a Hash,
+        size: u64,
+        piece_size: u64,
+        pieces: &'a [PieceRecord],
+    }
+
+    #[tokio::test]
+    async fn version_1_records_are_read_without_a_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = record("acme", 70);
+        old.reservation = None;
+        let body = postcard::to_stdvec(&WrittenByVersion1 {
+            tenant: &old.tenant,
+            portion: &old.portion,
+            hash: &old.hash,
+            size: old.size,
+            piece_size: old.piece_size,
+            pieces: &old.pieces,
+        })
+        .unwrap();
+        {
+            let db = sled::open(dir.path().join("local-fat")).unwrap();
+            let tree = db.open_tree(PORTIONS_TREE).unwrap();
+            tree.insert(key(&old.tenant, &old.portion), [&[1u8][..], &body].concat())
+                .unwrap();
+            tree.flush().unwrap();
+        }
+        let fat = LocalFat::open(dir.path()).unwrap();
+        assert_eq!(fat.stored_bytes(), 70);
+        assert_eq!(
+            fat.get(&old.tenant, &old.portion).unwrap(),
+            Some(old.clone())
+        );
+        let all: Vec<PortionRecord> = fat.records().map(Result::unwrap).collect();
+        assert_eq!(all, vec![old]);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub(crate) struct Registration {
     pub report_interval: Duration,
 }
 
-type Client = VendorRegistryClient<Channel>;
+pub(crate) type Client = VendorRegistryClient<Channel>;
 
 /// Registers and reports forever; stop it by dropping the future.
 pub(crate) async fn run(vendor: Arc<Vendor>, registration: Registration) {
@@ -120,23 +120,32 @@ async fn register(vendor: &Vendor, registration: &Registration, first: usize) ->
     }
 }
 
-async fn register_at(
+/// A mutual-TLS client of the coordinator at `coordinator`, whose calls
+/// each take at most `timeout`.
+pub(crate) async fn connect(
     vendor: &Vendor,
-    registration: &Registration,
     coordinator: &str,
+    timeout: Duration,
 ) -> Result<Client, Status> {
     let endpoint = vendor
         .credentials()
         .endpoint(coordinator, &Role::Coordinator.dns_name())
         .map_err(|e| Status::invalid_argument(format!("bad coordinator address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT);
+        .timeout(timeout);
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("cannot connect: {e}")))?;
-    let mut client =
-        VendorRegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(VendorRegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+async fn register_at(
+    vendor: &Vendor,
+    registration: &Registration,
+    coordinator: &str,
+) -> Result<Client, Status> {
+    let mut client = connect(vendor, coordinator, REQUEST_TIMEOUT).await?;
     let (offered_bytes, _) = capacity(vendor).await;
     let answer = client
         .register(RegisterVendorRequest {

@@ -4,7 +4,7 @@
 //! against a real `offsite-nas` through [`crate::NasStore`].
 
 use bytes::Bytes;
-use offsite_proto::Hash;
+use offsite_proto::{Hash, PieceId};
 
 use crate::store::{random_piece_id, PieceStore, StoreError};
 
@@ -30,6 +30,47 @@ pub async fn piece_store_suite(store: &dyn PieceStore) {
     wrong_hash_is_refused(store).await;
     missing_piece(store).await;
     delete_frees_room(store).await;
+    lists_what_it_holds(store).await;
+}
+
+/// Paging through the store with the last id of each page lists every
+/// piece put, in order, once.
+async fn lists_what_it_holds(store: &dyn PieceStore) {
+    let name = store.name().to_owned();
+    let mut put: Vec<PieceId> = Vec::new();
+    for seed in 0..5u8 {
+        let (id, data) = (random_piece_id(), test_bytes(1000, seed));
+        store
+            .put(&id, data.clone(), &Hash::of(&data))
+            .await
+            .unwrap();
+        put.push(id);
+    }
+    let (mut listed, mut after) = (Vec::new(), None::<PieceId>);
+    for _ in 0..10 {
+        let page = store.list(after.as_ref(), 2).await.unwrap();
+        assert!(page.len() <= 2, "{name}: a page longer than asked");
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        listed.extend(page);
+        after = Some(last);
+    }
+    let mut want = put.clone();
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let ours: Vec<PieceId> = listed.into_iter().filter(|id| put.contains(id)).collect();
+    assert_eq!(
+        ours, want,
+        "{name}: list must page through every piece in order"
+    );
+    for id in &put {
+        store.delete(id).await.unwrap();
+    }
+    let left = store.list(None, 10_000).await.unwrap();
+    assert!(
+        put.iter().all(|id| !left.contains(id)),
+        "{name}: deleted pieces are listed"
+    );
 }
 
 async fn round_trip(store: &dyn PieceStore) {

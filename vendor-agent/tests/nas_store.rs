@@ -11,7 +11,7 @@ use offsite_piece_store::{PieceDir, PieceError};
 use offsite_proto::pb::nas::nas_server::{Nas, NasServer};
 use offsite_proto::pb::nas::{
     put_frame, CapacityRequest, CapacityResponse, DeleteResponse, GetFrame, GetRequest,
-    PieceRequest, PutFrame, PutResponse, StatResponse,
+    ListRequest, ListResponse, PieceRequest, PutFrame, PutResponse, StatResponse,
 };
 use offsite_proto::{Hash, PieceId};
 use offsite_vendor::{NasStore, NasTimeouts, PieceStore, StoreError};
@@ -107,6 +107,20 @@ impl Nas for DirNas {
             free_bytes: c.free_bytes,
             filesystem_total_bytes: fs.total_bytes,
             filesystem_available_bytes: fs.available_bytes,
+        }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let request = request.into_inner();
+        let after = (!request.after.is_empty())
+            .then(|| piece(request.after))
+            .transpose()?;
+        let ids = self
+            .0
+            .list(after.as_ref(), request.limit as usize)
+            .map_err(status)?;
+        Ok(Response::new(ListResponse {
+            piece_ids: ids.into_iter().map(|id| id.as_str().to_owned()).collect(),
         }))
     }
 }
@@ -208,6 +222,10 @@ impl Nas for HungNas {
         &self,
         _: Request<CapacityRequest>,
     ) -> Result<Response<CapacityResponse>, Status> {
+        std::future::pending().await
+    }
+
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         std::future::pending().await
     }
 }

@@ -59,6 +59,13 @@ impl VendorRegistry for Recorder {
     ) -> Result<Response<offsite_proto::pb::coordinator::EarningsResponse>, Status> {
         Err(Status::unimplemented("this recorder keeps no ledger"))
     }
+
+    async fn reconcile(
+        &self,
+        _request: Request<offsite_proto::pb::coordinator::ReconcileRequest>,
+    ) -> Result<Response<offsite_proto::pb::coordinator::ReconcileResponse>, Status> {
+        Err(Status::unimplemented("this recorder keeps no FAT"))
+    }
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {

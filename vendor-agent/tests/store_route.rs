@@ -36,8 +36,15 @@ async fn a_route_of_three_vendors_stores_three_copies() {
             (r.tenant.clone(), r.portion, r.hash, r.size),
             (acme.clone(), h.portion, h.hash, h.size)
         );
-        // Each vendor signs its own receipt with its identity key.
-        offsite_proto::signing::verify_receipt(r, &v.identity).unwrap();
+        // Each vendor signs its own receipt with its identity key, for the
+        // reservation it stored under.
+        offsite_proto::signing::verify_receipt(
+            r,
+            &h.reservation,
+            &v.identity,
+            offsite_proto::signing::ReceiptRule::Fresh,
+        )
+        .unwrap();
     }
     for v in &vendors {
         assert_eq!(

@@ -181,8 +181,16 @@ fn bench_vendor_key(name: &str) -> offsite_proto::signing::VendorKey {
     offsite_proto::signing::VendorKey::from_secret(blake3::hash(name.as_bytes()).as_bytes())
 }
 
-/// The receipt `vendor` would sign for a 500-byte portion.
-fn bench_receipt(vendor: &str, portion: PortionId, hash: &[u8]) -> anyhow::Result<pbc::Receipt> {
+/// The receipt `vendor` would sign for a 500-byte portion stored under
+/// `reservation`.
+fn bench_receipt(
+    vendor: &str,
+    portion: PortionId,
+    hash: &[u8],
+    reservation: &str,
+) -> anyhow::Result<pbc::Receipt> {
+    let reservation =
+        offsite_proto::ReservationId::parse(reservation).map_err(anyhow::Error::msg)?;
     let mut receipt = offsite_proto::Receipt {
         vendor: offsite_proto::VendorId::new(vendor).map_err(anyhow::Error::msg)?,
         tenant: offsite_proto::TenantId::new("bench").map_err(anyhow::Error::msg)?,
@@ -191,7 +199,7 @@ fn bench_receipt(vendor: &str, portion: PortionId, hash: &[u8]) -> anyhow::Resul
         size: 500,
         signature: vec![],
     };
-    bench_vendor_key(vendor).sign(&mut receipt);
+    bench_vendor_key(vendor).sign(&mut receipt, &reservation);
     Ok(receipt.into())
 }
 
@@ -217,13 +225,18 @@ async fn pair(fat: &mut FatClient<Channel>, n: u64) -> anyhow::Result<()> {
     let hash = Hash::of(portion.as_bytes()).to_vec();
     fat.commit(as_tenant(pb::CommitRequest {
         request_id: format!("c-{n}"),
-        reservation_id: reservation.reservation_id,
         portions: vec![pb::PortionPlacement {
             portion_id: portion.to_string(),
             hash: hash.clone(),
             size: 500,
-            receipts: vec![bench_receipt(&vendor, portion, &hash)?],
+            receipts: vec![bench_receipt(
+                &vendor,
+                portion,
+                &hash,
+                &reservation.reservation_id,
+            )?],
         }],
+        reservation_id: reservation.reservation_id,
         snapshot: None,
     }))
     .await?;

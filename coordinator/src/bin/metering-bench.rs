@@ -86,7 +86,7 @@ fn pair(
                 size: SIZE,
                 signature: vec![],
             };
-            keys[*v].sign(&mut r);
+            keys[*v].sign(&mut r, &reservation);
             r
         })
         .collect();

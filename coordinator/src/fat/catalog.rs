@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use offsite_proto::limits::{MAX_PORTIONS_PER_CALL, MAX_PORTION_BYTES};
-use offsite_proto::signing::verify_receipt;
+use offsite_proto::signing::{verify_receipt, ReceiptRule};
 use offsite_proto::{
     Hash, PortionId, PortionLocation, PortionPlacement, Receipt, ReservationId, SnapshotId,
     SnapshotRecord, TenantId, VendorId,
@@ -38,13 +38,22 @@ pub(super) enum CommitPlan {
     Record(Charges),
 }
 
+/// The receipts of one portion of a commit: the vendors' own, for this
+/// tenant, portion and reservation, each from a candidate, once.
+struct CommitReceipts<'a> {
+    id: ReservationId,
+    reservation: &'a Reservation,
+    vendors: &'a BTreeMap<VendorId, VendorRecord>,
+    tenant: &'a TenantId,
+    rule: ReceiptRule,
+}
+
 fn check_receipts(
-    reservation: &Reservation,
-    vendors: &BTreeMap<VendorId, VendorRecord>,
-    tenant: &TenantId,
+    commit: &CommitReceipts<'_>,
     p: &PortionPlacement,
     charges: &mut Charges,
 ) -> Result<(), FatError> {
+    let (reservation, tenant) = (commit.reservation, commit.tenant);
     if p.receipts.is_empty() {
         return Err(FatError::invalid(format!(
             "portion {} has no receipt; commit a portion with the receipts of the vendors \
@@ -81,7 +90,7 @@ fn check_receipts(
                 r.vendor, p.portion
             )));
         }
-        check_receipt_signature(vendors, r)?;
+        check_receipt_signature(commit.vendors, r, &commit.id, commit.rule)?;
         let charge = charges.entry(r.vendor.clone()).or_default();
         *charge = charge.saturating_add(p.size);
     }
@@ -89,10 +98,15 @@ fn check_receipts(
 }
 
 /// The receipt carries its vendor's signature, made with the identity key
-/// the vendor registered (deterministic, so it is checked inside `apply`).
+/// the vendor registered, for the reservation or repair `answers`
+/// (deterministic, so it is checked inside `apply`; `rule` says whether a
+/// receipt of before reservations were signed is taken, see
+/// [`ReceiptRule`]).
 pub(super) fn check_receipt_signature(
     vendors: &BTreeMap<VendorId, VendorRecord>,
     r: &Receipt,
+    answers: &ReservationId,
+    rule: ReceiptRule,
 ) -> Result<(), FatError> {
     if r.signature.is_empty() {
         return Err(FatError::Forbidden(format!(
@@ -105,18 +119,24 @@ pub(super) fn check_receipt_signature(
         .get(&r.vendor)
         .map(|v| v.identity_key.as_slice())
         .unwrap_or_default();
-    verify_receipt(r, key).map_err(|_| {
+    verify_receipt(r, answers, key, rule).map_err(|_| {
         FatError::Forbidden(format!(
-            "the receipt of vendor {} for portion {} is forged: its signature does not \
-             verify under the identity key vendor {} registered; send the receipts exactly \
-             as the vendors returned them",
+            "the receipt of vendor {} for portion {} does not answer {answers}: its \
+             signature does not verify under the identity key vendor {} registered for \
+             this reservation (forged, or replayed from another one); send the receipts \
+             the vendors returned for this reservation",
             r.vendor, r.portion, r.vendor
         ))
     })
 }
 
 impl Fat {
-    fn check_placements(&self, reservation: &Reservation, c: &Commit) -> Result<Charges, FatError> {
+    fn check_placements(
+        &self,
+        reservation: &Reservation,
+        c: &Commit,
+        rule: ReceiptRule,
+    ) -> Result<Charges, FatError> {
         if c.portions.len() > MAX_PORTIONS_PER_CALL {
             return Err(FatError::invalid(format!(
                 "{} portions in one commit, more than {MAX_PORTIONS_PER_CALL}; split the commit",
@@ -149,8 +169,15 @@ impl Fat {
         }
         // Receipt signatures are checked only once every portion id is known
         // to be new and named once, so a list of repeats costs no signature.
+        let receipts = CommitReceipts {
+            id: c.reservation,
+            reservation,
+            vendors: &self.vendors,
+            tenant: &c.tenant,
+            rule,
+        };
         for p in &c.portions {
-            check_receipts(reservation, &self.vendors, &c.tenant, p, &mut charges)?;
+            check_receipts(&receipts, p, &mut charges)?;
         }
         for (vendor, bytes) in &charges {
             let hold = reservation.hold_of(vendor).unwrap_or(0);
@@ -224,7 +251,11 @@ impl Fat {
 
     /// Checks a commit in full without changing anything: what a repeated
     /// commit answers, or the bytes each vendor takes on.
-    pub(super) fn check_commit(&self, c: &Commit) -> Result<CommitPlan, FatError> {
+    pub(super) fn check_commit(
+        &self,
+        c: &Commit,
+        rule: ReceiptRule,
+    ) -> Result<CommitPlan, FatError> {
         let reservation = self.tenant_reservation(&c.tenant, c.reservation)?;
         // A lease that ran out took the reservation's hold away, not the
         // copies its grants stored: they are committed late while their
@@ -243,8 +274,13 @@ impl Fat {
                     c.reservation
                 )))
             }
+            ReservationState::Collected { .. } => {
+                return Err(FatError::Expired(super::reservations::collected(
+                    c.reservation,
+                )))
+            }
         };
-        let charges = self.check_placements(reservation, c)?;
+        let charges = self.check_placements(reservation, c, rule)?;
         if late {
             self.check_late_room(c.reservation, &charges)?;
         }
@@ -255,7 +291,7 @@ impl Fat {
     }
 
     pub(super) fn commit(&mut self, c: Commit) -> Result<Outcome, FatError> {
-        match self.check_commit(&c)? {
+        match self.check_commit(&c, ReceiptRule::AsLogged)? {
             CommitPlan::Repeated(outcome) => Ok(outcome),
             CommitPlan::Record(charges) => Ok(self.record_commit(c, charges)),
         }

@@ -4,6 +4,8 @@
 //! entry every replica stores and applies. `apply` runs the same checks
 //! again: the state may move between the check and the entry's turn.
 
+use offsite_proto::signing::ReceiptRule;
+
 use super::command::Command;
 use super::ledger::{check_fee, check_served};
 use super::tenant_keys::check_tenant_key;
@@ -22,7 +24,8 @@ impl Fat {
             }
             Command::ReportCapacity(r) => self.check_reporting_vendor(&r.vendor),
             Command::Reserve(r) => self.check_reserve(r).map(drop),
-            Command::Commit(c) => self.check_commit(c).map(drop),
+            // A new commit takes only receipts that name its reservation.
+            Command::Commit(c) => self.check_commit(c, ReceiptRule::Fresh).map(drop),
             Command::Release(r) => self.check_release_reservation(r),
             Command::RenewLease(r) => self.check_renew_lease(r),
             Command::Forget(f) => self.check_forget(f),
@@ -39,7 +42,8 @@ impl Fat {
             | Command::InstallGrantKey(_)
             | Command::PlanRepairs(_)
             | Command::FinishRepairs(_)
-            | Command::RecordAudits(_) => Ok(()),
+            | Command::RecordAudits(_)
+            | Command::CollectReservations(_) => Ok(()),
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum Command {
     BookEgress(BookEgress),
     /// The leader's round of audits (format version 8).
     RecordAudits(RecordAudits),
+    /// The leader ends expired reservations' chance of a late commit, so
+    /// vendors may delete what they stored (format version 9).
+    CollectReservations(CollectReservations),
 }
 
 impl Command {
@@ -83,6 +86,7 @@ impl Command {
             Command::ClosePeriod(_) => "close-period",
             Command::BookEgress(_) => "book-egress",
             Command::RecordAudits(_) => "record-audits",
+            Command::CollectReservations(_) => "collect-reservations",
         }
     }
 
@@ -119,8 +123,17 @@ impl Command {
             Command::ClosePeriod(c) => c.now_unix_ms = now_unix_ms,
             Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
             Command::RecordAudits(c) => c.now_unix_ms = now_unix_ms,
+            Command::CollectReservations(c) => c.now_unix_ms = now_unix_ms,
         }
     }
+}
+
+/// Expired reservations whose copies may now be deleted: none of them can
+/// be committed late any more (ids that are not expired are skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectReservations {
+    pub ids: Vec<ReservationId>,
+    pub now_unix_ms: u64,
 }
 
 /// A vendor logs on, or re-registers with a new address or offer.
@@ -371,6 +384,10 @@ pub enum Outcome {
     /// Audits recorded; the vendors they disqualified.
     AuditsRecorded {
         disqualified: Vec<VendorId>,
+    },
+    /// Expired reservations collected.
+    ReservationsCollected {
+        collected: u64,
     },
 }
 

@@ -215,7 +215,7 @@ impl Harness {
                     tenant: tid(TENANTS[t]),
                     request: RequestId::new("c").unwrap(),
                     reservation,
-                    portions,
+                    portions: super::tests::signed_for(reservation, portions),
                     snapshot,
                     now_unix_ms: now,
                 })

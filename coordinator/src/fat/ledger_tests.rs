@@ -54,7 +54,7 @@ fn put(fat: &mut Fat, tenant: &str, vendors: &[&str], size: u64, now: u64) -> Po
         tenant: tid(tenant),
         request: RequestId::new(request).unwrap(),
         reservation: id,
-        portions: vec![p],
+        portions: super::tests::signed_for(id, vec![p]),
         snapshot: None,
         now_unix_ms: now,
     }))

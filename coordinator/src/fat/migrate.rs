@@ -1,6 +1,7 @@
 //! Reading a FAT snapshot written by the format versions before ours.
 //!
-//! Version 7 had no reputation: its FAT is read as [`FatV7`] and every
+//! Version 8 has our layout (9 only appended a reservation state, which a
+//! version 8 FAT never holds). Version 7 had no reputation: its FAT is read as [`FatV7`] and every
 //! vendor starts with an empty audit record. Version 6 had no ledger either. Its FAT is read with the layout it was written
 //! in ([`FatV6`], the same fields without `ledger`) and every copy it holds
 //! starts being metered at price 0 from its portion's commit time: nothing
@@ -27,6 +28,9 @@ use super::Fat;
 use crate::raft::codec::{
     split_version, FORMAT_VERSION, OLDEST_FORMAT_VERSION, PREVIOUS_FORMAT_VERSION,
 };
+
+/// The version between the oldest read and the one before ours.
+const VERSION_7: u8 = 7;
 
 /// The FAT as format version 6 stored it.
 #[derive(Deserialize)]
@@ -116,10 +120,12 @@ impl From<FatV7> for Fat {
 /// Decodes a FAT snapshot of our format version or the one before.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Fat, String> {
     match split_version(bytes)? {
-        (FORMAT_VERSION, body) => postcard::from_bytes(body).map_err(|e| e.to_string()),
-        (PREVIOUS_FORMAT_VERSION, body) => postcard::from_bytes::<FatV7>(body)
+        (FORMAT_VERSION | PREVIOUS_FORMAT_VERSION, body) => {
+            postcard::from_bytes(body).map_err(|e| e.to_string())
+        }
+        (VERSION_7, body) => postcard::from_bytes::<FatV7>(body)
             .map(Fat::from)
-            .map_err(|e| format!("a FAT of format version {PREVIOUS_FORMAT_VERSION}: {e}")),
+            .map_err(|e| format!("a FAT of format version {VERSION_7}: {e}")),
         (OLDEST_FORMAT_VERSION, body) => postcard::from_bytes::<FatV6>(body)
             .map(Fat::from)
             .map_err(|e| format!("a FAT of format version {OLDEST_FORMAT_VERSION}: {e}")),
@@ -200,10 +206,20 @@ mod tests {
             repair_failures: fat.repair_failures.clone(),
             ledger: fat.ledger.clone(),
         };
-        let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
+        let mut bytes = vec![VERSION_7];
         postcard::to_io(&v7, &mut bytes).unwrap();
         let read = decode_snapshot(&bytes).unwrap();
         assert_eq!(read, fat);
         assert!(read.reputation.is_empty());
+    }
+
+    /// A version 8 FAT has our layout and is read as it is.
+    #[test]
+    fn a_version_8_snapshot_is_read_as_it_is() {
+        let mut fat = crate::fat::tests::market();
+        crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
+        let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
+        postcard::to_io(&fat, &mut bytes).unwrap();
+        assert_eq!(decode_snapshot(&bytes).unwrap(), fat);
     }
 }

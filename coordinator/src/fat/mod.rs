@@ -18,6 +18,7 @@ mod check;
 mod command;
 mod deletions;
 mod error;
+mod gc;
 mod grant_keys;
 mod ledger;
 mod migrate;
@@ -31,6 +32,8 @@ mod vendors;
 mod deletion_tests;
 #[cfg(test)]
 mod extreme_proptests;
+#[cfg(test)]
+mod gc_tests;
 #[cfg(test)]
 mod ledger_tests;
 #[cfg(test)]
@@ -58,12 +61,13 @@ pub use audits::{
     DISQUALIFY_FAILURES, MAX_AUDITS_PER_COMMAND, SUSPEND_FAILURES,
 };
 pub use command::{
-    BookEgress, ClosePeriod, Command, Commit, Forget, Hold, InstallGrantKey, LivenessChange,
-    Outcome, RegisterVendor, Release, ReleasePortions, RenewLease, ReportCapacity, ReservationView,
-    Reserve, RewriteSnapshots, ServedFetch, SetMarketFee, SetTenantLimits, SetVendorPrices,
-    StoreTenantKey, UpdateLiveness,
+    BookEgress, ClosePeriod, CollectReservations, Command, Commit, Forget, Hold, InstallGrantKey,
+    LivenessChange, Outcome, RegisterVendor, Release, ReleasePortions, RenewLease, ReportCapacity,
+    ReservationView, Reserve, RewriteSnapshots, ServedFetch, SetMarketFee, SetTenantLimits,
+    SetVendorPrices, StoreTenantKey, UpdateLiveness,
 };
 pub use error::FatError;
+pub use gc::{Reconciled, MAX_COLLECT_PER_COMMAND};
 pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
 pub use ledger::{
     Line, LineKind, Prices, Statement, TenantLimits, DEFAULT_MAX_OPEN_RESERVATIONS,
@@ -150,6 +154,7 @@ impl Fat {
             Command::ClosePeriod(c) => self.close_period(c),
             Command::BookEgress(c) => self.book_egress(c),
             Command::RecordAudits(c) => self.record_audits(c),
+            Command::CollectReservations(c) => Ok(self.collect_reservations(c)),
         }
     }
 

@@ -424,7 +424,7 @@ impl Harness {
             tenant: tid(tenant_name),
             request: RequestId::new(format!("c{request}")).unwrap(),
             reservation,
-            portions: placements,
+            portions: super::tests::signed_for(reservation, placements),
             snapshot,
             now_unix_ms: self.now,
         })
@@ -515,7 +515,13 @@ proptest! {
                 Command::Commit(c) => c.portions.iter().any(|p| {
                     p.receipts.iter().any(|r| {
                         let key = h.fat.vendor_identity_key(&r.vendor).unwrap_or_default();
-                        offsite_proto::signing::verify_receipt(r, &key).is_err()
+                        offsite_proto::signing::verify_receipt(
+                            r,
+                            &c.reservation,
+                            &key,
+                            offsite_proto::signing::ReceiptRule::Fresh,
+                        )
+                        .is_err()
                     })
                 }),
                 _ => false,

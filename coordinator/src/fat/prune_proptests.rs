@@ -111,7 +111,7 @@ impl Harness {
             tenant: tid(name),
             request: RequestId::new(format!("c{}", self.backups)).unwrap(),
             reservation: id,
-            portions: placements,
+            portions: super::tests::signed_for(id, placements),
             snapshot,
             now_unix_ms: T0 + 1,
         })

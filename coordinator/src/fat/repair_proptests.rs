@@ -111,7 +111,7 @@ impl Harness {
                     tenant: tid("acme"),
                     request: RequestId::new(format!("c{}", self.backups)).unwrap(),
                     reservation: id,
-                    portions: placements,
+                    portions: super::tests::signed_for(id, placements),
                     snapshot: None,
                     now_unix_ms: now,
                 })
@@ -192,7 +192,7 @@ impl Harness {
                     size: repair.size,
                     signature: vec![],
                 };
-                vendor_key(signer.as_str()).sign(&mut receipt);
+                vendor_key(signer.as_str()).sign(&mut receipt, &id);
                 Command::FinishRepairs(FinishRepairs {
                     source: if how == 3 {
                         repair.target

@@ -55,7 +55,7 @@ fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto:
         size: record.size,
         receipts: vec![],
     };
-    signed_receipt(vendor, repair.tenant.as_str(), &p)
+    signed_receipt(vendor, repair.tenant.as_str(), &p, &repair.id)
 }
 
 fn finish(fat: &mut Fat, source: &str, results: Vec<CopyResult>) -> (u64, usize) {

@@ -25,6 +25,8 @@ use offsite_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use offsite_proto::signing::ReceiptRule;
+
 use super::catalog::check_receipt_signature;
 use super::vendors::Liveness;
 use super::{Fat, FatError, Outcome};
@@ -129,7 +131,7 @@ impl Fat {
             .is_some_and(|v| v.liveness == Liveness::Up)
     }
 
-    fn queued_for_deletion(
+    pub(super) fn queued_for_deletion(
         &self,
         vendor: &VendorId,
         tenant: &TenantId,
@@ -415,8 +417,15 @@ impl Fat {
         }
     }
 
-    /// Whether `receipt` is the target's signed receipt for exactly this copy.
-    fn check_copy_receipt(&self, repair: &Repair, receipt: &Receipt) -> Result<(), String> {
+    /// Whether `receipt` is the target's signed receipt for exactly this
+    /// copy, stored under repair `id`.
+    fn check_copy_receipt(
+        &self,
+        id: &ReservationId,
+        repair: &Repair,
+        receipt: &Receipt,
+        rule: ReceiptRule,
+    ) -> Result<(), String> {
         if receipt.vendor != repair.target
             || receipt.tenant != repair.tenant
             || receipt.portion != repair.portion
@@ -429,7 +438,29 @@ impl Fat {
                 repair.target, repair.portion
             ));
         }
-        check_receipt_signature(&self.vendors, receipt).map_err(|e| e.to_string())
+        check_receipt_signature(&self.vendors, receipt, id, rule).map_err(|e| e.to_string())
+    }
+
+    /// `results` as a new copy report may bring them: a receipt that does
+    /// not name its repair (one of before repairs were signed, or of an
+    /// earlier repair replayed) becomes that copy's failure, so it never
+    /// reaches the log.
+    pub fn fresh_copy_results(&self, results: Vec<CopyResult>) -> Vec<CopyResult> {
+        results
+            .into_iter()
+            .map(|mut result| {
+                if let (Some(repair), Ok(receipt)) =
+                    (self.repairs.get(&result.repair), &result.outcome)
+                {
+                    let rule = ReceiptRule::Fresh;
+                    if let Err(why) = self.check_copy_receipt(&result.repair, repair, receipt, rule)
+                    {
+                        result.outcome = Err(why);
+                    }
+                }
+                result
+            })
+            .collect()
     }
 
     /// A held copy joins the portion's vendors in place of the leaving one,
@@ -482,9 +513,9 @@ impl Fat {
             let Some(repair) = self.close_repair(&result.repair) else {
                 continue;
             };
-            let checked = result
-                .outcome
-                .and_then(|receipt| self.check_copy_receipt(&repair, &receipt));
+            let checked = result.outcome.and_then(|receipt| {
+                self.check_copy_receipt(&result.repair, &repair, &receipt, ReceiptRule::AsLogged)
+            });
             match checked {
                 Ok(()) => {
                     self.place_copy(repair);

@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 use super::command::{Hold, Release, RenewLease, ReservationView, Reserve};
 use super::{Fat, FatError, Liveness, Outcome};
 
+/// Why a collected reservation takes no more calls.
+pub(super) fn collected(id: ReservationId) -> String {
+    format!(
+        "the lease of reservation {id} ran out long ago and the copies it stored were \
+         collected (deleted at the vendors); reserve again and store those portions anew"
+    )
+}
+
 /// Largest reservation, in bytes before replication (1 PiB).
 pub const MAX_RESERVE_BYTES: u64 = 1 << 50;
 /// Most candidates in one reservation.
@@ -33,6 +41,11 @@ pub(crate) enum ReservationState {
     Expired {
         closed_unix_ms: u64,
     },
+    /// Expired, and collected: too late for a late commit, so the vendors
+    /// delete what it stored (format version 9).
+    Collected {
+        closed_unix_ms: u64,
+    },
 }
 
 /// One reservation as the FAT records it.
@@ -53,7 +66,8 @@ impl Reservation {
             ReservationState::Open => None,
             ReservationState::Committed { closed_unix_ms, .. }
             | ReservationState::Released { closed_unix_ms }
-            | ReservationState::Expired { closed_unix_ms } => Some(closed_unix_ms),
+            | ReservationState::Expired { closed_unix_ms }
+            | ReservationState::Collected { closed_unix_ms } => Some(closed_unix_ms),
         }
     }
 
@@ -211,7 +225,9 @@ impl Fat {
         let reservation = self.tenant_reservation(&r.tenant, r.reservation)?;
         match reservation.state {
             ReservationState::Open => Ok(true),
-            ReservationState::Released { .. } | ReservationState::Expired { .. } => Ok(false),
+            ReservationState::Released { .. }
+            | ReservationState::Expired { .. }
+            | ReservationState::Collected { .. } => Ok(false),
             ReservationState::Committed { .. } => Err(FatError::Conflict(format!(
                 "reservation {} was committed; the rest of it was released then, \
                  so there is nothing to release",
@@ -255,6 +271,7 @@ impl Fat {
                 "reservation {} was released; reserve again",
                 r.reservation
             ))),
+            ReservationState::Collected { .. } => Err(FatError::Expired(collected(r.reservation))),
             ReservationState::Committed { .. } => Err(FatError::Conflict(format!(
                 "reservation {} was committed, so there is no lease to renew; reserve again \
                  for more",

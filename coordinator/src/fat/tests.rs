@@ -25,8 +25,18 @@ pub(super) fn vendor_key(id: &str) -> VendorKey {
     VendorKey::from_secret(blake3::hash(id.as_bytes()).as_bytes())
 }
 
-/// A receipt of `vendor`, signed with its test identity key.
-pub(super) fn signed_receipt(vendor: &str, tenant: &str, p: &PortionPlacement) -> Receipt {
+/// The reservation [`placement`] signs its receipts for; [`signed_for`]
+/// signs them again for the reservation they are committed to.
+const ANY_RESERVATION: ReservationId = ReservationId::from_bytes([0xee; 16]);
+
+/// A receipt of `vendor` for what it stored under `answers` (a reservation
+/// or a repair), signed with its test identity key.
+pub(super) fn signed_receipt(
+    vendor: &str,
+    tenant: &str,
+    p: &PortionPlacement,
+    answers: &ReservationId,
+) -> Receipt {
     let mut receipt = Receipt {
         vendor: vid(vendor),
         tenant: tid(tenant),
@@ -35,8 +45,29 @@ pub(super) fn signed_receipt(vendor: &str, tenant: &str, p: &PortionPlacement) -
         size: p.size,
         signature: vec![],
     };
-    vendor_key(vendor).sign(&mut receipt);
+    vendor_key(vendor).sign(&mut receipt, answers);
     receipt
+}
+
+/// `portions` with every receipt [`placement`] signed made for reservation
+/// `id` instead; receipts a test forged or altered stay as they are.
+pub(super) fn signed_for(
+    id: ReservationId,
+    mut portions: Vec<PortionPlacement>,
+) -> Vec<PortionPlacement> {
+    for receipt in portions.iter_mut().flat_map(|p| p.receipts.iter_mut()) {
+        let key = vendor_key(receipt.vendor.as_str());
+        let made_by_placement = offsite_proto::signing::verify_receipt(
+            receipt,
+            &ANY_RESERVATION,
+            &key.public_key(),
+            offsite_proto::signing::ReceiptRule::Fresh,
+        );
+        if made_by_placement.is_ok() {
+            key.sign(receipt, &id);
+        }
+    }
+    portions
 }
 
 pub(super) fn register(
@@ -95,7 +126,7 @@ pub(super) fn placement(tenant: &str, size: u64, vendors: &[&str]) -> PortionPla
     };
     p.receipts = vendors
         .iter()
-        .map(|v| signed_receipt(v, tenant, &p))
+        .map(|v| signed_receipt(v, tenant, &p, &ANY_RESERVATION))
         .collect();
     p
 }
@@ -128,7 +159,7 @@ pub(super) fn commit(
         tenant: tid(tenant),
         request: RequestId::new("c1").unwrap(),
         reservation: id,
-        portions,
+        portions: signed_for(id, portions),
         snapshot,
         now_unix_ms: T0 + 1,
     })
@@ -696,7 +727,7 @@ fn commit_refuses_forged_and_unsigned_receipts_and_changes_nothing() {
     flipped.receipts[0].signature[3] ^= 0x40;
     let mut stranger = placement("acme", 10, &["a"]);
     let receipt = &mut stranger.receipts[0];
-    vendor_key("someone-else").sign(receipt);
+    vendor_key("someone-else").sign(receipt, &id);
     let mut unsigned = placement("acme", 10, &["a", "b"]);
     unsigned.receipts[1].signature.clear();
     // Signed by a's key but claiming to come from b.

@@ -1,5 +1,6 @@
 //! `VendorRegistry`: vendors register and report their capacity (the report
-//! doubles as their heartbeat).
+//! doubles as their heartbeat), and reconcile what they hold with the FAT
+//! (garbage collection, see `fat::gc`).
 
 use std::sync::Arc;
 
@@ -10,10 +11,11 @@ use offsite_proto::{CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
 use super::{check_same_vendor, convert, grants, market, status_of};
-use crate::fat::{Command, FinishRepairs, Outcome};
+use crate::fat::{Command, FinishRepairs, Outcome, Reconciled};
 use crate::store::FatStore;
 use offsite_identity::require_vendor;
 use offsite_proto::clock::now_unix_ms;
+use offsite_proto::reconcile::{Digests, Holdings};
 
 /// The vendor-facing service.
 pub(crate) struct RegistryService<S> {
@@ -53,6 +55,9 @@ impl<S: FatStore> RegistryService<S> {
         source: &VendorId,
         results: Vec<CopyResult>,
     ) -> Result<(), Status> {
+        let results = self
+            .store
+            .read_local(move |fat| fat.fresh_copy_results(results));
         let command = Command::FinishRepairs(FinishRepairs {
             source: source.clone(),
             results,
@@ -190,6 +195,46 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
             delete: delete.into_iter().map(Into::into).collect(),
             copy: self.copy_tasks(&vendor).await,
             grant_keys: grants::public_keys(&*self.store),
+        }))
+    }
+
+    async fn reconcile(
+        &self,
+        request: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        let caller = require_vendor(&request)?;
+        let request = request.into_inner();
+        let claimed = VendorId::new(request.vendor_id)?;
+        check_same_vendor(&caller, &claimed)?;
+        let digests = match request.digests.is_empty() {
+            true => None,
+            false => Some(Digests::from_wire("digests", &request.digests)?),
+        };
+        let holdings = Holdings::from_wire(request.buckets, request.held)?;
+        // Linearizable: an answer that a copy is unneeded must not come
+        // from a replica that has not seen the commit that needs it.
+        let vendor = caller.clone();
+        let (differing, reconciled) = market::read(&*self.store, move |fat| {
+            let differing = digests
+                .map(|theirs| fat.reconcile_digests(&vendor).differing(&theirs))
+                .unwrap_or_default();
+            let reconciled = match holdings.buckets.is_empty() {
+                true => Reconciled::default(),
+                false => fat.reconcile(&vendor, &holdings),
+            };
+            (differing, reconciled)
+        })
+        .await?;
+        if !reconciled.unneeded.is_empty() || !reconciled.missing.is_empty() {
+            tracing::info!(
+                vendor = %caller, unneeded = reconciled.unneeded.len(),
+                missing = reconciled.missing.len(), "reconciled a vendor's holdings"
+            );
+        }
+        Ok(Response::new(pb::ReconcileResponse {
+            differing,
+            unneeded: reconciled.unneeded.into_iter().map(Into::into).collect(),
+            missing: reconciled.missing.into_iter().map(Into::into).collect(),
         }))
     }
 

@@ -21,8 +21,8 @@ fn vendor_key(v: &str) -> offsite_proto::signing::VendorKey {
     offsite_proto::signing::VendorKey::from_secret(blake3::hash(v.as_bytes()).as_bytes())
 }
 
-fn signed(mut receipt: Receipt) -> Receipt {
-    vendor_key(receipt.vendor.as_str()).sign(&mut receipt);
+fn signed(mut receipt: Receipt, reservation: &ReservationId) -> Receipt {
+    vendor_key(receipt.vendor.as_str()).sign(&mut receipt, reservation);
     receipt
 }
 
@@ -70,14 +70,17 @@ fn commit(id: ReservationId, vendor: &str) -> Command {
             portion,
             hash,
             size: 7,
-            receipts: vec![signed(Receipt {
-                vendor: VendorId::new(vendor).unwrap(),
-                tenant,
-                portion,
-                hash,
-                size: 7,
-                signature: vec![],
-            })],
+            receipts: vec![signed(
+                Receipt {
+                    vendor: VendorId::new(vendor).unwrap(),
+                    tenant,
+                    portion,
+                    hash,
+                    size: 7,
+                    signature: vec![],
+                },
+                &id,
+            )],
         }],
         snapshot: None,
         now_unix_ms: T0 + 1,

@@ -107,9 +107,14 @@ pub fn vendor_key(name: &str) -> offsite_proto::signing::VendorKey {
     offsite_proto::signing::VendorKey::from_secret(blake3::hash(name.as_bytes()).as_bytes())
 }
 
-/// `receipt` signed by its vendor's test identity key.
-pub fn signed(receipt: offsite_proto::pb::common::Receipt) -> offsite_proto::pb::common::Receipt {
+/// `receipt` signed by its vendor's test identity key, for what it stored
+/// under `reservation`.
+pub fn signed(
+    receipt: offsite_proto::pb::common::Receipt,
+    reservation: &str,
+) -> offsite_proto::pb::common::Receipt {
     let mut domain = offsite_proto::Receipt::try_from(receipt).unwrap();
-    vendor_key(domain.vendor.as_str()).sign(&mut domain);
+    let reservation = offsite_proto::ReservationId::parse(reservation).unwrap();
+    vendor_key(domain.vendor.as_str()).sign(&mut domain, &reservation);
     domain.into()
 }

@@ -22,6 +22,13 @@ pub struct DevnetOptions {
     /// second, for tests that wait for audits).
     pub audits_per_vendor_per_hour: u32,
     pub report_interval_secs: u64,
+    /// How long after its lease an uncommitted reservation is collected
+    /// (the coordinators' `collect_expired_after_secs`).
+    pub collect_expired_after_secs: u64,
+    /// The vendors' garbage collection: how often they reconcile with the
+    /// group, and how long garbage must stay garbage before it goes.
+    pub reconcile_interval_secs: u64,
+    pub gc_grace_secs: u64,
     /// Cap of each NAS device; None: what its filesystem has.
     pub nas_cap_bytes: Option<u64>,
     /// The client's replication factor.
@@ -70,14 +77,19 @@ impl DevnetOptions {
         }
     }
 
-    /// `offsite-devnet up --fast`: audits, repairs and leases short enough
-    /// to watch happen (one audit of each vendor a second, repairs 10 s
-    /// after a vendor is down, 30 s leases).
+    /// `offsite-devnet up --fast`: audits, repairs, leases and garbage
+    /// collection short enough to watch happen (one audit of each vendor a
+    /// second, repairs 10 s after a vendor is down, 30 s leases, expired
+    /// reservations collected 5 s after their lease, vendors reconciling
+    /// every 2 s and deleting garbage found again 3 s later).
     pub fn fast(self) -> Self {
         Self {
             audits_per_vendor_per_hour: 3600,
             repair_after_secs: 10,
             lease_secs: 30,
+            collect_expired_after_secs: 5,
+            reconcile_interval_secs: 2,
+            gc_grace_secs: 3,
             ..self
         }
     }
@@ -99,6 +111,9 @@ impl Default for DevnetOptions {
             repair_after_secs: 3600,
             audits_per_vendor_per_hour: 12,
             report_interval_secs: 1,
+            collect_expired_after_secs: 3600,
+            reconcile_interval_secs: 3600,
+            gc_grace_secs: 3600,
             nas_cap_bytes: None,
             replication: 3,
             portion_bytes: 16 * 1024 * 1024,

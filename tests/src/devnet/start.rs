@@ -104,6 +104,7 @@ impl Devnet {
                 suspect_after_secs: options.suspect_after_secs,
                 down_after_secs: options.down_after_secs,
                 repair_after_secs: options.repair_after_secs,
+                collect_expired_after_secs: options.collect_expired_after_secs,
                 audits_per_vendor_per_hour: options.audits_per_vendor_per_hour,
                 overprovision: 1.5,
                 extra_vendors: 2,
@@ -163,6 +164,8 @@ impl Devnet {
                 coordinators: coordinator_addrs.clone(),
                 data_dir: vendor_dir.join("data"),
                 report_interval_secs: options.report_interval_secs,
+                reconcile_interval_secs: options.reconcile_interval_secs,
+                gc_grace_secs: options.gc_grace_secs,
                 network_bytes_per_sec: 0,
                 // Every device of a devnet shares one disk with the test
                 // machine: keeping a tenth of it free for each would leave

@@ -121,6 +121,17 @@ impl PieceStore for LocalStore {
         })
         .await
     }
+
+    async fn list(
+        &self,
+        after: Option<&PieceId>,
+        limit: usize,
+    ) -> Result<Vec<PieceId>, StoreError> {
+        let after = after.cloned();
+        let limit = limit.min(offsite_proto::limits::MAX_LISTED_PIECES);
+        self.blocking(None, move |dir| dir.list(after.as_ref(), limit))
+            .await
+    }
 }
 
 /// `min(cap, used + available - share * total)`; `cap_or_fs` is the piece

@@ -85,6 +85,12 @@ pub trait PieceStore: Send + Sync + 'static {
 
     /// Offered, used and free bytes right now (measured, not assumed).
     async fn capacity(&self) -> Result<StoreCapacity, StoreError>;
+
+    /// Up to `limit` (at most [`offsite_proto::limits::MAX_LISTED_PIECES`]) ids of the pieces
+    /// held, in order, after `after`: garbage collection pages through a
+    /// store to find pieces the local FAT does not name.
+    async fn list(&self, after: Option<&PieceId>, limit: usize)
+        -> Result<Vec<PieceId>, StoreError>;
 }
 
 /// Checks that bytes read back are the piece the local FAT recorded.

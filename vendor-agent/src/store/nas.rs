@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use offsite_identity::{Credentials, PeerIdentity, Role};
-use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_PIECE_BYTES};
+use offsite_proto::limits::{MAX_LISTED_PIECES, MAX_MESSAGE_BYTES, MAX_PIECE_BYTES};
 use offsite_proto::pb::nas::{
-    nas_client::NasClient, put_frame, CapacityRequest, GetRequest, PieceHeader, PieceRequest,
-    PutFrame,
+    nas_client::NasClient, put_frame, CapacityRequest, GetRequest, ListRequest, PieceHeader,
+    PieceRequest, PutFrame,
 };
 use offsite_proto::stream::{next_within, watched, Idle};
 use offsite_proto::{Hash, PieceId};
@@ -275,5 +275,38 @@ impl PieceStore for NasStore {
             response.filesystem_available_bytes,
             self.keep_free_share,
         ))
+    }
+
+    async fn list(
+        &self,
+        after: Option<&PieceId>,
+        limit: usize,
+    ) -> Result<Vec<PieceId>, StoreError> {
+        let mut client = self.client.clone();
+        let limit = limit.clamp(1, MAX_LISTED_PIECES);
+        let request = ListRequest {
+            after: after.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+            // At most MAX_LISTED_PIECES, which fits a u32.
+            limit: limit as u32,
+        };
+        let call = async { client.list(request).await.map_err(|s| self.error(s, None)) };
+        let ids = self.answered("list", call).await?.into_inner().piece_ids;
+        if ids.len() > limit {
+            return Err(StoreError::Failed {
+                store: self.name.clone(),
+                detail: format!(
+                    "the device listed {} pieces, more than the {limit} asked",
+                    ids.len()
+                ),
+            });
+        }
+        ids.into_iter()
+            .map(|id| {
+                PieceId::new(id).map_err(|e| StoreError::Failed {
+                    store: self.name.clone(),
+                    detail: format!("the device listed a malformed piece id: {e}"),
+                })
+            })
+            .collect()
     }
 }

@@ -13,6 +13,7 @@ use super::claim::ClaimKind;
 use super::error::VendorError;
 use super::grants::portion_grant;
 use super::Vendor;
+use crate::local_fat::PortionRecord;
 use crate::store::StoreError;
 
 /// A deletion of a tenant's portion under a delete grant.
@@ -61,6 +62,14 @@ impl Vendor {
         let Some(record) = self.fat.get(&tenant, &portion)? else {
             return Ok(false);
         };
+        self.delete_held(record).await?;
+        Ok(true)
+    }
+
+    /// Removes a held portion's pieces and then its local FAT entry; the
+    /// caller holds the portion's claim.
+    pub(super) async fn delete_held(&self, record: PortionRecord) -> Result<(), VendorError> {
+        let (tenant, portion) = (record.tenant, record.portion);
         let mut problems = Vec::new();
         for piece in &record.pieces {
             let Some(store) = self.stores.get(piece.store as usize) else {
@@ -80,7 +89,7 @@ impl Vendor {
         }
         self.fat.remove(&tenant, &portion).await?;
         tracing::info!(%tenant, %portion, "portion deleted");
-        Ok(true)
+        Ok(())
     }
 }
 

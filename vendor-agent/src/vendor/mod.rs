@@ -11,6 +11,7 @@
 mod audit;
 mod budget;
 mod claim;
+mod collect;
 mod copy;
 mod delete;
 mod egress;
@@ -70,6 +71,42 @@ pub(crate) struct Vendor {
     grants: Grants,
     /// Fetches served and not yet reported (egress).
     egress: EgressJournal,
+    /// Pieces put by uploads under way, which the local FAT does not name
+    /// yet: garbage collection leaves them alone.
+    writing: Writing,
+}
+
+/// Pieces being written, by store index.
+#[derive(Default)]
+pub(crate) struct Writing {
+    pieces: std::sync::Mutex<std::collections::HashSet<(u32, offsite_proto::PieceId)>>,
+}
+
+impl Writing {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(u32, offsite_proto::PieceId)>> {
+        // A set of ids: a panic mid-update leaves nothing half-changed.
+        self.pieces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn add(&self, store: u32, piece: &offsite_proto::PieceId) {
+        self.lock().insert((store, piece.clone()));
+    }
+
+    fn remove(&self, pieces: &[(u32, offsite_proto::PieceId)]) {
+        let mut set = self.lock();
+        for piece in pieces {
+            set.remove(piece);
+        }
+    }
+
+    /// The pieces being written now.
+    pub(crate) fn snapshot(&self) -> std::collections::HashSet<(u32, offsite_proto::PieceId)> {
+        self.lock().clone()
+    }
 }
 
 impl Vendor {
@@ -88,6 +125,7 @@ impl Vendor {
             identity,
             grants: Grants::default(),
             egress: EgressJournal::default(),
+            writing: Writing::default(),
             next_store: AtomicUsize::new(0),
             claims: Claims::default(),
             limits: RwLock::new(Limits::default()),
@@ -235,6 +273,7 @@ pub(crate) async fn vendor_holding(
         size: data.len() as u64,
         piece_size: 65_536,
         pieces: vec![piece],
+        reservation: Some(offsite_proto::ReservationId::random()),
     };
     let fat = LocalFat::open(fat_dir.path()).unwrap();
     fat.insert(&held).await.unwrap();

@@ -49,6 +49,14 @@ pub(super) struct PieceWriter {
     done: Vec<Option<PieceRecord>>,
 }
 
+/// The pieces this upload wrote leave the vendor's set of pieces being
+/// written once the upload is over: recorded in the local FAT, or deleted.
+impl Drop for PieceWriter {
+    fn drop(&mut self) {
+        self.vendor.writing.remove(&self.attempted);
+    }
+}
+
 impl PieceWriter {
     /// A writer for `size` bytes; refuses at once when the stores lack room.
     pub async fn new(
@@ -163,6 +171,7 @@ impl PieceWriter {
         let store_number = u32::try_from(store_index)
             .map_err(|_| VendorError::Internal("more than u32::MAX stores".into()))?;
         self.attempted.push((store_number, id.clone()));
+        self.vendor.writing.add(store_number, &id);
         self.in_flight.spawn(async move {
             let hash = Hash::of(&piece);
             let size = piece.len() as u64;
@@ -278,6 +287,10 @@ mod tests {
                 used_bytes: 0,
                 free_bytes: 1 << 30,
             })
+        }
+
+        async fn list(&self, _: Option<&PieceId>, _: usize) -> Result<Vec<PieceId>, StoreError> {
+            Ok(Vec::new())
         }
     }
 

@@ -278,6 +278,7 @@ mod tests {
             size,
             piece_size: 10,
             pieces: vec![],
+            reservation: None,
         }
     }
 

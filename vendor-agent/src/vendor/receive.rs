@@ -279,7 +279,7 @@ impl Upload {
         let local = async {
             match writer.as_mut() {
                 Some(writer) => record_pieces(vendor, &header, writer).await,
-                None => Ok(()),
+                None => note_reservation(vendor, &header).await,
             }
         };
         let (local, downstream) = tokio::join!(local, downstream);
@@ -331,6 +331,19 @@ impl Upload {
     }
 }
 
+/// A portion held already, stored again under another reservation (or
+/// repair): its record names the newest, so garbage collection keeps it
+/// while that one may still commit it.
+async fn note_reservation(vendor: &Vendor, header: &RoutingHeader) -> Result<(), VendorError> {
+    match vendor.fat.get(&header.tenant, &header.portion)? {
+        Some(mut record) if record.reservation != Some(header.reservation) => {
+            record.reservation = Some(header.reservation);
+            Ok(vendor.fat.insert(&record).await?)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Waits for every piece and records the portion in the local FAT (flushed).
 async fn record_pieces(
     vendor: &Vendor,
@@ -345,6 +358,7 @@ async fn record_pieces(
         size: header.size,
         piece_size: header.piece_size,
         pieces,
+        reservation: Some(header.reservation),
     };
     if let Err(err) = vendor.fat.insert(&record).await {
         // The pieces are about to be deleted: leave no entry pointing at them.
@@ -365,7 +379,7 @@ fn stored(vendor: &Vendor, header: &RoutingHeader, downstream: Downstream) -> St
         size: header.size,
         signature: Vec::new(),
     };
-    vendor.identity.sign(&mut own);
+    vendor.identity.sign(&mut own, &header.reservation);
     let mut receipts = vec![own];
     receipts.extend(downstream.receipts);
     Stored {
