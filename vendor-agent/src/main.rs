@@ -70,8 +70,12 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (config field listen)", config.listen))?;
     let registration = tokio::spawn(agent.registration(&config));
+    let scrubber = agent.scrubber(&config).map(tokio::spawn);
     let served = agent.serve(listener, shutdown_signal()).await;
     registration.abort();
+    if let Some(scrubber) = scrubber {
+        scrubber.abort();
+    }
     served.context("the vendor gRPC server failed")?;
     tracing::info!("vendor agent stopped");
     Ok(())

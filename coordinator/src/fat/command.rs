@@ -10,7 +10,8 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices, RecordAudits, TenantLimits,
+    FinishRepairs, GrantSecret, Liveness, MarkBadCopies, PlanRepairs, Prices, RecordAudits,
+    TenantLimits,
 };
 
 /// One change to the FAT.
@@ -56,6 +57,9 @@ pub enum Command {
     BookEgress(BookEgress),
     /// The leader's round of audits (format version 8).
     RecordAudits(RecordAudits),
+    /// Copies found bad: by their vendor's scrub, or by a failed audit
+    /// after a tenant reported them (format version 9).
+    MarkBadCopies(MarkBadCopies),
 }
 
 impl Command {
@@ -83,6 +87,7 @@ impl Command {
             Command::ClosePeriod(_) => "close-period",
             Command::BookEgress(_) => "book-egress",
             Command::RecordAudits(_) => "record-audits",
+            Command::MarkBadCopies(_) => "mark-bad-copies",
         }
     }
 
@@ -119,6 +124,7 @@ impl Command {
             Command::ClosePeriod(c) => c.now_unix_ms = now_unix_ms,
             Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
             Command::RecordAudits(c) => c.now_unix_ms = now_unix_ms,
+            Command::MarkBadCopies(c) => c.now_unix_ms = now_unix_ms,
         }
     }
 }
@@ -371,6 +377,11 @@ pub enum Outcome {
     /// Audits recorded; the vendors they disqualified.
     AuditsRecorded {
         disqualified: Vec<VendorId>,
+    },
+    /// Copies newly marked bad (repeats and copies the FAT does not place
+    /// are skipped).
+    BadCopiesMarked {
+        marked: u64,
     },
 }
 
