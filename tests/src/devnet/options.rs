@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+/// The vendors' scrub period under [`DevnetOptions::fast`].
+pub const FAST_SCRUB_PERIOD_SECS: u64 = 5;
+
 /// The shape of a devnet and the knobs of its daemons.
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
@@ -22,6 +25,9 @@ pub struct DevnetOptions {
     /// second, for tests that wait for audits).
     pub audits_per_vendor_per_hour: u32,
     pub report_interval_secs: u64,
+    /// The vendors' `scrub_period_secs` (every piece re-read within it; 0:
+    /// no scrub); None: their default, 7 days.
+    pub scrub_period_secs: Option<u64>,
     /// Cap of each NAS device; None: what its filesystem has.
     pub nas_cap_bytes: Option<u64>,
     /// The client's replication factor.
@@ -70,12 +76,14 @@ impl DevnetOptions {
         }
     }
 
-    /// `offsite-devnet up --fast`: audits, repairs and leases short enough
-    /// to watch happen (one audit of each vendor a second, repairs 10 s
-    /// after a vendor is down, 30 s leases).
+    /// `offsite-devnet up --fast`: audits, scrubs, repairs and leases
+    /// short enough to watch happen (one audit of each vendor a second,
+    /// every piece scrubbed every 5 s, repairs 10 s after a vendor is
+    /// down, 30 s leases).
     pub fn fast(self) -> Self {
         Self {
             audits_per_vendor_per_hour: 3600,
+            scrub_period_secs: Some(FAST_SCRUB_PERIOD_SECS),
             repair_after_secs: 10,
             lease_secs: 30,
             ..self
@@ -99,6 +107,7 @@ impl Default for DevnetOptions {
             repair_after_secs: 3600,
             audits_per_vendor_per_hour: 12,
             report_interval_secs: 1,
+            scrub_period_secs: None,
             nas_cap_bytes: None,
             replication: 3,
             portion_bytes: 16 * 1024 * 1024,
