@@ -225,6 +225,22 @@ impl Fat {
         }
     }
 
+    /// A repair copying from a copy now known bad is abandoned (its target
+    /// deletes whatever it got); the next plan takes a healthy source.
+    fn cancel_repairs_from(&mut self, tenant: &TenantId, portion: PortionId, source: &VendorId) {
+        let from_bad: Vec<_> = self
+            .repairs
+            .iter()
+            .filter(|(_, r)| &r.tenant == tenant && r.portion == portion && &r.source == source)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in from_bad {
+            if let Some(repair) = self.close_repair(&id) {
+                self.abandon_repair(repair);
+            }
+        }
+    }
+
     /// Whether the FAT places `vendor`'s copy of the tenant's portion.
     fn places(&self, vendor: &VendorId, tenant: &TenantId, portion: PortionId) -> bool {
         self.portions
@@ -297,14 +313,19 @@ impl Fat {
                     .or_default();
                 *count = count.saturating_add(1);
             }
-            self.bad_copies.copies.entry(key).or_default().insert(
-                vendor,
-                BadCopy {
-                    found_by,
-                    reason,
-                    since_unix_ms: c.now_unix_ms,
-                },
-            );
+            self.bad_copies
+                .copies
+                .entry(key.clone())
+                .or_default()
+                .insert(
+                    vendor.clone(),
+                    BadCopy {
+                        found_by,
+                        reason,
+                        since_unix_ms: c.now_unix_ms,
+                    },
+                );
+            self.cancel_repairs_from(&key.0, key.1, &vendor);
             marked += 1;
         }
         Ok(Outcome::BadCopiesMarked { marked })

@@ -405,7 +405,7 @@ impl Fat {
     }
 
     /// Closes a repair: its bytes leave the target's `reserved`.
-    fn close_repair(&mut self, id: &ReservationId) -> Option<Repair> {
+    pub(super) fn close_repair(&mut self, id: &ReservationId) -> Option<Repair> {
         let repair = self.repairs.remove(id)?;
         if let Some(v) = self.vendors.get_mut(&repair.target) {
             v.reserved = v.reserved.saturating_sub(repair.size);
@@ -417,7 +417,7 @@ impl Fat {
     /// all the same (its answer lost, or late), so it is asked to delete it
     /// (deleting a portion it never stored is a success); the next plan of
     /// the portion tries another source and target.
-    fn abandon_repair(&mut self, repair: Repair) {
+    pub(super) fn abandon_repair(&mut self, repair: Repair) {
         let failures = self
             .repair_failures
             .entry((repair.tenant.clone(), repair.portion))
