@@ -19,9 +19,13 @@ use offsite_proto::pb::vendor::vendor_client::VendorClient;
 use offsite_proto::pb::vendor::AuditRequest;
 use offsite_proto::{PortionId, TenantId, VendorId};
 use rand::Rng;
+use tonic::Code;
 
 use crate::fat::{Audit, AuditCandidate, AuditResult, Command, Liveness, Outcome, RecordAudits};
 use crate::store::FatStore;
+
+/// Bytes an audit asks for.
+pub(crate) const SLICE_BYTES: u64 = 16 * 1024;
 
 /// How often and how patiently the leader audits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,15 +39,60 @@ pub struct AuditPolicy {
 }
 
 /// One audit to make: the copy and slice chosen, and where to ask.
-struct Chosen {
-    vendor: VendorId,
-    address: String,
-    tenant: TenantId,
-    portion: PortionId,
-    hash: [u8; 32],
-    size: u64,
-    offset: u64,
-    length: u64,
+pub(crate) struct Chosen {
+    pub vendor: VendorId,
+    pub address: String,
+    pub tenant: TenantId,
+    pub portion: PortionId,
+    pub hash: [u8; 32],
+    pub size: u64,
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Chosen {
+    /// An audit of `copy` at `address`: a 1 KiB-aligned slice of at most
+    /// `slice_bytes` at random.
+    pub fn slice_of(copy: AuditCandidate, address: String, slice_bytes: u64) -> Self {
+        let offset = if copy.size == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..copy.size) / AUDIT_ALIGN * AUDIT_ALIGN
+        };
+        let length = (copy.size - offset).min(slice_bytes.clamp(1, MAX_AUDIT_LENGTH));
+        Chosen {
+            vendor: copy.vendor,
+            address,
+            tenant: copy.tenant,
+            portion: copy.portion,
+            hash: copy.hash,
+            size: copy.size,
+            offset,
+            length,
+        }
+    }
+
+    /// The audit as the FAT records it.
+    pub fn audit(&self, result: AuditResult) -> Audit {
+        Audit {
+            vendor: self.vendor.clone(),
+            tenant: self.tenant.clone(),
+            portion: self.portion,
+            offset: self.offset,
+            length: self.length,
+            result,
+        }
+    }
+}
+
+/// How asking a vendor for a proof went.
+pub(crate) enum Answer {
+    /// The proof verified.
+    Passed,
+    /// The vendor answered, with an error or a proof that does not verify.
+    Wrong(String),
+    /// No answer: unreachable, busy, or not within the timeout.
+    Silent(String),
 }
 
 /// On the leader, a round of audits every `policy.every`.
@@ -64,16 +113,13 @@ pub async fn audit_round<S: FatStore>(store: &S, credentials: &Credentials, poli
     if chosen.is_empty() && down.is_empty() {
         return;
     }
+    // In a round, no answer counts against the vendor as a wrong one does.
     let asked = chosen.into_iter().map(|c| async move {
-        let result = ask(credentials, &c, policy.timeout).await;
-        Audit {
-            vendor: c.vendor,
-            tenant: c.tenant,
-            portion: c.portion,
-            offset: c.offset,
-            length: c.length,
-            result,
-        }
+        let result = match ask(credentials, &c, policy.timeout).await {
+            Answer::Passed => AuditResult::Passed,
+            Answer::Wrong(reason) | Answer::Silent(reason) => AuditResult::Failed { reason },
+        };
+        c.audit(result)
     });
     let mut audits = join_all(asked).await;
     audits.extend(down);
@@ -140,51 +186,42 @@ fn choose(fat: &crate::fat::Fat, slice_bytes: u64) -> (Vec<Chosen>, Vec<Audit>) 
         if size == 0 {
             continue;
         }
-        let offset = rng.gen_range(0..size) / AUDIT_ALIGN * AUDIT_ALIGN;
-        let length = (size - offset).min(slice_bytes.clamp(1, MAX_AUDIT_LENGTH));
-        chosen.push(Chosen {
+        let copy = AuditCandidate {
             vendor,
-            address: address.clone(),
             tenant,
             portion,
-            hash,
             size,
-            offset,
-            length,
-        });
+            hash,
+        };
+        chosen.push(Chosen::slice_of(copy, address.clone(), slice_bytes));
     }
     (chosen, down)
 }
 
 /// Asks the vendor for the slice and checks its proof.
-async fn ask(credentials: &Credentials, c: &Chosen, timeout: Duration) -> AuditResult {
+pub(crate) async fn ask(credentials: &Credentials, c: &Chosen, timeout: Duration) -> Answer {
     let answer = tokio::time::timeout(timeout, call(credentials, c)).await;
     let proof = match answer {
-        Err(_) => {
-            return AuditResult::Failed {
-                reason: format!("no answer within {} s", timeout.as_secs_f64()),
-            }
-        }
-        Ok(Err(reason)) => return AuditResult::Failed { reason },
+        Err(_) => return Answer::Silent(format!("no answer within {} s", timeout.as_secs_f64())),
+        Ok(Err(answer)) => return answer,
         Ok(Ok(proof)) => proof,
     };
     match verify(&proof, &c.hash, c.size, c.offset, c.length) {
-        Ok(_) => AuditResult::Passed,
-        Err(e) => AuditResult::Failed {
-            reason: e.to_string(),
-        },
+        Ok(_) => Answer::Passed,
+        Err(e) => Answer::Wrong(e.to_string()),
     }
 }
 
-async fn call(credentials: &Credentials, c: &Chosen) -> Result<Vec<u8>, String> {
-    let expected = PeerIdentity::new(Role::Vendor, c.vendor.as_str()).map_err(|e| e.to_string())?;
+async fn call(credentials: &Credentials, c: &Chosen) -> Result<Vec<u8>, Answer> {
+    let expected = PeerIdentity::new(Role::Vendor, c.vendor.as_str())
+        .map_err(|e| Answer::Silent(e.to_string()))?;
     let endpoint = credentials
         .endpoint(&c.address, &expected.dns_name())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Answer::Silent(e.to_string()))?;
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", c.address))?;
+        .map_err(|e| Answer::Silent(format!("cannot connect to {}: {e}", c.address)))?;
     let mut client = VendorClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let request = AuditRequest {
         tenant_id: c.tenant.to_string(),
@@ -196,5 +233,16 @@ async fn call(credentials: &Credentials, c: &Chosen) -> Result<Vec<u8>, String> 
         .audit(request)
         .await
         .map(|r| r.into_inner().proof)
-        .map_err(|status| format!("{}: {}", status.code(), status.message()))
+        .map_err(|status| {
+            let reason = format!("{}: {}", status.code(), status.message());
+            // A busy or overloaded vendor has not said it lost anything.
+            match status.code() {
+                Code::Unavailable
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::DeadlineExceeded
+                | Code::Cancelled => Answer::Silent(reason),
+                _ => Answer::Wrong(reason),
+            }
+        })
 }

@@ -34,6 +34,8 @@ struct VendorRow<'a> {
     recent_audit_failures: u32,
     standing: &'a str,
     last_audit_failure: &'a str,
+    bad_copies: u64,
+    copies_reported_bad: u64,
 }
 
 impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
@@ -57,6 +59,8 @@ impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
             recent_audit_failures: v.recent_audit_failures,
             standing: &v.standing,
             last_audit_failure: &v.last_audit_failure,
+            bad_copies: v.bad_copies,
+            copies_reported_bad: v.copies_reported_bad,
         }
     }
 }
@@ -270,7 +274,7 @@ fn as_json<'a>(
 
 fn table(status: &MarketplaceStatusResponse) -> String {
     let mut out = format!(
-        "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16} {:<12} {:>13}\n",
+        "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16} {:<12} {:>13} {:>10}\n",
         "VENDOR",
         "ADDRESS",
         "REGION",
@@ -280,11 +284,12 @@ fn table(status: &MarketplaceStatusResponse) -> String {
         "USED",
         "STORED",
         "STANDING",
-        "AUDITS OK/BAD"
+        "AUDITS OK/BAD",
+        "BAD COPIES"
     );
     for v in &status.vendors {
         out.push_str(&format!(
-            "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16} {:<12} {:>13}\n",
+            "{:<20} {:<22} {:<12} {:<8} {:>16} {:>16} {:>16} {:>16} {:<12} {:>13} {:>10}\n",
             v.vendor_id,
             v.address,
             v.region,
@@ -294,7 +299,8 @@ fn table(status: &MarketplaceStatusResponse) -> String {
             v.used_bytes,
             v.stored_bytes,
             v.standing,
-            format!("{}/{}", v.audits_passed, v.audits_failed)
+            format!("{}/{}", v.audits_passed, v.audits_failed),
+            v.bad_copies
         ));
     }
     out.push_str(&format!(

@@ -338,9 +338,15 @@ impl CoordinatorConfig {
             every: std::time::Duration::from_secs_f64(
                 3600.0 / f64::from(self.audits_per_vendor_per_hour),
             ),
-            timeout: std::time::Duration::from_secs(self.audit_timeout_secs),
-            slice_bytes: 16 * 1024,
+            timeout: self.audit_timeout(),
+            slice_bytes: crate::audit::SLICE_BYTES,
         })
+    }
+
+    /// How long a vendor has to answer an audit (rounds and the audits of
+    /// copies tenants report bad).
+    pub fn audit_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.audit_timeout_secs)
     }
 
     pub fn placement(&self) -> PlacementPolicy {

@@ -22,6 +22,7 @@
 //! ```
 
 mod audit;
+mod bad_copy_audit;
 pub mod config;
 pub mod fat;
 pub mod placement;

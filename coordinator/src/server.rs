@@ -31,6 +31,7 @@ use crate::config::{ConfigError, CoordinatorConfig};
 /// The longest one call to a coordinator may take (a forwarded proposal, a
 /// Raft snapshot); see `offsite_identity::server` for the other limits.
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+use crate::bad_copy_audit::BadCopyAuditor;
 use crate::fat::{
     CollectReservations, Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee,
     UpdateLiveness,
@@ -171,7 +172,12 @@ impl Coordinator {
         let registry = VendorRegistryServer::new(RegistryService::new(Arc::clone(&self.store)))
             .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let fat = FatServer::new(FatService::new(Arc::clone(&self.store), fat_config))
+        let judge = Arc::new(BadCopyAuditor::new(
+            self.credentials.clone(),
+            self.config.audit_timeout(),
+            crate::audit::SLICE_BYTES,
+        ));
+        let fat = FatServer::new(FatService::new(Arc::clone(&self.store), fat_config, judge))
             .max_decoding_message_size(MAX_TENANT_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin = AdminServer::new(AdminService::new(Arc::clone(&self.store)))

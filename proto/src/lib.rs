@@ -15,6 +15,7 @@
 //! ```
 
 pub mod audit;
+mod bad_copy;
 pub mod clock;
 mod fat;
 mod ids;
@@ -29,6 +30,9 @@ pub mod statement;
 pub mod stream;
 mod wire_error;
 
+pub use bad_copy::{
+    bounded_reason, parse_bad_copies, parse_bad_copy_reports, BadCopy, BadCopyReport,
+};
 pub use fat::{
     parse_portion_ids, BlobLocation, Candidate, PortionLocation, PortionPlacement, SnapshotRecord,
 };

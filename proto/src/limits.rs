@@ -44,6 +44,14 @@ pub const MAX_SERVED_PER_REPORT: usize = 1024;
 pub const MAX_SERVED_GRANT_BYTES: usize = 1024;
 /// Highest price a vendor may set (micro-units per TiB-month or per TiB).
 pub const MAX_PRICE_MICROS: u64 = 1_000_000_000_000_000;
+/// Most bad copies a vendor reports in one capacity report (what its scrub
+/// found); the rest wait for the next.
+pub const MAX_BAD_COPIES_PER_REPORT: usize = 256;
+/// Most copies a tenant reports bad in one call (`Fat.ReportBadCopies`);
+/// each costs the vendor an audit, a whole portion read.
+pub const MAX_BAD_COPY_REPORTS_PER_CALL: usize = 16;
+/// Longest reason a vendor or a tenant gives for a bad copy.
+pub const MAX_BAD_COPY_REASON_LEN: usize = 1024;
 /// Longest error text a vendor reports for a failed copy.
 pub const MAX_COPY_ERROR_LEN: usize = 1024;
 /// Most snapshot records rewritten in one call (after a repack).
@@ -75,7 +83,8 @@ pub const MAX_TENANT_REQUEST_BYTES: usize = 4 * MAX_COMMAND_BYTES;
 /// decode: a capacity report with [`MAX_DELETIONS_PER_REPORT`] deletions
 /// (about 300 bytes each) and [`MAX_COPIES_PER_REPORT`] copy results (a
 /// receipt with a signature of at most [`MAX_GRANT_BYTES`] and an error of
-/// [`MAX_COPY_ERROR_LEN`]) and [`MAX_SERVED_PER_REPORT`] served fetches, or
+/// [`MAX_COPY_ERROR_LEN`]), [`MAX_SERVED_PER_REPORT`] served fetches and
+/// [`MAX_BAD_COPIES_PER_REPORT`] bad copies, or
 /// a registration, with room to spare.
 pub const MAX_CONTROL_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
@@ -83,6 +92,7 @@ const _: () = assert!(
     MAX_DELETIONS_PER_REPORT * (2 * MAX_ID_LEN + 64)
         + MAX_COPIES_PER_REPORT * (3 * MAX_ID_LEN + MAX_GRANT_BYTES + MAX_COPY_ERROR_LEN + 128)
         + MAX_SERVED_PER_REPORT * (MAX_SERVED_GRANT_BYTES + 32)
+        + MAX_BAD_COPIES_PER_REPORT * (2 * MAX_ID_LEN + MAX_BAD_COPY_REASON_LEN + 64)
         + 64 * 1024
         <= MAX_CONTROL_REQUEST_BYTES
 );

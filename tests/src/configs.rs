@@ -91,6 +91,9 @@ pub struct VendorConfig {
     pub hop_timeout_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fetch_idle_timeout_secs: Option<u64>,
+    /// Left out: the vendor's default (7 days); 0: no scrub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub_period_secs: Option<u64>,
     pub tls: TlsConfig,
     pub stores: Vec<StoreConfig>,
 }
@@ -167,6 +170,7 @@ mod tests {
             store_idle_timeout_secs: None,
             hop_timeout_secs: Some(2),
             fetch_idle_timeout_secs: None,
+            scrub_period_secs: Some(5),
             tls: TlsConfig::default(),
             stores: vec![StoreConfig::Nas {
                 address: "127.0.0.1:7201".parse().unwrap(),
@@ -176,6 +180,7 @@ mod tests {
         let text = toml::to_string(&config).unwrap();
         assert!(text.contains("[[stores]]"), "{text}");
         assert!(text.contains("hop_timeout_secs = 2"), "{text}");
+        assert!(text.contains("scrub_period_secs = 5"), "{text}");
         assert!(
             text.contains("storage_price_micros_per_tib_month = 7"),
             "{text}"

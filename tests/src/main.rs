@@ -94,8 +94,9 @@ struct Shape {
     /// The client config's `max_storage_price` (default: no limit).
     #[arg(long, value_name = "MICROS")]
     max_storage_price: Option<u64>,
-    /// See audits and repairs within seconds: one audit of each vendor a
-    /// second, repairs 10 s after a vendor is down, 30 s leases.
+    /// See audits, scrubs and repairs within seconds: one audit of each
+    /// vendor a second, every piece scrubbed every 5 s, repairs 10 s after
+    /// a vendor is down, 30 s leases.
     #[arg(long)]
     fast: bool,
 }

@@ -1,5 +1,6 @@
 //! The vendor agent assembled: its stores, its local FAT and its gRPC server,
-//! plus the registration loop. `main.rs` and the tests start it from here.
+//! plus the registration loop and the scrub. `main.rs` and the tests start
+//! it from here.
 
 use std::future::Future;
 use std::path::Path;
@@ -159,6 +160,16 @@ impl VendorAgent {
             };
             crate::reconcile::run(Arc::clone(&self.vendor), collection)
         })
+    }
+
+    /// Scrubs the stores forever (`scrub_period_secs`); `None` when
+    /// scrubbing is off. Drop the future to stop.
+    pub fn scrubber(
+        &self,
+        config: &VendorConfig,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let policy = config.scrub()?;
+        Some(Arc::clone(&self.vendor).scrub_forever(policy))
     }
 
     /// Sets the coordinator group's grant keys `(key_id, public key)`, as

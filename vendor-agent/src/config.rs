@@ -14,7 +14,7 @@ use offsite_proto::limits::MAX_ADDRESS_LEN;
 use offsite_proto::VendorId;
 use serde::Deserialize;
 
-use crate::vendor::Limits;
+use crate::vendor::{Limits, ScrubPolicy};
 
 /// Everything `offsite-vendor run` needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +91,16 @@ pub struct VendorConfig {
     /// RESOURCE_EXHAUSTED). Default 268435456 (256 MiB).
     #[serde(default = "default_fetch_buffer_bytes")]
     pub fetch_buffer_bytes: u64,
+    /// Every piece held is re-read and its hash checked within this many
+    /// seconds (a background scrub, paced to the period); a missing or
+    /// damaged piece is reported and the copy made again elsewhere. 0 turns
+    /// scrubbing off. At most 31536000 (a year). Default 604800 (7 days).
+    #[serde(default = "default_scrub_period")]
+    pub scrub_period_secs: u64,
+    /// The scrub never reads faster than this many bytes a second, so real
+    /// fetches are not starved (at least 65536). Default 20971520 (20 MiB/s).
+    #[serde(default = "default_scrub_bytes_per_sec")]
+    pub scrub_bytes_per_sec: u64,
     /// Mutual TLS: the marketplace CA, and this vendor's certificate (role
     /// vendor, name = `vendor_id`) and key, for its server and every call
     /// it makes (coordinators, the next vendor, its NAS devices).
@@ -147,6 +157,21 @@ fn default_hop_timeout() -> u64 {
 fn default_fetch_idle_timeout() -> u64 {
     30
 }
+
+fn default_scrub_period() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_scrub_bytes_per_sec() -> u64 {
+    MIN_SCRUB_BYTES_PER_SEC * 320
+}
+
+/// The slowest scrub: one smallest piece a second.
+const MIN_SCRUB_BYTES_PER_SEC: u64 = 64 * 1024;
+/// The fastest scrub ceiling: 10 GiB/s.
+const MAX_SCRUB_BYTES_PER_SEC: u64 = 10 * 1024 * 1024 * 1024;
+/// The longest scrub period: a year.
+const MAX_SCRUB_PERIOD_SECS: u64 = 365 * 24 * 3600;
 
 fn default_fetch_buffer_bytes() -> u64 {
     256 * 1024 * 1024
@@ -280,7 +305,37 @@ impl VendorConfig {
                 ),
             ));
         }
+        if self.scrub_period_secs > MAX_SCRUB_PERIOD_SECS {
+            return Err(invalid(
+                "scrub_period_secs",
+                format!(
+                    "is {}, above {MAX_SCRUB_PERIOD_SECS} (a year); 0 turns scrubbing off, \
+                     the default is 604800 (7 days)",
+                    self.scrub_period_secs
+                ),
+            ));
+        }
+        if !(MIN_SCRUB_BYTES_PER_SEC..=MAX_SCRUB_BYTES_PER_SEC).contains(&self.scrub_bytes_per_sec)
+        {
+            return Err(invalid(
+                "scrub_bytes_per_sec",
+                format!(
+                    "is {}, outside {MIN_SCRUB_BYTES_PER_SEC} to {MAX_SCRUB_BYTES_PER_SEC}; \
+                     the default is 20971520 (20 MiB/s); turn scrubbing off with \
+                     scrub_period_secs = 0",
+                    self.scrub_bytes_per_sec
+                ),
+            ));
+        }
         self.validate_stores()
+    }
+
+    /// The background scrub, or `None` when `scrub_period_secs` is 0.
+    pub fn scrub(&self) -> Option<ScrubPolicy> {
+        (self.scrub_period_secs > 0).then(|| ScrubPolicy {
+            period: Duration::from_secs(self.scrub_period_secs),
+            bytes_per_sec: self.scrub_bytes_per_sec,
+        })
     }
 
     /// How long a `Store` stream may stay silent.
@@ -439,6 +494,33 @@ path = "/p"
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.store_idle_timeout_secs, 60);
         assert_eq!(config.limits(), Limits::default());
+        assert_eq!(
+            config.scrub(),
+            Some(ScrubPolicy {
+                period: Duration::from_secs(7 * 24 * 3600),
+                bytes_per_sec: 20 * 1024 * 1024,
+            })
+        );
+    }
+
+    #[test]
+    fn a_scrub_period_of_0_turns_scrubbing_off_and_bounds_are_named() {
+        let mut config = parse(EXAMPLE);
+        config.scrub_period_secs = 0;
+        config.validate().unwrap();
+        assert_eq!(config.scrub(), None);
+        let field_of = |config: VendorConfig| match config.validate() {
+            Err(Invalid { field, problem }) => (field, problem),
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let mut config = parse(EXAMPLE);
+        config.scrub_period_secs = MAX_SCRUB_PERIOD_SECS + 1;
+        assert_eq!(field_of(config).0, "scrub_period_secs");
+        let mut config = parse(EXAMPLE);
+        config.scrub_bytes_per_sec = 1000;
+        let (field, problem) = field_of(config);
+        assert_eq!(field, "scrub_bytes_per_sec");
+        assert!(problem.contains("scrub_period_secs = 0"), "{problem}");
     }
 
     #[test]

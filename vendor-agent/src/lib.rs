@@ -37,4 +37,4 @@ pub use config::{ConfigError, StoreConfig, VendorConfig};
 pub use local_fat::{LocalFat, LocalFatError, PieceRecord, PortionRecord};
 pub use reconcile::Collected;
 pub use store::{LocalStore, NasStore, NasTimeouts, PieceStore, StoreCapacity, StoreError};
-pub use vendor::Limits;
+pub use vendor::{Limits, ScrubPolicy};

@@ -71,10 +71,11 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (config field listen)", config.listen))?;
     let registration = tokio::spawn(agent.registration(&config));
     let collection = agent.collection(&config).map(tokio::spawn);
+    let scrubber = agent.scrubber(&config).map(tokio::spawn);
     let served = agent.serve(listener, shutdown_signal()).await;
     registration.abort();
-    if let Some(collection) = collection {
-        collection.abort();
+    for task in [collection, scrubber].into_iter().flatten() {
+        task.abort();
     }
     served.context("the vendor gRPC server failed")?;
     tracing::info!("vendor agent stopped");

@@ -5,7 +5,9 @@
 //! garbage is deleted only when a later round finds it so again, at least
 //! `gc_grace_secs` after the first, and (for a copy) still stored under
 //! the same reservation: a copy stored again meanwhile starts over.
-//! Portions the group places here that the vendor lacks are logged.
+//! Portions the group places here that the vendor lacks are reported as
+//! bad copies with the next capacity report (see `vendor::scrub`), so they
+//! are made again elsewhere.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -151,9 +153,15 @@ async fn collect_copies(
     let unneeded = parse_answer("unneeded", answer.unneeded)?;
     let missing = parse_answer("missing", answer.missing)?;
     done.unneeded = unneeded.len();
-    done.missing = missing.len();
     for m in &missing {
-        tracing::warn!(tenant = %m.tenant, portion = %m.portion, "the coordinator group places a portion here that this vendor does not hold");
+        match vendor.report_missing(&m.tenant, m.portion) {
+            Ok(true) => {
+                done.missing += 1;
+                tracing::warn!(tenant = %m.tenant, portion = %m.portion, "the coordinator group places a portion here that this vendor does not hold; reported as a bad copy");
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(%err, "cannot check a portion reported missing"),
+        }
     }
     let now = Instant::now();
     let mut still = HashMap::new();

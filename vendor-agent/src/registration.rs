@@ -9,13 +9,15 @@
 //! deletes them (pieces, then local FAT entry) and acknowledges them in its
 //! next report. It also names copies to send to other vendors
 //! (re-replication, see `vendor::copy`); how each ended goes in a later
-//! report.
+//! report, and so do the bad copies the scrub found (`vendor::scrub`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_identity::Role;
-use offsite_proto::limits::{MAX_COPIES_PER_REPORT, MAX_MESSAGE_BYTES, MAX_SERVED_PER_REPORT};
+use offsite_proto::limits::{
+    MAX_BAD_COPIES_PER_REPORT, MAX_COPIES_PER_REPORT, MAX_MESSAGE_BYTES, MAX_SERVED_PER_REPORT,
+};
 use offsite_proto::pb::common::GroupKey;
 use offsite_proto::pb::coordinator::{
     vendor_registry_client::VendorRegistryClient, CapacityReport, Prices, RegisterVendorRequest,
@@ -216,6 +218,8 @@ async fn report(
     done.copied.extend(copies.take_ended(room));
     let (offered_bytes, stored_bytes) = capacity(vendor).await;
     let served = vendor.egress().pending(MAX_SERVED_PER_REPORT);
+    // Kept until a report carrying them goes through.
+    let bad = vendor.bad_copies().to_report(MAX_BAD_COPIES_PER_REPORT);
     let response = client
         .report_capacity(CapacityReport {
             vendor_id: vendor.id().to_string(),
@@ -231,10 +235,12 @@ async fn report(
                     bytes: *bytes,
                 })
                 .collect(),
+            bad_copies: bad.iter().cloned().map(Into::into).collect(),
         })
         .await?
         .into_inner();
     vendor.egress().reported(&served);
+    vendor.bad_copies().reported(&bad);
     tracing::debug!(
         offered_bytes,
         stored_bytes,

@@ -118,6 +118,15 @@ pub async fn check(session: &Session, options: CheckOptions) -> anyhow::Result<O
         }
         human.push_str(&format!("error: {}: {}\n", at.join(", "), p.problem));
     }
+    for a in &r.reported {
+        human.push_str(&format!(
+            "reported bad copy: portion {}, vendor {}: {}: {}\n",
+            a.portion_id, a.vendor_id, a.verdict, a.detail
+        ));
+    }
+    if let Some(e) = &r.report_error {
+        human.push_str(&format!("error: {e}\n"));
+    }
     human.push_str(&format!(
         "{} snapshots, {} portions checked; {} copies of {} portions read ({} bytes), {} blobs verified; {}\n",
         r.snapshots,
@@ -150,6 +159,13 @@ pub async fn check(session: &Session, options: CheckOptions) -> anyhow::Result<O
             "bytes_read": r.bytes_read,
             "blobs_verified": r.blobs_verified,
             "problems": problems,
+            "reported_bad_copies": r.reported.iter().map(|a| json!({
+                "portion_id": a.portion_id,
+                "vendor_id": a.vendor_id,
+                "verdict": a.verdict,
+                "detail": a.detail,
+            })).collect::<Vec<Value>>(),
+            "report_error": r.report_error,
         }),
         human,
         note: None,

@@ -12,8 +12,8 @@ use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::fat_client::FatClient;
 use offsite_proto::{
-    Candidate, ListedPortion, PortionId, PortionLocation, PortionPlacement, RequestId,
-    ReservationId, SnapshotId, SnapshotRecord, WireError,
+    BadCopyReport, Candidate, ListedPortion, PortionId, PortionLocation, PortionPlacement,
+    RequestId, ReservationId, SnapshotId, SnapshotRecord, WireError,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -181,6 +181,18 @@ pub struct Coordinator {
 
 fn malformed(what: &'static str) -> impl Fn(WireError) -> CoordinatorError {
     move |source| CoordinatorError::Malformed { what, source }
+}
+
+/// What the coordinator made of a copy the tenant reported bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadCopyAnswer {
+    pub portion_id: String,
+    pub vendor_id: String,
+    /// `confirmed` (its audit failed: it will be made again), `not_confirmed`
+    /// (the vendor proved it whole), `already_known`, `not_placed`,
+    /// `unverified` (the vendor is not up or did not answer), `unknown`.
+    pub verdict: &'static str,
+    pub detail: String,
 }
 
 impl Coordinator {
@@ -492,6 +504,41 @@ impl Coordinator {
             .collect::<Result<_, _>>()
             .map_err(malformed("list portions"))?;
         Ok((page, reply.more))
+    }
+
+    /// Reports copies a check found bad at their vendors (at most
+    /// `limits::MAX_BAD_COPY_REPORTS_PER_CALL`); the coordinator audits
+    /// each and answers what it made of it, in the order given.
+    pub async fn report_bad_copies(
+        &self,
+        copies: &[BadCopyReport],
+    ) -> Result<Vec<BadCopyAnswer>, CoordinatorError> {
+        let message = pb::ReportBadCopiesRequest {
+            copies: copies.iter().cloned().map(Into::into).collect(),
+        };
+        let reply = self
+            .call("report bad copies", |mut c| {
+                let m = message.clone();
+                async move { c.report_bad_copies(m).await }
+            })
+            .await?;
+        Ok(reply
+            .answers
+            .into_iter()
+            .map(|a| BadCopyAnswer {
+                portion_id: a.portion_id,
+                vendor_id: a.vendor_id,
+                verdict: match pb::BadCopyVerdict::try_from(a.verdict) {
+                    Ok(pb::BadCopyVerdict::Confirmed) => "confirmed",
+                    Ok(pb::BadCopyVerdict::NotConfirmed) => "not_confirmed",
+                    Ok(pb::BadCopyVerdict::AlreadyKnown) => "already_known",
+                    Ok(pb::BadCopyVerdict::NotPlaced) => "not_placed",
+                    Ok(pb::BadCopyVerdict::Unverified) => "unverified",
+                    Ok(pb::BadCopyVerdict::Unspecified) | Err(_) => "unknown",
+                },
+                detail: offsite_proto::bounded_reason(&a.detail),
+            })
+            .collect())
     }
 
     /// Releases portions no snapshot needs (at most

@@ -3,19 +3,29 @@
 //! `--read-data` (or a share of the portions, `--read-data-subset`) every
 //! copy of each portion is fetched from each vendor holding it, its hash and
 //! header checked, and every blob in it decrypted and checked against its id.
+//! A copy that is bad at its vendor (wrong bytes, or the vendor answering
+//! that it lost or does not hold them) is reported to the coordinator group
+//! (`Fat.ReportBadCopies`), which audits that copy and has it made again
+//! from a healthy holder if the audit fails; the report says what the
+//! group made of each. A vendor that could not be reached is a problem but
+//! no bad copy: it may only be down.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
-use offsite_proto::{PortionId, PortionLocation, SnapshotRecord};
+use offsite_proto::{PortionId, PortionLocation, SnapshotRecord, VendorId};
 
 use super::{Session, SessionError};
 use crate::format::blob::{kind_of, open, BlobId};
 use crate::format::keys::Keys;
 use crate::format::portion::blob_at;
+use crate::market::coordinator::BadCopyAnswer;
 use crate::market::fetch::verify_portion;
 use crate::market::vendor::FetchRange;
+use crate::market::vendor::VendorError;
+use offsite_proto::limits::MAX_BAD_COPY_REPORTS_PER_CALL;
+use offsite_proto::{bounded_reason, BadCopyReport};
 
 /// Copies fetched at once by `--read-data`.
 const PARALLEL_READS: usize = 4;
@@ -49,6 +59,10 @@ pub struct CheckReport {
     pub bytes_read: u64,
     pub blobs_verified: u64,
     pub problems: Vec<Problem>,
+    /// Bad copies reported to the coordinator group, with its verdicts.
+    pub reported: Vec<BadCopyAnswer>,
+    /// Why reporting bad copies failed, if it did.
+    pub report_error: Option<String>,
 }
 
 impl CheckReport {
@@ -202,7 +216,7 @@ impl Session {
         let total = copies.iter().map(|(l, _)| l.size).sum();
         let progress = self.progress("check", "copies", total);
         let empty = BTreeSet::new();
-        let results: Vec<(PortionId, String, Result<u64, String>)> = stream::iter(copies)
+        let results: Vec<(PortionId, VendorId, Result<u64, CopyFault>)> = stream::iter(copies)
             .map(|(location, index)| {
                 let progress = progress.clone();
                 let wanted = blobs.get(&location.portion).unwrap_or(&empty);
@@ -217,12 +231,14 @@ impl Session {
                         grant: location.fetch_grants.get(index),
                     };
                     let result = match self.pool.fetch(range).await {
-                        Ok(bytes) => verify_copy(keys, location, &bytes, wanted),
-                        Err(e) => Err(e.to_string()),
+                        Ok(bytes) => {
+                            verify_copy(keys, location, &bytes, wanted).map_err(CopyFault::Bad)
+                        }
+                        Err(e) => Err(CopyFault::of(e)),
                     };
                     progress.add_bytes(location.size);
                     progress.add_files(1);
-                    (location.portion, vendor.id.to_string(), result)
+                    (location.portion, vendor.id.clone(), result)
                 }
             })
             .buffer_unordered(PARALLEL_READS)
@@ -230,6 +246,7 @@ impl Session {
             .await;
         progress.finish();
         let mut read = HashSet::new();
+        let mut bad = Vec::new();
         for (portion, vendor, result) in results {
             match result {
                 Ok(verified) => {
@@ -239,15 +256,70 @@ impl Session {
                         report.blobs_verified += verified;
                     }
                 }
-                Err(problem) => report.problems.push(Problem {
-                    snapshot: None,
-                    portion: Some(portion),
-                    vendor: Some(vendor),
-                    problem,
-                }),
+                Err(fault) => {
+                    let problem = match fault {
+                        CopyFault::Bad(problem) => {
+                            bad.push(BadCopyReport {
+                                portion,
+                                vendor: vendor.clone(),
+                                problem: bounded_reason(&problem),
+                            });
+                            problem
+                        }
+                        CopyFault::Unread(problem) => problem,
+                    };
+                    report.problems.push(Problem {
+                        snapshot: None,
+                        portion: Some(portion),
+                        vendor: Some(vendor.to_string()),
+                        problem,
+                    });
+                }
             }
         }
         report.portions_read = read.len() as u64;
+        self.report_bad_copies(&bad, report).await;
+    }
+
+    /// Tells the coordinator group about the bad copies found; a failure
+    /// to do so is said in the report, the check's findings stand.
+    async fn report_bad_copies(&self, bad: &[BadCopyReport], report: &mut CheckReport) {
+        for batch in bad.chunks(MAX_BAD_COPY_REPORTS_PER_CALL) {
+            match self.coordinator.report_bad_copies(batch).await {
+                Ok(answers) => report.reported.extend(answers),
+                Err(e) => {
+                    report.report_error = Some(format!(
+                        "could not report {} bad copies to the coordinator group: {e}; run the \
+                         check again to report them",
+                        bad.len()
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why a copy could not be read whole.
+enum CopyFault {
+    /// The copy is bad at its vendor: wrong bytes, or the vendor says it
+    /// lost them or does not hold them.
+    Bad(String),
+    /// Not read: unreachable, hung, refused for another reason.
+    Unread(String),
+}
+
+impl CopyFault {
+    fn of(err: VendorError) -> Self {
+        let text = err.to_string();
+        match err {
+            VendorError::Corrupt { .. } => CopyFault::Bad(text),
+            VendorError::Refused {
+                code: tonic::Code::NotFound,
+                ..
+            } => CopyFault::Bad(text),
+            _ => CopyFault::Unread(text),
+        }
     }
 }
 

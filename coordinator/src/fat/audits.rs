@@ -132,7 +132,7 @@ impl Reputation {
         }
     }
 
-    fn record(&mut self, result: &AuditResult, now_unix_ms: u64) {
+    pub(super) fn record(&mut self, result: &AuditResult, now_unix_ms: u64) {
         let failed = match result {
             AuditResult::Down => {
                 self.rounds_down += 1;
@@ -181,13 +181,13 @@ impl Fat {
     }
 
     /// What an audit round can ask: every copy the FAT places on vendors
-    /// not disqualified.
+    /// not disqualified, but for copies already known bad (being repaired).
     pub fn audit_candidates(&self) -> Vec<AuditCandidate> {
         let mut out = Vec::new();
         for (tenant, held) in &self.portions {
             for (portion, record) in held {
                 for vendor in &record.vendors {
-                    if !self.disqualified(vendor) {
+                    if !self.disqualified(vendor) && !self.is_bad_copy(tenant, *portion, vendor) {
                         out.push(AuditCandidate {
                             vendor: vendor.clone(),
                             tenant: tenant.clone(),

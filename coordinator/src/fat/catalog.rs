@@ -398,7 +398,7 @@ impl Fat {
     }
 
     /// Where the tenant's portions live; ids the tenant does not hold are
-    /// left out.
+    /// left out, and so are copies known bad (being repaired).
     pub fn locate(&self, tenant: &TenantId, ids: &[PortionId]) -> Vec<PortionLocation> {
         let Some(held) = self.portions.get(tenant) else {
             return Vec::new();
@@ -409,7 +409,12 @@ impl Fat {
                 portion: *id,
                 hash: p.hash,
                 size: p.size,
-                vendors: p.vendors.iter().map(|v| self.vendor_ref(v)).collect(),
+                vendors: p
+                    .vendors
+                    .iter()
+                    .filter(|v| !self.is_bad_copy(tenant, *id, v))
+                    .map(|v| self.vendor_ref(v))
+                    .collect(),
                 fetch_grants: Vec::new(),
             })
             .collect()

@@ -37,6 +37,7 @@ impl Fat {
             Command::ClosePeriod(c) => self.check_close_period(c),
             Command::BookEgress(c) => check_served(c),
             Command::SetTenantLimits(_) => Ok(()),
+            Command::MarkBadCopies(c) => self.check_mark_bad_copies(c),
             Command::ExpireLeases { .. }
             | Command::UpdateLiveness(_)
             | Command::InstallGrantKey(_)

@@ -10,7 +10,8 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices, RecordAudits, TenantLimits,
+    FinishRepairs, GrantSecret, Liveness, MarkBadCopies, PlanRepairs, Prices, RecordAudits,
+    TenantLimits,
 };
 
 /// One change to the FAT.
@@ -59,6 +60,9 @@ pub enum Command {
     /// The leader ends expired reservations' chance of a late commit, so
     /// vendors may delete what they stored (format version 9).
     CollectReservations(CollectReservations),
+    /// Copies found bad: by their vendor's scrub, or by a failed audit
+    /// after a tenant reported them (format version 9).
+    MarkBadCopies(MarkBadCopies),
 }
 
 impl Command {
@@ -87,6 +91,7 @@ impl Command {
             Command::BookEgress(_) => "book-egress",
             Command::RecordAudits(_) => "record-audits",
             Command::CollectReservations(_) => "collect-reservations",
+            Command::MarkBadCopies(_) => "mark-bad-copies",
         }
     }
 
@@ -124,6 +129,7 @@ impl Command {
             Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
             Command::RecordAudits(c) => c.now_unix_ms = now_unix_ms,
             Command::CollectReservations(c) => c.now_unix_ms = now_unix_ms,
+            Command::MarkBadCopies(c) => c.now_unix_ms = now_unix_ms,
         }
     }
 }
@@ -388,6 +394,11 @@ pub enum Outcome {
     /// Expired reservations collected.
     ReservationsCollected {
         collected: u64,
+    },
+    /// Copies newly marked bad (repeats and copies the FAT does not place
+    /// are skipped).
+    BadCopiesMarked {
+        marked: u64,
     },
 }
 

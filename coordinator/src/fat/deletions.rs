@@ -88,6 +88,7 @@ impl Fat {
         let Some(held) = self.portions.get_mut(&r.tenant) else {
             return Ok(Outcome::PortionsReleased { portions, bytes });
         };
+        let mut gone = Vec::new();
         for id in release {
             let Some(record) = held.remove(&id) else {
                 continue;
@@ -95,6 +96,7 @@ impl Fat {
             portions += 1;
             bytes = bytes.saturating_add(record.size);
             self.repair_failures.remove(&(r.tenant.clone(), id));
+            gone.push(id);
             for vendor in record.vendors {
                 self.deletions.entry(vendor).or_default().insert(
                     PortionDeletion {
@@ -107,6 +109,9 @@ impl Fat {
         }
         if held.is_empty() {
             self.portions.remove(&r.tenant);
+        }
+        for id in gone {
+            self.forget_bad_copy(&r.tenant, id, None);
         }
         Ok(Outcome::PortionsReleased { portions, bytes })
     }

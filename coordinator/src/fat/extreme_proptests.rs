@@ -63,6 +63,8 @@ enum Op {
     Limits(usize, Option<u64>, Option<u64>, Option<u32>, u64),
     Close(u32, u64),
     Egress(usize, usize, u64, u64, u64, u64),
+    /// A copy marked bad, by its vendor (false) or a failed audit (true).
+    Bad(usize, usize, u64, u64, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -120,6 +122,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (extreme_u32(), extreme()).prop_map(|(p, now)| Op::Close(p, now)),
         2 => (v, any::<usize>(), extreme(), extreme(), extreme(), extreme())
             .prop_map(|(v, p, max, bytes, expires, now)| Op::Egress(v, p, max, bytes, expires, now)),
+        2 => (0..VENDORS.len(), any::<usize>(), extreme(), extreme(), any::<bool>())
+            .prop_map(|(v, p, offset, now, audit)| Op::Bad(v, p, offset, now, audit)),
     ]
 }
 
@@ -319,6 +323,33 @@ impl Harness {
                 period: period.min(self.fat.open_period().saturating_add(1)),
                 now_unix_ms: now,
             }),
+            Op::Bad(v, p, offset, now, audit) => {
+                let (t, portion) = pick(&self.portions, p)?;
+                let (vendor, tenant) = (vid(VENDORS[v]), tid(TENANTS[t]));
+                let mark = if audit {
+                    BadCopyMark::FailedAudit(Audit {
+                        vendor,
+                        tenant,
+                        portion,
+                        offset,
+                        length: offset,
+                        result: AuditResult::Failed {
+                            reason: "x".repeat(300),
+                        },
+                    })
+                } else {
+                    BadCopyMark::SelfReported {
+                        vendor,
+                        tenant,
+                        portion,
+                        reason: String::new(),
+                    }
+                };
+                Command::MarkBadCopies(MarkBadCopies {
+                    marks: vec![mark],
+                    now_unix_ms: now,
+                })
+            }
             Op::Egress(v, p, max_bytes, bytes, expires, now) => {
                 let (t, portion) = pick(&self.portions, p)?;
                 Command::BookEgress(BookEgress {

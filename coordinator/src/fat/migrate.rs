@@ -1,7 +1,9 @@
 //! Reading a FAT snapshot written by the format versions before ours.
 //!
-//! Version 8 has our layout (9 only appended a reservation state, which a
-//! version 8 FAT never holds). Version 7 had no reputation: its FAT is read as [`FatV7`] and every
+//! Version 8 had no bad copies: its FAT is read as [`FatV8`] with none
+//! (a copy found bad before is found again by its vendor's scrub or an
+//! audit); version 9 also appended the `Collected` reservation state, which
+//! a version 8 FAT never holds. Version 7 had no reputation: its FAT is read as [`FatV7`] and every
 //! vendor starts with an empty audit record. Version 6 had no ledger either. Its FAT is read with the layout it was written
 //! in ([`FatV6`], the same fields without `ledger`) and every copy it holds
 //! starts being metered at price 0 from its portion's commit time: nothing
@@ -17,6 +19,8 @@ use offsite_proto::{
 };
 use serde::Deserialize;
 
+use super::audits::Reputation;
+use super::bad_copies::BadCopies;
 use super::catalog::PortionRecord;
 use super::deletions::DeletionQueue;
 use super::grant_keys::GrantKeys;
@@ -28,9 +32,6 @@ use super::Fat;
 use crate::raft::codec::{
     split_version, FORMAT_VERSION, OLDEST_FORMAT_VERSION, PREVIOUS_FORMAT_VERSION,
 };
-
-/// The version between the oldest read and the one before ours.
-const VERSION_7: u8 = 7;
 
 /// The FAT as format version 6 stored it.
 #[derive(Deserialize)]
@@ -77,6 +78,7 @@ impl From<FatV6> for Fat {
             repair_failures: v6.repair_failures,
             ledger,
             reputation: BTreeMap::new(),
+            bad_copies: BadCopies::default(),
         }
     }
 }
@@ -113,19 +115,62 @@ impl From<FatV7> for Fat {
             repair_failures: v7.repair_failures,
             ledger: v7.ledger,
             reputation: BTreeMap::new(),
+            bad_copies: BadCopies::default(),
         }
     }
 }
 
+/// The FAT as format version 8 stored it: ours without the bad copies.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct FatV8 {
+    vendors: BTreeMap<VendorId, VendorRecord>,
+    reservations: BTreeMap<ReservationId, Reservation>,
+    requests: BTreeMap<(TenantId, RequestId), ReservationId>,
+    portions: BTreeMap<TenantId, BTreeMap<PortionId, PortionRecord>>,
+    snapshots: BTreeMap<TenantId, BTreeMap<SnapshotId, SnapshotRecord>>,
+    deletions: BTreeMap<VendorId, DeletionQueue>,
+    grant_keys: GrantKeys,
+    tenant_keys: BTreeMap<TenantId, Vec<u8>>,
+    repairs: BTreeMap<ReservationId, Repair>,
+    repair_failures: BTreeMap<(TenantId, PortionId), u32>,
+    ledger: Ledger,
+    reputation: BTreeMap<VendorId, Reputation>,
+}
+
+impl From<FatV8> for Fat {
+    fn from(v8: FatV8) -> Self {
+        Fat {
+            vendors: v8.vendors,
+            reservations: v8.reservations,
+            requests: v8.requests,
+            portions: v8.portions,
+            snapshots: v8.snapshots,
+            deletions: v8.deletions,
+            grant_keys: v8.grant_keys,
+            tenant_keys: v8.tenant_keys,
+            repairs: v8.repairs,
+            repair_failures: v8.repair_failures,
+            ledger: v8.ledger,
+            reputation: v8.reputation,
+            bad_copies: BadCopies::default(),
+        }
+    }
+}
+
+/// The version before [`PREVIOUS_FORMAT_VERSION`] (a ledger, no reputation).
+const FORMAT_VERSION_7: u8 = 7;
+
 /// Decodes a FAT snapshot of our format version or the one before.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Fat, String> {
     match split_version(bytes)? {
-        (FORMAT_VERSION | PREVIOUS_FORMAT_VERSION, body) => {
-            postcard::from_bytes(body).map_err(|e| e.to_string())
-        }
-        (VERSION_7, body) => postcard::from_bytes::<FatV7>(body)
+        (FORMAT_VERSION, body) => postcard::from_bytes(body).map_err(|e| e.to_string()),
+        (PREVIOUS_FORMAT_VERSION, body) => postcard::from_bytes::<FatV8>(body)
             .map(Fat::from)
-            .map_err(|e| format!("a FAT of format version {VERSION_7}: {e}")),
+            .map_err(|e| format!("a FAT of format version {PREVIOUS_FORMAT_VERSION}: {e}")),
+        (FORMAT_VERSION_7, body) => postcard::from_bytes::<FatV7>(body)
+            .map(Fat::from)
+            .map_err(|e| format!("a FAT of format version {FORMAT_VERSION_7}: {e}")),
         (OLDEST_FORMAT_VERSION, body) => postcard::from_bytes::<FatV6>(body)
             .map(Fat::from)
             .map_err(|e| format!("a FAT of format version {OLDEST_FORMAT_VERSION}: {e}")),
@@ -206,20 +251,41 @@ mod tests {
             repair_failures: fat.repair_failures.clone(),
             ledger: fat.ledger.clone(),
         };
-        let mut bytes = vec![VERSION_7];
+        let mut bytes = vec![FORMAT_VERSION_7];
         postcard::to_io(&v7, &mut bytes).unwrap();
         let read = decode_snapshot(&bytes).unwrap();
         assert_eq!(read, fat);
         assert!(read.reputation.is_empty());
     }
 
-    /// A version 8 FAT has our layout and is read as it is.
+    /// A version 8 FAT (reputations, no bad copies) is read whole, with no
+    /// bad copy; ours keeps its bad copies through a snapshot.
     #[test]
-    fn a_version_8_snapshot_is_read_as_it_is() {
+    fn a_version_8_snapshot_is_read_without_bad_copies() {
         let mut fat = crate::fat::tests::market();
-        crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
+        let ids = crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
+        let v8 = FatV8 {
+            vendors: fat.vendors.clone(),
+            reservations: fat.reservations.clone(),
+            requests: fat.requests.clone(),
+            portions: fat.portions.clone(),
+            snapshots: fat.snapshots.clone(),
+            deletions: fat.deletions.clone(),
+            grant_keys: fat.grant_keys.clone(),
+            tenant_keys: fat.tenant_keys.clone(),
+            repairs: fat.repairs.clone(),
+            repair_failures: fat.repair_failures.clone(),
+            ledger: fat.ledger.clone(),
+            reputation: fat.reputation.clone(),
+        };
         let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
-        postcard::to_io(&fat, &mut bytes).unwrap();
+        postcard::to_io(&v8, &mut bytes).unwrap();
         assert_eq!(decode_snapshot(&bytes).unwrap(), fat);
+
+        let holder = fat.portions[&crate::fat::tests::tid("acme")][&ids[0]].vendors[0].clone();
+        crate::fat::bad_copy_tests::self_report(&mut fat, &holder, "acme", ids[0], 2);
+        assert_eq!(fat.bad_copies().len(), 1);
+        let current = crate::raft::codec::encode(&fat).unwrap();
+        assert_eq!(decode_snapshot(&current).unwrap(), fat);
     }
 }

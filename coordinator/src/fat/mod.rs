@@ -13,6 +13,7 @@
 //! has not yet acknowledged deleting.
 
 mod audits;
+mod bad_copies;
 mod catalog;
 mod check;
 mod command;
@@ -28,6 +29,8 @@ mod rewrite;
 mod tenant_keys;
 mod vendors;
 
+#[cfg(test)]
+mod bad_copy_tests;
 #[cfg(test)]
 mod deletion_tests;
 #[cfg(test)]
@@ -60,6 +63,7 @@ pub use audits::{
     Audit, AuditCandidate, AuditResult, RecordAudits, Reputation, Standing, AUDIT_WINDOW,
     DISQUALIFY_FAILURES, MAX_AUDITS_PER_COMMAND, SUSPEND_FAILURES,
 };
+pub use bad_copies::{BadCopy, BadCopyMark, CopyState, FoundBy, MarkBadCopies};
 pub use command::{
     BookEgress, ClosePeriod, CollectReservations, Command, Commit, Forget, Hold, InstallGrantKey,
     LivenessChange, Outcome, RegisterVendor, Release, ReleasePortions, RenewLease, ReportCapacity,
@@ -114,6 +118,8 @@ pub struct Fat {
     ledger: ledger::Ledger,
     /// Each audited vendor's audit and uptime record (format version 8).
     reputation: BTreeMap<VendorId, audits::Reputation>,
+    /// Copies found bad, until a repair replaces them (format version 9).
+    bad_copies: bad_copies::BadCopies,
 }
 
 /// Counts for the marketplace status.
@@ -155,6 +161,7 @@ impl Fat {
             Command::BookEgress(c) => self.book_egress(c),
             Command::RecordAudits(c) => self.record_audits(c),
             Command::CollectReservations(c) => Ok(self.collect_reservations(c)),
+            Command::MarkBadCopies(c) => self.mark_bad_copies(c),
         }
     }
 

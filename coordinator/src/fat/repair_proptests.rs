@@ -6,6 +6,8 @@
 //! After every command the accounting of [`check_invariants`] holds, a
 //! refused command changed nothing, and every committed portion still has
 //! exactly three distinct vendors: a repair never lowers a copy count.
+//! Holders also report copies bad at random: no repair ever copies from a
+//! bad copy, and every bad copy is one the catalog still places.
 
 use std::collections::BTreeSet;
 
@@ -44,6 +46,11 @@ enum Op {
         pick: usize,
         how: usize,
     },
+    /// A holder of a portion reports its copy bad.
+    Bad {
+        pick: usize,
+        holder: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -55,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Advance),
         3 => Just(Op::Plan),
         4 => (any::<usize>(), 0usize..6).prop_map(|(pick, how)| Op::Finish { pick, how }),
+        2 => (any::<usize>(), 0usize..3).prop_map(|(pick, holder)| Op::Bad { pick, holder }),
     ]
 }
 
@@ -172,6 +180,31 @@ impl Harness {
                 repairs: self.fat.repairs_due(now, &POLICY, ReservationId::random),
                 now_unix_ms: now,
             }),
+            Op::Bad { pick, holder } => {
+                let held: Vec<(PortionId, VendorId)> = self
+                    .fat
+                    .portions
+                    .get(&tid("acme"))
+                    .map(|h| {
+                        h.iter()
+                            .map(|(p, r)| (*p, r.vendors[holder % r.vendors.len()].clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if held.is_empty() {
+                    return None;
+                }
+                let (portion, vendor) = held[pick % held.len()].clone();
+                Command::MarkBadCopies(MarkBadCopies {
+                    marks: vec![BadCopyMark::SelfReported {
+                        vendor,
+                        tenant: tid("acme"),
+                        portion,
+                        reason: "scrub".into(),
+                    }],
+                    now_unix_ms: now,
+                })
+            }
             Op::Finish { pick, how } => {
                 let ids: Vec<ReservationId> = self.fat.repairs.keys().copied().collect();
                 if ids.is_empty() {
@@ -227,6 +260,27 @@ fn three_copies_each(fat: &Fat) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// No open repair copies from a bad copy, and every bad copy is placed.
+fn bad_copies_never_sources(fat: &Fat) -> Result<(), TestCaseError> {
+    for r in fat.repairs.values() {
+        prop_assert!(
+            !fat.is_bad_copy(&r.tenant, r.portion, &r.source),
+            "repair of {} copies from bad copy on {}",
+            r.portion,
+            r.source
+        );
+    }
+    for (tenant, portion, vendor, _) in fat.bad_copies() {
+        prop_assert!(
+            fat.portions[&tenant][&portion].vendors.contains(&vendor),
+            "bad copy of {} on {} is not in the catalog",
+            portion,
+            vendor
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -241,6 +295,7 @@ proptest! {
             }
             check_invariants(&h.fat)?;
             three_copies_each(&h.fat)?;
+            bad_copies_never_sources(&h.fat)?;
         }
     }
 }
@@ -252,7 +307,7 @@ fn repair_sequences_place_and_fail_copies() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let (mut placed, mut failed) = (0u64, 0usize);
+    let (mut placed, mut failed, mut bad_replaced) = (0u64, 0usize, 0usize);
     for _ in 0..64 {
         let ops = prop::collection::vec(op(), 40..80)
             .new_tree(&mut runner)
@@ -263,15 +318,24 @@ fn repair_sequences_place_and_fail_copies() {
             let Some(command) = h.command(op) else {
                 continue;
             };
+            let bad_before = h.fat.bad_copies().len();
+            let finishing = matches!(command, Command::FinishRepairs(_));
+            let applied = h.fat.apply(command);
+            if finishing && h.fat.bad_copies().len() < bad_before {
+                bad_replaced += 1;
+            }
             if let Ok(Outcome::RepairsFinished {
                 placed: p,
                 failed: f,
-            }) = h.fat.apply(command)
+            }) = applied
             {
                 placed += p;
                 failed += f.len();
             }
         }
     }
-    assert!(placed > 0 && failed > 0, "placed {placed}, failed {failed}");
+    assert!(
+        placed > 0 && failed > 0 && bad_replaced > 0,
+        "placed {placed}, failed {failed}, bad copies replaced {bad_replaced}"
+    );
 }

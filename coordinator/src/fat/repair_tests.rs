@@ -14,14 +14,14 @@ const POLICY: RepairPolicy = RepairPolicy {
 };
 
 /// a, b, c (holding acme's portions) and d (empty, region "sa").
-fn market_of_four() -> (Fat, Vec<PortionId>) {
+pub(super) fn market_of_four() -> (Fat, Vec<PortionId>) {
     let mut fat = market();
     let ids = committed(&mut fat, "acme", &[100, 40], 2);
     register(&mut fat, "d", "sa", 1000, T0).unwrap();
     (fat, ids)
 }
 
-fn down(fat: &mut Fat, v: &str, at: u64) {
+pub(super) fn down(fat: &mut Fat, v: &str, at: u64) {
     let seen = fat.vendors[&vid(v)].last_report_unix_ms;
     fat.apply(Command::UpdateLiveness(UpdateLiveness {
         changes: vec![LivenessChange {
@@ -34,11 +34,11 @@ fn down(fat: &mut Fat, v: &str, at: u64) {
     .unwrap();
 }
 
-fn due(fat: &Fat, now: u64) -> Vec<PlannedRepair> {
+pub(super) fn due(fat: &Fat, now: u64) -> Vec<PlannedRepair> {
     fat.repairs_due(now, &POLICY, ReservationId::random)
 }
 
-fn plan(fat: &mut Fat, repairs: Vec<PlannedRepair>, now: u64) {
+pub(super) fn plan(fat: &mut Fat, repairs: Vec<PlannedRepair>, now: u64) {
     fat.apply(Command::PlanRepairs(PlanRepairs {
         repairs,
         now_unix_ms: now,
@@ -47,7 +47,11 @@ fn plan(fat: &mut Fat, repairs: Vec<PlannedRepair>, now: u64) {
 }
 
 /// The receipt `vendor` signs for the repaired portion.
-fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto::Receipt {
+pub(super) fn receipt_of(
+    fat: &Fat,
+    vendor: &str,
+    repair: &PlannedRepair,
+) -> offsite_proto::Receipt {
     let record = &fat.portions[&repair.tenant][&repair.portion];
     let p = PortionPlacement {
         portion: repair.portion,
@@ -58,7 +62,7 @@ fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto:
     signed_receipt(vendor, repair.tenant.as_str(), &p, &repair.id)
 }
 
-fn finish(fat: &mut Fat, source: &str, results: Vec<CopyResult>) -> (u64, usize) {
+pub(super) fn finish(fat: &mut Fat, source: &str, results: Vec<CopyResult>) -> (u64, usize) {
     match fat
         .apply(Command::FinishRepairs(FinishRepairs {
             source: vid(source),
@@ -71,7 +75,7 @@ fn finish(fat: &mut Fat, source: &str, results: Vec<CopyResult>) -> (u64, usize)
     }
 }
 
-fn vendors_of(fat: &Fat, portion: PortionId) -> Vec<String> {
+pub(super) fn vendors_of(fat: &Fat, portion: PortionId) -> Vec<String> {
     fat.portions[&tid("acme")][&portion]
         .vendors
         .iter()

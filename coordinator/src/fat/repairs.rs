@@ -162,7 +162,8 @@ impl Fat {
             .keys()
             .filter(|v| self.leaving(v, now_unix_ms, policy))
             .collect();
-        if leaving.is_empty() {
+        let with_bad = self.portions_with_bad_copies();
+        if leaving.is_empty() && with_bad.is_empty() {
             return Vec::new();
         }
         let repairing: BTreeSet<(&TenantId, PortionId)> = self
@@ -195,81 +196,101 @@ impl Fat {
             })
             .map(|(id, v)| (id, v.free()))
             .collect();
+        // Portions with a bad copy first: they are short of a copy now.
+        let bad_first = with_bad
+            .iter()
+            .filter_map(|(t, p)| {
+                let record = self.portions.get(*t)?.get(p)?;
+                Some((*t, *p, record))
+            })
+            .chain(self.portions.iter().flat_map(|(tenant, portions)| {
+                portions
+                    .iter()
+                    .filter(|(p, _)| !with_bad.contains(&(tenant, **p)))
+                    .map(move |(p, record)| (tenant, *p, record))
+            }));
         let mut planned = Vec::new();
-        for (tenant, portions) in &self.portions {
-            for (portion, record) in portions {
-                if planned.len() >= room {
-                    return planned;
-                }
-                if repairing.contains(&(tenant, *portion)) {
-                    continue;
-                }
-                let Some(replaces) = record
+        for (tenant, portion, record) in bad_first {
+            if planned.len() >= room {
+                return planned;
+            }
+            if repairing.contains(&(tenant, portion)) {
+                continue;
+            }
+            // A bad copy is replaced at once; never copied from.
+            let bad = self.bad_holders(tenant, portion);
+            let Some(replaces) = record.vendors.iter().find(|v| bad.contains(v)).or_else(|| {
+                record
                     .vendors
                     .iter()
                     .find(|v| leaving.contains(v) && to_shed.get(v).is_none_or(|left| *left > 0))
-                else {
-                    continue;
-                };
-                // After a failed try another source and target get their turn.
-                let tries = self
-                    .repair_failures
-                    .get(&(tenant.clone(), *portion))
-                    .copied()
-                    .unwrap_or(0) as usize;
-                let mut sources: Vec<&VendorId> = record
+            }) else {
+                continue;
+            };
+            // After a failed try another source and target get their turn.
+            let tries = self
+                .repair_failures
+                .get(&(tenant.clone(), portion))
+                .copied()
+                .unwrap_or(0) as usize;
+            let mut sources: Vec<&VendorId> = record
+                .vendors
+                .iter()
+                .filter(|v| {
+                    *v != replaces && self.is_up(v) && !leaving.contains(v) && !bad.contains(v)
+                })
+                .collect();
+            if sources.is_empty() {
+                sources = record
                     .vendors
                     .iter()
-                    .filter(|v| *v != replaces && self.is_up(v) && !leaving.contains(v))
+                    .filter(|v| self.is_up(v) && !bad.contains(v))
                     .collect();
-                if sources.is_empty() {
-                    sources = record.vendors.iter().filter(|v| self.is_up(v)).collect();
-                }
-                let Some(source) = sources.get(tries % sources.len().max(1)).copied() else {
-                    continue;
-                };
-                let regions: BTreeSet<&str> = record
-                    .vendors
-                    .iter()
-                    .filter(|v| *v != replaces)
-                    .filter_map(|v| self.vendors.get(v).map(|r| r.region.as_str()))
-                    .collect();
-                // A new region first, then the most room; ties by id.
-                let mut targets: Vec<(&VendorId, u64)> = free
-                    .iter()
-                    .filter(|(id, room)| {
-                        **room >= record.size
-                            && !record.vendors.contains(id)
-                            && !self.queued_for_deletion(id, tenant, *portion)
-                    })
-                    .map(|(id, room)| (*id, *room))
-                    .collect();
-                targets.sort_by_key(|(id, room)| {
-                    let region = self.vendors.get(*id).map(|v| v.region.as_str());
-                    (
-                        std::cmp::Reverse(region.is_some_and(|r| !regions.contains(r))),
-                        std::cmp::Reverse(*room),
-                        *id,
-                    )
-                });
-                let Some((target, _)) = targets.get(tries % targets.len().max(1)).copied() else {
-                    continue;
-                };
-                if let Some(room) = free.get_mut(target) {
-                    *room = room.saturating_sub(record.size);
-                }
-                if let Some(left) = to_shed.get_mut(replaces) {
-                    *left = left.saturating_sub(record.size);
-                }
-                planned.push(PlannedRepair {
-                    id: new_id(),
-                    tenant: tenant.clone(),
-                    portion: *portion,
-                    source: source.clone(),
-                    target: target.clone(),
-                    replaces: replaces.clone(),
-                });
             }
+            let Some(source) = sources.get(tries % sources.len().max(1)).copied() else {
+                continue;
+            };
+            let regions: BTreeSet<&str> = record
+                .vendors
+                .iter()
+                .filter(|v| *v != replaces)
+                .filter_map(|v| self.vendors.get(v).map(|r| r.region.as_str()))
+                .collect();
+            // A new region first, then the most room; ties by id.
+            let mut targets: Vec<(&VendorId, u64)> = free
+                .iter()
+                .filter(|(id, room)| {
+                    **room >= record.size
+                        && !record.vendors.contains(id)
+                        && !self.queued_for_deletion(id, tenant, portion)
+                })
+                .map(|(id, room)| (*id, *room))
+                .collect();
+            targets.sort_by_key(|(id, room)| {
+                let region = self.vendors.get(*id).map(|v| v.region.as_str());
+                (
+                    std::cmp::Reverse(region.is_some_and(|r| !regions.contains(r))),
+                    std::cmp::Reverse(*room),
+                    *id,
+                )
+            });
+            let Some((target, _)) = targets.get(tries % targets.len().max(1)).copied() else {
+                continue;
+            };
+            if let Some(room) = free.get_mut(target) {
+                *room = room.saturating_sub(record.size);
+            }
+            if let Some(left) = to_shed.get_mut(replaces) {
+                *left = left.saturating_sub(record.size);
+            }
+            planned.push(PlannedRepair {
+                id: new_id(),
+                tenant: tenant.clone(),
+                portion,
+                source: source.clone(),
+                target: target.clone(),
+                replaces: replaces.clone(),
+            });
         }
         planned
     }
@@ -313,6 +334,12 @@ impl Fat {
         if !record.vendors.contains(&p.source) || !self.is_up(&p.source) {
             return Err(FatError::invalid(format!(
                 "repair source {} does not hold portion {} or is not up",
+                p.source, p.portion
+            )));
+        }
+        if self.is_bad_copy(&p.tenant, p.portion, &p.source) {
+            return Err(FatError::invalid(format!(
+                "repair source {}'s copy of portion {} is bad; copy from a healthy holder",
                 p.source, p.portion
             )));
         }
@@ -380,7 +407,7 @@ impl Fat {
     }
 
     /// Closes a repair: its bytes leave the target's `reserved`.
-    fn close_repair(&mut self, id: &ReservationId) -> Option<Repair> {
+    pub(super) fn close_repair(&mut self, id: &ReservationId) -> Option<Repair> {
         let repair = self.repairs.remove(id)?;
         if let Some(v) = self.vendors.get_mut(&repair.target) {
             v.reserved = v.reserved.saturating_sub(repair.size);
@@ -392,7 +419,7 @@ impl Fat {
     /// all the same (its answer lost, or late), so it is asked to delete it
     /// (deleting a portion it never stored is a success); the next plan of
     /// the portion tries another source and target.
-    fn abandon_repair(&mut self, repair: Repair) {
+    pub(super) fn abandon_repair(&mut self, repair: Repair) {
         let failures = self
             .repair_failures
             .entry((repair.tenant.clone(), repair.portion))
@@ -495,6 +522,7 @@ impl Fat {
         if replaced {
             self.owe_deletion(&repair.replaces, &repair, false);
         }
+        self.forget_bad_copy(&repair.tenant, repair.portion, Some(&repair.replaces));
     }
 
     /// Closes the source's reported repairs; unknown ids and other vendors'

@@ -126,6 +126,8 @@ pub struct VendorStatus {
     pub liveness_since_unix_ms: u64,
     pub prices: super::Prices,
     pub reputation: super::Reputation,
+    /// Its copies known bad now, and those it ever reported bad itself.
+    pub bad_copies: (u64, u64),
 }
 
 /// An up vendor with free room, as placement sees it.
@@ -290,6 +292,7 @@ impl Fat {
                 liveness_since_unix_ms: v.liveness_since_unix_ms,
                 prices: self.ledger.prices_of(id),
                 reputation: self.reputation(id),
+                bad_copies: self.bad_copy_counts(id),
             })
             .collect()
     }

@@ -204,6 +204,49 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         recent_audit_failures: v.reputation.recent_failures(),
         standing: v.reputation.standing().as_str().into(),
         last_audit_failure: v.reputation.last_failure.clone().unwrap_or_default(),
+        bad_copies: v.bad_copies.0,
+        copies_reported_bad: v.bad_copies.1,
+    }
+}
+
+/// What the coordinator made of a copy a tenant reported bad.
+pub(super) fn bad_copy_answer(
+    report: offsite_proto::BadCopyReport,
+    verdict: crate::bad_copy_audit::Verdict,
+) -> pb::BadCopyAnswer {
+    use crate::bad_copy_audit::Verdict;
+    let (verdict, detail) = match verdict {
+        Verdict::Confirmed(reason) => (
+            pb::BadCopyVerdict::Confirmed,
+            format!(
+                "its audit failed ({reason}); the copy will be made again from a healthy holder"
+            ),
+        ),
+        Verdict::NotConfirmed => (
+            pb::BadCopyVerdict::NotConfirmed,
+            "the vendor proved it holds the copy whole; nothing changed".to_string(),
+        ),
+        Verdict::AlreadyKnown => (
+            pb::BadCopyVerdict::AlreadyKnown,
+            "already known bad; its repair is under way".to_string(),
+        ),
+        Verdict::NotPlaced => (
+            pb::BadCopyVerdict::NotPlaced,
+            format!(
+                "the FAT does not place this portion on vendor {}; locate the portion again",
+                report.vendor
+            ),
+        ),
+        Verdict::Unverified(why) => (
+            pb::BadCopyVerdict::Unverified,
+            format!("not judged: {why}; check again later"),
+        ),
+    };
+    pb::BadCopyAnswer {
+        portion_id: report.portion.to_string(),
+        vendor_id: report.vendor.to_string(),
+        verdict: verdict.into(),
+        detail: offsite_proto::bounded_reason(&detail),
     }
 }
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use offsite_proto::limits::MAX_COPIES_PER_REPORT;
 use offsite_proto::pb::coordinator as pb;
 use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
-use offsite_proto::{CopyResult, VendorId};
+use offsite_proto::{parse_bad_copies, BadCopy, CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
 use super::{check_same_vendor, convert, grants, market, status_of};
-use crate::fat::{Command, FinishRepairs, Outcome, Reconciled};
+use crate::fat::{BadCopyMark, Command, FinishRepairs, MarkBadCopies, Outcome, Reconciled};
 use crate::store::FatStore;
 use offsite_identity::require_vendor;
 use offsite_proto::clock::now_unix_ms;
@@ -75,6 +75,36 @@ impl<S: FatStore> RegistryService<S> {
             other => Err(Status::internal(format!(
                 "the FAT answered a copy report with {other:?}; this is a coordinator bug, \
                  please report it"
+            ))),
+        }
+    }
+
+    /// Marks the copies `vendor`'s scrub found bad; each is made again
+    /// from a healthy holder by the leader's next sweep.
+    async fn mark_bad_copies(&self, vendor: &VendorId, bad: Vec<BadCopy>) -> Result<(), Status> {
+        let marks = bad
+            .into_iter()
+            .map(|b| BadCopyMark::SelfReported {
+                vendor: vendor.clone(),
+                tenant: b.tenant,
+                portion: b.portion,
+                reason: b.reason,
+            })
+            .collect();
+        let command = Command::MarkBadCopies(MarkBadCopies {
+            marks,
+            now_unix_ms: now_unix_ms(),
+        });
+        match self.store.propose(command).await.map_err(status_of)? {
+            Outcome::BadCopiesMarked { marked } => {
+                if marked > 0 {
+                    tracing::warn!(%vendor, marked, "vendor reported bad copies; they will be made again from healthy holders");
+                }
+                Ok(())
+            }
+            other => Err(Status::internal(format!(
+                "the FAT answered a bad-copy report with {other:?}; this is a coordinator \
+                 bug, please report it"
             ))),
         }
     }
@@ -155,6 +185,13 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         let caller = require_vendor(&request)?;
         let mut report = request.into_inner();
         let copied = copy_results(std::mem::take(&mut report.copied))?;
+        let (bad, dropped) = parse_bad_copies(std::mem::take(&mut report.bad_copies))?;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "dropping malformed bad copies of a capacity report"
+            );
+        }
         let served = std::mem::take(&mut report.served);
         let prices = report
             .prices
@@ -186,6 +223,9 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
         }
         if !copied.is_empty() {
             self.finish_repairs(&vendor, copied).await?;
+        }
+        if !bad.is_empty() {
+            self.mark_bad_copies(&vendor, bad).await?;
         }
         if let Some(prices) = prices {
             market::set_prices(&*self.store, &vendor, prices, now_unix_ms()).await?;

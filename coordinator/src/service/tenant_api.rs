@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use tonic::{Request, Response, Status};
 
 use super::{convert, grants, status_of, store_status};
+use crate::bad_copy_audit::BadCopyAuditor;
 use crate::fat::{
     check_reserve_request, Command, FatError, Forget, Hold, Outcome, Release, RenewLease, Reserve,
     StoreTenantKey,
@@ -38,11 +39,17 @@ pub(crate) struct FatServiceConfig {
 pub(crate) struct FatService<S> {
     store: Arc<S>,
     config: FatServiceConfig,
+    /// Audits the copies tenants report bad.
+    auditor: Arc<BadCopyAuditor>,
 }
 
 impl<S: FatStore> FatService<S> {
-    pub fn new(store: Arc<S>, config: FatServiceConfig) -> Self {
-        Self { store, config }
+    pub fn new(store: Arc<S>, config: FatServiceConfig, auditor: Arc<BadCopyAuditor>) -> Self {
+        Self {
+            store,
+            config,
+            auditor,
+        }
     }
 
     /// Candidates for a new reservation; none when the request was seen
@@ -405,6 +412,21 @@ impl<S: FatStore> FatApi for FatService<S> {
                     stored_bytes,
                     snapshots,
                 })
+                .collect(),
+        }))
+    }
+
+    async fn report_bad_copies(
+        &self,
+        request: Request<pb::ReportBadCopiesRequest>,
+    ) -> Result<Response<pb::ReportBadCopiesResponse>, Status> {
+        let tenant = require_tenant(&request)?;
+        let reports = offsite_proto::parse_bad_copy_reports(request.into_inner().copies)?;
+        let judged = self.auditor.judge(&*self.store, &tenant, reports).await?;
+        Ok(Response::new(pb::ReportBadCopiesResponse {
+            answers: judged
+                .into_iter()
+                .map(|(report, verdict)| convert::bad_copy_answer(report, verdict))
                 .collect(),
         }))
     }

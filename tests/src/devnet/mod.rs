@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use offsite_proto::pb::admin::MarketplaceStatusResponse;
 
-pub use options::{DevnetOptions, VendorWaits, HUNG_CLIENT_STALL_SECS};
+pub use options::{DevnetOptions, VendorWaits, FAST_SCRUB_PERIOD_SECS, HUNG_CLIENT_STALL_SECS};
 
 use crate::permit::Permit;
 use crate::process::{Daemon, STOP_GRACE};

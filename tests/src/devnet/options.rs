@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+/// The vendors' scrub period under [`DevnetOptions::fast`].
+pub const FAST_SCRUB_PERIOD_SECS: u64 = 5;
+
 /// The shape of a devnet and the knobs of its daemons.
 #[derive(Debug, Clone)]
 pub struct DevnetOptions {
@@ -29,6 +32,9 @@ pub struct DevnetOptions {
     /// group, and how long garbage must stay garbage before it goes.
     pub reconcile_interval_secs: u64,
     pub gc_grace_secs: u64,
+    /// The vendors' `scrub_period_secs` (every piece re-read within it; 0:
+    /// no scrub); None: their default, 7 days.
+    pub scrub_period_secs: Option<u64>,
     /// Cap of each NAS device; None: what its filesystem has.
     pub nas_cap_bytes: Option<u64>,
     /// The client's replication factor.
@@ -77,14 +83,16 @@ impl DevnetOptions {
         }
     }
 
-    /// `offsite-devnet up --fast`: audits, repairs, leases and garbage
-    /// collection short enough to watch happen (one audit of each vendor a
-    /// second, repairs 10 s after a vendor is down, 30 s leases, expired
-    /// reservations collected 5 s after their lease, vendors reconciling
-    /// every 2 s and deleting garbage found again 3 s later).
+    /// `offsite-devnet up --fast`: audits, scrubs, repairs, leases and
+    /// garbage collection short enough to watch happen (one audit of each
+    /// vendor a second, every piece scrubbed every 5 s, repairs 10 s after
+    /// a vendor is down, 30 s leases, expired reservations collected 5 s
+    /// after their lease, vendors reconciling every 2 s and deleting
+    /// garbage found again 3 s later).
     pub fn fast(self) -> Self {
         Self {
             audits_per_vendor_per_hour: 3600,
+            scrub_period_secs: Some(FAST_SCRUB_PERIOD_SECS),
             repair_after_secs: 10,
             lease_secs: 30,
             collect_expired_after_secs: 5,
@@ -114,6 +122,7 @@ impl Default for DevnetOptions {
             collect_expired_after_secs: 3600,
             reconcile_interval_secs: 3600,
             gc_grace_secs: 3600,
+            scrub_period_secs: None,
             nas_cap_bytes: None,
             replication: 3,
             portion_bytes: 16 * 1024 * 1024,

@@ -186,6 +186,7 @@ impl Devnet {
                 store_idle_timeout_secs: options.vendor_waits.store_idle,
                 hop_timeout_secs: options.vendor_waits.hop,
                 fetch_idle_timeout_secs: options.vendor_waits.fetch_idle,
+                scrub_period_secs: options.scrub_period_secs,
                 tls: rpc.tls(Role::Vendor, &id)?,
                 stores: nas
                     .iter()

@@ -76,6 +76,25 @@ impl Vendor {
         Ok((covered, held))
     }
 
+    /// A portion the group places here that the local FAT does not hold,
+    /// checked again now (one stored and committed while the round ran is
+    /// held by now: its receipt came after its record), goes into the next
+    /// capacity report as a bad copy, so it is made again elsewhere.
+    /// `true` when it was found missing.
+    pub(crate) fn report_missing(
+        &self,
+        tenant: &TenantId,
+        portion: PortionId,
+    ) -> Result<bool, VendorError> {
+        if self.fat.get(tenant, &portion)?.is_some() {
+            return Ok(false);
+        }
+        let reason = "not held: this vendor's local FAT has no record of it (found by \
+                      reconciliation)";
+        self.bad_copies().add(tenant, portion, reason.to_owned());
+        Ok(true)
+    }
+
     /// Deletes a copy the coordinator group found unneeded, if its record
     /// still names `reservation`: a copy stored again since (under another
     /// reservation) may be needed again and is left for the next round.

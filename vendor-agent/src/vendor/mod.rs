@@ -3,7 +3,8 @@
 //! ([`receive`]), places it as pieces on its stores ([`place`]) while
 //! forwarding it to the next vendor of the route ([`forward`]), reads it back
 //! ([`read`]), deletes it ([`delete`]) and copies it to another vendor for a
-//! repair ([`copy`]), each under the coordinator group's grant ([`grants`]).
+//! repair ([`copy`]), each under the coordinator group's grant ([`grants`]),
+//! and re-reads every piece it holds in the background ([`scrub`]).
 //! The tonic adapter in `crate::service` converts the wire to and from these
 //! types; forwarding and the NAS stores keep their own generated clients,
 //! their transport edge.
@@ -22,6 +23,7 @@ mod limits;
 mod place;
 mod read;
 mod receive;
+mod scrub;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -44,6 +46,7 @@ pub(crate) use forward::RouteFailure;
 pub use limits::Limits;
 pub(crate) use read::ReadRequest;
 pub(crate) use receive::{next_within_idle, Stored};
+pub use scrub::ScrubPolicy;
 
 /// One vendor: its stores, its local FAT, its keys, and the portions it is
 /// busy with. Shared by every call (behind an `Arc`).
@@ -71,6 +74,8 @@ pub(crate) struct Vendor {
     grants: Grants,
     /// Fetches served and not yet reported (egress).
     egress: EgressJournal,
+    /// Bad copies the scrub found, not yet reported.
+    bad_copies: scrub::BadCopies,
     /// Pieces put by uploads under way, which the local FAT does not name
     /// yet: garbage collection leaves them alone.
     writing: Writing,
@@ -126,6 +131,7 @@ impl Vendor {
             grants: Grants::default(),
             egress: EgressJournal::default(),
             writing: Writing::default(),
+            bad_copies: scrub::BadCopies::default(),
             next_store: AtomicUsize::new(0),
             claims: Claims::default(),
             limits: RwLock::new(Limits::default()),
