@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod exit_statement;
 mod fat;
 mod ids;
 pub mod limits;

@@ -10,7 +10,7 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices, RecordAudits, TenantLimits,
+    Departure, DepartureStatus, FinishRepairs, Settled, GrantSecret, Liveness, PlanRepairs, Prices, RecordAudits, TenantLimits,
 };
 
 /// One change to the FAT.
@@ -56,6 +56,9 @@ pub enum Command {
     BookEgress(BookEgress),
     /// The leader's round of audits (format version 8).
     RecordAudits(RecordAudits),
+    /// A vendor's exit or burst relief, or the leader settling them
+    /// (format version 9).
+    Departure(Departure),
 }
 
 impl Command {
@@ -83,6 +86,7 @@ impl Command {
             Command::ClosePeriod(_) => "close-period",
             Command::BookEgress(_) => "book-egress",
             Command::RecordAudits(_) => "record-audits",
+            Command::Departure(_) => "departure",
         }
     }
 
@@ -119,6 +123,7 @@ impl Command {
             Command::ClosePeriod(c) => c.now_unix_ms = now_unix_ms,
             Command::BookEgress(c) => c.now_unix_ms = now_unix_ms,
             Command::RecordAudits(c) => c.now_unix_ms = now_unix_ms,
+            Command::Departure(c) => c.restamp(now_unix_ms),
         }
     }
 }
@@ -372,6 +377,10 @@ pub enum Outcome {
     AuditsRecorded {
         disqualified: Vec<VendorId>,
     },
+    /// The vendor's exit and relief after a departure command.
+    Departure(DepartureStatus),
+    /// The exits and reliefs the leader's `Settle` completed.
+    Settled(Settled),
 }
 
 /// The provisional FAT handed to the client.

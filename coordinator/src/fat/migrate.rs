@@ -1,5 +1,7 @@
 //! Reading a FAT snapshot written by the format versions before ours.
 //!
+//! Version 8 had no departures (exits and burst reliefs): its FAT is read
+//! as [`FatV8`] and no vendor is exiting or being relieved.
 //! Version 7 had no reputation: its FAT is read as [`FatV7`] and every
 //! vendor starts with an empty audit record. Version 6 had no ledger either. Its FAT is read with the layout it was written
 //! in ([`FatV6`], the same fields without `ledger`) and every copy it holds
@@ -21,12 +23,16 @@ use super::deletions::DeletionQueue;
 use super::grant_keys::GrantKeys;
 use super::ledger::Ledger;
 use super::repairs::Repair;
+use super::audits::Reputation;
 use super::reservations::Reservation;
 use super::vendors::VendorRecord;
 use super::Fat;
 use crate::raft::codec::{
     split_version, FORMAT_VERSION, OLDEST_FORMAT_VERSION, PREVIOUS_FORMAT_VERSION,
 };
+
+/// Format version 7, which had the ledger but no reputation.
+const V7: u8 = 7;
 
 /// The FAT as format version 6 stored it.
 #[derive(Deserialize)]
@@ -73,6 +79,7 @@ impl From<FatV6> for Fat {
             repair_failures: v6.repair_failures,
             ledger,
             reputation: BTreeMap::new(),
+            departures: Default::default(),
         }
     }
 }
@@ -109,6 +116,45 @@ impl From<FatV7> for Fat {
             repair_failures: v7.repair_failures,
             ledger: v7.ledger,
             reputation: BTreeMap::new(),
+            departures: Default::default(),
+        }
+    }
+}
+
+/// The FAT as format version 8 stored it: ours without the departures.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct FatV8 {
+    vendors: BTreeMap<VendorId, VendorRecord>,
+    reservations: BTreeMap<ReservationId, Reservation>,
+    requests: BTreeMap<(TenantId, RequestId), ReservationId>,
+    portions: BTreeMap<TenantId, BTreeMap<PortionId, PortionRecord>>,
+    snapshots: BTreeMap<TenantId, BTreeMap<SnapshotId, SnapshotRecord>>,
+    deletions: BTreeMap<VendorId, DeletionQueue>,
+    grant_keys: GrantKeys,
+    tenant_keys: BTreeMap<TenantId, Vec<u8>>,
+    repairs: BTreeMap<ReservationId, Repair>,
+    repair_failures: BTreeMap<(TenantId, PortionId), u32>,
+    ledger: Ledger,
+    reputation: BTreeMap<VendorId, Reputation>,
+}
+
+impl From<FatV8> for Fat {
+    fn from(v8: FatV8) -> Self {
+        Fat {
+            vendors: v8.vendors,
+            reservations: v8.reservations,
+            requests: v8.requests,
+            portions: v8.portions,
+            snapshots: v8.snapshots,
+            deletions: v8.deletions,
+            grant_keys: v8.grant_keys,
+            tenant_keys: v8.tenant_keys,
+            repairs: v8.repairs,
+            repair_failures: v8.repair_failures,
+            ledger: v8.ledger,
+            reputation: v8.reputation,
+            departures: Default::default(),
         }
     }
 }
@@ -117,9 +163,12 @@ impl From<FatV7> for Fat {
 pub fn decode_snapshot(bytes: &[u8]) -> Result<Fat, String> {
     match split_version(bytes)? {
         (FORMAT_VERSION, body) => postcard::from_bytes(body).map_err(|e| e.to_string()),
-        (PREVIOUS_FORMAT_VERSION, body) => postcard::from_bytes::<FatV7>(body)
+        (PREVIOUS_FORMAT_VERSION, body) => postcard::from_bytes::<FatV8>(body)
             .map(Fat::from)
             .map_err(|e| format!("a FAT of format version {PREVIOUS_FORMAT_VERSION}: {e}")),
+        (V7, body) => postcard::from_bytes::<FatV7>(body)
+            .map(Fat::from)
+            .map_err(|e| format!("a FAT of format version {V7}: {e}")),
         (OLDEST_FORMAT_VERSION, body) => postcard::from_bytes::<FatV6>(body)
             .map(Fat::from)
             .map_err(|e| format!("a FAT of format version {OLDEST_FORMAT_VERSION}: {e}")),
@@ -200,10 +249,49 @@ mod tests {
             repair_failures: fat.repair_failures.clone(),
             ledger: fat.ledger.clone(),
         };
-        let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
+        let mut bytes = vec![V7];
         postcard::to_io(&v7, &mut bytes).unwrap();
         let read = decode_snapshot(&bytes).unwrap();
         assert_eq!(read, fat);
         assert!(read.reputation.is_empty());
+    }
+
+    /// A version 8 FAT (reputations, no departures) is read whole, with no
+    /// vendor exiting or relieved.
+    #[test]
+    fn a_version_8_snapshot_is_read_with_no_departures() {
+        let mut fat = crate::fat::tests::market();
+        crate::fat::deletion_tests::committed(&mut fat, "acme", &[100, 50], 1);
+        fat.reputation
+            .insert(VendorId::new("a").unwrap(), Reputation::default());
+        let v8 = FatV8 {
+            vendors: fat.vendors.clone(),
+            reservations: fat.reservations.clone(),
+            requests: fat.requests.clone(),
+            portions: fat.portions.clone(),
+            snapshots: fat.snapshots.clone(),
+            deletions: fat.deletions.clone(),
+            grant_keys: fat.grant_keys.clone(),
+            tenant_keys: fat.tenant_keys.clone(),
+            repairs: fat.repairs.clone(),
+            repair_failures: fat.repair_failures.clone(),
+            ledger: fat.ledger.clone(),
+            reputation: fat.reputation.clone(),
+        };
+        let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
+        postcard::to_io(&v8, &mut bytes).unwrap();
+        let read = decode_snapshot(&bytes).unwrap();
+        assert_eq!(read, fat);
+        assert_eq!(read.departures, Default::default());
+        // A FAT of ours with an exit under way is not a version 8 one.
+        let mut exiting = fat.clone();
+        exiting
+            .apply(crate::fat::Command::Departure(crate::fat::Departure::StartExit {
+                vendor: VendorId::new("a").unwrap(),
+                now_unix_ms: 5,
+            }))
+            .unwrap();
+        let current = crate::raft::codec::encode(&exiting).unwrap();
+        assert_eq!(decode_snapshot(&current).unwrap(), exiting);
     }
 }

@@ -17,6 +17,7 @@ mod catalog;
 mod check;
 mod command;
 mod deletions;
+mod departures;
 mod error;
 mod grant_keys;
 mod ledger;
@@ -29,6 +30,8 @@ mod vendors;
 
 #[cfg(test)]
 mod deletion_tests;
+#[cfg(test)]
+mod departure_tests;
 #[cfg(test)]
 mod extreme_proptests;
 #[cfg(test)]
@@ -63,6 +66,7 @@ pub use command::{
     Reserve, RewriteSnapshots, ServedFetch, SetMarketFee, SetTenantLimits, SetVendorPrices,
     StoreTenantKey, UpdateLiveness,
 };
+pub use departures::{Departure, DepartureStatus, ExitProgress, ReliefProgress, Settled};
 pub use error::FatError;
 pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
 pub use ledger::{
@@ -110,6 +114,8 @@ pub struct Fat {
     ledger: ledger::Ledger,
     /// Each audited vendor's audit and uptime record (format version 8).
     reputation: BTreeMap<VendorId, audits::Reputation>,
+    /// Vendors' exits and burst reliefs (format version 9).
+    departures: departures::Departures,
 }
 
 /// Counts for the marketplace status.
@@ -150,6 +156,7 @@ impl Fat {
             Command::ClosePeriod(c) => self.close_period(c),
             Command::BookEgress(c) => self.book_egress(c),
             Command::RecordAudits(c) => self.record_audits(c),
+            Command::Departure(c) => self.depart(c),
         }
     }
 

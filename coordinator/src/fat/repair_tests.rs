@@ -21,7 +21,7 @@ fn market_of_four() -> (Fat, Vec<PortionId>) {
     (fat, ids)
 }
 
-fn down(fat: &mut Fat, v: &str, at: u64) {
+pub(super) fn down(fat: &mut Fat, v: &str, at: u64) {
     let seen = fat.vendors[&vid(v)].last_report_unix_ms;
     fat.apply(Command::UpdateLiveness(UpdateLiveness {
         changes: vec![LivenessChange {
@@ -47,7 +47,7 @@ fn plan(fat: &mut Fat, repairs: Vec<PlannedRepair>, now: u64) {
 }
 
 /// The receipt `vendor` signs for the repaired portion.
-fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto::Receipt {
+pub(super) fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto::Receipt {
     let record = &fat.portions[&repair.tenant][&repair.portion];
     let p = PortionPlacement {
         portion: repair.portion,
@@ -58,7 +58,7 @@ fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto:
     signed_receipt(vendor, repair.tenant.as_str(), &p)
 }
 
-fn finish(fat: &mut Fat, source: &str, results: Vec<CopyResult>) -> (u64, usize) {
+pub(super) fn finish(fat: &mut Fat, source: &str, results: Vec<CopyResult>) -> (u64, usize) {
     match fat
         .apply(Command::FinishRepairs(FinishRepairs {
             source: vid(source),

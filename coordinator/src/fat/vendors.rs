@@ -126,6 +126,8 @@ pub struct VendorStatus {
     pub liveness_since_unix_ms: u64,
     pub prices: super::Prices,
     pub reputation: super::Reputation,
+    /// Its exit or burst relief, if it asked for one.
+    pub departure: super::DepartureStatus,
 }
 
 /// An up vendor with free room, as placement sees it.
@@ -173,6 +175,7 @@ impl Fat {
     pub(super) fn register_vendor(&mut self, r: RegisterVendor) -> Result<Outcome, FatError> {
         check_region(&r.region)?;
         check_identity_key(&r.vendor.id, &r.identity_key)?;
+        self.check_not_exited(&r.vendor.id)?;
         let record = self
             .vendors
             .entry(r.vendor.id)
@@ -290,6 +293,7 @@ impl Fat {
                 liveness_since_unix_ms: v.liveness_since_unix_ms,
                 prices: self.ledger.prices_of(id),
                 reputation: self.reputation(id),
+                departure: self.departure_status(id),
             })
             .collect()
     }
@@ -299,7 +303,7 @@ impl Fat {
         self.vendors
             .iter()
             .filter(|(id, v)| {
-                v.liveness == Liveness::Up && v.free() > 0 && self.in_good_standing(id)
+                v.liveness == Liveness::Up && v.free() > 0 && self.takes_new_data(id)
             })
             .map(|(id, v)| VendorRoom {
                 vendor: id.clone(),

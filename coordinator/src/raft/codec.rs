@@ -6,13 +6,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version byte in front of every log entry, vote, snapshot and message.
-pub const FORMAT_VERSION: u8 = 8;
+pub const FORMAT_VERSION: u8 = 9;
 /// The version before ours, and the oldest one still read. Their log
-/// entries, votes, log ids and stored snapshot records have our layout (7
-/// and 8 only appended commands and outcomes), so [`decode_stored`] reads
-/// them as they are; the FAT inside a snapshot gained the ledger in 7 and
-/// the vendors' reputation in 8 and is migrated by `fat::decode_snapshot`.
-pub const PREVIOUS_FORMAT_VERSION: u8 = 7;
+/// entries, votes, log ids and stored snapshot records have our layout (7,
+/// 8 and 9 only appended commands and outcomes), so [`decode_stored`] reads
+/// them as they are; the FAT inside a snapshot gained the ledger in 7, the
+/// vendors' reputation in 8 and the departures (exits, reliefs) in 9, and is
+/// migrated by `fat::decode_snapshot`.
+pub const PREVIOUS_FORMAT_VERSION: u8 = 8;
 pub const OLDEST_FORMAT_VERSION: u8 = 6;
 
 /// Encodes `value` behind the format version byte.
@@ -63,9 +64,12 @@ mod tests {
         let bytes = encode(&(7u64, "x".to_string())).unwrap();
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), (7, "x".into()));
         let mut other = bytes.clone();
-        other[0] = 9;
+        other[0] = FORMAT_VERSION + 1;
         let err = decode::<(u64, String)>(&other).unwrap_err();
-        assert!(err.contains("format version 9"), "{err}");
+        assert!(
+            err.contains(&format!("format version {}", FORMAT_VERSION + 1)),
+            "{err}"
+        );
         assert!(decode::<u64>(&[]).is_err());
     }
 
