@@ -148,6 +148,11 @@ impl Fat {
         self.in_good_standing(vendor) && !self.exiting(vendor) && self.relief_goal(vendor).is_none()
     }
 
+    /// How many portions the catalog places on `vendor`.
+    pub fn portions_on(&self, vendor: &VendorId) -> u64 {
+        self.placed_on(vendor).0
+    }
+
     /// The portions (and their bytes) the catalog places on `vendor`.
     fn placed_on(&self, vendor: &VendorId) -> (u64, u64) {
         self.portions

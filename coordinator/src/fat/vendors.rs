@@ -298,6 +298,11 @@ impl Fat {
             .collect()
     }
 
+    /// One vendor's line of the status.
+    pub fn vendor_status(&self, id: &VendorId) -> Option<VendorStatus> {
+        self.vendor_statuses().into_iter().find(|v| &v.vendor.id == id)
+    }
+
     /// Up vendors with free room: what placement chooses from.
     pub fn vendors_with_room(&self) -> Vec<VendorRoom> {
         self.vendors
