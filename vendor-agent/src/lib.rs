@@ -22,6 +22,8 @@
 
 mod agent;
 mod config;
+pub mod departure;
+mod draining;
 pub mod earnings;
 pub mod identity_key;
 mod local_fat;
@@ -35,4 +37,4 @@ pub use agent::{AgentError, VendorAgent};
 pub use config::{ConfigError, StoreConfig, VendorConfig};
 pub use local_fat::{LocalFat, LocalFatError, PieceRecord, PortionRecord};
 pub use store::{LocalStore, NasStore, NasTimeouts, PieceStore, StoreCapacity, StoreError};
-pub use vendor::Limits;
+pub use vendor::{Limits, Retired, StoreUsage};

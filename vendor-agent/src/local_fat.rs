@@ -132,6 +132,19 @@ impl LocalFat {
         Ok(old)
     }
 
+    /// Every record, in key order (tenant, portion).
+    pub fn records(&self) -> impl Iterator<Item = Result<PortionRecord, LocalFatError>> + '_ {
+        self.tree.iter().map(|entry| {
+            let (key, value) = entry.map_err(|e| self.db_error(e))?;
+            decode(&key, &value)
+        })
+    }
+
+    /// Where the local FAT lives on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Bytes of portions held, over all tenants.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)

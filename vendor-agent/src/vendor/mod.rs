@@ -13,6 +13,7 @@ mod budget;
 mod claim;
 mod copy;
 mod delete;
+mod drain;
 mod egress;
 mod error;
 mod forward;
@@ -38,6 +39,7 @@ use grants::Grants;
 
 pub(crate) use copy::Copies;
 pub(crate) use delete::DeleteRequest;
+pub use drain::{Retired, StoreUsage};
 pub(crate) use error::VendorError;
 pub(crate) use forward::RouteFailure;
 pub use limits::Limits;
@@ -70,6 +72,8 @@ pub(crate) struct Vendor {
     grants: Grants,
     /// Fetches served and not yet reported (egress).
     egress: EgressJournal,
+    /// Stores being drained (`drain = true`) or removed, by index.
+    retired: RwLock<drain::Retired>,
 }
 
 impl Vendor {
@@ -88,6 +92,7 @@ impl Vendor {
             identity,
             grants: Grants::default(),
             egress: EgressJournal::default(),
+            retired: RwLock::default(),
             next_store: AtomicUsize::new(0),
             claims: Claims::default(),
             limits: RwLock::new(Limits::default()),
