@@ -36,7 +36,9 @@ pub use client::{client_command_with, describe, run_bounded, KillOnDrop, CLIENT_
 pub use configs::{
     write_toml, ClientConfig, CoordinatorConfig, MemberConfig, NasConfig, StoreConfig, VendorConfig,
 };
-pub use devnet::{Devnet, DevnetOptions, VendorWaits, HUNG_CLIENT_STALL_SECS};
+pub use devnet::{
+    vendor_command, Devnet, DevnetOptions, VendorWaits, HUNG_CLIENT_STALL_SECS, VENDOR_CLI_TIMEOUT,
+};
 pub use nas::{NasDevice, NAS_NAME, NAS_VENDOR};
 pub use ports::free_addr;
 pub use process::{log_tail, pid_is_ours, stop_pids, Daemon, Paused, STOP_GRACE};
