@@ -8,7 +8,7 @@ use offsite_proto::{CopyResult, PortionId, ReservationId, VendorRef};
 use super::deletion_tests::committed;
 use super::proptests::check_invariants;
 use super::repair_tests::{down, finish, receipt_of};
-use super::tests::{refused, register, reserve, tid, vid, T0};
+use super::tests::{commit, placement, refused, register, reserve, reserved, tid, vid, T0};
 use super::*;
 
 const POLICY: RepairPolicy = RepairPolicy {
@@ -198,14 +198,28 @@ fn an_exit_moves_every_copy_and_completes_only_when_nothing_needs_the_vendor() {
 #[test]
 fn an_exit_waits_for_a_commit_that_lands_on_the_vendor_after_it_started() {
     let (mut fat, _) = market_of_five();
-    // A reservation made before the exit still commits onto it.
-    let late = committed(&mut fat, "acme", &[30], 0);
-    let _ = late;
+    // A reservation made before the exit still commits onto it after.
+    let id = reserved(
+        &mut fat,
+        reserve("acme", "r-late", 30, 3, &[("a", 30), ("b", 30), ("c", 30)]),
+    );
     start_exit(&mut fat, "b", T0 + 10);
     repair_round(&mut fat, T0 + 11);
     everyone_reports(&mut fat, T0 + 12);
     assert_eq!(holds(&fat, "b"), 0);
-    assert_eq!(settle(&mut fat, T0 + 13).exits, vec![vid("b")]);
+    fat.apply(commit(
+        "acme",
+        id,
+        vec![placement("acme", 30, &["a", "b", "c"])],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(holds(&fat, "b"), 1);
+    assert!(settle(&mut fat, T0 + 13).exits.is_empty(), "completed while it held a portion");
+    repair_round(&mut fat, T0 + 14);
+    everyone_reports(&mut fat, T0 + 15);
+    assert_eq!(holds(&fat, "b"), 0);
+    assert_eq!(settle(&mut fat, T0 + 16).exits, vec![vid("b")]);
 }
 
 #[test]
