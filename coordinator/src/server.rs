@@ -32,7 +32,8 @@ use crate::config::{ConfigError, CoordinatorConfig};
 /// Raft snapshot); see `offsite_identity::server` for the other limits.
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 use crate::fat::{
-    Command, Departure, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee, UpdateLiveness,
+    Command, Departure, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee,
+    UpdateLiveness,
 };
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};

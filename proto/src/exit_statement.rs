@@ -59,15 +59,18 @@ impl GroupKey {
 
 impl GrantVerifier {
     /// The body of `statement` if a known group key signed it.
-    pub fn open_exit(&self, statement: &ExitStatement) -> Result<ExitStatementBody, SignatureError> {
+    pub fn open_exit(
+        &self,
+        statement: &ExitStatement,
+    ) -> Result<ExitStatementBody, SignatureError> {
         self.verify_message(
             statement.key_id,
             EXIT_CONTEXT,
             &statement.body,
             &statement.signature,
         )?;
-        let versioned: Versioned<ExitStatementBody> = postcard::from_bytes(&statement.body)
-            .map_err(|_| SignatureError::BadGrantSignature)?;
+        let versioned: Versioned<ExitStatementBody> =
+            postcard::from_bytes(&statement.body).map_err(|_| SignatureError::BadGrantSignature)?;
         if versioned.version != EXIT_BODY_VERSION {
             return Err(SignatureError::BadGrantSignature);
         }

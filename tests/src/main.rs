@@ -230,7 +230,10 @@ fn vendor_cli(dir: &Path, vendor: u64, args: &[std::ffi::OsString]) -> Result<bo
     let count = state.vendors.len();
     let index = usize::try_from(vendor - 1).unwrap_or(usize::MAX);
     let Some(node) = state.vendors.get(index) else {
-        anyhow::bail!("--vendor {vendor}: the devnet in {} has vendors 1 to {count}", dir.display());
+        anyhow::bail!(
+            "--vendor {vendor}: the devnet in {} has vendors 1 to {count}",
+            dir.display()
+        );
     };
     let (subcommand, rest) = args
         .split_first()

@@ -86,7 +86,9 @@ fn piece_bytes(devnet: &Devnet, index: usize) -> u64 {
 }
 
 fn check_read_data(devnet: &Devnet) -> Value {
-    let out = devnet.run_client(["--json", "check", "--read-data"]).unwrap();
+    let out = devnet
+        .run_client(["--json", "check", "--read-data"])
+        .unwrap();
     let report = json_stdout(&out).unwrap_or(Value::Null);
     assert!(
         out.status.success() && report["ok"] == true,
@@ -103,7 +105,10 @@ fn a_graceful_exit_leaves_the_vendor_holding_nothing_the_fat_needs() {
 
     // Nothing may be purged before the exit completed.
     let (ok, _, stderr) = vendor_json(&devnet, index, "exit", &["--purge"]);
-    assert!(!ok && stderr.contains("has not completed its exit"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("has not completed its exit"),
+        "{stderr}"
+    );
 
     let statement_file = tmp.path().join("exit-statement.json");
     let statement_arg = statement_file.to_str().unwrap();
@@ -111,15 +116,22 @@ fn a_graceful_exit_leaves_the_vendor_holding_nothing_the_fat_needs() {
         &devnet,
         index,
         "exit",
-        &["--wait", "--timeout-secs", "240", "--statement-out", statement_arg],
+        &[
+            "--wait",
+            "--timeout-secs",
+            "240",
+            "--statement-out",
+            statement_arg,
+        ],
     );
     assert!(ok, "exit --wait failed: {stderr}");
     assert_eq!(done["exit_state"], "exited", "{done}");
     assert_eq!(done["statement"]["vendor_id"], leaving.as_str(), "{done}");
-    let saved: Value =
-        serde_json::from_slice(&std::fs::read(&statement_file).unwrap()).unwrap();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&statement_file).unwrap()).unwrap();
     assert_eq!(saved["vendor_id"], leaving.as_str());
-    assert!(saved["signature_hex"].as_str().is_some_and(|s| s.len() == 128));
+    assert!(saved["signature_hex"]
+        .as_str()
+        .is_some_and(|s| s.len() == 128));
 
     // The vendor's own status and the coordinator's say so.
     let (ok, status, stderr) = vendor_json(&devnet, index, "status", &[]);
@@ -131,7 +143,10 @@ fn a_graceful_exit_leaves_the_vendor_holding_nothing_the_fat_needs() {
     let v = vendor(&group, &leaving);
     let exit = v.exit.as_ref().expect("the coordinator shows the exit");
     assert!(exit.completed_unix_ms > 0, "{v:?}");
-    assert_eq!((exit.portions_left, exit.bytes_left, v.used_bytes), (0, 0, 0));
+    assert_eq!(
+        (exit.portions_left, exit.bytes_left, v.used_bytes),
+        (0, 0, 0)
+    );
     assert_eq!(group.open_repairs, 0);
 
     // A completed exit cannot be cancelled.
@@ -149,7 +164,10 @@ fn a_graceful_exit_leaves_the_vendor_holding_nothing_the_fat_needs() {
     let (ok, purged, stderr) = vendor_json(&devnet, index, "exit", &["--purge"]);
     assert!(ok, "purge failed: {stderr}");
     assert!(!devnet.vendor_data_dir(index).join("local-fat").exists());
-    assert!(devnet.vendor_data_dir(index).join("exit-statement.json").exists());
+    assert!(devnet
+        .vendor_data_dir(index)
+        .join("exit-statement.json")
+        .exists());
     assert_eq!(piece_bytes(&devnet, index), 0, "{purged}");
 }
 
@@ -219,14 +237,18 @@ fn a_drained_store_empties_into_the_others_and_is_removed_in_place() {
     devnet.stop_vendor(index).unwrap();
     devnet.restart_vendor(index).unwrap();
 
-    let after = wait_for("the drained store to empty", Duration::from_secs(120), || {
-        let stores = stores_of(&devnet, index);
-        let empty = stores[0]["pieces"] == 0 && stores[0]["state"] == "draining";
-        if !empty {
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        Ok(empty.then_some(stores))
-    })
+    let after = wait_for(
+        "the drained store to empty",
+        Duration::from_secs(120),
+        || {
+            let stores = stores_of(&devnet, index);
+            let empty = stores[0]["pieces"] == 0 && stores[0]["state"] == "draining";
+            if !empty {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(empty.then_some(stores))
+        },
+    )
     .unwrap();
     assert_eq!(after[1]["pieces"].as_u64().unwrap(), total, "{after:?}");
     check_read_data(&devnet);

@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 use offsite_identity::config::Invalid;
 
 use crate::config::{ConfigError, StoreConfig, VendorConfig};
+use crate::draining;
 use crate::identity_key::{self, IdentityKeyError};
 use crate::local_fat::{LocalFat, LocalFatError};
-use crate::draining;
 use crate::registration::{self, Registration};
 use crate::service::{AdminService, VendorService};
 use crate::store::{open_stores, PieceStore, StoreError};

@@ -449,7 +449,10 @@ cap_bytes = 1073741824
         let config = parse(&removed);
         config.validate().unwrap();
         assert!(config.stores[0].is_removed());
-        let none_left = removed.replace("cap_bytes = 1073741824", "cap_bytes = 1073741824\ndrain = true");
+        let none_left = removed.replace(
+            "cap_bytes = 1073741824",
+            "cap_bytes = 1073741824\ndrain = true",
+        );
         let err = parse(&none_left).validate().unwrap_err().to_string();
         assert!(err.contains("no store that takes pieces"), "{err}");
     }

@@ -233,7 +233,8 @@ async fn ask_one(
         .connect()
         .await
         .map_err(|e| AskError::Unreachable(e.into()))?;
-    let mut client = VendorRegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client =
+        VendorRegistryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let answer = match what {
         Ask::Status => client.departure_status(DepartureStatusRequest {}).await,
         Ask::Exit => client.exit(ExitRequest { cancel: false }).await,

@@ -56,10 +56,15 @@ pub(crate) async fn run(vendor: Arc<Vendor>, coordinators: Vec<String>, every: D
         }
         match relieve(&vendor, &coordinators, round.stuck_bytes).await {
             Ok(()) => {
-                tracing::info!(bytes = round.stuck_bytes, "the other stores lack room for a draining store's pieces; burst relief asked");
+                tracing::info!(
+                    bytes = round.stuck_bytes,
+                    "the other stores lack room for a draining store's pieces; burst relief asked"
+                );
                 relief_asked = true;
             }
-            Err(err) => tracing::warn!(%err, bytes = round.stuck_bytes, "could not ask for burst relief; trying again next round"),
+            Err(err) => {
+                tracing::warn!(%err, bytes = round.stuck_bytes, "could not ask for burst relief; trying again next round")
+            }
         }
     }
 }

@@ -131,7 +131,16 @@ async fn main() -> anyhow::Result<()> {
             json,
         } => {
             let config = VendorConfig::load(&config)?;
-            exit(&config, cancel, wait, timeout_secs, statement_out, purge, json).await
+            exit(
+                &config,
+                cancel,
+                wait,
+                timeout_secs,
+                statement_out,
+                purge,
+                json,
+            )
+            .await
         }
         Command::Relieve {
             config,
@@ -185,7 +194,11 @@ async fn exit(
         } else {
             println!(
                 "vendor {}: {} portions ({} pieces, {} bytes) deleted; the statement is kept in {}",
-                purged.vendor_id, purged.portions, purged.pieces, purged.bytes, purged.statement_file
+                purged.vendor_id,
+                purged.portions,
+                purged.pieces,
+                purged.bytes,
+                purged.statement_file
             );
         }
         return Ok(());

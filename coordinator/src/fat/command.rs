@@ -10,7 +10,8 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Departure, DepartureStatus, FinishRepairs, Settled, GrantSecret, Liveness, PlanRepairs, Prices, RecordAudits, TenantLimits,
+    Departure, DepartureStatus, FinishRepairs, GrantSecret, Liveness, PlanRepairs, Prices,
+    RecordAudits, Settled, TenantLimits,
 };
 
 /// One change to the FAT.

@@ -185,14 +185,19 @@ fn an_exit_moves_every_copy_and_completes_only_when_nothing_needs_the_vendor() {
     let err = register(&mut fat, "c", "ap", 1000, now + 6).unwrap_err();
     assert!(err.to_string().contains("cannot register again"), "{err}");
     assert_eq!(fat, before);
-    assert!(fat.check(&Command::RegisterVendor(RegisterVendor {
-        vendor: VendorRef { id: vid("c"), address: "c.example:7100".into() },
-        region: "ap".into(),
-        offered_bytes: 1,
-        network_bytes_per_sec: 0,
-        identity_key: super::tests::vendor_key("c").public_key().to_vec(),
-        now_unix_ms: now + 6,
-    })).is_err());
+    assert!(fat
+        .check(&Command::RegisterVendor(RegisterVendor {
+            vendor: VendorRef {
+                id: vid("c"),
+                address: "c.example:7100".into()
+            },
+            region: "ap".into(),
+            offered_bytes: 1,
+            network_bytes_per_sec: 0,
+            identity_key: super::tests::vendor_key("c").public_key().to_vec(),
+            now_unix_ms: now + 6,
+        }))
+        .is_err());
 }
 
 #[test]
@@ -215,7 +220,10 @@ fn an_exit_waits_for_a_commit_that_lands_on_the_vendor_after_it_started() {
     ))
     .unwrap();
     assert_eq!(holds(&fat, "b"), 1);
-    assert!(settle(&mut fat, T0 + 13).exits.is_empty(), "completed while it held a portion");
+    assert!(
+        settle(&mut fat, T0 + 13).exits.is_empty(),
+        "completed while it held a portion"
+    );
     repair_round(&mut fat, T0 + 14);
     everyone_reports(&mut fat, T0 + 15);
     assert_eq!(holds(&fat, "b"), 0);
@@ -285,14 +293,23 @@ fn relief_sheds_the_asked_bytes_ahead_of_ordinary_repairs() {
     let size = |r: &PlannedRepair| fat.portions[&r.tenant][&r.portion].size;
     let from_b = repairs.iter().take_while(|r| r.replaces == vid("b"));
     let (n, shed) = from_b.fold((0, 0), |(n, b), r| (n + 1, b + size(r)));
-    assert!(n >= 1 && n < 3 && shed >= 50, "{repairs:?}");
-    assert!(repairs[n..].iter().all(|r| r.replaces == vid("a")), "{repairs:?}");
+    assert!((1..3).contains(&n) && shed >= 50, "{repairs:?}");
+    assert!(
+        repairs[n..].iter().all(|r| r.replaces == vid("a")),
+        "{repairs:?}"
+    );
     let relief = fat.departure_status(&vid("b")).relief.unwrap();
-    assert_eq!((relief.asked_bytes, relief.goal_bytes, relief.bytes_left), (50, 150, 50));
+    assert_eq!(
+        (relief.asked_bytes, relief.goal_bytes, relief.bytes_left),
+        (50, 150, 50)
+    );
     // Only the relief, with no room for ordinary repairs, goes first too.
     repair_round(&mut fat, now);
     assert!(fat.committed_on(&vid("b")) <= 150);
-    assert!(settle(&mut fat, now + 1).reliefs.is_empty(), "not deleted yet");
+    assert!(
+        settle(&mut fat, now + 1).reliefs.is_empty(),
+        "not deleted yet"
+    );
     everyone_reports(&mut fat, now + 2);
     assert_eq!(settle(&mut fat, now + 3).reliefs, vec![vid("b")]);
     let relief = fat.departure_status(&vid("b")).relief.unwrap();
@@ -321,6 +338,9 @@ fn relief_goes_first_even_when_repairs_fill_every_slot() {
     .unwrap();
     let repairs = fat.repairs_due(now, &POLICY, ReservationId::random);
     assert_eq!(repairs.len(), MAX_OPEN_REPAIRS);
-    let from_c = repairs.iter().take_while(|r| r.replaces == vid("c")).count();
+    let from_c = repairs
+        .iter()
+        .take_while(|r| r.replaces == vid("c"))
+        .count();
     assert_eq!(from_c, 3, "relief's 3 copies first: {repairs:?}");
 }

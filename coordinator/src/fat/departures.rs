@@ -188,20 +188,16 @@ impl Fat {
                 deletions_left: self.owed_deletions(vendor),
             }
         });
-        let relief = self
-            .departures
-            .reliefs
-            .get(vendor)
-            .map(|r| ReliefProgress {
-                asked_bytes: r.asked_bytes,
-                goal_bytes: r.goal_bytes,
-                started_unix_ms: r.started_unix_ms,
-                done_unix_ms: r.done_unix_ms,
-                bytes_left: match r.done_unix_ms {
-                    Some(_) => 0,
-                    None => self.committed_on(vendor).saturating_sub(r.goal_bytes),
-                },
-            });
+        let relief = self.departures.reliefs.get(vendor).map(|r| ReliefProgress {
+            asked_bytes: r.asked_bytes,
+            goal_bytes: r.goal_bytes,
+            started_unix_ms: r.started_unix_ms,
+            done_unix_ms: r.done_unix_ms,
+            bytes_left: match r.done_unix_ms {
+                Some(_) => 0,
+                None => self.committed_on(vendor).saturating_sub(r.goal_bytes),
+            },
+        });
         DepartureStatus { exit, relief }
     }
 
@@ -359,7 +355,12 @@ impl Fat {
 
     /// A vendor that completed its exit may not register again under its id.
     pub(super) fn check_not_exited(&self, vendor: &VendorId) -> Result<(), FatError> {
-        match self.departures.exits.get(vendor).and_then(|e| e.completed_unix_ms) {
+        match self
+            .departures
+            .exits
+            .get(vendor)
+            .and_then(|e| e.completed_unix_ms)
+        {
             Some(at) => Err(FatError::Conflict(format!(
                 "vendor {vendor} completed its exit at {at} (Unix ms) and cannot register again \
                  under this id; purge its data (`offsite-vendor exit --purge`) and register under \

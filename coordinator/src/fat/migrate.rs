@@ -18,12 +18,12 @@ use offsite_proto::{
 };
 use serde::Deserialize;
 
+use super::audits::Reputation;
 use super::catalog::PortionRecord;
 use super::deletions::DeletionQueue;
 use super::grant_keys::GrantKeys;
 use super::ledger::Ledger;
 use super::repairs::Repair;
-use super::audits::Reputation;
 use super::reservations::Reservation;
 use super::vendors::VendorRecord;
 use super::Fat;
@@ -286,10 +286,12 @@ mod tests {
         // A FAT of ours with an exit under way is not a version 8 one.
         let mut exiting = fat.clone();
         exiting
-            .apply(crate::fat::Command::Departure(crate::fat::Departure::StartExit {
-                vendor: VendorId::new("a").unwrap(),
-                now_unix_ms: 5,
-            }))
+            .apply(crate::fat::Command::Departure(
+                crate::fat::Departure::StartExit {
+                    vendor: VendorId::new("a").unwrap(),
+                    now_unix_ms: 5,
+                },
+            ))
             .unwrap();
         let current = crate::raft::codec::encode(&exiting).unwrap();
         assert_eq!(decode_snapshot(&current).unwrap(), exiting);

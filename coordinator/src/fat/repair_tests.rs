@@ -47,7 +47,11 @@ fn plan(fat: &mut Fat, repairs: Vec<PlannedRepair>, now: u64) {
 }
 
 /// The receipt `vendor` signs for the repaired portion.
-pub(super) fn receipt_of(fat: &Fat, vendor: &str, repair: &PlannedRepair) -> offsite_proto::Receipt {
+pub(super) fn receipt_of(
+    fat: &Fat,
+    vendor: &str,
+    repair: &PlannedRepair,
+) -> offsite_proto::Receipt {
     let record = &fat.portions[&repair.tenant][&repair.portion];
     let p = PortionPlacement {
         portion: repair.portion,

@@ -233,82 +233,85 @@ impl Fat {
         let mut planned: Vec<PlannedRepair> = Vec::new();
         let mut chosen: BTreeSet<(&TenantId, PortionId)> = BTreeSet::new();
         for urgent_only in [true, false] {
-        for (tenant, portions) in &self.portions {
-            for (portion, record) in portions {
-                if planned.len() >= room {
-                    return planned;
+            for (tenant, portions) in &self.portions {
+                for (portion, record) in portions {
+                    if planned.len() >= room {
+                        return planned;
+                    }
+                    if repairing.contains(&(tenant, *portion))
+                        || chosen.contains(&(tenant, *portion))
+                    {
+                        continue;
+                    }
+                    let Some(replaces) = record.vendors.iter().find(|v| {
+                        leaving.contains(v)
+                            && (!urgent_only || urgent.contains(v))
+                            && to_shed.get(v).is_none_or(|left| *left > 0)
+                    }) else {
+                        continue;
+                    };
+                    // After a failed try another source and target get their turn.
+                    let tries = self
+                        .repair_failures
+                        .get(&(tenant.clone(), *portion))
+                        .copied()
+                        .unwrap_or(0) as usize;
+                    let mut sources: Vec<&VendorId> = record
+                        .vendors
+                        .iter()
+                        .filter(|v| *v != replaces && self.is_up(v) && !leaving.contains(v))
+                        .collect();
+                    if sources.is_empty() {
+                        sources = record.vendors.iter().filter(|v| self.is_up(v)).collect();
+                    }
+                    let Some(source) = sources.get(tries % sources.len().max(1)).copied() else {
+                        continue;
+                    };
+                    let regions: BTreeSet<&str> = record
+                        .vendors
+                        .iter()
+                        .filter(|v| *v != replaces)
+                        .filter_map(|v| self.vendors.get(v).map(|r| r.region.as_str()))
+                        .collect();
+                    // A new region first, then the most room; ties by id.
+                    let mut targets: Vec<(&VendorId, u64)> = free
+                        .iter()
+                        .filter(|(id, room)| {
+                            **room >= record.size
+                                && !record.vendors.contains(id)
+                                && !self.queued_for_deletion(id, tenant, *portion)
+                        })
+                        .map(|(id, room)| (*id, *room))
+                        .collect();
+                    targets.sort_by_key(|(id, room)| {
+                        let region = self.vendors.get(*id).map(|v| v.region.as_str());
+                        (
+                            std::cmp::Reverse(region.is_some_and(|r| !regions.contains(r))),
+                            std::cmp::Reverse(*room),
+                            *id,
+                        )
+                    });
+                    let Some((target, _)) = targets.get(tries % targets.len().max(1)).copied()
+                    else {
+                        continue;
+                    };
+                    if let Some(room) = free.get_mut(target) {
+                        *room = room.saturating_sub(record.size);
+                    }
+                    if let Some(left) = to_shed.get_mut(replaces) {
+                        *left = left.saturating_sub(record.size);
+                    }
+                    chosen.insert((tenant, *portion));
+                    planned.push(PlannedRepair {
+                        id: new_id(),
+                        tenant: tenant.clone(),
+                        portion: *portion,
+                        source: source.clone(),
+                        target: target.clone(),
+                        replaces: replaces.clone(),
+                    });
                 }
-                if repairing.contains(&(tenant, *portion)) || chosen.contains(&(tenant, *portion)) {
-                    continue;
-                }
-                let Some(replaces) = record.vendors.iter().find(|v| {
-                    leaving.contains(v)
-                        && (!urgent_only || urgent.contains(v))
-                        && to_shed.get(v).is_none_or(|left| *left > 0)
-                }) else {
-                    continue;
-                };
-                // After a failed try another source and target get their turn.
-                let tries = self
-                    .repair_failures
-                    .get(&(tenant.clone(), *portion))
-                    .copied()
-                    .unwrap_or(0) as usize;
-                let mut sources: Vec<&VendorId> = record
-                    .vendors
-                    .iter()
-                    .filter(|v| *v != replaces && self.is_up(v) && !leaving.contains(v))
-                    .collect();
-                if sources.is_empty() {
-                    sources = record.vendors.iter().filter(|v| self.is_up(v)).collect();
-                }
-                let Some(source) = sources.get(tries % sources.len().max(1)).copied() else {
-                    continue;
-                };
-                let regions: BTreeSet<&str> = record
-                    .vendors
-                    .iter()
-                    .filter(|v| *v != replaces)
-                    .filter_map(|v| self.vendors.get(v).map(|r| r.region.as_str()))
-                    .collect();
-                // A new region first, then the most room; ties by id.
-                let mut targets: Vec<(&VendorId, u64)> = free
-                    .iter()
-                    .filter(|(id, room)| {
-                        **room >= record.size
-                            && !record.vendors.contains(id)
-                            && !self.queued_for_deletion(id, tenant, *portion)
-                    })
-                    .map(|(id, room)| (*id, *room))
-                    .collect();
-                targets.sort_by_key(|(id, room)| {
-                    let region = self.vendors.get(*id).map(|v| v.region.as_str());
-                    (
-                        std::cmp::Reverse(region.is_some_and(|r| !regions.contains(r))),
-                        std::cmp::Reverse(*room),
-                        *id,
-                    )
-                });
-                let Some((target, _)) = targets.get(tries % targets.len().max(1)).copied() else {
-                    continue;
-                };
-                if let Some(room) = free.get_mut(target) {
-                    *room = room.saturating_sub(record.size);
-                }
-                if let Some(left) = to_shed.get_mut(replaces) {
-                    *left = left.saturating_sub(record.size);
-                }
-                chosen.insert((tenant, *portion));
-                planned.push(PlannedRepair {
-                    id: new_id(),
-                    tenant: tenant.clone(),
-                    portion: *portion,
-                    source: source.clone(),
-                    target: target.clone(),
-                    replaces: replaces.clone(),
-                });
             }
-        }
         }
         planned
     }

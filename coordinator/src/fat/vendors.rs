@@ -300,16 +300,16 @@ impl Fat {
 
     /// One vendor's line of the status.
     pub fn vendor_status(&self, id: &VendorId) -> Option<VendorStatus> {
-        self.vendor_statuses().into_iter().find(|v| &v.vendor.id == id)
+        self.vendor_statuses()
+            .into_iter()
+            .find(|v| &v.vendor.id == id)
     }
 
     /// Up vendors with free room: what placement chooses from.
     pub fn vendors_with_room(&self) -> Vec<VendorRoom> {
         self.vendors
             .iter()
-            .filter(|(id, v)| {
-                v.liveness == Liveness::Up && v.free() > 0 && self.takes_new_data(id)
-            })
+            .filter(|(id, v)| v.liveness == Liveness::Up && v.free() > 0 && self.takes_new_data(id))
             .map(|(id, v)| VendorRoom {
                 vendor: id.clone(),
                 region: v.region.clone(),

@@ -71,7 +71,12 @@ pub(super) async fn answer<S: FatStore>(
         }
         _ => None,
     };
-    Ok(response(status, portions, statement, grants::public_keys(store)))
+    Ok(response(
+        status,
+        portions,
+        statement,
+        grants::public_keys(store),
+    ))
 }
 
 fn response(

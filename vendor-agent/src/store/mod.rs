@@ -124,27 +124,29 @@ pub fn open_stores(
         .stores
         .iter()
         .enumerate()
-        .map(|(index, store)| -> Result<Arc<dyn PieceStore>, StoreError> {
-            let opened: Arc<dyn PieceStore> = match store {
-                StoreConfig::Local {
-                    path, cap_bytes, ..
-                } => Arc::new(LocalStore::open(path, *cap_bytes, config.keep_free_share)?),
-                StoreConfig::Nas { address, name, .. } => {
-                    let timeouts = config.limits().nas();
-                    Arc::new(NasStore::connect_lazy(
-                        address,
-                        name,
-                        credentials,
-                        timeouts,
-                        config.keep_free_share,
-                    )?)
-                }
-                StoreConfig::Removed => return Ok(Arc::new(retired::Removed::new(index))),
-            };
-            Ok(match store.draining() {
-                true => Arc::new(retired::Draining::new(opened)),
-                false => opened,
-            })
-        })
+        .map(
+            |(index, store)| -> Result<Arc<dyn PieceStore>, StoreError> {
+                let opened: Arc<dyn PieceStore> = match store {
+                    StoreConfig::Local {
+                        path, cap_bytes, ..
+                    } => Arc::new(LocalStore::open(path, *cap_bytes, config.keep_free_share)?),
+                    StoreConfig::Nas { address, name, .. } => {
+                        let timeouts = config.limits().nas();
+                        Arc::new(NasStore::connect_lazy(
+                            address,
+                            name,
+                            credentials,
+                            timeouts,
+                            config.keep_free_share,
+                        )?)
+                    }
+                    StoreConfig::Removed => return Ok(Arc::new(retired::Removed::new(index))),
+                };
+                Ok(match store.draining() {
+                    true => Arc::new(retired::Draining::new(opened)),
+                    false => opened,
+                })
+            },
+        )
         .collect()
 }

@@ -88,7 +88,10 @@ impl Vendor {
                 StoreUsage {
                     index,
                     name: store.name().to_string(),
-                    state: match (retired.removed.contains(&index), retired.draining.contains(&index)) {
+                    state: match (
+                        retired.removed.contains(&index),
+                        retired.draining.contains(&index),
+                    ) {
                         (true, _) => "removed",
                         (false, true) => "draining",
                         (false, false) => "serving",
@@ -104,7 +107,11 @@ impl Vendor {
 
     /// Pieces the local FAT places on removed stores, per store index.
     pub fn pieces_on_removed(&self) -> Result<Vec<(u32, u64)>, VendorError> {
-        let removed = self.retired.read().map(|r| r.removed.clone()).unwrap_or_default();
+        let removed = self
+            .retired
+            .read()
+            .map(|r| r.removed.clone())
+            .unwrap_or_default();
         let mut found = std::collections::BTreeMap::new();
         for record in self.fat.records() {
             for piece in record?.pieces {
@@ -130,7 +137,12 @@ impl Vendor {
                 portions.push((record.tenant, record.portion));
             }
         }
-        let mut free: Vec<u64> = self.capacities().await.iter().map(|c| c.free_bytes).collect();
+        let mut free: Vec<u64> = self
+            .capacities()
+            .await
+            .iter()
+            .map(|c| c.free_bytes)
+            .collect();
         for (i, room) in free.iter_mut().enumerate() {
             if draining.contains(&(i as u32)) {
                 *room = 0;
@@ -165,7 +177,12 @@ impl Vendor {
         let claim = match budget {
             0 => None,
             _ => self
-                .claim(tenant, portion, ClaimKind::Other, self.limits().claim_wait())
+                .claim(
+                    tenant,
+                    portion,
+                    ClaimKind::Other,
+                    self.limits().claim_wait(),
+                )
                 .await
                 .ok(),
         };
