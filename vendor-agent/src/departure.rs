@@ -367,16 +367,13 @@ pub async fn purge(config: &VendorConfig) -> anyhow::Result<Purged> {
     for record in fat.records() {
         let record = record?;
         for piece in &record.pieces {
+            // A removed slot's store deletes nothing and answers success.
             let store = stores.get(piece.store as usize).with_context(|| {
                 format!(
                     "the local FAT places piece {} on store {}, which the config does not list",
                     piece.id, piece.store
                 )
             })?;
-            if let Store::Gone(kind) = Store::of(config, piece.store as usize) {
-                tracing::warn!(piece = %piece.id, store = piece.store, kind, "piece on a removed store left alone");
-                continue;
-            }
             store
                 .delete(&piece.id)
                 .await
@@ -398,22 +395,6 @@ pub async fn purge(config: &VendorConfig) -> anyhow::Result<Purged> {
         bytes,
         statement_file: statement_file.display().to_string(),
     })
-}
-
-/// Whether a config's store slot still has a store.
-enum Store {
-    Present,
-    Gone(&'static str),
-}
-
-impl Store {
-    fn of(config: &VendorConfig, index: usize) -> Store {
-        match config.stores.get(index) {
-            Some(s) if s.is_removed() => Store::Gone("removed"),
-            Some(_) => Store::Present,
-            None => Store::Gone("missing"),
-        }
-    }
 }
 
 /// One store as `offsite-vendor stores` prints it.
