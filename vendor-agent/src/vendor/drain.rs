@@ -256,3 +256,104 @@ impl Vendor {
         drop(claim);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use offsite_proto::signing::VendorKey;
+    use offsite_proto::{Hash, PortionId, TenantId, VendorId};
+
+    use super::{DrainRound, Retired};
+    use crate::local_fat::{LocalFat, PieceRecord, PortionRecord};
+    use crate::store::{random_piece_id, LocalStore, PieceStore};
+    use crate::vendor::Vendor;
+
+    /// A vendor with a draining local store holding one portion of two
+    /// 1000-byte pieces, and a second local store of `room` bytes.
+    async fn draining_vendor(room: u64) -> (Arc<Vendor>, PortionRecord, Vec<tempfile::TempDir>) {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let first = LocalStore::open(dirs[0].path(), None, 0.0).unwrap();
+        let second = LocalStore::open(dirs[1].path(), Some(room), 0.0).unwrap();
+        let mut pieces = Vec::new();
+        for fill in [1u8, 2] {
+            let data = Bytes::from(vec![fill; 1000]);
+            let piece = PieceRecord {
+                id: random_piece_id(),
+                store: 0,
+                size: 1000,
+                hash: Hash::of(&data),
+            };
+            first.put(&piece.id, data, &piece.hash).await.unwrap();
+            pieces.push(piece);
+        }
+        let record = PortionRecord {
+            tenant: TenantId::new("t").unwrap(),
+            portion: PortionId::random(),
+            hash: Hash::of(b"whole"),
+            size: 2000,
+            piece_size: 1000,
+            pieces,
+        };
+        let fat = LocalFat::open(dirs[2].path()).unwrap();
+        fat.insert(&record).await.unwrap();
+        let vendor = Arc::new(Vendor::new(
+            VendorId::new("v1").unwrap(),
+            vec![Arc::new(first), Arc::new(second)],
+            fat,
+            crate::testing::throwaway_credentials("v1"),
+            VendorKey::from_secret(&[1; 32]),
+        ));
+        vendor.set_retired(Retired {
+            draining: BTreeSet::from([0]),
+            removed: BTreeSet::new(),
+        });
+        (vendor, record, dirs)
+    }
+
+    #[tokio::test]
+    async fn a_draining_stores_pieces_move_to_a_store_with_room_and_stay_readable() {
+        let (vendor, record, _dirs) = draining_vendor(1 << 20).await;
+        let round = vendor.drain_round(64).await.unwrap();
+        assert_eq!((round.moved_pieces, round.moved_bytes), (2, 2000));
+        assert_eq!((round.left_pieces, round.stuck_bytes), (0, 0));
+        let moved = vendor
+            .fat
+            .get(&record.tenant, &record.portion)
+            .unwrap()
+            .unwrap();
+        assert!(moved.pieces.iter().all(|p| p.store == 1));
+        for (old, new) in record.pieces.iter().zip(&moved.pieces) {
+            assert_eq!(new.hash, old.hash);
+            vendor.stores[1].get(&new.id, &new.hash).await.unwrap();
+            assert!(vendor.stores[0].get(&old.id, &old.hash).await.is_err());
+        }
+        let usage = vendor.store_usage().await.unwrap();
+        assert_eq!((usage[0].state, usage[0].pieces), ("draining", 0));
+        assert_eq!(
+            (usage[1].state, usage[1].pieces, usage[1].bytes),
+            ("serving", 2, 2000)
+        );
+        assert_eq!(vendor.drain_round(64).await.unwrap(), DrainRound::default());
+    }
+
+    #[tokio::test]
+    async fn what_finds_no_room_is_counted_as_stuck_and_a_round_is_bounded() {
+        let (vendor, _, _dirs) = draining_vendor(1500).await;
+        let round = vendor.drain_round(64).await.unwrap();
+        assert_eq!(round.moved_pieces, 1, "{round:?}");
+        assert_eq!(
+            (round.left_pieces, round.stuck_bytes),
+            (1, 1000),
+            "{round:?}"
+        );
+        let (vendor, _, _dirs) = draining_vendor(1 << 20).await;
+        let round = vendor.drain_round(1).await.unwrap();
+        assert_eq!(
+            (round.moved_pieces, round.left_pieces, round.stuck_bytes),
+            (1, 1, 0)
+        );
+    }
+}
