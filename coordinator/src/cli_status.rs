@@ -36,6 +36,52 @@ struct VendorRow<'a> {
     last_audit_failure: &'a str,
     bad_copies: u64,
     copies_reported_bad: u64,
+    /// "none", "exiting" or "exited".
+    exit_state: &'static str,
+    exit: Option<ExitJson>,
+    /// "none", "relieving" or "relieved".
+    relief_state: &'static str,
+    relief: Option<ReliefJson>,
+}
+
+#[derive(Serialize)]
+struct ExitJson {
+    started_unix_ms: u64,
+    completed_unix_ms: Option<u64>,
+    portions_at_start: u64,
+    bytes_at_start: u64,
+    portions_left: u64,
+    bytes_left: u64,
+    deletions_left: u64,
+}
+
+#[derive(Serialize)]
+struct ReliefJson {
+    asked_bytes: u64,
+    goal_bytes: u64,
+    started_unix_ms: u64,
+    done_unix_ms: Option<u64>,
+    bytes_left: u64,
+}
+
+fn exit_state(v: &VendorStatus) -> &'static str {
+    match &v.exit {
+        None => "none",
+        Some(e) if e.completed_unix_ms == 0 => "exiting",
+        Some(_) => "exited",
+    }
+}
+
+fn relief_state(v: &VendorStatus) -> &'static str {
+    match &v.relief {
+        None => "none",
+        Some(r) if r.done_unix_ms == 0 => "relieving",
+        Some(_) => "relieved",
+    }
+}
+
+fn nonzero(at: u64) -> Option<u64> {
+    (at != 0).then_some(at)
 }
 
 impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
@@ -61,6 +107,24 @@ impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
             last_audit_failure: &v.last_audit_failure,
             bad_copies: v.bad_copies,
             copies_reported_bad: v.copies_reported_bad,
+            exit_state: exit_state(v),
+            exit: v.exit.as_ref().map(|e| ExitJson {
+                started_unix_ms: e.started_unix_ms,
+                completed_unix_ms: nonzero(e.completed_unix_ms),
+                portions_at_start: e.portions_at_start,
+                bytes_at_start: e.bytes_at_start,
+                portions_left: e.portions_left,
+                bytes_left: e.bytes_left,
+                deletions_left: e.deletions_left,
+            }),
+            relief_state: relief_state(v),
+            relief: v.relief.as_ref().map(|r| ReliefJson {
+                asked_bytes: r.asked_bytes,
+                goal_bytes: r.goal_bytes,
+                started_unix_ms: r.started_unix_ms,
+                done_unix_ms: nonzero(r.done_unix_ms),
+                bytes_left: r.bytes_left,
+            }),
         }
     }
 }
@@ -303,6 +367,9 @@ fn table(status: &MarketplaceStatusResponse) -> String {
             v.bad_copies
         ));
     }
+    for v in &status.vendors {
+        out.push_str(&departure_line(v));
+    }
     out.push_str(&format!(
         "{} vendors, {} open reservations, {} portions, {} snapshots, {} pending deletions, \
          {} open repairs\n",
@@ -313,5 +380,43 @@ fn table(status: &MarketplaceStatusResponse) -> String {
         status.pending_deletions,
         status.open_repairs
     ));
+    out
+}
+
+/// What a vendor's exit and relief are at, one line each (nothing when it
+/// asked for neither).
+fn departure_line(v: &VendorStatus) -> String {
+    let mut out = String::new();
+    if let Some(e) = &v.exit {
+        out.push_str(&match e.completed_unix_ms {
+            0 => format!(
+                "vendor {} exiting since {} (Unix ms): {} of {} portions ({} of {} bytes) left, \
+                 {} deletions owed\n",
+                v.vendor_id,
+                e.started_unix_ms,
+                e.portions_left,
+                e.portions_at_start,
+                e.bytes_left,
+                e.bytes_at_start,
+                e.deletions_left
+            ),
+            at => format!(
+                "vendor {} exited at {at} (Unix ms): it holds nothing the FAT needs\n",
+                v.vendor_id
+            ),
+        });
+    }
+    if let Some(r) = &v.relief {
+        out.push_str(&match r.done_unix_ms {
+            0 => format!(
+                "vendor {} burst relief of {} bytes since {} (Unix ms): {} bytes left to move\n",
+                v.vendor_id, r.asked_bytes, r.started_unix_ms, r.bytes_left
+            ),
+            at => format!(
+                "vendor {} burst relief of {} bytes done at {at} (Unix ms)\n",
+                v.vendor_id, r.asked_bytes
+            ),
+        });
+    }
     out
 }

@@ -33,8 +33,8 @@ use crate::config::{ConfigError, CoordinatorConfig};
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 use crate::bad_copy_audit::BadCopyAuditor;
 use crate::fat::{
-    CollectReservations, Command, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy, SetMarketFee,
-    UpdateLiveness,
+    CollectReservations, Command, Departure, LivenessPolicy, Outcome, PlanRepairs, RepairPolicy,
+    SetMarketFee, UpdateLiveness,
 };
 use crate::raft::{RaftService, RaftStore, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{grants, AdminService, FatService, FatServiceConfig, RegistryService};
@@ -250,6 +250,7 @@ async fn sweep<S: FatStore>(store: Arc<S>, policy: Sweep) {
         expire_leases(&*store).await;
         collect_reservations(&*store, collect_after_ms).await;
         update_liveness(&*store, liveness).await;
+        settle_departures(&*store).await;
         plan_repairs(&*store, repair).await;
         set_market_fee(&*store, fee_ppm).await;
     }
@@ -271,6 +272,31 @@ async fn set_market_fee<S: FatStore>(store: &S, fee_ppm: u32) {
         ),
         Err(e) => {
             tracing::warn!(error = %e, "could not set the marketplace's fee; trying again at the next sweep")
+        }
+    }
+}
+
+/// Completes the exits and burst reliefs whose vendors the FAT needs no
+/// more of (exits) or that hold no more than asked (reliefs).
+async fn settle_departures<S: FatStore>(store: &S) {
+    if !store.read_local(|fat| fat.settle_due()) {
+        return;
+    }
+    let command = Command::Departure(Departure::Settle {
+        now_unix_ms: now_unix_ms(),
+    });
+    match store.propose(command).await {
+        Ok(Outcome::Settled(settled)) => {
+            for vendor in settled.exits {
+                tracing::info!(%vendor, "exit completed: the vendor holds nothing the FAT needs");
+            }
+            for vendor in settled.reliefs {
+                tracing::info!(%vendor, "burst relief done: the vendor holds no more than asked");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not settle exits and reliefs; trying again at the next sweep")
         }
     }
 }

@@ -17,6 +17,7 @@
 pub mod audit;
 mod bad_copy;
 pub mod clock;
+pub mod exit_statement;
 mod fat;
 mod ids;
 pub mod limits;

@@ -166,6 +166,15 @@ impl GroupKey {
         self.signing.verifying_key().to_bytes()
     }
 
+    /// Signs `context ++ bytes` (another statement of the group, such as
+    /// an exit statement; `context` keeps it apart from grants).
+    pub(crate) fn sign_message(&self, context: &[u8], bytes: &[u8]) -> Vec<u8> {
+        self.signing
+            .sign(&[context, bytes].concat())
+            .to_bytes()
+            .to_vec()
+    }
+
     /// Signs `body` into a grant.
     pub fn grant(&self, body: &GrantBody) -> Grant {
         let bytes = encode(body);
@@ -211,6 +220,24 @@ impl GrantVerifier {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Whether group key `key_id` signed `context ++ bytes`.
+    pub(crate) fn verify_message(
+        &self,
+        key_id: u32,
+        context: &[u8],
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        let key = self
+            .keys
+            .get(&key_id)
+            .ok_or(SignatureError::UnknownKey(key_id))?;
+        let signature =
+            Signature::from_slice(signature).map_err(|_| SignatureError::BadGrantSignature)?;
+        key.verify(&[context, bytes].concat(), &signature)
+            .map_err(|_| SignatureError::BadGrantSignature)
     }
 
     /// The body of `grant` if a known key signed it and it has not expired.

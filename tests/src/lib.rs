@@ -37,7 +37,8 @@ pub use configs::{
     write_toml, ClientConfig, CoordinatorConfig, MemberConfig, NasConfig, StoreConfig, VendorConfig,
 };
 pub use devnet::{
-    Devnet, DevnetOptions, VendorWaits, FAST_SCRUB_PERIOD_SECS, HUNG_CLIENT_STALL_SECS,
+    vendor_command, Devnet, DevnetOptions, VendorWaits, FAST_SCRUB_PERIOD_SECS,
+    HUNG_CLIENT_STALL_SECS, VENDOR_CLI_TIMEOUT,
 };
 pub use nas::{NasDevice, NAS_NAME, NAS_VENDOR};
 pub use ports::free_addr;

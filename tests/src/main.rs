@@ -53,6 +53,19 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Run an `offsite-vendor` command as devnet vendor N's operator, with
+    /// the vendor.toml the devnet wrote: `vendor --dir D --vendor 2 exit --wait`.
+    Vendor {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The vendor, 1 to the number of vendors (vendor-N).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        vendor: u64,
+        /// The `offsite-vendor` subcommand (exit, relieve, status, stores,
+        /// earnings) and its arguments; `--config` is added.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Start a devnet, back up a tree, restore it and compare byte for byte.
     Demo {
         /// Devnet directory (default: a fresh temporary directory).
@@ -128,6 +141,7 @@ fn main() -> ExitCode {
         Command::Up { dir, shape, detach } => up(&dir, &shape, detach),
         Command::Status { dir, json } => status(&dir, json),
         Command::Down { dir } => down(&dir).map(|()| true),
+        Command::Vendor { dir, vendor, args } => vendor_cli(&dir, vendor, &args),
         Command::Demo {
             dir,
             source,
@@ -208,6 +222,30 @@ fn load_state(dir: &Path) -> Result<DevnetState> {
             dir.display()
         ),
     }
+}
+
+/// Runs `offsite-vendor ARGS[0] --config VENDOR.toml ARGS[1..]`, passing
+/// its output through; false when it failed.
+fn vendor_cli(dir: &Path, vendor: u64, args: &[std::ffi::OsString]) -> Result<bool> {
+    let state = load_state(dir)?;
+    let count = state.vendors.len();
+    let index = usize::try_from(vendor - 1).unwrap_or(usize::MAX);
+    let Some(node) = state.vendors.get(index) else {
+        anyhow::bail!(
+            "--vendor {vendor}: the devnet in {} has vendors 1 to {count}",
+            dir.display()
+        );
+    };
+    let (subcommand, rest) = args
+        .split_first()
+        .context("name the offsite-vendor subcommand, e.g. `status`")?;
+    let subcommand = subcommand
+        .to_str()
+        .context("the offsite-vendor subcommand is not UTF-8")?;
+    let status = offsite_tests::vendor_command(&node.agent.config, subcommand, rest)?
+        .status()
+        .context("cannot run offsite-vendor")?;
+    Ok(status.success())
 }
 
 fn status(dir: &Path, json: bool) -> Result<bool> {

@@ -2,6 +2,7 @@
 //! plus the registration loop and the scrub. `main.rs` and the tests start
 //! it from here.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,24 +10,28 @@ use std::time::Duration;
 
 use offsite_identity::{Credentials, Role, TlsError};
 use offsite_proto::limits::{MAX_MESSAGE_BYTES, MAX_STREAM_MESSAGE_BYTES};
+use offsite_proto::pb::vendor::vendor_admin_server::VendorAdminServer;
 use offsite_proto::pb::vendor::vendor_server::VendorServer;
 use offsite_proto::VendorId;
 use tokio::net::TcpListener;
 
 use offsite_identity::config::Invalid;
 
-use crate::config::{ConfigError, VendorConfig};
+use crate::config::{ConfigError, StoreConfig, VendorConfig};
+use crate::draining;
 use crate::identity_key::{self, IdentityKeyError};
 use crate::local_fat::{LocalFat, LocalFatError};
 use crate::registration::{self, Registration};
-use crate::service::VendorService;
+use crate::service::{AdminService, VendorService};
 use crate::store::{open_stores, PieceStore, StoreError};
-use crate::vendor::{Limits, Vendor};
+use crate::vendor::{Limits, Retired, Vendor};
 
 /// The longest one call to a vendor may take: a store of the largest
 /// portion from a slow sender (its frames are bounded by the idle timeout
 /// too); see `offsite_identity::server` for the other limits.
 const VENDOR_CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The vendor admin calls carry no payload.
+const MAX_ADMIN_REQUEST_BYTES: usize = 4096;
 
 /// Why the vendor agent cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,10 @@ pub enum AgentError {
     },
     #[error("no stores; configure at least one [[stores]]")]
     NoStores,
+    #[error("the local FAT still places {pieces} pieces on store #{index}, which the config marks kind = \"removed\"; put the store back with drain = true and wait until `offsite-vendor stores` shows it empty")]
+    PiecesOnRemovedStore { index: u32, pieces: u64 },
+    #[error("cannot read the local FAT: {0}")]
+    Vendor(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -56,6 +65,15 @@ pub enum AgentError {
         certificate: String,
         configured: String,
     },
+}
+
+/// The config indexes of the stores that `pick` selects.
+fn indexes(config: &VendorConfig, pick: fn(&StoreConfig) -> bool) -> BTreeSet<u32> {
+    (0u32..)
+        .zip(&config.stores)
+        .filter(|(_, s)| pick(s))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// A vendor agent: stores, local FAT and service, ready to serve.
@@ -78,6 +96,21 @@ impl VendorAgent {
         }
         let stores = open_stores(config, &credentials)?;
         let agent = Self::new(config.vendor()?, stores, &config.data_dir, credentials)?;
+        let retired = Retired {
+            draining: indexes(config, StoreConfig::draining),
+            removed: indexes(config, StoreConfig::is_removed),
+        };
+        agent.vendor.set_retired(retired);
+        let on_removed = agent
+            .vendor
+            .pieces_on_removed()
+            .map_err(|e| AgentError::Vendor(e.to_string()))?;
+        if let Some((index, pieces)) = on_removed.first() {
+            return Err(AgentError::PiecesOnRemovedStore {
+                index: *index,
+                pieces: *pieces,
+            });
+        }
         Ok(agent.with_limits(config.limits()))
     }
 
@@ -121,10 +154,14 @@ impl VendorAgent {
         let service = VendorServer::new(VendorService::new(Arc::clone(&self.vendor)))
             .max_decoding_message_size(MAX_STREAM_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin = VendorAdminServer::new(AdminService::new(Arc::clone(&self.vendor)))
+            .max_decoding_message_size(MAX_ADMIN_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         tracing::info!(vendor = %self.vendor.id(), address = ?listener.local_addr().ok(), "vendor agent serving over mutual TLS");
         offsite_identity::server::server(VENDOR_CALL_TIMEOUT)
             .tls_config(self.vendor.credentials().server_tls())?
             .add_service(service)
+            .add_service(admin)
             .serve_with_incoming_shutdown(offsite_identity::incoming(listener), shutdown)
             .await
     }
@@ -143,7 +180,16 @@ impl VendorAgent {
             coordinators: config.coordinators.clone(),
             report_interval: Duration::from_secs(config.report_interval_secs),
         };
-        registration::run(Arc::clone(&self.vendor), registration)
+        let drain = draining::run(
+            Arc::clone(&self.vendor),
+            config.coordinators.clone(),
+            Duration::from_secs(config.report_interval_secs),
+        );
+        let reports = registration::run(Arc::clone(&self.vendor), registration);
+        async move {
+            // Draining ends when the stores are empty; reporting never does.
+            tokio::join!(drain, reports);
+        }
     }
 
     /// Reconciles with the coordinator group and collects garbage forever

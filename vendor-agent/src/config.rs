@@ -107,7 +107,11 @@ pub struct VendorConfig {
     pub tls: TlsConfig,
 }
 
-/// One store of pieces.
+/// One store of pieces. Its place in `[[stores]]` is its index in the
+/// local FAT, so a store is taken out of service in two steps, never by
+/// deleting its entry: `drain = true` (its pieces move to the other stores,
+/// or through burst relief to other vendors), then, once `offsite-vendor
+/// stores` shows it holds nothing, `kind = "removed"` in its place.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
@@ -119,6 +123,9 @@ pub enum StoreConfig {
         /// filesystem allows after `keep_free_share`.
         #[serde(default)]
         cap_bytes: Option<u64>,
+        /// Being emptied: no new pieces, its pieces move elsewhere.
+        #[serde(default)]
+        drain: bool,
     },
     /// An `offsite-nas` device on the vendor's network.
     Nas {
@@ -127,7 +134,28 @@ pub enum StoreConfig {
         /// The device's name in its certificate (`pki issue --role nas
         /// --name NAME`); the vendor accepts no other device at `address`.
         name: String,
+        /// Being emptied: no new pieces, its pieces move elsewhere.
+        #[serde(default)]
+        drain: bool,
     },
+    /// A store that was drained and taken away; it keeps the place (the
+    /// index) of the stores after it.
+    Removed,
+}
+
+impl StoreConfig {
+    /// Whether this store is being emptied.
+    pub fn draining(&self) -> bool {
+        match self {
+            StoreConfig::Local { drain, .. } | StoreConfig::Nas { drain, .. } => *drain,
+            StoreConfig::Removed => false,
+        }
+    }
+
+    /// Whether this slot no longer has a store.
+    pub fn is_removed(&self) -> bool {
+        matches!(self, StoreConfig::Removed)
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -361,10 +389,25 @@ impl VendorConfig {
             ));
         }
         let mut seen = HashSet::new();
+        let serving = self
+            .stores
+            .iter()
+            .filter(|s| !s.is_removed() && !s.draining())
+            .count();
+        if serving == 0 {
+            return Err(invalid(
+                "stores",
+                "has no store that takes pieces (every one is drained or removed); keep at least \
+                 one without drain = true, or exit the marketplace (`offsite-vendor exit`)",
+            ));
+        }
         for (i, store) in self.stores.iter().enumerate() {
             let field = format!("stores[{i}]");
             let key = match store {
-                StoreConfig::Local { path, cap_bytes } => {
+                StoreConfig::Removed => continue,
+                StoreConfig::Local {
+                    path, cap_bytes, ..
+                } => {
                     if path.as_os_str().is_empty() {
                         return Err(invalid(field, "has an empty path"));
                     }
@@ -373,7 +416,7 @@ impl VendorConfig {
                     }
                     format!("local:{}", path.display())
                 }
-                StoreConfig::Nas { address, name } => {
+                StoreConfig::Nas { address, name, .. } => {
                     check_address(&field, address)?;
                     offsite_identity::check_name(name)
                         .map_err(|problem| invalid(format!("{field}.name"), problem))?;
@@ -469,10 +512,34 @@ cap_bytes = 1073741824
             config.stores[1],
             StoreConfig::Local {
                 path: "/srv/offsite-local".into(),
-                cap_bytes: Some(1 << 30)
+                cap_bytes: Some(1 << 30),
+                drain: false,
             }
         );
         assert_eq!(config.advertised_address(), "127.0.0.1:7101");
+    }
+
+    /// A store is drained, then removed in place, so the stores after it
+    /// keep their index; at least one store must still take pieces.
+    #[test]
+    fn a_store_is_drained_then_removed_in_place() {
+        let drained = EXAMPLE.replace("name = \"nas-1\"", "name = \"nas-1\"\ndrain = true");
+        let config = parse(&drained);
+        config.validate().unwrap();
+        assert!(config.stores[0].draining() && !config.stores[1].draining());
+        let removed = EXAMPLE.replace(
+            "kind = \"nas\"\naddress = \"127.0.0.1:7201\"\nname = \"nas-1\"",
+            "kind = \"removed\"",
+        );
+        let config = parse(&removed);
+        config.validate().unwrap();
+        assert!(config.stores[0].is_removed());
+        let none_left = removed.replace(
+            "cap_bytes = 1073741824",
+            "cap_bytes = 1073741824\ndrain = true",
+        );
+        let err = parse(&none_left).validate().unwrap_err().to_string();
+        assert!(err.contains("no store that takes pieces"), "{err}");
     }
 
     #[test]

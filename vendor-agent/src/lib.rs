@@ -22,6 +22,8 @@
 
 mod agent;
 mod config;
+pub mod departure;
+mod draining;
 pub mod earnings;
 pub mod identity_key;
 mod local_fat;
@@ -37,4 +39,4 @@ pub use config::{ConfigError, StoreConfig, VendorConfig};
 pub use local_fat::{LocalFat, LocalFatError, PieceRecord, PortionRecord};
 pub use reconcile::Collected;
 pub use store::{LocalStore, NasStore, NasTimeouts, PieceStore, StoreCapacity, StoreError};
-pub use vendor::{Limits, ScrubPolicy};
+pub use vendor::{Limits, Retired, ScrubPolicy, StoreUsage};

@@ -202,6 +202,11 @@ impl LocalFat {
         }
     }
 
+    /// Where the local FAT lives on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Bytes of portions held, over all tenants.
     pub fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)

@@ -66,6 +66,27 @@ impl VendorRegistry for Recorder {
     ) -> Result<Response<offsite_proto::pb::coordinator::ReconcileResponse>, Status> {
         Err(Status::unimplemented("this recorder keeps no FAT"))
     }
+
+    async fn exit(
+        &self,
+        _request: Request<offsite_proto::pb::coordinator::ExitRequest>,
+    ) -> Result<Response<offsite_proto::pb::coordinator::DepartureStatusResponse>, Status> {
+        Err(Status::unimplemented("this recorder keeps no exits"))
+    }
+
+    async fn relieve(
+        &self,
+        _request: Request<offsite_proto::pb::coordinator::RelieveRequest>,
+    ) -> Result<Response<offsite_proto::pb::coordinator::DepartureStatusResponse>, Status> {
+        Err(Status::unimplemented("this recorder keeps no reliefs"))
+    }
+
+    async fn departure_status(
+        &self,
+        _request: Request<offsite_proto::pb::coordinator::DepartureStatusRequest>,
+    ) -> Result<Response<offsite_proto::pb::coordinator::DepartureStatusResponse>, Status> {
+        Err(Status::unimplemented("this recorder keeps no exits"))
+    }
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {

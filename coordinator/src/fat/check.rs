@@ -20,8 +20,10 @@ impl Fat {
         match command {
             Command::RegisterVendor(r) => {
                 check_region(&r.region)?;
-                check_identity_key(&r.vendor.id, &r.identity_key)
+                check_identity_key(&r.vendor.id, &r.identity_key)?;
+                self.check_not_exited(&r.vendor.id)
             }
+            Command::Departure(d) => self.check_departure(d),
             Command::ReportCapacity(r) => self.check_reporting_vendor(&r.vendor),
             Command::Reserve(r) => self.check_reserve(r).map(drop),
             // A new commit takes only receipts that name its reservation.

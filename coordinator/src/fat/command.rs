@@ -10,8 +10,8 @@ use offsite_proto::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FinishRepairs, GrantSecret, Liveness, MarkBadCopies, PlanRepairs, Prices, RecordAudits,
-    TenantLimits,
+    Departure, DepartureStatus, FinishRepairs, GrantSecret, Liveness, MarkBadCopies, PlanRepairs,
+    Prices, RecordAudits, Settled, TenantLimits,
 };
 
 /// One change to the FAT.
@@ -63,6 +63,9 @@ pub enum Command {
     /// Copies found bad: by their vendor's scrub, or by a failed audit
     /// after a tenant reported them (format version 9).
     MarkBadCopies(MarkBadCopies),
+    /// A vendor's exit or burst relief, or the leader settling them
+    /// (format version 9).
+    Departure(Departure),
 }
 
 impl Command {
@@ -92,6 +95,7 @@ impl Command {
             Command::RecordAudits(_) => "record-audits",
             Command::CollectReservations(_) => "collect-reservations",
             Command::MarkBadCopies(_) => "mark-bad-copies",
+            Command::Departure(_) => "departure",
         }
     }
 
@@ -130,6 +134,7 @@ impl Command {
             Command::RecordAudits(c) => c.now_unix_ms = now_unix_ms,
             Command::CollectReservations(c) => c.now_unix_ms = now_unix_ms,
             Command::MarkBadCopies(c) => c.now_unix_ms = now_unix_ms,
+            Command::Departure(c) => c.restamp(now_unix_ms),
         }
     }
 }
@@ -400,6 +405,10 @@ pub enum Outcome {
     BadCopiesMarked {
         marked: u64,
     },
+    /// The vendor's exit and relief after a departure command.
+    Departure(DepartureStatus),
+    /// The exits and reliefs the leader's `Settle` completed.
+    Settled(Settled),
 }
 
 /// The provisional FAT handed to the client.

@@ -65,6 +65,8 @@ enum Op {
     Egress(usize, usize, u64, u64, u64, u64),
     /// A copy marked bad, by its vendor (false) or a failed audit (true).
     Bad(usize, usize, u64, u64, bool),
+    /// 0 start an exit, 1 cancel it, 2 relieve, 3 settle.
+    Depart(usize, usize, u64, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -120,10 +122,12 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(t, q, c, o, now)| Op::Limits(t, q, c, o, now)),
         1 => (extreme_u32(), extreme()).prop_map(|(p, now)| Op::Close(p, now)),
-        2 => (v, any::<usize>(), extreme(), extreme(), extreme(), extreme())
+        2 => (v.clone(), any::<usize>(), extreme(), extreme(), extreme(), extreme())
             .prop_map(|(v, p, max, bytes, expires, now)| Op::Egress(v, p, max, bytes, expires, now)),
         2 => (0..VENDORS.len(), any::<usize>(), extreme(), extreme(), any::<bool>())
             .prop_map(|(v, p, offset, now, audit)| Op::Bad(v, p, offset, now, audit)),
+        2 => (v, 0usize..4, extreme(), extreme())
+            .prop_map(|(v, kind, bytes, now)| Op::Depart(v, kind, bytes, now)),
     ]
 }
 
@@ -363,6 +367,25 @@ impl Harness {
                         bytes,
                     }],
                     now_unix_ms: now,
+                })
+            }
+            Op::Depart(v, kind, bytes, now) => {
+                let vendor = vid(VENDORS[v]);
+                Command::Departure(match kind {
+                    0 => Departure::StartExit {
+                        vendor,
+                        now_unix_ms: now,
+                    },
+                    1 => Departure::CancelExit {
+                        vendor,
+                        now_unix_ms: now,
+                    },
+                    2 => Departure::Relieve {
+                        vendor,
+                        bytes,
+                        now_unix_ms: now,
+                    },
+                    _ => Departure::Settle { now_unix_ms: now },
                 })
             }
         })

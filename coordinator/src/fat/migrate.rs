@@ -1,8 +1,9 @@
 //! Reading a FAT snapshot written by the format versions before ours.
 //!
-//! Version 8 had no bad copies: its FAT is read as [`FatV8`] with none
-//! (a copy found bad before is found again by its vendor's scrub or an
-//! audit); version 9 also appended the `Collected` reservation state, which
+//! Version 8 had no bad copies and no departures (exits and burst
+//! reliefs): its FAT is read as [`FatV8`] with none (a copy found bad
+//! before is found again by its vendor's scrub or an audit; no vendor is
+//! exiting or being relieved); version 9 also appended the `Collected` reservation state, which
 //! a version 8 FAT never holds. Version 7 had no reputation: its FAT is read as [`FatV7`] and every
 //! vendor starts with an empty audit record. Version 6 had no ledger either. Its FAT is read with the layout it was written
 //! in ([`FatV6`], the same fields without `ledger`) and every copy it holds
@@ -79,6 +80,7 @@ impl From<FatV6> for Fat {
             ledger,
             reputation: BTreeMap::new(),
             bad_copies: BadCopies::default(),
+            departures: Default::default(),
         }
     }
 }
@@ -116,6 +118,7 @@ impl From<FatV7> for Fat {
             ledger: v7.ledger,
             reputation: BTreeMap::new(),
             bad_copies: BadCopies::default(),
+            departures: Default::default(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl From<FatV8> for Fat {
             ledger: v8.ledger,
             reputation: v8.reputation,
             bad_copies: BadCopies::default(),
+            departures: Default::default(),
         }
     }
 }
@@ -280,7 +284,9 @@ mod tests {
         };
         let mut bytes = vec![PREVIOUS_FORMAT_VERSION];
         postcard::to_io(&v8, &mut bytes).unwrap();
-        assert_eq!(decode_snapshot(&bytes).unwrap(), fat);
+        let read = decode_snapshot(&bytes).unwrap();
+        assert_eq!(read, fat);
+        assert_eq!(read.departures, Default::default());
 
         let holder = fat.portions[&crate::fat::tests::tid("acme")][&ids[0]].vendors[0].clone();
         crate::fat::bad_copy_tests::self_report(&mut fat, &holder, "acme", ids[0], 2);

@@ -18,6 +18,7 @@ mod catalog;
 mod check;
 mod command;
 mod deletions;
+mod departures;
 mod error;
 mod gc;
 mod grant_keys;
@@ -33,6 +34,8 @@ mod vendors;
 mod bad_copy_tests;
 #[cfg(test)]
 mod deletion_tests;
+#[cfg(test)]
+mod departure_tests;
 #[cfg(test)]
 mod extreme_proptests;
 #[cfg(test)]
@@ -70,6 +73,7 @@ pub use command::{
     ReservationView, Reserve, RewriteSnapshots, ServedFetch, SetMarketFee, SetTenantLimits,
     SetVendorPrices, StoreTenantKey, UpdateLiveness,
 };
+pub use departures::{Departure, DepartureStatus, ExitProgress, ReliefProgress, Settled};
 pub use error::FatError;
 pub use gc::{Reconciled, MAX_COLLECT_PER_COMMAND};
 pub use grant_keys::{GrantKeyInfo, GrantSecret, KEPT_GRANT_KEYS};
@@ -120,6 +124,8 @@ pub struct Fat {
     reputation: BTreeMap<VendorId, audits::Reputation>,
     /// Copies found bad, until a repair replaces them (format version 9).
     bad_copies: bad_copies::BadCopies,
+    /// Vendors' exits and burst reliefs (format version 9).
+    departures: departures::Departures,
 }
 
 /// Counts for the marketplace status.
@@ -162,6 +168,7 @@ impl Fat {
             Command::RecordAudits(c) => self.record_audits(c),
             Command::CollectReservations(c) => Ok(self.collect_reservations(c)),
             Command::MarkBadCopies(c) => self.mark_bad_copies(c),
+            Command::Departure(c) => self.depart(c),
         }
     }
 

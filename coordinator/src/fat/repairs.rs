@@ -95,28 +95,70 @@ pub struct CopyOrder {
 
 impl Fat {
     /// Whether `vendor`'s copies should move elsewhere at `now_unix_ms`.
-    /// A disqualified vendor's copies all move, whatever its liveness.
+    /// A disqualified or exiting vendor's copies all move, whatever its
+    /// liveness; a relieved one's move at once, down to its goal.
     fn leaving(&self, vendor: &VendorId, now_unix_ms: u64, policy: &RepairPolicy) -> bool {
-        if self.disqualified(vendor) {
+        if self.disqualified(vendor) || self.exiting(vendor) {
+            return true;
+        }
+        if self
+            .relief_goal(vendor)
+            .is_some_and(|goal| self.committed_on(vendor) > goal)
+        {
             return true;
         }
         self.vendors.get(vendor).is_none_or(|v| match v.liveness {
             Liveness::Down => {
                 now_unix_ms.saturating_sub(v.liveness_since_unix_ms) >= policy.replace_after_ms
             }
-            Liveness::Up => {
-                v.reported_offered < self.committed_on(vendor)
-                    && v.short_since_unix_ms.is_some_and(|since| {
-                        now_unix_ms.saturating_sub(since) >= policy.replace_after_ms
-                    })
-            }
+            Liveness::Up => self.short_too_long(vendor, now_unix_ms, policy),
             Liveness::Suspect => false,
         })
     }
 
+    /// Whether an up vendor has offered less than it holds for the policy's
+    /// `replace_after_ms`.
+    fn short_too_long(&self, vendor: &VendorId, now_unix_ms: u64, policy: &RepairPolicy) -> bool {
+        self.vendors.get(vendor).is_some_and(|v| {
+            v.liveness == Liveness::Up
+                && v.reported_offered < self.committed_on(vendor)
+                && v.short_since_unix_ms.is_some_and(|since| {
+                    now_unix_ms.saturating_sub(since) >= policy.replace_after_ms
+                })
+        })
+    }
+
+    /// How many bytes a leaving vendor still sheds, beyond what open repairs
+    /// move already; `None`: all it holds (down, disqualified or exiting).
+    fn to_shed(&self, vendor: &VendorId, now_unix_ms: u64, policy: &RepairPolicy) -> Option<u64> {
+        let v = self.vendors.get(vendor)?;
+        if self.disqualified(vendor) || self.exiting(vendor) {
+            return None;
+        }
+        let committed = self.committed_on(vendor);
+        let short = match self.short_too_long(vendor, now_unix_ms, policy) {
+            true => committed.saturating_sub(v.reported_offered),
+            false => 0,
+        };
+        let relief = self
+            .relief_goal(vendor)
+            .map_or(0, |goal| committed.saturating_sub(goal));
+        let down_too_long = v.liveness == Liveness::Down
+            && now_unix_ms.saturating_sub(v.liveness_since_unix_ms) >= policy.replace_after_ms;
+        if down_too_long {
+            return None;
+        }
+        let moving: u64 = self
+            .repairs
+            .values()
+            .filter(|r| &r.replaces == vendor)
+            .fold(0u64, |sum, r| sum.saturating_add(r.size));
+        Some(short.max(relief).saturating_sub(moving))
+    }
+
     /// What `vendor` holds in the catalog: its `used` without the released
     /// copies it still has to delete (those leave on their own).
-    fn committed_on(&self, vendor: &VendorId) -> u64 {
+    pub(super) fn committed_on(&self, vendor: &VendorId) -> u64 {
         let owed = self.deletions.get(vendor).map_or(0, |q| {
             q.values().fold(0u64, |sum, size| sum.saturating_add(*size))
         });
@@ -171,60 +213,61 @@ impl Fat {
             .values()
             .map(|r| (&r.tenant, r.portion))
             .collect();
-        // A vendor that offers less than it holds sheds only the excess
-        // (a disqualified one sheds everything).
+        // A vendor that offers less than it holds, or asked for relief,
+        // sheds only the excess (absent: everything).
         let mut to_shed: BTreeMap<&VendorId, u64> = leaving
             .iter()
-            .filter_map(|id| {
-                let v = self.vendors.get(*id)?;
-                (v.liveness == Liveness::Up && !self.disqualified(id)).then(|| {
-                    let moving: u64 = self
-                        .repairs
-                        .values()
-                        .filter(|r| &r.replaces == *id)
-                        .fold(0u64, |sum, r| sum.saturating_add(r.size));
-                    let excess = self.committed_on(id).saturating_sub(v.reported_offered);
-                    (*id, excess.saturating_sub(moving))
-                })
-            })
+            .filter_map(|id| Some((*id, self.to_shed(id, now_unix_ms, policy)?)))
+            .collect();
+        // Burst relief goes ahead of every other repair but bad copies.
+        let urgent: BTreeSet<&VendorId> = leaving
+            .iter()
+            .copied()
+            .filter(|id| self.relief_goal(id).is_some())
             .collect();
         let mut free: BTreeMap<&VendorId, u64> = self
             .vendors
             .iter()
             .filter(|(id, v)| {
-                v.liveness == Liveness::Up && !leaving.contains(id) && self.in_good_standing(id)
+                v.liveness == Liveness::Up && !leaving.contains(id) && self.takes_new_data(id)
             })
             .map(|(id, v)| (id, v.free()))
             .collect();
-        // Portions with a bad copy first: they are short of a copy now.
-        let bad_first = with_bad
+        // Portions with a bad copy first: they are short of a copy now;
+        // then those with a copy on a vendor asking for relief; then the
+        // rest.
+        let all = || {
+            self.portions.iter().flat_map(|(tenant, portions)| {
+                portions.iter().map(move |(p, record)| (tenant, *p, record))
+            })
+        };
+        let in_order = with_bad
             .iter()
             .filter_map(|(t, p)| {
                 let record = self.portions.get(*t)?.get(p)?;
                 Some((*t, *p, record))
             })
-            .chain(self.portions.iter().flat_map(|(tenant, portions)| {
-                portions
-                    .iter()
-                    .filter(|(p, _)| !with_bad.contains(&(tenant, **p)))
-                    .map(move |(p, record)| (tenant, *p, record))
-            }));
+            .chain(all().filter(|(_, _, record)| record.vendors.iter().any(|v| urgent.contains(v))))
+            .chain(all());
         let mut planned = Vec::new();
-        for (tenant, portion, record) in bad_first {
+        let mut chosen: BTreeSet<(&TenantId, PortionId)> = BTreeSet::new();
+        for (tenant, portion, record) in in_order {
             if planned.len() >= room {
                 return planned;
             }
-            if repairing.contains(&(tenant, portion)) {
+            if repairing.contains(&(tenant, portion)) || chosen.contains(&(tenant, portion)) {
                 continue;
             }
             // A bad copy is replaced at once; never copied from.
             let bad = self.bad_holders(tenant, portion);
-            let Some(replaces) = record.vendors.iter().find(|v| bad.contains(v)).or_else(|| {
-                record
-                    .vendors
-                    .iter()
-                    .find(|v| leaving.contains(v) && to_shed.get(v).is_none_or(|left| *left > 0))
-            }) else {
+            let sheds = |v: &&VendorId| to_shed.get(v).is_none_or(|left| *left > 0);
+            let mut copies = record.vendors.iter();
+            let Some(replaces) = copies
+                .clone()
+                .find(|v| bad.contains(v))
+                .or_else(|| copies.clone().find(|v| urgent.contains(v) && sheds(v)))
+                .or_else(|| copies.find(|v| leaving.contains(v) && sheds(v)))
+            else {
                 continue;
             };
             // After a failed try another source and target get their turn.
@@ -283,6 +326,7 @@ impl Fat {
             if let Some(left) = to_shed.get_mut(replaces) {
                 *left = left.saturating_sub(record.size);
             }
+            chosen.insert((tenant, portion));
             planned.push(PlannedRepair {
                 id: new_id(),
                 tenant: tenant.clone(),
@@ -351,7 +395,7 @@ impl Fat {
         }
         let target = self.vendors.get(&p.target).filter(|v| {
             v.liveness == Liveness::Up
-                && self.in_good_standing(&p.target)
+                && self.takes_new_data(&p.target)
                 && !record.vendors.contains(&p.target)
                 && !self.queued_for_deletion(&p.target, &p.tenant, p.portion)
         });
@@ -359,7 +403,7 @@ impl Fat {
         let taken = taken.get(&p.target).copied().unwrap_or(0);
         if target.is_none() || free.saturating_sub(taken) < record.size {
             return Err(FatError::Conflict(format!(
-                "repair target {} is not up and in good standing, already holds portion {}, or lacks {} free bytes",
+                "repair target {} is not up, in good standing and taking data (not exiting or relieved), already holds portion {}, or lacks {} free bytes",
                 p.target, p.portion, record.size
             )));
         }

@@ -192,7 +192,7 @@ impl Fat {
                     hold.vendor
                 ))
             })?;
-            let placeable = vendor.liveness == Liveness::Up && self.in_good_standing(&hold.vendor);
+            let placeable = vendor.liveness == Liveness::Up && self.takes_new_data(&hold.vendor);
             if hold.bytes > vendor.free() || !placeable {
                 return Err(self.not_enough(r));
             }

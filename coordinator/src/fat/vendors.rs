@@ -128,6 +128,8 @@ pub struct VendorStatus {
     pub reputation: super::Reputation,
     /// Its copies known bad now, and those it ever reported bad itself.
     pub bad_copies: (u64, u64),
+    /// Its exit or burst relief, if it asked for one.
+    pub departure: super::DepartureStatus,
 }
 
 /// An up vendor with free room, as placement sees it.
@@ -175,6 +177,7 @@ impl Fat {
     pub(super) fn register_vendor(&mut self, r: RegisterVendor) -> Result<Outcome, FatError> {
         check_region(&r.region)?;
         check_identity_key(&r.vendor.id, &r.identity_key)?;
+        self.check_not_exited(&r.vendor.id)?;
         let record = self
             .vendors
             .entry(r.vendor.id)
@@ -293,17 +296,23 @@ impl Fat {
                 prices: self.ledger.prices_of(id),
                 reputation: self.reputation(id),
                 bad_copies: self.bad_copy_counts(id),
+                departure: self.departure_status(id),
             })
             .collect()
+    }
+
+    /// One vendor's line of the status.
+    pub fn vendor_status(&self, id: &VendorId) -> Option<VendorStatus> {
+        self.vendor_statuses()
+            .into_iter()
+            .find(|v| &v.vendor.id == id)
     }
 
     /// Up vendors with free room: what placement chooses from.
     pub fn vendors_with_room(&self) -> Vec<VendorRoom> {
         self.vendors
             .iter()
-            .filter(|(id, v)| {
-                v.liveness == Liveness::Up && v.free() > 0 && self.in_good_standing(id)
-            })
+            .filter(|(id, v)| v.liveness == Liveness::Up && v.free() > 0 && self.takes_new_data(id))
             .map(|(id, v)| VendorRoom {
                 vendor: id.clone(),
                 region: v.region.clone(),

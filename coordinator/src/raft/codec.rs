@@ -11,10 +11,11 @@ pub const FORMAT_VERSION: u8 = 9;
 /// entries, votes, log ids and stored snapshot records have our layout (7,
 /// 8 and 9 only appended commands and outcomes), so [`decode_stored`] reads
 /// them as they are; the FAT inside a snapshot gained the ledger in 7, the
-/// vendors' reputation in 8 and the bad copies in 9, and is migrated by
-/// `fat::decode_snapshot` (9 also appended a reservation state). Version 9
-/// also signs receipts with their reservation: a peer of version 8 would
-/// refuse commits this one accepts, so the two do not talk.
+/// vendors' reputation in 8, and the bad copies and the departures (exits,
+/// reliefs) in 9, and is migrated by `fat::decode_snapshot` (9 also
+/// appended a reservation state). Version 9 also signs receipts with their
+/// reservation: a peer of version 8 would refuse commits this one accepts,
+/// so the two do not talk.
 pub const PREVIOUS_FORMAT_VERSION: u8 = 8;
 pub const OLDEST_FORMAT_VERSION: u8 = 6;
 

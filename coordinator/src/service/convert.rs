@@ -204,6 +204,8 @@ fn vendor_status(v: VendorStatus) -> pba::VendorStatus {
         recent_audit_failures: v.reputation.recent_failures(),
         standing: v.reputation.standing().as_str().into(),
         last_audit_failure: v.reputation.last_failure.clone().unwrap_or_default(),
+        exit: v.departure.exit.map(super::departures::exit_progress),
+        relief: v.departure.relief.map(super::departures::relief_progress),
         bad_copies: v.bad_copies.0,
         copies_reported_bad: v.bad_copies.1,
     }

@@ -7,6 +7,7 @@
 
 mod admin;
 mod convert;
+mod departures;
 pub(crate) mod grants;
 mod market;
 mod registry;

@@ -10,8 +10,10 @@ use offsite_proto::pb::coordinator::vendor_registry_server::VendorRegistry;
 use offsite_proto::{parse_bad_copies, BadCopy, CopyResult, VendorId};
 use tonic::{Request, Response, Status};
 
-use super::{check_same_vendor, convert, grants, market, status_of};
-use crate::fat::{BadCopyMark, Command, FinishRepairs, MarkBadCopies, Outcome, Reconciled};
+use super::{check_same_vendor, convert, departures, grants, market, status_of};
+use crate::fat::{
+    BadCopyMark, Command, Departure, FinishRepairs, MarkBadCopies, Outcome, Reconciled,
+};
 use crate::store::FatStore;
 use offsite_identity::require_vendor;
 use offsite_proto::clock::now_unix_ms;
@@ -291,5 +293,51 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
                 .map(|s| market::statement(s.only(|l| l.vendor == vendor)))
                 .collect(),
         }))
+    }
+
+    async fn exit(
+        &self,
+        request: Request<pb::ExitRequest>,
+    ) -> Result<Response<pb::DepartureStatusResponse>, Status> {
+        let vendor = require_vendor(&request)?;
+        let now_unix_ms = now_unix_ms();
+        let departure = match request.into_inner().cancel {
+            false => Departure::StartExit {
+                vendor: vendor.clone(),
+                now_unix_ms,
+            },
+            true => Departure::CancelExit {
+                vendor: vendor.clone(),
+                now_unix_ms,
+            },
+        };
+        departures::propose(&*self.store, &vendor, departure)
+            .await
+            .map(Response::new)
+    }
+
+    async fn relieve(
+        &self,
+        request: Request<pb::RelieveRequest>,
+    ) -> Result<Response<pb::DepartureStatusResponse>, Status> {
+        let vendor = require_vendor(&request)?;
+        let departure = Departure::Relieve {
+            vendor: vendor.clone(),
+            bytes: request.into_inner().bytes,
+            now_unix_ms: now_unix_ms(),
+        };
+        departures::propose(&*self.store, &vendor, departure)
+            .await
+            .map(Response::new)
+    }
+
+    async fn departure_status(
+        &self,
+        request: Request<pb::DepartureStatusRequest>,
+    ) -> Result<Response<pb::DepartureStatusResponse>, Status> {
+        let vendor = require_vendor(&request)?;
+        departures::answer(&*self.store, &vendor)
+            .await
+            .map(Response::new)
     }
 }

@@ -18,6 +18,7 @@ mod faults;
 mod network;
 mod options;
 mod start;
+mod vendor_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use anyhow::Result;
 use offsite_proto::pb::admin::MarketplaceStatusResponse;
 
 pub use options::{DevnetOptions, VendorWaits, FAST_SCRUB_PERIOD_SECS, HUNG_CLIENT_STALL_SECS};
+pub use vendor_cli::{vendor_command, VENDOR_CLI_TIMEOUT};
 
 use crate::permit::Permit;
 use crate::process::{Daemon, STOP_GRACE};

@@ -4,6 +4,7 @@
 //! calls the core, converts the answer back, and turns every error into a
 //! `tonic::Status` in one place ([`status`]).
 
+mod admin;
 mod convert;
 mod status;
 
@@ -22,6 +23,8 @@ use offsite_proto::{PortionId, TenantId};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::vendor::{Vendor, VendorError};
+
+pub(crate) use admin::AdminService;
 
 /// The tenant a call is limited to: the name of a tenant certificate, or
 /// none for another allowed role (a vendor forwarding a store).

@@ -5,6 +5,7 @@
 
 mod local;
 mod nas;
+mod retired;
 
 use offsite_identity::Credentials;
 
@@ -128,22 +129,30 @@ pub fn open_stores(
     config
         .stores
         .iter()
-        .map(|store| -> Result<Arc<dyn PieceStore>, StoreError> {
-            Ok(match store {
-                StoreConfig::Local { path, cap_bytes } => {
-                    Arc::new(LocalStore::open(path, *cap_bytes, config.keep_free_share)?)
-                }
-                StoreConfig::Nas { address, name } => {
-                    let timeouts = config.limits().nas();
-                    Arc::new(NasStore::connect_lazy(
-                        address,
-                        name,
-                        credentials,
-                        timeouts,
-                        config.keep_free_share,
-                    )?)
-                }
-            })
-        })
+        .enumerate()
+        .map(
+            |(index, store)| -> Result<Arc<dyn PieceStore>, StoreError> {
+                let opened: Arc<dyn PieceStore> = match store {
+                    StoreConfig::Local {
+                        path, cap_bytes, ..
+                    } => Arc::new(LocalStore::open(path, *cap_bytes, config.keep_free_share)?),
+                    StoreConfig::Nas { address, name, .. } => {
+                        let timeouts = config.limits().nas();
+                        Arc::new(NasStore::connect_lazy(
+                            address,
+                            name,
+                            credentials,
+                            timeouts,
+                            config.keep_free_share,
+                        )?)
+                    }
+                    StoreConfig::Removed => return Ok(Arc::new(retired::Removed::new(index))),
+                };
+                Ok(match store.draining() {
+                    true => Arc::new(retired::Draining::new(opened)),
+                    false => opened,
+                })
+            },
+        )
         .collect()
 }

@@ -15,6 +15,7 @@ mod claim;
 mod collect;
 mod copy;
 mod delete;
+mod drain;
 mod egress;
 mod error;
 mod forward;
@@ -41,6 +42,7 @@ use grants::Grants;
 
 pub(crate) use copy::Copies;
 pub(crate) use delete::DeleteRequest;
+pub use drain::{Retired, StoreUsage};
 pub(crate) use error::VendorError;
 pub(crate) use forward::RouteFailure;
 pub use limits::Limits;
@@ -74,6 +76,8 @@ pub(crate) struct Vendor {
     grants: Grants,
     /// Fetches served and not yet reported (egress).
     egress: EgressJournal,
+    /// Stores being drained (`drain = true`) or removed, by index.
+    retired: RwLock<drain::Retired>,
     /// Bad copies the scrub found, not yet reported.
     bad_copies: scrub::BadCopies,
     /// Pieces put by uploads under way, which the local FAT does not name
@@ -132,6 +136,7 @@ impl Vendor {
             egress: EgressJournal::default(),
             writing: Writing::default(),
             bad_copies: scrub::BadCopies::default(),
+            retired: RwLock::default(),
             next_store: AtomicUsize::new(0),
             claims: Claims::default(),
             limits: RwLock::new(Limits::default()),
