@@ -183,7 +183,10 @@ impl Vendor {
                 );
             }
         }
-        let mut next_read = Instant::now();
+        // Each read waits its share of the pass after the one before began
+        // (the first after the pass began), so a long period starts gently
+        // and a slow read is never followed by a burst.
+        let mut last_read = Instant::now();
         let mut at: Option<(TenantId, PortionId)> = None;
         loop {
             let record = match self.fat.record_after(at.as_ref().map(|(t, p)| (t, p))) {
@@ -197,12 +200,11 @@ impl Vendor {
             at = Some((record.tenant.clone(), record.portion));
             summary.portions += 1;
             for piece in &record.pieces {
-                tokio::time::sleep_until(next_read).await;
-                let read_at = Instant::now();
+                tokio::time::sleep_until(last_read + time_for(piece.size, rate)).await;
+                last_read = Instant::now();
                 let finding = self.scrub_piece(&record, piece).await;
                 summary.pieces += 1;
                 summary.bytes = summary.bytes.saturating_add(piece.size);
-                next_read = read_at + time_for(piece.size, rate);
                 match finding {
                     Finding::Good => {}
                     Finding::Skipped => summary.skipped += 1,
@@ -397,9 +399,9 @@ mod tests {
         let started = Instant::now();
         let summary = vendor.scrub_pass(&policy).await;
         assert_eq!((summary.pieces, summary.bad), (8, 0));
-        // 8 pieces of 64 KiB at 64 KiB/s: the last read starts after 7 s.
+        // 8 pieces of 64 KiB at 64 KiB/s: the last read starts after 8 s.
         assert!(
-            started.elapsed() >= Duration::from_secs(7),
+            started.elapsed() >= Duration::from_secs(8),
             "{:?}",
             started.elapsed()
         );
