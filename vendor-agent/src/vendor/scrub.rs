@@ -3,9 +3,10 @@
 //! hash the local FAT recorded (`PieceStore::get` checks it), so a disk
 //! that loses or damages pieces is found before a restore needs them.
 //!
-//! A pass walks the local FAT in key order and paces its reads so that
-//! every piece held when the pass starts is read within 90% of
-//! `scrub_period_secs`, never faster than `scrub_bytes_per_sec` (so real
+//! A pass walks the local FAT in key order and paces its reads (at the
+//! bytes held now over 90% of `scrub_period_secs`) so that every piece held
+//! when the pass starts is read within the period, never faster than
+//! `scrub_bytes_per_sec` (so real
 //! fetches are not starved); the next pass starts a period after this one
 //! did. A portion stored during a pass, behind its cursor, is read by the
 //! next. A piece that is missing or does not match its hash makes that
@@ -200,6 +201,9 @@ impl Vendor {
             at = Some((record.tenant.clone(), record.portion));
             summary.portions += 1;
             for piece in &record.pieces {
+                // The rate follows what is held now, so a vendor that
+                // fills up during a long pass still finishes it in time.
+                let rate = pass_rate(self.fat.stored_bytes(), policy);
                 tokio::time::sleep_until(last_read + time_for(piece.size, rate)).await;
                 last_read = Instant::now();
                 let finding = self.scrub_piece(&record, piece).await;
