@@ -344,6 +344,40 @@ fn verify_copy(
 mod tests {
     use super::*;
 
+    /// Only a copy the vendor holds wrongly (or says it lost or does not
+    /// hold) is reported bad; a vendor that cannot be reached may just be
+    /// down.
+    #[test]
+    fn only_copies_bad_at_their_vendor_are_reported() {
+        let vendor = VendorId::new("vendor-1").unwrap();
+        let portion = PortionId::random();
+        let bad = |e: VendorError| matches!(CopyFault::of(e), CopyFault::Bad(_));
+        assert!(bad(VendorError::Corrupt {
+            vendor: vendor.clone(),
+            portion,
+            message: "piece lost".into(),
+        }));
+        let refused = |code| VendorError::Refused {
+            vendor: vendor.clone(),
+            what: "fetch",
+            code,
+            message: "x".into(),
+        };
+        assert!(bad(refused(tonic::Code::NotFound)));
+        assert!(!bad(refused(tonic::Code::PermissionDenied)));
+        assert!(!bad(refused(tonic::Code::ResourceExhausted)));
+        assert!(!bad(VendorError::Unreachable {
+            vendor: vendor.clone(),
+            address: "127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        }));
+        assert!(!bad(VendorError::Timeout {
+            vendor,
+            what: "fetch",
+            after: std::time::Duration::from_secs(1),
+        }));
+    }
+
     #[test]
     fn subsets_split_and_share() {
         let portions: Vec<PortionId> = (0..200).map(|_| PortionId::random()).collect();

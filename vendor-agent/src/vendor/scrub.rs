@@ -3,9 +3,10 @@
 //! hash the local FAT recorded (`PieceStore::get` checks it), so a disk
 //! that loses or damages pieces is found before a restore needs them.
 //!
-//! A pass walks the local FAT in key order and paces its reads so that
-//! every piece held when the pass starts is read within 90% of
-//! `scrub_period_secs`, never faster than `scrub_bytes_per_sec` (so real
+//! A pass walks the local FAT in key order and paces its reads (at the
+//! bytes held now over 90% of `scrub_period_secs`) so that every piece held
+//! when the pass starts is read within the period, never faster than
+//! `scrub_bytes_per_sec` (so real
 //! fetches are not starved); the next pass starts a period after this one
 //! did. A portion stored during a pass, behind its cursor, is read by the
 //! next. A piece that is missing or does not match its hash makes that
@@ -183,7 +184,10 @@ impl Vendor {
                 );
             }
         }
-        let mut next_read = Instant::now();
+        // Each read waits its share of the pass after the one before began
+        // (the first after the pass began), so a long period starts gently
+        // and a slow read is never followed by a burst.
+        let mut last_read = Instant::now();
         let mut at: Option<(TenantId, PortionId)> = None;
         loop {
             let record = match self.fat.record_after(at.as_ref().map(|(t, p)| (t, p))) {
@@ -197,12 +201,14 @@ impl Vendor {
             at = Some((record.tenant.clone(), record.portion));
             summary.portions += 1;
             for piece in &record.pieces {
-                tokio::time::sleep_until(next_read).await;
-                let read_at = Instant::now();
+                // The rate follows what is held now, so a vendor that
+                // fills up during a long pass still finishes it in time.
+                let rate = pass_rate(self.fat.stored_bytes(), policy);
+                tokio::time::sleep_until(last_read + time_for(piece.size, rate)).await;
+                last_read = Instant::now();
                 let finding = self.scrub_piece(&record, piece).await;
                 summary.pieces += 1;
                 summary.bytes = summary.bytes.saturating_add(piece.size);
-                next_read = read_at + time_for(piece.size, rate);
                 match finding {
                     Finding::Good => {}
                     Finding::Skipped => summary.skipped += 1,
@@ -398,9 +404,9 @@ mod tests {
         let started = Instant::now();
         let summary = vendor.scrub_pass(&policy).await;
         assert_eq!((summary.pieces, summary.bad), (8, 0));
-        // 8 pieces of 64 KiB at 64 KiB/s: the last read starts after 7 s.
+        // 8 pieces of 64 KiB at 64 KiB/s: the last read starts after 8 s.
         assert!(
-            started.elapsed() >= Duration::from_secs(7),
+            started.elapsed() >= Duration::from_secs(8),
             "{:?}",
             started.elapsed()
         );
