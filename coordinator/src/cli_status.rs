@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use offsite_identity::{Credentials, Role};
+use offsite_proto::exit_statement::{ExitView, ReliefView};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::admin::admin_client::AdminClient;
 use offsite_proto::pb::admin::{
@@ -38,30 +39,10 @@ struct VendorRow<'a> {
     copies_reported_bad: u64,
     /// "none", "exiting" or "exited".
     exit_state: &'static str,
-    exit: Option<ExitJson>,
+    exit: Option<ExitView>,
     /// "none", "relieving" or "relieved".
     relief_state: &'static str,
-    relief: Option<ReliefJson>,
-}
-
-#[derive(Serialize)]
-struct ExitJson {
-    started_unix_ms: u64,
-    completed_unix_ms: Option<u64>,
-    portions_at_start: u64,
-    bytes_at_start: u64,
-    portions_left: u64,
-    bytes_left: u64,
-    deletions_left: u64,
-}
-
-#[derive(Serialize)]
-struct ReliefJson {
-    asked_bytes: u64,
-    goal_bytes: u64,
-    started_unix_ms: u64,
-    done_unix_ms: Option<u64>,
-    bytes_left: u64,
+    relief: Option<ReliefView>,
 }
 
 fn exit_state(v: &VendorStatus) -> &'static str {
@@ -78,10 +59,6 @@ fn relief_state(v: &VendorStatus) -> &'static str {
         Some(r) if r.done_unix_ms == 0 => "relieving",
         Some(_) => "relieved",
     }
-}
-
-fn nonzero(at: u64) -> Option<u64> {
-    (at != 0).then_some(at)
 }
 
 impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
@@ -108,23 +85,9 @@ impl<'a> From<&'a VendorStatus> for VendorRow<'a> {
             bad_copies: v.bad_copies,
             copies_reported_bad: v.copies_reported_bad,
             exit_state: exit_state(v),
-            exit: v.exit.as_ref().map(|e| ExitJson {
-                started_unix_ms: e.started_unix_ms,
-                completed_unix_ms: nonzero(e.completed_unix_ms),
-                portions_at_start: e.portions_at_start,
-                bytes_at_start: e.bytes_at_start,
-                portions_left: e.portions_left,
-                bytes_left: e.bytes_left,
-                deletions_left: e.deletions_left,
-            }),
+            exit: v.exit.as_ref().map(ExitView::from),
             relief_state: relief_state(v),
-            relief: v.relief.as_ref().map(|r| ReliefJson {
-                asked_bytes: r.asked_bytes,
-                goal_bytes: r.goal_bytes,
-                started_unix_ms: r.started_unix_ms,
-                done_unix_ms: nonzero(r.done_unix_ms),
-                bytes_left: r.bytes_left,
-            }),
+            relief: v.relief.as_ref().map(ReliefView::from),
         }
     }
 }

@@ -132,3 +132,56 @@ mod tests {
         assert!(verifier.open_exit(&as_grant).is_err());
     }
 }
+
+/// An exit's progress as `offsite-coordinator status --json` and
+/// `offsite-vendor status --json` show it (times of 0 are null).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExitView {
+    pub started_unix_ms: u64,
+    pub completed_unix_ms: Option<u64>,
+    pub portions_at_start: u64,
+    pub bytes_at_start: u64,
+    pub portions_left: u64,
+    pub bytes_left: u64,
+    pub deletions_left: u64,
+}
+
+impl From<&pb::common::ExitProgress> for ExitView {
+    fn from(e: &pb::common::ExitProgress) -> Self {
+        Self {
+            started_unix_ms: e.started_unix_ms,
+            completed_unix_ms: nonzero(e.completed_unix_ms),
+            portions_at_start: e.portions_at_start,
+            bytes_at_start: e.bytes_at_start,
+            portions_left: e.portions_left,
+            bytes_left: e.bytes_left,
+            deletions_left: e.deletions_left,
+        }
+    }
+}
+
+/// A burst relief's progress, as both statuses show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReliefView {
+    pub asked_bytes: u64,
+    pub goal_bytes: u64,
+    pub started_unix_ms: u64,
+    pub done_unix_ms: Option<u64>,
+    pub bytes_left: u64,
+}
+
+impl From<&pb::common::ReliefProgress> for ReliefView {
+    fn from(r: &pb::common::ReliefProgress) -> Self {
+        Self {
+            asked_bytes: r.asked_bytes,
+            goal_bytes: r.goal_bytes,
+            started_unix_ms: r.started_unix_ms,
+            done_unix_ms: nonzero(r.done_unix_ms),
+            bytes_left: r.bytes_left,
+        }
+    }
+}
+
+fn nonzero(at: u64) -> Option<u64> {
+    (at != 0).then_some(at)
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use offsite_identity::{Credentials, Role};
 use offsite_proto::exit_statement::{ExitStatement, ExitStatementBody};
+pub use offsite_proto::exit_statement::{ExitView, ReliefView};
 use offsite_proto::limits::MAX_MESSAGE_BYTES;
 use offsite_proto::pb::coordinator::vendor_registry_client::VendorRegistryClient;
 use offsite_proto::pb::coordinator::{
@@ -35,28 +36,6 @@ pub enum Ask {
     Exit,
     CancelExit,
     Relieve { bytes: u64 },
-}
-
-/// A vendor's exit, as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ExitView {
-    pub started_unix_ms: u64,
-    pub completed_unix_ms: Option<u64>,
-    pub portions_at_start: u64,
-    pub bytes_at_start: u64,
-    pub portions_left: u64,
-    pub bytes_left: u64,
-    pub deletions_left: u64,
-}
-
-/// A vendor's burst relief, as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReliefView {
-    pub asked_bytes: u64,
-    pub goal_bytes: u64,
-    pub started_unix_ms: u64,
-    pub done_unix_ms: Option<u64>,
-    pub bytes_left: u64,
 }
 
 /// The group's exit statement, checked, with its signed bytes in hex so it
@@ -97,29 +76,11 @@ impl DepartureView {
     }
 }
 
-fn nonzero(at: u64) -> Option<u64> {
-    (at != 0).then_some(at)
-}
-
 /// Checks the answer (the statement against the group's keys and this
 /// vendor) and shapes it for printing.
 fn view(config: &VendorConfig, r: DepartureStatusResponse) -> anyhow::Result<DepartureView> {
-    let exit = r.exit.map(|e| ExitView {
-        started_unix_ms: e.started_unix_ms,
-        completed_unix_ms: nonzero(e.completed_unix_ms),
-        portions_at_start: e.portions_at_start,
-        bytes_at_start: e.bytes_at_start,
-        portions_left: e.portions_left,
-        bytes_left: e.bytes_left,
-        deletions_left: e.deletions_left,
-    });
-    let relief = r.relief.map(|x| ReliefView {
-        asked_bytes: x.asked_bytes,
-        goal_bytes: x.goal_bytes,
-        started_unix_ms: x.started_unix_ms,
-        done_unix_ms: nonzero(x.done_unix_ms),
-        bytes_left: x.bytes_left,
-    });
+    let exit = r.exit.as_ref().map(ExitView::from);
+    let relief = r.relief.as_ref().map(ReliefView::from);
     let statement = match r.statement {
         None => None,
         Some(wire) => {
