@@ -132,19 +132,24 @@ impl From<Held> for pb::HeldPortion {
     }
 }
 
-/// Round two of a request, checked: the buckets it covers whole, and what
-/// the vendor holds in them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Round two of a request, checked: the buckets it covers whole, those it
+/// covers in part, and what the vendor holds in them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Holdings {
     pub buckets: BTreeSet<u32>,
+    pub partial: BTreeSet<u32>,
     pub held: Vec<Held>,
 }
 
 impl Holdings {
-    /// Checks round two: buckets in range and named once, at most
-    /// [`MAX_RECONCILE_HELD`] portions, each in a listed bucket and listed
-    /// once.
-    pub fn from_wire(buckets: Vec<u32>, held: Vec<pb::HeldPortion>) -> Result<Self, WireError> {
+    /// Checks round two: buckets in range and named once (whole or in
+    /// part), at most [`MAX_RECONCILE_HELD`] portions, each in a listed
+    /// bucket and listed once.
+    pub fn from_wire(
+        buckets: Vec<u32>,
+        partial: Vec<u32>,
+        held: Vec<pb::HeldPortion>,
+    ) -> Result<Self, WireError> {
         if held.len() > MAX_RECONCILE_HELD {
             return Err(WireError::new(
                 "held",
@@ -154,17 +159,28 @@ impl Holdings {
                 ),
             ));
         }
-        let mut set = BTreeSet::new();
-        for b in buckets {
-            if b as usize >= BUCKETS || !set.insert(b) {
-                return Err(WireError::new(
-                    "buckets",
-                    format!(
-                        "bucket {b} is out of range (0 to {}) or named twice",
-                        BUCKETS - 1
-                    ),
-                ));
+        let (mut set, mut part) = (BTreeSet::new(), BTreeSet::new());
+        for (field, list, into) in [
+            ("buckets", buckets, &mut set),
+            ("partial_buckets", partial, &mut part),
+        ] {
+            for b in list {
+                if b as usize >= BUCKETS || !into.insert(b) {
+                    return Err(WireError::new(
+                        field,
+                        format!(
+                            "bucket {b} is out of range (0 to {}) or named twice",
+                            BUCKETS - 1
+                        ),
+                    ));
+                }
             }
+        }
+        if let Some(b) = set.intersection(&part).next() {
+            return Err(WireError::new(
+                "partial_buckets",
+                format!("bucket {b} is named whole and in part; name it once"),
+            ));
         }
         let held: Vec<Held> = held
             .into_iter()
@@ -172,7 +188,8 @@ impl Holdings {
             .collect::<Result<_, _>>()?;
         let mut seen = BTreeSet::new();
         for h in &held {
-            if !set.contains(&bucket_of(&h.portion)) {
+            let bucket = bucket_of(&h.portion);
+            if !set.contains(&bucket) && !part.contains(&bucket) {
                 return Err(WireError::new(
                     "held",
                     format!(
@@ -192,7 +209,11 @@ impl Holdings {
                 ));
             }
         }
-        Ok(Self { buckets: set, held })
+        Ok(Self {
+            buckets: set,
+            partial: part,
+            held,
+        })
     }
 }
 
@@ -257,7 +278,7 @@ mod tests {
             portion: p,
             reservation: Some(ReservationId::random()),
         };
-        let good = Holdings::from_wire(vec![bucket_of(&p)], vec![held(p).into()]).unwrap();
+        let good = Holdings::from_wire(vec![bucket_of(&p)], vec![], vec![held(p).into()]).unwrap();
         assert_eq!(
             good.held,
             vec![held(p)]
@@ -269,17 +290,22 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         let elsewhere = (bucket_of(&p) + 1) % BUCKETS as u32;
-        assert!(Holdings::from_wire(vec![elsewhere], vec![held(p).into()]).is_err());
-        assert!(Holdings::from_wire(vec![1, 1], vec![]).is_err());
-        assert!(Holdings::from_wire(vec![BUCKETS as u32], vec![]).is_err());
+        assert!(Holdings::from_wire(vec![elsewhere], vec![], vec![held(p).into()]).is_err());
+        assert!(Holdings::from_wire(vec![1, 1], vec![], vec![]).is_err());
+        assert!(Holdings::from_wire(vec![BUCKETS as u32], vec![], vec![]).is_err());
         let twice = vec![held(p).into(), held(p).into()];
-        assert!(Holdings::from_wire(vec![bucket_of(&p)], twice).is_err());
+        assert!(Holdings::from_wire(vec![bucket_of(&p)], vec![], twice).is_err());
         let no_reservation = pb::HeldPortion {
             tenant_id: "acme".into(),
             portion_id: p.to_string(),
             reservation_id: String::new(),
         };
-        let old = Holdings::from_wire(vec![bucket_of(&p)], vec![no_reservation]).unwrap();
+        let old = Holdings::from_wire(vec![bucket_of(&p)], vec![], vec![no_reservation]).unwrap();
         assert_eq!(old.held[0].reservation, None);
+        // A bucket too large for one request goes in part; never both ways.
+        let part = Holdings::from_wire(vec![], vec![bucket_of(&p)], vec![held(p).into()]).unwrap();
+        assert_eq!(part.partial.len(), 1);
+        let b = bucket_of(&p);
+        assert!(Holdings::from_wire(vec![b], vec![b], vec![]).is_err());
     }
 }

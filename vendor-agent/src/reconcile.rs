@@ -56,6 +56,8 @@ pub struct Collected {
 struct Seen {
     copies: HashMap<(TenantId, PortionId), (Option<ReservationId>, Instant)>,
     strays: HashMap<(u32, PieceId), Instant>,
+    /// Rounds so far: where round two starts among the differing buckets.
+    rounds: usize,
 }
 
 /// Reconciles every `collection.every`, forever; drop it to stop.
@@ -100,6 +102,20 @@ async fn round(
     grace: Duration,
 ) -> Result<Collected, Status> {
     let mut done = Collected::default();
+    // Stray pieces are swept whether or not the group answers.
+    let copies = collect_copies_round(vendor, client, seen, grace, &mut done).await;
+    collect_strays(vendor, seen, grace, &mut done).await;
+    copies.map(|()| done)
+}
+
+/// Rounds one and two for the copies.
+async fn collect_copies_round(
+    vendor: &Arc<Vendor>,
+    client: &mut Client,
+    seen: &mut Seen,
+    grace: Duration,
+    done: &mut Collected,
+) -> Result<(), Status> {
     let local = Arc::clone(vendor);
     let digests = tokio::task::spawn_blocking(move || local.holding_digests())
         .await
@@ -117,11 +133,9 @@ async fn round(
     done.differing = differing.len();
     if differing.is_empty() {
         seen.copies.clear();
-    } else {
-        collect_copies(vendor, client, seen, grace, differing, &mut done).await?;
+        return Ok(());
     }
-    collect_strays(vendor, seen, grace, &mut done).await;
-    Ok(done)
+    collect_copies(vendor, client, seen, grace, differing, done).await
 }
 
 async fn collect_copies(
@@ -133,25 +147,36 @@ async fn collect_copies(
     done: &mut Collected,
 ) -> Result<(), Status> {
     let local = Arc::clone(vendor);
-    let (buckets, held) = tokio::task::spawn_blocking(move || local.holdings_in(&differing))
+    let start = seen.rounds;
+    seen.rounds = seen.rounds.wrapping_add(1);
+    let holdings = tokio::task::spawn_blocking(move || local.holdings_in(&differing, start))
         .await
         .map_err(|e| Status::internal(format!("holdings task failed: {e}")))?
         .map_err(|e| Status::internal(e.to_string()))?;
-    let stored_under: HashMap<(TenantId, PortionId), Option<ReservationId>> = held
+    let stored_under: HashMap<(TenantId, PortionId), Option<ReservationId>> = holdings
+        .held
         .iter()
         .map(|h| ((h.tenant.clone(), h.portion), h.reservation))
         .collect();
     let answer = client
         .reconcile(ReconcileRequest {
             vendor_id: vendor.id().to_string(),
-            buckets,
-            held: held.into_iter().map(Held::into).collect(),
+            buckets: holdings.buckets.into_iter().collect(),
+            partial_buckets: holdings.partial.into_iter().collect(),
+            held: holdings.held.into_iter().map(Held::into).collect(),
             ..Default::default()
         })
         .await?
         .into_inner();
     let unneeded = parse_answer("unneeded", answer.unneeded)?;
     let missing = parse_answer("missing", answer.missing)?;
+    if answer.missing_cut {
+        tracing::warn!(
+            listed = missing.len(),
+            "the group places more portions here that this vendor lacks than one answer lists; \
+             the rest follow in later rounds"
+        );
+    }
     done.unneeded = unneeded.len();
     for m in &missing {
         match vendor.report_missing(&m.tenant, m.portion) {

@@ -119,12 +119,14 @@ pub(super) fn check_receipt_signature(
         .get(&r.vendor)
         .map(|v| v.identity_key.as_slice())
         .unwrap_or_default();
-    verify_receipt(r, answers, key, rule).map_err(|_| {
+    verify_receipt(r, answers, key, rule).map_err(|e| {
         FatError::Forbidden(format!(
             "the receipt of vendor {} for portion {} does not answer {answers}: its \
              signature does not verify under the identity key vendor {} registered for \
-             this reservation (forged, or replayed from another one); send the receipts \
-             the vendors returned for this reservation",
+             this reservation (forged, replayed from another one, or signed by a vendor \
+             older than the coordinators: {e}); send the receipts the vendors returned \
+             for this reservation, and store portions of reservations opened before an \
+             upgrade again",
             r.vendor, r.portion, r.vendor
         ))
     })

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeSet;
 
+use offsite_proto::limits::MAX_RECONCILE_HELD;
 use offsite_proto::reconcile::{bucket_of, Digests, Holdings};
 use offsite_proto::{PortionDeletion, ReservationId, TenantId, VendorId};
 
@@ -38,9 +39,11 @@ pub const MAX_COLLECT_PER_COMMAND: usize = 1_000;
 pub struct Reconciled {
     /// Held portions nothing needs of this vendor.
     pub unneeded: Vec<PortionDeletion>,
-    /// Portions placed on this vendor, in the buckets listed, that it does
-    /// not hold.
+    /// Portions placed on this vendor, in the whole buckets listed, that
+    /// it does not hold: at most [`MAX_RECONCILE_HELD`].
     pub missing: Vec<PortionDeletion>,
+    /// More were missing than `missing` names.
+    pub missing_cut: bool,
 }
 
 impl Fat {
@@ -119,7 +122,7 @@ impl Fat {
             .iter()
             .map(|h| (&h.tenant, h.portion))
             .collect();
-        let missing = self
+        let mut missing: Vec<PortionDeletion> = self
             .portions
             .iter()
             .flat_map(|(tenant, portions)| {
@@ -137,8 +140,15 @@ impl Fat {
                 tenant: tenant.clone(),
                 portion,
             })
+            .take(MAX_RECONCILE_HELD + 1)
             .collect();
-        Reconciled { unneeded, missing }
+        let missing_cut = missing.len() > MAX_RECONCILE_HELD;
+        missing.truncate(MAX_RECONCILE_HELD);
+        Reconciled {
+            unneeded,
+            missing,
+            missing_cut,
+        }
     }
 
     /// Whether the copy of `portion` the vendor stored under `reservation`

@@ -20,6 +20,7 @@ fn everything(held: Vec<Held>) -> Holdings {
     Holdings {
         buckets: (0..BUCKETS as u32).collect(),
         held,
+        ..Holdings::default()
     }
 }
 
@@ -171,6 +172,7 @@ fn the_deletion_queue_keeps_its_own_and_missing_copies_are_named() {
     let differing = fat.reconcile_digests(&vid("a")).differing(&short);
     assert_eq!(differing, vec![bucket_of(&ids[2])]);
     let holdings = Holdings {
+        partial: Default::default(),
         buckets: differing.into_iter().collect(),
         held: a_holds[..2]
             .iter()

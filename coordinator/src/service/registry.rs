@@ -22,11 +22,42 @@ use offsite_proto::reconcile::{Digests, Holdings};
 /// The vendor-facing service.
 pub(crate) struct RegistryService<S> {
     store: Arc<S>,
+    /// When each vendor last called each round (one, two) of a
+    /// reconciliation here: a round reads the whole FAT, so a vendor gets
+    /// each at most every [`RECONCILE_EVERY`].
+    reconciled: std::sync::Mutex<std::collections::HashMap<(VendorId, bool), std::time::Instant>>,
 }
+
+/// The least time between two reconciliation calls of one vendor.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl<S> RegistryService<S> {
     pub fn new(store: Arc<S>) -> Self {
-        Self { store }
+        Self {
+            store,
+            reconciled: Default::default(),
+        }
+    }
+
+    /// Refuses a vendor that reconciles more often than [`RECONCILE_EVERY`].
+    fn pace_reconcile(&self, vendor: &VendorId, round_one: bool) -> Result<(), Status> {
+        let mut last = self
+            .reconciled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let key = (vendor.clone(), round_one);
+        if let Some(at) = last.get(&key) {
+            if now.duration_since(*at) < RECONCILE_EVERY {
+                return Err(Status::resource_exhausted(format!(
+                    "vendor {vendor} reconciles more often than every {} ms; reconcile less \
+                     often (reconcile_interval_secs)",
+                    RECONCILE_EVERY.as_millis()
+                )));
+            }
+        }
+        last.insert(key, now);
+        Ok(())
     }
 }
 
@@ -57,9 +88,10 @@ impl<S: FatStore> RegistryService<S> {
         source: &VendorId,
         results: Vec<CopyResult>,
     ) -> Result<(), Status> {
-        let results = self
-            .store
-            .read_local(move |fat| fat.fresh_copy_results(results));
+        // Linearizable: a replica behind the leader may not know the
+        // repair yet, and would let a receipt that does not name it through.
+        let results =
+            market::read(&*self.store, move |fat| fat.fresh_copy_results(results)).await?;
         let command = Command::FinishRepairs(FinishRepairs {
             source: source.clone(),
             results,
@@ -252,7 +284,8 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
             true => None,
             false => Some(Digests::from_wire("digests", &request.digests)?),
         };
-        let holdings = Holdings::from_wire(request.buckets, request.held)?;
+        let holdings = Holdings::from_wire(request.buckets, request.partial_buckets, request.held)?;
+        self.pace_reconcile(&caller, digests.is_some())?;
         // Linearizable: an answer that a copy is unneeded must not come
         // from a replica that has not seen the commit that needs it.
         let vendor = caller.clone();
@@ -260,7 +293,7 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
             let differing = digests
                 .map(|theirs| fat.reconcile_digests(&vendor).differing(&theirs))
                 .unwrap_or_default();
-            let reconciled = match holdings.buckets.is_empty() {
+            let reconciled = match holdings.held.is_empty() && holdings.buckets.is_empty() {
                 true => Reconciled::default(),
                 false => fat.reconcile(&vendor, &holdings),
             };
@@ -277,6 +310,7 @@ impl<S: FatStore> VendorRegistry for RegistryService<S> {
             differing,
             unneeded: reconciled.unneeded.into_iter().map(Into::into).collect(),
             missing: reconciled.missing.into_iter().map(Into::into).collect(),
+            missing_cut: reconciled.missing_cut,
         }))
     }
 

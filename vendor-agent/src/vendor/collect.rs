@@ -6,12 +6,12 @@
 //! not reach a store). The rhythm and the grace period are in
 //! `crate::reconcile`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use offsite_proto::limits::{MAX_LISTED_PIECES, MAX_RECONCILE_HELD};
-use offsite_proto::reconcile::{bucket_of, Digests, Held};
+use offsite_proto::reconcile::{bucket_of, Digests, Held, Holdings};
 use offsite_proto::{PieceId, PortionId, ReservationId, TenantId};
 
 use super::claim::ClaimKind;
@@ -22,6 +22,13 @@ use crate::store::StoreError;
 /// Most pieces one sweep lists on one store (a store holding more is swept
 /// in part, the rest at the next sweep).
 const MAX_SWEPT_PIECES: usize = 10_000_000;
+/// A store where more pieces than this, and more than
+/// [`STRAY_SHARE_PERCENT`] of those listed, look stray is not swept: an
+/// upload or a deletion that failed leaves a few, a store that moved to
+/// another place in the config (or a directory listed twice) would make
+/// them all look stray.
+const STRAY_FLOOR: usize = 64;
+const STRAY_SHARE_PERCENT: usize = 5;
 
 impl Vendor {
     /// Round one: the digest of every bucket of the local FAT.
@@ -34,12 +41,14 @@ impl Vendor {
         Ok(digests)
     }
 
-    /// Round two: the whole holdings of as many of `buckets` (in order) as
-    /// fit one request, and those buckets.
+    /// Round two: the whole holdings of as many of `buckets` as fit one
+    /// request, taken in order from the one at `start` (wrapping, so a
+    /// round that cannot send them all starts elsewhere next time).
     pub(crate) fn holdings_in(
         &self,
         buckets: &[u32],
-    ) -> Result<(Vec<u32>, Vec<Held>), VendorError> {
+        start: usize,
+    ) -> Result<Holdings, VendorError> {
         let wanted: BTreeSet<u32> = buckets.iter().copied().collect();
         let mut by_bucket: BTreeMap<u32, Vec<Held>> = BTreeMap::new();
         for record in self.fat.records() {
@@ -53,27 +62,32 @@ impl Vendor {
                 });
             }
         }
-        let (mut covered, mut held) = (Vec::new(), Vec::new());
-        for bucket in wanted {
-            let members = by_bucket.remove(&bucket).unwrap_or_default();
-            if held.len() + members.len() > MAX_RECONCILE_HELD {
-                if covered.is_empty() {
+        let ordered: Vec<u32> = wanted.into_iter().collect();
+        let first = start % ordered.len().max(1);
+        let mut holdings = Holdings::default();
+        for bucket in ordered[first..].iter().chain(&ordered[..first]) {
+            let members = by_bucket.remove(bucket).unwrap_or_default();
+            if holdings.held.len() + members.len() > MAX_RECONCILE_HELD {
+                if holdings.buckets.is_empty() {
                     // One bucket larger than a request: its first part goes,
-                    // listed as not whole (so nothing of it counts missing).
+                    // named as partial (so nothing of it counts missing).
                     tracing::warn!(
                         bucket,
                         portions = members.len(),
                         "a reconciliation bucket holds more portions than one request carries; \
                          reconciling part of it"
                     );
-                    held.extend(members.into_iter().take(MAX_RECONCILE_HELD));
+                    holdings.partial.insert(*bucket);
+                    holdings
+                        .held
+                        .extend(members.into_iter().take(MAX_RECONCILE_HELD));
                 }
                 break;
             }
-            covered.push(bucket);
-            held.extend(members);
+            holdings.buckets.insert(*bucket);
+            holdings.held.extend(members);
         }
-        Ok((covered, held))
+        Ok(holdings)
     }
 
     /// A portion the group places here that the local FAT does not hold,
@@ -157,9 +171,40 @@ impl Vendor {
                 }
             }
         }
-        listed
+        let mut listed_on: HashMap<u32, usize> = HashMap::new();
+        for (store, _) in &listed {
+            *listed_on.entry(*store).or_default() += 1;
+        }
+        let strays: Vec<(u32, PieceId)> = listed
             .into_iter()
             .filter(|piece| !named.contains(piece) && !writing.contains(piece))
+            .collect();
+        let mut stray_on: HashMap<u32, usize> = HashMap::new();
+        for (store, _) in &strays {
+            *stray_on.entry(*store).or_default() += 1;
+        }
+        let unsafe_stores: HashSet<u32> =
+            stray_on
+                .iter()
+                .filter(|(store, strays)| {
+                    let listed = listed_on.get(store).copied().unwrap_or(0);
+                    **strays > STRAY_FLOOR && **strays * 100 > listed * STRAY_SHARE_PERCENT
+                })
+                .map(|(store, strays)| {
+                    let name = self.stores.get(*store as usize).map_or("?", |s| s.name());
+                    tracing::error!(
+                    store = name, index = store, strays,
+                    listed = listed_on.get(store).copied().unwrap_or(0),
+                    "most of a store's pieces are named by no local FAT record; not sweeping it. \
+                     Was a [[stores]] entry moved, or the same directory or device listed twice? \
+                     Put the stores back in the order the local FAT knows"
+                );
+                    *store
+                })
+                .collect();
+        strays
+            .into_iter()
+            .filter(|(store, _)| !unsafe_stores.contains(store))
             .collect()
     }
 
@@ -177,5 +222,75 @@ impl Vendor {
             return Ok(false);
         };
         target.delete(piece).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::random_piece_id;
+    use offsite_proto::Hash;
+
+    async fn put_unnamed(vendor: &Vendor, count: usize) -> Vec<PieceId> {
+        let mut ids = Vec::new();
+        for k in 0..count {
+            let data = bytes::Bytes::from(vec![k as u8; 100]);
+            let id = random_piece_id();
+            vendor.stores[0]
+                .put(&id, data.clone(), &Hash::of(&data))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// A few unnamed pieces are strays; pieces being written are not; a
+    /// store where most pieces look stray is not swept at all.
+    #[tokio::test]
+    async fn strays_are_the_unnamed_pieces_unless_a_store_looks_misplaced() {
+        let (vendor, held, _dirs) =
+            super::super::vendor_holding(crate::testing::test_bytes(70_000, 9)).await;
+        let strays = put_unnamed(&vendor, 3).await;
+        vendor.writing.add(0, &strays[2]);
+        let found: BTreeSet<PieceId> = vendor
+            .stray_pieces()
+            .await
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let want: BTreeSet<PieceId> = strays[..2].iter().cloned().collect();
+        assert_eq!(found, want);
+        assert!(
+            !found.contains(&held.pieces[0].id),
+            "a named piece is no stray"
+        );
+        assert!(vendor.delete_stray(0, &strays[0]).await.unwrap());
+        // The piece being written is kept even when asked.
+        assert!(!vendor.delete_stray(0, &strays[2]).await.unwrap());
+
+        put_unnamed(&vendor, STRAY_FLOOR + 10).await;
+        assert_eq!(
+            vendor.stray_pieces().await,
+            vec![],
+            "a store that looks misplaced is left alone"
+        );
+    }
+
+    /// Round two takes whole buckets from a rotating start, and a bucket
+    /// too large for one request in part.
+    #[tokio::test]
+    async fn holdings_take_whole_buckets_from_a_rotating_start() {
+        let (vendor, held, _dirs) =
+            super::super::vendor_holding(crate::testing::test_bytes(1000, 3)).await;
+        let bucket = bucket_of(&held.portion);
+        let other = (bucket + 1) % offsite_proto::reconcile::BUCKETS as u32;
+        let h = vendor.holdings_in(&[bucket, other], 0).unwrap();
+        assert_eq!(h.buckets, [bucket, other].into_iter().collect());
+        assert_eq!(h.held.len(), 1);
+        assert_eq!(h.held[0].reservation, held.reservation);
+        let rotated = vendor.holdings_in(&[bucket, other], 1).unwrap();
+        assert_eq!(rotated.buckets, h.buckets);
+        assert!(rotated.partial.is_empty());
     }
 }
