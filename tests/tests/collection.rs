@@ -66,6 +66,18 @@ fn wait_exact(devnet: &Devnet, what: &str) -> Vec<(String, u64, u64, u64)> {
     })
 }
 
+/// A tree of one file of `big` bytes and `small` files of up to 10 kB: an
+/// upload long enough to be caught under way.
+fn large_tree(seed: u64, big: u64, small: usize) -> TreeSpec {
+    TreeSpec {
+        seed,
+        big_files: vec![big],
+        small_files: small,
+        small_max: 10_000,
+        specials: false,
+    }
+}
+
 fn start(dir: &std::path::Path) -> Devnet {
     let options = DevnetOptions {
         vendors: 3,
@@ -129,14 +141,7 @@ fn a_client_killed_mid_backup_leaves_the_vendors_holding_exactly_the_fat() {
         .unwrap();
 
     let big = tmp.path().join("big");
-    let spec = TreeSpec {
-        seed: 23,
-        big_files: vec![96 << 20],
-        small_files: 0,
-        small_max: 0,
-        specials: false,
-    };
-    tree::generate(&big, &spec).unwrap();
+    tree::generate(&big, &large_tree(23, 96 << 20, 0)).unwrap();
     let mut backup = backup_in_background(&devnet, &big, tmp.path());
     wait_for_uncommitted(&devnet, &mut backup);
     backup.0.kill().unwrap();
@@ -171,14 +176,7 @@ fn a_vendor_killed_mid_write_and_an_unrecorded_piece_leave_no_stray() {
     let mut devnet = start(&tmp.path().join("devnet"));
     devnet.client_ok(["init"]).unwrap();
     let source = tmp.path().join("source");
-    let spec = TreeSpec {
-        seed: 29,
-        big_files: vec![64 << 20],
-        small_files: 10,
-        small_max: 10_000,
-        specials: false,
-    };
-    tree::generate(&source, &spec).unwrap();
+    tree::generate(&source, &large_tree(29, 64 << 20, 10)).unwrap();
 
     // A piece the device wrote that no local FAT record names, as a vendor
     // that crashed between its put and its record leaves behind.

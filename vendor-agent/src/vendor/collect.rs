@@ -16,7 +16,7 @@ use offsite_proto::{PieceId, PortionId, ReservationId, TenantId};
 
 use super::claim::ClaimKind;
 use super::error::VendorError;
-use super::Vendor;
+use super::{StoredPiece, Vendor};
 use crate::store::StoreError;
 
 /// Most pieces one sweep lists on one store (a store holding more is swept
@@ -134,8 +134,8 @@ impl Vendor {
     /// writing: each store is listed first, then the records and the
     /// uploads are read, so a piece listed is either named by then or
     /// garbage.
-    pub(crate) async fn stray_pieces(&self) -> Vec<(u32, PieceId)> {
-        let mut listed: Vec<(u32, PieceId)> = Vec::new();
+    pub(crate) async fn stray_pieces(&self) -> Vec<StoredPiece> {
+        let mut listed: Vec<StoredPiece> = Vec::new();
         for (index, store) in self.stores.iter().enumerate() {
             let Ok(index) = u32::try_from(index) else {
                 break;
@@ -160,7 +160,7 @@ impl Vendor {
             }
         }
         let writing = self.writing.snapshot();
-        let mut named: HashSet<(u32, PieceId)> = HashSet::new();
+        let mut named: HashSet<StoredPiece> = HashSet::new();
         for record in self.fat.records() {
             match record {
                 Ok(record) => named.extend(record.pieces.into_iter().map(|p| (p.store, p.id))),
@@ -175,7 +175,7 @@ impl Vendor {
         for (store, _) in &listed {
             *listed_on.entry(*store).or_default() += 1;
         }
-        let strays: Vec<(u32, PieceId)> = listed
+        let strays: Vec<StoredPiece> = listed
             .into_iter()
             .filter(|piece| !named.contains(piece) && !writing.contains(piece))
             .collect();

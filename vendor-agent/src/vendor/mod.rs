@@ -26,12 +26,13 @@ mod read;
 mod receive;
 mod scrub;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use offsite_identity::Credentials;
 use offsite_proto::signing::{SignatureError, VendorKey};
-use offsite_proto::VendorId;
+use offsite_proto::{PieceId, VendorId};
 
 use crate::local_fat::LocalFat;
 use crate::store::{PieceStore, StoreCapacity};
@@ -85,27 +86,28 @@ pub(crate) struct Vendor {
     writing: Writing,
 }
 
+/// A piece on one store: the store's index in the config, and the piece.
+pub(crate) type StoredPiece = (u32, PieceId);
+
 /// Pieces being written, by store index.
 #[derive(Default)]
 pub(crate) struct Writing {
-    pieces: std::sync::Mutex<std::collections::HashSet<(u32, offsite_proto::PieceId)>>,
+    pieces: Mutex<HashSet<StoredPiece>>,
 }
 
 impl Writing {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(u32, offsite_proto::PieceId)>> {
+    fn lock(&self) -> MutexGuard<'_, HashSet<StoredPiece>> {
         // A set of ids: a panic mid-update leaves nothing half-changed.
         self.pieces
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn add(&self, store: u32, piece: &offsite_proto::PieceId) {
+    fn add(&self, store: u32, piece: &PieceId) {
         self.lock().insert((store, piece.clone()));
     }
 
-    fn remove(&self, pieces: &[(u32, offsite_proto::PieceId)]) {
+    fn remove(&self, pieces: &[StoredPiece]) {
         let mut set = self.lock();
         for piece in pieces {
             set.remove(piece);
@@ -113,7 +115,7 @@ impl Writing {
     }
 
     /// The pieces being written now.
-    pub(crate) fn snapshot(&self) -> std::collections::HashSet<(u32, offsite_proto::PieceId)> {
+    pub(crate) fn snapshot(&self) -> HashSet<StoredPiece> {
         self.lock().clone()
     }
 }
