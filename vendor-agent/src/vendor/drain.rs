@@ -112,6 +112,10 @@ impl Vendor {
             .read()
             .map(|r| r.removed.clone())
             .unwrap_or_default();
+        // Asked at every start: without a removed store, no record is read.
+        if removed.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut found = std::collections::BTreeMap::new();
         for record in self.fat.records() {
             for piece in record?.pieces {
